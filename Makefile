@@ -1,0 +1,18 @@
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+
+.PHONY: install test bench
+
+.venv/bin/python:
+	python3 -m venv .venv
+
+install: .venv/bin/python
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+
+test:
+	$(PY) -m pytest -q
+
+bench:
+	$(PY) bench/credit_speed.py

@@ -1,0 +1,200 @@
+"""Advantages, the estimator registry and ``estimate``: the one entry point of the credit module.
+
+An estimator is a function ``fn(batch, **options) -> Advantages`` registered under a name with
+the StepBatch fields and caller inputs it needs. ``estimate`` checks those, rejects unknown
+options by name, hands the function a canonical batch (rows grouped by trajectory, ordered by
+turn) and maps the results back to the caller's row order, so estimators never see positions
+that differ from ids.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agentrl.registry import Registry
+from agentrl.types import StepBatch
+
+
+@dataclass
+class Advantages:
+    """Per-row credit. ``step``: one float per row, in batch order.
+
+    ``spans``: per-row arrays for methods that send different signals to different parts of a
+    response (HiPER: "action", "subgoal", "switch"; MT-GRPO: "pre_tool"/"post_tool" are not
+    needed, rows carry their turn's value). ``masks``: per-row booleans saying where a span is
+    trained (absent = everywhere). ``extras``: other per-row outputs, e.g. value targets.
+    """
+
+    step: np.ndarray
+    spans: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"step": self.step}
+        out.update({f"spans.{k}": v for k, v in self.spans.items()})
+        out.update({f"masks.{k}": v for k, v in self.masks.items()})
+        out.update({f"extras.{k}": v for k, v in self.extras.items()})
+        return out
+
+    def permuted(self, perm: np.ndarray) -> Advantages:
+        """Map results computed on ``batch.take(perm)`` back to the original row order."""
+
+        def back(a: np.ndarray) -> np.ndarray:
+            out = np.empty_like(a)
+            out[perm] = a
+            return out
+
+        return Advantages(
+            step=back(self.step),
+            spans={k: back(v) for k, v in self.spans.items()},
+            masks={k: back(v) for k, v in self.masks.items()},
+            extras={k: back(v) for k, v in self.extras.items()},
+        )
+
+
+class MissingInputError(ValueError):
+    """An estimator was called on a batch, or with inputs, that lack something it needs."""
+
+
+FIELD_HINTS = {
+    "state_key": "set Step.state_key (the raw env observation, e.g. info['state_key'])",
+    "turn_reward": "set Step.turn_reward (a verifiable or judged per-turn score)",
+    "tool_call": "set Step.info['tool_call'] = True on turns that called a tool",
+    "switch": "set Step.info['switch'] to 'KEEP' or 'SWITCH' (HiPER response format)",
+    "subgoal": "set Step.info['subgoal'] to the parsed subgoal text (HiPER response format)",
+}
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """What the registry knows about an estimator."""
+
+    name: str
+    fn: Callable[..., Advantages]
+    fields: tuple[str, ...]
+    inputs: tuple[str, ...]
+    row_inputs: tuple[str, ...]
+    paper: str
+    summary: str
+    options: dict[str, Any]
+
+
+ESTIMATORS: Registry[EstimatorInfo] = Registry("estimator")
+
+
+def register_estimator(
+    name: str,
+    *,
+    fields: tuple[str, ...] = (),
+    inputs: tuple[str, ...] = (),
+    row_inputs: tuple[str, ...] = (),
+    paper: str = "",
+    summary: str = "",
+) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
+    """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
+
+    fields: optional StepBatch columns the method reads (e.g. "state_key").
+    inputs: keyword arguments the caller must pass (e.g. "values").
+    row_inputs: keyword arguments that hold per-row arrays (or dicts of them); ``estimate``
+    reorders them together with the batch.
+    """
+
+    def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
+        sig = inspect.signature(fn)
+        options = {
+            p.name: p.default
+            for p in list(sig.parameters.values())[1:]
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        ESTIMATORS.register(
+            name,
+            EstimatorInfo(
+                name=name,
+                fn=fn,
+                fields=fields,
+                inputs=inputs,
+                row_inputs=row_inputs,
+                paper=paper,
+                summary=summary or (inspect.getdoc(fn) or "").split("\n")[0],
+                options=options,
+            ),
+        )
+        return fn
+
+    return wrap
+
+
+def available_estimators() -> list[str]:
+    """Names accepted by ``estimate``."""
+    return ESTIMATORS.names()
+
+
+def estimator_info(name: str) -> EstimatorInfo:
+    return ESTIMATORS.get(name)
+
+
+def _as_row_array(name: str, value: Any, n: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"input {name!r} must have one value per row, shape ({n},); got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"input {name!r} contains NaN or inf")
+    return arr
+
+
+def _prepare_row_input(name: str, value: Any, n: int) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: _as_row_array(f"{name}[{k!r}]", v, n) for k, v in value.items()}
+    return _as_row_array(name, value, n)
+
+
+def _permute_input(value: Any, perm: np.ndarray) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v[perm] for k, v in value.items()}
+    return value[perm]
+
+
+def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
+    """Run estimator ``name`` on ``batch``; returns advantages in the batch's row order."""
+    info = ESTIMATORS.get(name)
+    missing = [f for f in info.fields if getattr(batch, f) is None]
+    if missing:
+        hints = "; ".join(f"StepBatch.{f}: {FIELD_HINTS.get(f, 'provide it')}" for f in missing)
+        raise MissingInputError(f"estimator {name!r} needs {hints}")
+    unknown = sorted(set(cfg) - set(info.options))
+    if unknown:
+        allowed = ", ".join(sorted(info.options)) or "(none)"
+        raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; allowed: {allowed}")
+    absent = [i for i in info.inputs if cfg.get(i) is None]
+    if absent:
+        raise MissingInputError(f"estimator {name!r} needs input(s) {absent}; pass them as keyword arguments")
+    n = len(batch)
+    for key in info.row_inputs:
+        if key in cfg:
+            cfg[key] = _prepare_row_input(key, cfg[key], n)
+    if n == 0:
+        return Advantages(step=np.zeros(0))
+    if batch.is_canonical():
+        adv = info.fn(batch, **cfg)
+    else:
+        perm = batch.canonical_order()
+        for key in info.row_inputs:
+            if key in cfg:
+                cfg[key] = _permute_input(cfg[key], perm)
+        adv = info.fn(batch.take(perm), **cfg).permuted(perm)
+    for key, arr in adv.arrays().items():
+        if arr.shape != (n,):
+            raise RuntimeError(f"estimator {name!r} returned {key} with shape {arr.shape}, expected ({n},)")
+        if arr.dtype != bool and not np.all(np.isfinite(arr)):
+            raise RuntimeError(f"estimator {name!r} produced NaN or inf in {key}")
+    return adv

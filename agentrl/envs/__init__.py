@@ -1,0 +1,9 @@
+"""Environments: the AgentEnv contract, the registry (``make``), ``check_env`` and the built-ins."""
+
+from agentrl.envs.base import AgentEnv, FreeText
+from agentrl.envs.checker import EnvCheckError, check_env
+from agentrl.envs.registration import gym_id, list_envs, make, register_env
+
+register_env("maze", "agentrl.envs.maze:MazeEnv")
+
+__all__ = ["AgentEnv", "FreeText", "EnvCheckError", "check_env", "gym_id", "list_envs", "make", "register_env"]

@@ -1,0 +1,118 @@
+"""check_env: gymnasium's own checker plus what agentrl relies on.
+
+On top of ``gymnasium.utils.env_checker.check_env`` it verifies the info keys of the contract,
+that a reset with the same task and seed replays an identical episode (group resets), and that a
+nonsense action is a no-op with ``valid=False`` rather than an exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+from agentrl.envs.base import RESET_INFO_KEYS, STEP_INFO_KEYS, AgentEnv
+
+INVALID_ACTION = "\u00a7 definitely not an action \u00a7"
+
+
+class EnvCheckError(AssertionError):
+    """The env breaks the agentrl env contract; the message says which part."""
+
+
+def _expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise EnvCheckError(msg)
+
+
+def _check_info(info: Any, keys: tuple[str, ...], where: str) -> None:
+    _expect(isinstance(info, dict), f"{where}: info must be a dict, got {type(info).__name__}")
+    missing = [k for k in keys if k not in info]
+    _expect(not missing, f"{where}: info lacks required key(s) {missing}")
+    _expect(isinstance(info["state_key"], str), f"{where}: info['state_key'] must be a str")
+    if "valid" in info:
+        _expect(isinstance(info["valid"], (bool, np.bool_)), f"{where}: info['valid'] must be a bool")
+    if "success" in info:
+        _expect(isinstance(info["success"], (bool, np.bool_)), f"{where}: info['success'] must be a bool")
+    if "admissible_actions" in info:
+        acts = info["admissible_actions"]
+        _expect(
+            isinstance(acts, list) and all(isinstance(a, str) for a in acts),
+            f"{where}: info['admissible_actions'] must be a list of str",
+        )
+    if info.get("turn_reward") is not None:
+        tr = info["turn_reward"]
+        _expect(isinstance(tr, (int, float)) and math.isfinite(tr), f"{where}: info['turn_reward'] must be a finite number or None")
+
+
+def _episode(env: AgentEnv, seed: int, options: dict[str, Any], max_steps: int, actions: list[str] | None) -> tuple[list[Any], list[str]]:
+    """Play one episode; pick admissible actions with a seeded RNG unless ``actions`` is given."""
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed, options=copy.deepcopy(options))
+    _check_info(info, RESET_INFO_KEYS, "reset")
+    transcript: list[Any] = [(obs, info)]
+    chosen: list[str] = []
+    for t in range(max_steps):
+        if actions is not None:
+            if t >= len(actions):
+                break
+            action = actions[t]
+        elif info.get("admissible_actions"):
+            action = str(rng.choice(info["admissible_actions"]))
+        else:
+            action = env.action_space.sample()
+        chosen.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        _check_info(info, STEP_INFO_KEYS, f"step {t}")
+        _expect(isinstance(obs, str), f"step {t}: observation must be str, got {type(obs).__name__}")
+        _expect(isinstance(reward, (int, float, np.floating)) and math.isfinite(float(reward)), f"step {t}: reward must be a finite number")
+        transcript.append((obs, float(reward), bool(terminated), bool(truncated), info))
+        if terminated or truncated:
+            break
+    return transcript, chosen
+
+
+def check_env(
+    env: AgentEnv,
+    *,
+    seed: int = 0,
+    task_id: str | None = None,
+    max_steps: int = 30,
+    other: AgentEnv | None = None,
+    skip_gymnasium: bool = False,
+) -> None:
+    """Raise EnvCheckError (an AssertionError) when ``env`` breaks the contract.
+
+    ``other``: a second instance of the same env; the replayed episode must be identical there
+    too (what a pool of workers relies on).
+    """
+    _expect(isinstance(env, AgentEnv), f"env must be an agentrl AgentEnv, got {type(env).__name__}")
+    if not skip_gymnasium:
+        gym_check_env(env, skip_render_check=True, skip_close_check=True)
+
+    if task_id is None:
+        ids = list(env.task_ids())
+        task_id = ids[0] if ids else None
+    options = {} if task_id is None else {"task_id": task_id}
+
+    first, actions = _episode(env, seed, options, max_steps, None)
+    again, _ = _episode(env, seed, options, max_steps, actions)
+    _expect(first == again, f"group reset is not deterministic: replaying seed={seed} task={task_id!r} with the same actions diverged")
+    if other is not None:
+        theirs, _ = _episode(other, seed, options, max_steps, actions)
+        _expect(first == theirs, "two instances of the env diverge on the same seed, task and actions")
+
+    env.reset(seed=seed, options=copy.deepcopy(options))
+    try:
+        obs, reward, terminated, truncated, info = env.step(INVALID_ACTION)
+    except Exception as e:  # noqa: BLE001 - the point is to report it
+        raise EnvCheckError(f"a nonsense action must be a no-op with valid=False, but step raised {type(e).__name__}: {e}") from e
+    _check_info(info, STEP_INFO_KEYS, "invalid-action step")
+    if "admissible_actions" in info:
+        _expect(info["valid"] is False or info["valid"] == np.False_, "a nonsense action must give info['valid'] == False")
+
+    env.close()
+    env.close()

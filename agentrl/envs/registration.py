@@ -1,0 +1,51 @@
+"""The env registry: ``make("maze", **kw)``, also visible to gymnasium as ``agentrl/Maze-v0``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+
+from agentrl.envs.base import AgentEnv
+from agentrl.registry import Registry
+
+ENVS: Registry[Callable[..., AgentEnv]] = Registry("env")
+
+
+def gym_id(name: str) -> str:
+    """gymnasium id of a registered env: "webshop-browser" -> "agentrl/WebshopBrowser-v0"."""
+    return "agentrl/" + "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "-v0"
+
+
+def register_env(name: str, factory: Callable[..., AgentEnv] | str, *, overwrite: bool = False) -> None:
+    """Register an env factory (a class or callable, or "module:attr" imported lazily on first use).
+
+    Lazy entry points keep ``import agentrl.envs`` light: ALFWorld or Playwright are only imported
+    when their env is made.
+    """
+    ENVS.register(name, _lazy(factory) if isinstance(factory, str) else factory, overwrite=overwrite)
+    gid = gym_id(name)
+    if gid in gym.registry and overwrite:
+        del gym.registry[gid]
+    if gid not in gym.registry:
+        gym.register(id=gid, entry_point=factory if isinstance(factory, str) else factory)
+
+
+def _lazy(entry: str) -> Callable[..., AgentEnv]:
+    def factory(**kwargs: Any) -> AgentEnv:
+        module, _, attr = entry.partition(":")
+        obj = __import__(module, fromlist=[attr])
+        return getattr(obj, attr)(**kwargs)
+
+    factory.__qualname__ = factory.__name__ = f"lazy({entry})"
+    return factory
+
+
+def make(name: str, **kwargs: Any) -> AgentEnv:
+    """Build a registered env by name, e.g. ``make("maze", size=3)``."""
+    return ENVS.get(name)(**kwargs)
+
+
+def list_envs() -> list[str]:
+    return ENVS.names()
