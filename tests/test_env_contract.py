@@ -82,7 +82,8 @@ def test_check_env_notices_instances_that_differ():
 
 
 def test_registry_make_and_gymnasium_ids():
-    assert gym_id("webshop-browser") == "agentrl/WebshopBrowser-v0"
+    assert gym_id("webshop-browser") == "agentrl/WebShopBrowser-v0"
+    assert gym_id("alfworld") == "agentrl/ALFWorld-v0"
     assert gym_id("maze") == "agentrl/Maze-v0"
     assert {"maze", "alfworld", "webshop", "webshop-browser"} <= set(list_envs())
     register_env("test-count", CountEnv)

@@ -5,8 +5,8 @@ from agentrl.envs.checker import EnvCheckError, check_env
 from agentrl.envs.registration import gym_id, list_envs, make, register_env
 
 register_env("maze", "agentrl.envs.maze:MazeEnv")
-register_env("alfworld", "agentrl.envs.alfworld:ALFWorldEnv")
-register_env("webshop", "agentrl.envs.webshop:WebShopEnv")
-register_env("webshop-browser", "agentrl.envs.webshop:WebShopBrowserEnv")
+register_env("alfworld", "agentrl.envs.alfworld:ALFWorldEnv", gym_name="ALFWorld")
+register_env("webshop", "agentrl.envs.webshop:WebShopEnv", gym_name="WebShop")
+register_env("webshop-browser", "agentrl.envs.webshop:WebShopBrowserEnv", gym_name="WebShopBrowser")
 
 __all__ = ["AgentEnv", "FreeText", "EnvCheckError", "check_env", "gym_id", "list_envs", "make", "register_env"]

@@ -11,20 +11,26 @@ from agentrl.envs.base import AgentEnv
 from agentrl.registry import Registry
 
 ENVS: Registry[Callable[..., AgentEnv]] = Registry("env")
+_GYM_NAMES: dict[str, str] = {}
 
 
 def gym_id(name: str) -> str:
-    """gymnasium id of a registered env: "webshop-browser" -> "agentrl/WebshopBrowser-v0"."""
-    return "agentrl/" + "".join(part.capitalize() for part in name.replace("_", "-").split("-")) + "-v0"
+    """gymnasium id of a registered env: "maze" -> "agentrl/Maze-v0" (or its registered gym_name)."""
+    camel = "".join(part.capitalize() for part in name.replace("_", "-").split("-"))
+    return f"agentrl/{_GYM_NAMES.get(name, camel)}-v0"
 
 
-def register_env(name: str, factory: Callable[..., AgentEnv] | str, *, overwrite: bool = False) -> None:
+def register_env(
+    name: str, factory: Callable[..., AgentEnv] | str, *, gym_name: str | None = None, overwrite: bool = False
+) -> None:
     """Register an env factory (a class or callable, or "module:attr" imported lazily on first use).
 
     Lazy entry points keep ``import agentrl.envs`` light: ALFWorld or Playwright are only imported
-    when their env is made.
+    when their env is made. ``gym_name`` sets the gymnasium id ``agentrl/<gym_name>-v0``.
     """
     ENVS.register(name, _lazy(factory) if isinstance(factory, str) else factory, overwrite=overwrite)
+    if gym_name:
+        _GYM_NAMES[name] = gym_name
     gid = gym_id(name)
     if gid in gym.registry and overwrite:
         del gym.registry[gid]

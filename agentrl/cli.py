@@ -1,0 +1,158 @@
+"""The ``agentrl`` command line: environments (list, show, play, generate, serve) and benchmarks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(help="agentrl: multi-turn agent environments, credit assignment and RL training for LLM agents.", no_args_is_help=True)
+envs_app = typer.Typer(help="List, inspect, play, generate and serve environments.", no_args_is_help=True)
+webshop_app = typer.Typer(help="WebShop: serve the shopping site.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(envs_app, name="envs")
+app.add_typer(bench_app, name="bench")
+envs_app.add_typer(webshop_app, name="webshop")
+
+
+def parse_kv(pairs: list[str]) -> dict[str, Any]:
+    """["size=3", "slip=0.1", "split=train", "debug=true"] -> typed keyword arguments."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        elif raw.lower() in ("none", "null"):
+            value = None
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
+def _make(name: str, options: list[str]) -> Any:
+    from agentrl.envs import make
+
+    try:
+        return make(name, **parse_kv(options))
+    except KeyError as e:
+        raise typer.BadParameter(str(e.args[0]) if e.args else str(e)) from None
+    except TypeError as e:
+        raise typer.BadParameter(f"bad option for env {name!r}: {e}") from None
+
+
+@envs_app.command("list")
+def envs_list() -> None:
+    """Names accepted by ``make`` and their gymnasium ids."""
+    from agentrl.envs import gym_id, list_envs
+
+    for name in list_envs():
+        typer.echo(f"{name:<18} {gym_id(name)}")
+
+
+@envs_app.command("show")
+def envs_show(
+    name: str,
+    seed: int = typer.Option(0, help="reset seed"),
+    task_id: Optional[str] = typer.Option(None, help="task to reset to"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+) -> None:
+    """Reset an env once and print its first observation and info."""
+    env = _make(name, option)
+    obs, info = env.reset(seed=seed, options={"task_id": task_id} if task_id else None)
+    typer.echo(obs)
+    typer.echo("--- info")
+    for key, value in info.items():
+        typer.echo(f"{key}: {value}")
+    env.close()
+
+
+@envs_app.command("play")
+def envs_play(
+    name: str,
+    seed: int = typer.Option(0, help="reset seed"),
+    task_id: Optional[str] = typer.Option(None, help="task to reset to"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+) -> None:
+    """Play an env in the terminal: type an action (or the number of an admissible one); 'quit' stops."""
+    env = _make(name, option)
+    obs, info = env.reset(seed=seed, options={"task_id": task_id} if task_id else None)
+    total, steps = 0.0, 0
+    while True:
+        typer.echo(f"\n{obs}")
+        actions = info.get("admissible_actions") or []
+        for i, a in enumerate(actions, start=1):
+            typer.echo(f"  {i:>2}. {a}")
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in ("quit", "exit"):
+            break
+        choice = line.strip()
+        if choice.isdigit() and 1 <= int(choice) <= len(actions):
+            choice = actions[int(choice) - 1]
+        obs, reward, terminated, truncated, info = env.step(choice)
+        total, steps = total + float(reward), steps + 1
+        if not info.get("valid", True):
+            typer.echo("(not a valid action)")
+        if terminated or truncated:
+            typer.echo(f"\n{obs}")
+            break
+    typer.echo(f"\nsteps={steps} return={total:g} success={bool(info.get('success', False))}")
+    env.close()
+
+
+@envs_app.command("generate")
+def envs_generate(
+    name: str = typer.Argument(..., help="env whose data to generate: alfworld"),
+    out: Path = typer.Option(..., help="output directory"),
+    per_type: int = typer.Option(10, help="games per task type and split"),
+    seed: int = typer.Option(0, help="generator seed"),
+) -> None:
+    """Generate an env's offline data set."""
+    if name != "alfworld":
+        raise typer.BadParameter(f"no generator for {name!r}; available: alfworld")
+    from agentrl.envs.alfworld import generate_games
+
+    summary = generate_games(out, per_type=per_type, seed=seed, progress=True)
+    typer.echo(f"wrote games to {out}: {summary}")
+
+
+@webshop_app.command("serve")
+def webshop_serve(
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+    port: int = typer.Option(3000, help="port"),
+    split: str = typer.Option("test", help="goal split: test, eval or train"),
+) -> None:
+    """Serve the WebShop site as HTML (open it in a browser)."""
+    from agentrl.envs.webshop import serve
+
+    serve(host=host, port=port, split=split)
+
+
+@bench_app.command("credit-speed")
+def bench_credit_speed(sizes: str = typer.Option("16,128,1024", help="comma-separated task counts P")) -> None:
+    """Rows/s of every credit estimator on synthetic ALFWorld-like batches."""
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "credit_speed.py"
+    if not script.exists():
+        raise typer.BadParameter("bench/credit_speed.py is part of the source checkout; run it from there")
+    sys.argv = [str(script), "--sizes", sizes]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
