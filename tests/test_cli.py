@@ -1,0 +1,50 @@
+"""The agentrl command line, run in-process through typer's runner."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agentrl.cli import app, parse_kv
+from agentrl.envs.maze import MazeEnv, solve
+
+runner = CliRunner()
+
+
+def test_envs_list_names_and_gym_ids():
+    result = runner.invoke(app, ["envs", "list"])
+    assert result.exit_code == 0
+    assert "maze" in result.output and "agentrl/Maze-v0" in result.output
+
+
+def test_envs_show_prints_first_observation_and_info():
+    result = runner.invoke(app, ["envs", "show", "maze", "--seed", "1", "-o", "size=2"])
+    assert result.exit_code == 0, result.output
+    assert "Your task is to reach" in result.output and "admissible_actions:" in result.output
+
+
+def test_envs_play_reaches_the_goal_with_the_solver_plan():
+    env = MazeEnv()
+    env.reset(seed=3, options={"task_id": "maze-3"})
+    plan = solve(env.layout)
+    result = runner.invoke(app, ["envs", "play", "maze", "--seed", "3", "--task-id", "maze-3"], input="\n".join(plan) + "\n")
+    assert result.exit_code == 0, result.output
+    assert f"steps={len(plan)} return=1 success=True" in result.output
+
+
+def test_envs_play_reports_invalid_actions_and_quits():
+    result = runner.invoke(app, ["envs", "play", "maze"], input="dance wildly\nquit\n")
+    assert result.exit_code == 0
+    assert "(not a valid action)" in result.output and "steps=1 return=0 success=False" in result.output
+
+
+def test_bad_env_and_bad_options_fail_clearly():
+    result = runner.invoke(app, ["envs", "show", "no-such-env"])
+    assert result.exit_code != 0 and "unknown env 'no-such-env'" in result.output
+    result = runner.invoke(app, ["envs", "show", "maze", "-o", "colour=red"])
+    assert result.exit_code != 0 and "bad option for env 'maze'" in result.output
+
+
+def test_parse_kv_types():
+    assert parse_kv(["a=3", "b=0.5", "c=true", "d=none", "e=text"]) == {"a": 3, "b": 0.5, "c": True, "d": None, "e": "text"}
+    with pytest.raises(typer.BadParameter, match="key=value"):
+        parse_kv(["novalue"])
