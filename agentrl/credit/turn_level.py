@@ -1,0 +1,108 @@
+"""Turn-level rewards: MT-GRPO (critic-free) and MT-PPO (GAE over turns), Zeng/Wei et al. 2025.
+
+Environments may emit a verifiable or judged ``turn_reward`` per step; these estimators combine
+it with the trajectory outcome so that early turns are credited for what they achieved
+themselves, not only for how the episode ended (credit.md, Turn-level rewards).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agentrl.credit.base import FIELD_HINTS, Advantages, MissingInputError, register_estimator
+from agentrl.credit.gae import gae_advantages, gae_result, last_rows, row_values
+from agentrl.credit.ops import MODES, Layout, check_choice, factorize, group_mean_std, layout, normalize
+from agentrl.types import StepBatch
+
+VARIANTS = ("two_phase", "k_turn")
+PAPER = (
+    "Zeng/Wei et al. 2025, Reinforcing Multi-Turn Reasoning in LLM Agents via Turn-Level Credit Assignment, "
+    "arXiv 2505.11821"
+)
+
+
+def _norm_traj(x_traj: np.ndarray, g_traj: np.ndarray, n_groups: int, mode: str, eps: float) -> np.ndarray:
+    """norm_G over trajectories (each counted once), unbiased std as in the MT-GRPO code."""
+    mean, std, _ = group_mean_std(x_traj, g_traj, n_groups, ddof=1)
+    return normalize(x_traj, mean[g_traj], std[g_traj], mode, eps)
+
+
+def _first_tool_pos(lay: Layout, tool_call: np.ndarray) -> np.ndarray:
+    """Per trajectory: position of its first tool-call turn, or the trajectory length if none."""
+    first = lay.lengths.astype(np.int64).copy()
+    np.minimum.at(first, lay.slot[tool_call], lay.pos[tool_call])
+    return first
+
+
+@register_estimator("mt_grpo", fields=("turn_reward",), paper=PAPER)
+def mt_grpo(
+    batch: StepBatch,
+    *,
+    variant: str = "two_phase",
+    lam: float = 1.0,
+    eps: float = 1e-4,
+    mode: str = "mean_std",
+) -> Advantages:
+    """Outcome advantage plus a turn-reward advantage for the turns that earned it.
+
+    ``two_phase`` (the authors' code): ``A^O = norm_G(R^O_i)`` with R^O the outcome and
+    ``A^T = norm_G(R^T_i)`` with R^T the sum of the trajectory's turn rewards. Reading of
+    "tokens before the first tool result": the tool result is the env's answer to the first
+    turn that called a tool (``tool_call``), so every turn up to AND INCLUDING that turn was
+    produced before the result was seen and gets ``A^O + lam*A^T``; later turns get ``A^O``.
+    A trajectory without any tool call gets ``norm_G(R^T + R^O)`` on all its rows. Group
+    statistics always run over all trajectories of the group. Needs ``tool_call``.
+
+    ``k_turn`` (our generalisation to K turns): ``A_{i,t} = A^O_i + lam*norm_{G_t}(r^T_{i,t})``
+    where ``G_t`` = the rows of the same group at turn t (a trajectory shorter than t+1 is
+    simply absent from G_t; a lone row normalises to 0).
+
+    Defaults: lam 1.0, eps 1e-4, unbiased std; ``mode="mean"`` drops the division by the std.
+    """
+    check_choice("variant", variant, VARIANTS)
+    check_choice("mode", mode, MODES)
+    lay = layout(batch)
+    g_traj = lay.per_traj(batch.group_idx)
+    outcome_traj = lay.per_traj(batch.outcome)
+    adv_outcome_traj = _norm_traj(outcome_traj, g_traj, batch.num_groups, mode, eps)
+    if variant == "k_turn":
+        g_turn, n_g_turn = factorize(batch.group_idx, batch.turn)
+        mean, std, _ = group_mean_std(batch.turn_reward, g_turn, n_g_turn, ddof=1)
+        adv_turn = normalize(batch.turn_reward, mean[g_turn], std[g_turn], mode, eps)
+        return Advantages(step=adv_outcome_traj[lay.slot] + lam * adv_turn)
+
+    if batch.tool_call is None:
+        raise MissingInputError(
+            f"estimator 'mt_grpo' (variant 'two_phase') needs StepBatch.tool_call: {FIELD_HINTS['tool_call']}"
+        )
+    turn_sum_traj = np.bincount(lay.slot, weights=batch.turn_reward, minlength=lay.n_traj)
+    adv_turn_traj = _norm_traj(turn_sum_traj, g_traj, batch.num_groups, mode, eps)
+    adv_total_traj = _norm_traj(turn_sum_traj + outcome_traj, g_traj, batch.num_groups, mode, eps)
+    first_tool = _first_tool_pos(lay, batch.tool_call)
+    has_tool = first_tool < lay.lengths
+    before_result = lay.pos <= first_tool[lay.slot]
+    with_tool = adv_outcome_traj[lay.slot] + lam * adv_turn_traj[lay.slot] * before_result
+    step = np.where(has_tool[lay.slot], with_tool, adv_total_traj[lay.slot])
+    return Advantages(step=step)
+
+
+@register_estimator("mt_ppo", fields=("turn_reward",), inputs=("values",), row_inputs=("values",), paper=PAPER)
+def mt_ppo(
+    batch: StepBatch,
+    *,
+    values: np.ndarray | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    bootstrap_truncated: bool = False,
+    whiten: bool = False,
+    invalid_penalty: float = 0.0,
+) -> Advantages:
+    """GAE over turns with ``r_t = turn_reward_t``, plus the outcome added on the last row.
+
+    Same options and defaults as ``gae`` (gamma 1.0, lam 1.0); ``extras["returns"]`` = A + V.
+    """
+    value = row_values("mt_ppo", values)
+    lay = layout(batch)
+    reward = batch.turn_reward + batch.outcome * last_rows(lay)
+    adv = gae_advantages(batch, lay, reward, value, gamma=gamma, lam=lam, bootstrap_truncated=bootstrap_truncated)
+    return gae_result(adv, value, batch, invalid_penalty=invalid_penalty, whiten=whiten)
