@@ -316,5 +316,5 @@ def test_gae_with_exact_values_gives_zero(data):
     for tid, t, r in sorted(zip(batch.traj_id, batch.turn, batch.reward), key=lambda x: (x[0], -x[1])):
         to_go[(tid, t)] = r + to_go.get((tid, t + 1), 0.0)
     values = np.array([to_go[(tid, t)] for tid, t in zip(batch.traj_id, batch.turn)])
-    adv = estimate("gae", batch, values=values)
+    adv = estimate("gae", batch, values=values, invalid_penalty=0.0)
     np.testing.assert_allclose(adv.step, 0.0, atol=1e-9 * (1 + np.abs(values).max()) * 10)

@@ -87,7 +87,7 @@ def gae(
     lam: float = 1.0,
     bootstrap_truncated: bool = False,
     whiten: bool = False,
-    invalid_penalty: float = 0.0,
+    invalid_penalty: float = 0.1,
 ) -> Advantages:
     """Step-level GAE from per-turn critic values (defaults gamma 1.0, lam 1.0: Monte-Carlo
     return minus V, the usual choice for sparse-reward LLM agents).

@@ -52,7 +52,7 @@ def grpo(
     *,
     mode: str = "mean_std",
     eps: float = 1e-6,
-    invalid_penalty: float = 0.0,
+    invalid_penalty: float = 0.1,
     episode_stats: str = "trajectories",
 ) -> Advantages:
     """Outcome normalised within its group: (R - mean)/(std + eps), R - mean, or R - median."""
@@ -65,7 +65,7 @@ def grpo(
 
 
 @register_estimator("rloo", paper="Ahmadian et al. 2024, arXiv 2402.14740")
-def rloo(batch: StepBatch, *, invalid_penalty: float = 0.0) -> Advantages:
+def rloo(batch: StepBatch, *, invalid_penalty: float = 0.1) -> Advantages:
     """Leave-one-out baseline: R_i - mean of the other trajectories of the group (0 when alone)."""
     lay = layout(batch)
     r_traj, g_traj = lay.per_traj(batch.outcome), lay.per_traj(batch.group_idx)
@@ -79,7 +79,7 @@ def rloo(batch: StepBatch, *, invalid_penalty: float = 0.0) -> Advantages:
 
 
 @register_estimator("reinforce_pp", paper="Hu 2025 (REINFORCE++), arXiv 2501.03262")
-def reinforce_pp(batch: StepBatch, *, invalid_penalty: float = 0.0, eps: float = 1e-8) -> Advantages:
+def reinforce_pp(batch: StepBatch, *, invalid_penalty: float = 0.1, eps: float = 1e-8) -> Advantages:
     """R_i minus the group mean, then whitened over every row of the batch."""
     lay = layout(batch)
     mean, _, _ = group_mean_std(lay.per_traj(batch.outcome), lay.per_traj(batch.group_idx), batch.num_groups)

@@ -95,7 +95,7 @@ def mt_ppo(
     lam: float = 1.0,
     bootstrap_truncated: bool = False,
     whiten: bool = False,
-    invalid_penalty: float = 0.0,
+    invalid_penalty: float = 0.1,
 ) -> Advantages:
     """GAE over turns with ``r_t = turn_reward_t``, plus the outcome added on the last row.
 
