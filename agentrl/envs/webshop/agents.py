@@ -1,0 +1,65 @@
+"""Reference agents for WebShop: an oracle (upper bound, and expert data) and a random agent (floor)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from agentrl.envs.base import AgentEnv
+from agentrl.envs.webshop.loader import Shop
+from agentrl.envs.webshop.pages import PRODUCT_WINDOW
+
+
+def oracle_actions(shop: Shop, goal_idx: int) -> list[str]:
+    """Buy the goal product with the goal options: search its name, page to it, pick options, buy."""
+    goal = shop.goals[goal_idx]
+    asin = goal["asin"]
+    product = shop.by_asin[asin]
+    keywords = product["Title"].lower().strip()
+    hits = shop.search.search(keywords)
+    if asin not in hits:
+        raise LookupError(f"goal {goal_idx}: product {asin} is not among the top {len(hits)} hits for its own name")
+    actions = [f"search[{keywords}]"]
+    actions += ["click[next >]"] * (hits.index(asin) // PRODUCT_WINDOW)
+    actions.append(f"click[{asin.lower()}]")
+    for value in goal["goal_options"] if isinstance(goal["goal_options"], list) else goal["goal_options"].values():
+        if any(value in values for values in product["options"].values()):
+            actions.append(f"click[{value}]")
+    actions.append("click[buy now]")
+    return actions
+
+
+Policy = Callable[[str, dict[str, Any]], str]
+
+
+def random_policy(seed: int) -> Policy:
+    """Uniform over the admissible actions (the listed search included)."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: str, info: dict[str, Any]) -> str:
+        acts = info["admissible_actions"]
+        return str(acts[int(rng.integers(len(acts)))])
+
+    return act
+
+
+def run_episode(env: AgentEnv, policy: Policy, task_id: str, seed: int = 0) -> dict[str, Any]:
+    """Play one episode; returns reward, success, steps and the actions taken."""
+    obs, info = env.reset(seed=seed, options={"task_id": task_id})
+    total, actions, success = 0.0, [], False
+    while True:
+        action = policy(obs, info)
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += reward
+        success = success or bool(info["success"])
+        if terminated or truncated:
+            return {"reward": total, "success": success, "steps": len(actions), "actions": actions}
+
+
+def scripted_policy(actions: list[str]) -> Policy:
+    """Replays a fixed action list (e.g. ``oracle_actions``)."""
+    it = iter(actions)
+    return lambda obs, info: next(it, "click[buy now]")

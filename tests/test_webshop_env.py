@@ -1,0 +1,174 @@
+"""WebShopEnv: the original text format, page transitions, invalid actions, agents, contract, speed."""
+
+import time
+
+import gymnasium as gym
+import pytest
+
+from agentrl.envs import check_env, gym_id, make
+from agentrl.envs.webshop import WebShopEnv
+from agentrl.envs.webshop.agents import oracle_actions, random_policy, run_episode, scripted_policy
+from agentrl.envs.webshop.pages import SEP, parse_action
+
+
+@pytest.fixture(scope="module")
+def env():
+    return WebShopEnv(split="test")
+
+
+def results_parts(obs):
+    return obs.split(SEP)
+
+
+def to_results(env, task="0", keywords=None):
+    obs, info = env.reset(options={"task_id": task})
+    goal = env.session.goal
+    kw = keywords or env.shop.by_asin[goal["asin"]]["Title"].lower()
+    return env.step(f"search[{kw}]")
+
+
+def test_make_and_gymnasium_id():
+    e = make("webshop", split="eval")
+    assert isinstance(e, WebShopEnv) and e.task_ids()[0] == "500" and len(e.task_ids()) == 1000
+    assert isinstance(gym.make(gym_id("webshop"), split="test").unwrapped, WebShopEnv)
+
+
+def test_check_env_passes(env):
+    check_env(env, other=WebShopEnv(split="test"))
+
+
+def test_index_page_text(env):
+    obs, info = env.reset(options={"task_id": "7"})
+    instruction = env.shop.goals[7]["instruction_text"]
+    assert obs == f"WebShop [SEP] Instruction: [SEP] {instruction} [SEP] Search"
+    assert info["admissible_actions"] == [f"search[{instruction.split(', and price lower than')[0]}]"]
+    assert info["state_key"] == obs and info["task_id"] == "7"
+
+
+def test_results_page_text_and_paging(env):
+    obs, reward, term, trunc, info = to_results(env, keywords="black")
+    parts = results_parts(obs)
+    instruction = env.session.goal["instruction_text"]
+    assert parts[:6] == ["Instruction:", instruction, "Back to Search", "Page 1 (Total results: 50)", "Next >", parts[5]]
+    hits = env.shop.search.search("black")
+    assert len(hits) == 50
+    first = env.shop.by_asin[hits[0]]
+    assert parts[5:8] == [hits[0], first["Title"], first["Price"]]
+    assert len(parts) == 5 + 3 * 10
+    assert info["valid"] and reward == 0.0 and not term and not trunc
+    assert "click[next >]" in info["admissible_actions"] and "click[< prev]" not in info["admissible_actions"]
+    assert not any(a.startswith("search[") for a in info["admissible_actions"])
+    for page in range(2, 6):
+        obs, *_ , info = env.step("click[next >]")
+        assert f"Page {page} (Total results: 50)" in obs and "< Prev" in obs
+    assert "Next >" not in obs and hits[-1] in obs
+    obs, *_ = env.step("click[< prev]")
+    assert "Page 4 (Total results: 50)" in obs
+
+
+def test_item_page_options_and_sub_pages(env):
+    env.reset(options={"task_id": "3"})
+    actions = oracle_actions(env.shop, 3)
+    for a in actions[:-2]:
+        obs, _, _, _, info = env.step(a)
+    product = env.shop.by_asin[env.shop.goals[3]["asin"]]
+    groups = [x for g, vals in product["options"].items() for x in (g, *vals)]
+    assert obs.split(SEP)[2:] == ["Back to Search", "< Prev", *groups, product["Title"], f"Price: {product['Price']}",
+                                  "Rating: N.A.", "Description", "Features", "Reviews", "Buy Now"]
+    before = info["state_key"]
+    value = env.shop.goals[3]["goal_options"][-1]
+    obs2, _, _, _, info = env.step(f"click[{value}]")
+    assert obs2 == obs and info["valid"] and info["state_key"] != before and f": {value}" in info["state_key"]
+    obs3, *_ = env.step("click[Features]")  # labels are matched lower-cased
+    assert obs3.split(SEP)[4:] == product["BulletPoints"]
+    obs4, *_ = env.step("click[< prev]")
+    assert obs4 == obs and env.session.state.options  # options survive a sub-page visit
+    obs5, *_ = env.step("click[< prev]")
+    assert "Total results" in obs5
+
+
+def test_oracle_buys_with_reward_one_and_done_page(env):
+    obs, info = env.reset(options={"task_id": "3"})
+    for a in oracle_actions(env.shop, 3):
+        obs, reward, term, trunc, info = env.step(a)
+    assert (reward, term, trunc, info["success"]) == (1.0, True, False, True)
+    assert info["reward_info"]["r_type"] == 1.0
+    assert obs.startswith("Thank you for shopping with us! [SEP] Purchased [SEP] ") and obs.endswith(" [SEP] 1")
+    assert info["admissible_actions"] == []
+
+
+@pytest.mark.parametrize("action", [
+    "buy now", "click[search]", "click[not a button]", "search[]", "search[   ]", "", "click[]", "jump[x]",
+    "click[b0000000000]", "<script>alert(1)</script>", "click[buy now", "\x00\n",
+])
+def test_invalid_actions_are_noops(env, action):
+    obs, info = env.reset(options={"task_id": "1"})
+    env.step("search[kettle]")
+    page_obs = env._last_obs
+    key = env.session.state
+    obs, reward, term, trunc, info = env.step(action)
+    assert (obs, reward, term, info["valid"], info["success"]) == (page_obs, 0.0, False, False, False)
+    assert env.session.state == key
+
+
+def test_search_only_where_a_search_box_is_shown(env):
+    to_results(env)
+    obs, _, _, _, info = env.step("search[kettle]")
+    assert not info["valid"]
+    obs, _, _, _, info = env.step("click[back to search]")
+    assert obs.startswith("WebShop [SEP] ") and info["valid"]
+    obs, _, _, _, info = env.step("search[Kettle  Glass]")
+    assert info["valid"] and "Page 1" in obs
+
+
+def test_parse_action():
+    assert parse_action(" click[Buy Now] ") == ("click", "buy now")
+    assert parse_action("search[red [big] shoes]") == ("search", "red [big] shoes")
+    assert parse_action("click") is None
+
+
+def test_truncation_at_max_steps():
+    e = WebShopEnv(split="test", max_steps=3)
+    e.reset(options={"task_id": "0"})
+    outs = [e.step("click[nothing]") for _ in range(3)]
+    assert [o[3] for o in outs] == [False, False, True] and not any(o[2] for o in outs)
+
+
+def test_task_id_errors(env):
+    with pytest.raises(ValueError, match="not in split 'test'"):
+        env.reset(options={"task_id": "600"})
+    with pytest.raises(ValueError, match="must be a goal index"):
+        env.reset(options={"task_id": "abc"})
+
+
+def test_group_resets_identical():
+    a, b = WebShopEnv(split="test"), WebShopEnv(split="test")
+    actions = oracle_actions(a.shop, 42)[:2] + ["click[description]", "click[< prev]", "click[back to search]"]
+    ta = [a.reset(seed=5, options={"task_id": "42"})[0]] + [a.step(x)[0] for x in actions]
+    tb = [b.reset(seed=9, options={"task_id": "42"})[0]] + [b.step(x)[0] for x in actions]
+    assert ta == tb
+    assert a.reset(seed=3)[1]["task_id"] == a.reset(seed=3)[1]["task_id"]
+
+
+def test_oracle_solves_every_test_goal(env):
+    results = [run_episode(env, scripted_policy(oracle_actions(env.shop, int(t))), t) for t in env.task_ids()]
+    assert all(r["success"] and r["reward"] == 1.0 for r in results)
+    assert max(r["steps"] for r in results) <= env.max_steps
+
+
+def test_random_agent_is_far_below_the_oracle(env):
+    policy = random_policy(0)
+    results = [run_episode(env, policy, t) for t in env.task_ids()[:200]]
+    success = sum(r["success"] for r in results) / len(results)
+    mean = sum(r["reward"] for r in results) / len(results)
+    assert 0.0 <= success < 0.1 and 0.05 < mean < 0.6
+
+
+@pytest.mark.slow
+def test_text_env_speed(env):
+    policy = random_policy(1)
+    steps, start = 0, time.perf_counter()
+    for t in env.task_ids()[:300]:
+        steps += run_episode(env, policy, t)["steps"]
+    rate = steps / (time.perf_counter() - start)
+    assert rate >= 1000, f"{rate:.0f} steps/s (target 2,000 on one idle core; this machine is shared)"
