@@ -1,0 +1,49 @@
+"""Agents: prompt building (step-wise window or full chat) and response parsing with character spans."""
+
+from agentrl.agents.formats import (
+    RESPONSE_FORMATS,
+    ParsedResponse,
+    ResponseFormat,
+    Span,
+    ToolCall,
+    get_format,
+    parse_hiper,
+    parse_openai_message,
+    parse_response,
+    parse_think_action,
+    parse_tool_calls,
+)
+from agentrl.agents.prompts import (
+    DEFAULT_SYSTEM_PROMPT,
+    ChatPrompt,
+    ChatTokens,
+    Message,
+    StepPrompt,
+    render_chat,
+    tokenize_chat,
+)
+from agentrl.agents.spans import span_masks, token_offsets, token_spans
+
+__all__ = [
+    "RESPONSE_FORMATS",
+    "ParsedResponse",
+    "ResponseFormat",
+    "Span",
+    "ToolCall",
+    "get_format",
+    "parse_hiper",
+    "parse_openai_message",
+    "parse_response",
+    "parse_think_action",
+    "parse_tool_calls",
+    "DEFAULT_SYSTEM_PROMPT",
+    "ChatPrompt",
+    "ChatTokens",
+    "Message",
+    "StepPrompt",
+    "render_chat",
+    "tokenize_chat",
+    "span_masks",
+    "token_offsets",
+    "token_spans",
+]
