@@ -1,0 +1,21 @@
+"""Policies: the Policy protocol, sampling settings, the registry, and the backends.
+
+Importing this package does not import torch; ``hf`` (and the tiny-model builder) load it when used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from agentrl.policies.base import POLICIES, Generation, Messages, Policy, SamplingParams, make_policy, register_policy
+
+__all__ = ["POLICIES", "Generation", "Messages", "Policy", "SamplingParams", "make_policy", "register_policy"]
+
+
+@register_policy("hf")
+def _make_hf(path: str | os.PathLike[str], **kwargs: Any) -> Policy:
+    """``make_policy("hf", path=..., lora={...})``: ``HFPolicy.from_pretrained`` (transformers + peft)."""
+    from agentrl.policies.hf import HFPolicy
+
+    return HFPolicy.from_pretrained(path, **kwargs)

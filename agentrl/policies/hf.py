@@ -1,0 +1,341 @@
+"""``hf``: a transformers causal LM with a peft LoRA adapter, in-process, on CPU or GPU.
+
+Sampling is batched with left padding. The reference policy for KL is the same model with the
+adapter switched off (``adapter_disabled``), so no second copy of the weights is held. Sampling
+log-probs are recomputed after generation with the chunked scorer rather than kept from
+``generate`` (which would hold B x L x V float32 logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.agents.prompts import render_chat
+from agentrl.policies.base import Generation, Messages, SamplingParams
+from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
+
+__all__ = ["LoraSettings", "HFPolicy", "pick_device"]
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters (peft ``LoraConfig``): rank, alpha, dropout and the modules it wraps."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.r, int) and self.r >= 1):
+            raise ValueError(f"LoRA r must be an int >= 1, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, str) or not self.target_modules:
+            raise ValueError(f"LoRA target_modules must be a non-empty list of module names, got {self.target_modules!r}")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @classmethod
+    def coerce(cls, value: LoraSettings | Mapping[str, Any]) -> LoraSettings:
+        """Accept settings or a plain dict (from a YAML config); unknown keys are named."""
+        if isinstance(value, LoraSettings):
+            return value
+        unknown = set(value) - {"r", "alpha", "dropout", "target_modules"}
+        if unknown:
+            raise ValueError(f"unknown LoRA setting(s) {sorted(unknown)}; known: r, alpha, dropout, target_modules")
+        return cls(**value)
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM", bias="none",
+        )  # fmt: skip
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` or, when None, the first GPU if there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class _StopOnText:
+    """Stops a row once its response text (never the prompt) contains a stop string.
+
+    transformers' own ``stop_strings`` also match across the prompt/response boundary, which
+    OpenAI-style stop semantics do not. Only the last few tokens are decoded each step.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, tuple(stop), prompt_width
+        self.tail = 4 * max(len(s) for s in stop) + 4  # a character is at most 4 byte-level tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class HFPolicy:
+    """A causal LM (+ optional LoRA) that samples chat responses and scores token ids.
+
+    Build it with ``from_pretrained(path, lora=...)`` from any local model directory (or hub id,
+    where the hub is reachable). ``model`` is the peft model when LoRA is on.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, chat_template: str | None = None,
+                 max_batch_size: int = 64, logprob_chunk_size: int = 1024) -> None:  # fmt: skip
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.max_batch_size = max_batch_size
+        self.logprob_chunk_size = logprob_chunk_size
+        gen_cfg = getattr(model, "generation_config", None)
+        eos = getattr(gen_cfg, "eos_token_id", None)
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        if not eos_ids:
+            raise ValueError("neither the tokenizer nor the model's generation config names an end-of-sequence token")
+        self.eos_token_ids = sorted(eos_ids)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = getattr(gen_cfg, "pad_token_id", None)
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        lora: LoraSettings | Mapping[str, Any] | None = None,
+        adapter: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        chat_template: str | None = None,
+        max_batch_size: int = 64,
+        logprob_chunk_size: int = 1024,
+    ) -> HFPolicy:
+        """Load a model directory; add a fresh LoRA adapter (``lora``) or load a saved one (``adapter``).
+
+        ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if lora is not None and adapter is not None:
+            raise ValueError("pass either lora= (a new adapter) or adapter= (a saved one), not both")
+        if isinstance(path, (str, os.PathLike)) and Path(path).exists() and not (Path(path) / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+        dev = pick_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+            dtype = getattr(torch, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev)
+        if lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, LoraSettings.coerce(lora).to_peft())
+        elif adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, os.fspath(adapter), is_trainable=True).to(dev)
+        model.eval()
+        return cls(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
+                   logprob_chunk_size=logprob_chunk_size)  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        """Chat template with the generation prompt, tokenised without extra special tokens."""
+        text = render_chat(self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) of a batch, padded on the left with the pad token."""
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, s in enumerate(sequences):
+            if len(s):
+                ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+                mask[i, width - len(s) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, prompts: Sequence[Messages], params: SamplingParams) -> list[Generation]:
+        """Sample one response per chat prompt (see ``generate_from_ids``)."""
+        return self.generate_from_ids([self.prompt_ids(m) for m in prompts], params)
+
+    def generate_from_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        """Sample one response per prompt given as token ids, ``max_batch_size`` prompts at a time.
+
+        With ``params.seed`` the call is reproducible and leaves the global RNG untouched.
+        """
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        for i, p in enumerate(prompt_ids):
+            if not len(p):
+                raise ValueError(f"prompt {i} is empty")
+        out: list[Generation] = []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for s in range(0, len(prompt_ids), self.max_batch_size):
+                out.extend(self._generate_batch(prompt_ids[s : s + self.max_batch_size], params))
+        return out
+
+    def _generation_config(self, params: SamplingParams) -> Any:
+        from transformers import GenerationConfig
+
+        common = dict(max_new_tokens=params.max_new_tokens, eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                      bos_token_id=None)  # fmt: skip
+        if params.temperature == 0:
+            return GenerationConfig(do_sample=False, **common)
+        return GenerationConfig(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, **common)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+        ids, mask = self.left_pad(prompt_ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            stopping = [_StopOnText(self.tokenizer, params.stop, ids.shape[1])] if params.stop else None
+            seqs = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=self._generation_config(params),
+                stopping_criteria=stopping,
+            )  # fmt: skip
+        finally:
+            self.model.train(was_training)
+        width = ids.shape[1]
+        responses = [self._cut(row[width:].tolist(), params) for row in seqs]
+        scored = [list(p) + r for p, (r, _) in zip(prompt_ids, responses)]
+        lps = self._sampling_logprobs(prompt_ids, scored, params)
+        return [
+            Generation(
+                prompt_ids=list(p), response_ids=r, logprobs=lp,
+                text=self.tokenizer.decode(r, skip_special_tokens=True), finish_reason=reason,
+            )  # fmt: skip
+            for p, (r, reason), lp in zip(prompt_ids, responses, lps)
+        ]
+
+    def _cut(self, generated: list[int], params: SamplingParams) -> tuple[list[int], str]:
+        """The response up to and including its end-of-turn token or stop string."""
+        eos = set(self.eos_token_ids)
+        end = next((i + 1 for i, t in enumerate(generated) if t in eos), None)
+        upto = generated if end is None else generated[: end - 1]
+        if params.stop and any(s in self.tokenizer.decode(upto, skip_special_tokens=True) for s in params.stop):
+            for i in range(len(upto)):
+                text = self.tokenizer.decode(upto[: i + 1], skip_special_tokens=True)
+                if any(s in text for s in params.stop):
+                    return upto[: i + 1], "stop"
+        if end is not None:
+            return generated[:end], "stop"
+        return generated, "length"
+
+    def _sampling_logprobs(self, prompt_ids: Sequence[Sequence[int]], full: list[list[int]],
+                           params: SamplingParams) -> list[list[float]]:  # fmt: skip
+        ids, mask = self.left_pad(full)
+        width = ids.shape[1]
+        response_mask = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (p, f) in enumerate(zip(prompt_ids, full)):
+            response_mask[i, width - len(f) + len(p) :] = True
+        temperature = params.temperature if params.temperature > 0 else 1.0
+        with torch.no_grad():
+            lp = self.logprobs(ids, mask, response_mask, temperature=temperature).logprobs
+        return [lp[i, width - len(f) + len(p) :].tolist() for i, (p, f) in enumerate(zip(prompt_ids, full))]
+
+    # ------------------------------------------------------------------ scoring
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *,
+                 temperature: float = 1.0, with_entropy: bool = False, chunk_size: int | None = None) -> TokenLogprobs:  # fmt: skip
+        """Chunked per-token log-probs under the current weights (adapter on), differentiable."""
+        return token_logprobs(
+            self.model, input_ids.to(self.device), attention_mask.to(self.device), response_mask.to(self.device),
+            chunk_size=chunk_size or self.logprob_chunk_size, temperature=temperature, with_entropy=with_entropy,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ adapter
+    def _require_adapter(self, what: str) -> None:
+        if not self.has_adapter:
+            raise ValueError(f"{what} needs a LoRA adapter; build the policy with lora=... or adapter=...")
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """Inside this block the model is the base model: reference log-probs without a second copy."""
+        self._require_adapter("adapter_disabled()")
+        with self.model.disable_adapter():
+            yield
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters an optimiser should update (the LoRA weights when an adapter is on)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save_adapter(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the adapter (weights + adapter_config.json) to ``directory``; returns it."""
+        self._require_adapter("save_adapter()")
+        out = Path(directory)
+        self.model.save_pretrained(os.fspath(out))
+        return out
+
+    def load_adapter(self, directory: str | os.PathLike[str]) -> None:
+        """Load saved adapter weights into this policy's adapter (same rank and target modules)."""
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        self._require_adapter("load_adapter()")
+        config_path = Path(directory) / "adapter_config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{directory} holds no adapter (no adapter_config.json)")
+        saved = json.loads(config_path.read_text())
+        mine = self.model.peft_config["default"]
+        for key, have in (("r", mine.r), ("target_modules", mine.target_modules)):
+            want = saved.get(key)
+            if key == "target_modules":
+                want, have = set(want or ()), set(have or ())
+            if want != have:
+                raise ValueError(f"adapter in {directory} has {key}={want!r}, this policy's adapter has {have!r}")
+        weights = load_peft_weights(os.fspath(directory), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise ValueError(f"adapter in {directory} has weights this model lacks: {unexpected[:5]}")
+
+    def lora_settings(self) -> LoraSettings:
+        """The settings of the current adapter (for checkpoints and logs)."""
+        self._require_adapter("lora_settings()")
+        cfg = self.model.peft_config["default"]
+        return LoraSettings(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=tuple(sorted(cfg.target_modules)))
+
+    def describe(self) -> dict[str, Any]:
+        """Model size and adapter settings, JSON-serialisable."""
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        info: dict[str, Any] = {"parameters": total, "trainable_parameters": trainable, "device": str(self.device)}
+        if self.has_adapter:
+            info["lora"] = asdict(self.lora_settings())
+        return info

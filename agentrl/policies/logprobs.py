@@ -1,0 +1,119 @@
+"""Per-token log-probs (and entropies) computed in chunks, never materialising full-vocabulary logits.
+
+A forward pass of the transformer body gives hidden states; only the positions that predict a
+response token go through the output layer, ``chunk_size`` tokens at a time. When gradients are
+on, each chunk is checkpointed: its float32 logits are recomputed in the backward pass instead of
+being kept, so peak memory holds one chunk of logits, not B x T x V (the issue's measured OOM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["TokenLogprobs", "split_causal_lm", "position_ids_from_mask", "token_logprobs"]
+
+
+@dataclass
+class TokenLogprobs:
+    """``logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` where ``response_mask``, else 0.
+
+    ``entropy[b, t]``: entropy of the distribution that predicted position t (same mask), when asked.
+    """
+
+    logprobs: torch.Tensor  # float32[B, T]
+    entropy: torch.Tensor | None = None  # float32[B, T]
+
+
+def split_causal_lm(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
+    """(transformer body, output layer, config) of a causal LM, unwrapping a peft model.
+
+    LoRA layers are injected into the body in place, so the adapter still applies.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings()
+    if body is None or head is None:
+        raise TypeError(f"{type(base).__name__} is not a causal LM with a decoder body and an output layer")
+    return body, head, base.config
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _chunk_stats(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                 softcap: float | None, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    logits = head(hidden).float()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    probs = torch.softmax(logits, dim=-1)
+    return logp, lse - (probs * logits).sum(-1)
+
+
+def token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> TokenLogprobs:
+    """Log-probs of the response tokens of a left- or right-padded batch, differentiable.
+
+    ``response_mask[b, t]`` says which tokens to score; position 0 has no context and cannot be
+    scored. Equal to ``log_softmax(model(...).logits / temperature)`` gathered at the next
+    tokens, computed ``chunk_size`` scored tokens at a time.
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or response_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"input_ids, attention_mask and response_mask must share one [B, T] shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score tokens, got {temperature}")
+    response_mask = response_mask.bool()
+    if response_mask[:, 0].any():
+        raise ValueError("response_mask marks position 0, which no earlier token predicts")
+    if (response_mask & ~attention_mask.bool()).any():
+        raise ValueError("response_mask marks padding (positions where attention_mask is 0)")
+    body, head, config = split_causal_lm(model)
+    hidden = body(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+    ).last_hidden_state
+    scored = response_mask[:, 1:]
+    hidden_M = hidden[:, :-1][scored]
+    targets_M = input_ids[:, 1:][scored]
+    softcap = getattr(config, "final_logit_softcapping", None)
+    logps, ents = [], []
+    for s in range(0, hidden_M.shape[0], chunk_size):
+        args = (head, hidden_M[s : s + chunk_size], targets_M[s : s + chunk_size], temperature, softcap, with_entropy)
+        if torch.is_grad_enabled() and hidden_M.requires_grad:
+            lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_stats(*args)
+        logps.append(lp)
+        ents.append(ent)
+    B, T = input_ids.shape
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    out = hidden.new_zeros(B, T, dtype=torch.float32)
+    out[:, 1:][scored] = torch.cat(logps) if logps else empty
+    entropy = None
+    if with_entropy:
+        entropy = hidden.new_zeros(B, T, dtype=torch.float32)
+        entropy[:, 1:][scored] = torch.cat(ents) if ents else empty
+    return TokenLogprobs(logprobs=out, entropy=entropy)

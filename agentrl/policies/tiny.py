@@ -1,0 +1,158 @@
+"""Tiny models without the hub: a byte-level BPE tokenizer trained on env text and a random-init Qwen2.
+
+Tests and the CPU quickstart never download (DESIGN.md, "Tiny models, no hub"). ``build_tiny_model``
+writes a directory that loads through ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained``
+exactly like a real model, so every code path that takes a model path is exercised for real.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "FORMAT_TOKENS",
+    "CHATML_TEMPLATE",
+    "format_corpus",
+    "train_tokenizer",
+    "tiny_qwen2_config",
+    "build_tiny_model",
+]
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+# The tags of every response format are single tokens: tiny models learn the format fast and
+# span boundaries fall on token boundaries.
+FORMAT_TOKENS = (
+    "<think>", "</think>", "<action>", "</action>", "<switch>", "</switch>",
+    "<subgoal>", "</subgoal>", "<tool_call>", "</tool_call>",
+)  # fmt: skip
+
+# Qwen2's normalisation (NFC) and pre-tokenisation: transformers rebuilds a Qwen2 model's tokenizer
+# with these on load, so the tokenizer is trained with them and loads back unchanged.
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# ChatML, as Qwen2.5 writes it, without tool-schema rendering: a small template for the tiny tokenizer.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def format_corpus() -> list[str]:
+    """Text in every response format, so the tokenizer learns merges for the scaffolding too."""
+    return [
+        "<think>I should explore the rooms and find the key.</think><action>go north</action>",
+        "<switch>SWITCH</switch><subgoal>find the red key</subgoal><action>take red key</action>",
+        "<switch>KEEP</switch><subgoal>reach the goal</subgoal><action>go east</action>",
+        '<tool_call>{"name": "search", "arguments": {"query": "weather"}}</tool_call>',
+        "Task: Current observation: Admissible actions: You have taken step(s) so far. Current subgoal: None",
+    ]
+
+
+def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus_texts`` with ChatML specials.
+
+    Byte-level means any text round-trips, including characters never seen in the corpus.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [t for t in corpus_texts if isinstance(t, str) and t]
+    if not texts:
+        raise ValueError("corpus_texts is empty: the tokenizer needs some text to learn merges from")
+    n_base = 256 + len(SPECIAL_TOKENS) + len(FORMAT_TOKENS)
+    if vocab_size < n_base:
+        raise ValueError(f"vocab_size must be >= {n_base} (256 bytes + special and format tokens), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(FORMAT_TOKENS),
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        chat_template=CHATML_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=2048,
+    )
+
+
+def tiny_qwen2_config(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                      intermediate: int | None = None, max_positions: int = 2048, pad_token_id: int | None = None,
+                      eos_token_id: int | None = None) -> Any:  # fmt: skip
+    """A Qwen2 config of the given size (tied embeddings keep the parameter count small)."""
+    from transformers import Qwen2Config
+
+    if hidden % heads or heads % kv_heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads}), and heads by kv_heads ({kv_heads})")
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str],
+    corpus_texts: Sequence[str],
+    *,
+    vocab_size: int = 512,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on ``corpus_texts`` (+ ``format_corpus()``), random-init a Qwen2, save both.
+
+    Deterministic for a given corpus, size and seed. Returns ``out_dir``, a directory that
+    ``from_pretrained`` loads like any real model.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    tokenizer = train_tokenizer([*corpus_texts, *format_corpus()], vocab_size=vocab_size)
+    eos_id, pad_id = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    config = tiny_qwen2_config(len(tokenizer), layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                               intermediate=intermediate, max_positions=max_positions, pad_token_id=pad_id,
+                               eos_token_id=eos_id)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,317 @@
+"""Tiny tokenizer and model (no hub), the hf policy (sampling, LoRA, reference, adapters), chunked log-probs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agentrl.agents import StepPrompt
+from agentrl.envs.maze import MazeEnv
+from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
+from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.policies.logprobs import token_logprobs
+from agentrl.policies.tiny import FORMAT_TOKENS, build_tiny_model, format_corpus, train_tokenizer
+
+
+def maze_corpus(n_tasks: int = 8) -> list[str]:
+    """Observations and actions of a few maze tasks: the env text the tokenizer learns from."""
+    env = MazeEnv()
+    texts = []
+    for i in range(n_tasks):
+        obs, info = env.reset(options={"task_id": f"maze-{i}"})
+        texts.append(obs)
+        for action in info["admissible_actions"]:
+            texts.append(action)
+            texts.append(env.step(action)[0])
+            env.reset(options={"task_id": f"maze-{i}"})
+    return texts
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), maze_corpus(), vocab_size=384, layers=2, hidden=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def policy(model_dir):
+    return HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    env = MazeEnv()
+    builder = StepPrompt(history_k=2)
+    out = []
+    for i in range(3):
+        obs, info = env.reset(options={"task_id": f"maze-{i}"})
+        out.append(builder.build("", obs, [("You are in the hall.", "go north")] * i, info["admissible_actions"]))
+    return out
+
+
+def perturb_lora(policy: HFPolicy, seed: int, scale: float = 0.5) -> None:
+    """Give the (zero-initialised) LoRA B matrices random values, as training would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def reset_lora(policy: HFPolicy) -> None:
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+
+
+def batch_of(policy: HFPolicy, prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A left-padded batch of prompt + fixed 'response' ids with the response marked."""
+    responses = [policy.tokenizer("<action>go north</action>", add_special_tokens=False)["input_ids"], [5, 6, 7], [9]]
+    seqs = [policy.prompt_ids(p) + r for p, r in zip(prompts, responses)]
+    ids, mask = policy.left_pad(seqs)
+    resp = torch.zeros_like(mask, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        resp[i, ids.shape[1] - len(r) :] = True
+    return ids, mask, resp
+
+
+def naive_logprobs(model, ids, mask, resp, temperature=1.0):
+    """The full-logits reference: log_softmax over the vocabulary at every position."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float() / temperature
+    lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    out[:, 1:] = torch.where(resp[:, 1:], lp, torch.zeros_like(lp))
+    return out
+
+
+# ----------------------------------------------------------------------------- tiny tokenizer and model
+
+
+def test_tiny_tokenizer_round_trip(model_dir):
+    from transformers import AutoTokenizer
+
+    trained = train_tokenizer(maze_corpus() + format_corpus(), vocab_size=384)
+    loaded = AutoTokenizer.from_pretrained(model_dir)
+    for text in ["You are in the hall.\nExits: north, east (red door).", "<think>hm</think><action>take red key</action>",
+                 "naïve ünïcode 中文 🙂 1234   \n\n tabs\t", "<|im_start|>user\nhi<|im_end|>"]:  # fmt: skip
+        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        assert ids == trained(text, add_special_tokens=False)["input_ids"]
+        assert loaded.decode(ids) == text
+    for tag in FORMAT_TOKENS:
+        assert len(loaded(tag, add_special_tokens=False)["input_ids"]) == 1
+    assert loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<|endoftext|>"
+    words = loaded.convert_ids_to_tokens(loaded("You carry: nothing.", add_special_tokens=False)["input_ids"])
+    assert words == ["You", "Ġcarry", ":", "Ġnothing", "."]  # in every maze observation: whole words were learnt
+    chat = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tiny_tokenizer_rejects_bad_input():
+    with pytest.raises(ValueError, match="corpus_texts is empty"):
+        train_tokenizer([])
+    with pytest.raises(ValueError, match="vocab_size must be >="):
+        train_tokenizer(["abc"], vocab_size=100)
+
+
+def test_tiny_model_builds_saves_loads_deterministically(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    cfg = model.config
+    assert cfg.model_type == "qwen2" and cfg.num_hidden_layers == 2 and cfg.hidden_size == 64
+    assert cfg.vocab_size == len(train_tokenizer(maze_corpus() + format_corpus(), vocab_size=384))
+    again = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "again", maze_corpus(), vocab_size=384, seed=0))
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "other", maze_corpus(), vocab_size=384, seed=1))
+    ref = dict(model.named_parameters())
+    assert all(torch.equal(p, ref[n]) for n, p in again.named_parameters())
+    assert not all(torch.equal(p, ref[n]) for n, p in other.named_parameters())
+    with pytest.raises(ValueError, match="divisible"):
+        build_tiny_model(tmp_path / "bad", ["abc"] * 3, vocab_size=300, hidden=30, heads=4)
+
+
+# ----------------------------------------------------------------------------- hf policy: sampling
+
+
+def test_policy_registry_and_protocol(model_dir):
+    assert "hf" in POLICIES
+    pol = make_policy("hf", path=model_dir, device="cpu")
+    assert isinstance(pol, Policy) and not pol.has_adapter
+    with pytest.raises(KeyError, match="unknown policy 'gpt'.*hf"):
+        make_policy("gpt")
+    with pytest.raises(ValueError, match="needs a LoRA adapter"):
+        with pol.adapter_disabled():
+            pass
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        HFPolicy.from_pretrained(model_dir.parent)
+
+
+def test_sampling_params_validation():
+    for bad, match in [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
+                       ({"max_new_tokens": 0}, "max_new_tokens"), ({"stop": "x"}, "stop")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            SamplingParams(**bad)
+
+
+def test_generate_is_deterministic_with_a_seed(policy, prompts):
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = policy.generate(prompts, params)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
+    b = policy.generate(prompts, params)
+    c = policy.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
+    assert [g.response_ids for g in a] == [g.response_ids for g in b]
+    assert [g.response_ids for g in a] != [g.response_ids for g in c]
+    for g, p in zip(a, prompts):
+        assert isinstance(g, Generation) and g.prompt_ids == policy.prompt_ids(p)
+        assert 1 <= len(g.response_ids) <= 12 and len(g.logprobs) == len(g.response_ids)
+        assert all(lp <= 0 for lp in g.logprobs)
+        assert g.finish_reason == ("stop" if g.response_ids[-1] in policy.eos_token_ids else "length")
+
+
+def test_batched_left_padding_matches_one_at_a_time(policy, prompts):
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    batched = policy.generate(prompts, greedy)
+    assert len({len(g.prompt_ids) for g in batched}) > 1  # the batch really was padded
+    for g, p in zip(batched, prompts):
+        alone = policy.generate([p], greedy)[0]
+        assert g.response_ids == alone.response_ids
+        assert g.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
+def test_sampling_logprobs_equal_rescoring(policy, prompts):
+    for temperature in (1.0, 0.7):
+        gens = policy.generate(prompts, SamplingParams(temperature=temperature, max_new_tokens=8, seed=1))
+        for g in gens:
+            seq = torch.tensor([g.prompt_ids + g.response_ids])
+            mask = torch.ones_like(seq)
+            resp = torch.zeros_like(seq, dtype=torch.bool)
+            resp[0, len(g.prompt_ids) :] = True
+            with torch.no_grad():
+                ref = naive_logprobs(policy.model, seq, mask, resp, temperature)[0, len(g.prompt_ids) :]
+            assert g.logprobs == pytest.approx(ref.tolist(), abs=1e-4)
+
+
+def test_stop_strings_end_the_response(model_dir):
+    pol = HFPolicy.from_pretrained(model_dir, device="cpu")
+    free = pol.generate_from_ids([[10, 11, 12]], SamplingParams(temperature=0, max_new_tokens=30))[0]
+    assert len(free.response_ids) >= 4
+    stop = pol.tokenizer.decode(free.response_ids[2:4], skip_special_tokens=True)
+    assert stop.strip(), "pick a stop string that is visible text"
+    cut = pol.generate_from_ids([[10, 11, 12]], SamplingParams(temperature=0, max_new_tokens=30, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop" and stop in cut.text and len(cut.response_ids) <= 4
+    assert cut.response_ids == free.response_ids[: len(cut.response_ids)]
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+def test_chunked_logprobs_equal_naive(policy, prompts, chunk_size):
+    ids, mask, resp = batch_of(policy, prompts)
+    with torch.no_grad():
+        naive = naive_logprobs(policy.model, ids, mask, resp)
+        chunked = token_logprobs(policy.model, ids, mask, resp, chunk_size=chunk_size, with_entropy=True)
+    assert torch.allclose(chunked.logprobs, naive, atol=1e-5)
+    assert (chunked.logprobs[~resp] == 0).all() and (chunked.logprobs[resp] < 0).all()
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    probs = torch.softmax(logits[:, :-1].float(), -1)
+    naive_ent = -(probs * torch.log(probs)).sum(-1)
+    assert torch.allclose(chunked.entropy[:, 1:][resp[:, 1:]], naive_ent[resp[:, 1:]], atol=1e-4)
+
+
+def test_chunked_logprob_gradients_equal_naive(policy, prompts):
+    ids, mask, resp = batch_of(policy, prompts)
+    perturb_lora(policy, seed=5, scale=0.1)
+    params = policy.trainable_parameters()
+    try:
+        policy.model.zero_grad()
+        token_logprobs(policy.model, ids, mask, resp, chunk_size=2).logprobs.sum().backward()
+        chunked = [p.grad.clone() for p in params]
+        policy.model.zero_grad()
+        naive_logprobs(policy.model, ids, mask, resp).sum().backward()
+        for g_chunk, p in zip(chunked, params):
+            assert torch.allclose(g_chunk, p.grad, atol=1e-5)
+        assert any(g.abs().sum() > 0 for g in chunked)
+    finally:
+        policy.model.zero_grad()
+        reset_lora(policy)
+
+
+def test_logprobs_reject_bad_masks(policy, prompts):
+    ids, mask, resp = batch_of(policy, prompts)
+    first = resp.clone()
+    first[:, 0] = True
+    with pytest.raises(ValueError, match="position 0"):
+        token_logprobs(policy.model, ids, mask, first)
+    hidden = mask.clone()
+    hidden[resp] = 0
+    with pytest.raises(ValueError, match="padding"):
+        token_logprobs(policy.model, ids, hidden, resp)
+    with pytest.raises(ValueError, match="one \\[B, T\\] shape"):
+        token_logprobs(policy.model, ids, mask[:, 1:], resp)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def test_lora_is_applied_and_adapter_disabled_restores_base(policy, prompts, model_dir):
+    from transformers import AutoModelForCausalLM
+
+    ids, mask, resp = batch_of(policy, prompts)
+    base_model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        plain = naive_logprobs(base_model, ids, mask, resp)
+        fresh = policy.logprobs(ids, mask, resp).logprobs
+        assert torch.allclose(fresh, plain, atol=1e-5)  # LoRA B starts at zero: no change yet
+        perturb_lora(policy, seed=3)
+        try:
+            tuned = policy.logprobs(ids, mask, resp).logprobs
+            with policy.adapter_disabled():
+                reference = policy.logprobs(ids, mask, resp).logprobs
+            after = policy.logprobs(ids, mask, resp).logprobs
+        finally:
+            reset_lora(policy)
+    assert (tuned - plain).abs().max() > 1e-2
+    assert torch.allclose(reference, plain, atol=1e-5)
+    assert torch.equal(after, tuned)  # leaving the block turns the adapter back on
+    assert all("lora_" in n for n, p in policy.model.named_parameters() if p.requires_grad)
+    assert policy.describe()["trainable_parameters"] == sum(p.numel() for p in policy.trainable_parameters())
+
+
+def test_save_load_adapter_round_trip(policy, prompts, model_dir, tmp_path):
+    ids, mask, resp = batch_of(policy, prompts)
+    perturb_lora(policy, seed=11)
+    try:
+        with torch.no_grad():
+            tuned = policy.logprobs(ids, mask, resp).logprobs
+        saved = policy.save_adapter(tmp_path / "adapter")
+    finally:
+        reset_lora(policy)
+    assert json.loads((saved / "adapter_config.json").read_text())["r"] == 4
+    fresh = HFPolicy.from_pretrained(model_dir, lora={"r": 4, "alpha": 8}, device="cpu")
+    fresh.load_adapter(saved)
+    reopened = HFPolicy.from_pretrained(model_dir, adapter=saved, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(fresh.logprobs(ids, mask, resp).logprobs, tuned, atol=1e-6)
+        assert torch.allclose(reopened.logprobs(ids, mask, resp).logprobs, tuned, atol=1e-6)
+    assert reopened.trainable_parameters(), "a reopened adapter stays trainable (resume)"
+    wrong_rank = HFPolicy.from_pretrained(model_dir, lora={"r": 2}, device="cpu")
+    with pytest.raises(ValueError, match="r=4"):
+        wrong_rank.load_adapter(saved)
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        fresh.load_adapter(tmp_path)
+
+
+def test_lora_settings_validation():
+    assert LoraSettings.coerce({"r": 16, "alpha": 32, "target_modules": ["q_proj"]}).target_modules == ("q_proj",)
+    with pytest.raises(ValueError, match="unknown LoRA setting.*rank"):
+        LoraSettings.coerce({"rank": 8})
+    with pytest.raises(ValueError, match="r must be"):
+        LoraSettings(r=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LoraSettings(dropout=1.0)
