@@ -67,7 +67,11 @@ def naive_gigpo(
         for traj in trajs:
             for t, step in enumerate(traj.steps):
                 key = (traj.traj_id, t)
-                episode = _norm(traj.outcome - invalid_penalty * (not step.valid), ep_mean, ep_std, mode, eps)
+                penalty = invalid_penalty * (not step.valid)
+                if episode_stats == "trajectories":  # penalty outside the statistics: not rescaled
+                    episode = _norm(traj.outcome, ep_mean, ep_std, mode, eps) - penalty
+                else:
+                    episode = _norm(traj.outcome - penalty, ep_mean, ep_std, mode, eps)
                 anchor = anchor_of[key]
                 if len(anchor_members[anchor]) < 2:
                     step_adv = 0.0

@@ -66,7 +66,8 @@ def test_gigpo_mean_std_by_hand():
     # episode: outcomes 1, 0, 1 -> mean 2/3, unbiased std sqrt(((1/3)^2 + (2/3)^2 + (1/3)^2)/2) = sqrt(1/3)
     s_ep = math.sqrt(((1 / 3) ** 2 + (2 / 3) ** 2 + (1 / 3) ** 2) / 2)
     episode = {key: ((0.0 if key[0] == "b" else 1.0) - 2 / 3) / (s_ep + EPS) for key in RET}
-    episode[("b", 0)] = (0.0 - 0.1 - 2 / 3) / (s_ep + EPS)  # the invalid row's own score is penalised
+    # the invalid row is penalised after normalising (the penalty is not in the trajectory statistics)
+    episode[("b", 0)] = (0.0 - 2 / 3) / (s_ep + EPS) - 0.1
     # anchor A: returns .5, -.1, .25 ; anchor B: 1, .5 ; C and D are singletons -> 0
     m_a = (0.5 - 0.1 + 0.25) / 3
     s_a = math.sqrt(((0.5 - m_a) ** 2 + (-0.1 - m_a) ** 2 + (0.25 - m_a) ** 2) / 2)

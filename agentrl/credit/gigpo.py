@@ -18,43 +18,16 @@ import numpy as np
 
 from agentrl.credit.base import Advantages, MissingInputError, register_estimator
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage
-from agentrl.credit.ops import MODES, Layout, check_choice, discounted_returns, factorize, layout
+from agentrl.credit.ops import MODES, Layout, centred_group_stats, check_choice, check_finite, discounted_returns, factorize, layout
 from agentrl.types import StepBatch
 
 ANCHORS = ("exact", "similarity")
-
-
-def check_finite(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
-    """Reject a numeric option that is not a finite number in [low, high], naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"option {name}={value!r} must be a finite number")
-    if not low <= value <= high:
-        raise ValueError(f"option {name}={value!r} must lie in [{low}, {high}]")
 
 
 def step_returns(batch: StepBatch, lay: Layout, gamma: float, invalid_penalty: float) -> np.ndarray:
     """R_{i,t} = sum_{k>=t} gamma^(k-t) r_k, minus c_inv on invalid rows after discounting
     (so the penalty never leaks to earlier steps)."""
     return discounted_returns(lay, batch.reward, gamma) - invalid_penalty * (~batch.valid)
-
-
-def centred_group_stats(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: x minus its group mean; per group: std (``ddof``) and count.
-
-    Values are centred around one member of their group before averaging, so a group whose
-    members are all equal gives exactly 0 (not 1e-17 rounding residue): HGPO drops levels whose
-    advantage is exactly 0, and a constant anchor group must carry no signal.
-    """
-    pivot = np.zeros(n_groups)
-    pivot[g] = x
-    d = x - pivot[g]
-    count = np.bincount(g, minlength=n_groups).astype(np.float64)
-    mean_d = np.divide(np.bincount(g, weights=d, minlength=n_groups), count, out=np.zeros(n_groups), where=count > 0)
-    centred = d - mean_d[g]
-    denom = count - ddof
-    sq = np.bincount(g, weights=centred * centred, minlength=n_groups)
-    std = np.sqrt(np.divide(sq, denom, out=np.zeros(n_groups), where=denom > 0))
-    return centred, std, count
 
 
 def group_advantage(x: np.ndarray, g: np.ndarray, n_groups: int, *, mode: str, eps: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:

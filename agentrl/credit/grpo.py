@@ -30,20 +30,27 @@ def episode_advantage(
     episode_stats: str,
     ddof: int = 1,
 ) -> np.ndarray:
-    """norm_G(R_i - c_inv*[invalid]) per row, with group statistics over trajectories (each
-    counted once, the paper) or over step rows (longer trajectories weigh more, the GiGPO code)."""
+    """norm_G(R_i) per row minus the invalid-action penalty on invalid rows.
+
+    episode_stats="trajectories" (the paper): group statistics over outcomes, each trajectory
+    counted once; the penalty is subtracted after normalising, unscaled [ours], because it is not
+    part of those statistics and a group of equal outcomes (std 0) would turn c_inv into c_inv/eps.
+    episode_stats="steps" (the GiGPO code): statistics over the rows' penalised scores
+    R_i - c_inv*[invalid], so longer trajectories weigh more and the penalty is normalised too.
+    """
     check_choice("mode", mode, ("mean_std", "mean", "median"))
     check_choice("episode_stats", episode_stats, EPISODE_STATS)
-    x = row_scores(batch, invalid_penalty)
-    n_groups = batch.num_groups
+    n_groups, g = batch.num_groups, batch.group_idx
     if episode_stats == "trajectories":
-        stat_x, stat_g = lay.per_traj(batch.outcome), lay.per_traj(batch.group_idx)
+        x, penalty = batch.outcome, invalid_penalty * (~batch.valid)
+        stat_x, stat_g = lay.per_traj(batch.outcome), lay.per_traj(g)
     else:
-        stat_x, stat_g = x, batch.group_idx
+        x, penalty = row_scores(batch, invalid_penalty), 0.0
+        stat_x, stat_g = x, g
     if mode == "median":
-        return x - group_median(stat_x, stat_g, n_groups)[batch.group_idx]
+        return x - group_median(stat_x, stat_g, n_groups)[g] - penalty
     mean, std, _ = group_mean_std(stat_x, stat_g, n_groups, ddof=ddof)
-    return normalize(x, mean[batch.group_idx], std[batch.group_idx], mode, eps)
+    return normalize(x, mean[g], std[g], mode, eps) - penalty
 
 
 @register_estimator("grpo", paper="Shao et al. 2024 (DeepSeekMath), arXiv 2402.03300; median: MC-GRPO")

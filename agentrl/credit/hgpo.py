@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from agentrl.credit.base import Advantages, register_estimator
-from agentrl.credit.gigpo import check_finite, group_advantage, step_returns
+from agentrl.credit.gigpo import group_advantage, step_returns
+from agentrl.credit.ops import check_finite
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage
 from agentrl.credit.ops import MODES, Layout, check_choice, factorize, layout
 from agentrl.types import StepBatch

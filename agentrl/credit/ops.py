@@ -7,6 +7,7 @@ the episode length) or over anchor levels, never over rows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +39,40 @@ def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
     return codes, int(codes_sorted[-1]) + 1
 
 
-def group_mean_std(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group mean, std (``ddof`` 1 = unbiased, 0 = population) and count.
+def check_finite(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    """Reject a numeric option that is not a finite number in [low, high], naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"option {name}={value!r} must be a finite number")
+    if not low <= value <= high:
+        raise ValueError(f"option {name}={value!r} must lie in [{low}, {high}]")
 
-    Groups with fewer than ddof+1 members get std 0 (so a singleton normalises to 0, not NaN).
+
+def centred_group_stats(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: x minus its group mean; per group: std (``ddof`` 1 = unbiased, 0 = population) and count.
+
+    Values are centred on one member of their group before averaging, so a group whose members
+    are all equal gives exactly 0 (not 1e-17 rounding residue): HGPO drops levels whose advantage
+    is exactly 0, and a constant group must carry no signal. Groups with fewer than ddof+1
+    members get std 0, so a singleton normalises to 0, not NaN.
     """
+    pivot = np.zeros(n_groups)
+    pivot[g] = x
+    d = x - pivot[g]
     count = np.bincount(g, minlength=n_groups).astype(np.float64)
-    total = np.bincount(g, weights=x, minlength=n_groups)
-    mean = np.divide(total, count, out=np.zeros(n_groups), where=count > 0)
-    sq = np.bincount(g, weights=(x - mean[g]) ** 2, minlength=n_groups)
+    mean_d = np.divide(np.bincount(g, weights=d, minlength=n_groups), count, out=np.zeros(n_groups), where=count > 0)
+    centred = d - mean_d[g]
     denom = count - ddof
-    var = np.divide(sq, denom, out=np.zeros(n_groups), where=denom > 0)
-    return mean, np.sqrt(var), count
+    sq = np.bincount(g, weights=centred * centred, minlength=n_groups)
+    std = np.sqrt(np.divide(sq, denom, out=np.zeros(n_groups), where=denom > 0))
+    return centred, std, count
+
+
+def group_mean_std(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group mean, std and count (see ``centred_group_stats``); exact for constant groups."""
+    centred, std, count = centred_group_stats(x, g, n_groups, ddof)
+    mean = np.zeros(n_groups)
+    mean[g] = x - centred
+    return mean, std, count
 
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, mode: str, eps: float) -> np.ndarray:

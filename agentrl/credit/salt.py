@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from agentrl.credit.base import Advantages, register_estimator
-from agentrl.credit.gigpo import centred_group_stats, check_finite
+from agentrl.credit.ops import centred_group_stats, check_finite
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage, rloo
 from agentrl.credit.ops import Layout, check_choice, factorize, layout
 from agentrl.types import StepBatch
@@ -71,7 +71,7 @@ def salt(
     mode: str = "mean_std",
     eps: float = 1e-6,
     episode_stats: str = "trajectories",
-    invalid_penalty: float = 0.0,
+    invalid_penalty: float = 0.1,
 ) -> Advantages:
     """lam * (mean base advantage of the trajectories through the row's edge) + (1-lam) * A_i.
 
