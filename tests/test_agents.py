@@ -17,6 +17,7 @@ from agentrl.agents import (
     parse_response,
     parse_think_action,
     parse_tool_calls,
+    response_token_masks,
     span_masks,
     token_offsets,
     token_spans,
@@ -223,6 +224,17 @@ def test_token_offsets_and_hiper_routing(tokenizer):
     assert not (masks["switch"] & masks["action"]).any() and not masks["switch"][-1]
 
 
+def test_response_token_masks_from_ids(tokenizer):
+    text = "<switch>KEEP</switch><subgoal>open the door</subgoal><action>go east</action>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    masks = response_token_masks(tokenizer, ids, parse_hiper(decoded))
+    assert set(masks) == {"switch", "subgoal", "action"} and all(m.shape == (len(ids),) for m in masks.values())
+    assert tokenizer.decode([i for i, m in zip(ids, masks["subgoal"]) if m]) == "<subgoal>open the door</subgoal>"
+    assert sum(m.sum() for m in masks.values()) == len(ids) - 1  # every token but the end-of-turn one is routed
+    assert response_token_masks(tokenizer, ids, parse_hiper("<switch>??</switch>")) == {}
+
+
 def test_token_offsets_multibyte_characters(tokenizer):
     text = "go é 中文 🙂 north"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -268,6 +280,18 @@ def test_step_prompt_k_zero_large_k_and_hiper():
     assert "Current subgoal: None" in first and "step(s)" not in first
     later = StepPrompt(response_format="hiper").build("t", "o", HISTORY[:1], subgoal="find key")[1]["content"]
     assert "Current subgoal: find key" in later
+
+
+def test_prompts_list_tool_schemas_and_tool_role():
+    schema = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    system = StepPrompt(response_format="tool_call").build("add", "2+2?", tools=[schema])[0]["content"]
+    assert "<tool_call>" in system and system.endswith("Available tools:\n" + json.dumps(schema, sort_keys=True))
+    chat = ChatPrompt(response_format="tool_call", observation_role="tool").build("t", ["q", "result: 4"], ["<tool_call>..."])
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
+    with pytest.raises(ValueError, match=r"tools\[0\]"):
+        StepPrompt().build("t", "o", tools=["add"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="observation_role"):
+        ChatPrompt(observation_role="system")
 
 
 def test_step_prompt_rejects_bad_settings():

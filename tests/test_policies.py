@@ -224,6 +224,21 @@ def test_chunked_logprobs_equal_naive(policy, prompts, chunk_size):
     assert torch.allclose(chunked.entropy[:, 1:][resp[:, 1:]], naive_ent[resp[:, 1:]], atol=1e-4)
 
 
+def test_output_layer_sees_at_most_chunk_size_tokens(policy, prompts):
+    ids, mask, resp = batch_of(policy, prompts)
+    shapes: list[tuple[int, ...]] = []
+    head = policy.model.get_base_model().get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(output.shape)))
+    try:
+        token_logprobs(policy.model, ids, mask, resp, chunk_size=4).logprobs.sum().backward()
+    finally:
+        handle.remove()
+        policy.model.zero_grad()
+    n_scored, vocab = int(resp.sum()), len(policy.tokenizer)
+    assert n_scored > 4 and all(len(s) == 2 and 0 < s[0] <= 4 and s[1] == vocab for s in shapes)  # never [B, T, V]
+    assert sum(s[0] for s in shapes) == 2 * n_scored  # forward, then recomputed once in backward (checkpointed chunks)
+
+
 def test_chunked_logprob_gradients_equal_naive(policy, prompts):
     ids, mask, resp = batch_of(policy, prompts)
     perturb_lora(policy, seed=5, scale=0.1)

@@ -22,7 +22,7 @@ from agentrl.agents.prompts import (
     render_chat,
     tokenize_chat,
 )
-from agentrl.agents.spans import span_masks, token_offsets, token_spans
+from agentrl.agents.spans import response_token_masks, span_masks, token_offsets, token_spans
 
 __all__ = [
     "RESPONSE_FORMATS",
@@ -43,6 +43,7 @@ __all__ = [
     "StepPrompt",
     "render_chat",
     "tokenize_chat",
+    "response_token_masks",
     "span_masks",
     "token_offsets",
     "token_spans",

@@ -15,6 +15,7 @@ into text, so the same builders serve every model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,20 @@ Message = dict[str, Any]
 DEFAULT_SYSTEM_PROMPT = "You are an agent acting in a text environment. Complete the task with as few actions as possible."
 
 
-def _system(system_prompt: str | None, response_format: str) -> str:
+def _system(system_prompt: str | None, response_format: str, tools: Sequence[dict[str, Any]] | None = None) -> str:
+    """System message: the role, the format's instructions and, for tool use, the tool schemas.
+
+    Schemas are written into the text (one JSON object per line) rather than passed to the chat
+    template, so every model, the tiny one included, sees the same prompt.
+    """
     base = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    return f"{base}\n{get_format(response_format).instructions}".strip()
+    text = f"{base}\n{get_format(response_format).instructions}".strip()
+    if tools:
+        for i, schema in enumerate(tools):
+            if not isinstance(schema, dict):
+                raise ValueError(f"tools[{i}] must be an OpenAI function schema (a dict), got {type(schema).__name__}")
+        text += "\nAvailable tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False, sort_keys=True) for t in tools)
+    return text
 
 
 def _actions_line(admissible_actions: Sequence[str] | None) -> str | None:
@@ -67,11 +79,13 @@ class StepPrompt:
         history: Sequence[tuple[str, str]] = (),
         admissible_actions: Sequence[str] | None = None,
         subgoal: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> list[Message]:
         """The messages for the current step.
 
         ``history`` holds every earlier (observation, action) pair of the episode, oldest first;
-        only the last ``history_k`` are shown, but the step count covers them all.
+        only the last ``history_k`` are shown, but the step count covers them all. ``tools``:
+        OpenAI function schemas listed in the system message.
         """
         for i, pair in enumerate(history):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -94,21 +108,25 @@ class StepPrompt:
         if actions:
             lines.append(actions)
         return [
-            {"role": "system", "content": _system(self.system_prompt, self.response_format)},
+            {"role": "system", "content": _system(self.system_prompt, self.response_format, tools)},
             {"role": "user", "content": "\n".join(lines)},
         ]
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """Full-history prompts: one conversation, observations as user turns, responses as assistant turns."""
+    """Full-history prompts: one conversation, observations as ``observation_role`` turns
+    ("user", or "tool" for tool results after the first), responses as assistant turns."""
 
     response_format: str = "think_action"
     system_prompt: str | None = None
     show_admissible: bool = True
+    observation_role: str = "user"
 
     def __post_init__(self) -> None:
         get_format(self.response_format)
+        if self.observation_role not in ("user", "tool"):
+            raise ValueError(f"observation_role must be 'user' or 'tool', got {self.observation_role!r}")
 
     def build(
         self,
@@ -116,8 +134,9 @@ class ChatPrompt:
         observations: Sequence[str],
         responses: Sequence[str] = (),
         admissible_actions: Sequence[str] | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> list[Message]:
-        """The conversation so far.
+        """The conversation so far (the first observation, with the task, is always a user turn).
 
         ``len(observations) == len(responses) + 1`` gives a prompt for the next turn (ends with a
         user message); equal lengths give a finished conversation (ends with the last response),
@@ -129,14 +148,14 @@ class ChatPrompt:
                 f"need len(observations) == len(responses) (+1 for a prompt), got {len(observations)} observations "
                 f"and {len(responses)} responses"
             )
-        messages: list[Message] = [{"role": "system", "content": _system(self.system_prompt, self.response_format)}]
+        messages: list[Message] = [{"role": "system", "content": _system(self.system_prompt, self.response_format, tools)}]
         for t, obs in enumerate(observations):
             parts = [f"Task: {task}"] if t == 0 and task else []
             parts.append(obs)
             actions = _actions_line(admissible_actions) if self.show_admissible and t == len(observations) - 1 else None
             if actions:
                 parts.append(actions)
-            messages.append({"role": "user", "content": "\n".join(parts)})
+            messages.append({"role": "user" if t == 0 else self.observation_role, "content": "\n".join(parts)})
             if t < len(responses):
                 messages.append({"role": "assistant", "content": responses[t]})
         return messages

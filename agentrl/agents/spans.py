@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.agents.formats import Span
+from agentrl.agents.formats import ParsedResponse, Span
 
-__all__ = ["token_offsets", "token_spans", "span_masks"]
+__all__ = ["token_offsets", "token_spans", "span_masks", "response_token_masks"]
 
 
 def token_offsets(tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool = True) -> list[Span]:
@@ -67,3 +67,12 @@ def token_spans(char_spans: Mapping[str, Span], offsets: Sequence[Sequence[int]]
         idx = np.flatnonzero(mask)
         out[name] = (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
     return out
+
+
+def response_token_masks(tokenizer: Any, response_ids: Sequence[int], parsed: ParsedResponse) -> dict[str, np.ndarray]:
+    """bool[len(response_ids)] per part of a parsed response (e.g. HiPER's switch/subgoal/action).
+
+    ``parsed`` must come from ``tokenizer.decode(response_ids, skip_special_tokens=True)``, the
+    text every policy returns; a malformed response has no spans and gets no masks.
+    """
+    return span_masks(parsed.spans, token_offsets(tokenizer, response_ids))
