@@ -98,7 +98,7 @@ class HFPolicy:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, chat_template: str | None = None,
-                 max_batch_size: int = 64, logprob_chunk_size: int = 1024) -> None:  # fmt: skip
+                 max_batch_size: int = 64, logprob_chunk_size: int = 512) -> None:  # fmt: skip
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -129,7 +129,7 @@ class HFPolicy:
         dtype: str | torch.dtype | None = None,
         chat_template: str | None = None,
         max_batch_size: int = 64,
-        logprob_chunk_size: int = 1024,
+        logprob_chunk_size: int = 512,
     ) -> HFPolicy:
         """Load a model directory; add a fresh LoRA adapter (``lora``) or load a saved one (``adapter``).
 

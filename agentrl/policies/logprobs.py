@@ -4,6 +4,9 @@ A forward pass of the transformer body gives hidden states; only the positions t
 response token go through the output layer, ``chunk_size`` tokens at a time. When gradients are
 on, each chunk is checkpointed: its float32 logits are recomputed in the backward pass instead of
 being kept, so peak memory holds one chunk of logits, not B x T x V (the issue's measured OOM).
+Measured on CPU (vocab 151,936, 2,048 tokens, forward + backward): peak extra memory ~5 x chunk x
+V x 4 bytes, i.e. 0.8 GB at chunk 256, 1.6 GB at 512, 3.0 GB at 1024, against 3.6 GB for the
+full-logits computation at this length (it grows with T; chunks do not).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> TokenLogprobs:
