@@ -1,0 +1,182 @@
+"""Pure caches for TextWorld's PDDL engine (installed at runtime; site-packages is not edited).
+
+Where the stock engine spends its time (envs.md): every reset re-runs the PDDL->SAS translator
+(twice), and every step re-parses, with TatSu, the grammar template of each admissible command
+and the query of each grammar rule, and deep-copies every grammar context. All of these are
+functions of their text arguments, so memoising them cannot change a transcript (a test replays
+games with and without and compares bytes):
+
+- ``fast_downward.pddl2sas``: memoised in memory (LRU) and on disk (compressed pickles under
+  the cache dir), so the first load of a validated game skips the translator too;
+- template / rule-query / grammar parses: memoised, handing out fresh symbol trees;
+- ``copy_context``: copies the ``variables`` and ``mapping`` dicts shallowly (their values,
+  entity infos and logic variables, are never mutated during a derivation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import fast_downward
+import textworld.envs.pddl.logic as tw_logic
+import textworld.envs.pddl.textgen as textgen
+from textworld.logic import Rule
+
+from agentrl.envs.alfworld.paths import cache_root
+
+_ORIGINALS: dict[str, Any] = {}
+SAS_MEMORY_ENTRIES = 64  # translations kept in memory (one game needs two)
+
+
+def _clone(symbol: Any) -> Any:
+    """A fresh copy of a parsed grammar symbol tree (what a new TatSu parse would return)."""
+    cls = type(symbol)
+    if cls is textgen.TerminalSymbol or cls is textgen.NonterminalSymbol:
+        return cls(symbol.symbol)
+    if cls is textgen.EvalSymbol:
+        return cls(symbol.expression)
+    if cls is textgen.ListSymbol:
+        return cls(_clone(symbol.symbol))
+    if cls is textgen.ConditionalSymbol:
+        return cls(_clone(symbol.expression), symbol.given)
+    if isinstance(symbol, list):
+        return [_clone(s) for s in symbol]
+    raise TypeError(f"unexpected grammar symbol {symbol!r}")
+
+
+def _memo_symbols(parse: Callable[..., Any]) -> Callable[..., Any]:
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def parse_and_convert(text: str, rule_name: str = "symbols", **kwargs: Any) -> Any:
+        key = (text, rule_name, tuple(sorted(kwargs.items())))
+        tree = cache.get(key)
+        if tree is None:
+            tree = cache[key] = parse(text, rule_name=rule_name, **kwargs)
+        return _clone(tree)
+
+    return parse_and_convert
+
+
+def _memo_logic(parse: Callable[..., Any]) -> Callable[..., Any]:
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def parse_and_convert(text: str, rule_name: str = "pddlStart", **kwargs: Any) -> Any:
+        key = (text, rule_name, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = parse(text, rule_name=rule_name, **kwargs)
+        actions, grammar = cache[key]
+        fresh = textgen.ContextSensitiveGrammar()
+        fresh.update(grammar)  # GameLogic extends its own rule lists; keep the cached ones intact
+        return dict(actions), fresh
+
+    return parse_and_convert
+
+
+def _memo_query(parse: Callable[[str], Rule]) -> Callable[[str], Rule]:
+    cache: dict[str, Rule] = {}
+
+    def parse_conjunctive_query(expr: str) -> Rule:
+        rule = cache.get(expr)
+        if rule is None:
+            rule = cache[expr] = parse(expr)
+        return rule
+
+    return parse_conjunctive_query
+
+
+def _shallow_copy_context(context: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": context["state"],
+        "facts": context["facts"],
+        "variables": dict(context["variables"]),
+        "mapping": dict(context["mapping"]),
+        "entity_infos": context["entity_infos"],
+    }
+
+
+def sas_cache_dir() -> str | None:
+    """Folder of stored translations; ``AGENTRL_ALFWORLD_SAS_CACHE=0`` keeps them in memory only."""
+    if os.environ.get("AGENTRL_ALFWORLD_SAS_CACHE", "1") == "0":
+        return None
+    return os.path.join(cache_root(), "sas")
+
+
+def _memo_translator(translate: Callable[..., Any]) -> Callable[..., Any]:
+    memory: OrderedDict[str, Any] = OrderedDict()
+
+    def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
+        key = hashlib.sha256(f"{fast_downward.__file__}\0{optimize}\0{domain}\0{problem}".encode()).hexdigest()
+        if key in memory:
+            memory.move_to_end(key)
+            return memory[key]
+        folder = sas_cache_dir()
+        path = os.path.join(folder, key[:2], key + ".pkl.z") if folder else None
+        result = None
+        if path and os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    result = pickle.loads(zlib.decompress(f.read()))
+            except (OSError, zlib.error, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+                result = None  # a torn or stale file: translate again and overwrite it
+        if result is None:
+            result = translate(domain, problem, verbose=verbose, optimize=optimize)
+            if path:
+                _atomic_pickle(path, result)
+        memory[key] = result
+        if len(memory) > SAS_MEMORY_ENTRIES:
+            memory.popitem(last=False)
+        return result
+
+    return pddl2sas
+
+
+def _atomic_pickle(path: str, obj: Any) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(zlib.compress(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), 1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def enabled() -> bool:
+    return bool(_ORIGINALS)
+
+
+def enable() -> None:
+    """Install the caches (idempotent)."""
+    if _ORIGINALS:
+        return
+    _ORIGINALS.update(
+        pddl2sas=fast_downward.pddl2sas,
+        textgen_parse=textgen._parse_and_convert,
+        logic_parse=tw_logic._parse_and_convert,
+        copy_context=textgen.copy_context,
+        query=Rule.__dict__["parse_conjunctive_query"],
+    )
+    fast_downward.pddl2sas = _memo_translator(_ORIGINALS["pddl2sas"])
+    textgen._parse_and_convert = _memo_symbols(_ORIGINALS["textgen_parse"])
+    tw_logic._parse_and_convert = _memo_logic(_ORIGINALS["logic_parse"])
+    textgen.copy_context = _shallow_copy_context
+    Rule.parse_conjunctive_query = staticmethod(_memo_query(Rule.parse_conjunctive_query))  # type: ignore[method-assign]
+
+
+def disable() -> None:
+    """Restore the stock engine (used by the transcript test and the benchmark)."""
+    if not _ORIGINALS:
+        return
+    fast_downward.pddl2sas = _ORIGINALS["pddl2sas"]
+    textgen._parse_and_convert = _ORIGINALS["textgen_parse"]
+    tw_logic._parse_and_convert = _ORIGINALS["logic_parse"]
+    textgen.copy_context = _ORIGINALS["copy_context"]
+    Rule.parse_conjunctive_query = _ORIGINALS["query"]  # type: ignore[method-assign]
+    _ORIGINALS.clear()
