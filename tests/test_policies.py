@@ -195,6 +195,24 @@ def test_sampling_logprobs_equal_rescoring(policy, prompts):
             assert g.logprobs == pytest.approx(ref.tolist(), abs=1e-4)
 
 
+def test_generation_refuses_prompts_longer_than_the_model(policy):
+    limit = policy.model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"prompt 1 has {limit - 2} tokens.*exceeds the model's {limit} positions"):
+        policy.generate_from_ids([[5], [5] * (limit - 2)], SamplingParams(max_new_tokens=4))
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        policy.generate_from_ids([[]], SamplingParams())
+    assert policy.generate_from_ids([], SamplingParams()) == []
+
+
+def test_sampling_runs_without_dropout_and_keeps_the_train_mode(model_dir, prompts):
+    pol = HFPolicy.from_pretrained(model_dir, lora={"r": 4, "dropout": 0.5}, device="cpu")
+    perturb_lora(pol, seed=2)
+    pol.model.train()
+    a = pol.generate(prompts, SamplingParams(temperature=0, max_new_tokens=6))
+    b = pol.generate(prompts, SamplingParams(temperature=0, max_new_tokens=6))
+    assert [g.logprobs for g in a] == [g.logprobs for g in b] and pol.model.training
+
+
 def test_stop_strings_end_the_response(model_dir):
     pol = HFPolicy.from_pretrained(model_dir, device="cpu")
     free = pol.generate_from_ids([[10, 11, 12]], SamplingParams(temperature=0, max_new_tokens=30))[0]
@@ -217,6 +235,9 @@ def test_chunked_logprobs_equal_naive(policy, prompts, chunk_size):
         chunked = token_logprobs(policy.model, ids, mask, resp, chunk_size=chunk_size, with_entropy=True)
     assert torch.allclose(chunked.logprobs, naive, atol=1e-5)
     assert (chunked.logprobs[~resp] == 0).all() and (chunked.logprobs[resp] < 0).all()
+    with torch.no_grad():
+        hidden = token_logprobs(policy.model, ids, mask, resp, return_hidden=True).hidden
+    assert hidden.shape == (*ids.shape, policy.model.config.hidden_size) and chunked.hidden is None
     with torch.no_grad():
         logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
     probs = torch.softmax(logits[:, :-1].float(), -1)

@@ -199,9 +199,15 @@ class HFPolicy:
         """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         for i, p in enumerate(prompt_ids):
             if not len(p):
                 raise ValueError(f"prompt {i} is empty")
+            if limit is not None and len(p) + params.max_new_tokens > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the model's "
+                    f"{limit} positions (shorten the history window or max_new_tokens)"
+                )
         out: list[Generation] = []
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=params.seed is not None):
@@ -223,20 +229,20 @@ class HFPolicy:
     @torch.no_grad()
     def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         ids, mask = self.left_pad(prompt_ids)
+        width = ids.shape[1]
         was_training = self.model.training
-        self.model.eval()
+        self.model.eval()  # no dropout while sampling or scoring the samples
         try:
-            stopping = [_StopOnText(self.tokenizer, params.stop, ids.shape[1])] if params.stop else None
+            stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
             seqs = self.model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=self._generation_config(params),
                 stopping_criteria=stopping,
             )  # fmt: skip
+            responses = [self._cut(row[width:].tolist(), params) for row in seqs]
+            scored = [list(p) + r for p, (r, _) in zip(prompt_ids, responses)]
+            lps = self._sampling_logprobs(prompt_ids, scored, params)
         finally:
             self.model.train(was_training)
-        width = ids.shape[1]
-        responses = [self._cut(row[width:].tolist(), params) for row in seqs]
-        scored = [list(p) + r for p, (r, _) in zip(prompt_ids, responses)]
-        lps = self._sampling_logprobs(prompt_ids, scored, params)
         return [
             Generation(
                 prompt_ids=list(p), response_ids=r, logprobs=lp,
@@ -273,11 +279,13 @@ class HFPolicy:
 
     # ------------------------------------------------------------------ scoring
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *,
-                 temperature: float = 1.0, with_entropy: bool = False, chunk_size: int | None = None) -> TokenLogprobs:  # fmt: skip
+                 temperature: float = 1.0, with_entropy: bool = False, return_hidden: bool = False,
+                 chunk_size: int | None = None) -> TokenLogprobs:  # fmt: skip
         """Chunked per-token log-probs under the current weights (adapter on), differentiable."""
         return token_logprobs(
             self.model, input_ids.to(self.device), attention_mask.to(self.device), response_mask.to(self.device),
             chunk_size=chunk_size or self.logprob_chunk_size, temperature=temperature, with_entropy=with_entropy,
+            return_hidden=return_hidden,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ adapter

@@ -25,10 +25,12 @@ class TokenLogprobs:
     """``logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` where ``response_mask``, else 0.
 
     ``entropy[b, t]``: entropy of the distribution that predicted position t (same mask), when asked.
+    ``hidden``: the body's last hidden states, when asked (value heads share the forward pass).
     """
 
     logprobs: torch.Tensor  # float32[B, T]
     entropy: torch.Tensor | None = None  # float32[B, T]
+    hidden: torch.Tensor | None = None  # [B, T, H], model dtype
 
 
 def split_causal_lm(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
@@ -73,6 +75,7 @@ def token_logprobs(
     chunk_size: int = 512,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    return_hidden: bool = False,
 ) -> TokenLogprobs:
     """Log-probs of the response tokens of a left- or right-padded batch, differentiable.
 
@@ -119,4 +122,4 @@ def token_logprobs(
     if with_entropy:
         entropy = hidden.new_zeros(B, T, dtype=torch.float32)
         entropy[:, 1:][scored] = torch.cat(ents) if ents else empty
-    return TokenLogprobs(logprobs=out, entropy=entropy)
+    return TokenLogprobs(logprobs=out, entropy=entropy, hidden=hidden if return_hidden else None)
