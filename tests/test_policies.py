@@ -12,21 +12,12 @@ from agentrl.envs.maze import MazeEnv
 from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.logprobs import token_logprobs
-from agentrl.policies.tiny import FORMAT_TOKENS, build_tiny_model, format_corpus, train_tokenizer
+from agentrl.policies.tiny import FORMAT_TOKENS, build_tiny_model, env_corpus, format_corpus, train_tokenizer
 
 
 def maze_corpus(n_tasks: int = 8) -> list[str]:
     """Observations and actions of a few maze tasks: the env text the tokenizer learns from."""
-    env = MazeEnv()
-    texts = []
-    for i in range(n_tasks):
-        obs, info = env.reset(options={"task_id": f"maze-{i}"})
-        texts.append(obs)
-        for action in info["admissible_actions"]:
-            texts.append(action)
-            texts.append(env.step(action)[0])
-            env.reset(options={"task_id": f"maze-{i}"})
-    return texts
+    return env_corpus(MazeEnv(), [f"maze-{i}" for i in range(n_tasks)], steps_per_task=6, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +98,13 @@ def test_tiny_tokenizer_round_trip(model_dir):
     assert words == ["You", "Ġcarry", ":", "Ġnothing", "."]  # in every maze observation: whole words were learnt
     chat = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_env_corpus_walks_the_env_deterministically():
+    texts = maze_corpus(3)
+    assert texts == maze_corpus(3)
+    assert sum(t.startswith("Your task is to reach") for t in texts) == 3  # one reset per task
+    assert any(t.startswith(("go ", "take ")) for t in texts) and any("You go" in t or "locked" in t for t in texts)
 
 
 def test_tiny_tokenizer_rejects_bad_input():

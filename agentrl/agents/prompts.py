@@ -90,7 +90,7 @@ class StepPrompt:
         for i, pair in enumerate(history):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise ValueError(f"history[{i}] must be an (observation, action) pair, got {pair!r}")
-        shown = list(history)[len(history) - self.history_k :] if self.history_k else []
+        shown = list(history)[max(len(history) - self.history_k, 0) :] if self.history_k else []
         lines: list[str] = []
         if task:
             lines.append(f"Task: {task}")

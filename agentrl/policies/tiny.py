@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_TOKENS",
     "CHATML_TEMPLATE",
     "format_corpus",
+    "env_corpus",
     "train_tokenizer",
     "tiny_qwen2_config",
     "build_tiny_model",
@@ -56,6 +57,31 @@ def format_corpus() -> list[str]:
         '<tool_call>{"name": "search", "arguments": {"query": "weather"}}</tool_call>',
         "Task: Current observation: Admissible actions: You have taken step(s) so far. Current subgoal: None",
     ]
+
+
+def env_corpus(env: Any, task_ids: Sequence[str], *, steps_per_task: int = 10, seed: int = 0) -> list[str]:
+    """Observations and actions met by walking ``env`` with random admissible actions.
+
+    The tokenizer then learns merges for the text the agent will actually read and write.
+    Envs without ``admissible_actions`` contribute their observations only.
+    """
+    import random
+
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for n, task_id in enumerate(task_ids):
+        obs, info = env.reset(seed=seed + n, options={"task_id": task_id})
+        texts.append(obs)
+        for _ in range(steps_per_task):
+            actions = list(info.get("admissible_actions") or [])
+            if not actions:
+                break
+            action = rng.choice(actions)
+            obs, _, terminated, truncated, info = env.step(action)
+            texts.extend([action, obs])
+            if terminated or truncated:
+                break
+    return texts
 
 
 def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Any:
