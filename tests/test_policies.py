@@ -144,6 +144,10 @@ def test_policy_registry_and_protocol(model_dir):
             pass
     with pytest.raises(FileNotFoundError, match="no config.json"):
         HFPolicy.from_pretrained(model_dir.parent)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        HFPolicy(pol.model, pol.tokenizer, max_batch_size=0)
+    with pytest.raises(ValueError, match="either lora= .* or adapter="):
+        HFPolicy.from_pretrained(model_dir, lora={"r": 2}, adapter=model_dir)
 
 
 def test_sampling_params_validation():

@@ -99,6 +99,8 @@ class HFPolicy:
 
     def __init__(self, model: Any, tokenizer: Any, *, chat_template: str | None = None,
                  max_batch_size: int = 64, logprob_chunk_size: int = 512) -> None:  # fmt: skip
+        if max_batch_size < 1 or logprob_chunk_size < 1:
+            raise ValueError(f"max_batch_size and logprob_chunk_size must be >= 1, got {max_batch_size} and {logprob_chunk_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
