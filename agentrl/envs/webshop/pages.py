@@ -231,12 +231,22 @@ class PageMachine:
         session.state = PageState("done", asin=s.asin, options=s.options)
         return StepResult(True, float(reward), True)
 
+    def selected(self, session: Session) -> list[tuple[str, str]]:
+        """Selected options of an item or sub-page, in the product's group order (not click order)."""
+        s = session.state
+        if not s.options or s.kind not in ("item", "sub"):
+            return []
+        chosen = dict(s.options)
+        return [(g, chosen[g]) for g in self.shop.by_asin[s.asin]["options"] if g in chosen]
+
     def state_key(self, session: Session, page: Page) -> str:
         """The raw observation, plus the selected options (the text format does not show them)."""
-        text = page.text()
-        if session.state.options and session.state.kind in ("item", "sub"):
-            text += "\n[selected] " + ", ".join(f"{k}: {v}" for k, v in session.state.options)
-        return text
+        return selected_key(page.text(), self.selected(session))
+
+
+def selected_key(text: str, selected: list[tuple[str, str]]) -> str:
+    """State key of a page with options selected (in the product's group order, whatever the click order)."""
+    return text + "\n[selected] " + ", ".join(f"{k}: {v}" for k, v in selected) if selected else text
 
 
 def _page(elements: tuple[Element, ...], has_search: bool = False) -> Page:

@@ -2,7 +2,9 @@
 
 Every page is the page machine's element list rendered as HTML, so its visible text nodes, joined
 by " [SEP] ", are exactly the text env's observation. Buttons and product ids are submit buttons,
-options are radio buttons (a small script submits on change), the search box is a form.
+options are radio buttons (a small inline script, allowed by its CSP hash, submits one when it is
+clicked, even if already chosen), the search box is a form. Browsers get the new page straight
+from the POST (one round trip less); other clients get post/redirect/get.
 
 Safety: all text is HTML-escaped; request bodies are capped; session ids are 32 random url-safe
 characters from ``secrets``; the session store is bounded (oldest dropped); unknown paths and
@@ -11,6 +13,8 @@ sessions are 404; no action can raise (an unusable one is a no-op). Meant for 12
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import re
 import secrets
@@ -30,22 +34,27 @@ from agentrl.envs.webshop.text_env import shop_from_args
 MAX_BODY_BYTES = 4096
 MAX_FIELD_CHARS = 1000
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{32}")
+SCRIPT = """document.querySelectorAll('input[type=radio]').forEach(function (r) {
+  r.addEventListener('click', function () { r.form.submit(); });
+});"""
+STYLE = """body{font-family:sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}
+form{display:inline-block;margin:.2rem}.product-link{border:none;background:none;color:#06c;
+text-decoration:underline;cursor:pointer;font-weight:bold}.option{margin-right:.8rem}
+.option-name{font-weight:bold;margin-bottom:0}h1{margin-bottom:0}"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+# Script and style are inlined (one request per page) and allowed by hash only: nothing else runs.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": f"default-src 'none'; script-src {_csp_hash(SCRIPT)}; style-src {_csp_hash(STYLE)}; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-SCRIPT = """document.querySelectorAll('input[type=radio]').forEach(function (r) {
-  r.addEventListener('change', function () { r.form.submit(); });
-});
-"""
-STYLE = """body{font-family:sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem}
-form{display:inline-block;margin:.2rem}.product-link{border:none;background:none;color:#06c;
-text-decoration:underline;cursor:pointer;font-weight:bold}.option{margin-right:.8rem}
-.option-name{font-weight:bold;margin-bottom:0}h1{margin-bottom:0}
-"""
 
 
 def _e(text: str) -> str:
@@ -79,7 +88,7 @@ class SessionStore:
             return session
 
 
-def render_html(page: Page, session: Session, sid: str) -> str:
+def render_html(page: Page, session: Session, sid: str, selected: list[tuple[str, str]]) -> str:
     """The page as HTML; text nodes in document order are the elements' texts."""
     click = f"/s/{sid}/click"
     parts: list[str] = []
@@ -111,12 +120,15 @@ def render_html(page: Page, session: Session, sid: str) -> str:
             i = j
             continue
         i += 1
+    if selected:
+        # selected options, also on sub-pages where no radio shows them (the state key includes them)
+        spans = "".join(f'<span data-group="{_e(g)}" data-value="{_e(v)}"></span>' for g, v in selected)
+        parts.append(f'<div id="selection" hidden>{spans}</div>')
     if session.done:
         parts.append(f'<div id="outcome" data-reward="{session.reward!r}" data-done="1" hidden></div>')
     body = "".join(parts)
     return ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>WebShop</title>'
-            '<link rel="stylesheet" href="/static/webshop.css"><script src="/static/webshop.js" defer></script>'
-            f'</head><body><main>{body}</main></body></html>')
+            f'<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>')
 
 
 def _data_label(el: Element, page: Page) -> str:
@@ -126,7 +138,8 @@ def _data_label(el: Element, page: Page) -> str:
 
 def _radio(el: Element, page: Page) -> str:
     checked = " checked" if el.checked else ""
-    return (f'<label class="option"><input type="radio" name="label" value="{_e(el.label)}"{_data_label(el, page)}{checked}>'
+    return (f'<label class="option"><input type="radio" name="label" value="{_e(el.label)}" data-group="{_e(el.group)}"'
+            f'{_data_label(el, page)}{checked}>'
             f'{_e(el.text)}</label>')
 
 
@@ -169,7 +182,7 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
         return {k: v[0][:MAX_FIELD_CHARS] for k, v in fields.items() if v}
 
     @app.get("/")
-    def start(goal: str | None = None) -> Response:
+    async def start(goal: str | None = None) -> Response:
         if goal is None:
             idx = goal_ids[secrets.randbelow(len(goal_ids))]
         elif goal.isdigit() and int(goal) in goal_ids:
@@ -180,15 +193,15 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
         return RedirectResponse(f"/s/{store.create(idx)}", status_code=303)
 
     @app.get("/s/{sid}")
-    def page(sid: str) -> Response:
+    async def page(sid: str) -> Response:
         session = store.get(sid)
         if session is None:
             return not_found()
         with store.lock:
-            return HTMLResponse(render_html(machine.render(session), session, sid))
+            return HTMLResponse(render_html(machine.render(session), session, sid, machine.selected(session)))
 
     @app.get("/s/{sid}/state")
-    def state(sid: str) -> Response:
+    async def state(sid: str) -> Response:
         session = store.get(sid)
         if session is None:
             return not_found()
@@ -207,6 +220,9 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
             return form
         with store.lock:
             machine.step(session, f"{verb}[{form.get(field, '')}]")
+            if "text/html" in request.headers.get("accept", ""):
+                # browsers get the new page at once (one round trip less than post/redirect/get)
+                return HTMLResponse(render_html(machine.render(session), session, sid, machine.selected(session)))
         return RedirectResponse(f"/s/{sid}", status_code=303)
 
     @app.post("/s/{sid}/click")
@@ -217,14 +233,6 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
     async def search(request: Request, sid: str) -> Response:
         return await act(request, sid, "search_query", "search")
 
-    @app.get("/static/webshop.js")
-    def script() -> Response:
-        return Response(SCRIPT, media_type="text/javascript")
-
-    @app.get("/static/webshop.css")
-    def style() -> Response:
-        return Response(STYLE, media_type="text/css")
-
     return app
 
 
@@ -234,7 +242,7 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
