@@ -11,7 +11,7 @@ from agentrl.agents import StepPrompt
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.policies.logprobs import token_logprobs
+from agentrl.policies.logprobs import pack_samples, token_logprobs
 from agentrl.policies.tiny import FORMAT_TOKENS, build_tiny_model, env_corpus, format_corpus, train_tokenizer
 
 
@@ -60,12 +60,21 @@ def reset_lora(policy: HFPolicy) -> None:
 def batch_of(policy: HFPolicy, prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A left-padded batch of prompt + fixed 'response' ids with the response marked."""
     responses = [policy.tokenizer("<action>go north</action>", add_special_tokens=False)["input_ids"], [5, 6, 7], [9]]
-    seqs = [policy.prompt_ids(p) + r for p, r in zip(prompts, responses)]
-    ids, mask = policy.left_pad(seqs)
-    resp = torch.zeros_like(mask, dtype=torch.bool)
-    for i, r in enumerate(responses):
-        resp[i, ids.shape[1] - len(r) :] = True
-    return ids, mask, resp
+    packed = pack_samples([policy.prompt_ids(p) for p in prompts], responses, policy.pad_token_id)
+    return packed.input_ids, packed.attention_mask, packed.response_mask
+
+
+def test_pack_samples_by_hand():
+    packed = pack_samples([[1, 2], [3]], [[7], [8, 9, 4]], pad_token_id=0)
+    assert packed.input_ids.tolist() == [[0, 1, 2, 7], [3, 8, 9, 4]]
+    assert packed.attention_mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert packed.response_mask.tolist() == [[False, False, False, True], [False, True, True, True]]
+    assert [r.tolist() for r in packed.responses(packed.input_ids)] == [[7], [8, 9, 4]]
+    assert pack_samples([[1]], [[]], 0).response_mask.sum() == 0
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack_samples([[]], [[1]], 0)
+    with pytest.raises(ValueError, match="same non-zero number"):
+        pack_samples([[1]], [], 0)
 
 
 def naive_logprobs(model, ids, mask, resp, temperature=1.0):

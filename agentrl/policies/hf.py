@@ -20,7 +20,7 @@ import torch
 
 from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams
-from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
+from agentrl.policies.logprobs import TokenLogprobs, pack_samples, token_logprobs
 
 __all__ = ["LoraSettings", "HFPolicy", "pick_device"]
 
@@ -241,8 +241,7 @@ class HFPolicy:
                 stopping_criteria=stopping,
             )  # fmt: skip
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
-            scored = [list(p) + r for p, (r, _) in zip(prompt_ids, responses)]
-            lps = self._sampling_logprobs(prompt_ids, scored, params)
+            lps = self._sampling_logprobs(prompt_ids, [r for r, _ in responses], params)
         finally:
             self.model.train(was_training)
         return [
@@ -267,17 +266,13 @@ class HFPolicy:
             return generated[:end], "stop"
         return generated, "length"
 
-    def _sampling_logprobs(self, prompt_ids: Sequence[Sequence[int]], full: list[list[int]],
+    def _sampling_logprobs(self, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                            params: SamplingParams) -> list[list[float]]:  # fmt: skip
-        ids, mask = self.left_pad(full)
-        width = ids.shape[1]
-        response_mask = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (p, f) in enumerate(zip(prompt_ids, full)):
-            response_mask[i, width - len(f) + len(p) :] = True
+        batch = pack_samples(prompt_ids, responses, self.pad_token_id, self.device)
         temperature = params.temperature if params.temperature > 0 else 1.0
         with torch.no_grad():
-            lp = self.logprobs(ids, mask, response_mask, temperature=temperature).logprobs
-        return [lp[i, width - len(f) + len(p) :].tolist() for i, (p, f) in enumerate(zip(prompt_ids, full))]
+            lp = self.logprobs(batch.input_ids, batch.attention_mask, batch.response_mask, temperature=temperature).logprobs
+        return [row.tolist() for row in batch.responses(lp)]
 
     # ------------------------------------------------------------------ scoring
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *,

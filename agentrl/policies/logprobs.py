@@ -11,13 +11,14 @@ full-logits computation at this length (it grows with T; chunks do not).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["TokenLogprobs", "split_causal_lm", "position_ids_from_mask", "token_logprobs"]
+__all__ = ["TokenLogprobs", "PackedBatch", "pack_samples", "split_causal_lm", "position_ids_from_mask", "token_logprobs"]
 
 
 @dataclass
@@ -31,6 +32,40 @@ class TokenLogprobs:
     logprobs: torch.Tensor  # float32[B, T]
     entropy: torch.Tensor | None = None  # float32[B, T]
     hidden: torch.Tensor | None = None  # [B, T, H], model dtype
+
+
+@dataclass
+class PackedBatch:
+    """prompt + response samples as one left-padded batch; ``response_mask`` marks the response tokens."""
+
+    input_ids: torch.Tensor  # int64[B, T]
+    attention_mask: torch.Tensor  # int64[B, T]
+    response_mask: torch.Tensor  # bool[B, T]
+
+    def responses(self, values_BT: torch.Tensor) -> list[torch.Tensor]:
+        """Per-sample response slices of a [B, T] tensor (e.g. token log-probs), in order."""
+        return [values_BT[b][self.response_mask[b]] for b in range(values_BT.shape[0])]
+
+
+def pack_samples(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_token_id: int,
+                 device: torch.device | str | None = None) -> PackedBatch:  # fmt: skip
+    """Left-pad (prompt + response) samples into tensors the scorer takes."""
+    if len(prompt_ids) != len(response_ids) or not prompt_ids:
+        raise ValueError(f"need the same non-zero number of prompts and responses, got {len(prompt_ids)} and {len(response_ids)}")
+    lengths = [(len(p), len(r)) for p, r in zip(prompt_ids, response_ids)]
+    for i, (n_p, n_r) in enumerate(lengths):
+        if n_p == 0:
+            raise ValueError(f"sample {i} has an empty prompt: its first response token would have no context")
+    width = max(n_p + n_r for n_p, n_r in lengths)
+    ids = torch.full((len(lengths), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    resp = torch.zeros((len(lengths), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        start = width - len(p) - len(r)
+        ids[i, start:] = torch.as_tensor([*p, *r], dtype=torch.long)
+        mask[i, start:] = 1
+        resp[i, width - len(r) :] = True
+    return PackedBatch(ids.to(device), mask.to(device), resp.to(device))
 
 
 def split_causal_lm(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
