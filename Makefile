@@ -9,7 +9,7 @@ PIP ?= .venv/bin/pip
 install: .venv/bin/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,train]"
 
 test:
 	$(PY) -m pytest -q
