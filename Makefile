@@ -7,7 +7,6 @@ PIP ?= .venv/bin/pip
 	python3 -m venv .venv
 
 install: .venv/bin/python
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,train]"
 

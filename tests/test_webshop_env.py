@@ -172,3 +172,15 @@ def test_text_env_speed(env):
         steps += run_episode(env, policy, t)["steps"]
     rate = steps / (time.perf_counter() - start)
     assert rate >= 1000, f"{rate:.0f} steps/s (target 2,000 on one idle core; this machine is shared)"
+
+
+def test_module_entry_generates_loadable_files(tmp_path, capsys):
+    from agentrl.envs.webshop import load_files, serve
+    from agentrl.envs.webshop.__main__ import main
+
+    main(["generate", str(tmp_path), "--num-products", "60", "--goals-per-product", "2", "--seed", "4"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items_human_ins.json", "items_ins_v2_60.json", "items_shuffle_60.json"]
+    assert len(load_files(tmp_path).goals) == 120
+    assert callable(serve)
+    env = WebShopEnv(split="test", data_dir=str(tmp_path))
+    assert len(env.task_ids()) == 120
