@@ -182,7 +182,8 @@ def test_synthetic_goals_cover_every_option_combination():
     shop = build_shop(items, attrs, None)
     assert len(shop.goals) == 6
     texts = sorted(g["instruction_text"] for g in shop.goals)
-    assert texts[0] == f"i want a teapot with color: blue, and size: m, and price lower than {shop.goals[0]['price_upper']:.2f} dollars"
+    bound = shop.goals[0]["price_upper"]
+    assert texts[0] == f"i want a teapot with color: blue, and size: m, and price lower than {bound:.2f} dollars"
     assert {tuple(sorted(g["goal_options"].items())) for g in shop.goals} == {
         (("color", c), ("size", s)) for c in ("red", "blue", "tan") for s in ("s", "m")}
 

@@ -53,7 +53,7 @@ def run_episode(env: AgentEnv, policy: Policy, task_id: str, seed: int = 0) -> d
         action = policy(obs, info)
         actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
-        total += reward
+        total += float(reward)
         success = success or bool(info["success"])
         if terminated or truncated:
             return {"reward": total, "success": success, "steps": len(actions), "actions": actions}

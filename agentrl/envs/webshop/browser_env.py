@@ -2,8 +2,9 @@
 
 Same verbs as the text env, mapped to real input: ``search[kw]`` types into the search box and
 presses the Search button, ``click[label]`` clicks the button, product link or option radio
-carrying that label (the page's script submits an option when it is clicked). Observation = the page's visible text nodes joined by " [SEP] " (what the
-text env shows); reward = the server's, read from the done page. Validity is judged from the page
+carrying that label (the page's script submits an option when it is clicked). Observation = the
+page's visible text nodes joined by " [SEP] " (what the text env shows); reward = the server's,
+read from the done page. Validity is judged from the page
 the browser shows, so an invalid action touches nothing.
 
 Chromium is Debian's (``/usr/bin/chromium`` or $WEBSHOP_CHROMIUM) launched by ``executable_path``;
@@ -168,6 +169,7 @@ class WebShopBrowserEnv(AgentEnv):
         view = self._view
         if view["done"]:
             return {"state_key": view["text"], "admissible_actions": []}
+        assert self._goal_idx is not None
         keywords = instruction_keywords(self.shop.goals[self._goal_idx]["instruction_text"])
         admissible = [f"search[{keywords}]"] if view["has_search"] else []
         admissible += [f"click[{x}]" for x in dict.fromkeys(view["buttons"] + view["radios"])]

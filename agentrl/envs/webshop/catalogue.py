@@ -144,11 +144,11 @@ DESCRIPTION_CLOSINGS = (
     "A thoughtful present for friends and family.",
 )
 INSTRUCTION_TEMPLATES = (
-    "i am looking for {a} {type} that is {attrs}{opts}",
-    "i need {a} {attrs} {type}{opts}",
-    "find me {a} {type} which is {attrs}{opts}",
-    "i want to buy {a} {attrs} {type}{opts}",
-    "i'm looking for {a} {type}, {attrs}{opts}",
+    "i am looking for {a_type}{type} that {is_} {attrs}{opts}",
+    "i need {a_attrs}{attrs} {type}{opts}",
+    "find me {a_type}{type} which {is_} {attrs}{opts}",
+    "i want to buy {a_attrs}{attrs} {type}{opts}",
+    "i'm looking for {a_type}{type}, {attrs}{opts}",
 )
 ASIN_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RESERVED_LABELS = frozenset({"search", "back to search", "next >", "< prev", "description", "features", "reviews",
@@ -177,8 +177,15 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def _is_plural(type_name: str) -> bool:
+    return type_name.endswith("s") and not type_name.endswith("ss")
+
+
+def _article(next_word: str, plural: bool) -> str:
+    """"a " / "an " before a singular noun phrase, nothing before a plural one ("hiking boots")."""
+    if plural:
+        return ""
+    return "an " if next_word[0] in "aeiou" else "a "
 
 
 def _price_text(price: float) -> str:
@@ -280,14 +287,20 @@ class _Builder:
         """Instructions asking for a subset of the product's attributes and one value per chosen option group."""
         out = []
         type_name = product["query"]
-        for _ in range(self.goals_per_product):
+        plural = _is_plural(type_name)
+        seen: set[str] = set()
+        while len(out) < self.goals_per_product:
             attrs = self.rng.sample(attributes, k=self.rng.randint(min(2, len(attributes)), min(3, len(attributes))))
             groups = list(product["customization_options"])
             chosen = self.rng.sample(groups, k=self.rng.randint(min(1, len(groups)), min(2, len(groups))))
             picks = [(g, self.rng.choice(product["customization_options"][g])["value"]) for g in chosen]
             opts = " with " + " and ".join(f"{g} {v}" for g, v in picks) if picks else ""
             instruction = self.rng.choice(INSTRUCTION_TEMPLATES).format(
-                a=_article(type_name), type=type_name, attrs=_join(attrs), opts=opts)
+                a_type=_article(type_name, plural), a_attrs=_article(attrs[0], plural), type=type_name,
+                attrs=_join(attrs), opts=opts, is_="are" if plural else "is")
+            if instruction in seen and len(seen) < 20:
+                continue
+            seen.add(instruction)
             out.append({
                 "asin": product["asin"],
                 "instruction": instruction,
@@ -335,6 +348,6 @@ def write_catalogue(out_dir: str | Path, seed: int = 0, num_products: int = 1000
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / items_file(num_products), out / attrs_file(num_products), out / HUMAN_INS_FILE]
-    for path, key in zip(paths, ("items", "attributes", "human_ins")):
+    for path, key in zip(paths, ("items", "attributes", "human_ins"), strict=True):
         path.write_text(json.dumps(data[key], indent=1, ensure_ascii=False), encoding="utf-8")
     return paths

@@ -51,7 +51,8 @@ class Shop:
         lo, hi = SPLITS[split]
         hi = len(self.goals) if hi is None else min(hi, len(self.goals))
         if hi <= lo:
-            raise ValueError(f"split {split!r} needs goals [{lo}, {SPLITS[split][1]}) but this catalogue has {len(self.goals)} goals")
+            raise ValueError(f"split {split!r} needs goals [{lo}, {SPLITS[split][1]}) "
+                             f"but this catalogue has {len(self.goals)} goals")
         return range(lo, hi)
 
 
@@ -160,7 +161,8 @@ def human_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, floa
     return goals
 
 
-def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, float], rng: random.Random) -> list[dict[str, Any]]:
+def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, float],
+                    rng: random.Random) -> list[dict[str, Any]]:
     """Original ``get_synthetic_goals``: every option combination of every product with an instruction."""
     goals = []
     counts: dict[str, int] = {}
@@ -173,7 +175,7 @@ def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, 
         upper, price_text = _price_bound(prices[p["asin"]], rng)
         names = sorted(p["options"])
         for combo in itertools.product(*(p["options"][n] for n in names)):
-            chosen = dict(zip(names, combo))
+            chosen = dict(zip(names, combo, strict=True))
             option_text = ", and ".join(f"{k}: {v}" for k, v in chosen.items())
             option_text = " with " + option_text if option_text else ""
             goals.append(_goal(p, f"{p['instruction_text']}{option_text}{price_text}", attributes, chosen, upper))

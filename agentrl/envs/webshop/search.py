@@ -8,6 +8,7 @@ stemming; results are the top 50 hits with a positive score, ties broken by cata
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ class SearchEngine:
         self._vocab = self._bm25.vocab_dict
         self._cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # envs in several threads may share one engine
 
     def tokenize(self, text: str) -> list[str]:
         words = [w for w in _TOKEN.findall(text.lower()) if w not in _STOP]
@@ -48,10 +50,11 @@ class SearchEngine:
 
     def search(self, keywords: str, k: int = SEARCH_RETURN_N) -> tuple[str, ...]:
         key = f"{k}\x00{keywords}"
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         tokens = [t for t in self.tokenize(keywords) if t in self._vocab]
         if not tokens:
             result: tuple[str, ...] = ()
@@ -59,7 +62,8 @@ class SearchEngine:
             scores = np.asarray(self._bm25.get_scores(tokens), dtype=np.float64)
             order = np.lexsort((np.arange(len(scores)), -scores))[:k]
             result = tuple(self.asins[i] for i in order if scores[i] > 0)
-        self._cache[key] = result
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = result
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return result

@@ -59,13 +59,17 @@ class WebShopEnv(AgentEnv):
         except (TypeError, ValueError):
             raise ValueError(f"WebShop task_id must be a goal index (e.g. '{self._goal_ids[0]}'), got {task_id!r}") from None
         if idx not in self._goal_ids:
-            raise ValueError(f"task_id {idx} is not in split {self.split!r} (goals {self._goal_ids.start}..{self._goal_ids.stop - 1})")
+            raise ValueError(f"task_id {idx} is not in split {self.split!r} "
+                             f"(goals {self._goal_ids.start}..{self._goal_ids.stop - 1})")
         return idx
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
-        idx = self._goal_index(task_id) if task_id is not None else self._goal_ids[int(self.np_random.integers(len(self._goal_ids)))]
+        if task_id is None:
+            idx = self._goal_ids[int(self.np_random.integers(len(self._goal_ids)))]
+        else:
+            idx = self._goal_index(task_id)
         self.session = self.machine.new_session(idx)
         self._t = 0
         obs, info = self._observe()
