@@ -39,10 +39,9 @@ class CountEnv(AgentEnv):
             self.n += 1
         elif action == "dec":
             self.n -= 1
-        if self.flaw == "nondeterministic":
-            import random
-
-            self.n += random.choice([0, 5])
+        if self.flaw == "nondeterministic":  # hidden state that survives reset: replays differ
+            self.drift = getattr(self, "drift", 0) + 1
+            self.n += self.drift
         self.t += 1
         won = self.n == self.target
         self._last_obs = f"n is {self.n}" if valid else "Nothing happens."
