@@ -8,7 +8,7 @@ import pytest
 from agentrl.envs import check_env, gym_id, make
 from agentrl.envs.webshop import WebShopEnv
 from agentrl.envs.webshop.agents import oracle_actions, random_policy, run_episode, scripted_policy
-from agentrl.envs.webshop.pages import SEP, parse_action
+from agentrl.envs.webshop.pages import SEP, options_json, parse_action
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,8 @@ def test_item_page_options_and_sub_pages(env):
     assert obs2 == obs and info["valid"] and info["state_key"] != before and f": {value}" in info["state_key"]
     obs3, *_ = env.step("click[Features]")  # labels are matched lower-cased
     assert obs3.split(SEP)[4:] == product["BulletPoints"]
+    assert env.step("click[< prev]")[0] == obs
+    assert env.step("click[reviews]")[0].split(SEP)[2:] == ["Back to Search", "< Prev", "No reviews found"]
     obs4, *_ = env.step("click[< prev]")
     assert obs4 == obs and env.session.state.options  # options survive a sub-page visit
     obs5, *_ = env.step("click[< prev]")
@@ -93,7 +95,13 @@ def test_oracle_buys_with_reward_one_and_done_page(env):
         obs, reward, term, trunc, info = env.step(a)
     assert (reward, term, trunc, info["success"]) == (1.0, True, False, True)
     assert info["reward_info"]["r_type"] == 1.0
-    assert obs.startswith("Thank you for shopping with us! [SEP] Purchased [SEP] ") and obs.endswith(" [SEP] 1")
+    asin = env.shop.goals[3]["asin"]
+    value = env.shop.goals[3]["goal_options"][0]
+    group = next(g for g, vals in env.shop.by_asin[asin]["options"].items() if value in vals)
+    assert obs.startswith("Thank you for shopping with us! [SEP] Your code: [SEP] None [SEP] "
+                          f"(Paste it in your MTurk interface.) [SEP] Purchased [SEP] asin [SEP] {asin} [SEP] options "
+                          f'[SEP] {{"{group}": "{value}"}} [SEP] attrs [SEP] None')
+    assert obs.endswith(" [SEP] Reward [SEP] Your score (min 0.0, max 1.0) [SEP] 1.0 [SEP] Reward Details [SEP] None")
     assert info["admissible_actions"] == []
 
 
@@ -119,6 +127,10 @@ def test_search_only_where_a_search_box_is_shown(env):
     assert obs.startswith("WebShop [SEP] ") and info["valid"]
     obs, _, _, _, info = env.step("search[Kettle  Glass]")
     assert info["valid"] and "Page 1" in obs
+
+
+def test_options_json_is_jinja_tojson():
+    assert options_json({"size": "m", "color": "<b>&'"}) == '{"color": "\\u003cb\\u003e\\u0026\\u0027", "size": "m"}'
 
 
 def test_parse_action():

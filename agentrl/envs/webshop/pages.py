@@ -12,6 +12,7 @@ lower-cased button text, a product id or an option value; anything else is inval
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -94,8 +95,21 @@ def parse_action(action: str) -> tuple[str, str] | None:
     return m.group(1).lower(), m.group(2).strip().lower()
 
 
-def format_reward(reward: float) -> str:
-    return f"{reward:.4f}".rstrip("0").rstrip(".") if reward else "0.0"
+# The original done page as its text env shows it (the hidden debug fields are text nodes too;
+# the text env passes no goal, so they read "None" or stay empty).
+DONE_HEAD = ("Thank you for shopping with us!", "Your code:", "None", "(Paste it in your MTurk interface.)",
+             "Purchased", "asin")
+DONE_MIDDLE = ("attrs", "None", "category", "None", "query", "None", "product category", "None", "Target", "asin",
+               "options", "attrs", "price upper", "instuction text", "category", "product category", "query", "Goal",
+               "None", "Reward", "Your score (min 0.0, max 1.0)")
+
+
+def options_json(options: dict[str, str]) -> str:
+    """Options as Jinja's ``tojson`` writes them (sorted keys, ASCII, HTML-special characters escaped)."""
+    text = json.dumps(options, sort_keys=True)
+    for ch, code in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("'", "\\u0027")):
+        text = text.replace(ch, code)
+    return text
 
 
 class PageMachine:
@@ -168,15 +182,15 @@ class PageMachine:
         elif sub == "features":
             texts = list(p["BulletPoints"])
         else:
-            texts = [f"{r.get('title', '')} {r.get('score', '')} {r.get('body', '')}" for r in p["Reviews"]]
+            texts = [x for r in p["Reviews"] for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), r.get("body", ""))]
+            texts = texts or ["No reviews found"]
         return tuple(Element("text", t.strip()) for t in texts if t.strip())
 
     def _done_body(self, session: Session) -> tuple[Element, ...]:
         asin, options = session.bought or ("", ())
-        out = [Element("text", "Thank you for shopping with us!"), Element("text", "Purchased"), Element("text", asin)]
-        out.extend(Element("text", f"{k}: {v}") for k, v in options)
-        out.extend((Element("text", "Your score (min 0.0, max 1.0)"), Element("text", format_reward(session.reward))))
-        return tuple(e for e in out if e.text)
+        texts = [*DONE_HEAD, asin, "options", options_json(dict(options)), *DONE_MIDDLE, str(session.reward),
+                 "Reward Details", "None"]
+        return tuple(Element("text", t) for t in texts if t)
 
     # ---- transitions -----------------------------------------------------------------------
     def step(self, session: Session, action: str, page: Page | None = None) -> StepResult:
