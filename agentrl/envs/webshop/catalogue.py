@@ -285,7 +285,7 @@ class _Builder:
 
     def goals(self, product: dict[str, Any], attributes: list[str]) -> list[dict[str, Any]]:
         """Instructions asking for a subset of the product's attributes and one value per chosen option group."""
-        out = []
+        out: list[dict[str, Any]] = []
         type_name = product["query"]
         plural = _is_plural(type_name)
         seen: set[str] = set()
