@@ -138,16 +138,49 @@ def webshop_serve(
     serve(host=host, port=port, split=split)
 
 
-@bench_app.command("credit-speed")
-def bench_credit_speed(sizes: str = typer.Option("16,128,1024", help="comma-separated task counts P")) -> None:
-    """Rows/s of every credit estimator on synthetic ALFWorld-like batches."""
-    import runpy
+@bench_app.command("credit")
+def bench_credit(
+    part: str = typer.Option("all", help="speed, fidelity or all"),
+    sizes: str = typer.Option("16,128,1024", help="speed: comma-separated task counts P"),
+    group_sizes: str = typer.Option("2,4,8,16", help="fidelity: comma-separated group sizes N"),
+    tasks: int = typer.Option(16, help="fidelity: maze tasks per resample"),
+    resamples: int = typer.Option(20, help="fidelity: independent groups per task and size"),
+    seed: int = typer.Option(0, help="fidelity: sampling seed"),
+    out: Optional[Path] = typer.Option(None, help="write fidelity.md and fidelity.json here"),
+) -> None:
+    """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V."""
+    if part not in ("speed", "fidelity", "all"):
+        raise typer.BadParameter(f"--part must be speed, fidelity or all, got {part!r}")
+    if part in ("speed", "all"):
+        import runpy
 
-    script = Path(__file__).resolve().parent.parent / "bench" / "credit_speed.py"
-    if not script.exists():
-        raise typer.BadParameter("bench/credit_speed.py is part of the source checkout; run it from there")
-    sys.argv = [str(script), "--sizes", sizes]
-    runpy.run_path(str(script), run_name="__main__")
+        script = Path(__file__).resolve().parent.parent / "bench" / "credit_speed.py"
+        if not script.exists():
+            raise typer.BadParameter("the speed part runs bench/credit_speed.py from a source checkout")
+        argv, sys.argv = sys.argv, [str(script), "--sizes", sizes]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = argv
+    if part in ("fidelity", "all"):
+        import json
+
+        from agentrl.eval.fidelity import credit_fidelity, fidelity_markdown
+
+        rows = credit_fidelity(
+            tasks=tasks,
+            group_sizes=[int(n) for n in group_sizes.split(",")],
+            resamples=resamples,
+            seed=seed,
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
+        table = fidelity_markdown(rows)
+        typer.echo(table)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "fidelity.md").write_text(table + "\n", encoding="utf-8")
+            (out / "fidelity.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1), encoding="utf-8")
+            typer.echo(f"wrote {out / 'fidelity.md'} and {out / 'fidelity.json'}", err=True)
 
 
 def main() -> None:

@@ -48,3 +48,17 @@ def test_parse_kv_types():
     assert parse_kv(["a=3", "b=0.5", "c=true", "d=none", "e=text"]) == {"a": 3, "b": 0.5, "c": True, "d": None, "e": "text"}
     with pytest.raises(typer.BadParameter, match="key=value"):
         parse_kv(["novalue"])
+
+
+def test_bench_credit_fidelity_writes_its_tables(tmp_path):
+    result = runner.invoke(
+        app, ["bench", "credit", "--part", "fidelity", "--group-sizes", "4", "--tasks", "3", "--resamples", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| gigpo |" in (tmp_path / "fidelity.md").read_text()
+    import json
+
+    rows = json.loads((tmp_path / "fidelity.json").read_text())
+    assert {r["estimator"] for r in rows} >= {"grpo", "gigpo", "hgpo", "salt"}
+    result = runner.invoke(app, ["bench", "credit", "--part", "nope"])
+    assert result.exit_code != 0 and "--part must be" in result.output

@@ -1,0 +1,58 @@
+"""Confidence intervals that stay honest at small sample sizes.
+
+Wilson's score interval for success rates (it never leaves [0, 1] and does not collapse to
+zero width at 0% or 100%, unlike the normal approximation), and a percentile bootstrap for
+means of anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval over ``n`` observations."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> Interval:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return Interval(math.nan, 0.0, 1.0, 0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def bootstrap_mean(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of the mean (deterministic for a given seed)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or not np.all(np.isfinite(x)):
+        raise ValueError("bootstrap_mean needs a flat sequence of finite numbers")
+    if x.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(x.mean()), float(low), float(high), int(x.size))
