@@ -4,6 +4,8 @@ import time
 
 import gymnasium as gym
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentrl.envs import check_env, gym_id, make
 from agentrl.envs.webshop import WebShopEnv
@@ -196,3 +198,28 @@ def test_module_entry_generates_loadable_files(tmp_path, capsys):
     assert callable(serve)
     env = WebShopEnv(split="test", data_dir=str(tmp_path))
     assert len(env.task_ids()) == 120
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.lists(st.integers(0, 40), max_size=6), junk=st.text(max_size=40))
+def test_validity_agrees_with_admissible_actions(env, prefix, junk):
+    """An action is valid iff it is an admissible click or a non-empty search where a box is shown."""
+    obs, info = env.reset(options={"task_id": "9"})
+    for pick in prefix:
+        acts = info["admissible_actions"]
+        obs, _, term, _, info = env.step(acts[pick % len(acts)])
+        assert info["valid"]
+        if term:
+            return
+    has_search = any(a.startswith("search[") for a in info["admissible_actions"])
+    for action in (junk, f"click[{junk}]"):
+        parsed = parse_action(action)
+        expected = parsed is not None and (f"{parsed[0]}[{parsed[1]}]" in info["admissible_actions"]
+                                           or (parsed[0] == "search" and bool(parsed[1]) and has_search))
+        before, state = obs, env.session.state
+        obs, reward, term, _, step_info = env.step(action)
+        assert step_info["valid"] == expected, action
+        if not expected:
+            assert obs == before and env.session.state == state and reward == 0.0
+        if expected:
+            return
