@@ -1,0 +1,289 @@
+"""Rollout: G groups x N episodes against a batch of envs with one policy.
+
+Group members reset with the same task id and seed, so they start from an identical state
+(GiGPO, HGPO, SALT and GRPO rely on it). Envs are stepped in lockstep: every turn, one batched
+policy call answers all running episodes, and a free env starts the next pending episode. Each
+step keeps its prompt, prompt and response token ids and sampling log-probs, so the trainer can
+recompute log-probs from ids. An env or policy call that raises ends only its own episode, which
+is recorded as truncated with ``info["error"]``; the batch goes on.
+
+``envs`` is either a list of in-process envs or any object with the env pool's batched
+``reset(indices, seeds, options)`` / ``step(actions, indices)`` methods and ``num_envs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
+from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
+from agentrl.types import Step, Trajectory, TrajectoryGroup
+
+__all__ = ["PromptBuilder", "Episode", "rollout", "as_env_batch", "ListEnvs"]
+
+PromptBuilder = StepPrompt | ChatPrompt
+Outcome = tuple[Any, ...]  # an env's (obs, info) or (obs, reward, terminated, truncated, info)
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class ListEnvs:
+    """A plain list of in-process envs behind the pool's batched interface; errors are returned,
+    not raised, one per env."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        if not envs:
+            raise ValueError("need at least one env")
+        self.envs = list(envs)
+        self.num_envs = len(self.envs)
+
+    def reset_each(self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
+        out: list[Outcome | BaseException] = []
+        for i, s, o in zip(indices, seeds, options):
+            try:
+                out.append(tuple(self.envs[i].reset(seed=s, options=o)))
+            except Exception as e:  # noqa: BLE001 - recorded on the episode
+                out.append(e)
+        return out
+
+    def step_each(self, actions: Sequence[str], indices: Sequence[int]) -> list[Outcome | BaseException]:
+        out: list[Outcome | BaseException] = []
+        for i, a in zip(indices, actions):
+            try:
+                out.append(tuple(self.envs[i].step(a)))
+            except Exception as e:  # noqa: BLE001 - recorded on the episode
+                out.append(e)
+        return out
+
+
+class _PoolEnvs:
+    """An object with batched ``reset``/``step`` (the env pool). A call that raises for the whole
+    batch is retried env by env, so one failing env cannot take the others with it."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.num_envs = int(pool.num_envs)
+
+    def _each(self, call: Callable[..., list[Any]], n: int, *args_per_env: Sequence[Any]) -> list[Outcome | BaseException]:
+        try:
+            return [tuple(r) for r in call(*args_per_env)]
+        except Exception:  # noqa: BLE001 - isolate the failing env below
+            out: list[Outcome | BaseException] = []
+            for k in range(n):
+                try:
+                    out.append(tuple(call(*[[a[k]] for a in args_per_env])[0]))
+                except Exception as e:  # noqa: BLE001 - recorded on the episode
+                    out.append(e)
+            return out
+
+    def reset_each(self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
+        return self._each(lambda i, s, o: self.pool.reset(indices=i, seeds=s, options=o), len(indices), indices, seeds, options)
+
+    def step_each(self, actions: Sequence[str], indices: Sequence[int]) -> list[Outcome | BaseException]:
+        return self._each(lambda a, i: self.pool.step(a, indices=i), len(indices), actions, indices)
+
+
+def as_env_batch(envs: Any) -> ListEnvs | _PoolEnvs:
+    """Wrap a list of envs, or a pool with batched reset/step, for ``rollout``."""
+    if isinstance(envs, (ListEnvs, _PoolEnvs)):
+        return envs
+    if isinstance(envs, (list, tuple)):
+        return ListEnvs(envs)
+    if all(hasattr(envs, a) for a in ("reset", "step", "num_envs")):
+        return _PoolEnvs(envs)
+    raise TypeError(
+        f"envs must be a list of envs or a pool with num_envs and batched reset/step, got {type(envs).__name__}"
+    )
+
+
+@dataclass
+class Episode:
+    """One running episode: what the env said last and what has been done so far."""
+
+    task_id: str
+    group_id: str
+    traj_id: str
+    seed: int | None
+    obs: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
+    steps: list[Step] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    subgoal: str | None = None
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+    error: str | None = None
+
+    def finish_with_error(self, error: str) -> None:
+        self.error, self.truncated = error, True
+
+    def trajectory(self) -> Trajectory:
+        info = {"seed": self.seed}
+        if self.error is not None:
+            info["error"] = self.error
+        return Trajectory(
+            task_id=self.task_id, group_id=self.group_id, traj_id=self.traj_id, steps=self.steps,
+            terminated=self.terminated, truncated=self.truncated, success=self.success, info=info,
+        )  # fmt: skip
+
+
+def _prompt(builder: PromptBuilder, ep: Episode) -> Messages:
+    actions = ep.info.get("admissible_actions")
+    if isinstance(builder, ChatPrompt):
+        return builder.build(ep.task, ep.observations, [s.response for s in ep.steps], actions)
+    history = [(s.obs, s.action or s.response) for s in ep.steps]
+    return builder.build(ep.task, ep.obs, history, actions, subgoal=ep.subgoal)
+
+
+def _generate(policy: Policy, prompts: list[Messages], params: SamplingParams) -> list[Generation | BaseException]:
+    """One batched call; if it raises, each prompt alone, so only the failing ones are lost."""
+    try:
+        out = policy.generate(prompts, params)
+        if len(out) != len(prompts):
+            raise RuntimeError(f"policy returned {len(out)} generations for {len(prompts)} prompts")
+        return list(out)
+    except Exception:  # noqa: BLE001 - isolate the failing prompt below
+        results: list[Generation | BaseException] = []
+        for p in prompts:
+            try:
+                results.append(policy.generate([p], params)[0])
+            except Exception as e:  # noqa: BLE001 - recorded on the episode
+                results.append(e)
+        return results
+
+
+def _record_step(ep: Episode, messages: Messages, gen: Generation, fmt: str, result: Outcome | BaseException, max_turns: int) -> None:
+    parsed = parse_response(gen.text, fmt)
+    info: dict[str, Any] = {**parsed.step_info(ep.subgoal), "format_valid": parsed.valid, "finish_reason": gen.finish_reason}
+    if parsed.reason:
+        info["parse_error"] = parsed.reason
+    if fmt == "hiper":  # a malformed HiPER turn keeps the current subgoal, so every row has both columns
+        info.setdefault("switch", "KEEP")
+        info.setdefault("subgoal", ep.subgoal or "")
+    step = Step(
+        obs=ep.obs, response=gen.text, action=parsed.action, valid=parsed.valid,
+        state_key=ep.info.get("state_key"), prompt=messages, prompt_ids=list(gen.prompt_ids),
+        response_ids=list(gen.response_ids), response_logprobs=[float(x) for x in gen.logprobs], info=info,
+    )  # fmt: skip
+    ep.steps.append(step)
+    if "subgoal" in info:
+        ep.subgoal = info["subgoal"] or ep.subgoal
+    if isinstance(result, BaseException):
+        info["error"] = _error_text(result)
+        step.valid = False
+        ep.finish_with_error(info["error"])
+        return
+    obs, reward, terminated, truncated, env_info = result
+    env_info = dict(env_info or {})
+    step.reward = float(reward)
+    step.valid = bool(parsed.valid and env_info.get("valid", True))
+    if env_info.get("turn_reward") is not None:
+        step.turn_reward = float(env_info["turn_reward"])
+    if env_info.get("tool_call") is not None and "tool_call" not in info:
+        info["tool_call"] = bool(env_info["tool_call"])
+    ep.success = bool(env_info.get("success", False))
+    if env_info.get("error"):  # a pool reports a crashed worker this way
+        info["error"] = str(env_info["error"])
+        ep.finish_with_error(info["error"])
+        return
+    ep.obs, ep.info = str(obs), env_info
+    ep.observations.append(ep.obs)
+    ep.terminated, ep.truncated = bool(terminated), bool(truncated) or (not terminated and len(ep.steps) >= max_turns)
+
+
+def rollout(
+    policy: Policy,
+    envs: Any,
+    tasks: Sequence[str],
+    group_size: int,
+    *,
+    max_turns: int,
+    params: SamplingParams,
+    builder: PromptBuilder | None = None,
+    seeds: Sequence[int] | None = None,
+    id_prefix: str = "",
+) -> list[TrajectoryGroup]:
+    """Play ``group_size`` episodes of each task in ``tasks`` (one group per entry).
+
+    ``seeds[g]`` is the reset seed of every member of group g (default g). ``params.seed``, when
+    set, is combined with a call counter, so a rollout is reproducible as a whole. Ids:
+    ``{id_prefix}g{g}`` for groups, ``{id_prefix}g{g}-{n}`` for trajectories. The response format
+    comes from ``builder`` (default ``StepPrompt()``); generation stops at the format's stop
+    strings unless ``params.stop`` names others.
+    """
+    if group_size < 1 or max_turns < 1:
+        raise ValueError(f"group_size and max_turns must be >= 1, got {group_size} and {max_turns}")
+    if not tasks:
+        raise ValueError("tasks is empty: rollout needs at least one task (one group per task)")
+    seeds = list(range(len(tasks))) if seeds is None else list(seeds)
+    if len(seeds) != len(tasks):
+        raise ValueError(f"need one seed per task, got {len(seeds)} seeds for {len(tasks)} tasks")
+    builder = builder if builder is not None else StepPrompt()
+    fmt = builder.response_format
+    if not params.stop and get_format(fmt).stop:
+        params = dataclasses.replace(params, stop=get_format(fmt).stop)
+    batch = as_env_batch(envs)
+    pending = deque(
+        Episode(str(task), f"{id_prefix}g{g}", f"{id_prefix}g{g}-{n}", seeds[g])
+        for g, task in enumerate(tasks)
+        for n in range(group_size)
+    )
+    episodes = list(pending)
+    active: dict[int, Episode] = {}
+    calls = 0
+    while pending or active:
+        free = [i for i in range(batch.num_envs) if i not in active][: len(pending)]
+        starting = [(i, pending.popleft()) for i in free]
+        if starting:
+            results = batch.reset_each(
+                [i for i, _ in starting], [ep.seed for _, ep in starting], [{"task_id": ep.task_id} for _, ep in starting]
+            )
+            for (i, ep), res in zip(starting, results):
+                if isinstance(res, BaseException):
+                    ep.finish_with_error(f"reset failed: {_error_text(res)}")
+                    continue
+                ep.obs, ep.info = str(res[0]), dict(res[1] or {})
+                ep.task = str(ep.info.get("task", ""))
+                ep.observations.append(ep.obs)
+                active[i] = ep
+        if not active:
+            continue
+        slots = sorted(active)
+        messages: list[Messages | BaseException] = []
+        for i in slots:
+            try:
+                messages.append(_prompt(builder, active[i]))
+            except Exception as e:  # noqa: BLE001 - recorded on the episode
+                messages.append(e)
+        ok = [k for k, m in enumerate(messages) if not isinstance(m, BaseException)]
+        call_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed * 1_000_003 + calls)
+        calls += 1
+        gens = _generate(policy, [messages[k] for k in ok], call_params) if ok else []
+        gen_of: dict[int, Generation | BaseException] = dict(zip(ok, gens))
+        stepping = []
+        for k, i in enumerate(slots):
+            ep, gen = active[i], gen_of.get(k, messages[k])
+            if isinstance(gen, BaseException):
+                ep.finish_with_error(f"policy failed: {_error_text(gen)}")
+                del active[i]
+                continue
+            stepping.append((i, gen, messages[k]))
+        actions = [parse_response(gen.text, fmt).action for _, gen, _ in stepping]
+        results = batch.step_each(actions, [i for i, _, _ in stepping]) if stepping else []
+        for (i, gen, msgs), res in zip(stepping, results):
+            ep = active[i]
+            _record_step(ep, msgs, gen, fmt, res, max_turns)
+            if ep.terminated or ep.truncated:
+                del active[i]
+    groups: dict[str, list[Trajectory]] = {}
+    for ep in episodes:
+        groups.setdefault(ep.group_id, []).append(ep.trajectory())
+    return [TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs) for gid, trajs in groups.items()]
+
