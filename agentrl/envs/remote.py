@@ -1,0 +1,342 @@
+"""Any AgentEnv behind HTTP: a FastAPI server and a client env that behaves exactly like the local one.
+
+Server (``serve_env("maze", port=8100, token="...")``): ``POST /create`` makes an instance of the
+env the server was started with (clients cannot choose constructor arguments), then
+``POST /reset {env_id, seed, options}``, ``POST /step {env_id, action}``, ``POST /close {env_id}``;
+all JSON. ``GET /health`` is open; everything else needs ``Authorization: Bearer <token>`` when a
+token is set. Bodies are capped, env ids are unguessable, the number of open envs is bounded,
+and an env that raises answers an error status with the message (the server stays up). It binds
+127.0.0.1 unless told otherwise.
+
+Client (``RemoteEnv(url, token=...)`` or ``make("remote", url=...)``): a regular AgentEnv; the
+same seed, task and actions give the same transcript as the local env (after a JSON round trip,
+which turns tuples into lists).
+
+(No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time.)
+"""
+
+import hmac
+import json
+import logging
+import math
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from agentrl.envs.base import AgentEnv
+
+__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "read_json_body", "jsonable",
+           "MAX_BODY_BYTES", "free_port"]
+
+MAX_BODY_BYTES = 1_000_000
+log = logging.getLogger(__name__)
+
+
+class RemoteEnvError(RuntimeError):
+    """The env server refused or failed a request; the message carries its answer."""
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars/arrays, tuples and sets turned into JSON types (other objects as str)."""
+    if isinstance(x, (str, bool, int)) or x is None:
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted((jsonable(v) for v in x), key=repr)
+    return str(x)
+
+
+async def read_json_body(request: Any, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body, read in chunks and refused past ``limit`` bytes (raises BodyError)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise BodyError(413, f"request body too large (limit {limit} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyError(413, f"request body too large (limit {limit} bytes)")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BodyError(400, f"request body is not valid JSON ({e})") from None
+
+
+def check_bearer(request: Any, token: str | None) -> str | None:
+    """None when the request carries the bearer token (or none is required), else the reason."""
+    if token is None:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return "missing or wrong bearer token"
+    return None
+
+
+class _Slot:
+    def __init__(self, env: AgentEnv) -> None:
+        self.env = env
+        self.lock = threading.Lock()
+
+
+def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any] | None = None, *,
+               token: str | None = None, max_envs: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The FastAPI app serving one env (a registered name with ``env_kwargs``, or a zero-argument factory)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from agentrl.envs.registration import make
+
+    if isinstance(factory, str):
+        name, kwargs = factory, dict(env_kwargs or {})
+        make(name, **kwargs).close()  # fail now, at start-up, on a bad name or bad arguments
+        build: Callable[[], AgentEnv] = lambda: make(name, **kwargs)  # noqa: E731
+        label = name
+    else:
+        build, label = factory, getattr(factory, "__name__", "env")
+    if max_envs < 1:
+        raise ValueError(f"max_envs must be >= 1, got {max_envs}")
+    envs: OrderedDict[str, _Slot] = OrderedDict()
+    envs_lock = threading.Lock()
+    pending = [0]
+    app = FastAPI(title=f"agentrl env server ({label})", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def body_of(request: Request, *fields: str) -> dict[str, Any] | JSONResponse:
+        refused = check_bearer(request, token)
+        if refused:
+            return error(401, refused)
+        try:
+            body = await read_json_body(request, max_body_bytes)
+        except BodyError as e:
+            return error(e.status, e.message)
+        if not isinstance(body, dict):
+            return error(422, f"the body must be a JSON object, got {type(body).__name__}")
+        missing = [f for f in fields if f not in body]
+        if missing:
+            return error(422, f"missing field(s) {missing}")
+        return body
+
+    def slot_of(body: dict[str, Any]) -> _Slot | JSONResponse:
+        env_id = body.get("env_id")
+        with envs_lock:
+            slot = envs.get(env_id) if isinstance(env_id, str) else None
+        return slot if slot is not None else error(404, f"no open env with id {str(env_id)[:64]!r}")
+
+    def run(slot: _Slot, what: str, fn: Callable[[], Any]) -> Any:
+        with slot.lock:
+            try:
+                return fn()
+            except (ValueError, TypeError, KeyError) as e:
+                return error(400, f"{what} failed: {type(e).__name__}: {e}")
+            except RuntimeError as e:
+                return error(409, f"{what} failed: {type(e).__name__}: {e}")
+            except Exception as e:  # noqa: BLE001 - any env bug is reported, the server stays up
+                log.exception("env %s failed", what)
+                return error(500, f"{what} failed: {type(e).__name__}: {e}")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "env": label, "open_envs": len(envs)}
+
+    @app.post("/create")
+    async def create(request: Request) -> Any:
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        with envs_lock:
+            if len(envs) + pending[0] >= max_envs:
+                return error(429, f"too many open envs (limit {max_envs}); close some first")
+            pending[0] += 1  # counts against the limit while the env is being built
+        try:
+            env = await run_in_threadpool(build)
+        except Exception as e:  # noqa: BLE001
+            return error(500, f"creating the env failed: {type(e).__name__}: {e}")
+        finally:
+            with envs_lock:
+                pending[0] -= 1
+        env_id = secrets.token_urlsafe(24)
+        with envs_lock:
+            envs[env_id] = _Slot(env)
+        return {"env_id": env_id, "task_ids": [str(t) for t in env.task_ids()],
+                "max_text_length": int(env.observation_space.max_length), "env": label}
+
+    def _reset(slot: _Slot, body: dict[str, Any]) -> Any:
+        seed, options = body.get("seed"), body.get("options")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or null, got {seed!r}")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options must be an object or null, got {type(options).__name__}")
+        obs, info = slot.env.reset(seed=seed, options=options)
+        return {"obs": obs, "info": jsonable(info)}
+
+    def _step(slot: _Slot, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = slot.env.step(action)
+        return {"obs": obs, "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
+                "info": jsonable(info)}
+
+    @app.post("/reset")
+    async def reset(request: Request) -> Any:
+        body = await body_of(request, "env_id")
+        if isinstance(body, JSONResponse):
+            return body
+        slot = slot_of(body)
+        if isinstance(slot, JSONResponse):
+            return slot
+        return await run_in_threadpool(run, slot, "reset", lambda: _reset(slot, body))
+
+    @app.post("/step")
+    async def step(request: Request) -> Any:
+        body = await body_of(request, "env_id", "action")
+        if isinstance(body, JSONResponse):
+            return body
+        slot = slot_of(body)
+        if isinstance(slot, JSONResponse):
+            return slot
+        return await run_in_threadpool(run, slot, "step", lambda: _step(slot, body["action"]))
+
+    @app.post("/close")
+    async def close(request: Request) -> Any:
+        body = await body_of(request, "env_id")
+        if isinstance(body, JSONResponse):
+            return body
+        with envs_lock:
+            slot = envs.pop(body["env_id"], None) if isinstance(body["env_id"], str) else None
+        if slot is None:
+            return error(404, f"no open env with id {str(body['env_id'])[:64]!r}")
+        with slot.lock:
+            slot.env.close()
+        return {"closed": True}
+
+    return app
+
+
+def serve_env(name: str, host: str = "127.0.0.1", port: int = 8100, token: str | None = None, *,
+              max_envs: int = 256, **env_kwargs: Any) -> None:
+    """Serve the registered env ``name`` (built with ``env_kwargs``) until interrupted."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
+    uvicorn.run(create_app(name, env_kwargs, token=token, max_envs=max_envs), host=host, port=port, log_level="warning")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server for an app on 127.0.0.1 in a daemon thread; ``stop()`` shuts it down."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class RemoteEnv(AgentEnv):
+    """An env living in an env server (``serve_env``), used like a local one."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0, render_mode: str | None = None) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.env_id: str | None = None
+        created = self._post("/create", {})
+        super().__init__(render_mode=render_mode, max_text_length=created["max_text_length"])
+        self.env_id, self._task_ids = created["env_id"], list(created["task_ids"])
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        try:
+            resp = self._client.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise RemoteEnvError(f"env server {self.url} unreachable: {e}") from e
+        if resp.status_code == 200:
+            return resp.json()
+        try:
+            message = resp.json().get("error", resp.text)
+        except ValueError:
+            message = resp.text
+        if resp.status_code == 400:
+            raise ValueError(message)
+        if resp.status_code == 409:
+            raise RuntimeError(message)
+        raise RemoteEnvError(f"env server {self.url} answered {resp.status_code}: {message}")
+
+    def task_ids(self) -> Sequence[str]:
+        return self._task_ids
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        out = self._post("/reset", {"env_id": self.env_id, "seed": seed, "options": options})
+        self._last_obs = out["obs"]
+        return out["obs"], out["info"]
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        out = self._post("/step", {"env_id": self.env_id, "action": action})
+        self._last_obs = out["obs"]
+        return out["obs"], out["reward"], out["terminated"], out["truncated"], out["info"]
+
+    def close(self) -> None:
+        if self.env_id is not None:
+            env_id, self.env_id = self.env_id, None
+            try:
+                self._post("/close", {"env_id": env_id})
+            finally:
+                self._client.close()
