@@ -208,6 +208,7 @@ def test_hostile_catalogue_text_is_escaped(tmp_path):
     items_path = tmp_path / "items_shuffle_50.json"
     items = json.loads(items_path.read_text())
     items[0]["name"] = HOSTILE_TITLE
+    items[0]["small_description"] = ["", "  spaced out  ", "<b>bold</b>"]
     group = next(iter(items[0]["customization_options"]))
     items[0]["customization_options"][group].append({"value": HOSTILE_OPTION})
     items_path.write_text(json.dumps(items))
@@ -219,6 +220,11 @@ def test_hostile_catalogue_text_is_escaped(tmp_path):
         parsed = visible(page.text)
         assert HOSTILE_TITLE in parsed.texts and HOSTILE_OPTION.lower() in parsed.texts
         assert [t for t, _ in parsed.tags].count("script") == 1 and "img" not in [t for t, _ in parsed.tags]
+        assert SEP.join(parsed.texts) == c.get(f"{loc}/state").json()["observation"]
+        features = visible(act(c, loc, "click[features]").text).texts
+        assert features[-2:] == ["spaced out", "<b>bold</b>"]
+        assert SEP.join(features) == c.get(f"{loc}/state").json()["observation"]
+        act(c, loc, "click[< prev]")
         page = act(c, loc, f"click[{HOSTILE_OPTION.lower()}]")
         checked = [a for t, a in visible(page.text).tags if t == "input" and "checked" in a]
         assert [a["value"] for a in checked] == [HOSTILE_OPTION.lower()]

@@ -113,7 +113,7 @@ def options_json(options: dict[str, str]) -> str:
 
 
 class PageMachine:
-    """Renders pages and applies actions for sessions of one Shop. Stateless itself; sessions hold state."""
+    """Renders pages and applies actions for sessions of one Shop; sessions hold all state (this holds caches)."""
 
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
@@ -127,7 +127,7 @@ class PageMachine:
     # ---- rendering -------------------------------------------------------------------------
     def render(self, session: Session) -> Page:
         s = session.state
-        instruction = session.goal["instruction_text"].strip()
+        instruction = session.goal["instruction_text"]
         head = (Element("text", "Instruction:"), Element("text", instruction))
         if s.kind == "index":
             body = (Element("heading", "WebShop"), *head, Element("search", "Search"))
@@ -155,9 +155,9 @@ class PageMachine:
             out.append(Element("button", "Next >", "next >"))
         for asin in hits[(page - 1) * PRODUCT_WINDOW: page * PRODUCT_WINDOW]:
             p = self.shop.by_asin[asin]
-            out.extend((Element("product", asin, asin.lower()), Element("text", p["Title"].strip()),
+            out.extend((Element("product", asin, asin.lower()), Element("text", p["Title"]),
                         Element("text", p["Price"])))
-        body = tuple(e for e in out if e.text)
+        body = tuple(out)
         if len(self._results_cache) > 20_000:
             self._results_cache.clear()
         self._results_cache[key] = body
@@ -169,11 +169,11 @@ class PageMachine:
         for group, values in p["options"].items():
             opts.append(Element("option_name", group))
             opts.extend(Element("option", v, v, group, options.get(group) == v) for v in values)
-        tail = [Element("text", p["Title"].strip()), Element("text", f"Price: {p['Price']}"),
+        tail = [Element("text", p["Title"]), Element("text", f"Price: {p['Price']}"),
                 Element("text", f"Rating: {p['Rating']}")]
         tail.extend(Element("button", name, name.lower()) for name in SUB_PAGES)
         tail.append(Element("button", "Buy Now", "buy now"))
-        return tuple(e for e in (*opts, *tail) if e.text)
+        return (*opts, *tail)
 
     def _sub_body(self, asin: str, sub: str) -> tuple[Element, ...]:
         p = self.shop.by_asin[asin]
@@ -184,13 +184,13 @@ class PageMachine:
         else:
             texts = [x for r in p["Reviews"] for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), r.get("body", ""))]
             texts = texts or ["No reviews found"]
-        return tuple(Element("text", t.strip()) for t in texts if t.strip())
+        return tuple(Element("text", t) for t in texts)
 
     def _done_body(self, session: Session) -> tuple[Element, ...]:
         asin, options = session.bought or ("", ())
         texts = [*DONE_HEAD, asin, "options", options_json(dict(options)), *DONE_MIDDLE, str(session.reward),
                  "Reward Details", "None"]
-        return tuple(Element("text", t) for t in texts if t)
+        return tuple(Element("text", t) for t in texts)
 
     # ---- transitions -----------------------------------------------------------------------
     def step(self, session: Session, action: str, page: Page | None = None) -> StepResult:
@@ -264,6 +264,8 @@ def selected_key(text: str, selected: list[tuple[str, str]]) -> str:
 
 
 def _page(elements: tuple[Element, ...], has_search: bool = False) -> Page:
+    # strings are shown stripped and empty ones not at all (as text nodes of the HTML page are read)
+    elements = tuple(e if e.text == e.text.strip() else replace(e, text=e.text.strip()) for e in elements if e.text.strip())
     clickables: dict[str, Element] = {}
     for e in elements:
         if e.kind in ("button", "product"):
