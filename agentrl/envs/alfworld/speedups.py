@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zlib
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from textworld.logic import Rule
 from agentrl.envs.alfworld.paths import cache_root
 
 _ORIGINALS: dict[str, Any] = {}
-SAS_MEMORY_ENTRIES = 64  # translations kept in memory (one game needs two)
+SAS_MEMORY_ENTRIES = 256  # translations kept in memory: two per game, ~1.3 MB each
 
 
 def _clone(symbol: Any) -> Any:
@@ -64,16 +65,38 @@ def _memo_symbols(parse: Callable[..., Any]) -> Callable[..., Any]:
     return parse_and_convert
 
 
+# The task rule of an ALFWorld grammar: the only part that differs between games.
+_TASK_RHS = re.compile(r'("rhs": "Your task is to: )([^"\\\n]*)(")')
+
+
 def _memo_logic(parse: Callable[..., Any]) -> Callable[..., Any]:
+    """Parse each game grammar once per distinct text, up to its task sentence.
+
+    A grammar's rules are parsed one by one (``ContextSensitiveGrammar.parse``), so swapping the
+    task rule of a cached parse for a parse of the new task rule gives what a full parse gives.
+    """
     cache: dict[tuple[Any, ...], Any] = {}
 
     def parse_and_convert(text: str, rule_name: str = "pddlStart", **kwargs: Any) -> Any:
-        key = (text, rule_name, tuple(sorted(kwargs.items())))
+        found = list(_TASK_RHS.finditer(text))
+        sentence = found[0].group(2) if len(found) == 1 else None
+        template = text if sentence is None else text[: found[0].start(2)] + "\0" + text[found[0].end(2) :]
+        key = (template, rule_name, tuple(sorted(kwargs.items())))
         if key not in cache:
-            cache[key] = parse(text, rule_name=rule_name, **kwargs)
-        actions, grammar = cache[key]
+            cache[key] = parse(text, rule_name=rule_name, **kwargs), sentence
+        (actions, grammar), parsed_sentence = cache[key]
         fresh = textgen.ContextSensitiveGrammar()
         fresh.update(grammar)  # GameLogic extends its own rule lists; keep the cached ones intact
+        if sentence != parsed_sentence:
+            fresh._rules["task"] = [
+                textgen.ProductionRule(
+                    lhs=r.lhs,
+                    rhs=textgen._parse_and_convert(f"Your task is to: {sentence}", rule_name="symbols"),
+                    weight=r.weight,
+                    condition=r.condition,
+                )
+                for r in grammar._rules["task"]
+            ]
         return dict(actions), fresh
 
     return parse_and_convert
