@@ -31,7 +31,7 @@ import numpy as np
 
 from agentrl.envs.base import AgentEnv
 
-__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "read_json_body", "jsonable",
+__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "read_json_body", "jsonable", "BodyError", "check_bearer",
            "MAX_BODY_BYTES", "free_port"]
 
 MAX_BODY_BYTES = 1_000_000
