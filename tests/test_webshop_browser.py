@@ -1,5 +1,6 @@
 """WebShopBrowserEnv: real Debian Chromium (Playwright) against the real site on 127.0.0.1."""
 
+import random
 import statistics
 import time
 
@@ -100,3 +101,18 @@ def test_check_env_and_make_with_own_server():
 def test_missing_chromium_is_a_clear_error(server):
     with pytest.raises(FileNotFoundError, match="Chromium not found at /nonexistent/chromium"):
         WebShopBrowserEnv("test", base_url=server.url, executable_path="/nonexistent/chromium")
+
+
+def test_random_walks_agree(browser_env, text_env):
+    """Random admissible actions (seeded), replayed in both front-ends, give identical transcripts."""
+    for goal, seed in ((30, 1), (31, 2)):
+        rng = random.Random(seed)
+        obs, info = text_env.reset(options={"task_id": str(goal)})
+        actions = []
+        for _ in range(12):
+            action = rng.choice(info["admissible_actions"])
+            actions.append(action)
+            obs, _, term, _, info = text_env.step(action)
+            if term:
+                break
+        assert play(browser_env, goal, actions) == play(text_env, goal, actions)
