@@ -8,7 +8,7 @@ PIP ?= .venv/bin/pip
 
 install: .venv/bin/python
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,train]"
+	$(PIP) install -q -e ".[dev,train,webshop]"
 
 test:
 	$(PY) -m pytest -q
