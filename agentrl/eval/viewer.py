@@ -245,8 +245,7 @@ def render_index(view: RunView, task: str = "", success: str = "", page: int = 1
     )
     if not view.sources:
         listing = (
-            f"<p id='empty'>No trajectory files in {_e(view.run_dir)} "
-            "(looked for trajectories*.jsonl and eval/*.jsonl).</p>"
+            f"<p id='empty'>No trajectory files in {_e(view.run_dir)} (looked for trajectories*.jsonl and eval/*.jsonl).</p>"
         )
     else:
         rows = "".join(
@@ -268,10 +267,7 @@ def render_index(view: RunView, task: str = "", success: str = "", page: int = 1
             "<th>success</th><th>outcome</th><th>steps</th><th>file</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>{nav}"
         )
-    body = (
-        f"<h1>Episodes</h1><p>Run: {_e(view.run_dir)} — files: {files}</p>"
-        f"{_bad_lines_html(view)}{form}{listing}"
-    )
+    body = f"<h1>Episodes</h1><p>Run: {_e(view.run_dir)} — files: {files}</p>{_bad_lines_html(view)}{form}{listing}"
     return _page(f"agentrl view — {view.run_dir.name}", body)
 
 
@@ -391,7 +387,9 @@ def create_app(run_dir: str | Path) -> Any:
     def episode(episode_id: str) -> HTMLResponse:
         view.refresh()
         if not episode_id.isdigit() or int(episode_id) >= len(view.episodes):
-            return HTMLResponse(_not_found(f"no episode {episode_id!r} in this run ({len(view.episodes)} episodes)"), status_code=404)
+            return HTMLResponse(
+                _not_found(f"no episode {episode_id!r} in this run ({len(view.episodes)} episodes)"), status_code=404
+            )
         return HTMLResponse(render_episode(view, view.episodes[int(episode_id)]))
 
     @app.exception_handler(404)

@@ -1,0 +1,153 @@
+"""Run reports: numbers against Wilson intervals computed by hand, plots, escaping, missing pieces."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from agentrl.eval.report import write_report
+from agentrl.types import Step, Trajectory, write_trajectories
+
+Z = 1.959963984540054
+EVIL_TYPE = "<b>heat</b> & cool"
+
+
+def wilson_by_hand(s, n):
+    p = s / n
+    denom = 1 + Z * Z / n
+    centre = (p + Z * Z / (2 * n)) / denom
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def episode(k, task_type, success, n_steps, invalid=0):
+    steps = [
+        Step(obs=f"o{j}", action=f"a{j}", valid=j >= invalid, reward=float(success and j == n_steps - 1)) for j in range(n_steps)
+    ]
+    return Trajectory(
+        f"{task_type}-{k}", f"g{k // 2}", f"t{k}", steps, terminated=True, success=success, info={"task_type": task_type}
+    )
+
+
+def episodes():
+    """10 'pick' episodes (7 succeed) and 6 of EVIL_TYPE (2 succeed): 9 of 16 overall."""
+    out = [episode(k, "pick", k < 7, 3, invalid=1 if k == 0 else 0) for k in range(10)]
+    out += [episode(10 + k, EVIL_TYPE, k < 2, 5, invalid=2 if k == 5 else 0) for k in range(6)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    write_trajectories(root / "trajectories.jsonl", episodes())
+    with open(root / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"iteration": i, "success_rate": 0.1 + 0.05 * i, "reward_mean": 0.2 * i,
+                                "kl": 0.01 * i, "entropy": 1.5 - 0.1 * i}) + "\n" for i in range(12))  # fmt: skip
+        f.write("{not json\n")
+    (root / "summary.json").write_text(json.dumps({
+        "before": {"success_rate": 0.25, "episodes": 40, "mean_steps": 9.0},
+        "after": {"success_rate": 0.6, "ci_low": 0.45, "ci_high": 0.74, "episodes": 40, "mean_steps": 6.5},
+    }))  # fmt: skip
+    (root / "config.yaml").write_text("env: maze  # <tiny>\nseed: 3\n")
+    return root, write_report(root)
+
+
+def test_files_are_written(run):
+    root, paths = run
+    assert paths["markdown"] == root / "report.md" and paths["html"] == root / "report.html"
+    for key in ("plot_per_type", "plot_learning_curves", "plot_before_after"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[key].stat().st_size > 5000
+    assert all(p.exists() for p in paths.values())
+
+
+def test_success_rate_and_per_type_match_wilson_by_hand(run):
+    md = (run[0] / "report.md").read_text()
+    lo, hi = wilson_by_hand(9, 16)
+    assert f"Success rate 0.562 (95% Wilson CI {lo:.3f} – {hi:.3f}) over 16 episodes." in md
+    assert f"| success rate | 0.562 | {lo:.3f} – {hi:.3f} (Wilson) | 16 episodes |" in md
+    lo, hi = wilson_by_hand(7, 10)
+    assert f"| pick | 10 | 0.700 | {lo:.3f} | {hi:.3f} |" in md
+    lo, hi = wilson_by_hand(2, 6)
+    assert f"| \\<b\\>heat\\</b\\> & cool | 6 | 0.333 | {lo:.3f} | {hi:.3f} |" in md
+
+
+def test_mean_steps_and_invalid_rate(run):
+    md = (run[0] / "report.md").read_text()
+    # steps: 10 x 3 + 6 x 5 = 60 over 16 episodes; invalid: 1 (episode 0) + 2 (episode 15) = 3 of 60
+    assert "| mean steps | 3.75 |" in md
+    assert "| invalid-action rate | 0.050 | — | 3 of 60 steps |" in md
+
+
+def test_training_curves_and_before_after(run):
+    md = (run[0] / "report.md").read_text()
+    assert "12 iterations in metrics.jsonl (iteration 0 to 11)." in md
+    assert "| success_rate | 0.100 | 0.650 | 0.100 | 0.650 |" in md
+    assert "| kl | 0 | 0.110 | 0 | 0.110 |" in md
+    assert "![learning curves: success_rate, reward_mean, kl, entropy against iteration](plots/learning_curves.png)" in md
+    assert "Success rate 0.250 before and 0.600 after training (+0.350)." in md
+    lo, hi = wilson_by_hand(10, 40)  # 'before' has no CI: Wilson from 0.25 x 40 episodes
+    assert f"0.250 (95% CI {lo:.3f} – {hi:.3f}, n=40) | 0.600 (95% CI 0.450 – 0.740, n=40) |" in md
+    assert "| mean_steps | 9 | 6.500 | -2.500 |" in md
+
+
+def test_problems_and_config_are_reported(run):
+    md = (run[0] / "report.md").read_text()
+    assert "metrics.jsonl line 13: not JSON" in md
+    assert "```yaml\nenv: maze  # <tiny>\nseed: 3\n```" in md
+
+
+def test_html_is_self_contained_and_escaped(run):
+    page = (run[0] / "report.html").read_text()
+    assert "&lt;b&gt;heat&lt;/b&gt; &amp; cool" in page and "<b>heat" not in page
+    assert "<script" not in page and "&lt;tiny&gt;" in page
+    assert page.count("src='data:image/png;base64,iVBORw0KGgo") == 3
+    lo, hi = wilson_by_hand(9, 16)
+    assert f"<td>{lo:.3f} – {hi:.3f} (Wilson)</td>" in page
+
+
+def test_without_matplotlib_the_report_still_renders(tmp_path, monkeypatch):
+    for mod in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    write_trajectories(tmp_path / "trajectories.jsonl", episodes())
+    paths = write_report(tmp_path)
+    assert set(paths) == {"markdown", "html"} and not (tmp_path / "plots").exists()
+    md = paths["markdown"].read_text()
+    assert "Plots were not drawn: matplotlib is not installed (pip install matplotlib)." in md
+    lo, hi = wilson_by_hand(9, 16)
+    assert f"{lo:.3f} – {hi:.3f}" in md and "data:image/png" not in paths["html"].read_text()
+
+
+def test_report_json_figures_win_and_eval_files_are_preferred(tmp_path):
+    (tmp_path / "eval").mkdir()
+    write_trajectories(tmp_path / "eval" / "valid_unseen.jsonl", episodes()[:4])  # 4 of 4 succeed
+    write_trajectories(tmp_path / "trajectories.jsonl", episodes())  # training rollouts: ignored
+    (tmp_path / "report.json").write_text(json.dumps({
+        "success_rate": 0.5, "ci_low": 0.3, "ci_high": 0.7, "episodes": 20, "invalid_rate": 0.125,
+        "per_type": {"look": {"success_rate": 0.25, "episodes": 8}},
+    }))  # fmt: skip
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "Source: 4 episodes in eval/valid_unseen.jsonl, report.json." in md
+    assert "Success rate 0.500 (95% Wilson CI 0.300 – 0.700) over 20 episodes." in md
+    lo, hi = wilson_by_hand(2, 8)
+    assert f"| look | 8 | 0.250 | {lo:.3f} | {hi:.3f} |" in md and "| pick |" not in md
+    assert "| invalid-action rate | 0.125 | — | from report.json |" in md
+    assert "| mean steps | 3.00 |" in md  # from the 4 eval episodes, 3 steps each
+
+
+def test_missing_pieces(tmp_path):
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "No evaluation figures: no episodes and no report.json in this run." in md
+    assert "## Training" not in md and "## Before / after" not in md
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    assert "summary.json should hold a JSON object, got list" in write_report(tmp_path)["markdown"].read_text()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "absent")
+
+
+def test_task_types_that_look_like_tex_are_drawn_literally(tmp_path):
+    odd = "cost $\\notacommand{$ x"
+    write_trajectories(tmp_path / "trajectories.jsonl", [episode(0, odd, True, 2), episode(1, "pick", False, 2)])
+    paths = write_report(tmp_path)
+    assert paths["plot_per_type"].stat().st_size > 5000
+    assert "| cost \\$\\\\notacommand{\\$ x | 1 | 1.000 |" in paths["markdown"].read_text()
