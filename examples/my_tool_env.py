@@ -32,7 +32,7 @@ def weather_env(**kwargs) -> ToolEnv:
     return ToolEnv([get_temperature], TASKS, reward, max_turns=4, **kwargs)
 
 
-register_env("weather", weather_env)  # now make("weather") works, e.g. in a training config
+register_env("weather", weather_env, overwrite=True)  # now make("weather") works, e.g. in a config
 
 if __name__ == "__main__":
     check_env(make("weather"))
