@@ -159,3 +159,22 @@ def test_bad_server_setup_fails_at_start():
         create_app("nosuchenv")
     with pytest.raises(ValueError, match="size must be in 2..5"):
         create_app("maze", {"size": 9})
+
+
+class Fragile(type(make("maze"))):
+    """A maze whose step breaks on one action, to see that an env bug is a 500 and not a dead server."""
+
+    def step(self, action):
+        if action == "explode":
+            raise ZeroDivisionError("the env has a bug")
+        return super().step(action)
+
+
+def test_an_env_bug_is_reported_and_the_server_stays_up():
+    with ServerThread(create_app(Fragile)) as server:
+        env = RemoteEnv(server.url)
+        env.reset(seed=0, options={"task_id": "maze-0"})
+        with pytest.raises(RemoteEnvError, match="answered 500: step failed: ZeroDivisionError: the env has a bug"):
+            env.step("explode")
+        obs, *_ = env.step("go north")
+        assert isinstance(obs, str) and httpx.get(server.url + "/health").json()["ok"]

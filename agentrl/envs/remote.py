@@ -112,7 +112,7 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
     if isinstance(factory, str):
         name, kwargs = factory, dict(env_kwargs or {})
         make(name, **kwargs).close()  # fail now, at start-up, on a bad name or bad arguments
-        build: Callable[[], AgentEnv] = lambda: make(name, **kwargs)  # noqa: E731
+        build: Callable[[], AgentEnv] = lambda: make(name, **kwargs)
         label = name
     else:
         build, label = factory, getattr(factory, "__name__", "env")

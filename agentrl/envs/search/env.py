@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -77,10 +79,20 @@ def oracle_actions(question: Question) -> list[str]:
     return actions + [f"<think>The answer is {question.golden_answers[0]}.</think><answer>{question.golden_answers[0]}</answer>"]
 
 
-@lru_cache(maxsize=4)
-def _shared_retriever(key: tuple[Any, ...], docs: tuple[Doc, ...]) -> BM25Retriever:
+_RETRIEVERS: OrderedDict[tuple[Any, ...], BM25Retriever] = OrderedDict()
+_RETRIEVERS_LOCK = threading.Lock()
+MAX_SHARED_INDEXES = 4
+
+
+def _shared_retriever(key: tuple[Any, ...], docs: Sequence[Doc]) -> BM25Retriever:
     """One index per corpus in a process: every env instance on that corpus shares it."""
-    return BM25Retriever(docs)
+    with _RETRIEVERS_LOCK:
+        if key not in _RETRIEVERS:
+            _RETRIEVERS[key] = BM25Retriever(docs)
+            while len(_RETRIEVERS) > MAX_SHARED_INDEXES:
+                _RETRIEVERS.popitem(last=False)
+        _RETRIEVERS.move_to_end(key)
+        return _RETRIEVERS[key]
 
 
 @lru_cache(maxsize=4)
@@ -103,8 +115,8 @@ def _data(world: str, seed: int, num_docs: int, num_train: int, num_test: int, d
         if corpus_path is None or qa_path is None:
             raise ValueError("pass both corpus_path and qa_path (or data_dir), or neither")
         path = str(Path(corpus_path).resolve())
-        docs = _loaded(path, Path(path).stat().st_mtime if Path(path).is_file() else 0.0)
-        return ("file", path), docs, load_qa(qa_path)
+        mtime = Path(path).stat().st_mtime if Path(path).is_file() else 0.0
+        return ("file", path, mtime), _loaded(path, mtime), load_qa(qa_path)
     if world == "synthetic":
         from agentrl.envs.search.world import generate_world
 
@@ -124,7 +136,7 @@ class SearchEnv(AgentEnv):
     def __init__(self, split: str = "train", *, world: str = "synthetic", seed: int = 0, num_docs: int = 10_000,
                  num_train: int = 3000, num_test: int = 500, data_dir: str | None = None,
                  corpus_path: str | None = None, qa_path: str | None = None, retriever_url: str | None = None,
-                 retriever_token: str | None = None, topk: int = 3, max_turns: int = 4,
+                 retriever_token: str | None = None, topk: int = 3, max_turns: int = 6,
                  execution_weight: float = 0.5, found_weight: float = 0.5, max_query_chars: int = 1000,
                  render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)

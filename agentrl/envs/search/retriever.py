@@ -45,9 +45,10 @@ def check_topk(topk: Any) -> int:
 
 
 class BM25Retriever:
-    """bm25s over a list of docs; ``backend="numba"`` compiles the scorer (fastest on CPU)."""
+    """bm25s over a list of docs; the numba backend compiles the scorer (fastest on CPU; "auto" uses it when
+    numba is installed, else numpy)."""
 
-    def __init__(self, docs: Sequence[Doc], *, k1: float = 0.9, b: float = 0.4, backend: str = "numba",
+    def __init__(self, docs: Sequence[Doc], *, k1: float = 0.9, b: float = 0.4, backend: str = "auto",
                  cache_size: int = 16_384) -> None:
         import bm25s
         import Stemmer
@@ -55,8 +56,8 @@ class BM25Retriever:
 
         if not docs:
             raise ValueError("BM25Retriever needs at least one document")
-        if backend not in ("numba", "numpy"):
-            raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+        if backend not in ("auto", "numba", "numpy"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
         self.docs = list(docs)
         self._stemmer = Stemmer.Stemmer("english")
         self._stop = frozenset(STOPWORDS_EN)

@@ -156,7 +156,8 @@ def _entities(rng: random.Random, counts: Mapping[str, int]) -> tuple[dict[str, 
     for _ in range(counts["university"]):
         city = rng.choice(cities)
         form = rng.choice(UNIVERSITY_FORMS)
-        add("university", names.unique(lambda: form.format(names.word(2))), city_of=city, established=str(rng.randint(1500, 1990)))
+        add("university", names.unique(lambda form=form: form.format(names.word(2))), city_of=city,
+            established=str(rng.randint(1500, 1990)))
     firsts = sorted({names.word(rng.randint(1, 2)) for _ in range(400)})
     people = [add("person", names.unique(lambda: f"{rng.choice(firsts)} {names.word(rng.randint(2, 3))}"),
                   occupation=rng.choice(OCCUPATIONS), birth_year=str(rng.randint(1900, 2000)), born_in=rng.choice(cities))
