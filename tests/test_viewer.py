@@ -229,3 +229,15 @@ def test_browser_does_not_run_injected_scripts(server, page):
     green = page.locator("td.adv[data-method='rloo']").nth(0).evaluate("e => getComputedStyle(e).backgroundColor")
     assert [int(x) for x in re.findall(r"\d+", green)[:3]] == [22, 163, 74]
     assert float(page.locator("td.adv[data-method='rloo']").nth(0).get_attribute("data-value")) == pytest.approx(1.0)
+
+
+def test_start_viewer_binds_loopback_and_stop_closes_it(tmp_path):
+    write_trajectories(tmp_path / "trajectories.jsonl", group_a())
+    url, stop = start_viewer(tmp_path)
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
+        assert "3 of 3 episodes" in httpx.get(url, timeout=10).text
+    finally:
+        stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)

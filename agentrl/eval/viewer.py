@@ -29,7 +29,7 @@ from agentrl.credit import MissingInputError, available_estimators, estimate, es
 from agentrl.eval.rundir import TrajectorySource, check_run_dir, finite, read_sources, trajectory_files
 from agentrl.types import StepBatch, Trajectory
 
-__all__ = ["CreditColumns", "RunView", "create_app", "credit_columns", "serve_viewer", "start_viewer"]
+__all__ = ["CreditColumns", "RunSnapshot", "RunView", "create_app", "credit_columns", "serve_viewer", "start_viewer"]
 
 PAGE_SIZE = 200
 
@@ -113,41 +113,21 @@ class Episode:
     traj: Trajectory
 
 
-class RunView:
-    """The run's episodes, reloaded when a trajectory file changes, with credit computed per file on demand."""
+class RunSnapshot:
+    """The run's episodes as read at one moment; credit is computed per file on first use.
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = check_run_dir(run_dir)
-        self._lock = threading.Lock()
-        self._signature: tuple[Any, ...] | None = None
-        self.sources: list[TrajectorySource] = []
+    A request renders from one snapshot, so a reload in another thread never mixes files.
+    """
+
+    def __init__(self, run_dir: Path, sources: list[TrajectorySource]) -> None:
+        self.run_dir = run_dir
+        self.sources = sources
         self.episodes: list[Episode] = []
+        for k, src in enumerate(sources):
+            for t in src.trajectories:
+                self.episodes.append(Episode(len(self.episodes), k, t))
         self._credit: dict[int, CreditColumns] = {}
-        self.refresh()
-
-    def _current_signature(self) -> tuple[Any, ...]:
-        sig: list[tuple[str, int | None, int | None]] = []
-        for p in trajectory_files(self.run_dir):
-            try:
-                st = p.stat()
-                sig.append((str(p), st.st_mtime_ns, st.st_size))
-            except OSError:
-                sig.append((str(p), None, None))
-        return tuple(sig)
-
-    def refresh(self) -> None:
-        """Re-read the files if any was added, removed or changed since the last read."""
-        with self._lock:
-            sig = self._current_signature()
-            if sig == self._signature:
-                return
-            self.sources = read_sources([Path(p) for p, _, _ in sig])
-            self.episodes = []
-            for k, src in enumerate(self.sources):
-                for t in src.trajectories:
-                    self.episodes.append(Episode(len(self.episodes), k, t))
-            self._credit = {}
-            self._signature = sig
+        self._lock = threading.Lock()
 
     def credit(self, source: int) -> CreditColumns:
         with self._lock:
@@ -160,6 +140,36 @@ class RunView:
             return str(path.relative_to(self.run_dir))
         except ValueError:
             return str(path)
+
+
+class RunView:
+    """A run directory whose trajectory files are re-read whenever one is added, removed or changed."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = check_run_dir(run_dir)
+        self._lock = threading.Lock()
+        self._signature: tuple[tuple[str, int | None, int | None], ...] | None = None
+        self._snapshot = RunSnapshot(self.run_dir, [])
+        self.current()
+
+    def _current_signature(self) -> tuple[tuple[str, int | None, int | None], ...]:
+        sig: list[tuple[str, int | None, int | None]] = []
+        for p in trajectory_files(self.run_dir):
+            try:
+                st = p.stat()
+                sig.append((str(p), st.st_mtime_ns, st.st_size))
+            except OSError:
+                sig.append((str(p), None, None))
+        return tuple(sig)
+
+    def current(self) -> RunSnapshot:
+        """The latest snapshot, re-reading the files first if they changed."""
+        with self._lock:
+            sig = self._current_signature()
+            if sig != self._signature:
+                self._snapshot = RunSnapshot(self.run_dir, read_sources([Path(p) for p, _, _ in sig]))
+                self._signature = sig
+            return self._snapshot
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -202,7 +212,7 @@ def adv_colour(value: float, scale: float) -> str:
     return f"background:rgba({rgb},{0.08 + 0.62 * t:.3f})"
 
 
-def _bad_lines_html(view: RunView) -> str:
+def _bad_lines_html(view: RunSnapshot) -> str:
     items = [
         f"<li>{_e(view.rel(src.path))} line {n}: {_e(why)}</li>" if n else f"<li>{_e(view.rel(src.path))}: {_e(why)}</li>"
         for src in view.sources
@@ -222,7 +232,7 @@ def _outcome_cell(t: Trajectory) -> str:
     return _num(finite(t.outcome))
 
 
-def render_index(view: RunView, task: str = "", success: str = "", page: int = 1) -> str:
+def render_index(view: RunSnapshot, task: str = "", success: str = "", page: int = 1) -> str:
     """The episode list with its filter form; ``task`` is a case-insensitive substring of task_id."""
     eps = view.episodes
     if task:
@@ -290,7 +300,7 @@ def _adv_cell(name: str, credit: CreditColumns, row: int) -> str:
     )
 
 
-def render_episode(view: RunView, ep: Episode) -> str:
+def render_episode(view: RunSnapshot, ep: Episode) -> str:
     """One episode: its summary, its group, and the step table with one column per credit method."""
     t = ep.traj
     src = view.sources[ep.source]
@@ -371,32 +381,27 @@ def create_app(run_dir: str | Path) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse
 
-    view = RunView(run_dir)
+    run = RunView(run_dir)
     app = FastAPI(title="agentrl viewer", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/", response_class=HTMLResponse)
     def index(task: str = "", success: str = "", page: str = "1") -> HTMLResponse:
-        view.refresh()
-        try:
-            page_no = int(page)
-        except ValueError:
-            page_no = 1
-        return HTMLResponse(render_index(view, task=task, success=success, page=page_no))
+        page_no = int(page) if page.isdigit() else 1
+        return HTMLResponse(render_index(run.current(), task=task, success=success, page=page_no))
 
     @app.get("/episode/{episode_id}", response_class=HTMLResponse)
     def episode(episode_id: str) -> HTMLResponse:
-        view.refresh()
-        if not episode_id.isdigit() or int(episode_id) >= len(view.episodes):
-            return HTMLResponse(
-                _not_found(f"no episode {episode_id!r} in this run ({len(view.episodes)} episodes)"), status_code=404
-            )
-        return HTMLResponse(render_episode(view, view.episodes[int(episode_id)]))
+        snap = run.current()
+        if not episode_id.isdigit() or int(episode_id) >= len(snap.episodes):
+            why = f"no episode {episode_id!r} in this run ({len(snap.episodes)} episodes)"
+            return HTMLResponse(_not_found(why), status_code=404)
+        return HTMLResponse(render_episode(snap, snap.episodes[int(episode_id)]))
 
     @app.exception_handler(404)
     def missing(request: Any, exc: Any) -> HTMLResponse:
         return HTMLResponse(_not_found(f"no page at {request.url.path}"), status_code=404)
 
-    app.state.view = view
+    app.state.run = run
     return app
 
 
