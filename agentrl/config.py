@@ -1,0 +1,299 @@
+"""The training config: pydantic models for every section, YAML loading and dotted overrides.
+
+``load_config("configs/quickstart.yaml", ["algorithm.estimator=gigpo", "optim.lr=1e-4"])`` returns
+a validated ``TrainConfig``. An unknown key or a value of the wrong type fails with a
+``ConfigError`` naming the key and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "config_from_dict", "dump_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TinyModelConfig(Section):
+    """A random-init Qwen2 with a tokenizer trained on the env's text (used when model.path is null)."""
+
+    vocab_size: int = Field(512, ge=280)
+    layers: int = Field(2, ge=1)
+    hidden: int = Field(64, ge=8)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    corpus_tasks: int = Field(50, ge=1)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    path: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_size: int = Field(64, ge=1)
+    logprob_chunk_size: int = Field(512, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TaskRange(Section):
+    """Tasks ``env.task_ids()[start : start + count]``."""
+
+    start: int = Field(0, ge=0)
+    count: int = Field(100, ge=1)
+
+
+class EnvConfig(Section):
+    name: str = "maze"
+    kwargs: dict[str, Any] = {}
+    train_tasks: TaskRange = TaskRange()
+    num_envs: int = Field(8, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_env(cls, v: str) -> str:
+        from agentrl.envs import list_envs
+
+        if v not in list_envs():
+            raise ValueError(f"unknown env {v!r}; allowed: {', '.join(list_envs())}")
+        return v
+
+
+class RolloutConfig(Section):
+    groups: int = Field(4, ge=1)
+    group_size: int = Field(4, ge=1)
+    max_turns: int = Field(10, ge=1)
+    prompt: Literal["step", "chat"] = "step"
+    history_k: int = Field(2, ge=0)
+    response_format: str = "think_action"
+    system_prompt: str | None = None
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1)
+    turn_reward: Literal["env", "valid"] = "valid"
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from agentrl.agents.formats import RESPONSE_FORMATS
+
+        if v not in RESPONSE_FORMATS:
+            raise ValueError(f"unknown response format {v!r}; allowed: {', '.join(RESPONSE_FORMATS.names())}")
+        return v
+
+
+class AlgorithmConfig(Section):
+    estimator: str = "grpo"
+    options: dict[str, Any] = {}
+    loss: str | None = None  # default: gspo for seeupo, else ppo_token_mean
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    kl_coef: float = Field(0.0, ge=0)
+    entropy_coef: float = 0.0
+    value_coef: float = Field(0.5, ge=0)
+    epochs: int = Field(1, ge=1)
+    minibatch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    seeupo_order: Literal["reverse", "forward", "random"] = "reverse"
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        from agentrl.credit import available_estimators
+
+        if v not in available_estimators():
+            raise ValueError(f"unknown estimator {v!r}; allowed: {', '.join(available_estimators())}")
+        return v
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str | None) -> str | None:
+        from agentrl.trainers.losses import LOSSES
+
+        if v is not None and v not in LOSSES:
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSSES.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> AlgorithmConfig:
+        from agentrl.credit import estimator_info
+
+        info = estimator_info(self.estimator)
+        allowed = sorted(set(info.options) - {"values", "correction"})
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}")
+        return self
+
+    @property
+    def resolved_loss(self) -> str:
+        return self.loss or ("gspo" if self.estimator == "seeupo" else "ppo_token_mean")
+
+
+class OptimConfig(Section):
+    iterations: int = Field(10, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class SFTConfig(Section):
+    """Warm start on expert trajectories (maze: ``maze.solve`` plans) before RL."""
+
+    enabled: bool = False
+    tasks: TaskRange = TaskRange(start=0, count=200)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    full_finetune: bool = True  # False: train a LoRA adapter and merge it
+
+
+class EvalConfig(Section):
+    """Before/after evaluation on held-out tasks (summary.json)."""
+
+    enabled: bool = False
+    tasks: TaskRange = TaskRange(start=900, count=100)
+    episodes_per_task: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    max_turns: int | None = Field(None, ge=1)
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = True
+    checkpoint_every: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    save_trajectories: bool = False
+
+
+class TrainConfig(Section):
+    seed: int = 0
+    out_dir: str = "runs/run"
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    env: EnvConfig = EnvConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    sft: SFTConfig = SFTConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.algorithm.estimator == "hiper" and self.rollout.response_format != "hiper":
+            raise ValueError("estimator 'hiper' needs rollout.response_format: hiper (switch/subgoal/action)")
+        return self
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _fields_of(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str] | None:
+    """Allowed keys at ``path`` (None when the path goes through a free-form dict)."""
+    cls: Any = model
+    for key in path:
+        field = getattr(cls, "model_fields", {}).get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        cls = field.annotation
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+    return sorted(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _format_errors(e: ValidationError, where: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_of(TrainConfig, loc[:-1]) or []
+            lines.append(f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            lines.append(f"{key}: {msg}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
+    return f"invalid config{where}: " + "; ".join(lines)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` set nested keys (values parsed as YAML); an unknown key is refused."""
+    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        allowed = _fields_of(TrainConfig, tuple(parts[:-1]))
+        if allowed is not None and parts[-1] not in allowed:
+            raise ConfigError(f"unknown key {key.strip()!r} in override {item!r}; allowed: {', '.join(allowed)}")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def config_from_dict(data: dict[str, Any], where: str = "") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Read a YAML config (None: all defaults), apply ``key=value`` overrides, validate."""
+    data: Any = {}
+    where = ""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        where = f" {p}"
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(apply_overrides(data, overrides), where)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (loads back to an equal config)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,49 @@
+"""Evaluation on held-out tasks: success rate with a 95% Wilson confidence interval.
+
+The same tasks, seeds and decoding settings are used before and after RL, so the two numbers
+in ``summary.json`` differ only by the policy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agentrl.policies.base import Policy, SamplingParams
+from agentrl.rollout import PromptBuilder, rollout
+
+__all__ = ["wilson_interval", "evaluate"]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per_task: int, max_turns: int,
+             builder: PromptBuilder, temperature: float, max_new_tokens: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward."""
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    groups = rollout(policy, envs, list(task_ids), episodes_per_task, max_turns=max_turns, params=params,
+                     builder=builder, seeds=[seed + i for i in range(len(task_ids))], id_prefix="eval-")  # fmt: skip
+    trajs = [t for g in groups for t in g]
+    wins = sum(bool(t.success) for t in trajs)
+    low, high = wilson_interval(wins, len(trajs))
+    return {
+        "success_rate": wins / len(trajs) if trajs else 0.0,
+        "ci_low": low,
+        "ci_high": high,
+        "episodes": len(trajs),
+        "reward_mean": sum(float(t.outcome) for t in trajs) / len(trajs) if trajs else 0.0,
+        "turns_mean": sum(len(t) for t in trajs) / len(trajs) if trajs else 0.0,
+        "errors": sum("error" in t.info for t in trajs),
+    }

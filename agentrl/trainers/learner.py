@@ -1,0 +1,203 @@
+"""The learner: scores samples (old and reference log-probs, value features) and runs PPO-style
+updates with gradient accumulation and clipping.
+
+Old log-probs are recomputed under the current weights, so every backend's samples train the
+same way; the reference is the same model with the LoRA adapter switched off (no second copy).
+One minibatch is one optimiser step; it is split into micro-batches whose gradients add up to the
+minibatch's (losses are divided by minibatch counts, ``losses.LossInput``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from agentrl.trainers.losses import LOSSES, LossInput, kl_k3, masked_sum
+from agentrl.trainers.samples import TokenSamples, collate
+from agentrl.trainers.values import ValueHead, gather_features
+
+__all__ = ["UpdateSettings", "Scores", "Learner"]
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How one update runs (see the config's ``algorithm`` and ``optim`` sections)."""
+
+    loss: str = "ppo_token_mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    value_coef: float = 0.5
+    epochs: int = 1
+    minibatch_size: int = 64
+    micro_batch_size: int = 16
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        LOSSES.get(self.loss)
+        for name in ("epochs", "minibatch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Scores:
+    """Per sample (aligned with the rows scored): response-token log-probs under the current
+    weights and the reference, entropies, and value-head features per head."""
+
+    rows: np.ndarray
+    logp: list[torch.Tensor]
+    ref_logp: list[torch.Tensor] | None = None
+    entropy: list[torch.Tensor] | None = None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[s : s + size] for s in range(0, len(rows), size)]
+
+
+class Learner:
+    """Owns the optimiser (LoRA parameters + optional value head) for one policy."""
+
+    def __init__(self, policy, settings: UpdateSettings, *, lr: float, critic_lr: float | None = None,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                 value_heads: Sequence[str] = ()) -> None:  # fmt: skip
+        self.policy, self.settings = policy, settings
+        self.params = policy.trainable_parameters()
+        if not self.params:
+            raise ValueError("the policy has no trainable parameters; build it with a LoRA adapter (lora=...)")
+        groups = [{"params": self.params, "lr": lr}]
+        self.value_head: ValueHead | None = None
+        if value_heads:
+            hidden = policy.model.config.hidden_size if not hasattr(policy.model, "get_base_model") else policy.model.get_base_model().config.hidden_size
+            self.value_head = ValueHead(hidden, value_heads)
+            groups.append({"params": list(self.value_head.parameters()), "lr": critic_lr if critic_lr is not None else lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
+
+    @property
+    def device(self) -> torch.device:
+        return self.policy.device
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, samples: TokenSamples, rows: Sequence[int] | np.ndarray | None = None, *, reference: bool = False,
+              entropy: bool = False, features: bool = False) -> Scores:  # fmt: skip
+        """Log-probs of the samples' responses under the current weights (and the reference)."""
+        rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = Scores(rows=rows, logp=[], ref_logp=[] if reference else None, entropy=[] if entropy else None)
+        feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
+        self.policy.model.eval()
+        for chunk in _chunks(rows, self.settings.micro_batch_size):
+            packed, _ = collate(samples, chunk, self.policy.pad_token_id, self.device)
+            lp = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
+                                      temperature=self.settings.temperature, with_entropy=entropy,
+                                      return_hidden=features)  # fmt: skip
+            out.logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
+            if entropy:
+                out.entropy.extend(t.cpu() for t in packed.responses(lp.entropy))
+            if features:
+                got = gather_features(lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in feats})
+                for h, f in got.items():
+                    feats[h].append(f)
+            if reference:
+                with self.policy.adapter_disabled():
+                    ref = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
+                                               temperature=self.settings.temperature)  # fmt: skip
+                out.ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
+        out.features = {h: torch.cat(f) for h, f in feats.items()}
+        return out
+
+    def values(self, scores: Scores) -> dict[str, np.ndarray]:
+        """Value-head predictions per head for the scored rows."""
+        if self.value_head is None:
+            raise ValueError("this learner has no value head")
+        return self.value_head.values(scores.features)
+
+    # ------------------------------------------------------------------ update
+    def update(self, samples: TokenSamples, scores: Scores, token_adv: Sequence[np.ndarray], token_mask: Sequence[np.ndarray],
+               *, value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+               rng: np.random.Generator) -> dict[str, float]:  # fmt: skip
+        """PPO epochs over ``scores.rows`` (token arrays aligned with them); returns mean statistics.
+
+        ``value_targets[head] = (target per scored row, rows where it applies)`` fits the value head
+        on the features kept by ``score(..., features=True)``.
+        """
+        s = self.settings
+        loss_fn = LOSSES.get(s.loss)
+        n = len(scores.rows)
+        if not (len(token_adv) == len(token_mask) == n):
+            raise ValueError(f"need one advantage and mask array per scored row ({n})")
+        totals: dict[str, float] = {}
+        steps = 0
+        self.policy.model.train()
+        try:
+            for _ in range(s.epochs):
+                for mb in _chunks(rng.permutation(n), s.minibatch_size):
+                    stats = self._minibatch(samples, scores, token_adv, token_mask, mb, loss_fn, value_targets)
+                    for k, v in stats.items():
+                        totals[k] = totals.get(k, 0.0) + v
+                    steps += 1
+        finally:
+            self.policy.model.eval()
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def _minibatch(self, samples, scores, token_adv, token_mask, mb, loss_fn, value_targets) -> dict[str, float]:
+        s = self.settings
+        n_tokens = float(sum(int(np.asarray(token_mask[i]).sum()) for i in mb))
+        n_seqs = float(len(mb))
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0}
+        for micro in _chunks(mb, s.micro_batch_size):
+            rows = scores.rows[micro]
+            per_token = {
+                "adv": [token_adv[i] for i in micro],
+                "mask": [np.asarray(token_mask[i], dtype=np.float32) for i in micro],
+                "old": [scores.logp[i] for i in micro],
+            }
+            if s.kl_coef and scores.ref_logp is not None:
+                per_token["ref"] = [scores.ref_logp[i] for i in micro]
+            packed, t = collate(samples, rows, self.policy.pad_token_id, self.device, per_token)
+            lp = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
+                                      temperature=s.temperature, with_entropy=bool(s.entropy_coef))  # fmt: skip
+            out = loss_fn(LossInput(lp.logprobs, t["old"], t["adv"], t["mask"], n_tokens, n_seqs, s.clip_low, s.clip_high))
+            loss = out.loss
+            if "ref" in t:
+                kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
+                loss = loss + s.kl_coef * kl
+                stats["kl"] += float(kl.detach())
+            if s.entropy_coef:
+                ent = masked_sum(lp.entropy, t["mask"]) / max(n_tokens, 1.0)
+                loss = loss - s.entropy_coef * ent
+                stats["entropy"] += float(ent.detach())
+            if loss.requires_grad:
+                loss.backward()
+            stats["loss"] += float(loss.detach())
+            stats["pg_loss"] += float(out.loss.detach())
+            stats["clip_frac"] += float(out.clip_frac)
+            stats["ratio"] += float(out.ratio)
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
+        if self.value_head is not None and value_targets:
+            stats["value_loss"] = self._value_loss(scores, mb, value_targets)
+        self.optimizer.step()
+        return stats
+
+    def _value_loss(self, scores: Scores, mb: np.ndarray, value_targets) -> float:
+        """0.5 * mean squared error per head over the rows where its target applies (backward included)."""
+        pred = self.value_head({h: f[mb] for h, f in scores.features.items()})
+        terms = []
+        for head, (target, applies) in value_targets.items():
+            use = torch.as_tensor(np.asarray(applies)[mb], dtype=torch.bool)
+            if use.any():
+                y = torch.as_tensor(np.asarray(target)[mb], dtype=torch.float32)
+                terms.append(0.5 * ((pred[head] - y)[use] ** 2).mean())
+        if not terms:
+            return 0.0
+        loss = self.settings.value_coef * torch.stack(terms).sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), self.settings.max_grad_norm)
+        return float(loss.detach())

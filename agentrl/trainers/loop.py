@@ -1,0 +1,308 @@
+"""The training loop: ``train(config_path, out_dir, overrides) -> run dir``.
+
+Per iteration: rollout -> StepBatch -> token samples -> update (the estimator's credit; SeeUPO's
+per-turn schedule) -> metrics line -> checkpoint. Everything random in an iteration is drawn
+from (seed, iteration), and checkpoints hold adapter, optimiser, value head and RNG states, so
+a run killed at any point and started again with the same command continues exactly: the next
+iteration's metrics equal an uninterrupted run's.
+
+Run directory: ``config.yaml`` (resolved), ``run.json`` (seed, versions), ``metrics.jsonl``,
+``checkpoints/``, the tiny model and SFT model when built, ``eval_before.json`` and
+``summary.json`` when evaluation is on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agentrl.agents import ChatPrompt, StepPrompt
+from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
+from agentrl.envs import make
+from agentrl.policies.base import SamplingParams
+from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.rollout import PromptBuilder, rollout
+from agentrl.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentrl.trainers.evaluation import evaluate
+from agentrl.trainers.learner import Learner, UpdateSettings
+from agentrl.trainers.metrics import MetricsWriter
+from agentrl.trainers.samples import build_samples, steps_in_row_order
+from agentrl.trainers.schedule import needs_values, seeupo_update, standard_update
+from agentrl.trainers.values import value_heads_for
+from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
+
+__all__ = ["train", "Trainer"]
+
+
+def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
+          overrides: Iterable[str] = (), *, stop_after: int | None = None) -> Path:  # fmt: skip
+    """Train from a YAML config with ``key=value`` overrides; returns the run directory.
+
+    ``out_dir`` defaults to the config's ``out_dir``. A run directory that already holds a
+    checkpoint of the same config is resumed. ``stop_after``: return once ``stop_after``
+    iterations are done and checkpointed (as if the run had been stopped there).
+    """
+    cfg = load_config(config_path, list(overrides))
+    run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
+    cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
+    return Trainer(cfg, run_dir).run(stop_after=stop_after)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("agentrl", "torch", "transformers", "peft", "numpy"):
+        try:
+            out[name] = sys.modules[name].__version__ if name in sys.modules else __import__(name).__version__
+        except (ImportError, AttributeError):
+            out[name] = "unknown"
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fill_turn_rewards(groups: list[TrajectoryGroup], mode: str) -> None:
+    """``valid``: a step without an env turn reward gets 1.0 when its action was parsed and accepted,
+    else 0.0 (a verifiable per-turn score, so turn-level estimators run on any env)."""
+    if mode != "valid":
+        return
+    for g in groups:
+        for t in g:
+            for s in t.steps:
+                if s.turn_reward is None:
+                    s.turn_reward = float(s.valid)
+
+
+class Trainer:
+    """One run: builds the model, envs and learner from a config and runs the loop."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+
+    # ------------------------------------------------------------------ setup
+    def _check_resume(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if not saved.exists():
+            return
+        old = yaml.safe_load(saved.read_text()) or {}
+        new = self.cfg.model_dump(mode="json")
+        old.pop("out_dir", None)
+        new.pop("out_dir", None)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff and latest_checkpoint(self.run_dir) is not None:
+            raise ConfigError(
+                f"{self.run_dir} holds a run with a different config (sections differ: {', '.join(diff)}); "
+                "resume with the same config or choose another output directory"
+            )
+
+    def _write_run_files(self) -> None:
+        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        info = {"seed": self.cfg.seed, "versions": _versions(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "torch_threads": torch.get_num_threads()}  # fmt: skip
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=1))
+
+    def builder(self) -> PromptBuilder:
+        r = self.cfg.rollout
+        if r.prompt == "chat":
+            return ChatPrompt(response_format=r.response_format, system_prompt=r.system_prompt)
+        return StepPrompt(history_k=r.history_k, response_format=r.response_format, system_prompt=r.system_prompt)
+
+    def task_ids(self, env: Any, start: int, count: int, what: str) -> list[str]:
+        ids = list(env.task_ids())
+        if start + count > len(ids):
+            raise ConfigError(
+                f"{what} asks for tasks {start}..{start + count - 1} but env {self.cfg.env.name!r} has {len(ids)} "
+                "(raise env.kwargs.num_tasks or lower the range)"
+            )
+        return ids[start : start + count]
+
+    def _model_path(self, env: Any) -> Path:
+        """The configured model, or a tiny Qwen2 built in the run dir with a tokenizer trained on env text."""
+        if self.cfg.model.path is not None:
+            return Path(self.cfg.model.path)
+        from agentrl.policies.tiny import build_tiny_model, env_corpus
+
+        tiny = self.cfg.model.tiny
+        out = self.run_dir / "tiny-model"
+        if not (out / "config.json").exists():
+            tasks = self.task_ids(env, self.cfg.env.train_tasks.start, min(tiny.corpus_tasks, self.cfg.env.train_tasks.count), "model.tiny.corpus_tasks")
+            corpus = env_corpus(env, tasks, steps_per_task=10, seed=tiny.seed)
+            tmp = self.run_dir / ".tmp-tiny-model"
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny_model(tmp, corpus, vocab_size=tiny.vocab_size, layers=tiny.layers, hidden=tiny.hidden,
+                             heads=tiny.heads, kv_heads=tiny.kv_heads, seed=tiny.seed)  # fmt: skip
+            os.replace(tmp, out)
+        return out
+
+    def _sft(self, base: Path, env: Any) -> Path:
+        """Warm start on expert demonstrations; the result is saved (merged) as ``sft-model``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from agentrl.trainers.sft import expert_demonstrations, sft_train
+
+        out = self.run_dir / "sft-model"
+        if (out / "config.json").exists():
+            return out
+        s = self.cfg.sft
+        tasks = self.task_ids(env, s.tasks.start, s.tasks.count, "sft.tasks")
+        demos = expert_demonstrations(self.cfg.env.name, env, tasks, self.builder(), seed=self.cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        seed_everything(self.cfg.seed)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self._device())
+        if not s.full_finetune:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, LoraSettings.coerce(self.cfg.lora.model_dump()).to_peft())
+        t0 = time.time()
+        stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
+                          chunk_size=self.cfg.model.logprob_chunk_size)  # fmt: skip
+        stats["sft_seconds"] = time.time() - t0
+        if not s.full_finetune:
+            model = model.merge_and_unload()
+        tmp = self.run_dir / ".tmp-sft-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "sft_stats.json").write_text(json.dumps(stats, indent=1))
+        os.replace(tmp, out)
+        return out
+
+    def _device(self) -> torch.device:
+        from agentrl.policies.hf import pick_device
+
+        return pick_device(self.cfg.model.device)
+
+    def _evaluate(self, policy: HFPolicy, envs: list[Any], tasks: list[str]) -> dict[str, Any]:
+        e = self.cfg.eval
+        t0 = time.time()
+        result = evaluate(policy, envs, tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
+                          builder=self.builder(), temperature=e.temperature, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                          seed=self.cfg.seed + 7_777_777)  # fmt: skip
+        result["seconds"] = time.time() - t0
+        return result
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop_after: int | None = None) -> Path:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_resume()
+        self._write_run_files()
+        if cfg.model.torch_threads:
+            torch.set_num_threads(cfg.model.torch_threads)
+        seed_everything(cfg.seed)
+        envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
+        train_tasks = self.task_ids(envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
+        eval_tasks = self.task_ids(envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
+        model_path = self._model_path(envs[0])
+        if cfg.sft.enabled:
+            model_path = self._sft(model_path, envs[0])
+        seed_everything(cfg.seed)
+        policy = HFPolicy.from_pretrained(
+            model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=cfg.model.device, dtype=cfg.model.dtype,
+            max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
+        )  # fmt: skip
+        a = cfg.algorithm
+        estimator = a.estimator
+        heads = value_heads_for(estimator, needs_values(estimator))
+        settings = UpdateSettings(
+            loss=a.resolved_loss, clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
+            value_coef=a.value_coef, epochs=a.epochs, minibatch_size=a.minibatch_size, micro_batch_size=a.micro_batch_size,
+            max_grad_norm=cfg.optim.max_grad_norm, temperature=cfg.rollout.temperature,
+        )  # fmt: skip
+        learner = Learner(policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
+                          betas=cfg.optim.betas, value_heads=heads)  # fmt: skip
+        metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard)
+        start = 0
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            start = int(load_checkpoint(ckpt, learner)["iteration"])
+        before_path = self.run_dir / "eval_before.json"
+        if cfg.eval.enabled and not before_path.exists():
+            if start > 0:
+                raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
+            before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks), indent=1))
+        metrics.truncate_to(start)
+        try:
+            for it in range(start, cfg.optim.iterations):
+                if stop_after is not None and it >= stop_after:
+                    return self.run_dir
+                record = self.iteration(it, policy, learner, envs, train_tasks)
+                metrics.write(record)
+                if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
+                    save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record}, keep=cfg.logging.keep_checkpoints)
+        finally:
+            metrics.close()
+        if cfg.eval.enabled:
+            after = self._evaluate(policy, envs, eval_tasks)
+            before = json.loads(before_path.read_text())
+            summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
+                       "improvement": after["success_rate"] - before["success_rate"],
+                       "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return self.run_dir
+
+    def iteration(self, it: int, policy: HFPolicy, learner: Learner, envs: list[Any], train_tasks: list[str]) -> dict[str, Any]:
+        """One rollout + update; returns the metrics record."""
+        cfg, r = self.cfg, self.cfg.rollout
+        t_start = time.time()
+        rng = np.random.default_rng([cfg.seed, it])
+        picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
+        seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
+        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=cfg.seed * 100_003 + it)
+        groups = rollout(policy, envs, [train_tasks[i] for i in picks], r.group_size, max_turns=r.max_turns, params=params,
+                         builder=self.builder(), seeds=seeds, id_prefix=f"it{it}-")  # fmt: skip
+        t_rollout = time.time() - t_start
+        fill_turn_rewards(groups, r.turn_reward)
+        if cfg.logging.save_trajectories:
+            (self.run_dir / "trajectories").mkdir(exist_ok=True)
+            write_trajectories(self.run_dir / "trajectories" / f"iter-{it:06d}.jsonl", [t for g in groups for t in g])
+        trajs = [t for g in groups for t in g]
+        steps = steps_in_row_order(groups)
+        generated = sum(len(s.response_ids or ()) for s in steps)
+        record: dict[str, Any] = {
+            "iteration": it,
+            "success_rate": float(np.mean([t.success for t in trajs])),
+            "reward_mean": float(np.mean([t.outcome for t in trajs])),
+            "turns_mean": float(np.mean([len(t) for t in trajs])),
+            "invalid_rate": float(np.mean([not s.valid for s in steps])) if steps else float("nan"),
+            "errors": sum("error" in t.info for t in trajs),
+            "episodes": len(trajs),
+            "rows": len(steps),
+        }
+        t_update = time.time()
+        batch = StepBatch.from_trajectories(groups)
+        if len(batch):
+            heads = learner.value_head.heads if learner.value_head is not None else ()
+            a = cfg.algorithm
+            samples = build_samples(steps, tokenizer=policy.tokenizer, parts=a.estimator == "hiper",
+                                    response_format=r.response_format, value_heads=heads)  # fmt: skip
+            update_rng = np.random.default_rng([cfg.seed, it, 1])
+            if a.estimator == "seeupo":
+                result = seeupo_update(learner, batch, samples, dict(a.options), order=a.seeupo_order, seed=cfg.seed + it, rng=update_rng)
+            else:
+                result = standard_update(learner, batch, samples, a.estimator, dict(a.options), rng=update_rng)
+            record.update(result.stats)
+        t_end = time.time()
+        record.update({
+            "tokens_generated": generated,
+            "tokens_per_s": generated / max(t_rollout, 1e-9),
+            "time_rollout": t_rollout,
+            "time_update": t_end - t_update,
+            "time_iteration": t_end - t_start,
+        })  # fmt: skip
+        return record

@@ -1,0 +1,107 @@
+"""Policy losses (PPO-clip token-mean, PPO-clip seq-mean-token-mean, GSPO), the k3 KL and their registry.
+
+A loss takes one micro-batch of ``[B, T]`` tensors and returns its contribution to the
+minibatch loss, already divided by the minibatch's token or sequence count, so micro-batches
+add up (gradient accumulation gives the same gradient as one big batch). A new loss is one
+function registered in ``LOSSES``; the training loop looks it up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from agentrl.registry import Registry
+
+__all__ = ["LossInput", "LossOutput", "LOSSES", "register_loss", "kl_k3", "masked_sum", "sequence_means"]
+
+
+@dataclass
+class LossInput:
+    """One micro-batch. ``mask`` marks trained response tokens; ``n_tokens`` / ``n_seqs`` are the
+    counts of the whole minibatch (the normalisers), not of this micro-batch."""
+
+    logp: torch.Tensor  # float32[B, T], current policy, differentiable
+    old_logp: torch.Tensor  # float32[B, T], policy that sampled (recomputed before the update)
+    adv: torch.Tensor  # float32[B, T], advantage per token
+    mask: torch.Tensor  # float32[B, T], 1 where the token is trained
+    n_tokens: float
+    n_seqs: float
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+
+
+@dataclass
+class LossOutput:
+    """``loss``: differentiable contribution; ``clip_frac`` and ``ratio`` are contributions to the
+    minibatch means (token-level for PPO, sequence-level for GSPO)."""
+
+    loss: torch.Tensor
+    clip_frac: torch.Tensor
+    ratio: torch.Tensor
+
+
+LossFn = Callable[[LossInput], LossOutput]
+LOSSES: Registry[LossFn] = Registry("loss")
+
+
+def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+    return LOSSES.decorator(name)
+
+
+def masked_sum(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    return (x_BT * mask_BT).sum()
+
+
+def sequence_means(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """Per-row mean over the masked tokens (0 for a row with none)."""
+    return (x_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1.0)
+
+
+def _clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-min(r A, clip(r, 1-low, 1+high) A), 1 where the clipped term was chosen)."""
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - low, 1.0 + high) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
+
+
+@register_loss("ppo_token_mean")
+def ppo_token_mean(x: LossInput) -> LossOutput:
+    """PPO-clip per token, averaged over every trained token of the minibatch (long responses weigh more)."""
+    ratio = torch.exp(x.logp - x.old_logp)
+    pg, clipped = _clipped_objective(ratio, x.adv, x.clip_low, x.clip_high)
+    n = max(x.n_tokens, 1.0)
+    return LossOutput(masked_sum(pg, x.mask) / n, masked_sum(clipped, x.mask).detach() / n, masked_sum(ratio, x.mask).detach() / n)
+
+
+@register_loss("ppo_seq_mean_token_mean")
+def ppo_seq_mean_token_mean(x: LossInput) -> LossOutput:
+    """PPO-clip per token, averaged within each response, then over responses (each response counts once)."""
+    ratio = torch.exp(x.logp - x.old_logp)
+    pg, clipped = _clipped_objective(ratio, x.adv, x.clip_low, x.clip_high)
+    n = max(x.n_seqs, 1.0)
+    return LossOutput(
+        sequence_means(pg, x.mask).sum() / n,
+        sequence_means(clipped, x.mask).sum().detach() / n,
+        sequence_means(ratio, x.mask).sum().detach() / n,
+    )
+
+
+@register_loss("gspo")
+def gspo(x: LossInput) -> LossOutput:
+    """GSPO: one ratio per response, ``s = exp(mean_tokens(logp - old_logp))``, clipped like PPO,
+    with the response's advantage = the mean of its token advantages; averaged over responses."""
+    s = torch.exp(sequence_means(x.logp - x.old_logp, x.mask))
+    adv = sequence_means(x.adv, x.mask)
+    has_tokens = (x.mask.sum(-1) > 0).float()
+    pg, clipped = _clipped_objective(s, adv, x.clip_low, x.clip_high)
+    n = max(x.n_seqs, 1.0)
+    return LossOutput((pg * has_tokens).sum() / n, (clipped * has_tokens).sum().detach() / n, (s * has_tokens).sum().detach() / n)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Low-variance KL estimate per token (Schulman's k3): ``exp(ref - logp) - (ref - logp) - 1`` >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0

@@ -1,0 +1,143 @@
+"""Token samples: one (prompt ids, response ids) sample per step row, and credit spread over its tokens.
+
+Rows follow ``StepBatch.from_trajectories`` order, so sample k is batch row k. Most estimators give
+one advantage per row, broadcast to every response token. HiPER routes three advantages to three
+parts of the response (switch, subgoal, action tokens, found with ``response_token_masks``); the
+other tokens of a well-formed HiPER response are not trained. A malformed response has no parts:
+all its tokens take the action advantage, which carries the invalid-action penalty [ours].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.agents import parse_response, response_token_masks
+from agentrl.credit import Advantages
+from agentrl.policies.logprobs import PackedBatch, pack_samples
+from agentrl.types import Step, Trajectory, TrajectoryGroup
+
+__all__ = ["TokenSamples", "steps_in_row_order", "build_samples", "token_advantages", "collate", "HIPER_PARTS"]
+
+HIPER_PARTS = ("switch", "subgoal", "action")
+
+
+def steps_in_row_order(trajectories: Iterable[Trajectory | TrajectoryGroup]) -> list[Step]:
+    """Steps in the row order of ``StepBatch.from_trajectories`` on the same input."""
+    trajs: list[Trajectory] = []
+    for t in trajectories:
+        trajs.extend(t.trajectories if isinstance(t, TrajectoryGroup) else [t])
+    return [s for t in trajs if t.steps for s in t.steps]
+
+
+@dataclass
+class TokenSamples:
+    """Training samples, one per step row.
+
+    ``parts[k]``: bool mask per response token for each HiPER part (empty unless built with
+    ``parts=True``). ``value_offset[head][k]``: index into the response whose hidden state (after
+    reading that token) the value head reads; -1 = the last prompt token, i.e. before the response.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
+    value_offset: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def response_lengths(self) -> np.ndarray:
+        return np.array([len(r) for r in self.response_ids], dtype=np.int64)
+
+
+def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool = False,
+                  response_format: str = "hiper", value_heads: Sequence[str] = ()) -> TokenSamples:  # fmt: skip
+    """Samples from steps that kept their token ids (rollout does).
+
+    ``parts``: locate HiPER's switch/subgoal/action tokens (needs ``tokenizer``). Value heads read the
+    last prompt token, except HiPER's ``low`` head, which reads the token that closes the subgoal
+    (credit.md: V_L right after ``</subgoal>``), or the last prompt token when there is no subgoal.
+    """
+    prompts, responses = [], []
+    for k, s in enumerate(steps):
+        if s.prompt_ids is None or s.response_ids is None:
+            raise ValueError(f"step row {k} has no token ids; training needs steps recorded by rollout (prompt_ids, response_ids)")
+        if not s.prompt_ids:
+            raise ValueError(f"step row {k} has an empty prompt")
+        prompts.append([int(i) for i in s.prompt_ids])
+        responses.append([int(i) for i in s.response_ids])
+    part_masks: list[dict[str, np.ndarray]] = []
+    if parts:
+        if tokenizer is None:
+            raise ValueError("routing advantages to response parts needs the tokenizer")
+        for s, ids in zip(steps, responses):
+            parsed = parse_response(s.response, response_format)
+            part_masks.append(response_token_masks(tokenizer, ids, parsed) if parsed.valid else {})
+    offsets: dict[str, np.ndarray] = {}
+    for head in value_heads:
+        off = np.full(len(steps), -1, dtype=np.int64)
+        if head == "low" and part_masks:
+            for k, m in enumerate(part_masks):
+                if "subgoal" in m and m["subgoal"].any():
+                    off[k] = int(np.flatnonzero(m["subgoal"])[-1])
+        offsets[head] = off
+    return TokenSamples(prompts, responses, part_masks, offsets)
+
+
+def token_advantages(samples: TokenSamples, adv: Advantages, rows: Sequence[int] | np.ndarray | None = None,
+                     *, route_parts: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """(advantage per response token, trained-token mask) for each sample in ``rows`` (default all).
+
+    ``adv`` holds one entry per batch row. Without ``route_parts`` the row's ``adv.step`` goes to
+    every token. With it (HiPER): action tokens <- spans["action"], subgoal tokens <-
+    spans["subgoal"] on rows where masks["subgoal"] is set, switch tokens <- spans["switch"].
+    """
+    rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    out_adv, out_mask = [], []
+    for r in rows:
+        n = len(samples.response_ids[r])
+        if not route_parts:
+            out_adv.append(np.full(n, adv.step[r], dtype=np.float32))
+            out_mask.append(np.ones(n, dtype=bool))
+            continue
+        part = samples.parts[r] if samples.parts else {}
+        if not part:
+            out_adv.append(np.full(n, adv.spans.get("action", adv.step)[r], dtype=np.float32))
+            out_mask.append(np.ones(n, dtype=bool))
+            continue
+        a = np.zeros(n, dtype=np.float32)
+        m = np.zeros(n, dtype=bool)
+        for name in HIPER_PARTS:
+            if name not in part or name not in adv.spans:
+                continue
+            if name in adv.masks and not adv.masks[name][r]:
+                continue
+            a[part[name]] = adv.spans[name][r]
+            m |= part[name]
+        out_adv.append(a)
+        out_mask.append(m)
+    return out_adv, out_mask
+
+
+def collate(samples: TokenSamples, rows: Sequence[int] | np.ndarray, pad_token_id: int, device: torch.device | str,
+            per_token: dict[str, Sequence[np.ndarray | torch.Tensor]] | None = None) -> tuple[PackedBatch, dict[str, torch.Tensor]]:  # fmt: skip
+    """Pack the samples of ``rows`` (left padding) and place per-token arrays (aligned with ``rows``)
+    on their response positions of a ``[B, T]`` float32 tensor (0 elsewhere)."""
+    rows = [int(r) for r in rows]
+    packed = pack_samples([samples.prompt_ids[r] for r in rows], [samples.response_ids[r] for r in rows], pad_token_id, device)
+    placed: dict[str, torch.Tensor] = {}
+    for name, arrays in (per_token or {}).items():
+        if len(arrays) != len(rows):
+            raise ValueError(f"per-token array {name!r} has {len(arrays)} entries for {len(rows)} samples")
+        flat = torch.cat([torch.as_tensor(np.asarray(a, dtype=np.float32)) if not isinstance(a, torch.Tensor) else a.float().cpu()
+                          for a in arrays]) if arrays else torch.zeros(0)  # fmt: skip
+        out = torch.zeros(packed.input_ids.shape, dtype=torch.float32)
+        out[packed.response_mask.cpu()] = flat
+        placed[name] = out.to(device)
+    return packed, placed

@@ -1,0 +1,101 @@
+"""Update schedules: one update on the whole batch (every estimator but SeeUPO), or SeeUPO's one
+update per turn slot in reverse order with correction factors keyed by trajectory id.
+
+Both score the samples first (old log-probs under the current weights, reference log-probs with
+the adapter off when KL is on, value features when the estimator needs a critic), run the
+estimator, spread its credit over tokens and hand everything to the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.credit import Advantages, estimate, estimator_info
+from agentrl.credit.seeupo import turn_slots, update_corrections
+from agentrl.trainers.learner import Learner, Scores
+from agentrl.trainers.samples import TokenSamples, token_advantages
+from agentrl.trainers.values import value_targets
+from agentrl.types import StepBatch
+
+__all__ = ["UpdateResult", "standard_update", "seeupo_update", "needs_values"]
+
+
+def needs_values(estimator: str) -> bool:
+    return "values" in estimator_info(estimator).inputs
+
+
+@dataclass
+class UpdateResult:
+    """What one iteration's update produced: the advantages (per row) and statistics for logs."""
+
+    advantages: Advantages
+    stats: dict[str, float]
+
+
+def _entropy_mean(scores: Scores) -> float:
+    if not scores.entropy:
+        return float("nan")
+    flat = torch.cat(scores.entropy)
+    return float(flat.mean()) if flat.numel() else float("nan")
+
+
+def _adv_stats(adv: Advantages) -> dict[str, float]:
+    a = adv.step
+    return {"adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_min": float(a.min()), "adv_max": float(a.max()),
+            "adv_zero_frac": float(np.mean(a == 0.0))}  # fmt: skip
+
+
+def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str,
+                    options: dict[str, Any], *, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
+    """Score, estimate (with critic values when needed), route credit to tokens, update once."""
+    critic = needs_values(estimator)
+    scores = learner.score(samples, reference=learner.settings.kl_coef > 0, entropy=True, features=critic)
+    cfg = dict(options)
+    if critic:
+        v = learner.values(scores)
+        cfg["values"] = v if estimator == "hiper" else v["value"]
+    adv = estimate(estimator, batch, **cfg)
+    token_adv, token_mask = token_advantages(samples, adv, route_parts=estimator == "hiper")
+    targets = value_targets(adv, learner.value_head.heads) if critic else None
+    stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
+    stats.update(_adv_stats(adv))
+    stats["entropy"] = _entropy_mean(scores)
+    stats["trained_tokens"] = float(sum(int(m.sum()) for m in token_mask))
+    return UpdateResult(adv, stats)
+
+
+def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, options: dict[str, Any], *,
+                  order: str = "reverse", seed: int = 0, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
+    """SeeUPO (credit.md): for each turn slot t in ``order``, recompute old log-probs of B_t, take the
+    per-turn advantages times the current M_i, update once, then ``M_i = clip(M_i * rho_i)`` with
+    rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update."""
+    corrections: dict[str, float] = {}
+    final = np.zeros(len(batch))
+    totals: dict[str, float] = {}
+    entropies, trained, slots = [], 0.0, turn_slots(batch, order, seed)
+    for _, rows in slots:
+        scores = learner.score(samples, rows, reference=learner.settings.kl_coef > 0, entropy=True)
+        adv = estimate("seeupo", batch, correction=corrections, **options)
+        final[rows] = adv.step[rows]
+        token_adv = [np.full(len(samples.response_ids[r]), adv.step[r], dtype=np.float32) for r in rows]
+        token_mask = [np.ones(len(samples.response_ids[r]), dtype=bool) for r in rows]
+        stats = learner.update(samples, scores, token_adv, token_mask, rng=rng)
+        after = learner.score(samples, rows)
+        mean_log_ratio = np.array([float((a - b).mean()) if a.numel() else 0.0 for a, b in zip(after.logp, scores.logp)])
+        corrections = update_corrections(corrections, batch.traj_id[rows], mean_log_ratio)
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v
+        entropies.append(_entropy_mean(scores))
+        trained += float(sum(len(samples.response_ids[r]) for r in rows))
+    result = Advantages(step=final)
+    stats = {k: v / max(len(slots), 1) for k, v in totals.items()}
+    stats.update(_adv_stats(result))
+    stats["entropy"] = float(np.nanmean(entropies)) if entropies else float("nan")
+    stats["trained_tokens"] = trained
+    stats["seeupo_slots"] = float(len(slots))
+    stats["seeupo_correction_mean"] = float(np.mean(list(corrections.values()))) if corrections else 1.0
+    return UpdateResult(result, stats)

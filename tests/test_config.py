@@ -1,0 +1,78 @@
+"""Training config: YAML + dotted overrides, clear errors naming the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentrl.config import ConfigError, apply_overrides, config_from_dict, dump_config, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_quickstart_loads_and_round_trips():
+    cfg = load_config(CONFIGS / "quickstart.yaml")
+    assert cfg.algorithm.estimator == "gigpo" and cfg.sft.enabled and cfg.eval.enabled
+    assert cfg.model.path is None and cfg.model.device == "cpu"
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
+
+
+def test_overrides_set_nested_keys_with_yaml_values():
+    cfg = load_config(None, ["algorithm.estimator=seeupo", "optim.lr=3e-4", "env.kwargs.size=4", "eval.enabled=true",
+                             "lora.target_modules=[q_proj, v_proj]", "rollout.system_prompt=go now"])  # fmt: skip
+    assert cfg.algorithm.estimator == "seeupo" and cfg.algorithm.resolved_loss == "gspo"
+    assert cfg.optim.lr == 3e-4 and cfg.env.kwargs == {"size": 4} and cfg.eval.enabled is True
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.rollout.system_prompt == "go now"
+    assert load_config(None).algorithm.resolved_loss == "ppo_token_mean"
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.learning_rate'.*allowed: betas, critic_lr, iterations, lr"):
+        load_config(None, ["optim.learning_rate=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  groups: 2\n  grups: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key 'rollout.grups'; allowed: .*group_size, groups"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"unknown key 'nosection' in override 'nosection=1'; allowed: algorithm, env, eval"):
+        load_config(None, ["nosection=1"])
+
+
+def test_wrong_types_and_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"optim.lr: Input should be a valid number.*'fast'"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match=r"rollout.prompt: Input should be 'step' or 'chat'"):
+        load_config(None, ["rollout.prompt=tree"])
+    with pytest.raises(ConfigError, match=r"algorithm.estimator: unknown estimator 'ppo'; allowed: gae, gigpo, grpo"):
+        load_config(None, ["algorithm.estimator=ppo"])
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['omega'\] for estimator 'grpo'; allowed: "):
+        load_config(None, ["algorithm.options.omega=2"])
+    with pytest.raises(ConfigError, match=r"algorithm.loss: unknown loss 'l2'; allowed: .*gspo"):
+        load_config(None, ["algorithm.loss=l2"])
+    with pytest.raises(ConfigError, match=r"env.name: unknown env 'mars'; allowed: .*maze"):
+        load_config(None, ["env.name=mars"])
+    with pytest.raises(ConfigError, match=r"rollout.groups: Input should be greater than or equal to 1"):
+        load_config(None, ["rollout.groups=0"])
+    with pytest.raises(ConfigError, match=r"estimator 'hiper' needs rollout.response_format: hiper"):
+        load_config(None, ["algorithm.estimator=hiper"])
+    assert load_config(None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]).algorithm.options == {"omega": 2}
+
+
+def test_bad_files_and_override_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listy)
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
