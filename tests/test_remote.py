@@ -1,6 +1,7 @@
 """Remote envs: a real uvicorn server on 127.0.0.1, the client env, tokens, hostile requests, concurrency."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,7 +11,8 @@ import pytest
 from agentrl.envs import check_env, make, register_env
 from agentrl.envs.remote import RemoteEnv, RemoteEnvError, ServerThread, create_app, jsonable
 from agentrl.envs.search import SearchEnv, oracle_actions
-from agentrl.envs.tools import builtin_tool_env, solution_action
+from agentrl.envs.tools import ToolEnv, ToolTask, builtin_tool_env, solution_action, tool
+from agentrl.envs.tools.bfcl import BFCLMultiTurnEnv, ground_truth_actions
 
 TOKEN = "s3cret-token"
 SMALL_SEARCH = {"seed": 7, "num_docs": 400, "num_train": 200, "num_test": 50}
@@ -148,6 +150,14 @@ def test_search_and_tool_envs_over_http():
         actions = [solution_action(turn) for turn in task.solution] + [task.final]
         mine, _ = play(local, task.id, 0, actions)
         assert play(remote, task.id, 0, actions)[0] == mine and mine[-1][1] == 1.0
+        check_env(remote, task_id="store-test-2")
+    with ServerThread(create_app(BFCLMultiTurnEnv)) as server:
+        remote, local = RemoteEnv(server.url), BFCLMultiTurnEnv()
+        entry = local.entries["multi_turn_base_3"]
+        actions = [a for turn in ground_truth_actions(entry) for a in turn]
+        mine, _ = play(local, entry["id"], 0, actions, max_steps=len(actions))
+        assert play(remote, entry["id"], 0, actions, max_steps=len(actions))[0] == mine and mine[-1][1] == 1.0
+        check_env(remote, task_id="multi_turn_base_3")
     register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote", overwrite=True)
     with ServerThread(create_app("maze")) as server:
         env = make("remote", url=server.url)
@@ -178,3 +188,23 @@ def test_an_env_bug_is_reported_and_the_server_stays_up():
             env.step("explode")
         obs, *_ = env.step("go north")
         assert isinstance(obs, str) and httpx.get(server.url + "/health").json()["ok"]
+
+
+@tool
+def stall(seconds: float) -> str:
+    """Sleep (a tool that does not return in time)."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+def test_a_hanging_tool_times_out_and_the_server_keeps_answering():
+    env_factory = lambda: ToolEnv([stall], [ToolTask("t", "wait")], lambda task, ep: 0.0, call_timeout=0.2)  # noqa: E731
+    with ServerThread(create_app(env_factory)) as server:
+        env = RemoteEnv(server.url)
+        env.reset(seed=0, options={"task_id": "t"})
+        start = time.monotonic()
+        obs, _, _, _, info = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": 3}}</tool_call>')
+        assert "tool 'stall' did not return within 0.2 s" in obs and info["valid"] is False
+        assert time.monotonic() - start < 2.0 and httpx.get(server.url + "/health").json()["ok"]
+        obs, *_ = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": "x"}}</tool_call>')
+        assert "argument 'seconds' of 'stall' must be a number, got str" in obs
