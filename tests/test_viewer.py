@@ -44,6 +44,7 @@ def group_b():
     t1 = traj(EVIL_TASK, "gb", "d", [0.0, 1.0], True)
     t1.steps[0].obs = SCRIPT_OBS
     t1.steps[0].response = "</pre><script>window.__pwned = 2</script>"
+    t1.steps[0].prompt = [{"role": "system", "content": "be <careful>"}, {"role": "user", "content": SCRIPT_OBS}]
     return [t1, traj(EVIL_TASK, "gb", "e", [0.0, 0.0, 0.0], False)]
 
 
@@ -120,6 +121,7 @@ def test_everything_user_controlled_is_escaped(client):
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page
     assert "&lt;/pre&gt;&lt;script&gt;" in page
+    assert "<summary>prompt</summary><pre>[system]\nbe &lt;careful&gt;\n\n[user]\n&lt;script&gt;" in page
     reflected = client.get("/", params={"task": "'><script>x</script>"}).text
     assert "<script>" not in reflected and "value='&#x27;&gt;&lt;script&gt;" in reflected
 

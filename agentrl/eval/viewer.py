@@ -285,6 +285,17 @@ def _success_html(t: Trajectory) -> str:
     return "<span class='ok'>yes</span>" if t.success else "<span class='fail'>no</span>"
 
 
+def _prompt_html(prompt: str | list[dict[str, Any]] | None) -> str:
+    """The prompt the policy was given, folded away under the observation."""
+    if not prompt:
+        return ""
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        text = "\n\n".join(f"[{m.get('role', '?')}]\n{m.get('content', '')}" if isinstance(m, dict) else str(m) for m in prompt)
+    return f"<details class='prompt'><summary>prompt</summary><pre>{_e(text)}</pre></details>"
+
+
 def _episode_link(episode_id: int, current: bool) -> str:
     return f"<b>{episode_id}</b>" if current else f"<a href='/episode/{episode_id}'>{episode_id}</a>"
 
@@ -321,7 +332,7 @@ def render_episode(view: RunSnapshot, ep: Episode) -> str:
     rows = []
     for k, s in enumerate(t.steps):
         cells = (
-            f"<td class='num'>{k}</td><td><pre>{_e(s.obs)}</pre></td><td><pre>{_e(s.response)}</pre></td>"
+            f"<td class='num'>{k}</td><td><pre>{_e(s.obs)}</pre>{_prompt_html(s.prompt)}</td><td><pre>{_e(s.response)}</pre></td>"
             f"<td><pre>{_e(s.action)}</pre></td><td>{'yes' if s.valid else '<b>no</b>'}</td>"
             f"<td class='num'>{_num(finite(s.reward))}</td>"
         )
