@@ -151,3 +151,13 @@ def test_task_types_that_look_like_tex_are_drawn_literally(tmp_path):
     paths = write_report(tmp_path)
     assert paths["plot_per_type"].stat().st_size > 5000
     assert "| cost \\$\\\\notacommand{\\$ x | 1 | 1.000 |" in paths["markdown"].read_text()
+
+
+def test_report_json_without_interval_gets_wilson_from_the_episode_count(tmp_path):
+    write_trajectories(tmp_path / "trajectories.jsonl", episodes())  # 16 episodes, 60 steps
+    (tmp_path / "report.json").write_text(json.dumps({"success_rate": 0.5, "mean_steps": 3.75}))
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    lo, hi = wilson_by_hand(8, 16)
+    assert f"Success rate 0.500 (95% Wilson CI {lo:.3f} – {hi:.3f}) over 16 episodes." in md
+    assert "| mean steps | 3.75 | —" not in md and "(bootstrap) | 16 |" in md  # same mean: interval kept
+    assert "Plots were not drawn: plots were turned off." in md

@@ -81,9 +81,11 @@ def episode_figures(trajectories: Sequence[Trajectory]) -> EvalFigures:
     return figs
 
 
-def _interval_from(entry: dict[str, Any]) -> Interval | None:
-    """An Interval from a report.json-style dict (success_rate, ci_low, ci_high, episodes)."""
+def _interval_from(entry: dict[str, Any], episodes: int | None = None) -> Interval | None:
+    """An Interval from a report.json-style dict (success_rate, ci_low, ci_high, episodes); a
+    missing interval is Wilson's from the rate and ``episodes`` (or ``episodes`` passed in)."""
     rate, n = finite(entry.get("success_rate")), finite(entry.get("episodes"))
+    n = float(episodes) if n is None and episodes else n
     low, high = finite(entry.get("ci_low")), finite(entry.get("ci_high"))
     if rate is None:
         return None
@@ -95,14 +97,14 @@ def _interval_from(entry: dict[str, Any]) -> Interval | None:
 
 def _apply_report_json(figs: EvalFigures, report: dict[str, Any]) -> None:
     """report.json's figures win over those computed from the episodes, key by key."""
-    success = _interval_from(report)
+    success = _interval_from(report, figs.success.n if figs.success else None)
     if success is not None:
         figs.success = success
     per_type = report.get("per_type")
     if isinstance(per_type, dict) and per_type:
         figs.per_type = {str(k): iv for k, v in per_type.items() if isinstance(v, dict) and (iv := _interval_from(v))}
     steps = finite(report.get("mean_steps"))
-    if steps is not None:
+    if steps is not None and not (figs.mean_steps and math.isclose(steps, figs.mean_steps.value)):
         figs.mean_steps = Interval(steps, math.nan, math.nan, figs.mean_steps.n if figs.mean_steps else 0)
     rate = finite(report.get("invalid_rate"))
     if rate is not None:

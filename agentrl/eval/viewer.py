@@ -57,7 +57,7 @@ class CreditColumns:
 
 def _critic_values(trajectories: list[Trajectory]) -> np.ndarray | None:
     """Per-row critic values from ``Step.info["value"]``, when every step of the batch has one."""
-    values = [finite(s.info.get("value")) for t in trajectories for s in t.steps]
+    values = [finite(s.info.get("value")) if isinstance(s.info, dict) else None for t in trajectories for s in t.steps]
     if not values or any(v is None for v in values):
         return None
     return np.array(values, dtype=np.float64)
@@ -79,7 +79,7 @@ def credit_columns(trajectories: list[Trajectory], methods: list[str] | None = N
         cfg: dict[str, Any] = {}
         if "values" in info.inputs:
             if values is None and all(getattr(batch, f) is not None for f in info.fields):
-                out.skipped[name] = "critic method: this run recorded no per-step values (Step.info['value'])"
+                out.skipped[name] = "critic method: not every step of this file has a critic value (Step.info['value'])"
                 continue
             cfg["values"] = values
         other = [i for i in info.inputs if i != "values"]
