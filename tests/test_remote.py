@@ -208,3 +208,31 @@ def test_a_hanging_tool_times_out_and_the_server_keeps_answering():
         assert time.monotonic() - start < 2.0 and httpx.get(server.url + "/health").json()["ok"]
         obs, *_ = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": "x"}}</tool_call>')
         assert "argument 'seconds' of 'stall' must be a number, got str" in obs
+
+
+@pytest.mark.slow
+def test_module_entry_serves_an_env_in_its_own_process():
+    import subprocess
+    import sys
+
+    from agentrl.envs.remote import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.remote", "maze", "--port", str(port), "--token", TOKEN,
+                             "-o", "size=4", "-o", "slip=0.0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        env = RemoteEnv(f"http://127.0.0.1:{port}", token=TOKEN)
+        local = make("maze", size=4)
+        assert play(env, "maze-3", 5)[0] == play(local, "maze-3", 5, play(local, "maze-3", 5)[1])[0]
+        env.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -270,3 +270,21 @@ def test_make_and_countryinfo_env():
     steps = play(env, oracle_actions(env.question), "test-0")
     assert steps[-1][1] == 1.0
     assert format_information([]) == "<information>No results.</information>"
+
+
+@pytest.mark.slow
+def test_generated_data_is_identical_across_processes():
+    """Env workers in other processes (any PYTHONHASHSEED) must build the same world and tasks."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json; from agentrl.envs.search import generate_world; "
+            "from agentrl.envs.search.realworld import countryinfo_world; from agentrl.envs.tools import make_tasks; "
+            "w = generate_world(3, 400, 100, 20); c = countryinfo_world(1); "
+            "s = json.dumps([[d.contents for d in w.docs], [q.question for q in w.splits['train']], "
+            "[q.question for q in c.splits['test']], [t.prompt for t in make_tasks('store', 'train', 30)]]); "
+            "print(hashlib.sha256(s.encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True,
+                              text=True, timeout=120, check=True).stdout for seed in ("1", "2")}
+    assert len(digests) == 1 and len(digests.pop().strip()) == 64

@@ -340,3 +340,34 @@ class RemoteEnv(AgentEnv):
                 self._post("/close", {"env_id": env_id})
             finally:
                 self._client.close()
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"options look like key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentrl.envs.remote NAME [--host H] [--port P] [--token T] [-o key=value ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m agentrl.envs.remote", description="serve a registered env over HTTP")
+    parser.add_argument("name", help="a registered env name, e.g. maze, search, tools")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--max-envs", type=int, default=256)
+    parser.add_argument("-o", "--option", action="append", default=[], help="env constructor argument key=value")
+    args = parser.parse_args(argv)
+    serve_env(args.name, args.host, args.port, args.token, max_envs=args.max_envs, **dict(map(_parse_option, args.option)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
