@@ -187,8 +187,8 @@ def _png(fig: Any, canvas_cls: Any) -> bytes:
     return buf.getvalue()
 
 
-def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str) -> bytes:
-    """Success-rate bars with asymmetric 95% CI error bars."""
+def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str, first_is_total: bool = False) -> bytes:
+    """Success-rate bars with asymmetric 95% CI error bars; a leading total bar is drawn grey."""
     figure_cls, canvas_cls = plotting
     fig = figure_cls(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -196,7 +196,7 @@ def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str
     values = [0.0 if math.isnan(iv.value) else iv.value for iv in ivs]
     lows = [0.0 if math.isnan(iv.low) else max(0.0, v - iv.low) for v, iv in zip(values, ivs)]
     highs = [0.0 if math.isnan(iv.high) else max(0.0, iv.high - v) for v, iv in zip(values, ivs)]
-    colours = ["#9aa5b1" if lbl == "all" and k == 0 and len(labels) > 1 else "#4c78a8" for k, lbl in enumerate(labels)]
+    colours = ["#9aa5b1" if first_is_total and k == 0 else "#4c78a8" for k in range(len(labels))]
     ax.bar(x, values, color=colours, yerr=[lows, highs], capsize=4, ecolor="#333")
     for xi, v, iv in zip(x, values, ivs):
         ax.text(xi, min(1.02, v + highs[xi] + 0.02), f"{v:.2f}\nn={iv.n}", ha="center", va="bottom", fontsize=8)
@@ -276,13 +276,14 @@ def _evaluation_section(figs: EvalFigures, plotting: Any) -> list[Block]:
             )
         )
         if plotting is not None:
-            labels = ["all"] + list(figs.per_type) if len(figs.per_type) > 1 else list(figs.per_type)
-            ivs = ([s] if len(figs.per_type) > 1 else []) + list(figs.per_type.values())
+            total = len(figs.per_type) > 1
+            labels = (["overall"] if total else []) + list(figs.per_type)
+            ivs = ([s] if total else []) + list(figs.per_type.values())
             out.append(
                 Image(
                     "per_type",
                     "success rate per task type with 95% Wilson intervals",
-                    _rate_bars(plotting, labels, ivs, "Success by task type"),
+                    _rate_bars(plotting, labels, ivs, "Success by task type", first_is_total=total),
                 )
             )
     return out
