@@ -64,6 +64,17 @@ def test_search_env_through_the_server_equals_local(server, world):
     remote.close()
 
 
+def test_with_a_server_the_env_needs_only_the_questions(server, world, tmp_path):
+    paths = world.export(tmp_path)
+    env = SearchEnv("test", qa_path=str(paths["test"]), retriever_url=server.url, retriever_token=TOKEN)
+    q = world.splits["test"][1]
+    env.reset(seed=0, options={"task_id": q.id})
+    steps = [env.step(a) for a in oracle_actions(q)]
+    assert steps[-1][1] == 1.0 and steps[q.hops - 1][4]["answer_in_results"]
+    with pytest.raises(ValueError, match="qa_path alone is enough with a retriever_url"):
+        SearchEnv("test", qa_path=str(paths["test"]))
+
+
 def test_sixteen_concurrent_clients_get_correct_answers(server, retriever, world):
     queries = [h.question for q in world.splits["train"][:64] for h in q.decomposition]
     expected = {q: [h.doc.id for h in retriever.search(q, 3)] for q in queries}

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,11 +84,11 @@ _RETRIEVERS_LOCK = threading.Lock()
 MAX_SHARED_INDEXES = 4
 
 
-def _shared_retriever(key: tuple[Any, ...], docs: Sequence[Doc]) -> BM25Retriever:
+def _shared_retriever(key: tuple[Any, ...], docs: Callable[[], Sequence[Doc]]) -> BM25Retriever:
     """One index per corpus in a process: every env instance on that corpus shares it."""
     with _RETRIEVERS_LOCK:
         if key not in _RETRIEVERS:
-            _RETRIEVERS[key] = BM25Retriever(docs)
+            _RETRIEVERS[key] = BM25Retriever(docs())
             while len(_RETRIEVERS) > MAX_SHARED_INDEXES:
                 _RETRIEVERS.popitem(last=False)
         _RETRIEVERS.move_to_end(key)
@@ -101,22 +101,28 @@ def _loaded(corpus: str, mtime: float) -> tuple[Doc, ...]:
 
 
 def _data(world: str, seed: int, num_docs: int, num_train: int, num_test: int, data_dir: str | None,
-          corpus_path: str | None, qa_path: str | None, split: str) -> tuple[tuple[Any, ...], tuple[Doc, ...], list[Question]]:
-    """(retriever cache key, docs, questions of ``split``) from files or a generated world."""
+          corpus_path: str | None, qa_path: str | None, split: str, need_docs: bool) -> tuple[BM25Retriever | None, list[Question]]:
+    """(the shared in-process index, or None when ``need_docs`` is False; questions of ``split``).
+
+    With a retrieval server (``need_docs=False``) a file corpus is not read at all: only the server needs it.
+    """
     data_dir = data_dir if data_dir is not None else os.environ.get("SEARCH_DATA") or None
-    if data_dir is not None and corpus_path is None:
-        corpus_path = str(Path(data_dir) / "corpus.jsonl")
-        if qa_path is None:
-            found = [p for p in (Path(data_dir) / f"{split}.jsonl", Path(data_dir) / f"{split}.parquet") if p.is_file()]
-            if not found:
-                raise SearchDataError(f"{data_dir} has no {split}.jsonl or {split}.parquet")
-            qa_path = str(found[0])
+    if data_dir is not None and qa_path is None:
+        found = [p for p in (Path(data_dir) / f"{split}.jsonl", Path(data_dir) / f"{split}.parquet") if p.is_file()]
+        if not found:
+            raise SearchDataError(f"{data_dir} has no {split}.jsonl or {split}.parquet")
+        qa_path = str(found[0])
+        corpus_path = corpus_path or str(Path(data_dir) / "corpus.jsonl")
     if corpus_path is not None or qa_path is not None:
-        if corpus_path is None or qa_path is None:
-            raise ValueError("pass both corpus_path and qa_path (or data_dir), or neither")
-        path = str(Path(corpus_path).resolve())
+        if qa_path is None or (corpus_path is None and need_docs):
+            raise ValueError("pass both corpus_path and qa_path (or data_dir), or neither; "
+                             "qa_path alone is enough with a retriever_url")
+        if not need_docs:
+            return None, load_qa(qa_path)
+        path = str(Path(str(corpus_path)).resolve())
         mtime = Path(path).stat().st_mtime if Path(path).is_file() else 0.0
-        return ("file", path, mtime), _loaded(path, mtime), load_qa(qa_path)
+        questions = load_qa(qa_path)
+        return _shared_retriever(("file", path, mtime), lambda: _loaded(path, mtime)), questions
     if world == "synthetic":
         from agentrl.envs.search.world import generate_world
 
@@ -127,7 +133,8 @@ def _data(world: str, seed: int, num_docs: int, num_train: int, num_test: int, d
         w = countryinfo_world(seed)
     else:
         raise ValueError(f"world must be 'synthetic' or 'countryinfo', got {world!r}")
-    return (w.name,), w.docs, list(w.questions(split))
+    questions = list(w.questions(split))
+    return (_shared_retriever((w.name,), lambda: w.docs) if need_docs else None), questions
 
 
 class SearchEnv(AgentEnv):
@@ -143,12 +150,13 @@ class SearchEnv(AgentEnv):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.topk = check_topk(topk)
-        key, docs, questions = _data(world, seed, num_docs, num_train, num_test, data_dir, corpus_path, qa_path, split)
+        index, questions = _data(world, seed, num_docs, num_train, num_test, data_dir, corpus_path, qa_path, split,
+                                 need_docs=retriever_url is None)
         self.split, self.max_turns, self.max_query_chars = split, max_turns, max_query_chars
         self.execution_weight, self.found_weight = float(execution_weight), float(found_weight)
         self.questions = {q.id: q for q in questions}
         self._ids = list(self.questions)
-        self.retriever: Retriever = RemoteRetriever(retriever_url, token=retriever_token) if retriever_url else _shared_retriever(key, docs)
+        self.retriever: Retriever = index if retriever_url is None else RemoteRetriever(retriever_url, token=retriever_token)
         self.question: Question | None = None
         self._state = ""
         self._t = 0
