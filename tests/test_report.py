@@ -85,7 +85,8 @@ def test_training_curves_and_before_after(run):
     assert "| success_rate | 0.100 | 0.650 | 0.100 | 0.650 |" in md
     assert "| kl | 0 | 0.110 | 0 | 0.110 |" in md
     assert "![learning curves: success_rate, reward_mean, kl, entropy against iteration](plots/learning_curves.png)" in md
-    assert "Success rate 0.250 before and 0.600 after training (+0.350)." in md
+    # before: Wilson(10, 40) = 0.142 - 0.402 by hand, after 0.450 - 0.740: apart
+    assert "Success rate 0.250 before and 0.600 after training (+0.350; the 95% intervals do not overlap)." in md
     lo, hi = wilson_by_hand(10, 40)  # 'before' has no CI: Wilson from 0.25 x 40 episodes
     assert f"0.250 (95% CI {lo:.3f} – {hi:.3f}, n=40) | 0.600 (95% CI 0.450 – 0.740, n=40) |" in md
     assert "| mean_steps | 9 | 6.500 | -2.500 |" in md
@@ -161,3 +162,23 @@ def test_report_json_without_interval_gets_wilson_from_the_episode_count(tmp_pat
     assert f"Success rate 0.500 (95% Wilson CI {lo:.3f} – {hi:.3f}) over 16 episodes." in md
     assert "| mean steps | 3.75 | —" not in md and "(bootstrap) | 16 |" in md  # same mean: interval kept
     assert "Plots were not drawn: plots were turned off." in md
+
+
+def test_training_run_layout(tmp_path):
+    """The trainer's layout: rollouts per iteration in trajectories/, summary.json, no report.json."""
+    (tmp_path / "trajectories").mkdir()
+    write_trajectories(tmp_path / "trajectories" / "iter-000000.jsonl", episodes()[:4])
+    write_trajectories(tmp_path / "trajectories" / "iter-000001.jsonl", episodes()[4:8])
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"iteration": i, "success_rate": 0.5, "episodes": 4, "time_update": 1.5}) + "\n" for i in range(2))
+    )
+    before = {"success_rate": 0.2, "ci_low": 0.1, "ci_high": 0.5, "episodes": 10}
+    after = {"success_rate": 0.4, "ci_low": 0.3, "ci_high": 0.6, "episodes": 10}
+    summary = {"before": before, "after": after, "estimator": "gigpo", "iterations": 2, "significant": False}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    assert "## Evaluation" not in md  # training rollouts are not an evaluation
+    assert "Rollouts of 2 iterations are saved in trajectories/ (agentrl view shows them)." in md
+    assert "(+0.200; the 95% intervals overlap)." in md
+    assert "Also in summary.json: estimator gigpo, iterations 2, significant no." in md
+    assert "| episodes | 4 | 4 | 4 | 4 |" in md and "| time\\_update |" not in md and "| time_update | 1.500 |" in md

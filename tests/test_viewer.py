@@ -158,6 +158,16 @@ def test_files_are_reread_when_they_change(tmp_path):
     assert c.get("/episode/4").status_code == 200
 
 
+def test_training_rollouts_per_iteration_are_listed(tmp_path):
+    (tmp_path / "trajectories").mkdir()
+    write_trajectories(tmp_path / "trajectories" / "iter-000000.jsonl", group_a())
+    write_trajectories(tmp_path / "trajectories" / "iter-000001.jsonl", group_b())
+    c = TestClient(create_app(tmp_path))
+    page = c.get("/").text
+    assert "5 of 5 episodes" in page and "trajectories/iter-000001.jsonl (2)" in page
+    assert "data-method='rloo'" in c.get("/episode/4").text
+
+
 def test_empty_and_missing_run_dirs(tmp_path):
     assert "No trajectory files" in TestClient(create_app(tmp_path)).get("/").text
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -38,6 +38,7 @@ from agentrl.types import Trajectory
 __all__ = ["EvalFigures", "build_report", "episode_figures", "render_html", "render_markdown", "write_report"]
 
 CURVE_KEYS = ("success_rate", "reward_mean", "kl", "entropy")
+EXTRA_CURVE_KEYS = ("invalid_rate", "turns_mean", "tokens_per_s", "loss")
 CI_KEYS = ("ci_low", "ci_high", "success_rate_ci_low", "success_rate_ci_high")
 MAX_PANELS = 8
 
@@ -289,7 +290,7 @@ def _evaluation_section(figs: EvalFigures, plotting: Any) -> list[Block]:
     return out
 
 
-def _training_section(records: list[dict[str, Any]], plotting: Any) -> list[Block]:
+def _training_section(records: list[dict[str, Any]], rollout_files: int, plotting: Any) -> list[Block]:
     if not records:
         return []
     xs = [finite(r.get("iteration")) for r in records]
@@ -301,6 +302,8 @@ def _training_section(records: list[dict[str, Any]], plotting: Any) -> list[Bloc
         Heading(2, "Training"),
         Para(f"{len(records)} iterations in metrics.jsonl (iteration {_f(x_vals[0], 0)} to {_f(x_vals[-1], 0)})."),
     ]
+    if rollout_files:
+        out.append(Para(f"Rollouts of {rollout_files} iterations are saved in trajectories/ (agentrl view shows them)."))
     rows = []
     for name in names:
         vals = [finite(r.get(name)) for r in records]
@@ -308,8 +311,9 @@ def _training_section(records: list[dict[str, Any]], plotting: Any) -> list[Bloc
         first, last = seen[0], seen[-1]
         rows.append([name, _g(first), _g(last), _g(min(seen)), _g(max(seen))])
     out.append(Table(["metric", "first", "last", "min", "max"], rows))
+    preferred = [k for k in CURVE_KEYS + EXTRA_CURVE_KEYS if k in names]
     if plotting is not None and names:
-        series = {n: [finite(r.get(n)) for r in records] for n in names[:MAX_PANELS]}
+        series = {n: [finite(r.get(n)) for r in records] for n in (preferred or names)[:MAX_PANELS]}
         band = None
         for lo_key, hi_key in (("success_rate_ci_low", "success_rate_ci_high"), ("ci_low", "ci_high")):
             if any(lo_key in r for r in records):
@@ -351,9 +355,17 @@ def _summary_section(summary: dict[str, Any], plotting: Any) -> list[Block]:
         else:
             rows.append([k, _g(b), _g(a), change])
     out: list[Block] = [Heading(2, "Before / after"), Table(["measure", "before", "after", "change"], rows)]
+    extra = [f"{k} {_scalar_text(v)}" for k, v in summary.items() if k not in ("before", "after") and _scalar_text(v)]
+    if extra:
+        out.append(Para("Also in summary.json: " + ", ".join(extra) + "."))
     bi, ai = _interval_from(before), _interval_from(after)
     if bi is not None and ai is not None:
-        out.insert(1, Para(f"Success rate {_f(bi.value)} before and {_f(ai.value)} after training ({ai.value - bi.value:+.3f})."))
+        overlap = ""
+        if not any(math.isnan(x) for x in (bi.low, bi.high, ai.low, ai.high)):
+            apart = ai.low > bi.high or bi.low > ai.high
+            overlap = "; the 95% intervals do not overlap" if apart else "; the 95% intervals overlap"
+        text = f"Success rate {_f(bi.value)} before and {_f(ai.value)} after training ({ai.value - bi.value:+.3f}{overlap})."
+        out.insert(1, Para(text))
         if plotting is not None:
             out.append(
                 Image(
@@ -363,6 +375,15 @@ def _summary_section(summary: dict[str, Any], plotting: Any) -> list[Block]:
                 )
             )
     return out
+
+
+def _scalar_text(value: Any) -> str:
+    """A summary.json scalar as text ('' for lists and objects)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    return _g(finite(value)) if finite(value) is not None else ""
 
 
 def _rate_text(iv: Interval | None) -> str:
@@ -380,8 +401,10 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
     problems: list[str] = []
 
     paths = trajectory_files(root)
-    eval_paths = [p for p in paths if p.parent.name == "eval" and p.parent.parent == root]
-    sources = read_sources(eval_paths or paths)
+    eval_paths = [p for p in paths if p.parent == root / "eval"]
+    top_paths = [p for p in paths if p.parent == root]
+    rollout_files = [p for p in paths if p.parent == root / "trajectories"]
+    sources = read_sources(eval_paths or top_paths)
     trajectories = [t for s in sources for t in s.trajectories]
     for src in sources:
         problems += [
@@ -414,8 +437,9 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
                 + ("matplotlib is not installed (pip install matplotlib)." if plots else "plots were turned off.")
             )
         )
-    blocks += _evaluation_section(figs, plotting)
-    blocks += _training_section(records, plotting)
+    if figs.success is not None or summary is None:
+        blocks += _evaluation_section(figs, plotting)
+    blocks += _training_section(records, len(rollout_files), plotting)
     if summary is not None:
         blocks += _summary_section(summary, plotting)
     config = root / "config.yaml"

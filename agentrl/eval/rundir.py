@@ -1,6 +1,7 @@
 """Reading a run directory: the files training and evaluation leave behind, each one optional.
 
-The contract: ``trajectories*.jsonl`` at the top and ``eval/*.jsonl`` (episodes), ``metrics.jsonl``
+The contract: ``trajectories*.jsonl`` at the top, ``trajectories/*.jsonl`` (training rollouts
+per iteration) and ``eval/*.jsonl`` (episodes), ``metrics.jsonl``
 (one JSON object per training iteration), ``report.json`` (evaluation summary), ``summary.json``
 (``{"before": {...}, "after": {...}}``) and ``config.yaml``. The viewer and the report both read
 runs through here, so a missing file is an empty result and a corrupt line is reported by file
@@ -49,11 +50,16 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def trajectory_files(run_dir: str | Path) -> list[Path]:
-    """``trajectories*.jsonl`` at the top of the run, then ``eval/*.jsonl``, each sorted by name."""
+    """All episode files of a run, each kind sorted by name: ``trajectories*.jsonl`` at the top
+    (an evaluation run), ``trajectories/*.jsonl`` (a training run's rollouts, one file per
+    iteration), then ``eval/*.jsonl``."""
     root = Path(run_dir)
-    top = sorted(p for p in root.glob("trajectories*.jsonl") if p.is_file())
-    evals = sorted(p for p in (root / "eval").glob("*.jsonl") if p.is_file())
-    return top + evals
+    return [
+        p
+        for pattern in ("trajectories*.jsonl", "trajectories/*.jsonl", "eval/*.jsonl")
+        for p in sorted(root.glob(pattern))
+        if p.is_file()
+    ]
 
 
 def read_sources(paths: list[Path]) -> list[TrajectorySource]:
