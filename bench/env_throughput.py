@@ -1,6 +1,8 @@
 """Env throughput: median reset/step latency of one env, and steps/s and resets/s of pools.
 
-Policy: a uniformly random admissible command (seeded); an episode that ends is reset. Runs on
+Policy: a uniformly random admissible command (seeded); pools step in lock-step batches and start
+each batch of episodes with a group reset (every env on the same next task, as GRPO-style groups
+do), resetting an env whose episode ends (won, truncated, or ``--episode-len`` steps). Runs on
 ALFWorld generated games by default (the cached default train set, made on first use), or on any
 registered env (``--env maze``). Prints a table and, with ``--json``, writes the numbers.
 
@@ -66,16 +68,15 @@ def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, sec
         counter = [0]
 
         def options() -> list[dict[str, Any] | None]:
-            out = []
-            for _ in range(workers):
-                task = tasks[counter[0] % len(tasks)]
-                counter[0] += 1
-                out.append({"task_id": task} if task else None)
-            return out
+            """A group reset: every env of the batch starts the next task (as GRPO-style groups do)."""
+            task = tasks[counter[0] % len(tasks)]
+            counter[0] += 1
+            return [{"task_id": task} if task else None] * workers
 
         # warm-up: every worker loads every task once
-        for _ in range(len(tasks) // workers + 1):
-            resets = pool.reset(seeds=[seed] * workers, options=options())
+        for r in range(len(tasks)):
+            opts = [{"task_id": tasks[(r + k) % len(tasks)]} if tasks[0] else None for k in range(workers)]
+            resets = pool.reset(seeds=[seed] * workers, options=opts)
             pool.step([_pick(info, rng) for _, info in resets])
         infos = [info for _, info in pool.reset(seeds=[seed] * workers, options=options())]
         lengths = [0] * workers

@@ -9,12 +9,15 @@ games with and without and compares bytes):
 - ``fast_downward.pddl2sas``: memoised in memory (LRU) and on disk (compressed pickles under
   the cache dir), so the first load of a validated game skips the translator too;
 - template / rule-query / grammar parses: memoised, handing out fresh symbol trees;
+- ``Atom.get_fact``: the engine state's atoms decoded into propositions, memoised on the text;
 - ``copy_context``: copies the ``variables`` and ``mapping`` dicts shallowly (their values,
-  entity infos and logic variables, are never mutated during a derivation).
+  entity infos and logic variables, are never mutated during a derivation), and grammar
+  symbols are cloned instead of deep-copied with their contexts (which every copy replaces).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
@@ -50,6 +53,17 @@ def _clone(symbol: Any) -> Any:
     if isinstance(symbol, list):
         return [_clone(s) for s in symbol]
     raise TypeError(f"unexpected grammar symbol {symbol!r}")
+
+
+def _symbol_deepcopy(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``deepcopy`` for textgen: grammar symbols are cloned directly (their contexts are replaced
+    right after every copy), anything else goes to ``copy.deepcopy``."""
+    if memo is None:
+        try:
+            return _clone(obj)
+        except TypeError:
+            pass
+    return copy.deepcopy(obj, memo)
 
 
 def _memo_symbols(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +126,28 @@ def _memo_query(parse: Callable[[str], Rule]) -> Callable[[str], Rule]:
         return rule
 
     return parse_conjunctive_query
+
+
+FACT_CACHE_ENTRIES = 200_000
+
+
+def _memo_get_fact(get_fact: Callable[..., Any]) -> Callable[..., Any]:
+    """Atom -> Proposition, memoised on the atom text and its arguments' types (a fresh state
+    of the same game decodes the same thousands of atoms on every reset)."""
+    cache: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def memo_get_fact(self: Any, name2type: dict[str, str] = {}) -> Any:  # noqa: B006 - mirrors the original
+        text = self.name
+        args = text.split(" ", 1)[1].split("(", 1)[1][:-1].split(", ")
+        key = (text, tuple(name2type[a] for a in args if a))
+        fact = cache.get(key)
+        if fact is None:
+            if len(cache) >= FACT_CACHE_ENTRIES:
+                cache.clear()
+            fact = cache[key] = get_fact(self, name2type)
+        return fact
+
+    return memo_get_fact
 
 
 def _shallow_copy_context(context: dict[str, Any]) -> dict[str, Any]:
@@ -185,12 +221,16 @@ def enable() -> None:
         logic_parse=tw_logic._parse_and_convert,
         copy_context=textgen.copy_context,
         query=Rule.__dict__["parse_conjunctive_query"],
+        get_fact=tw_logic.Atom.get_fact,
+        deepcopy=textgen.deepcopy,
     )
     fast_downward.pddl2sas = _memo_translator(_ORIGINALS["pddl2sas"])
     textgen._parse_and_convert = _memo_symbols(_ORIGINALS["textgen_parse"])
     tw_logic._parse_and_convert = _memo_logic(_ORIGINALS["logic_parse"])
     textgen.copy_context = _shallow_copy_context
     Rule.parse_conjunctive_query = staticmethod(_memo_query(Rule.parse_conjunctive_query))  # type: ignore[method-assign]
+    tw_logic.Atom.get_fact = _memo_get_fact(_ORIGINALS["get_fact"])
+    textgen.deepcopy = _symbol_deepcopy
 
 
 def disable() -> None:
@@ -202,4 +242,6 @@ def disable() -> None:
     tw_logic._parse_and_convert = _ORIGINALS["logic_parse"]
     textgen.copy_context = _ORIGINALS["copy_context"]
     Rule.parse_conjunctive_query = _ORIGINALS["query"]  # type: ignore[method-assign]
+    tw_logic.Atom.get_fact = _ORIGINALS["get_fact"]
+    textgen.deepcopy = _ORIGINALS["deepcopy"]
     _ORIGINALS.clear()
