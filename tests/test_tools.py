@@ -121,9 +121,11 @@ def hang() -> str:
 
 
 @tool
-def count(state=None) -> int:
-    """Count calls in this episode."""
+def count(fail: bool = False, state=None) -> int:
+    """Count calls in this episode (a failing call counts, then raises)."""
     state["n"] += 1
+    if fail:
+        raise ValueError("counted, then failed")
     return state["n"]
 
 
@@ -176,8 +178,11 @@ def test_openai_json_calls_state_and_final_answer(env):
     assert [m["content"] for m in info["tool_messages"]] == ["1", "2"] and info["tool_messages"][0]["tool_call_id"] == "c7"
     obs, reward, term, trunc, info = env.step("hi")
     assert reward == 1.0 and term and info["success"] and info["answer"] == "hi" and [c.content for c in env.episode.calls] == ["1", "2"]
+    assert env.tasks["t0"].state == {"n": 0}  # the task's own state is never touched
     env.reset(seed=0, options={"task_id": "t0"})  # state is fresh again
     assert env.step(call("count"))[4]["tool_messages"][0]["content"] == "1"
+    assert "counted, then failed" in env.step(call("count", fail=True))[0]
+    assert env.step(call("count"))[4]["tool_messages"][0]["content"] == "2"  # the failed call changed nothing
     assert env.step("bye")[1] == 0.0
     with pytest.raises(RuntimeError, match="call reset"):
         env.step("hi")

@@ -9,8 +9,9 @@ the tool or a call that runs past ``call_timeout`` becomes an error message to t
 ``valid=False``; the env never raises on model output.
 
 Per-episode state: ``ToolTask.state`` is deep-copied at every reset and passed to tools that have
-a ``state`` parameter, so the same task and seed replay identically. A tool that times out keeps
-running in a daemon thread; tools should not touch the state after a long wait.
+a ``state`` parameter, so the same task and seed replay identically. Each call works on a copy of
+the state that is kept only when the call returns: a call that raises or times out changes
+nothing (a timed-out call keeps running in a daemon thread, on its own discarded copy).
 """
 
 from __future__ import annotations
@@ -170,11 +171,14 @@ class ToolEnv(AgentEnv):
             t.check_arguments(call.arguments)
         except ToolArgumentError as e:
             return CallRecord(call.name, call.arguments, False, f"Error: {e}")
-        finished, value = _run_with_timeout(lambda: t.invoke(call.arguments, self.episode.state), self.call_timeout)
+        work = copy.deepcopy(self.episode.state) if t.wants_state else None
+        finished, value = _run_with_timeout(lambda: t.invoke(call.arguments, work), self.call_timeout)
         if not finished:
             return CallRecord(call.name, call.arguments, False, f"Error: tool {call.name!r} did not return within {self.call_timeout} s")
         if isinstance(value, BaseException):
             return CallRecord(call.name, call.arguments, False, f"Error: tool {call.name!r} raised {type(value).__name__}: {value}")
+        if t.wants_state:
+            self.episode.state = work  # only a call that returned changes the state
         text = _as_text(value)
         if len(text) > self.max_result_chars:
             text = text[: self.max_result_chars] + f"... [truncated, {len(text)} characters]"
