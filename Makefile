@@ -8,7 +8,7 @@ PIP ?= .venv/bin/pip
 
 install: .venv/bin/python
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,train,webshop]"
+	$(PIP) install -q -e ".[dev,train,webshop,report]"
 
 test:
 	$(PY) -m pytest -q

@@ -138,6 +138,32 @@ def webshop_serve(
     serve(host=host, port=port, split=split)
 
 
+@app.command("view")
+def view(
+    run_dir: Path = typer.Argument(..., help="a run directory (trajectories*.jsonl, metrics.jsonl, report.json, ...)"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+    port: int = typer.Option(0, help="port (0 = a free one)"),
+    open_browser: bool = typer.Option(False, "--open", help="open the page in the default browser"),
+) -> None:
+    """Browse a run's episodes step by step, with every credit method's advantages side by side."""
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"run directory {str(run_dir)!r} does not exist")
+    from agentrl.eval.viewer import serve_viewer
+
+    serve_viewer(run_dir, host=host, port=port, open_browser=open_browser)
+
+
+@app.command("report")
+def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
+    """Write report.md and report.html (success with 95% CIs, per-type bars, learning curves)."""
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"run directory {str(run_dir)!r} does not exist")
+    from agentrl.eval.report import write_report
+
+    for kind, path in write_report(run_dir).items():
+        typer.echo(f"{kind}: {path}")
+
+
 @bench_app.command("credit")
 def bench_credit(
     part: str = typer.Option("all", help="speed, fidelity or all"),

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from agentrl.cli import app, parse_kv
 from agentrl.envs.maze import MazeEnv, solve
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "400"})
 
 
 def test_envs_list_names_and_gym_ids():
@@ -62,3 +62,23 @@ def test_bench_credit_fidelity_writes_its_tables(tmp_path):
     assert {r["estimator"] for r in rows} >= {"grpo", "gigpo", "hgpo", "salt"}
     result = runner.invoke(app, ["bench", "credit", "--part", "nope"])
     assert result.exit_code != 0 and "--part must be" in result.output
+
+
+def test_report_and_view_reject_a_missing_run_dir(tmp_path):
+    for cmd in ("report", "view"):
+        result = runner.invoke(app, [cmd, str(tmp_path / "nope")])
+        assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_report_command_writes_markdown_and_html(tmp_path):
+    from agentrl.types import Step, Trajectory, write_trajectories
+
+    trajs = [
+        Trajectory("maze-1", "g0", f"g0/{i}", [Step("o", action="go east", reward=float(i % 2))], terminated=True, success=bool(i % 2))
+        for i in range(4)
+    ]
+    write_trajectories(tmp_path / "trajectories.jsonl", trajs)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
+    assert "| maze | 4 | 0.500 |" in (tmp_path / "report.md").read_text()
