@@ -183,7 +183,7 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
         with envs_lock:
             envs[env_id] = _Slot(env)
         return {"env_id": env_id, "task_ids": [str(t) for t in env.task_ids()],
-                "max_text_length": int(env.observation_space.max_length), "env": label}
+                "max_text_length": int(getattr(env.observation_space, "max_length", 100_000)), "env": label}
 
     def _reset(slot: _Slot, body: dict[str, Any]) -> Any:
         seed, options = body.get("seed"), body.get("options")

@@ -156,7 +156,12 @@ class SearchEnv(AgentEnv):
         self.execution_weight, self.found_weight = float(execution_weight), float(found_weight)
         self.questions = {q.id: q for q in questions}
         self._ids = list(self.questions)
-        self.retriever: Retriever = index if retriever_url is None else RemoteRetriever(retriever_url, token=retriever_token)
+        self.retriever: Retriever
+        if retriever_url is not None:
+            self.retriever = RemoteRetriever(retriever_url, token=retriever_token)
+        else:
+            assert index is not None
+            self.retriever = index
         self.question: Question | None = None
         self._state = ""
         self._t = 0

@@ -98,7 +98,9 @@ def parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
     node = ast.parse(text.strip(), mode="eval").body
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         raise ValueError(f"not a plain function call: {text!r}")
-    return node.func.id, [ast.literal_eval(a) for a in node.args], {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    if any(k.arg is None for k in node.keywords):
+        raise ValueError(f"**kwargs are not supported in a ground-truth call: {text!r}")
+    return node.func.id, [ast.literal_eval(a) for a in node.args], {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
 
 
 def _result_text(value: Any) -> str:

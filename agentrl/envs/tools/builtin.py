@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
-from agentrl.envs.tools.env import Episode, ToolEnv, ToolTask
+from agentrl.envs.tools.env import Episode, Solution, ToolEnv, ToolTask
 from agentrl.envs.tools.schema import Tool, tool
 
 __all__ = ["SUITES", "builtin_tool_env", "make_tasks", "CALCULATOR_TOOLS", "UNIT_TOOLS", "STORE_TOOLS", "builtin_reward",
@@ -90,7 +90,7 @@ def _calculator_task(rng: random.Random, task_id: str) -> ToolTask:
     r1 = _OPS[op1][0](a, b)
     result = _OPS[op2][0](r1, c)
     prompt = f"Use the calculator tools to compute ({a} {_OPS[op1][1]} {b}) {_OPS[op2][1]} {c}. Reply with the number only."
-    solution = (((op1, {"a": a, "b": b}),), ((op2, {"a": float(r1), "b": c}),))
+    solution: Solution = (((op1, {"a": a, "b": b}),), ((op2, {"a": float(r1), "b": c}),))
     return ToolTask(task_id, prompt, answer=float(result), solution=solution, final=f"{result}")
 
 
@@ -243,7 +243,7 @@ def _store_task(rng: random.Random, task_id: str, group: tuple[str, str, list[di
     total = round(cheapest["price"] * qty, 2)
     prompt = (f"Buy {qty} unit(s) of the cheapest {ptype} made by {brand}, check out, "
               "then reply with the total you paid.")
-    solution = ((("search_products", {"query": f"{brand} {ptype}"}),),
+    solution: Solution = ((("search_products", {"query": f"{brand} {ptype}"}),),
                 (("add_to_cart", {"product_id": cheapest["product_id"], "quantity": qty}),), (("checkout", {}),))
     return ToolTask(task_id, prompt, answer={"items": {cheapest["product_id"]: qty}, "total": total},
                     state={"cart": {}, "orders": []}, solution=solution, final=f"I paid ${total:.2f}.")

@@ -27,9 +27,10 @@ from agentrl.agents.formats import ToolCall, parse_tool_calls
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.tools.schema import Tool, ToolArgumentError, tool
 
-__all__ = ["ToolTask", "Episode", "CallRecord", "ToolEnv", "Reward", "format_tool_response", "solution_action"]
+__all__ = ["ToolTask", "Episode", "CallRecord", "ToolEnv", "Reward", "Solution", "format_tool_response", "solution_action"]
 
 MAX_CALLS_PER_TURN = 8
+Solution = tuple[tuple[tuple[str, Mapping[str, Any]], ...], ...]  # turns of (tool name, arguments) calls
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ToolTask:
     prompt: str
     answer: Any = None
     state: Any = None
-    solution: tuple[tuple[tuple[str, Mapping[str, Any]], ...], ...] = ()
+    solution: Solution = ()
     final: str = ""
 
 
