@@ -12,7 +12,8 @@ EXAMPLE = ROOT / "examples" / "my_tool_env.py"
 MERGED = "### Add your own tool environment" in (ROOT / "README.md").read_text(encoding="utf-8")
 SOURCE = ROOT / "README.md" if MERGED else ROOT / "notes" / "README-search-tools.md"
 TEXT = SOURCE.read_text(encoding="utf-8")
-SECTIONS = re.search(r"### Search \(retrieval.*?(?=\n## |\Z)", TEXT, flags=re.S).group(0)
+# from "### Search (retrieval..." to the end of "### Add your own tool environment" (the next heading or the end)
+SECTIONS = re.search(r"### Search \(retrieval.*?### Add your own tool environment.*?(?=\n#{1,3} |\Z)", TEXT, flags=re.S).group(0)
 BLOCKS = re.findall(r"```python\n(.*?)```", SECTIONS, flags=re.S)
 
 
