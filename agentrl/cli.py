@@ -126,6 +126,25 @@ def envs_generate(
     typer.echo(f"wrote games to {out}: {summary}")
 
 
+@envs_app.command("serve")
+def envs_serve(
+    name: str = typer.Argument(..., help="registered env to serve over HTTP"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+    port: int = typer.Option(8100, help="port"),
+    token: Optional[str] = typer.Option(None, envvar="AGENTRL_ENV_TOKEN", help="bearer token clients must send"),
+    max_envs: int = typer.Option(256, help="most env instances open at once"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+) -> None:
+    """Serve an env over HTTP (create/reset/step/close); use it with make("remote", url=..., token=...)."""
+    from agentrl.envs import list_envs
+    from agentrl.envs.remote import serve_env
+
+    if name not in list_envs():
+        raise typer.BadParameter(f"unknown env {name!r}; available: {', '.join(list_envs())}")
+    typer.echo(f"serving env {name!r} at http://{host}:{port} (Ctrl-C stops)", err=True)
+    serve_env(name, host=host, port=port, token=token, max_envs=max_envs, **parse_kv(option))
+
+
 @webshop_app.command("serve")
 def webshop_serve(
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),

@@ -82,3 +82,38 @@ def test_report_command_writes_markdown_and_html(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
     assert "| maze | 4 | 0.500 |" in (tmp_path / "report.md").read_text()
+
+
+def test_envs_serve_rejects_unknown_env():
+    result = runner.invoke(app, ["envs", "serve", "no-such-env"])
+    assert result.exit_code != 0 and "unknown env 'no-such-env'" in result.output
+
+
+def test_envs_serve_runs_a_real_server(tmp_path):
+    """`agentrl envs serve` in a subprocess on a free port; a RemoteEnv plays against it."""
+    import subprocess
+    import sys
+    import time
+
+    from agentrl.envs import make
+    from agentrl.envs.remote import RemoteEnv, free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "agentrl.cli", "envs", "serve", "maze", "--port", str(port), "--token", "t0k", "-o", "size=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                env = RemoteEnv(f"http://127.0.0.1:{port}", token="t0k")
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        local = make("maze", size=2)
+        assert env.reset(seed=2, options={"task_id": "maze-1"}) == local.reset(seed=2, options={"task_id": "maze-1"})
+        env.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

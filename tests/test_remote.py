@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agentrl.envs import check_env, make, register_env
+from agentrl.envs import check_env, make
 from agentrl.envs.remote import RemoteEnv, RemoteEnvError, ServerThread, create_app, jsonable
 from agentrl.envs.search import SearchEnv, oracle_actions
 from agentrl.envs.tools import ToolEnv, ToolTask, builtin_tool_env, solution_action, tool
@@ -158,7 +158,6 @@ def test_search_and_tool_envs_over_http():
         mine, _ = play(local, entry["id"], 0, actions, max_steps=len(actions))
         assert play(remote, entry["id"], 0, actions, max_steps=len(actions))[0] == mine and mine[-1][1] == 1.0
         check_env(remote, task_id="multi_turn_base_3")
-    register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote", overwrite=True)
     with ServerThread(create_app("maze")) as server:
         env = make("remote", url=server.url)
         assert env.reset(seed=0, options={"task_id": "maze-2"})[0] == make("maze").reset(seed=0, options={"task_id": "maze-2"})[0]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentrl.envs import check_env, make, register_env
+from agentrl.envs import check_env, make
 from agentrl.envs.search import (
     BM25Retriever,
     Doc,
@@ -263,7 +263,6 @@ def test_env_errors_and_data_dir(world, tmp_path):
 
 
 def test_make_and_countryinfo_env():
-    register_env("search", "agentrl.envs.search:SearchEnv", gym_name="Search", overwrite=True)
     env = make("search", split="test", world="countryinfo")
     obs, _ = env.reset(seed=0, options={"task_id": "test-0"})
     assert "Question: " in obs

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from agentrl.envs import check_env, make, register_env
+from agentrl.envs import check_env, make
 from agentrl.envs.tools import Episode, ToolArgumentError, ToolEnv, ToolTask, builtin_tool_env, make_tasks, solution_action, tool
 from agentrl.envs.tools.builtin import builtin_reward, convert, last_number
 
@@ -259,7 +259,6 @@ def test_splits_differ_and_are_deterministic():
 
 
 def test_make_tools_by_name():
-    register_env("tools", "agentrl.envs.tools:builtin_tool_env", gym_name="Tools", overwrite=True)
     env = make("tools", suite="units", split="train", num_tasks=4)
     assert list(env.task_ids()) == [f"units-train-{i}" for i in range(4)]
 

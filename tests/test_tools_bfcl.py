@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentrl.envs import check_env, make, register_env
+from agentrl.envs import check_env, make
 from agentrl.envs.tools.bfcl import BFCLMultiTurnEnv, bfcl_tool_schema, ground_truth_actions, load_entries, parse_call
 
 
@@ -114,6 +114,5 @@ def test_schemas_and_call_parsing():
 
 
 def test_check_env_and_make():
-    register_env("bfcl", "agentrl.envs.tools:BFCLMultiTurnEnv", gym_name="BFCL", overwrite=True)
     env = make("bfcl", category="multi_turn_base")
     check_env(env, task_id="multi_turn_base_7", other=BFCLMultiTurnEnv())

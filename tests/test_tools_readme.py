@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.envs import register_env
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_tool_env.py"
@@ -25,9 +24,4 @@ def test_example_file_is_in_the_readme_verbatim_and_short():
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_blocks_run(code):
-    for name, entry, gym_name in [("search", "agentrl.envs.search:SearchEnv", "Search"),
-                                  ("tools", "agentrl.envs.tools:builtin_tool_env", "Tools"),
-                                  ("bfcl", "agentrl.envs.tools:BFCLMultiTurnEnv", "BFCL"),
-                                  ("remote", "agentrl.envs.remote:RemoteEnv", "Remote")]:
-        register_env(name, entry, gym_name=gym_name, overwrite=True)
     exec(compile(code, str(SOURCE), "exec"), {"__name__": "readme"})

@@ -8,5 +8,9 @@ register_env("maze", "agentrl.envs.maze:MazeEnv")
 register_env("alfworld", "agentrl.envs.alfworld:ALFWorldEnv", gym_name="ALFWorld")
 register_env("webshop", "agentrl.envs.webshop:WebShopEnv", gym_name="WebShop")
 register_env("webshop-browser", "agentrl.envs.webshop:WebShopBrowserEnv", gym_name="WebShopBrowser")
+register_env("search", "agentrl.envs.search:SearchEnv", gym_name="Search")
+register_env("tools", "agentrl.envs.tools:builtin_tool_env", gym_name="Tools")
+register_env("bfcl", "agentrl.envs.tools.bfcl:BFCLMultiTurnEnv", gym_name="BFCL")
+register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote")
 
 __all__ = ["AgentEnv", "FreeText", "EnvCheckError", "check_env", "gym_id", "list_envs", "make", "register_env"]
