@@ -39,12 +39,9 @@ def alf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def games_dir(alf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One validated game per task type, generated through the CLI entry point (shared with test_pool)."""
-    out = tmp_path_factory.getbasetemp() / "alfworld_games"
-    if not (out / MANIFEST).exists():
-        assert cli_main(["generate", "--out", str(out), "--per-type", "1", "--splits", SPLIT, "--quiet"]) == 0
-    return out
+def games_dir(alf_cache: Path) -> Path:
+    """One validated game per task type: the default set, generated on first use into the session's cache."""
+    return Path(ensure_default_games(SPLIT, per_type=1, progress=False))
 
 
 @pytest.fixture()
@@ -119,7 +116,8 @@ def test_generation_is_deterministic_by_seed(alf_cache: Path, tmp_path: Path) ->
         return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "json_2.1.1").rglob("*")) if p.is_file()}
 
     kw = dict(per_type=1, splits=("valid_unseen",), task_types=("pick_and_place_simple",), progress=False)
-    generate_games(str(tmp_path / "a"), seed=3, **kw)
+    cli = ["generate", "--out", str(tmp_path / "a"), "--per-type", "1", "--seed", "3", "--splits", "valid_unseen"]
+    assert cli_main(cli + ["--task-types", "pick_and_place_simple", "--quiet"]) == 0
     generate_games(str(tmp_path / "b"), seed=3, **kw)
     generate_games(str(tmp_path / "c"), seed=4, **kw)
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
@@ -141,14 +139,14 @@ def test_generate_rejects_bad_input(tmp_path: Path) -> None:
     assert foreign.exists()
 
 
-@pytest.mark.slow
-def test_default_set_is_generated_once_into_the_cache(alf_cache: Path) -> None:
-    first = ensure_default_games("valid_unseen", per_type=1, progress=False)
-    manifest = Path(first) / MANIFEST
+def test_default_set_is_generated_once_into_the_cache(alf_cache: Path, games_dir: Path) -> None:
+    manifest = games_dir / MANIFEST
     stamp = manifest.stat().st_mtime_ns
-    assert first.startswith(str(alf_cache)) and len(list(Path(first).glob("json_2.1.1/valid_unseen/*/trial_T*"))) == 6
-    assert ensure_default_games("valid_unseen", per_type=1, progress=False) == first
+    assert str(games_dir).startswith(str(alf_cache / "alfworld"))
+    assert len(list(games_dir.glob(f"json_2.1.1/{SPLIT}/*/trial_T*"))) == 6
+    assert ensure_default_games(SPLIT, per_type=1, progress=False) == str(games_dir)
     assert manifest.stat().st_mtime_ns == stamp  # reused, not regenerated
+    assert json.loads(manifest.read_text())["splits"][SPLIT]["counts"] == {t: 1 for t in TASK_TYPES}
 
 
 def test_validation_drops_games_that_kill_the_planner(games_dir: Path, tmp_path: Path) -> None:
