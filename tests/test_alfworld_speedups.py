@@ -15,11 +15,10 @@ from agentrl.envs.alfworld.engine import GameEngine  # noqa: E402
 from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: E402,F401 - shared session fixtures
 
 
-def _transcript(game_file: str, fast: bool) -> bytes:
+def _transcript(engine: GameEngine, game_file: str) -> bytes:
     """The winning walkthrough, then a random walk, from two resets: every text the engine produced."""
-    engine = GameEngine(facts=True, fast=fast)
     engine.load(game_file)
-    assert speedups.enabled() is fast
+    assert speedups.enabled() is engine.fast
     with open(game_file) as f:
         walkthrough = json.load(f)["walkthrough"]
     rng = random.Random(0)
@@ -33,7 +32,6 @@ def _transcript(game_file: str, fast: bool) -> bytes:
             records.append([command, state["feedback"], state["admissible_commands"], state["won"], sorted(map(str, state["facts"]))])
         if plan:
             assert state["won"], "the stored walkthrough must win the game"
-    engine.close()
     return json.dumps(records).encode()
 
 
@@ -41,11 +39,14 @@ def _transcript(game_file: str, fast: bool) -> bytes:
 def test_transcripts_identical_with_and_without_speedups(games_dir: Path) -> None:  # noqa: F811
     games = sorted(str(p) for p in (games_dir / "json_2.1.1" / SPLIT).glob("*/trial_T*/game.tw-pddl"))
     assert len(games) == 6
+    stock_engine, fast_engine = GameEngine(facts=True, fast=False), GameEngine(facts=True, fast=True)
     try:
-        for game in games:
-            stock = _transcript(game, fast=False)
-            fast = _transcript(game, fast=True)
+        for game in games:  # one engine each, switching games as a long-lived env does
+            stock = _transcript(stock_engine, game)
+            fast = _transcript(fast_engine, game)
             assert len(stock) > 1000
             assert fast == stock, f"speed-ups changed the transcript of {game}"
     finally:
+        stock_engine.close()
+        fast_engine.close()
         speedups.enable()

@@ -10,6 +10,7 @@ games with and without and compares bytes):
   the cache dir), so the first load of a validated game skips the translator too;
 - template / rule-query / grammar parses: memoised, handing out fresh symbol trees;
 - ``Atom.get_fact``: the engine state's atoms decoded into propositions, memoised on the text;
+- the reset that follows a game load reuses the initial state the load just built;
 - ``copy_context``: copies the ``variables`` and ``mapping`` dicts shallowly (their values,
   entity infos and logic variables, are never mutated during a derivation), and grammar
   symbols are cloned instead of deep-copied with their contexts (which every copy replaces).
@@ -31,6 +32,7 @@ from typing import Any
 import fast_downward
 import textworld.envs.pddl.logic as tw_logic
 import textworld.envs.pddl.textgen as textgen
+from textworld.envs.pddl.pddl import PddlEnv
 from textworld.logic import Rule
 
 from agentrl.envs.alfworld.paths import cache_root
@@ -150,6 +152,39 @@ def _memo_get_fact(get_fact: Callable[..., Any]) -> Callable[..., Any]:
     return memo_get_fact
 
 
+class _PristineState:
+    """``PddlState`` for the PDDL env: the reset right after a load gets the state that load built.
+
+    ``PddlEnv.load`` builds the initial state (Fast Downward parses both SAS texts into its
+    library) and the ``reset`` that must follow builds the very same one again; nothing touches
+    it in between (a ``step`` would, so stepping forgets the pending state).
+    """
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.pending: tuple[Any, ...] | None = None
+
+    def __call__(self, downward_lib: Any, pddl_problem: str, logic: Any) -> Any:
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] is downward_lib and pending[1] is pddl_problem and pending[2] is logic:
+            return pending[3]
+        return self.cls(downward_lib, pddl_problem, logic)
+
+    def wrap_load(self, load: Callable[..., Any]) -> Callable[..., Any]:
+        def pddl_env_load(env: Any, filename_or_data: Any) -> None:
+            load(env, filename_or_data)
+            self.pending = (env.downward_lib, env._game_data["pddl_problem"], env._logic, env._pddl_state)
+
+        return pddl_env_load
+
+    def wrap_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        def pddl_env_step(env: Any, command: str) -> Any:
+            self.pending = None
+            return step(env, command)
+
+        return pddl_env_step
+
+
 def _shallow_copy_context(context: dict[str, Any]) -> dict[str, Any]:
     return {
         "state": context["state"],
@@ -223,6 +258,9 @@ def enable() -> None:
         query=Rule.__dict__["parse_conjunctive_query"],
         get_fact=tw_logic.Atom.get_fact,
         deepcopy=textgen.deepcopy,
+        state_cls=tw_logic.PddlState,
+        env_load=PddlEnv.load,
+        env_step=PddlEnv.step,
     )
     fast_downward.pddl2sas = _memo_translator(_ORIGINALS["pddl2sas"])
     textgen._parse_and_convert = _memo_symbols(_ORIGINALS["textgen_parse"])
@@ -231,6 +269,10 @@ def enable() -> None:
     Rule.parse_conjunctive_query = staticmethod(_memo_query(Rule.parse_conjunctive_query))  # type: ignore[method-assign]
     tw_logic.Atom.get_fact = _memo_get_fact(_ORIGINALS["get_fact"])
     textgen.deepcopy = _symbol_deepcopy
+    pristine = _PristineState(_ORIGINALS["state_cls"])
+    tw_logic.PddlState = pristine
+    PddlEnv.load = pristine.wrap_load(_ORIGINALS["env_load"])
+    PddlEnv.step = pristine.wrap_step(_ORIGINALS["env_step"])
 
 
 def disable() -> None:
@@ -244,4 +286,7 @@ def disable() -> None:
     Rule.parse_conjunctive_query = _ORIGINALS["query"]  # type: ignore[method-assign]
     tw_logic.Atom.get_fact = _ORIGINALS["get_fact"]
     textgen.deepcopy = _ORIGINALS["deepcopy"]
+    tw_logic.PddlState = _ORIGINALS["state_cls"]
+    PddlEnv.load = _ORIGINALS["env_load"]
+    PddlEnv.step = _ORIGINALS["env_step"]
     _ORIGINALS.clear()
