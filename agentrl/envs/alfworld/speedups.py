@@ -1,10 +1,10 @@
-"""Pure caches for TextWorld's PDDL engine (installed at runtime; site-packages is not edited).
+"""Caches for TextWorld's PDDL engine (installed at runtime; site-packages is not edited).
 
 Where the stock engine spends its time (envs.md): every reset re-runs the PDDL->SAS translator
 (twice), and every step re-parses, with TatSu, the grammar template of each admissible command
-and the query of each grammar rule, and deep-copies every grammar context. All of these are
-functions of their text arguments, so memoising them cannot change a transcript (a test replays
-games with and without and compares bytes):
+and the query of each grammar rule, and deep-copies every grammar context. These are functions
+of their text arguments or copies nobody mutates, so caching them cannot change a transcript (a
+test replays games with and without, switching games on one engine, and compares bytes):
 
 - ``fast_downward.pddl2sas``: memoised in memory (LRU) and on disk (compressed pickles under
   the cache dir), so the first load of a validated game skips the translator too;
