@@ -169,8 +169,15 @@ class Trainer:
 
             model = get_peft_model(model, LoraSettings.coerce(self.cfg.lora.model_dump()).to_peft())
         t0 = time.time()
+        log_path = self.run_dir / "sft_metrics.jsonl"
+        log_path.unlink(missing_ok=True)
+
+        def log(record: dict[str, float]) -> None:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
         stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
-                          chunk_size=self.cfg.model.logprob_chunk_size)  # fmt: skip
+                          chunk_size=self.cfg.model.logprob_chunk_size, log=log)  # fmt: skip
         stats["sft_seconds"] = time.time() - t0
         if not s.full_finetune:
             model = model.merge_and_unload()

@@ -1,0 +1,284 @@
+"""The trainer on the real tiny transformer + peft LoRA: every estimator trains, SeeUPO's schedule,
+HiPER routing, reference log-probs, accumulation, faults that must not stop training."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agentrl.agents import StepPrompt
+from agentrl.credit import Advantages, available_estimators, estimate
+from agentrl.credit.seeupo import turn_slots
+from agentrl.envs import register_env
+from agentrl.envs.maze import MazeEnv
+from agentrl.policies import SamplingParams
+from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.policies.tiny import build_tiny_model, env_corpus
+from agentrl.rollout import rollout
+from agentrl.trainers import train
+from agentrl.trainers.evaluation import wilson_interval
+from agentrl.trainers.learner import Learner, UpdateSettings
+from agentrl.trainers.metrics import read_metrics
+from agentrl.trainers.samples import build_samples, steps_in_row_order, token_advantages
+from agentrl.trainers.schedule import seeupo_update
+from agentrl.trainers.values import gather_features
+from agentrl.types import Step, StepBatch
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    env = MazeEnv(size=2, n_doors=1, num_tasks=50)
+    corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+
+
+def tiny_run(model_dir, **extra) -> list[str]:
+    """Overrides for a seconds-long run on a 2x2 maze with the prebuilt tiny model."""
+    base = {
+        "model.path": str(model_dir), "model.device": "cpu", "lora.r": 4, "lora.alpha": 8,
+        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}", "env.train_tasks.count": 20, "env.num_envs": 4,
+        "rollout.groups": 2, "rollout.group_size": 2, "rollout.max_turns": 2, "rollout.max_new_tokens": 6,
+        "rollout.history_k": 1, "optim.iterations": 2, "optim.lr": 0.01, "logging.tensorboard": "false",
+        "algorithm.minibatch_size": 4, "algorithm.micro_batch_size": 2, "algorithm.kl_coef": 0.01,
+    }  # fmt: skip
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+ESTIMATOR_EXTRAS = {
+    "hiper": {"rollout.response_format": "hiper"},
+    "mt_grpo": {"algorithm.options": "{variant: k_turn}"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", available_estimators())
+def test_every_estimator_trains_two_iterations_on_the_maze(model_dir, tmp_path, estimator):
+    run = train(None, tmp_path / "run", tiny_run(model_dir, **{"algorithm.estimator": estimator}, **ESTIMATOR_EXTRAS.get(estimator, {})))
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [0, 1]
+    for r in records:
+        assert r["episodes"] == 4 and r["rows"] >= 4
+        assert all(math.isfinite(r[k]) for k in ("loss", "kl", "entropy", "grad_norm", "adv_std", "tokens_per_s"))
+        assert r["trained_tokens"] > 0
+        if estimator in ("gae", "mt_ppo", "hiper"):
+            assert math.isfinite(r["value_loss"])
+        if estimator == "seeupo":
+            assert r["seeupo_slots"] >= 1
+    if records[0]["adv_zero_frac"] < 1:  # some credit, so the adapter moved away from the reference
+        assert records[1]["kl"] > 0
+    assert (run / "checkpoints" / "iter-000002" / "adapter" / "adapter_config.json").exists()
+    cfg = (run / "config.yaml").read_text()
+    assert f"estimator: {estimator}" in cfg and json.loads((run / "run.json").read_text())["seed"] == 0
+
+
+def _comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("time_") and k != "tokens_per_s"}
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(model_dir, tmp_path):
+    overrides = tiny_run(model_dir, **{"optim.iterations": 3, "algorithm.estimator": "gae"})
+    full = read_metrics(train(None, tmp_path / "full", overrides) / "metrics.jsonl")
+    train(None, tmp_path / "resumed", overrides, stop_after=2)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == [0, 1]
+    resumed = read_metrics(train(None, tmp_path / "resumed", overrides) / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    assert _comparable(resumed[2]) == _comparable(full[2])
+    assert _comparable(resumed[0]) == _comparable(full[0])
+    from agentrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="different config"):
+        train(None, tmp_path / "resumed", [*overrides, "optim.lr=0.5"])
+
+
+class FlakyMaze(MazeEnv):
+    """A real maze whose engine crashes on every 5th step call (counted per process)."""
+
+    calls = 0
+
+    def step(self, action):
+        FlakyMaze.calls += 1
+        if FlakyMaze.calls % 5 == 0:
+            raise RuntimeError("engine crashed")
+        return super().step(action)
+
+
+def test_malformed_output_and_a_crashing_env_do_not_stop_training(model_dir, tmp_path):
+    register_env("test-flaky-maze", FlakyMaze, overwrite=True)
+    overrides = tiny_run(model_dir, **{"env.name": "test-flaky-maze", "rollout.groups": 3, "rollout.max_turns": 3})
+    records = read_metrics(train(None, tmp_path / "run", overrides) / "metrics.jsonl")
+    assert len(records) == 2
+    assert sum(r["errors"] for r in records) >= 1  # crashed episodes were recorded, not fatal
+    assert all(r["invalid_rate"] > 0 for r in records)  # the untrained model writes malformed text
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+@pytest.fixture(scope="module")
+def maze_batch(model_dir):
+    """A real rollout of the tiny policy: 2 groups x 3 episodes of up to 3 turns."""
+    policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    envs = [MazeEnv(size=2, n_doors=1, num_tasks=50) for _ in range(6)]
+    groups = rollout(policy, envs, ["maze-1", "maze-2"], 3, max_turns=3, params=SamplingParams(max_new_tokens=6, seed=5),
+                     builder=StepPrompt(history_k=1))  # fmt: skip
+    return policy, groups
+
+
+def test_reference_is_the_adapter_off_and_accumulation_matches_one_batch(maze_batch):
+    policy, groups = maze_batch
+    steps = steps_in_row_order(groups)
+    samples = build_samples(steps)
+    settings = UpdateSettings(minibatch_size=len(samples), micro_batch_size=len(samples), kl_coef=0.1)
+    learner = Learner(policy, settings, lr=1e-2)
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in learner.params]
+    try:
+        scores = learner.score(samples, reference=True)
+        for a, b, s in zip(scores.logp, scores.ref_logp, steps):
+            assert torch.equal(a, b)  # fresh LoRA (B = 0): the policy is the reference
+            assert a.tolist() == pytest.approx(s.response_logprobs, abs=1e-5)  # = the sampling log-probs at T=1
+        adv = np.linspace(-1, 1, len(samples))
+        token_adv = [np.full(len(r), a, np.float32) for r, a in zip(samples.response_ids, adv)]
+        token_mask = [np.ones(len(r), bool) for r in samples.response_ids]
+        grads = {}
+        for micro in (len(samples), 3):
+            learner.settings = UpdateSettings(minibatch_size=len(samples), micro_batch_size=micro, kl_coef=0.1)
+            step, learner.optimizer.step = learner.optimizer.step, lambda: None  # keep the gradient, skip the step
+            stats = learner.update(samples, scores, token_adv, token_mask, rng=np.random.default_rng(0))
+            learner.optimizer.step = step
+            grads[micro] = (torch.cat([p.grad.flatten() for p in learner.params]).clone(), stats["loss"])
+        assert torch.allclose(grads[3][0], grads[len(samples)][0], atol=1e-6, rtol=1e-4)
+        assert grads[3][1] == pytest.approx(grads[len(samples)][1], abs=1e-6)
+        learner.update(samples, scores, token_adv, token_mask, rng=np.random.default_rng(0))
+        after = learner.score(samples, reference=True)
+        assert any(not torch.equal(a, b) for a, b in zip(after.logp, after.ref_logp))
+        # the reference never moves (up to float summation order)
+        assert max(float((a - b).abs().max()) for a, b in zip(after.ref_logp, scores.ref_logp)) < 1e-5
+    finally:
+        with torch.no_grad():
+            for p, s in zip(learner.params, saved):
+                p.copy_(s)
+
+
+def test_seeupo_updates_turn_slots_in_reverse_with_corrections_by_hand(maze_batch):
+    policy, groups = maze_batch
+    groups = copy.deepcopy(groups)
+    for g in groups:  # an untrained model fails everywhere: give the episodes different outcomes by hand
+        for t, outcome in zip(g, (1.0, 0.0, 0.5)):
+            t.outcome = outcome
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+    learner = Learner(policy, UpdateSettings(loss="gspo", minibatch_size=64, micro_batch_size=8), lr=5e-2)
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in learner.params]
+    seen = []
+    real_update, real_score = learner.update, learner.score
+
+    def recording_update(samples_, scores, token_adv, token_mask, **kw):
+        seen.append({"rows": scores.rows.copy(), "adv": [float(a[0]) if len(a) else 0.0 for a in token_adv], "old": scores.logp})
+        return real_update(samples_, scores, token_adv, token_mask, **kw)
+
+    def recording_score(samples_, rows=None, **kw):
+        out = real_score(samples_, rows, **kw)
+        if seen and rows is not None and np.array_equal(np.asarray(rows), seen[-1]["rows"]) and "new" not in seen[-1]:
+            seen[-1]["new"] = out.logp
+        return out
+
+    learner.update, learner.score = recording_update, recording_score
+    try:
+        result = seeupo_update(learner, batch, samples, {}, rng=np.random.default_rng(0))
+    finally:
+        with torch.no_grad():
+            for p, s in zip(learner.params, saved):
+                p.copy_(s)
+    slots = turn_slots(batch, "reverse")
+    assert [int(batch.turn[s["rows"][0]]) for s in seen] == sorted({int(t) for t in batch.turn}, reverse=True)
+    assert [s["rows"].tolist() for s in seen] == [rows.tolist() for _, rows in slots]
+    base = estimate("seeupo", batch).step  # A with M = 1
+    M = {}
+    for s in seen:
+        ids = batch.traj_id[s["rows"]]
+        expected = [base[r] * M.get(tid, 1.0) for r, tid in zip(s["rows"], ids)]
+        assert s["adv"] == pytest.approx(expected, abs=1e-6)
+        for tid, new, old in zip(ids, s["new"], s["old"]):
+            x = float((new - old).mean()) if new.numel() else 0.0
+            rho = min(max(math.exp(min(max(x, -10), 10)), 0.8), 1.2)
+            M[tid] = min(max(M.get(tid, 1.0) * rho, 0.8), 1.2)
+    assert any(m != 1.0 for m in M.values())  # the corrections really moved
+    assert result.advantages.step.shape == (len(batch),)
+
+
+def test_hiper_parts_get_their_own_advantages(maze_batch):
+    policy, _ = maze_batch
+    tok = policy.tokenizer
+    text = "<switch>SWITCH</switch><subgoal>find the key</subgoal><action>go north</action>"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    bad_ids = tok("<action>go", add_special_tokens=False)["input_ids"]
+    steps = [
+        Step(obs="a", response=text, prompt_ids=[1, 2], response_ids=ids),
+        Step(obs="b", response=text, prompt_ids=[3], response_ids=ids),
+        Step(obs="c", response="<action>go", prompt_ids=[4], response_ids=bad_ids),
+    ]
+    samples = build_samples(steps, tokenizer=tok, parts=True, response_format="hiper", value_heads=("high", "low", "switch"))
+    adv = Advantages(
+        step=np.array([0.5, 0.25, -0.7]),
+        spans={"action": np.array([0.5, 0.25, -0.7]), "subgoal": np.array([-1.0, 9.0, 9.0]), "switch": np.array([2.0, 3.0, 4.0])},
+        masks={"subgoal": np.array([True, False, False])},
+    )
+    token_adv, token_mask = token_advantages(samples, adv, route_parts=True)
+    pieces = [tok.decode([i]) for i in ids]
+    switch_end = pieces.index("</switch>") + 1
+    subgoal_end = pieces.index("</subgoal>") + 1
+    action_end = pieces.index("</action>") + 1
+    expected0 = [2.0] * switch_end + [-1.0] * (subgoal_end - switch_end) + [0.5] * (action_end - subgoal_end) + [0.0]
+    assert token_adv[0].tolist() == pytest.approx(expected0)
+    assert token_mask[0].tolist() == [True] * action_end + [False]  # the end-of-turn token is not trained
+    # row 1 is not a segment start: its subgoal tokens are not trained
+    assert token_mask[1].tolist() == [True] * switch_end + [False] * (subgoal_end - switch_end) + [True] * (action_end - subgoal_end) + [False]
+    assert token_adv[1][:switch_end].tolist() == [3.0] * switch_end
+    # a malformed response has no parts: every token takes the action advantage
+    assert token_adv[2].tolist() == pytest.approx([-0.7] * len(bad_ids)) and token_mask[2].all()
+    assert samples.value_offset["low"].tolist() == [subgoal_end - 1, subgoal_end - 1, -1]
+    assert samples.value_offset["high"].tolist() == [-1, -1, -1]
+
+
+def test_value_features_are_read_at_their_positions():
+    hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    response_mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    feats = gather_features(hidden, response_mask, {"first": [-1, -1], "third": [2, 0]})
+    assert feats["first"][:, 0].tolist() == [1.0, 8.0]  # last prompt token: positions 1 and 3
+    assert feats["third"][:, 0].tolist() == [4.0, 9.0]
+
+
+def test_wilson_interval_by_hand():
+    # p = 0.8, n = 10, z = 1.96: centre = (0.8 + 0.19208) / 1.38416, half = 1.96 * sqrt(0.016 + 0.009604) / 1.38416
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=2e-4)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes <= n"):
+        wilson_interval(3, 2)
+
+
+def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
+    overrides = [
+        "model.device=cpu", "model.tiny.vocab_size=384", "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.corpus_tasks=10",
+        "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 60}", "env.train_tasks.count=40", "env.num_envs=4",
+        "rollout.groups=2", "rollout.group_size=2", "rollout.max_turns=3", "rollout.max_new_tokens=8", "rollout.history_k=1",
+        "optim.iterations=1", "logging.tensorboard=false", "algorithm.estimator=gigpo",
+        "sft.enabled=true", "sft.tasks.count=30", "sft.epochs=2", "sft.batch_size=16",
+        "eval.enabled=true", "eval.tasks.start=50", "eval.tasks.count=6",
+    ]  # fmt: skip
+    run = train(None, tmp_path / "run", overrides)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("before", "after"):
+        assert set(summary[key]) >= {"success_rate", "ci_low", "ci_high", "episodes"}
+        assert summary[key]["episodes"] == 6
+        assert summary[key]["ci_low"] <= summary[key]["success_rate"] <= summary[key]["ci_high"]
+    sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
+    assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
+    assert (run / "tiny-model" / "tokenizer.json").exists()
