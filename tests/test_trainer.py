@@ -282,3 +282,30 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
     sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
     assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
     assert (run / "tiny-model" / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = tiny_run(model_dir, **{"optim.iterations": 3, "algorithm.estimator": "gigpo", "rollout.max_turns": 3})
+    full = read_metrics(train(None, tmp_path / "full", overrides) / "metrics.jsonl")
+    killed = tmp_path / "killed"
+    code = f"from agentrl.trainers import train; train(None, {str(killed)!r}, {overrides!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_metrics(metrics)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(metrics)) < 3
+    resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
+    assert [r["iteration"] for r in resumed] == [0, 1, 2]
+    assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]
