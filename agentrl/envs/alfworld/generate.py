@@ -129,13 +129,13 @@ def _generate_split(split: str, per_type: int, seed: int, task_types: Sequence[s
 
 
 def generate_games(
-    out_dir: str,
+    out_dir: str | os.PathLike[str],
     per_type: int = DEFAULT_PER_TYPE,
     seed: int = 0,
     splits: Sequence[str] = paths.SPLITS,
     progress: bool = True,
     task_types: Sequence[str] = S.TASK_TYPES,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write ``per_type`` validated games per task type and split under ``out_dir``; returns a summary.
 
@@ -146,6 +146,7 @@ def generate_games(
     """
     if per_type < 1:
         raise ValueError(f"per_type must be >= 1, got {per_type}")
+    workers = workers or min(8, os.cpu_count() or 2)  # validation subprocesses
     splits = [paths.canonical_split(s) for s in splits]
     unknown = [t for t in task_types if t not in S.TASK_TYPES]
     if unknown:
