@@ -15,7 +15,7 @@ pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install al
 import alfworld.gen.constants as C  # noqa: E402
 
 from agentrl.envs import check_env, make  # noqa: E402
-from agentrl.envs.alfworld import TASK_TYPES, ALFWorldEnv, Expert  # noqa: E402
+from agentrl.envs.alfworld import TASK_TYPES, ALFWorldEnv, Expert, expert_trajectories  # noqa: E402
 from agentrl.envs.alfworld import scenes as S  # noqa: E402
 from agentrl.envs.alfworld.__main__ import main as cli_main  # noqa: E402
 from agentrl.envs.alfworld.generate import MANIFEST, ensure_default_games, generate_games  # noqa: E402
@@ -239,6 +239,25 @@ def test_expert_solves_every_task_type(games_dir: Path, reward_won: float) -> No
         solved[info["task_type"]] = (terminated, info["success"], reward)
     e.close()
     assert solved == {t: (True, True, reward_won) for t in TASK_TYPES}
+
+
+def test_expert_trajectories_are_sft_ready(games_dir: Path, tmp_path: Path) -> None:
+    from agentrl.types import read_trajectories, write_trajectories
+
+    e = ALFWorldEnv(split=SPLIT, data_dir=str(games_dir), expert=True, reward_won=10.0)
+    trajs = expert_trajectories(e, seed=0)
+    with pytest.raises(ValueError, match="expert=True"):
+        expert_trajectories(ALFWorldEnv(split=SPLIT, data_dir=str(games_dir)))
+    e.close()
+    assert sorted(t.info["task_type"] for t in trajs) == sorted(TASK_TYPES)
+    for t in trajs:
+        assert t.success and t.terminated and not t.truncated and t.outcome == 10.0
+        assert [s.reward for s in t.steps] == [0.0] * (len(t.steps) - 1) + [10.0]
+        assert t.steps[0].obs.startswith("-= Welcome") and t.steps[0].action == "look"
+        assert all(s.valid and s.state_key == s.obs and s.response == s.action for s in t.steps)
+    path = tmp_path / "expert.jsonl"
+    write_trajectories(path, trajs)
+    assert [x.to_dict() for x in read_trajectories(path)] == [x.to_dict() for x in trajs]
 
 
 def _inventory_after_first_move(games_dir: Path) -> list[str]:

@@ -6,8 +6,8 @@
 """
 
 from agentrl.envs.alfworld.env import ALFWorldEnv
-from agentrl.envs.alfworld.expert import Expert, ExpertGaveUp, solve
+from agentrl.envs.alfworld.expert import Expert, ExpertGaveUp, expert_trajectories, solve
 from agentrl.envs.alfworld.generate import ensure_default_games, generate_games
 from agentrl.envs.alfworld.scenes import TASK_TYPES
 
-__all__ = ["ALFWorldEnv", "Expert", "ExpertGaveUp", "TASK_TYPES", "ensure_default_games", "generate_games", "solve"]
+__all__ = ["ALFWorldEnv", "Expert", "ExpertGaveUp", "TASK_TYPES", "ensure_default_games", "expert_trajectories", "generate_games", "solve"]

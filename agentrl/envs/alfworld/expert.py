@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import alfworld.gen.constants as constants
 from alfworld.agents.expert import HandCodedAgentFailed, HandCodedAgentTimeout, HandCodedTWAgent
+
+from agentrl.types import Step, Trajectory
 
 
 class ExpertGaveUp(RuntimeError):
@@ -98,3 +100,30 @@ def solve(game_file: str, max_steps: int = 50, seed: int = 0, engine: Any = None
     finally:
         if engine is None:
             env.close()
+
+
+def expert_trajectories(env: Any, task_ids: Sequence[str] | None = None, seed: int = 0) -> list[Trajectory]:
+    """One expert episode per task on an ``ALFWorldEnv(expert=True)``: oracle runs and SFT data.
+
+    Each step holds the observation the expert acted on, its command (as ``action`` and
+    ``response``), the env's reward and validity, and ``info["task_type"]``.
+    """
+    if getattr(env, "_expert", None) is None:
+        raise ValueError("expert_trajectories needs an env made with expert=True, e.g. make('alfworld', expert=True)")
+    out = []
+    for task_id in task_ids if task_ids is not None else env.task_ids():
+        obs, info = env.reset(seed=seed, options={"task_id": task_id})
+        steps: list[Step] = []
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = info["expert_action"] or "look"  # the expert gave up: let the episode run out
+            next_obs, reward, terminated, truncated, next_info = env.step(action)
+            steps.append(
+                Step(obs=obs, response=action, action=action, reward=float(reward), valid=bool(next_info["valid"]),
+                     state_key=info["state_key"], info={"task_type": info["task_type"]})
+            )
+            obs, info = next_obs, next_info
+        out.append(Trajectory(task_id=task_id, group_id=task_id, traj_id=f"{task_id}#expert{seed}", steps=steps,
+                              terminated=terminated, truncated=truncated, success=bool(info["success"]),
+                              info={"task_type": info["task_type"], "task": info["task"], "policy": "handcoded-expert"}))
+    return out
