@@ -191,3 +191,42 @@ def test_env_batch_adapters_and_bad_arguments(policy):
         rollout(policy, [MazeEnv()], ["maze-0"], 0, max_turns=1, params=PARAMS)
     with pytest.raises(ValueError, match="tasks is empty"):
         rollout(policy, [MazeEnv()], [], 1, max_turns=1, params=PARAMS)
+
+
+def test_env_pool_gives_the_same_episodes_as_a_list_of_envs(policy):
+    from agentrl.envs.pool import EnvPool
+
+    kwargs = {"size": 2, "n_doors": 1, "max_steps": 4}
+    as_list = rollout(policy, [MazeEnv(**kwargs) for _ in range(3)], ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
+    with EnvPool("maze", 3, env_kwargs=kwargs, backend="process") as pool:
+        as_pool = rollout(policy, pool, ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
+    flat = lambda groups: [(s.obs, s.response_ids, s.reward, s.valid) for g in groups for t in g for s in t.steps]  # noqa: E731
+    assert flat(as_pool) == flat(as_list) and len(flat(as_list)) >= 4
+
+
+class CrashOnSecondStep(MazeEnv):
+    """A real maze whose engine crashes on the second step of every episode."""
+
+    def reset(self, **kw):
+        self.turns = 0
+        return super().reset(**kw)
+
+    def step(self, action):
+        self.turns += 1
+        if self.turns == 2:
+            raise RuntimeError("engine crashed")
+        return super().step(action)
+
+
+def test_a_pool_worker_failure_truncates_only_its_episode(policy):
+    from agentrl.envs import register_env
+    from agentrl.envs.pool import EnvPool
+
+    register_env("test-crash-maze", CrashOnSecondStep, overwrite=True)
+    env = MazeEnv()
+    scripted = PlanPolicy(policy.tokenizer, env, "maze-7")
+    with EnvPool("test-crash-maze", 2, backend="inprocess") as pool:
+        (group,) = rollout(scripted, pool, ["maze-7"], 2, max_turns=5, params=PARAMS)
+    for t in group:
+        assert len(t) == 2 and t.truncated and not t.terminated and "engine crashed" in t.info["error"]
+        assert t.steps[0].valid and t.steps[0].info.get("error") is None
