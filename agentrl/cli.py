@@ -51,6 +51,25 @@ def _make(name: str, options: list[str]) -> Any:
         raise typer.BadParameter(f"bad option for env {name!r}: {e}") from None
 
 
+@app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="a YAML config, e.g. configs/quickstart.yaml"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=1e-4 algorithm.estimator=hgpo"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default: the config's out_dir); an existing run resumes"),
+) -> None:
+    """Train a policy with RL (rollout -> credit -> LoRA update), with optional SFT warm start and evaluation."""
+    if not config.is_file():
+        raise typer.BadParameter(f"config file {str(config)!r} does not exist")
+    from agentrl.trainers import train as run_training
+
+    try:
+        run_dir = run_training(config, out_dir=out, overrides=list(overrides or []))
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"run directory: {run_dir}")
+
+
 @envs_app.command("list")
 def envs_list() -> None:
     """Names accepted by ``make`` and their gymnasium ids."""

@@ -117,3 +117,10 @@ def test_envs_serve_runs_a_real_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_train_rejects_bad_config_keys_and_missing_files(tmp_path):
+    result = runner.invoke(app, ["train", "configs/quickstart.yaml", "bogus.key=3", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "unknown key 'bogus'" in result.output and "allowed:" in result.output
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert result.exit_code != 0 and "does not exist" in result.output
