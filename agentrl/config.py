@@ -13,9 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "config_from_dict", "dump_config"]
+__all__ = ["ConfigError", "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["PromptBuilder", "Episode", "rollout", "as_env_batch", "ListEnvs"]
+__all__ = ["Episode", "ListEnvs", "PromptBuilder", "as_env_batch", "rollout"]
 
 PromptBuilder = StepPrompt | ChatPrompt
 Outcome = tuple[Any, ...]  # an env's (obs, info) or (obs, reward, terminated, truncated, info)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentrl.config import ConfigError, apply_overrides, config_from_dict, dump_config, load_config
+from agentrl.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -200,7 +200,7 @@ def test_env_pool_gives_the_same_episodes_as_a_list_of_envs(policy):
     as_list = rollout(policy, [MazeEnv(**kwargs) for _ in range(3)], ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
     with EnvPool("maze", 3, env_kwargs=kwargs, backend="process") as pool:
         as_pool = rollout(policy, pool, ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
-    flat = lambda groups: [(s.obs, s.response_ids, s.reward, s.valid) for g in groups for t in g for s in t.steps]  # noqa: E731
+    flat = lambda groups: [(s.obs, s.response_ids, s.reward, s.valid) for g in groups for t in g for s in t.steps]
     assert flat(as_pool) == flat(as_list) and len(flat(as_list)) >= 4
 
 

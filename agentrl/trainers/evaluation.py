@@ -13,7 +13,7 @@ from typing import Any
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
 
-__all__ = ["wilson_interval", "evaluate"]
+__all__ = ["evaluate", "wilson_interval"]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

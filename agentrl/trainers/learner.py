@@ -19,7 +19,7 @@ from agentrl.trainers.losses import LOSSES, LossInput, kl_k3, masked_sum
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
 
-__all__ = ["UpdateSettings", "Scores", "Learner"]
+__all__ = ["Learner", "Scores", "UpdateSettings"]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,11 @@ from agentrl.envs import make
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import PromptBuilder, rollout
-from agentrl.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentrl.trainers.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from agentrl.trainers.evaluation import evaluate
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
@@ -43,7 +47,7 @@ from agentrl.trainers.schedule import needs_values, seeupo_update, standard_upda
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 
-__all__ = ["train", "Trainer"]
+__all__ = ["Trainer", "train"]
 
 
 def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,

@@ -15,7 +15,7 @@ import torch
 
 from agentrl.registry import Registry
 
-__all__ = ["LossInput", "LossOutput", "LOSSES", "register_loss", "kl_k3", "masked_sum", "sequence_means"]
+__all__ = ["LOSSES", "LossInput", "LossOutput", "kl_k3", "masked_sum", "register_loss", "sequence_means"]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from agentrl.credit import Advantages
 from agentrl.policies.logprobs import PackedBatch, pack_samples
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["TokenSamples", "steps_in_row_order", "build_samples", "token_advantages", "collate", "HIPER_PARTS"]
+__all__ = ["HIPER_PARTS", "TokenSamples", "build_samples", "collate", "steps_in_row_order", "token_advantages"]
 
 HIPER_PARTS = ("switch", "subgoal", "action")
 
@@ -50,10 +50,6 @@ class TokenSamples:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
-
-    @property
-    def response_lengths(self) -> np.ndarray:
-        return np.array([len(r) for r in self.response_ids], dtype=np.int64)
 
 
 def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool = False,

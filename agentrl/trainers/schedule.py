@@ -21,7 +21,7 @@ from agentrl.trainers.samples import TokenSamples, token_advantages
 from agentrl.trainers.values import value_targets
 from agentrl.types import StepBatch
 
-__all__ = ["UpdateResult", "standard_update", "seeupo_update", "needs_values"]
+__all__ = ["UpdateResult", "needs_values", "seeupo_update", "standard_update"]
 
 
 def needs_values(estimator: str) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from agentrl.credit import Advantages
 
-__all__ = ["ValueHead", "value_heads_for", "value_targets", "gather_features"]
+__all__ = ["ValueHead", "gather_features", "value_heads_for", "value_targets"]
 
 
 def value_heads_for(estimator: str, needs_values: bool) -> tuple[str, ...]:
