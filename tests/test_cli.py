@@ -120,7 +120,10 @@ def test_envs_serve_runs_a_real_server(tmp_path):
 
 
 def test_train_rejects_bad_config_keys_and_missing_files(tmp_path):
-    result = runner.invoke(app, ["train", "configs/quickstart.yaml", "bogus.key=3", "--out", str(tmp_path / "run")])
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    result = runner.invoke(app, ["train", str(config), "bogus.key=3", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "unknown key 'bogus'" in result.output and "allowed:" in result.output
     result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
     assert result.exit_code != 0 and "does not exist" in result.output
