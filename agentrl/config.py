@@ -53,6 +53,7 @@ class ModelConfig(Section):
     max_batch_size: int = Field(64, ge=1)
     logprob_chunk_size: int = Field(512, ge=1)
     torch_threads: int | None = Field(None, ge=1)
+    gradient_checkpointing: bool = False  # recompute activations in backward (long sequences on GPU)
 
 
 class LoraConfig(Section):

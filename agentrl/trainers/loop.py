@@ -227,6 +227,8 @@ class Trainer:
             model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=cfg.model.device, dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
         )  # fmt: skip
+        if cfg.model.gradient_checkpointing:
+            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         a = cfg.algorithm
         estimator = a.estimator
         heads = value_heads_for(estimator, needs_values(estimator))
