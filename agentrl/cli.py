@@ -135,13 +135,15 @@ def envs_generate(
     out: Path = typer.Option(..., help="output directory"),
     per_type: int = typer.Option(10, help="games per task type and split"),
     seed: int = typer.Option(0, help="generator seed"),
+    split: list[str] = typer.Option([], "--split", help="only this split (repeatable): train, valid_seen, valid_unseen"),
 ) -> None:
-    """Generate an env's offline data set."""
+    """Generate an env's offline data set (ALFWorld games in the original json_2.1.1 layout)."""
     if name != "alfworld":
         raise typer.BadParameter(f"no generator for {name!r}; available: alfworld")
     from agentrl.envs.alfworld import generate_games
 
-    summary = generate_games(out, per_type=per_type, seed=seed, progress=True)
+    kwargs = {"splits": split} if split else {}
+    summary = generate_games(out, per_type=per_type, seed=seed, progress=True, **kwargs)
     typer.echo(f"wrote games to {out}: {summary}")
 
 
