@@ -270,3 +270,17 @@ def test_monte_carlo_matches_exact_value() -> None:
     se = returns.std(ddof=1) / np.sqrt(len(returns))
     assert 0.1 < v0 < 0.5 and se > 0  # a task where random play both wins and loses
     assert abs(returns.mean() - v0) < 3 * se
+
+
+def test_expert_action_follows_a_shortest_plan_and_recovers_after_a_detour():
+    env = MazeEnv(expert=True, slip=0.3)
+    for seed in range(5):
+        obs, info = env.reset(seed=seed, options={"task_id": f"maze-{seed}"})
+        assert info["expert_action"] == solve(env.layout)[0]
+        _, _, _, _, info = env.step(info["admissible_actions"][-1])  # possibly a detour
+        for _ in range(40):
+            obs, reward, terminated, truncated, info = env.step(info["expert_action"])
+            if terminated or truncated:
+                break
+        assert terminated and info["success"] and "expert_action" not in info
+    assert "expert_action" not in MazeEnv().reset(seed=0)[1]

@@ -130,10 +130,12 @@ def reward_of(layout: MazeLayout, next_state: State) -> float:
     return 1.0 if next_state[0] == layout.goal else 0.0
 
 
-def solve(layout: MazeLayout) -> list[str] | None:
-    """A shortest action list from start to goal (BFS over states, no slips), or None when unsolvable."""
-    parent: dict[State, tuple[State, str] | None] = {layout.start_state: None}
-    queue = deque([layout.start_state])
+def solve(layout: MazeLayout, start: State | None = None) -> list[str] | None:
+    """A shortest action list from ``start`` (default: the layout's start) to the goal (BFS over
+    states, no slips), or None when unsolvable."""
+    start = layout.start_state if start is None else start
+    parent: dict[State, tuple[State, str] | None] = {start: None}
+    queue = deque([start])
     while queue:
         state = queue.popleft()
         if state[0] == layout.goal:
@@ -350,8 +352,10 @@ class MazeEnv(AgentEnv):
     """``make("maze")``: reach the goal room, opening coloured doors with keys picked up on the way."""
 
     def __init__(self, size: int = 3, n_doors: int = 1, slip: float = 0.0, max_steps: int = 20, num_tasks: int = 100,
-                 layout: MazeLayout | None = None, invalid_penalty: float = 0.0, render_mode: str | None = None) -> None:
+                 layout: MazeLayout | None = None, invalid_penalty: float = 0.0, expert: bool = False,
+                 render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)
+        self.expert = expert  # adds info["expert_action"]: the first action of a shortest plan from here
         _check_settings(slip=slip, max_steps=max_steps, invalid_penalty=invalid_penalty)
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
@@ -416,5 +420,9 @@ class MazeEnv(AgentEnv):
     def _info(self, valid: bool) -> dict[str, Any]:
         assert self.layout is not None and self.state is not None
         won = self.state[0] == self.layout.goal
-        return {"state_key": describe(self.layout, self.state), "admissible_actions": admissible(self.layout, self.state),
+        info = {"state_key": describe(self.layout, self.state), "admissible_actions": admissible(self.layout, self.state),
                 "valid": valid, "success": won, "won": won, "task_id": self.task_id}
+        if self.expert and not won:
+            plan = solve(self.layout, self.state)
+            info["expert_action"] = plan[0] if plan else None
+        return info
