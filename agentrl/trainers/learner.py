@@ -151,7 +151,7 @@ class Learner:
         n_tokens = float(sum(int(np.asarray(token_mask[i]).sum()) for i in mb))
         n_seqs = float(len(mb))
         self.optimizer.zero_grad(set_to_none=True)
-        stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0}
+        stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
         for micro in _chunks(mb, s.micro_batch_size):
             rows = scores.rows[micro]
             per_token = {
@@ -169,11 +169,11 @@ class Learner:
             if "ref" in t:
                 kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
                 loss = loss + s.kl_coef * kl
-                stats["kl"] += float(kl.detach())
+                stats["kl_penalty"] += float(kl.detach())
             if s.entropy_coef:
                 ent = masked_sum(lp.entropy, t["mask"]) / max(n_tokens, 1.0)
                 loss = loss - s.entropy_coef * ent
-                stats["entropy"] += float(ent.detach())
+                stats["entropy_bonus"] = stats.get("entropy_bonus", 0.0) + float(ent.detach())
             if loss.requires_grad:
                 loss.backward()
             stats["loss"] += float(loss.detach())

@@ -17,6 +17,7 @@ import torch
 from agentrl.credit import Advantages, estimate, estimator_info
 from agentrl.credit.seeupo import turn_slots, update_corrections
 from agentrl.trainers.learner import Learner, Scores
+from agentrl.trainers.losses import kl_k3
 from agentrl.trainers.samples import TokenSamples, token_advantages
 from agentrl.trainers.values import value_targets
 from agentrl.types import StepBatch
@@ -43,6 +44,14 @@ def _entropy_mean(scores: Scores) -> float:
     return float(flat.mean()) if flat.numel() else float("nan")
 
 
+def _kl_mean(scores: Scores) -> float:
+    """Token-mean k3 KL of the policy (before the update) from the adapter-off reference."""
+    if not scores.ref_logp:
+        return float("nan")
+    logp, ref = torch.cat(scores.logp), torch.cat(scores.ref_logp)
+    return float(kl_k3(logp, ref).mean()) if logp.numel() else float("nan")
+
+
 def _adv_stats(adv: Advantages) -> dict[str, float]:
     a = adv.step
     return {"adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_min": float(a.min()), "adv_max": float(a.max()),
@@ -53,7 +62,7 @@ def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, e
                     options: dict[str, Any], *, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
     """Score, estimate (with critic values when needed), route credit to tokens, update once."""
     critic = needs_values(estimator)
-    scores = learner.score(samples, reference=learner.settings.kl_coef > 0, entropy=True, features=critic)
+    scores = learner.score(samples, reference=True, entropy=True, features=critic)
     cfg = dict(options)
     if critic:
         v = learner.values(scores)
@@ -64,6 +73,7 @@ def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, e
     stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
     stats.update(_adv_stats(adv))
     stats["entropy"] = _entropy_mean(scores)
+    stats["kl"] = _kl_mean(scores)
     stats["trained_tokens"] = float(sum(int(m.sum()) for m in token_mask))
     return UpdateResult(adv, stats)
 
@@ -76,9 +86,9 @@ def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, opt
     corrections: dict[str, float] = {}
     final = np.zeros(len(batch))
     totals: dict[str, float] = {}
-    entropies, trained, slots = [], 0.0, turn_slots(batch, order, seed)
+    entropies, kls, trained, slots = [], [], 0.0, turn_slots(batch, order, seed)
     for _, rows in slots:
-        scores = learner.score(samples, rows, reference=learner.settings.kl_coef > 0, entropy=True)
+        scores = learner.score(samples, rows, reference=True, entropy=True)
         adv = estimate("seeupo", batch, correction=corrections, **options)
         final[rows] = adv.step[rows]
         token_adv = [np.full(len(samples.response_ids[r]), adv.step[r], dtype=np.float32) for r in rows]
@@ -90,11 +100,13 @@ def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, opt
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v
         entropies.append(_entropy_mean(scores))
+        kls.append(_kl_mean(scores))
         trained += float(sum(len(samples.response_ids[r]) for r in rows))
     result = Advantages(step=final)
     stats = {k: v / max(len(slots), 1) for k, v in totals.items()}
     stats.update(_adv_stats(result))
     stats["entropy"] = float(np.nanmean(entropies)) if entropies else float("nan")
+    stats["kl"] = float(np.nanmean(kls)) if kls else float("nan")
     stats["trained_tokens"] = trained
     stats["seeupo_slots"] = float(len(slots))
     stats["seeupo_correction_mean"] = float(np.mean(list(corrections.values()))) if corrections else 1.0
