@@ -178,6 +178,45 @@ def webshop_serve(
     serve(host=host, port=port, split=split)
 
 
+@app.command("eval")
+def eval_command(
+    env: str = typer.Option(..., help="registered env, e.g. alfworld, webshop, maze"),
+    policy: str = typer.Option(..., help="hf:PATH (a local model directory), random, or expert"),
+    out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
+    episodes: int = typer.Option(50, help="tasks played per seed (the env's first N task ids)"),
+    seeds: int = typer.Option(1, help="number of seeds; every task is played once per seed"),
+    split: Optional[str] = typer.Option(None, help="env split (same as -o split=...)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+    adapter: Optional[Path] = typer.Option(None, help="hf: a LoRA adapter directory to load"),
+    max_turns: int = typer.Option(50, help="turns per episode"),
+    temperature: float = typer.Option(0.0, help="hf: sampling temperature (0 = greedy)"),
+    max_new_tokens: int = typer.Option(256, help="hf: tokens per response"),
+    history_k: int = typer.Option(2, help="hf: (observation, action) pairs shown in the prompt"),
+    response_format: str = typer.Option("think_action", help="hf: think_action, tool_call or hiper"),
+    num_envs: int = typer.Option(4, help="hf: envs stepped in lockstep"),
+) -> None:
+    """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report."""
+    from agentrl.eval.evaluate import EvalConfig, evaluate
+
+    env_kwargs = parse_kv(option)
+    if split is not None:
+        env_kwargs["split"] = split
+    try:
+        cfg = EvalConfig(
+            env=env, policy=policy, episodes=episodes, seeds=seeds, env_kwargs=env_kwargs, max_turns=max_turns,
+            adapter=str(adapter) if adapter else None, temperature=temperature, max_new_tokens=max_new_tokens,
+            history_k=history_k, response_format=response_format, num_envs=num_envs,
+        )
+        report = evaluate(cfg, out, progress=lambda msg: typer.echo(msg, err=True))
+    except (ValueError, KeyError) as e:
+        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(
+        f"success {report['success_rate']:.3f} (95% CI {report['ci_low']:.3f}-{report['ci_high']:.3f}) "
+        f"over {report['episodes']} episodes; report: {out / 'report.md'}"
+    )
+
+
 @app.command("view")
 def view(
     run_dir: Path = typer.Argument(..., help="a run directory (trajectories*.jsonl, metrics.jsonl, report.json, ...)"),
