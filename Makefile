@@ -1,6 +1,6 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
-EXTRAS ?= dev,train,webshop,report,alfworld,search,tools
+EXTRAS ?= dev,train,webshop,report,alfworld,search,tools,ray
 
 .PHONY: install test bench
 
