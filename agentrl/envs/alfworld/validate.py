@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -49,6 +50,15 @@ def _worker_main() -> None:
         results.flush()
 
 
+def _feed(stdin: Any, games: list[str]) -> None:
+    try:
+        for g in games:
+            stdin.write(g + "\n")
+        stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the child died; its exit is handled by the reader
+
+
 def _run_chunk(games: list[str], max_steps: int, on_verdict: Callable[[Verdict], None]) -> None:
     pending = list(games)
     env = {**os.environ, "AGENTRL_ALFWORLD_VALIDATE_STEPS": str(max_steps)}
@@ -62,8 +72,9 @@ def _run_chunk(games: list[str], max_steps: int, on_verdict: Callable[[Verdict],
             env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("".join(g + "\n" for g in pending))
-        proc.stdin.close()
+        # fed from a thread: a long list must not fill the pipe while verdicts wait to be read
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, list(pending)), daemon=True)
+        feeder.start()
         for line in proc.stdout:
             try:
                 v = json.loads(line)
@@ -74,6 +85,7 @@ def _run_chunk(games: list[str], max_steps: int, on_verdict: Callable[[Verdict],
             pending.pop(0)
             on_verdict(Verdict(v["game_file"], bool(v["solvable"]), list(v["walkthrough"]), v["error"]))
         code = proc.wait()
+        feeder.join()
         if pending:  # the child died on pending[0]
             on_verdict(Verdict(pending.pop(0), False, [], f"validator process died (exit code {code})"))
 
