@@ -294,6 +294,10 @@ def test_alfworld_data_env_var_loads_the_same_way(games_dir: Path, monkeypatch: 
 
 
 def test_env_rejects_bad_input(games_dir: Path, tmp_path: Path) -> None:
+    from agentrl.envs.alfworld.paths import canonical_split
+
+    assert canonical_split("eval_in_distribution") == "valid_seen"  # alfworld's names work too
+    assert canonical_split("eval_out_of_distribution") == "valid_unseen"
     with pytest.raises(ValueError, match="unknown ALFWorld split 'test'"):
         ALFWorldEnv(split="test", data_dir=str(games_dir))
     with pytest.raises(ValueError, match="task type"):
