@@ -19,3 +19,11 @@ def _make_hf(path: str | os.PathLike[str], **kwargs: Any) -> Policy:
     from agentrl.policies.hf import HFPolicy
 
     return HFPolicy.from_pretrained(path, **kwargs)
+
+
+@register_policy("openai")
+def _make_openai(base_url: str, model: str, **kwargs: Any) -> Policy:
+    """``make_policy("openai", base_url=..., model=..., api_key=...)``: any OpenAI-compatible server."""
+    from agentrl.policies.openai import OpenAIPolicy
+
+    return OpenAIPolicy(base_url, model, **kwargs)
