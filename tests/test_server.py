@@ -290,3 +290,11 @@ def test_serve_blocks_and_answers_in_a_subprocess(model_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_request_for_an_adapter_unloaded_while_it_waited_gets_a_404(server):
+    from agentrl.policies.server import APIError
+
+    with pytest.raises(APIError, match="unloaded") as e:
+        server.app.state.engine.generate("ghost", [[1, 2, 3]], SamplingParams(max_new_tokens=2))
+    assert e.value.status == 404

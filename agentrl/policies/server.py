@@ -174,6 +174,9 @@ class Engine:
         return list(pol.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, adapter: str | None, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+        if adapter is not None and adapter not in self.adapters:  # unloaded while the request waited
+            raise APIError(404, f"The model `{adapter}` does not exist any more (its adapter was unloaded)", param="model",
+                           code="model_not_found")  # fmt: skip
         self._activate(adapter)
         return self.policy.generate_from_ids(prompt_ids, params)
 
@@ -460,12 +463,16 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
         if req.logprobs and req.top_logprobs:
             top = await batcher.run_on_model(engine.top_logprobs, adapter, gens, req.top_logprobs, req.temperature or 1.0)
         completion_tokens = sum(len(g.response_ids) for g in gens)
+
+        def choices() -> list[dict[str, Any]]:
+            return [_choice(policy.tokenizer, i, g, req, params, top[i] if top else None) for i, g in enumerate(gens)]
+
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.model or engine.name,
-            "choices": [_choice(policy.tokenizer, i, g, req, params, top[i] if top else None) for i, g in enumerate(gens)],
+            "choices": await batcher.run_on_model(choices),  # the tokenizer is only ever used on the model thread
             "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
                       "total_tokens": len(prompt_ids) + completion_tokens},
             "prompt_token_ids": prompt_ids,
