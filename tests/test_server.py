@@ -170,6 +170,7 @@ def test_tokenize_endpoint(server, local):
         ({"messages": HELLO, "top_logprobs": 2}, 400, "top_logprobs needs logprobs"),
         ({"messages": HELLO, "logprobs": True, "top_logprobs": 99}, 400, "top_logprobs"),
         ({"messages": HELLO, "stop": [""]}, 400, "stop"),
+        ({"messages": HELLO, "seed": 2**70}, 400, "seed"),
         ({"messages": HELLO, "stream": True}, 400, "stream"),
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),

@@ -86,7 +86,7 @@ class ChatCompletionRequest(_Request):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # the range torch.manual_seed takes
     stop: str | list[str] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -292,7 +292,7 @@ class Batcher:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Job]) -> None:
-        live = [j for j in group if not j.future.done()]  # a client that went away cancels its future
+        live = [j for j in group if not j.future.done()]  # a request cancelled while it waited (shutdown) is skipped
         if not live:
             return
         prompts = [p for j in live for p in j.prompt_ids]
