@@ -94,7 +94,8 @@ class OpenAIPolicy:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.AsyncClient(base_url=self.root, headers=headers, timeout=self.timeout)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        return httpx.AsyncClient(base_url=self.root, headers=headers, timeout=self.timeout, limits=limits)
 
     async def _post(self, client: Any, path: str, body: dict[str, Any]) -> Any:
         """POST with retries on connection errors, 429 and 5xx; the response on a 2xx."""
@@ -141,7 +142,12 @@ class OpenAIPolicy:
             async def one(i: int, messages: Messages) -> Generation:
                 async with gate:
                     response = await self._post(client, "/v1/chat/completions", self._payload(messages, params, i))
-                return self._generation(response.json(), i)
+                try:
+                    body = response.json()
+                except ValueError:
+                    text = response.text[:300]
+                    raise OpenAIServerError(f"prompt {i}: {self.root} answered with a body that is not JSON: {text!r}") from None
+                return self._generation(body, i)
 
             results = await asyncio.gather(*(one(i, m) for i, m in enumerate(prompts)), return_exceptions=True)
         for r in results:
