@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -58,6 +59,17 @@ def latency(env_name: str, env_kwargs: dict[str, Any], steps: int, warmup_tasks:
     return {"reset_ms_median": statistics.median(reset_ms), "step_ms_median": statistics.median(step_ms), "resets": len(reset_ms), "steps": len(step_ms)}
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU time of processes (Linux /proc), plus this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, seconds: float, seed: int, backend: str, episode_len: int) -> dict[str, float]:
     """Steps/s and resets/s of a pool driven in lock-step batches for ``seconds`` after warm-up."""
     with EnvPool(env_name, workers, env_kwargs=env_kwargs, backend=backend) as pool:
@@ -81,6 +93,8 @@ def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, sec
         infos = [info for _, info in pool.reset(seeds=[seed] * workers, options=options())]
         lengths = [0] * workers
         steps = resets_done = 0
+        pids = pool.pids() if backend == "process" else []
+        cpu0 = _cpu_seconds(pids)
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             results = pool.step([_pick(i, rng) for i in infos])
@@ -98,7 +112,9 @@ def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, sec
                     lengths[k] = 0
                 resets_done += len(done)
         elapsed = time.perf_counter() - t0
-    return {"workers": workers, "steps_per_s": steps / elapsed, "resets_per_s": resets_done / elapsed, "seconds": elapsed}
+        cpu = _cpu_seconds(pids) - cpu0
+    # CPU per step (parent + workers) does not depend on what else runs on the machine
+    return {"workers": workers, "steps_per_s": steps / elapsed, "resets_per_s": resets_done / elapsed, "seconds": elapsed, "cpu_ms_per_step": 1e3 * cpu / steps if pids else None}
 
 
 def _spin(n: int) -> float:
@@ -152,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend, n in pools:
         r = pool_throughput(args.env, kwargs, n, args.seconds, args.seed, backend, args.episode_len)
         report[f"pool_{backend}_{n}"] = r
-        print(f"pool {backend:8s} x{n}   {r['steps_per_s']:8.1f} steps/s   {r['resets_per_s']:7.1f} resets/s")
+        cpu = f"   {r['cpu_ms_per_step']:.2f} CPU-ms/step" if r["cpu_ms_per_step"] is not None else ""
+        print(f"pool {backend:8s} x{n}   {r['steps_per_s']:8.1f} steps/s   {r['resets_per_s']:7.1f} resets/s{cpu}")
     one, two = report["pool_process_1"]["steps_per_s"], report["pool_process_2"]["steps_per_s"]
     report["speedup_2_vs_1"] = two / one
     report["cpu_headroom_2_procs"] = cpu_headroom()
