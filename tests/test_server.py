@@ -299,3 +299,26 @@ def test_a_request_for_an_adapter_unloaded_while_it_waited_gets_a_404(server):
     with pytest.raises(APIError, match="unloaded") as e:
         server.app.state.engine.generate("ghost", [[1, 2, 3]], SamplingParams(max_new_tokens=2))
     assert e.value.status == 404
+
+
+def test_messages_reach_the_template_as_sent(server, local):
+    messages = [{"role": "system", "content": [{"type": "text", "text": "You are "}, {"type": "text", "text": "an agent."}]},
+                {"role": "user", "content": "go north", "name": "player"},
+                {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "user", "content": "and now?"}]  # fmt: skip
+    as_local = [{"role": "system", "content": "You are an agent."}, *messages[1:]]
+    got = httpx.post(f"{server.url}/tokenize", json={"messages": messages}).json()["tokens"]
+    assert got == local.prompt_ids(as_local)
+
+
+def test_a_seeded_request_gets_the_same_answer_whatever_runs_beside_it(server):
+    seeded = {"messages": HELLO, "temperature": 1.0, "max_tokens": 10, "seed": 99}
+    alone = chat(server, seeded).json()["choices"][0]["token_ids"]
+
+    async def crowd():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            others = [{"messages": [{"role": "user", "content": f"room {i}"}], "temperature": 1.0, "max_tokens": 10} for i in range(6)]
+            rs = await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in [*others[:3], seeded, *others[3:]]))
+            return rs[3].json()["choices"][0]["token_ids"]
+
+    assert asyncio.run(crowd()) == alone

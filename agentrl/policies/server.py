@@ -63,19 +63,22 @@ class _Request(BaseModel):
 
 
 class ChatMessage(_Request):
+    """One chat message; fields besides role and content (name, tool_calls, ...) reach the chat template as sent."""
+
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
 
-    def text(self) -> str:
-        """The content as one string (OpenAI's list-of-parts form joined, text parts only)."""
-        if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        parts = []
-        for i, part in enumerate(self.content):
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"content part {i} is not a text part ({{'type': 'text', 'text': ...}}); only text is supported")
-            parts.append(part["text"])
-        return "".join(parts)
+    def as_dict(self) -> dict[str, Any]:
+        """The message for the chat template, OpenAI's list-of-parts content joined (text parts only)."""
+        content = self.content
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise APIError(400, f"content part {i} is not a text part ({{'type': 'text', 'text': ...}}); only text is supported",
+                                   param="messages")  # fmt: skip
+            content = "".join(part["text"] for part in content)
+        return {**(self.model_extra or {}), "role": self.role, "content": content}
 
 
 class ChatCompletionRequest(_Request):
@@ -100,12 +103,6 @@ class ChatCompletionRequest(_Request):
         if any(not s for s in stops):
             raise ValueError("stop strings must be non-empty")
         return stops
-
-    def message_dicts(self) -> list[dict[str, str]]:
-        try:
-            return [{"role": m.role, "content": m.text()} for m in self.messages]
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
 
 
 class TokenizeRequest(_Request):
@@ -166,7 +163,7 @@ class Engine:
             model.enable_adapters()
             model.set_adapter(adapter)
 
-    def prompt_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def prompt_ids(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         from agentrl.agents.prompts import render_chat
 
         pol = self.policy
@@ -431,7 +428,7 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
     async def tokenize(request: Request) -> dict[str, Any]:
         req = await parse(request, TokenizeRequest)
         engine.check_model(req.model)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = [m.as_dict() for m in req.messages]
         try:
             ids = await batcher.run_on_model(engine.prompt_ids, messages, req.add_generation_prompt)
         except ValueError as e:
@@ -453,7 +450,7 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
                                     stop=tuple(req.stop or ()))  # fmt: skip
         except ValueError as e:
             raise APIError(400, str(e)) from None
-        messages = req.message_dicts()
+        messages = [m.as_dict() for m in req.messages]
         try:
             prompt_ids = await batcher.run_on_model(engine.prompt_ids, messages)
             gens = await batcher.generate(adapter, prompt_ids, req.n, params)
