@@ -395,10 +395,14 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
         err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
         return JSONResponse(err.body(), status_code=500)
 
-    async def parse(request: Request, model: type[BaseModel]) -> Any:
+    def require_key(request: Request) -> None:
         reason = check_bearer(request, api_key)
         if reason is not None:
             raise APIError(401, f"Incorrect API key provided ({reason})", code="invalid_api_key")
+
+    async def parse(request: Request, model: type[BaseModel]) -> Any:
+        """The body as ``model`` after the key check; 401, 413 or 400 with the reason otherwise."""
+        require_key(request)
         try:
             body = await read_json_body(request, max_body_bytes)
         except BodyError as e:
@@ -409,11 +413,6 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
             return model.model_validate(body)
         except ValidationError as e:
             raise _validation_error(e) from None
-
-    def require_key(request: Request) -> None:
-        reason = check_bearer(request, api_key)
-        if reason is not None:
-            raise APIError(401, f"Incorrect API key provided ({reason})", code="invalid_api_key")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
