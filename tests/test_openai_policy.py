@@ -254,3 +254,22 @@ def test_stop_strings_stay_in_the_response_as_in_the_hf_policy(server, local, pr
     (got,), (want,) = OpenAIPolicy(server.url, NAME).generate(prompts[:1], params), local.generate(prompts[:1], params)
     assert (got.text, got.response_ids, got.finish_reason) == (want.text, want.response_ids, "stop")
     assert stop in got.text
+
+
+def test_a_maze_rollout_through_the_server_equals_the_in_process_rollout(server, local):
+    from agentrl.rollout import rollout
+
+    set_lora(local, None)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+
+    def play(policy):
+        groups = rollout(policy, [MazeEnv() for _ in range(4)], ["maze-3", "maze-5"], 2, max_turns=3, params=params, seeds=[1, 2])
+        return [[(s.prompt_ids, s.response_ids, s.response, s.info["finish_reason"]) for s in t.steps]
+                for g in groups for t in g.trajectories], groups  # fmt: skip
+
+    served, groups = play(OpenAIPolicy(server.url, NAME, concurrency=4))
+    in_process, _ = play(local)
+    assert served == in_process
+    steps = [s for g in groups for t in g.trajectories for s in t.steps]
+    assert steps and all(len(s.response_logprobs) == len(s.response_ids) > 0 for s in steps)
+    assert not any("error" in t.info for g in groups for t in g.trajectories)
