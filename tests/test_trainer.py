@@ -27,7 +27,7 @@ from agentrl.trainers.metrics import read_metrics
 from agentrl.trainers.samples import build_samples, steps_in_row_order, token_advantages
 from agentrl.trainers.schedule import seeupo_update
 from agentrl.trainers.values import gather_features
-from agentrl.types import Step, StepBatch
+from agentrl.types import Step, StepBatch, read_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,11 @@ class FlakyMaze(MazeEnv):
 def test_malformed_output_and_a_crashing_env_do_not_stop_training(model_dir, tmp_path):
     register_env("test-flaky-maze", FlakyMaze, overwrite=True)
     overrides = tiny_run(model_dir, **{"env.name": "test-flaky-maze", "rollout.groups": 3, "rollout.max_turns": 3,
-                                       "model.gradient_checkpointing": "true"})  # fmt: skip
-    records = read_metrics(train(None, tmp_path / "run", overrides) / "metrics.jsonl")
+                                       "model.gradient_checkpointing": "true", "logging.save_trajectories": "true"})  # fmt: skip
+    run = train(None, tmp_path / "run", overrides)
+    records = read_metrics(run / "metrics.jsonl")
+    saved = read_trajectories(run / "trajectories" / "iter-000001.jsonl")
+    assert len(saved) == 6 and all(s.response_ids is not None for t in saved for s in t.steps)
     assert len(records) == 2
     assert sum(r["errors"] for r in records) >= 1  # crashed episodes were recorded, not fatal
     assert all(r["invalid_rate"] > 0 for r in records)  # the untrained model writes malformed text

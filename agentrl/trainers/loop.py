@@ -135,10 +135,11 @@ class Trainer:
             )
         return ids[start : start + count]
 
-    def _model_path(self, env: Any) -> Path:
-        """The configured model, or a tiny Qwen2 built in the run dir with a tokenizer trained on env text."""
+    def _model_path(self, env: Any) -> str | Path:
+        """The configured model (a local directory or a hub id), or a tiny Qwen2 built in the run dir
+        with a tokenizer trained on env text."""
         if self.cfg.model.path is not None:
-            return Path(self.cfg.model.path)
+            return self.cfg.model.path
         from agentrl.policies.tiny import build_tiny_model, env_corpus
 
         tiny = self.cfg.model.tiny
@@ -153,7 +154,7 @@ class Trainer:
             os.replace(tmp, out)
         return out
 
-    def _sft(self, base: Path, env: Any) -> Path:
+    def _sft(self, base: str | Path, env: Any) -> Path:
         """Warm start on expert demonstrations; the result is saved (merged) as ``sft-model``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
