@@ -217,6 +217,26 @@ def eval_command(
     )
 
 
+@app.command("serve")
+def serve_command(
+    model_path: Path = typer.Argument(..., help="a local model directory (transformers format)"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+    port: int = typer.Option(8000, help="port"),
+    adapter: Optional[str] = typer.Option(None, help="a LoRA adapter to load at start: name=DIR or DIR"),
+    served_model_name: Optional[str] = typer.Option(None, help="model name clients use (default: the path)"),
+    max_batch_size: int = typer.Option(32, help="most sequences per generate call"),
+    api_key: Optional[str] = typer.Option(None, envvar="AGENTRL_API_KEY", help="bearer key clients must send"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
+) -> None:
+    """An OpenAI-compatible server (chat completions with token ids, LoRA load/unload) over the hf policy."""
+    if not model_path.is_dir():
+        raise typer.BadParameter(f"model directory {str(model_path)!r} does not exist")
+    from agentrl.policies.server import serve
+
+    serve(model_path, host=host, port=port, adapter=adapter, served_model_name=served_model_name,
+          max_batch_size=max_batch_size, api_key=api_key, device=device)
+
+
 @app.command("view")
 def view(
     run_dir: Path = typer.Argument(..., help="a run directory (trajectories*.jsonl, metrics.jsonl, report.json, ...)"),

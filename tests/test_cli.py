@@ -132,3 +132,8 @@ def test_train_rejects_bad_config_keys_and_missing_files(tmp_path):
 def test_generate_names_the_envs_it_can_generate(tmp_path):
     result = runner.invoke(app, ["envs", "generate", "maze", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "no generator for 'maze'; available: alfworld" in result.output
+
+
+def test_serve_rejects_a_missing_model_dir(tmp_path):
+    result = runner.invoke(app, ["serve", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "does not exist" in result.output
