@@ -47,7 +47,7 @@ def maze_prompts(n: int, size: int) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a model directory (default: build a tiny one)")
-    p.add_argument("--qwen-1.5b-shape", action="store_true", help="random-init Qwen2.5-1.5B-shaped model")
+    p.add_argument("--qwen-1.5b-shape", dest="qwen_1_5b_shape", action="store_true", help="random-init Qwen2.5-1.5B-shaped model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=32, help="prompts per generation call")
     p.add_argument("--new-tokens", type=int, default=32)
