@@ -21,7 +21,13 @@ def test_wilson_by_hand():
     zero = wilson(0, 20)  # never a zero-width interval at 0%
     assert zero.low == 0.0 and zero.high == pytest.approx(z * z / 20 / (1 + z * z / 20))
     assert wilson(20, 20).high == 1.0 and wilson(20, 20).low < 1.0
-    assert math.isnan(wilson(0, 0).value)
+    for n in range(1, 60):  # the interval always contains the estimate, rounding included
+        for k in (0, n):
+            ci = wilson(k, n)
+            assert ci.low <= ci.value <= ci.high
+    assert math.isnan(wilson(0, 0).value) and (wilson(0, 0).low, wilson(0, 0).high) == (0.0, 1.0)
+    # p = 0.8, n = 10: centre = (0.8 + 0.19208) / 1.38416, half = 1.96 * sqrt(0.016 + 0.009604) / 1.38416
+    assert (wilson(8, 10).low, wilson(8, 10).high) == pytest.approx((0.4902, 0.9433), abs=2e-4)
     with pytest.raises(ValueError, match="successes <= n"):
         wilson(3, 2)
 

@@ -21,7 +21,6 @@ from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.rollout import rollout
 from agentrl.trainers import train
-from agentrl.trainers.evaluation import wilson_interval
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import read_metrics
 from agentrl.trainers.samples import build_samples, steps_in_row_order, token_advantages
@@ -241,16 +240,6 @@ def test_value_features_are_read_at_their_positions():
     feats = gather_features(hidden, response_mask, {"first": [-1, -1], "third": [2, 0]})
     assert feats["first"][:, 0].tolist() == [1.0, 8.0]  # last prompt token: positions 1 and 3
     assert feats["third"][:, 0].tolist() == [4.0, 9.0]
-
-
-def test_wilson_interval_by_hand():
-    # p = 0.8, n = 10, z = 1.96: centre = (0.8 + 0.19208) / 1.38416, half = 1.96 * sqrt(0.016 + 0.009604) / 1.38416
-    low, high = wilson_interval(8, 10)
-    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=2e-4)
-    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError, match="successes <= n"):
-        wilson_interval(3, 2)
 
 
 def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):

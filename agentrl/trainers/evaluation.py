@@ -6,27 +6,14 @@ in ``summary.json`` differ only by the policy.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+from agentrl.eval.stats import wilson
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
 
-__all__ = ["evaluate", "wilson_interval"]
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n = 0."""
-    if n < 0 or not 0 <= successes <= max(n, 0):
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+__all__ = ["evaluate"]
 
 
 def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per_task: int, max_turns: int,
@@ -37,7 +24,8 @@ def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per
                      builder=builder, seeds=[seed + i for i in range(len(task_ids))], id_prefix="eval-")  # fmt: skip
     trajs = [t for g in groups for t in g]
     wins = sum(bool(t.success) for t in trajs)
-    low, high = wilson_interval(wins, len(trajs))
+    ci = wilson(wins, len(trajs))
+    low, high = (ci.low, ci.high)
     return {
         "success_rate": wins / len(trajs) if trajs else 0.0,
         "ci_low": low,
