@@ -313,3 +313,15 @@ def test_env_rejects_bad_input(games_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown ALFWorld task_id"):
         e.reset(options={"task_id": "nope"})
     e.close()
+
+
+def test_alfworld_data_is_used_only_when_it_holds_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing alfworld points ALFWORLD_DATA at its empty default cache: that must not hide the generated set."""
+    from agentrl.envs.alfworld.env import real_data_dir
+
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    assert real_data_dir() is None
+    (tmp_path / "json_2.1.1").mkdir()
+    assert real_data_dir() == str(tmp_path)
+    monkeypatch.delenv("ALFWORLD_DATA")
+    assert real_data_dir() is None

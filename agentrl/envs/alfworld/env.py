@@ -35,13 +35,21 @@ def task_sentence(obs: str) -> str:
     return obs.rsplit(marker, 1)[-1].strip().rstrip(".") if marker in obs else ""
 
 
+def real_data_dir() -> str | None:
+    """``$ALFWORLD_DATA`` when it holds the real ``json_2.1.1`` data, else None.
+
+    Importing alfworld sets ``ALFWORLD_DATA`` to its (usually empty) default cache, so the variable
+    being set does not mean the data is there.
+    """
+    root = os.environ.get("ALFWORLD_DATA")
+    return root if root and os.path.isdir(os.path.join(root, "json_2.1.1")) else None
+
+
 def resolve_data_dir(data_dir: str | None, split: str, progress: bool = True) -> str:
-    """``data_dir`` if given, else ``$ALFWORLD_DATA``, else the default generated games."""
+    """``data_dir`` if given, else ``$ALFWORLD_DATA`` if it holds the data, else the default generated games."""
     if data_dir:
         return data_dir
-    if os.environ.get("ALFWORLD_DATA"):
-        return os.environ["ALFWORLD_DATA"]
-    return ensure_default_games(split, per_type=DEFAULT_PER_TYPE, progress=progress)
+    return real_data_dir() or ensure_default_games(split, per_type=DEFAULT_PER_TYPE, progress=progress)
 
 
 class ALFWorldEnv(AgentEnv):
