@@ -1,46 +1,38 @@
 """SFT warm start: imitate expert trajectories rendered exactly as rollout will prompt the model.
 
-An expert is registered per env (``EXPERTS``): given the env and a task id it returns the actions
-to play. The maze's expert is ``maze.solve`` (a shortest plan). Each expert step becomes one
-sample: the prompt the step-wise builder gives at that point of the episode, and the response in
-the rollout's response format followed by the end-of-turn token.
+Every env with an oracle has an expert (``agentrl.trainers.experts``: maze, alfworld, webshop,
+search, tools, bfcl). Each expert turn becomes one sample: the prompt the builder gives at that
+point of the episode and the response in the rollout's response format (followed by the
+end-of-turn token in training). The response is parsed back with the format's parser and the
+parsed action is what the env receives and what the history shows, as in rollout.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from agentrl.agents import ChatPrompt, StepPrompt
+from agentrl.agents import ChatPrompt, StepPrompt, parse_response
 from agentrl.policies.logprobs import pack_samples, token_logprobs
-from agentrl.registry import Registry
+from agentrl.trainers.experts import EXPERTS, ExpertTurn, expert_env, get_expert
 
-__all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "render_response", "sft_train"]
-
-Expert = Callable[[Any, str], list[str]]
-EXPERTS: Registry[Expert] = Registry("expert")
+__all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "run_sft", "sft_train"]
 
 
-def _maze_expert(env: Any, task_id: str) -> list[str]:
-    from agentrl.envs.maze import solve
+def render_response(action: str, response_format: str, turn: int, goal_hint: str = "reach the goal",
+                    think: str | None = None) -> str:  # fmt: skip
+    """The expert's answer in a response format (HiPER: one subgoal, ``goal_hint``, for the whole episode).
 
-    plan = solve(env.layout_for(task_id))
-    if plan is None:
-        raise ValueError(f"maze task {task_id!r} has no solution")
-    return plan
-
-
-EXPERTS.register("maze", _maze_expert)
-
-
-def render_response(action: str, response_format: str, turn: int, goal_hint: str = "reach the goal") -> str:
-    """The expert's answer in a response format (HiPER: one subgoal for the whole episode)."""
+    ``tool_call``: the action as it is (``<tool_call>`` text for tool envs, else a final answer).
+    """
     if response_format == "think_action":
-        return f"<action>{action}</action>"
+        return (f"<think>{think}</think>" if think else "") + f"<action>{action}</action>"
     if response_format == "hiper":
         switch = "SWITCH" if turn == 0 else "KEEP"
         return f"<switch>{switch}</switch><subgoal>{goal_hint}</subgoal><action>{action}</action>"
@@ -51,40 +43,61 @@ def render_response(action: str, response_format: str, turn: int, goal_hint: str
 
 @dataclass
 class Demonstration:
-    """One expert step: chat messages and the response text."""
+    """One expert step: chat messages and the response text; ``success``: the episode was won."""
 
     messages: list[dict[str, Any]]
     response: str
+    task_id: str = ""
+    turn: int = 0
+    success: bool = False
 
 
 def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], builder: StepPrompt | ChatPrompt,
                           *, seed: int = 0) -> list[Demonstration]:  # fmt: skip
-    """Play the expert's actions on each task and record (prompt, response) for every step."""
-    expert = EXPERTS.get(env_name)
+    """Play the env's expert on each task (reset seed ``seed + n``) and record (prompt, response) per step.
+
+    ``env`` must be able to play the expert (``expert_env`` makes one). A rendered response that
+    the format's parser rejects is a ValueError (the expert's action cannot be written in it).
+    """
+    expert = get_expert(env_name)
     demos: list[Demonstration] = []
     fmt = builder.response_format
     for n, task_id in enumerate(task_ids):
         obs, info = env.reset(seed=seed + n, options={"task_id": task_id})
+        policy = expert.start(env, task_id)
         task = str(info.get("task", ""))
         history: list[tuple[str, str]] = []
         observations, responses = [obs], []
         subgoal = None
-        for t, action in enumerate(expert(env, task_id)):
+        episode: list[Demonstration] = []
+        done = False
+        while not done:
+            turn = policy(obs, info)
+            if turn is None:
+                break
+            turn = turn if isinstance(turn, ExpertTurn) else ExpertTurn(str(turn))
             actions = info.get("admissible_actions")
             if isinstance(builder, ChatPrompt):
                 messages = builder.build(task, observations, responses, actions)
             else:
                 messages = builder.build(task, obs, history, actions, subgoal=subgoal)
-            response = render_response(action, fmt, t)
-            demos.append(Demonstration(messages, response))
+            response = render_response(turn.action, fmt, len(episode), expert.subgoal, think=turn.think)
+            parsed = parse_response(response, fmt)
+            if not parsed.valid:
+                raise ValueError(f"{env_name} expert's turn {len(episode)} on task {task_id!r} does not parse in format "
+                                 f"{fmt!r} ({parsed.reason}): {response!r}")  # fmt: skip
+            episode.append(Demonstration(messages, response, task_id=str(task_id), turn=len(episode)))
             if fmt == "hiper":
-                subgoal = "reach the goal"
-            history.append((obs, action))
+                subgoal = expert.subgoal
+            history.append((obs, parsed.action))
             responses.append(response)
-            obs, _, terminated, truncated, info = env.step(action)
+            obs, _, terminated, truncated, info = env.step(parsed.action)
             observations.append(obs)
-            if terminated or truncated:
-                break
+            done = terminated or truncated
+        won = bool(info.get("success", False))
+        for d in episode:
+            d.success = won
+        demos.extend(episode)
     return demos
 
 
@@ -126,3 +139,18 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
             log({"sft_epoch": float(epoch), "sft_loss": float(np.mean(losses[-max(1, len(demos) // batch_size) :]))})
     model.eval()
     return {"sft_loss_first": losses[0], "sft_loss_last": losses[-1], "sft_samples": float(len(demos)), "sft_steps": float(len(losses))}
+
+
+def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
+            overrides: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+    """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
+    false); returns the merged model's directory, ``<run dir>/sft-model``."""
+    from agentrl.config import load_config
+    from agentrl.trainers.loop import Trainer
+
+    cfg = load_config(config_path, list(overrides))
+    run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
+    cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
+    if progress is not None and not cfg.sft.enabled:
+        progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
+    return Trainer(cfg, run_dir).run_sft(progress)
