@@ -70,6 +70,29 @@ def train(
     typer.echo(f"run directory: {run_dir}")
 
 
+@app.command("sft")
+def sft(
+    config: Path = typer.Argument(..., help="a train config; its sft: section and model are used"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. sft.epochs=4 sft.tasks.count=500"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default: the config's out_dir)"),
+) -> None:
+    """Only the SFT warm start of a train config: imitate the env's expert, save the merged model.
+
+    Runs even when the config says sft.enabled: false. Writes config.yaml, run.json,
+    sft_metrics.jsonl and sft-model/ (for `agentrl eval --policy hf:RUN/sft-model` or model.path).
+    """
+    if not config.is_file():
+        raise typer.BadParameter(f"config file {str(config)!r} does not exist")
+    from agentrl.trainers.sft import run_sft
+
+    try:
+        model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"sft model: {model_dir}")
+
+
 @envs_app.command("list")
 def envs_list() -> None:
     """Names accepted by ``make`` and their gymnasium ids."""

@@ -20,7 +20,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -154,18 +154,30 @@ class Trainer:
             os.replace(tmp, out)
         return out
 
-    def _sft(self, base: str | Path, env: Any) -> Path:
-        """Warm start on expert demonstrations; the result is saved (merged) as ``sft-model``."""
+    def _sft(self, base: str | Path, env: Any, progress: Callable[[str], None] | None = None) -> Path:
+        """Warm start on expert demonstrations; the result is saved (merged) as ``sft-model``.
+
+        ``progress`` gets a line per stage and per epoch (the ``agentrl sft`` command prints them).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from agentrl.trainers.sft import expert_demonstrations, sft_train
+        from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 
+        say = progress or (lambda line: None)
         out = self.run_dir / "sft-model"
         if (out / "config.json").exists():
+            say(f"sft: {out} exists; reusing it")
             return out
         s = self.cfg.sft
         tasks = self.task_ids(env, s.tasks.start, s.tasks.count, "sft.tasks")
-        demos = expert_demonstrations(self.cfg.env.name, env, tasks, self.builder(), seed=self.cfg.seed)
+        demo_env = expert_env(self.cfg.env.name, self.cfg.env.kwargs, env)
+        try:
+            demos = expert_demonstrations(self.cfg.env.name, demo_env, tasks, self.builder(), seed=self.cfg.seed)
+        finally:
+            if demo_env is not env:
+                demo_env.close()
+        won = len({d.task_id for d in demos if d.success})
+        say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert)")
         tokenizer = AutoTokenizer.from_pretrained(base)
         seed_everything(self.cfg.seed)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self._device())
@@ -178,8 +190,10 @@ class Trainer:
         log_path.unlink(missing_ok=True)
 
         def log(record: dict[str, float]) -> None:
+            record = {**record, "sft_seconds": time.time() - t0}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            say(f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)")
 
         stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
                           chunk_size=self.cfg.model.logprob_chunk_size, log=log)  # fmt: skip
@@ -193,6 +207,33 @@ class Trainer:
         (tmp / "sft_stats.json").write_text(json.dumps(stats, indent=1))
         os.replace(tmp, out)
         return out
+
+    def run_sft(self, progress: Callable[[str], None] | None = None) -> Path:
+        """Only the SFT warm start (``agentrl sft``), whatever ``sft.enabled`` says; returns ``sft-model``.
+
+        Writes ``config.yaml``, ``run.json`` and ``sft_metrics.jsonl`` in the run dir (and the tiny
+        model when ``model.path`` is null). A run dir whose ``sft-model`` came from another config is refused.
+        """
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = self.run_dir / "config.yaml"
+        if (self.run_dir / "sft-model" / "config.json").exists() and saved.exists():
+            old = yaml.safe_load(saved.read_text()) or {}
+            new = cfg.model_dump(mode="json")
+            diff = sorted(k for k in ("seed", "model", "lora", "env", "rollout", "sft") if old.get(k) != new.get(k))
+            if diff:
+                raise ConfigError(f"{self.run_dir} holds an sft-model made with a different config (sections differ: "
+                                  f"{', '.join(diff)}); choose another output directory")  # fmt: skip
+        self._check_resume()
+        self._write_run_files()
+        if cfg.model.torch_threads:
+            torch.set_num_threads(cfg.model.torch_threads)
+        seed_everything(cfg.seed)
+        env = make(cfg.env.name, **cfg.env.kwargs)
+        try:
+            return self._sft(self._model_path(env), env, progress)
+        finally:
+            env.close()
 
     def _device(self) -> torch.device:
         from agentrl.policies.hf import pick_device
