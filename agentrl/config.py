@@ -188,10 +188,32 @@ class EvalConfig(Section):
 
 
 class LoggingConfig(Section):
+    """Where metrics go besides ``metrics.jsonl`` (TensorBoard when installed; W&B and MLflow when enabled)."""
+
+    class Wandb(Section):
+        """A Weights & Biases run: the resolved config as its config, each iteration's scalars at step=iteration."""
+
+        enabled: bool = False
+        project: str = "agentrl"
+        entity: str | None = None
+        mode: Literal["online", "offline", "disabled"] | None = None  # None: $WANDB_MODE, else online
+        name: str | None = None  # None: the run directory's name
+        tags: list[str] = []
+
+    class Mlflow(Section):
+        """An MLflow run: the resolved config as params, each iteration's scalars at step=iteration."""
+
+        enabled: bool = False
+        tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default
+        experiment: str = "agentrl"
+        run_name: str | None = None  # None: the run directory's name
+
     tensorboard: bool = True
     checkpoint_every: int = Field(1, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     save_trajectories: bool = False
+    wandb: Wandb = Wandb()
+    mlflow: Mlflow = Mlflow()
 
 
 class TrainConfig(Section):
