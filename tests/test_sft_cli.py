@@ -1,0 +1,249 @@
+"""`agentrl sft` (the SFT warm start alone) and the experts behind it, one per env with an oracle.
+
+Each expert test plays the expert through ``expert_demonstrations``, parses every response with
+the rollout's parser, replays the parsed actions on a fresh env and checks they are accepted and
+win; one test runs ``rollout`` with a policy that answers the demonstrations' responses, to check
+the demonstrations' prompts are exactly the rollout's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agentrl.agents import ChatPrompt, StepPrompt, parse_response
+from agentrl.cli import app
+from agentrl.config import load_config
+from agentrl.envs import make
+from agentrl.policies import SamplingParams
+from agentrl.policies.base import Generation
+from agentrl.policies.hf import HFPolicy
+from agentrl.rollout import rollout
+from agentrl.trainers.experts import EXPERTS, get_expert
+from agentrl.trainers.sft import Demonstration, expert_demonstrations, expert_env, render_response
+
+runner = CliRunner(env={"COLUMNS": "400"})
+
+TINY_SFT = {
+    "seed": 0,
+    "model": {"path": None, "device": "cpu", "torch_threads": 1,  # 1 thread: far faster on a busy 2-core machine
+              "tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 6}},
+    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}, "num_envs": 1},
+    "rollout": {"history_k": 1, "system_prompt": "Reach the goal room."},
+    "sft": {"enabled": False, "tasks": {"start": 0, "count": 8}, "epochs": 1, "lr": 0.003, "batch_size": 4},
+    "logging": {"tensorboard": False},
+}  # fmt: skip
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path) -> Iterator[Path]:
+    """The config file; torch's thread count (which model.torch_threads sets) is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(TINY_SFT))
+    yield path
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # ~10 s: most of it builds the tiny model (tokenizer training, Qwen2 init)
+def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["sft", str(tiny_config), "--out", str(out), "sft.lr=0.005"])
+    assert result.exit_code == 0, result.output
+    model_dir = out / "sft-model"
+    assert f"sft model: {model_dir}" in result.stdout
+    assert "sft.enabled: false; running the warm start anyway" in result.stderr
+    assert "expert steps from 8 tasks (8 won by the expert)" in result.stderr
+    assert "sft epoch 1/1: loss " in result.stderr
+    cfg = load_config(out / "config.yaml")
+    assert cfg.sft.lr == 0.005 and cfg.out_dir == str(out) and cfg.env.name == "maze"
+    assert json.loads((out / "run.json").read_text())["seed"] == 0
+    lines = [json.loads(x) for x in (out / "sft_metrics.jsonl").read_text().splitlines()]
+    assert [x["sft_epoch"] for x in lines] == [0.0] and lines[0]["sft_loss"] > 0
+    stats = json.loads((model_dir / "sft_stats.json").read_text())
+    assert stats["sft_samples"] >= 8 and stats["sft_steps"] == -(-stats["sft_samples"] // 4)
+    assert stats["sft_loss_last"] < stats["sft_loss_first"]
+    policy = HFPolicy.from_pretrained(model_dir, device="cpu")
+    env = make("maze", size=2, n_doors=1, max_steps=6, num_tasks=40)
+    obs, info = env.reset(seed=0, options={"task_id": "maze-0"})
+    messages = StepPrompt(history_k=1, system_prompt="Reach the goal room.").build("", obs, [], info["admissible_actions"])
+    gen = policy.generate([messages], SamplingParams(temperature=0, max_new_tokens=6))[0]
+    assert len(gen.response_ids) >= 1 and len(gen.logprobs) == len(gen.response_ids)
+    # the same command again reuses the model; another config for that run dir is refused
+    again = runner.invoke(app, ["sft", str(tiny_config), "--out", str(out), "sft.lr=0.005"])
+    assert again.exit_code == 0 and "exists; reusing it" in again.stderr
+    other = runner.invoke(app, ["sft", str(tiny_config), "--out", str(out), "sft.lr=0.01"])
+    assert other.exit_code == 2 and "error:" in other.stderr and "sections differ: sft" in other.stderr
+
+
+def test_sft_command_refuses_a_bad_override_or_an_env_without_expert(tiny_config: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sft", str(tiny_config), "--out", str(tmp_path / "r1"), "sft.epochz=2"])
+    assert result.exit_code == 2 and "error: unknown key 'sft.epochz'" in result.stderr
+    assert not (tmp_path / "r1").exists()
+    with pytest.raises(ValueError, match="env 'remote' has no expert.*alfworld, bfcl, maze, search, tools, webshop"):
+        get_expert("remote")
+    missing = runner.invoke(app, ["sft", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+# ----------------------------------------------------------------------------- experts
+
+
+def replay_demos(env_name: str, env_kwargs: dict, demos: list[Demonstration], fmt: str, seed: int = 0) -> dict[str, float]:
+    """Parse every response and play the parsed actions on a fresh env; returns each task's return.
+
+    Fails when a response does not parse, the env rejects an action, or an episode's demos stop early.
+    """
+    env = make(env_name, **env_kwargs)
+    by_task: dict[str, list[Demonstration]] = defaultdict(list)
+    for d in demos:
+        by_task[d.task_id].append(d)
+    returns = {}
+    for n, (task_id, steps) in enumerate(by_task.items()):
+        assert [d.turn for d in steps] == list(range(len(steps)))
+        env.reset(seed=seed + n, options={"task_id": task_id})
+        total, done = 0.0, False
+        for d in steps:
+            assert not done, f"{task_id}: demos go on after the episode ended"
+            parsed = parse_response(d.response, fmt)
+            assert parsed.valid, (d.response, parsed.reason)
+            _, reward, terminated, truncated, info = env.step(parsed.action)
+            assert info["valid"], (task_id, d.turn, parsed.action)
+            total, done = total + reward, terminated or truncated
+        assert done and info["success"] and all(d.success for d in steps)
+        returns[task_id] = total
+    env.close()
+    return returns
+
+
+def test_maze_expert_actions_are_admissible_and_win() -> None:
+    kwargs = {"size": 3, "n_doors": 2, "num_tasks": 20}
+    tasks = [f"maze-{i}" for i in range(10)]
+    for fmt in ("think_action", "hiper"):
+        demos = expert_demonstrations("maze", make("maze", **kwargs), tasks, StepPrompt(history_k=2, response_format=fmt))
+        assert replay_demos("maze", kwargs, demos, fmt) == {t: 1.0 for t in tasks}
+        for d in demos:
+            assert f"[{parse_response(d.response, fmt).action}]" in d.messages[-1]["content"]
+    assert demos[0].response == "<switch>SWITCH</switch><subgoal>reach the goal</subgoal><action>" + \
+        parse_response(demos[0].response, "hiper").action + "</action>"  # fmt: skip
+    assert "Current subgoal: None" in demos[0].messages[1]["content"]
+    assert "Current subgoal: reach the goal" in demos[1].messages[1]["content"]
+
+
+def test_webshop_oracle_demos_buy_the_goal() -> None:
+    kwargs = {"split": "train"}
+    env = expert_env("webshop", kwargs)
+    tasks = list(env.task_ids())[:5]
+    demos = expert_demonstrations("webshop", env, tasks, StepPrompt(history_k=2), seed=0)
+    assert replay_demos("webshop", kwargs, demos, "think_action") == {t: 1.0 for t in tasks}
+    assert demos[0].response.startswith("<action>search[") and demos[-1].response == "<action>click[buy now]</action>"
+
+
+def test_search_oracle_demos_think_then_search_and_answer() -> None:
+    kwargs = {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}
+    env = expert_env("search", kwargs)
+    tasks = list(env.task_ids())[:6]
+    for fmt in ("think_action", "tool_call"):
+        demos = expert_demonstrations("search", env, tasks, StepPrompt(history_k=2, response_format=fmt), seed=0)
+        assert replay_demos("search", kwargs, demos, fmt) == {t: 1.0 for t in tasks}
+    think = expert_demonstrations("search", env, tasks[:1], StepPrompt(response_format="think_action"))
+    assert think[0].response.startswith("<think>I need to find out: ") and "<action><search>" in think[0].response
+    assert parse_response(think[-1].response, "think_action").action.startswith("<answer>")
+
+
+def test_tools_expert_demos_are_tool_calls_that_solve_the_task() -> None:
+    kwargs = {"suite": "all", "split": "train", "num_tasks": 3}
+    env = expert_env("tools", kwargs)
+    tasks = list(env.task_ids())
+    demos = expert_demonstrations("tools", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0)
+    assert replay_demos("tools", kwargs, demos, "tool_call") == {t: 1.0 for t in tasks}
+    calls = [parse_response(d.response, "tool_call") for d in demos]
+    assert sum(bool(c.tool_calls) for c in calls) >= len(tasks)  # every task calls a tool before answering
+    first = next(c for c in calls if c.tool_calls)
+    assert first.text.startswith("<tool_call>{") and first.action.startswith('[{"arguments": ')
+    # the history shows the parsed (canonical JSON) action, as rollout does
+    second = next(d for d in demos if d.turn == 1)
+    assert "[Action 1] [{\"arguments\": " in second.messages[1]["content"]
+
+
+def test_bfcl_ground_truth_demos_pass_every_turn() -> None:
+    kwargs = {"category": "multi_turn_base"}
+    env = expert_env("bfcl", kwargs)
+    tasks = list(env.task_ids())[:3]
+    demos = expert_demonstrations("bfcl", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0)
+    assert replay_demos("bfcl", kwargs, demos, "tool_call") == {t: 1.0 for t in tasks}
+    assert any(parse_response(d.response, "tool_call").tool_calls for d in demos)
+
+
+@pytest.mark.slow  # generating and validating one game takes most of it
+def test_alfworld_handcoded_expert_demos_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentrl.envs.alfworld import generate_games
+
+    monkeypatch.setenv("AGENTRL_CACHE", str(tmp_path / "cache"))
+    generate_games(tmp_path / "games", per_type=1, splits=["train"], progress=False, task_types=["pick_and_place_simple"], workers=1)
+    kwargs = {"split": "train", "data_dir": str(tmp_path / "games")}
+    plain = make("alfworld", **kwargs)
+    assert expert_env("alfworld", kwargs, plain) is not plain  # the expert needs expert=True
+    with pytest.raises(ValueError, match="expert=True"):
+        expert_demonstrations("alfworld", plain, plain.task_ids()[:1], StepPrompt())
+    env = expert_env("alfworld", kwargs)
+    assert expert_env("alfworld", {**kwargs, "expert": True}, env) is env
+    tasks = env.task_ids()
+    demos = expert_demonstrations("alfworld", env, tasks, StepPrompt(history_k=2, response_format="hiper"), seed=0)
+    assert replay_demos("alfworld", kwargs, demos, "hiper") == {t: 1.0 for t in tasks}
+    assert demos[0].response == "<switch>SWITCH</switch><subgoal>complete the task</subgoal><action>look</action>"
+    for d in demos:
+        assert f"[{parse_response(d.response, 'hiper').action}]" in d.messages[-1]["content"]
+
+
+# ----------------------------------------------------------------------------- prompts equal rollout's
+
+
+class DemoPolicy:
+    """Answers each prompt with the demonstration made for that exact prompt (a KeyError otherwise)."""
+
+    def __init__(self, demos: list[Demonstration]) -> None:
+        self.answers = {json.dumps(d.messages, sort_keys=True): d.response for d in demos}
+        self.seen = 0
+
+    def generate(self, prompts, params):  # noqa: ANN001, ANN201 - the Policy protocol
+        self.seen += len(prompts)
+        return [Generation([0], [1], [0.0], self.answers[json.dumps(p, sort_keys=True)], "stop") for p in prompts]
+
+    def prompt_ids(self, messages):  # noqa: ANN001, ANN201
+        return [0]
+
+
+@pytest.mark.parametrize(("env_name", "kwargs", "builder"), [
+    ("tools", {"suite": "store", "split": "train", "num_tasks": 3}, StepPrompt(history_k=2, response_format="tool_call")),
+    ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
+    ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
+])  # fmt: skip
+def test_demonstration_prompts_are_the_rollout_prompts(env_name: str, kwargs: dict, builder) -> None:  # noqa: ANN001
+    env = expert_env(env_name, kwargs)
+    tasks = list(env.task_ids())[:3]
+    demos = expert_demonstrations(env_name, env, tasks, builder, seed=0)
+    policy = DemoPolicy(demos)
+    groups = rollout(policy, [make(env_name, **kwargs)], tasks, 1, max_turns=50, params=SamplingParams(), builder=builder,
+                     seeds=[0, 1, 2])  # fmt: skip
+    trajs = [t for g in groups for t in g]
+    assert all(t.success and "error" not in t.info for t in trajs)
+    assert policy.seen == len(demos) == sum(len(t.steps) for t in trajs)
+
+
+def test_render_response_formats() -> None:
+    assert render_response("go north", "think_action", 0) == "<action>go north</action>"
+    assert render_response("x", "think_action", 3, think="why") == "<think>why</think><action>x</action>"
+    assert render_response("go", "hiper", 1, "find key") == "<switch>KEEP</switch><subgoal>find key</subgoal><action>go</action>"
+    assert render_response('<tool_call>{"name": "f"}</tool_call>', "tool_call", 0) == '<tool_call>{"name": "f"}</tool_call>'
+    with pytest.raises(ValueError, match="no expert rendering for response format 'xml'"):
+        render_response("go", "xml", 0)
+    assert set(EXPERTS.names()) == {"maze", "alfworld", "webshop", "webshop-browser", "search", "tools", "bfcl"}
