@@ -1,6 +1,7 @@
 """Policies: the Policy protocol, sampling settings, the registry, and the backends.
 
-Importing this package does not import torch; ``hf`` (and the tiny-model builder) load it when used.
+Importing this package does not import torch; ``hf`` (and the tiny-model builder) load it when used,
+and ``vllm`` imports vLLM only when built.
 """
 
 from __future__ import annotations
@@ -27,3 +28,11 @@ def _make_openai(base_url: str, model: str, **kwargs: Any) -> Policy:
     from agentrl.policies.openai import OpenAIPolicy
 
     return OpenAIPolicy(base_url, model, **kwargs)
+
+
+@register_policy("vllm")
+def _make_vllm(path: str | os.PathLike[str], **kwargs: Any) -> Policy:
+    """``make_policy("vllm", path=..., adapter=...)``: ``VLLMPolicy.from_pretrained`` (vLLM, CUDA GPU)."""
+    from agentrl.policies.vllm import VLLMPolicy
+
+    return VLLMPolicy.from_pretrained(path, **kwargs)
