@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -32,11 +33,11 @@ runner = CliRunner(env={"COLUMNS": "400"})
 
 TINY_SFT = {
     "seed": 0,
-    "model": {"path": None, "device": "cpu", "torch_threads": 1,  # 1 thread: far faster on a busy 2-core machine
+    "model": {"path": None, "device": "cpu", "torch_threads": 1, "gradient_checkpointing": True,  # 1 thread: faster on 2 busy cores
               "tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 6}},
     "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}, "num_envs": 1},
     "rollout": {"history_k": 1, "system_prompt": "Reach the goal room."},
-    "sft": {"enabled": False, "tasks": {"start": 0, "count": 8}, "epochs": 1, "lr": 0.003, "batch_size": 4},
+    "sft": {"enabled": False, "tasks": {"start": 0, "count": 8}, "epochs": 1, "lr": 0.003, "batch_size": 4, "full_finetune": False},
     "logging": {"tensorboard": False},
 }  # fmt: skip
 
@@ -44,8 +45,6 @@ TINY_SFT = {
 @pytest.fixture()
 def tiny_config(tmp_path: Path) -> Iterator[Path]:
     """The config file; torch's thread count (which model.torch_threads sets) is restored afterwards."""
-    import torch
-
     threads = torch.get_num_threads()
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(TINY_SFT))
@@ -55,6 +54,7 @@ def tiny_config(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.slow  # ~10 s: most of it builds the tiny model (tokenizer training, Qwen2 init)
 def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, tmp_path: Path) -> None:
+    """A LoRA warm start (merged into sft-model) with gradient checkpointing, from a config with sft.enabled: false."""
     out = tmp_path / "run"
     result = runner.invoke(app, ["sft", str(tiny_config), "--out", str(out), "sft.lr=0.005"])
     assert result.exit_code == 0, result.output
@@ -71,6 +71,11 @@ def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, 
     stats = json.loads((model_dir / "sft_stats.json").read_text())
     assert stats["sft_samples"] >= 8 and stats["sft_steps"] == -(-stats["sft_samples"] // 4)
     assert stats["sft_loss_last"] < stats["sft_loss_first"]
+    assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model directory
+    from safetensors.torch import load_file
+
+    base, tuned = load_file(out / "tiny-model" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    assert set(base) == set(tuned) and any(not torch.equal(base[k], tuned[k]) for k in base)
     policy = HFPolicy.from_pretrained(model_dir, device="cpu")
     env = make("maze", size=2, n_doors=1, max_steps=6, num_tasks=40)
     obs, info = env.reset(seed=0, options={"task_id": "maze-0"})

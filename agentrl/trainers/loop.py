@@ -185,6 +185,8 @@ class Trainer:
             from peft import get_peft_model
 
             model = get_peft_model(model, LoraSettings.coerce(self.cfg.lora.model_dump()).to_peft())
+        if self.cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         t0 = time.time()
         log_path = self.run_dir / "sft_metrics.jsonl"
         log_path.unlink(missing_ok=True)
