@@ -1,0 +1,143 @@
+"""The recipe grid configs/recipes/<env>/<method>.yaml: every file loads, carries the papers' defaults,
+agrees with its siblings, and one recipe per env trains an iteration on CPU with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from agentrl.config import TrainConfig, load_config
+from agentrl.credit import estimator_info
+from agentrl.envs import make
+from agentrl.trainers import train
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
+ENVS = ("alfworld", "webshop", "search", "tools")
+METHODS = ("grpo", "gigpo", "hgpo", "salt", "mt_grpo", "hiper", "seeupo")
+GAMMA_095 = ("gigpo", "hgpo")  # the papers' gamma 0.95; HiPER's script keeps verl's gamma 1
+
+
+def recipe(env: str, method: str) -> TrainConfig:
+    return load_config(RECIPES / env / f"{method}.yaml")
+
+
+def test_the_grid_is_complete_and_nothing_else_is_there() -> None:
+    found = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml"))
+    assert found == sorted(f"{e}/{m}.yaml" for e in ENVS for m in METHODS)
+
+
+@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
+    cfg = recipe(env, method)
+    text = (RECIPES / env / f"{method}.yaml").read_text()
+    assert f"agentrl train configs/recipes/{env}/{method}.yaml" in text
+    assert cfg.env.name == env and cfg.algorithm.estimator == method
+    assert cfg.model.path == "Qwen/Qwen2.5-1.5B-Instruct" and cfg.model.device == "cuda" and cfg.model.dtype == "bfloat16"
+    assert (cfg.lora.r, cfg.lora.alpha) == (64, 64)
+    assert (cfg.rollout.groups, cfg.rollout.group_size, cfg.rollout.temperature, cfg.rollout.max_new_tokens) == (16, 8, 1.0, 512)
+    assert cfg.rollout.prompt == "step" and cfg.optim.lr == 1e-5 and cfg.optim.iterations == 150
+    assert not cfg.sft.enabled and not cfg.sft.full_finetune
+    options = estimator_info(method).options
+    if method in GAMMA_095:
+        assert cfg.algorithm.options["gamma"] == 0.95
+    elif "gamma" in options:
+        assert method == "hiper" and cfg.algorithm.options["gamma"] == 1.0
+    if method == "gigpo":
+        assert cfg.algorithm.options["omega"] == 1.0
+        assert cfg.algorithm.options["mode"] == ("mean" if env == "webshop" else "mean_std")
+    if method == "hgpo":
+        assert cfg.algorithm.options["history_length"] == cfg.rollout.history_k
+    expected_format = "hiper" if method == "hiper" else "tool_call" if env == "tools" else "think_action"
+    assert cfg.rollout.response_format == expected_format
+    if method == "seeupo":
+        assert cfg.algorithm.resolved_loss == "gspo" and cfg.algorithm.kl_coef == 0.002
+    else:
+        assert cfg.algorithm.kl_coef == 0.01
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_recipes_of_an_env_differ_only_in_the_method(env: str) -> None:
+    """Same model, env, prompt, budget and evaluation for every method: a fair comparison."""
+    base = recipe(env, "grpo").model_dump(mode="json")
+    for method in METHODS[1:]:
+        cfg = recipe(env, method).model_dump(mode="json")
+        for section in ("seed", "model", "lora", "env", "optim", "sft", "eval", "logging"):
+            assert cfg[section] == base[section], (method, section)
+        rollout = {**cfg["rollout"], "response_format": base["rollout"]["response_format"]}
+        assert rollout == base["rollout"], method
+    assert {recipe(env, m).out_dir for m in METHODS} == {f"runs/{env}-{m.replace('_', '-')}" for m in METHODS}
+
+
+def test_recipe_task_ranges_fit_the_envs_and_eval_is_held_out() -> None:
+    """Train and eval ranges lie inside the split's task ids and do not overlap."""
+    expected = {"alfworld": 50, "webshop": 15, "search": 5, "tools": 8}
+    for env in ENVS:
+        cfg = recipe(env, "grpo")
+        assert cfg.rollout.max_turns == expected[env]
+        train_end = cfg.env.train_tasks.start + cfg.env.train_tasks.count
+        if cfg.eval.enabled:
+            assert cfg.eval.tasks.start >= train_end and cfg.eval.tasks.count == 128 and cfg.eval.temperature == 0.4
+        if env == "alfworld":
+            assert train_end == 60 and not cfg.eval.enabled  # the default generated set: 10 games x 6 types
+            continue
+        n_tasks = len(make(env, **cfg.env.kwargs).task_ids())
+        assert train_end <= n_tasks
+        if cfg.eval.enabled:
+            assert cfg.eval.tasks.start + cfg.eval.tasks.count == n_tasks
+
+
+# ----------------------------------------------------------------------------- one iteration on CPU
+
+TINY = [
+    "model.path=null", "model.device=cpu", "model.dtype=null", "model.gradient_checkpointing=false", "model.torch_threads=1",
+    "model.tiny.vocab_size=320", "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.heads=2", "model.tiny.kv_heads=1",
+    "model.tiny.corpus_tasks=3", "lora.r=4", "lora.alpha=8", "env.num_envs=4", "rollout.groups=2", "rollout.group_size=2",
+    "rollout.max_turns=3", "rollout.max_new_tokens=8", "optim.iterations=1", "algorithm.minibatch_size=8",
+    "algorithm.micro_batch_size=4", "eval.tasks.count=2", "eval.max_turns=2", "logging.tensorboard=false",
+]  # fmt: skip
+
+
+@pytest.fixture()
+def restore_threads():
+    """model.torch_threads sets torch's global thread count; give it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def one_iteration(env: str, method: str, run: Path, *extra: str) -> dict:
+    out = train(RECIPES / env / f"{method}.yaml", run, [*TINY, *extra])
+    (record,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["iteration"] == 0 and record["episodes"] == 4 and record["rows"] >= 4
+    assert math.isfinite(record["loss"]) and record["trained_tokens"] > 0
+    assert load_config(out / "config.yaml").model.path is None
+    assert (out / "checkpoints" / "iter-000001" / "adapter").is_dir()
+    return record
+
+
+@pytest.mark.parametrize(("env", "method"), [
+    pytest.param("webshop", "hiper", marks=pytest.mark.slow),  # ~15 s
+    ("search", "mt_grpo"),
+    ("tools", "seeupo"),
+])  # fmt: skip
+def test_a_recipe_per_env_trains_one_iteration_on_cpu(env: str, method: str, tmp_path: Path, restore_threads) -> None:  # noqa: ANN001
+    one_iteration(env, method, tmp_path / "run")
+    if recipe(env, method).eval.enabled:
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["before"]["episodes"] == summary["after"]["episodes"] == 2
+
+
+@pytest.mark.slow
+def test_the_alfworld_recipe_trains_one_iteration_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads) -> None:  # noqa: ANN001
+    from agentrl.envs.alfworld import generate_games
+
+    monkeypatch.setenv("AGENTRL_CACHE", str(tmp_path / "cache"))
+    games = tmp_path / "games"
+    generate_games(games, per_type=1, splits=["train"], progress=False, task_types=["pick_and_place_simple"], workers=1)
+    one_iteration("alfworld", "gigpo", tmp_path / "run", f"env.kwargs.data_dir={games}", "env.train_tasks.count=1")
