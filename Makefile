@@ -1,6 +1,6 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
-EXTRAS ?= dev,train,webshop,report,alfworld,search,tools,ray
+EXTRAS ?= dev,train,webshop,report,alfworld,search,tools,ray,tracking
 
 .PHONY: install test bench
 

@@ -283,7 +283,7 @@ class Trainer:
         )  # fmt: skip
         learner = Learner(policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
                           betas=cfg.optim.betas, value_heads=heads)  # fmt: skip
-        metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard)
+        metrics = MetricsWriter.from_config(self.run_dir, cfg)
         start = 0
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is not None:
