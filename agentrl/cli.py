@@ -204,7 +204,9 @@ def webshop_serve(
 @app.command("eval")
 def eval_command(
     env: str = typer.Option(..., help="registered env, e.g. alfworld, webshop, maze"),
-    policy: str = typer.Option(..., help="hf:PATH (a local model directory), random, or expert"),
+    policy: str = typer.Option(..., help="hf:PATH (a local model directory), vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
+                                     "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY), random, or expert"),
+    model: Optional[str] = typer.Option(None, help="openai: the served model or adapter name (default: the first listed)"),
     out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
     episodes: int = typer.Option(50, help="tasks played per seed (the env's first N task ids)"),
     seeds: int = typer.Option(1, help="number of seeds; every task is played once per seed"),
@@ -228,7 +230,7 @@ def eval_command(
         cfg = EvalConfig(
             env=env, policy=policy, episodes=episodes, seeds=seeds, env_kwargs=env_kwargs, max_turns=max_turns,
             adapter=str(adapter) if adapter else None, temperature=temperature, max_new_tokens=max_new_tokens,
-            history_k=history_k, response_format=response_format, num_envs=num_envs,
+            history_k=history_k, response_format=response_format, num_envs=num_envs, model=model,
         )
         report = evaluate(cfg, out, progress=lambda msg: typer.echo(msg, err=True))
     except (ValueError, KeyError) as e:

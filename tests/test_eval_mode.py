@@ -55,8 +55,8 @@ def test_same_config_same_report(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--env", "maze", "--policy", "nope"], "policy must be hf:PATH, random or expert"),
-        (["--env", "maze", "--policy", "openai:http://127.0.0.1:1"], "not available yet"),
+        (["--env", "maze", "--policy", "nope"], "policy must be hf:PATH, vllm:PATH, openai:URL, random or expert"),
+        (["--env", "maze", "--policy", "openai:127.0.0.1:8000"], "needs an http(s) URL"),
         (["--env", "webshop", "--policy", "expert"], "has no step-wise expert"),
         (["--env", "nope", "--policy", "random"], "unknown env 'nope'"),
         (["--env", "maze", "--policy", "random", "--episodes", "0"], "must be >= 1"),
@@ -81,3 +81,21 @@ def test_hf_policy_on_a_tiny_model(tmp_path):
     assert all(1 <= len(t) <= 2 for t in episodes)
     assert all(s.response_ids for t in episodes for s in t.steps)
     assert 0.0 <= report["invalid_rate"] <= 1.0
+
+
+def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path):
+    """``--policy openai:URL`` through ``agentrl serve`` on 127.0.0.1 plays the same greedy episodes as hf:PATH."""
+    from agentrl.envs import make
+    from agentrl.policies.server import PolicyServer
+    from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
+
+    env = make("maze")
+    path = build_tiny_model(tmp_path / "model", env_corpus(env, list(env.task_ids())[:5]) + format_corpus(), vocab_size=300, seed=0)
+    common = dict(env="maze", episodes=3, seeds=1, max_turns=2, max_new_tokens=8, num_envs=2)
+    local = evaluate(EvalConfig(policy=f"hf:{path}", **common), tmp_path / "hf")
+    with PolicyServer(path, served_model_name="tiny", device="cpu", batch_wait_s=0.01) as server:
+        remote = evaluate(EvalConfig(policy=f"openai:{server.url}/v1", **common), tmp_path / "openai")
+    by_id = {t.traj_id: [s.response for s in t.steps] for t in read_trajectories(tmp_path / "hf" / "eval" / "episodes.jsonl")}
+    got = {t.traj_id: [s.response for s in t.steps] for t in read_trajectories(tmp_path / "openai" / "eval" / "episodes.jsonl")}
+    assert got == by_id and len(got) == 3
+    assert remote["success_rate"] == local["success_rate"] and remote["episodes"] == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -27,11 +28,16 @@ from agentrl.eval.stats import Interval, wilson
 from agentrl.types import Step, Trajectory, write_trajectories
 
 SCRIPTED = ("random", "expert")
+MODEL_POLICIES = ("hf", "vllm", "openai")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What ``evaluate`` plays. ``policy``: "hf:PATH", "random" or "expert"."""
+    """What ``evaluate`` plays. ``policy``: "hf:PATH", "vllm:PATH", "openai:URL", "random" or "expert".
+
+    ``model``: for openai:URL, the served model (default: the first the server lists); the API key
+    comes from ``$OPENAI_API_KEY``.
+    """
 
     env: str
     policy: str
@@ -45,15 +51,18 @@ class EvalConfig:
     history_k: int = 2
     response_format: str = "think_action"
     num_envs: int = 4
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.seeds < 1 or self.max_turns < 1 or self.num_envs < 1:
             raise ValueError("episodes, seeds, max_turns and num_envs must be >= 1")
         kind, _, arg = self.policy.partition(":")
-        if kind not in (*SCRIPTED, "hf", "openai") or (kind == "hf" and not arg) or (kind in SCRIPTED and arg):
-            raise ValueError(f"policy must be hf:PATH, random or expert; got {self.policy!r}")
-        if kind == "openai":
-            raise ValueError("policy openai:URL is not available yet (the openai policy is still to be built); use hf:PATH")
+        if kind not in (*SCRIPTED, *MODEL_POLICIES) or (kind in MODEL_POLICIES and not arg) or (kind in SCRIPTED and arg):
+            raise ValueError(f"policy must be hf:PATH, vllm:PATH, openai:URL, random or expert; got {self.policy!r}")
+        if kind == "openai" and not arg.startswith(("http://", "https://")):
+            raise ValueError(f"openai:URL needs an http(s) URL, e.g. openai:http://127.0.0.1:8000/v1; got {self.policy!r}")
+        if self.adapter and kind == "openai":
+            raise ValueError("--adapter loads a LoRA into an hf or vllm policy; with openai:URL pick the served adapter with --model")
 
 
 def _tasks(env: AgentEnv, n: int) -> list[str | None]:
@@ -96,8 +105,15 @@ def _play_scripted(env: AgentEnv, kind: str, task_id: str | None, seed: int, max
 def _load_policy(cfg: EvalConfig) -> Any:
     from agentrl.policies import make_policy
 
+    kind, _, arg = cfg.policy.partition(":")
+    if kind == "openai":
+        from agentrl.policies.openai import OpenAIPolicy
+
+        api_key = os.environ.get("OPENAI_API_KEY")
+        model = cfg.model or OpenAIPolicy(arg, "unnamed", api_key=api_key).models()[0]
+        return OpenAIPolicy(arg, model, api_key=api_key, require_token_ids=False)
     kwargs = {"adapter": cfg.adapter} if cfg.adapter else {}
-    return make_policy("hf", path=cfg.policy.partition(":")[2], **kwargs)
+    return make_policy(kind, path=arg, **kwargs)
 
 
 def _play_policy(cfg: EvalConfig, policy: Any, env_kwargs: dict[str, Any], tasks: list[str | None], seed: int) -> list[Trajectory]:
@@ -168,7 +184,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, progress: Callable[[str], Non
     tasks = _tasks(env, cfg.episodes)
     start = time.perf_counter()
     by_seed: dict[int, list[Trajectory]] = {}
-    policy = _load_policy(cfg) if kind == "hf" else None
+    policy = _load_policy(cfg) if kind in MODEL_POLICIES else None
     for seed in range(cfg.seeds):
         if kind in SCRIPTED:
             rng = np.random.default_rng(seed)
