@@ -93,6 +93,9 @@ def test_sft_command_refuses_a_bad_override_or_an_env_without_expert(tiny_config
     result = runner.invoke(app, ["sft", str(tiny_config), "--out", str(tmp_path / "r1"), "sft.epochz=2"])
     assert result.exit_code == 2 and "error: unknown key 'sft.epochz'" in result.stderr
     assert not (tmp_path / "r1").exists()
+    no_expert = runner.invoke(app, ["sft", str(tiny_config), "--out", str(tmp_path / "r2"), "env.name=remote"])
+    assert no_expert.exit_code == 2 and "error: env 'remote' has no expert for SFT demonstrations" in no_expert.stderr
+    assert not (tmp_path / "r2").exists()
     with pytest.raises(ValueError, match="env 'remote' has no expert.*alfworld, bfcl, maze, search, tools, webshop"):
         get_expert("remote")
     missing = runner.invoke(app, ["sft", str(tmp_path / "nope.yaml")])

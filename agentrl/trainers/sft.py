@@ -149,6 +149,7 @@ def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLi
     from agentrl.trainers.loop import Trainer
 
     cfg = load_config(config_path, list(overrides))
+    get_expert(cfg.env.name)  # an env without an expert fails here, before any model is built
     run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
     if progress is not None and not cfg.sft.enabled:
