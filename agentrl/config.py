@@ -86,6 +86,26 @@ class EnvConfig(Section):
         return v
 
 
+class RolloutServerConfig(Section):
+    """Sample through an OpenAI-compatible server (``vllm serve --enable-lora``, ``agentrl serve``)
+    instead of in-process. The server must serve the trainer's base model (after any SFT);
+    the trainer saves its LoRA adapter to ``sync_dir`` (a path the server can read) and loads it
+    there under ``adapter_name`` before every rollout."""
+
+    url: str | None = None  # None: sample in-process with the hf policy
+    model: str | None = None  # the served base model; default: the first the server lists
+    concurrency: int = Field(16, ge=1)
+    sync_dir: str | None = None  # default: RUNDIR/served-adapter
+    adapter_name: str = "agentrl-policy"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+        return v
+
+
 class RolloutConfig(Section):
     groups: int = Field(4, ge=1)
     group_size: int = Field(4, ge=1)
@@ -98,6 +118,7 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
     turn_reward: Literal["env", "valid"] = "valid"
+    server: RolloutServerConfig = RolloutServerConfig()
 
     @field_validator("response_format")
     @classmethod

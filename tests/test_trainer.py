@@ -295,3 +295,33 @@ def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
     assert (stopped / "checkpoints" / "iter-000001" / "trainer.pt").exists()
     with pytest.raises(ConfigError, match="different config"):
         train(None, stopped, [*overrides, "optim.lr=0.5"])
+
+
+def test_training_through_a_served_policy_syncs_the_adapter(model_dir, tmp_path):
+    """rollout.server.url: rollouts are sampled by a real ``agentrl serve`` on 127.0.0.1; before every
+    rollout and at the end the trainer's adapter is loaded there, so the served adapter is the trained one."""
+    from agentrl.policies.openai import OpenAIPolicy
+    from agentrl.policies.server import PolicyServer
+
+    with PolicyServer(model_dir, served_model_name="tiny", device="cpu", batch_wait_s=0.01) as server:
+        run = train(None, tmp_path / "run", tiny_run(model_dir, **{"rollout.server.url": server.url + "/v1"}))
+        records = read_metrics(run / "metrics.jsonl")
+        assert [r["iteration"] for r in records] == [0, 1] and all(r["tokens_generated"] > 0 for r in records)
+        client = OpenAIPolicy(server.url, "agentrl-policy")
+        assert "agentrl-policy" in client.models()
+        trained = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+        trained.load_adapter(run / "served-adapter")
+        base = HFPolicy.from_pretrained(model_dir, device="cpu")
+        prompt = [{"role": "user", "content": MazeEnv(size=2, n_doors=1, num_tasks=50).reset(options={"task_id": "maze-3"})[0]}]
+        params = SamplingParams(temperature=0, max_new_tokens=6)
+        served = client.generate([prompt], params)[0]
+        assert served.response_ids == trained.generate([prompt], params)[0].response_ids
+        assert served.logprobs == pytest.approx(trained.generate([prompt], params)[0].logprobs, abs=1e-4)
+        assert not np.allclose(served.logprobs, base.generate([prompt], params)[0].logprobs, atol=1e-4)
+
+
+def test_a_server_url_must_be_http():
+    from agentrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rollout.server.url"):
+        load_config(None, ["rollout.server.url=localhost:8000"])

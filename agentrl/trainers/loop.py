@@ -8,7 +8,8 @@ iteration's metrics equal an uninterrupted run's.
 
 Run directory: ``config.yaml`` (resolved), ``run.json`` (seed, versions), ``metrics.jsonl``,
 ``checkpoints/``, the tiny model and SFT model when built, ``eval_before.json`` and
-``summary.json`` when evaluation is on.
+``summary.json`` when evaluation is on, ``tensorboard/``, ``wandb/`` and ``tracking.json`` (W&B /
+MLflow run ids) when enabled, ``served-adapter/`` when rollouts are sampled by a server.
 """
 
 from __future__ import annotations
@@ -283,25 +284,28 @@ class Trainer:
         )  # fmt: skip
         learner = Learner(policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
                           betas=cfg.optim.betas, value_heads=heads)  # fmt: skip
+        sampler = self._sampler(policy)
         metrics = MetricsWriter.from_config(self.run_dir, cfg)
-        start = 0
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is not None:
-            start = int(load_checkpoint(ckpt, learner)["iteration"])
-        before_path = self.run_dir / "eval_before.json"
-        if cfg.eval.enabled and not before_path.exists():
-            if start > 0:
-                raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
-            before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks), indent=1))
-        metrics.truncate_to(start)
         try:
+            start = 0
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                start = int(load_checkpoint(ckpt, learner)["iteration"])
+            before_path = self.run_dir / "eval_before.json"
+            if cfg.eval.enabled and not before_path.exists():
+                if start > 0:
+                    raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
+                before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks), indent=1))
+            metrics.truncate_to(start)
             for it in range(start, cfg.optim.iterations):
                 if stop_after is not None and it >= stop_after:
                     return self.run_dir
-                record = self.iteration(it, policy, learner, envs, train_tasks)
+                self._sync_adapter(policy, sampler)
+                record = self.iteration(it, policy, learner, envs, train_tasks, sampler=sampler)
                 metrics.write(record)
                 if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
                     save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record}, keep=cfg.logging.keep_checkpoints)
+            self._sync_adapter(policy, sampler)
         finally:
             metrics.close()
         if cfg.eval.enabled:
@@ -313,15 +317,36 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return self.run_dir
 
-    def iteration(self, it: int, policy: HFPolicy, learner: Learner, envs: list[Any], train_tasks: list[str]) -> dict[str, Any]:
-        """One rollout + update; returns the metrics record."""
+    def _sampler(self, policy: HFPolicy) -> Any:
+        """What rollouts sample from: the in-process policy, or an OpenAI-compatible server."""
+        server = self.cfg.rollout.server
+        if server.url is None:
+            return policy
+        from agentrl.policies.openai import OpenAIPolicy
+
+        api_key = os.environ.get("OPENAI_API_KEY") or os.environ.get("AGENTRL_API_KEY")
+        model = server.model or OpenAIPolicy(server.url, "unnamed", api_key=api_key).models()[0]
+        return OpenAIPolicy(server.url, model, api_key=api_key, concurrency=server.concurrency, tokenizer=policy.tokenizer)
+
+    def _sync_adapter(self, policy: HFPolicy, sampler: Any) -> None:
+        """Give a server sampler the current LoRA weights: save the adapter, load it there by name."""
+        if sampler is policy:
+            return
+        server = self.cfg.rollout.server
+        directory = Path(server.sync_dir) if server.sync_dir else self.run_dir / "served-adapter"
+        policy.save_adapter(directory)
+        sampler.sync_adapter(directory, server.adapter_name)
+
+    def iteration(self, it: int, policy: HFPolicy, learner: Learner, envs: list[Any], train_tasks: list[str], *,
+                  sampler: Any = None) -> dict[str, Any]:  # fmt: skip
+        """One rollout (from ``sampler``, default the trained policy) + update; returns the metrics record."""
         cfg, r = self.cfg, self.cfg.rollout
         t_start = time.time()
         rng = np.random.default_rng([cfg.seed, it])
         picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
         seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=cfg.seed * 100_003 + it)
-        groups = rollout(policy, envs, [train_tasks[i] for i in picks], r.group_size, max_turns=r.max_turns, params=params,
+        groups = rollout(sampler or policy, envs, [train_tasks[i] for i in picks], r.group_size, max_turns=r.max_turns, params=params,
                          builder=self.builder(), seeds=seeds, id_prefix=f"it{it}-")  # fmt: skip
         t_rollout = time.time() - t_start
         fill_turn_rewards(groups, r.turn_reward)
