@@ -51,6 +51,22 @@ def _make(name: str, options: list[str]) -> Any:
         raise typer.BadParameter(f"bad option for env {name!r}: {e}") from None
 
 
+def _env_option_error(e: TypeError) -> str | None:
+    """The env's name when ``e`` came out of ``agentrl.envs.make`` (a bad ``env.kwargs`` entry), else None.
+
+    Only a TypeError raised while an env is built is a config problem; any other is a bug whose
+    traceback should show.
+    """
+    from agentrl.envs.registration import make
+
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is make.__code__:
+            return str(tb.tb_frame.f_locals.get("name"))
+        tb = tb.tb_next
+    return None
+
+
 @app.command("train")
 def train(
     config: Path = typer.Argument(..., help="a YAML config, e.g. configs/quickstart.yaml"),
@@ -66,6 +82,12 @@ def train(
         run_dir = run_training(config, out_dir=out, overrides=list(overrides or []))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    except TypeError as e:
+        env_name = _env_option_error(e)
+        if env_name is None:
+            raise
+        typer.echo(f"error: bad option for env {env_name!r} (env.kwargs): {e}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"run directory: {run_dir}")
 
@@ -89,6 +111,12 @@ def sft(
         model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    except TypeError as e:
+        env_name = _env_option_error(e)
+        if env_name is None:
+            raise
+        typer.echo(f"error: bad option for env {env_name!r} (env.kwargs): {e}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"sft model: {model_dir}")
 
@@ -290,17 +318,26 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
 
 @bench_app.command("credit")
 def bench_credit(
-    part: str = typer.Option("all", help="speed, fidelity or all"),
+    part: str = typer.Option(
+        "all", help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method: ~15+ min)"
+    ),
     sizes: str = typer.Option("16,128,1024", help="speed: comma-separated task counts P"),
     group_sizes: str = typer.Option("2,4,8,16", help="fidelity: comma-separated group sizes N"),
     tasks: int = typer.Option(16, help="fidelity: maze tasks per resample"),
     resamples: int = typer.Option(20, help="fidelity: independent groups per task and size"),
-    seed: int = typer.Option(0, help="fidelity: sampling seed"),
-    out: Optional[Path] = typer.Option(None, help="write fidelity.md and fidelity.json here"),
+    seed: int = typer.Option(0, help="fidelity: sampling seed; learning: the first training seed"),
+    out: Optional[Path] = typer.Option(
+        None, help="fidelity: write fidelity.md/json here; learning: runs and learning.md/json/png (default runs/bench-learning)"
+    ),
+    config: Optional[Path] = typer.Option(None, help="learning: base training config (default: the built-in small maze config)"),
+    iterations: Optional[int] = typer.Option(None, min=1, help="learning: RL iterations per method (default: the config's)"),
+    seeds: int = typer.Option(1, min=1, help="learning: number of seeds (--seed, --seed + 1, ...)"),
+    estimators: Optional[str] = typer.Option(None, help="learning: comma-separated estimators (default: every one the trainer can run)"),
 ) -> None:
-    """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V."""
-    if part not in ("speed", "fidelity", "all"):
-        raise typer.BadParameter(f"--part must be speed, fidelity or all, got {part!r}")
+    """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V, and
+    learning (every method trains the same policy on the same tasks and seeds)."""
+    if part not in ("speed", "fidelity", "learning", "all"):
+        raise typer.BadParameter(f"--part must be speed, fidelity, learning or all, got {part!r}")
     if part in ("speed", "all"):
         import runpy
 
@@ -331,6 +368,23 @@ def bench_credit(
             (out / "fidelity.md").write_text(table + "\n", encoding="utf-8")
             (out / "fidelity.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1), encoding="utf-8")
             typer.echo(f"wrote {out / 'fidelity.md'} and {out / 'fidelity.json'}", err=True)
+    if part == "learning":
+        from agentrl.config import ConfigError
+        from agentrl.eval.learning import credit_learning, learning_markdown
+
+        names = [n.strip() for n in estimators.split(",") if n.strip()] if estimators else None
+        try:
+            result = credit_learning(
+                out if out is not None else Path("runs/bench-learning"),
+                config=config,
+                estimators=names,
+                seeds=list(range(seed, seed + seeds)),
+                iterations=iterations,
+                progress=lambda msg: typer.echo(msg, err=True),
+            )
+        except ConfigError as e:
+            raise typer.BadParameter(str(e)) from None
+        typer.echo(learning_markdown(result))
 
 
 def main() -> None:

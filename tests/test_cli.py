@@ -137,3 +137,24 @@ def test_generate_names_the_envs_it_can_generate(tmp_path):
 def test_serve_rejects_a_missing_model_dir(tmp_path):
     result = runner.invoke(app, ["serve", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_train_and_sft_report_a_bad_env_option_without_a_traceback(tmp_path):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    for cmd in ("train", "sft"):
+        result = runner.invoke(app, [cmd, str(config), "env.kwargs.colour=red", "--out", str(tmp_path / cmd)])
+        assert result.exit_code == 2, (cmd, result.output)
+        assert "bad option for env 'maze' (env.kwargs)" in result.output and "'colour'" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    # only a TypeError raised while building the env is treated so; any other keeps its traceback
+    from agentrl.cli import _env_option_error
+    from agentrl.envs import make
+
+    with pytest.raises(TypeError) as from_make:
+        make("maze", colour="red")
+    assert _env_option_error(from_make.value) == "maze"
+    with pytest.raises(TypeError) as elsewhere:
+        len(3)
+    assert _env_option_error(elsewhere.value) is None
