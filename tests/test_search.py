@@ -262,6 +262,41 @@ def test_env_errors_and_data_dir(world, tmp_path):
     assert play(env, oracle_actions(q), q.id)[-1][1] == 1.0
 
 
+def test_reset_info_task_is_the_question_and_step_prompts_keep_it_after_five_turns():
+    """The question is only in the first observation; with history_k 2 that observation has left
+    the prompt by turn 5, and the ``Task:`` line (info["task"]) still shows it."""
+    from agentrl.agents import StepPrompt
+    from agentrl.policies import Generation, SamplingParams
+    from agentrl.rollout import rollout
+
+    class SearchForever:
+        """Test double for a model that searches every turn and answers on the sixth."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def prompt_ids(self, messages):
+            return [0]
+
+        def generate(self, prompts, params):
+            self.calls += 1
+            text = "<action><answer>no idea</answer></action>" if self.calls == 6 else f"<action><search>zzz {self.calls}</search></action>"
+            return [Generation([0], [1], [0.0], text, "stop") for _ in prompts]
+
+    env = small_env("test", max_turns=6)
+    _, info = env.reset(seed=0, options={"task_id": "test-3"})
+    question = env.questions["test-3"].question
+    assert info["task"] == info["question"] == question
+    (group,) = rollout(SearchForever(), [env], ["test-3"], 1, max_turns=6, params=SamplingParams(),
+                       builder=StepPrompt(history_k=2))  # fmt: skip
+    (t,) = group.trajectories
+    assert len(t) == 6 and t.terminated
+    fifth = t.steps[4].prompt[1]["content"]
+    assert fifth.startswith(f"Task: {question}\n") and "You have taken 4 step(s) so far." in fifth
+    assert "[Observation 3]" in fifth and "[Observation 2]" not in fifth and f"Question: {question}" not in fifth
+    assert "<search>zzz 4</search>" in fifth
+
+
 def test_make_and_countryinfo_env():
     env = make("search", split="test", world="countryinfo")
     obs, _ = env.reset(seed=0, options={"task_id": "test-0"})

@@ -258,6 +258,16 @@ def test_splits_differ_and_are_deterministic():
         make_tasks("chess")
 
 
+def test_reset_info_carries_the_request_as_task(env):
+    _, info = env.reset(seed=0, options={"task_id": "t1"})
+    assert info["task"] == "Say bye."
+    builtin = builtin_tool_env("units", "train", num_tasks=2)
+    obs, info = builtin.reset(seed=0, options={"task_id": "units-train-1"})
+    assert info["task"] == obs == builtin.tasks["units-train-1"].prompt
+    env.step(call("echo", text="x"))
+    assert "task" not in env.step(call("echo", text="y"))[4]  # only reset says it; prompts keep it from there
+
+
 def test_make_tools_by_name():
     env = make("tools", suite="units", split="train", num_tasks=4)
     assert list(env.task_ids()) == [f"units-train-{i}" for i in range(4)]

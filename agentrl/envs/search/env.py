@@ -181,7 +181,8 @@ class SearchEnv(AgentEnv):
         self._t, self._done = 0, False
         self._last_obs = PROMPT_TEMPLATE.format(question=self.question.question)
         self._state = self._last_obs
-        return self._last_obs, {"state_key": self._state, "task_id": task_id, "question": self.question.question}
+        q = self.question.question  # ``task``: step-wise prompts keep it in view after the first observation scrolls out
+        return self._last_obs, {"state_key": self._state, "task_id": task_id, "question": q, "task": q}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.question is None or self._done:

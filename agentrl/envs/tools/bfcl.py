@@ -207,7 +207,9 @@ class BFCLMultiTurnEnv(AgentEnv):
         self.failure: dict[str, Any] | None = None
         self._done = False
         self._last_obs = self._user_message(0)
-        return self._last_obs, {"state_key": f"{task_id}#0\n{self._last_obs}", "task_id": task_id, "tools": self._tools()}
+        # ``task``: the first user turn, which step-wise prompts keep in view after it scrolls out of the history
+        return self._last_obs, {"state_key": f"{task_id}#0\n{self._last_obs}", "task_id": task_id, "tools": self._tools(),
+                                "task": self._last_obs}
 
     def _run(self, call: ToolCall) -> tuple[bool, str]:
         if call.name not in self.model.methods:  # as in BFCL, any public method of an involved class runs

@@ -162,7 +162,9 @@ class ToolEnv(AgentEnv):
         self.episode = Episode(state=copy.deepcopy(self.task.state))
         self._t, self._done = 0, False
         self._last_obs = self.task.prompt
-        return self._last_obs, {"state_key": f"{task_id}\n{self._last_obs}", "task_id": task_id, "tools": self.schemas}
+        # ``task``: the request, which step-wise prompts keep in view after the first observation scrolls out
+        return self._last_obs, {"state_key": f"{task_id}\n{self._last_obs}", "task_id": task_id, "tools": self.schemas,
+                                "task": self.task.prompt}
 
     def _call(self, call: ToolCall) -> CallRecord:
         t = self.tools.get(call.name)
