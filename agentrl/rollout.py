@@ -104,7 +104,11 @@ def as_env_batch(envs: Any) -> ListEnvs | _PoolEnvs:
 
 @dataclass
 class Episode:
-    """One running episode: what the env said last and what has been done so far."""
+    """One running episode: what the env said last and what has been done so far.
+
+    ``task`` and ``tools`` come from the reset info (``info["task"]``, ``info["tools"]``); a step
+    info with ``tools`` replaces them (BFCL adds functions mid-episode).
+    """
 
     task_id: str
     group_id: str
@@ -113,6 +117,7 @@ class Episode:
     obs: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     task: str = ""
+    tools: list[dict[str, Any]] | None = None
     steps: list[Step] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
     subgoal: str | None = None
@@ -137,9 +142,9 @@ class Episode:
 def _prompt(builder: PromptBuilder, ep: Episode) -> Messages:
     actions = ep.info.get("admissible_actions")
     if isinstance(builder, ChatPrompt):
-        return builder.build(ep.task, ep.observations, [s.response for s in ep.steps], actions)
+        return builder.build(ep.task, ep.observations, [s.response for s in ep.steps], actions, tools=ep.tools)
     history = [(s.obs, s.action or s.response) for s in ep.steps]
-    return builder.build(ep.task, ep.obs, history, actions, subgoal=ep.subgoal)
+    return builder.build(ep.task, ep.obs, history, actions, subgoal=ep.subgoal, tools=ep.tools)
 
 
 def _generate(policy: Policy, prompts: list[Messages], params: SamplingParams) -> list[Generation | BaseException]:
@@ -194,6 +199,8 @@ def _record_step(ep: Episode, messages: Messages, gen: Generation, fmt: str, res
         ep.finish_with_error(info["error"])
         return
     ep.obs, ep.info = str(obs), env_info
+    if env_info.get("tools") is not None:
+        ep.tools = list(env_info["tools"])
     ep.observations.append(ep.obs)
     ep.terminated, ep.truncated = bool(terminated), bool(truncated) or (not terminated and len(ep.steps) >= max_turns)
 
@@ -251,6 +258,7 @@ def rollout(
                     continue
                 ep.obs, ep.info = str(res[0]), dict(res[1] or {})
                 ep.task = str(ep.info.get("task", ""))
+                ep.tools = list(ep.info["tools"]) if ep.info.get("tools") is not None else None
                 ep.observations.append(ep.obs)
                 active[i] = ep
         if not active:

@@ -230,3 +230,61 @@ def test_a_pool_worker_failure_truncates_only_its_episode(policy):
     for t in group:
         assert len(t) == 2 and t.truncated and not t.terminated and "engine crashed" in t.info["error"]
         assert t.steps[0].valid and t.steps[0].info.get("error") is None
+
+
+# ----------------------------------------------------------------------------- tool envs: schemas and task in the prompt
+
+
+@pytest.mark.parametrize("builder", [StepPrompt(history_k=1, response_format="tool_call"), ChatPrompt(response_format="tool_call")])
+def test_tool_env_prompts_list_every_tool_schema_and_the_request(policy, builder):
+    import json
+
+    from agentrl.envs.tools import builtin_tool_env
+
+    env = builtin_tool_env("calculator", "train", num_tasks=2)
+    names = sorted(env.tools)
+    assert len(names) >= 2
+    (group,) = rollout(policy, [env], ["calculator-train-0"], 1, max_turns=3, params=PARAMS, builder=builder)
+    (t,) = group.trajectories
+    request = env.tasks["calculator-train-0"].prompt
+    assert len(t) >= 1
+    for s in t.steps:
+        system = s.prompt[0]["content"]
+        listed = system.split("Available tools:\n", 1)[1].splitlines()
+        assert listed == [json.dumps(schema, ensure_ascii=False, sort_keys=True) for schema in env.schemas]
+        assert sorted(json.loads(line)["function"]["name"] for line in listed) == names
+        assert s.prompt[1]["content"].startswith(f"Task: {request}\n")
+
+
+class ScriptPolicy:
+    """Test double for a model that writes the given replies in order (one episode at a time)."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = list(replies)
+
+    def prompt_ids(self, messages):
+        return [0]
+
+    def generate(self, prompts, params):
+        return [Generation([0], [1], [0.0], self.replies.pop(0), "stop") for _ in prompts]
+
+
+def test_a_bfcl_turn_that_adds_functions_updates_the_listed_tools():
+    """multi_turn_miss_func: the functions withheld at reset arrive with a later user turn; the
+    prompts from then on list them, and the first user turn stays the task."""
+    from agentrl.envs.tools.bfcl import BFCLMultiTurnEnv, ground_truth_actions
+
+    env = BFCLMultiTurnEnv("multi_turn_miss_func")
+    entry = env.entries["multi_turn_miss_func_0"]
+    (missed_turn,) = entry["missed_function"]
+    replies = [a for turn in ground_truth_actions(entry) for a in turn]
+    (group,) = rollout(ScriptPolicy(replies), [env], [entry["id"]], 1, max_turns=len(replies), params=PARAMS,
+                       builder=StepPrompt(history_k=2, response_format="tool_call"))  # fmt: skip
+    (t,) = group.trajectories
+    assert t.success and len(t) == len(replies)
+    counts = [s.prompt[0]["content"].split("Available tools:\n", 1)[1].count("\n") + 1 for s in t.steps]
+    first_after = next(k for k, s in enumerate(t.steps) if s.obs.startswith("I have updated some more functions"))
+    assert counts[:first_after] == [len(entry["function"])] * first_after
+    assert counts[first_after:] == [len(entry["function"]) + len(entry["missed_function"][missed_turn])] * (len(t) - first_after)
+    first_user = "\n".join(m["content"] for m in entry["question"][0])
+    assert all(s.prompt[1]["content"].startswith(f"Task: {first_user}\n") for s in t.steps)

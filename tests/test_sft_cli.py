@@ -234,11 +234,18 @@ class DemoPolicy:
     ("tools", {"suite": "store", "split": "train", "num_tasks": 3}, StepPrompt(history_k=2, response_format="tool_call")),
     ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
     ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
+    ("tools", {"suite": "calculator", "split": "train", "num_tasks": 3}, ChatPrompt(response_format="tool_call")),
+    ("bfcl", {"category": "multi_turn_miss_func"}, StepPrompt(history_k=2, response_format="tool_call")),
 ])  # fmt: skip
 def test_demonstration_prompts_are_the_rollout_prompts(env_name: str, kwargs: dict, builder) -> None:  # noqa: ANN001
     env = expert_env(env_name, kwargs)
     tasks = list(env.task_ids())[:3]
     demos = expert_demonstrations(env_name, env, tasks, builder, seed=0)
+    if env_name in ("tools", "bfcl"):  # tool envs: every prompt lists the schemas the env gave at reset (or since)
+        assert all("\nAvailable tools:\n{\"function\": " in d.messages[0]["content"] for d in demos)
+    if env_name == "bfcl":  # functions withheld at reset are listed from the turn that adds them
+        listed = {d.messages[0]["content"].count('\n{"function": ') for d in demos if d.task_id == tasks[0]}
+        assert len(listed) == 2
     policy = DemoPolicy(demos)
     groups = rollout(policy, [make(env_name, **kwargs)], tasks, 1, max_turns=50, params=SamplingParams(), builder=builder,
                      seeds=[0, 1, 2])  # fmt: skip

@@ -66,6 +66,7 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
         obs, info = env.reset(seed=seed + n, options={"task_id": task_id})
         policy = expert.start(env, task_id)
         task = str(info.get("task", ""))
+        tools = info.get("tools")
         history: list[tuple[str, str]] = []
         observations, responses = [obs], []
         subgoal = None
@@ -78,9 +79,9 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
             turn = turn if isinstance(turn, ExpertTurn) else ExpertTurn(str(turn))
             actions = info.get("admissible_actions")
             if isinstance(builder, ChatPrompt):
-                messages = builder.build(task, observations, responses, actions)
+                messages = builder.build(task, observations, responses, actions, tools=tools)
             else:
-                messages = builder.build(task, obs, history, actions, subgoal=subgoal)
+                messages = builder.build(task, obs, history, actions, subgoal=subgoal, tools=tools)
             response = render_response(turn.action, fmt, len(episode), expert.subgoal, think=turn.think)
             parsed = parse_response(response, fmt)
             if not parsed.valid:
@@ -92,6 +93,8 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
             history.append((obs, parsed.action))
             responses.append(response)
             obs, _, terminated, truncated, info = env.step(parsed.action)
+            if info.get("tools") is not None:  # BFCL adds functions mid-episode; rollout follows them too
+                tools = info["tools"]
             observations.append(obs)
             done = terminated or truncated
         won = bool(info.get("success", False))
