@@ -40,6 +40,10 @@ def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
     assert (cfg.lora.r, cfg.lora.alpha) == (64, 64)
     assert (cfg.rollout.groups, cfg.rollout.group_size, cfg.rollout.temperature, cfg.rollout.max_new_tokens) == (16, 8, 1.0, 512)
     assert cfg.rollout.prompt == "step" and cfg.optim.lr == 1e-5 and cfg.optim.iterations == 150
+    assert cfg.rollout.history_k == 2  # every env keeps its task on the prompt's "Task:" line (info["task"])
+    if "--history-k" in text:  # the header's eval command prompts as training does
+        r = cfg.rollout
+        assert f"--max-turns {r.max_turns} --history-k {r.history_k} --response-format {r.response_format} " in text
     assert not cfg.sft.enabled and not cfg.sft.full_finetune
     options = estimator_info(method).options
     if method in GAMMA_095:
@@ -127,7 +131,10 @@ def one_iteration(env: str, method: str, run: Path, *extra: str) -> dict:
     ("tools", "seeupo"),
 ])  # fmt: skip
 def test_a_recipe_per_env_trains_one_iteration_on_cpu(env: str, method: str, tmp_path: Path, restore_threads) -> None:  # noqa: ANN001
-    one_iteration(env, method, tmp_path / "run")
+    # the prompt lists every tool schema; the tiny model (2048 positions, a 320-token vocabulary, so
+    # about a token per byte) holds one suite's schemas, not all three suites' (~3.2k characters)
+    extra = ["env.kwargs.suite=calculator", "env.train_tasks.count=200"] if env == "tools" else []
+    one_iteration(env, method, tmp_path / "run", *extra)
     if recipe(env, method).eval.enabled:
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["before"]["episodes"] == summary["after"]["episodes"] == 2
