@@ -284,3 +284,16 @@ def test_expert_action_follows_a_shortest_plan_and_recovers_after_a_detour():
                 break
         assert terminated and info["success"] and "expert_action" not in info
     assert "expert_action" not in MazeEnv().reset(seed=0)[1]
+
+
+def test_colours_limits_the_key_colours():
+    for seed in range(30):
+        one = generate_layout(seed, 3, 1, colours=1)
+        assert set(one.keys) == {"red"} and {p.door for p in one.passages} == {None, "red"}
+        two = generate_layout(seed, 3, 2, colours=2)
+        assert set(two.keys) == {"red", "blue"} and {p.door for p in two.passages} == {None, "red", "blue"}
+        assert solve(one) is not None and solve(two) is not None
+    with pytest.raises(ValueError, match="n_doors must be in 0..1"):
+        generate_layout(0, 3, 2, colours=1)
+    with pytest.raises(ValueError, match="colours must be in 1..5"):
+        MazeEnv(colours=0)

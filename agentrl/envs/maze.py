@@ -180,16 +180,20 @@ def _tree_path(tree: set[frozenset], u: Cell, v: Cell) -> list[frozenset]:
 
 
 @lru_cache(maxsize=4096)
-def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1) -> MazeLayout:
+def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1, colours: int = len(COLOURS)) -> MazeLayout:
     """A solvable size x size maze, deterministic by seed: random spanning tree + size-1 extra edges.
 
     Doors sit on tree edges of the start-goal path that no extra edge bypasses, so each door must
-    be opened; key i lies between door i-1 and door i, reachable without its own door.
+    be opened; key i lies between door i-1 and door i, reachable without its own door. Door colours
+    are drawn from the first ``colours`` of ``COLOURS`` (with 1, every key is red: an agent need not
+    copy a colour it read, which a tiny random-init model cannot learn on a CPU budget).
     """
     if not 2 <= size <= 5:
         raise ValueError(f"size must be in 2..5 (there are {len(ROOM_NAMES)} room names), got {size}")
-    if not 0 <= n_doors <= min(size - 1, len(COLOURS)):
-        raise ValueError(f"n_doors must be in 0..{min(size - 1, len(COLOURS))} for size {size}, got {n_doors}")
+    if not 1 <= colours <= len(COLOURS):
+        raise ValueError(f"colours must be in 1..{len(COLOURS)}, got {colours}")
+    if not 0 <= n_doors <= min(size - 1, colours):
+        raise ValueError(f"n_doors must be in 0..{min(size - 1, colours)} for size {size} and {colours} colour(s), got {n_doors}")
     rng = random.Random(task_seed)
     cells = [(r, c) for r in range(size) for c in range(size)]
     grid = [frozenset((a, b)) for a in cells for b in ((a[0] + 1, a[1]), (a[0], a[1] + 1)) if b in cells]
@@ -214,9 +218,9 @@ def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1) -> MazeLayo
     doors = [path[i] for i in sorted(rng.sample(range(len(path)), n_doors))]
     bypass_free = [e for e in grid if e not in tree and not set(_tree_path(tree, *sorted(e))) & set(doors)]
     edges = tree | set(rng.sample(bypass_free, min(size - 1, len(bypass_free))))
-    colours = rng.sample(COLOURS, n_doors)
+    door_colours = rng.sample(COLOURS[:colours], n_doors)
     keys, before = {}, set()
-    for i, colour in enumerate(colours):
+    for i, colour in enumerate(door_colours):
         reach = set(_bfs(start, edges - set(doors[i:])))
         region = sorted(reach - before - {start}) or [start]
         keys[colour] = rng.choice(region)
@@ -225,7 +229,7 @@ def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1) -> MazeLayo
     passages = []
     for e in sorted(edges, key=sorted):
         a, b = sorted(e)
-        door = colours[doors.index(e)] if e in doors else None
+        door = door_colours[doors.index(e)] if e in doors else None
         passages.append(Passage(names[a], "south" if b[0] > a[0] else "east", names[b], door))
     layout = MazeLayout(
         rooms=tuple(names[c] for c in cells), passages=tuple(passages),
@@ -353,15 +357,15 @@ class MazeEnv(AgentEnv):
 
     def __init__(self, size: int = 3, n_doors: int = 1, slip: float = 0.0, max_steps: int = 20, num_tasks: int = 100,
                  layout: MazeLayout | None = None, invalid_penalty: float = 0.0, expert: bool = False,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, colours: int = len(COLOURS)) -> None:
         super().__init__(render_mode=render_mode)
         self.expert = expert  # adds info["expert_action"]: the first action of a shortest plan from here
         _check_settings(slip=slip, max_steps=max_steps, invalid_penalty=invalid_penalty)
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         if layout is None:
-            generate_layout(0, size, n_doors)  # validates size and n_doors now, not at the first reset
-        self.size, self.n_doors, self.slip, self.max_steps = size, n_doors, slip, max_steps
+            generate_layout(0, size, n_doors, colours)  # validates size, n_doors, colours now, not at the first reset
+        self.size, self.n_doors, self.colours, self.slip, self.max_steps = size, n_doors, colours, slip, max_steps
         self.num_tasks, self.custom_layout, self.invalid_penalty = num_tasks, layout, invalid_penalty
         self.layout: MazeLayout | None = None
         self.state: State | None = None
@@ -373,7 +377,7 @@ class MazeEnv(AgentEnv):
         return [CUSTOM_TASK] if self.custom_layout is not None else [f"maze-{i}" for i in range(self.num_tasks)]
 
     def layout_for(self, task_id: str) -> MazeLayout:
-        """The layout a task id plays ("maze-<n>" -> generate_layout(n, size, n_doors))."""
+        """The layout a task id plays ("maze-<n>" -> generate_layout(n, size, n_doors, colours))."""
         if self.custom_layout is not None:
             if task_id != CUSTOM_TASK:
                 raise ValueError(f"this env plays a given layout; its only task id is {CUSTOM_TASK!r}, got {task_id!r}")
@@ -381,7 +385,7 @@ class MazeEnv(AgentEnv):
         match = re.fullmatch(r"maze-(\d+)", str(task_id))
         if match is None:
             raise ValueError(f"maze task ids look like 'maze-<n>', got {task_id!r}")
-        return generate_layout(int(match.group(1)), self.size, self.n_doors)
+        return generate_layout(int(match.group(1)), self.size, self.n_doors, self.colours)
 
     def exact_values(self, task_id: str, policy: Policy | None = None, gamma: float = 0.95) -> ExactValues:
         """True V/Q of ``policy`` on a task, with this env's max_steps, slip and invalid_penalty."""
