@@ -95,7 +95,7 @@ def _response_format(estimator: str, base: TrainConfig) -> str:
 
 
 def _prepare_run(config_path: Path, overrides: list[str], run_dir: Path) -> bool:
-    """Validate a run's config; True when ``run_dir`` already holds it finished-or-reusable.
+    """Validate a run's config; True when ``run_dir`` already holds a run of exactly this config.
 
     A directory holding another config is refused, so a rerun never mixes in stale results."""
     cfg = load_config(config_path, overrides)
@@ -166,6 +166,10 @@ def credit_learning(
     unknown = [n for n in names if n not in available_estimators()]
     if unknown:
         raise ConfigError(f"unknown estimator(s) {unknown}; allowed: {', '.join(available_estimators())}")
+    trainable = trainable_estimators(base.rollout.response_format)
+    untrainable = [n for n in names if n not in trainable]
+    if untrainable:
+        raise ConfigError(f"the trainer cannot supply what {untrainable} need here; trainable: {', '.join(trainable)}")
     per_method = {n: method_overrides(n, base) for n in names}
     for n in names:  # fail before any training when a method's config is invalid
         load_config(base_path, common + per_method[n])
