@@ -79,7 +79,7 @@ def train(
     from agentrl.trainers import train as run_training
 
     try:
-        run_dir = run_training(config, out_dir=out, overrides=list(overrides or []))
+        run_dir = run_training(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None

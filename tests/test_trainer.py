@@ -251,12 +251,18 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
         "sft.enabled=true", "sft.tasks.count=30", "sft.epochs=2", "sft.batch_size=16",
         "eval.enabled=true", "eval.tasks.start=50", "eval.tasks.count=6",
     ]  # fmt: skip
-    run = train(None, tmp_path / "run", overrides)
+    lines: list[str] = []
+    run = train(None, tmp_path / "run", overrides, progress=lines.append)
     summary = json.loads((run / "summary.json").read_text())
     for key in ("before", "after"):
         assert set(summary[key]) >= {"success_rate", "ci_low", "ci_high", "episodes"}
         assert summary[key]["episodes"] == 6
         assert summary[key]["ci_low"] <= summary[key]["success_rate"] <= summary[key]["ci_high"]
+        episodes = read_trajectories(run / "eval" / f"{key}.jsonl")
+        assert len(episodes) == 6 and np.mean([t.success for t in episodes]) == summary[key]["success_rate"]
+    text = "\n".join(lines)
+    assert "building the tiny model" in text and "sft epoch 2/2" in text and "iteration 1/1: success" in text
+    assert f"after RL:  success {100 * summary['after']['success_rate']:.1f}%" in text and text.endswith(str(run))
     sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
     assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
     assert (run / "tiny-model" / "tokenizer.json").exists()

@@ -6,23 +6,31 @@ in ``summary.json`` differ only by the policy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agentrl.eval.stats import wilson
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
+from agentrl.types import write_trajectories
 
 __all__ = ["evaluate"]
 
 
 def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per_task: int, max_turns: int,
-             builder: PromptBuilder, temperature: float, max_new_tokens: int, seed: int) -> dict[str, Any]:  # fmt: skip
-    """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward."""
+             builder: PromptBuilder, temperature: float, max_new_tokens: int, seed: int,
+             episodes_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward.
+    ``episodes_path``: also write the episodes there (JSONL, for ``agentrl view``)."""
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     groups = rollout(policy, envs, list(task_ids), episodes_per_task, max_turns=max_turns, params=params,
                      builder=builder, seeds=[seed + i for i in range(len(task_ids))], id_prefix="eval-")  # fmt: skip
     trajs = [t for g in groups for t in g]
+    if episodes_path is not None:
+        Path(episodes_path).parent.mkdir(parents=True, exist_ok=True)
+        write_trajectories(episodes_path, trajs)
     wins = sum(bool(t.success) for t in trajs)
     ci = wilson(wins, len(trajs))
     low, high = (ci.low, ci.high)

@@ -7,8 +7,8 @@ a run killed at any point and started again with the same command continues exac
 iteration's metrics equal an uninterrupted run's.
 
 Run directory: ``config.yaml`` (resolved), ``run.json`` (seed, versions), ``metrics.jsonl``,
-``checkpoints/``, the tiny model and SFT model when built, ``eval_before.json`` and
-``summary.json`` when evaluation is on, ``tensorboard/``, ``wandb/`` and ``tracking.json`` (W&B /
+``checkpoints/``, the tiny model and SFT model when built, ``eval_before.json``, ``summary.json``
+and the evaluation episodes ``eval/before.jsonl`` / ``eval/after.jsonl`` when evaluation is on, ``tensorboard/``, ``wandb/`` and ``tracking.json`` (W&B /
 MLflow run ids) when enabled, ``served-adapter/`` when rollouts are sampled by a server.
 """
 
@@ -52,17 +52,19 @@ __all__ = ["Trainer", "train"]
 
 
 def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
-          overrides: Iterable[str] = (), *, stop_after: int | None = None) -> Path:  # fmt: skip
+          overrides: Iterable[str] = (), *, stop_after: int | None = None,
+          progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
     """Train from a YAML config with ``key=value`` overrides; returns the run directory.
 
     ``out_dir`` defaults to the config's ``out_dir``. A run directory that already holds a
     checkpoint of the same config is resumed. ``stop_after``: return once ``stop_after``
-    iterations are done and checkpointed (as if the run had been stopped there).
+    iterations are done and checkpointed (as if the run had been stopped there). ``progress`` gets
+    a line per stage, SFT epoch, evaluation and iteration (``agentrl train`` prints them).
     """
     cfg = load_config(config_path, list(overrides))
     run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
-    return Trainer(cfg, run_dir).run(stop_after=stop_after)
+    return Trainer(cfg, run_dir).run(stop_after=stop_after, progress=progress)
 
 
 def _versions() -> dict[str, str]:
@@ -73,6 +75,11 @@ def _versions() -> dict[str, str]:
         except (ImportError, AttributeError):
             out[name] = "unknown"
     return out
+
+
+def _rate(result: dict[str, Any]) -> str:
+    return (f"success {100 * result['success_rate']:.1f}% (95% CI {100 * result['ci_low']:.1f}-{100 * result['ci_high']:.1f}%) "
+            f"over {result['episodes']} episodes")  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -243,18 +250,20 @@ class Trainer:
 
         return pick_device(self.cfg.model.device)
 
-    def _evaluate(self, policy: HFPolicy, envs: list[Any], tasks: list[str]) -> dict[str, Any]:
+    def _evaluate(self, policy: HFPolicy, envs: list[Any], tasks: list[str], name: str) -> dict[str, Any]:
         e = self.cfg.eval
         t0 = time.time()
         result = evaluate(policy, envs, tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
                           builder=self.builder(), temperature=e.temperature, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                          seed=self.cfg.seed + 7_777_777)  # fmt: skip
+                          seed=self.cfg.seed + 7_777_777, episodes_path=self.run_dir / "eval" / f"{name}.jsonl")  # fmt: skip
         result["seconds"] = time.time() - t0
         return result
 
     # ------------------------------------------------------------------ loop
-    def run(self, stop_after: int | None = None) -> Path:
+    def run(self, stop_after: int | None = None, progress: Callable[[str], None] | None = None) -> Path:
         cfg = self.cfg
+        say = progress or (lambda line: None)
+        t_run = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_resume()
         self._write_run_files()
@@ -264,9 +273,11 @@ class Trainer:
         envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
         train_tasks = self.task_ids(envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
         eval_tasks = self.task_ids(envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
+        if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists():
+            say("building the tiny model (tokenizer trained on env text, random-init Qwen2)")
         model_path = self._model_path(envs[0])
         if cfg.sft.enabled:
-            model_path = self._sft(model_path, envs[0])
+            model_path = self._sft(model_path, envs[0], progress)
         seed_everything(cfg.seed)
         policy = HFPolicy.from_pretrained(
             model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=cfg.model.device, dtype=cfg.model.dtype,
@@ -295,7 +306,11 @@ class Trainer:
             if cfg.eval.enabled and not before_path.exists():
                 if start > 0:
                     raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
-                before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks), indent=1))
+                say(f"evaluating the starting policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+                before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks, "before"), indent=1))
+                say("before: " + _rate(json.loads(before_path.read_text())))
+            elif start > 0:
+                say(f"resuming at iteration {start} from {ckpt}")
             metrics.truncate_to(start)
             for it in range(start, cfg.optim.iterations):
                 if stop_after is not None and it >= stop_after:
@@ -303,18 +318,24 @@ class Trainer:
                 self._sync_adapter(policy, sampler)
                 record = self.iteration(it, policy, learner, envs, train_tasks, sampler=sampler)
                 metrics.write(record)
+                say(f"iteration {it + 1}/{cfg.optim.iterations}: success {record['success_rate']:.2f} reward {record['reward_mean']:.2f} "
+                    f"kl {record.get('kl', 0.0):.4f} ({record['time_iteration']:.1f} s; {time.time() - t_run:.0f} s so far)")  # fmt: skip
                 if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
                     save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record}, keep=cfg.logging.keep_checkpoints)
             self._sync_adapter(policy, sampler)
         finally:
             metrics.close()
         if cfg.eval.enabled:
-            after = self._evaluate(policy, envs, eval_tasks)
+            say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+            after = self._evaluate(policy, envs, eval_tasks, "after")
             before = json.loads(before_path.read_text())
             summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
                        "improvement": after["success_rate"] - before["success_rate"],
                        "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            say(f"before RL: {_rate(before)}")
+            say(f"after RL:  {_rate(after)}" + ("  (gain beyond both 95% intervals)" if summary["significant"] else ""))
+        say(f"done in {time.time() - t_run:.0f} s: {self.run_dir}")
         return self.run_dir
 
     def _sampler(self, policy: HFPolicy) -> Any:
