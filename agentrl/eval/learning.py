@@ -141,8 +141,6 @@ def credit_learning(
     ``config``: the base training config (None: ``BUILTIN_CONFIG``), ``overrides`` applied to it;
     ``iterations``: RL iterations per run (None: the config's ``optim.iterations``). A rerun with the
     same settings reuses finished runs."""
-    from agentrl.trainers import train
-
     say = progress or (lambda msg: None)
     t_start = time.time()
     out = Path(out_dir)
@@ -180,7 +178,7 @@ def credit_learning(
 
     warm: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    done_methods, method_seconds = 0, 0.0
+    total, done, fresh, fresh_seconds = len(names) * len(seeds), 0, 0, 0.0
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
         model_path = base.model.path
@@ -193,33 +191,23 @@ def credit_learning(
             estimator = next(n for n in names if _response_format(n, base) == fmt)
             ov = common + per_method[estimator] + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0", "eval.enabled=false"]
             ov += [f"model.path={model_path}"] if model_path is not None else []
-            _prepare_run(base_path, ov, run_dir)
-            t0 = time.time()
-            train(base_path, run_dir, ov)
-            seconds = time.time() - t0
+            seconds, reused = _train_once(base_path, ov, run_dir, [])
             if model_path is None:
                 model_path = str(run_dir / "tiny-model")
             starts[fmt] = str(run_dir / "sft-model") if base.sft.enabled else model_path
-            warm[f"seed{seed}/{fmt}"] = {"seed": seed, "response_format": fmt, "model": starts[fmt], "seconds": seconds}
-            say(f"seed {seed} warm start ({fmt}): {starts[fmt]} in {_clock(seconds)} (elapsed {_clock(time.time() - t_start)})")
+            warm[f"seed{seed}/{fmt}"] = {"seed": seed, "response_format": fmt, "model": starts[fmt], "seconds": seconds, "reused": reused}
+            say(f"seed {seed} warm start ({fmt}): {starts[fmt]} in {_clock(seconds)}{' (reused)' if reused else ''} "
+                f"(elapsed {_clock(time.time() - t_start)})")  # fmt: skip
         for name in names:
             run_dir = seed_dir / name
             ov = common + per_method[name] + [f"seed={seed}", f"model.path={starts[_response_format(name, base)]}", "sft.enabled=false"]
-            stamp = run_dir / "learning_run.json"
-            reused = _prepare_run(base_path, ov, run_dir) and (run_dir / "summary.json").exists() and stamp.exists()
-            if reused:
-                seconds = float(json.loads(stamp.read_text())["seconds"])
-            else:
-                t0 = time.time()
-                train(base_path, run_dir, ov)
-                seconds = time.time() - t0
-                stamp.write_text(json.dumps({"seconds": seconds}))
+            seconds, reused = _train_once(base_path, ov, run_dir, [run_dir / "summary.json"])
             runs[name].append(_read_run(run_dir, seed, seconds, reused))
-            done_methods += 1
-            method_seconds += seconds
-            left = (len(names) * len(seeds) - done_methods) * method_seconds / done_methods
-            say(f"[{done_methods}/{len(names) * len(seeds)}] seed {seed} {name}: {_run_line(runs[name][-1])}; "
-                f"elapsed {_clock(time.time() - t_start)}, ~{_clock(left)} left")  # fmt: skip
+            done += 1
+            if not reused:
+                fresh_seconds, fresh = fresh_seconds + seconds, fresh + 1
+            left = f", ~{_clock((total - done) * fresh_seconds / fresh)} left" if fresh else ""
+            say(f"[{done}/{total}] seed {seed} {name}: {_run_line(runs[name][-1])}; elapsed {_clock(time.time() - t_start)}{left}")
 
     result = {
         "config": "built-in" if config is None else str(config),
@@ -235,12 +223,28 @@ def credit_learning(
         "methods": {n: _summarise(per_method[n], _start_label(n, base), runs[n], iters) for n in names},
         "seconds": time.time() - t_start,
     }
+    result["compute_seconds"] = sum(w["seconds"] for w in warm.values()) + sum(m["seconds"] for m in result["methods"].values())
     (out / "learning.json").write_text(json.dumps(result, indent=1))
     plotted = learning_plot(result, out / "learning.png")
     (out / "learning.md").write_text(learning_markdown(result, plot="learning.png" if plotted else None), encoding="utf-8")
     say(f"wrote {out / 'learning.md'}, {out / 'learning.json'}" + (f", {out / 'learning.png'}" if plotted else " (no matplotlib: no plot)")
         + f" in {_clock(result['seconds'])}")  # fmt: skip
     return result
+
+
+def _train_once(config_path: Path, overrides: list[str], run_dir: Path, outputs: list[Path]) -> tuple[float, bool]:
+    """Train unless ``run_dir`` holds a finished run of this config (its seconds stamp and ``outputs``);
+    returns (wall seconds of the run, reused)."""
+    from agentrl.trainers import train
+
+    stamp = run_dir / "learning_run.json"
+    if _prepare_run(config_path, overrides, run_dir) and stamp.exists() and all(p.exists() for p in outputs):
+        return float(json.loads(stamp.read_text())["seconds"]), True
+    t0 = time.time()
+    train(config_path, run_dir, overrides)
+    seconds = time.time() - t0
+    stamp.write_text(json.dumps({"seconds": seconds}))
+    return seconds, False
 
 
 def _read_run(run_dir: Path, seed: int, seconds: float, reused: bool) -> dict[str, Any]:
@@ -310,7 +314,9 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         + "Train success: the share of successful training episodes at an iteration, pooled over seeds (iteration 0 samples "
         f"the starting policy); eval: the trainer's held-out evaluation ({result['eval_episodes']} episodes per seed, "
         + ("greedy" if result["eval_temperature"] == 0 else f"sampled at temperature {result['eval_temperature']:g}, seeded")
-        + ") before and after RL. Brackets: 95% Wilson intervals. "
+        + ") before and after RL. Brackets: 95% Wilson intervals over episodes (episodes of a group share a task, so "
+        "they are somewhat narrower than intervals over tasks would be). Every method draws the same tasks at a given "
+        "iteration: compare methods within a column; iteration 0 and the last iteration play different tasks. "
         f"Base config: {result['config']}" + (f" with {' '.join(result['overrides'])}" if result["overrides"] else "") + ".",
         "",
         f"| method | starts from | train success, iteration 0 | train success, iteration {iters - 1} "
@@ -327,9 +333,9 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
     lines += ["", "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + "."]
     if result["warm_starts"]:
         warm = "; ".join(f"{k} {w['seconds']:.0f} s" for k, w in result["warm_starts"].items())
-        lines += ["", f"Warm starts (tiny model + SFT, shared): {warm}. Total wall time {result['seconds'] / 60:.1f} min."]
-    else:
-        lines += ["", f"Total wall time {result['seconds'] / 60:.1f} min."]
+        lines += ["", f"Warm starts (tiny model + SFT, shared): {warm}."]
+    lines += ["", f"Compute: {result['compute_seconds'] / 60:.1f} min of training and evaluation in all (a rerun that reuses "
+              f"finished runs counts their original time); this invocation took {result['seconds'] / 60:.1f} min."]
     if plot:
         lines += ["", f"![success vs iteration]({plot})"]
     return "\n".join(lines) + "\n"
