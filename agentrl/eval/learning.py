@@ -36,26 +36,26 @@ __all__ = [
     "trainable_estimators",
 ]
 
-# Small enough for every method on two CPU cores (~15 min): a 2-layer hidden-64 Qwen2 warm-started
-# on 250 expert plans, 8 groups x 4 episodes per iteration, 64 held-out mazes. A 3x3 maze without
-# doors: on the 2x2 maze with a key and a door this model starts at ~3-5% (it names keys it does
-# not see), too little signal for any method in 6 iterations; here it starts at ~20%. The
-# evaluation samples (temperature 1, seeded: the same draws for every method) because the tiny
-# model's greedy policy repeats one action and scores ~0% before and after RL. One torch thread:
-# on a shared 2-core machine two threads per process made training ~4x slower.
+# Small enough for every method on two CPU cores: a 2-layer hidden-64 Qwen2 warm-started on 300
+# expert plans, 8 groups x 4 episodes per iteration, 256 held-out episodes. The quickstart's maze
+# (2x2, a key and a locked door, one key colour: a random-init tiny model cannot learn to copy a
+# colour it read). The evaluation samples (temperature 1, seeded: the same draws for every
+# method): the maze is partially observable, so a greedy policy loops where a sampled one gets
+# through, and RL optimises the sampled policy. One torch thread: on a shared 2-core machine two
+# threads per process made training ~4x slower.
 BUILTIN_CONFIG: dict[str, Any] = {
     "seed": 0,
-    "model": {"tiny": {"vocab_size": 384, "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "corpus_tasks": 30},
+    "model": {"tiny": {"vocab_size": 512, "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "corpus_tasks": 50},
               "device": "cpu", "torch_threads": 1},  # fmt: skip
     "lora": {"r": 8, "alpha": 16},
-    "env": {"name": "maze", "kwargs": {"size": 3, "n_doors": 0, "max_steps": 6, "num_tasks": 1000},
-            "train_tasks": {"start": 0, "count": 500}, "num_envs": 32},  # fmt: skip
-    "rollout": {"groups": 8, "group_size": 4, "max_turns": 6, "history_k": 1, "response_format": "think_action",
+    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 8, "num_tasks": 2000, "colours": 1},
+            "train_tasks": {"start": 0, "count": 1000}, "num_envs": 32},  # fmt: skip
+    "rollout": {"groups": 8, "group_size": 4, "max_turns": 8, "history_k": 1, "response_format": "think_action",
                 "max_new_tokens": 8, "system_prompt": "Reach the goal room.", "temperature": 1.0},  # fmt: skip
-    "algorithm": {"kl_coef": 0.01, "minibatch_size": 32, "micro_batch_size": 32},
-    "optim": {"iterations": 6, "lr": 0.001, "critic_lr": 0.01},
-    "sft": {"enabled": True, "tasks": {"start": 0, "count": 250}, "epochs": 4, "lr": 0.003, "batch_size": 32},
-    "eval": {"enabled": True, "tasks": {"start": 900, "count": 64}, "temperature": 1.0},
+    "algorithm": {"kl_coef": 0.01, "epochs": 2, "minibatch_size": 32, "micro_batch_size": 32},
+    "optim": {"iterations": 8, "lr": 0.001, "critic_lr": 0.01},
+    "sft": {"enabled": True, "tasks": {"start": 0, "count": 300}, "epochs": 4, "lr": 0.002, "batch_size": 32},
+    "eval": {"enabled": True, "tasks": {"start": 1800, "count": 128}, "episodes_per_task": 2, "temperature": 1.0},
     "logging": {"tensorboard": False, "checkpoint_every": 1000, "keep_checkpoints": 1},
 }
 
