@@ -248,12 +248,14 @@ def test_tool_env_prompts_list_every_tool_schema_and_the_request(policy, builder
     (t,) = group.trajectories
     request = env.tasks["calculator-train-0"].prompt
     assert len(t) >= 1
-    for s in t.steps:
+    for k, s in enumerate(t.steps):
         system = s.prompt[0]["content"]
         listed = system.split("Available tools:\n", 1)[1].splitlines()
         assert listed == [json.dumps(schema, ensure_ascii=False, sort_keys=True) for schema in env.schemas]
         assert sorted(json.loads(line)["function"]["name"] for line in listed) == names
-        assert s.prompt[1]["content"].startswith(f"Task: {request}\n")
+        user = s.prompt[1]["content"]
+        assert user.count(request) == 1  # on the Task line, or in the first observation while it is in view
+        assert user.startswith(f"Task: {request}\n") or request in t.steps[0].obs and k <= getattr(builder, "history_k", k)
 
 
 class ScriptPolicy:
@@ -287,4 +289,5 @@ def test_a_bfcl_turn_that_adds_functions_updates_the_listed_tools():
     assert counts[:first_after] == [len(entry["function"])] * first_after
     assert counts[first_after:] == [len(entry["function"]) + len(entry["missed_function"][missed_turn])] * (len(t) - first_after)
     first_user = "\n".join(m["content"] for m in entry["question"][0])
-    assert all(s.prompt[1]["content"].startswith(f"Task: {first_user}\n") for s in t.steps)
+    assert all(s.prompt[1]["content"].count(first_user) == 1 for s in t.steps)
+    assert all(s.prompt[1]["content"].startswith(f"Task: {first_user}\n") for s in t.steps[3:])

@@ -92,7 +92,9 @@ class StepPrompt:
                 raise ValueError(f"history[{i}] must be an (observation, action) pair, got {pair!r}")
         shown = list(history)[max(len(history) - self.history_k, 0) :] if self.history_k else []
         lines: list[str] = []
-        if task:
+        first_obs = history[0][0] if history else observation
+        first_in_view = len(history) <= self.history_k
+        if task and not (first_in_view and task in first_obs):  # once is enough while the first observation shows it
             lines.append(f"Task: {task}")
         if self.show_step_count and history:
             lines.append(f"You have taken {len(history)} step(s) so far.")
@@ -150,7 +152,7 @@ class ChatPrompt:
             )
         messages: list[Message] = [{"role": "system", "content": _system(self.system_prompt, self.response_format, tools)}]
         for t, obs in enumerate(observations):
-            parts = [f"Task: {task}"] if t == 0 and task else []
+            parts = [f"Task: {task}"] if t == 0 and task and task not in obs else []
             parts.append(obs)
             actions = _actions_line(admissible_actions) if self.show_admissible and t == len(observations) - 1 else None
             if actions:
