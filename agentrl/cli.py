@@ -247,6 +247,7 @@ def eval_command(
     history_k: int = typer.Option(2, help="hf: (observation, action) pairs shown in the prompt"),
     response_format: str = typer.Option("think_action", help="hf: think_action, tool_call or hiper"),
     num_envs: int = typer.Option(4, help="hf: envs stepped in lockstep"),
+    system_prompt: Optional[str] = typer.Option(None, help="model policies: the system prompt training used (rollout.system_prompt)"),
 ) -> None:
     """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report."""
     from agentrl.eval.evaluate import EvalConfig, evaluate
@@ -259,6 +260,7 @@ def eval_command(
             env=env, policy=policy, episodes=episodes, seeds=seeds, env_kwargs=env_kwargs, max_turns=max_turns,
             adapter=str(adapter) if adapter else None, temperature=temperature, max_new_tokens=max_new_tokens,
             history_k=history_k, response_format=response_format, num_envs=num_envs, model=model,
+            system_prompt=system_prompt,
         )
         report = evaluate(cfg, out, progress=lambda msg: typer.echo(msg, err=True))
     except (ValueError, KeyError) as e:

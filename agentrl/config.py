@@ -206,6 +206,7 @@ class EvalConfig(Section):
     episodes_per_task: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)
     max_turns: int | None = Field(None, ge=1)
+    env_kwargs: dict[str, Any] = {}  # merged over env.kwargs for the evaluation envs, e.g. {split: valid_unseen}
 
 
 class LoggingConfig(Section):

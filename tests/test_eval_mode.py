@@ -99,3 +99,17 @@ def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path):
     got = {t.traj_id: [s.response for s in t.steps] for t in read_trajectories(tmp_path / "openai" / "eval" / "episodes.jsonl")}
     assert got == by_id and len(got) == 3
     assert remote["success_rate"] == local["success_rate"] and remote["episodes"] == 3
+
+
+def test_the_system_prompt_reaches_the_model(tmp_path):
+    """``--system-prompt``: evaluation prompts can match training's ``rollout.system_prompt``."""
+    from agentrl.envs import make
+    from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
+
+    env = make("maze")
+    path = build_tiny_model(tmp_path / "model", env_corpus(env, list(env.task_ids())[:5]) + format_corpus(), vocab_size=300, seed=0)
+    result = runner.invoke(app, ["eval", "--env", "maze", "--policy", f"hf:{path}", "--episodes", "2", "--max-turns", "1",
+                                 "--max-new-tokens", "4", "--system-prompt", "Reach the goal room.", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    episodes = read_trajectories(tmp_path / "run" / "eval" / "episodes.jsonl")
+    assert all(t.steps[0].prompt[0]["content"].startswith("Reach the goal room.") for t in episodes)

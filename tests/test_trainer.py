@@ -331,3 +331,16 @@ def test_a_server_url_must_be_http():
 
     with pytest.raises(ConfigError, match="rollout.server.url"):
         load_config(None, ["rollout.server.url=localhost:8000"])
+
+
+def test_evaluation_envs_take_their_own_kwargs(model_dir, tmp_path):
+    """eval.env_kwargs is merged over env.kwargs for the held-out envs only (here: more maze tasks)."""
+    from agentrl.config import ConfigError
+
+    extra = {"eval.enabled": "true", "eval.tasks.start": 60, "eval.tasks.count": 3, "eval.env_kwargs": "{num_tasks: 80}",
+             "optim.iterations": 1}  # fmt: skip
+    run = train(None, tmp_path / "run", tiny_run(model_dir, **extra))
+    episodes = read_trajectories(run / "eval" / "before.jsonl")
+    assert sorted(t.task_id for t in episodes) == ["maze-60", "maze-61", "maze-62"]
+    with pytest.raises(ConfigError, match="eval.tasks asks for tasks 60..62 but env 'maze' has 50"):
+        train(None, tmp_path / "bad", tiny_run(model_dir, **{**extra, "eval.env_kwargs": "{}"}))

@@ -52,6 +52,7 @@ class EvalConfig:
     response_format: str = "think_action"
     num_envs: int = 4
     model: str | None = None
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.seeds < 1 or self.max_turns < 1 or self.num_envs < 1:
@@ -125,7 +126,7 @@ def _play_policy(cfg: EvalConfig, policy: Any, env_kwargs: dict[str, Any], tasks
         raise ValueError(f"env {cfg.env!r} does not list its tasks (task_ids() is empty); policy evaluation needs task ids")
     envs = [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, len(tasks)))]
     params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    builder = StepPrompt(history_k=cfg.history_k, response_format=cfg.response_format)
+    builder = StepPrompt(history_k=cfg.history_k, response_format=cfg.response_format, system_prompt=cfg.system_prompt)
     try:
         groups = rollout(policy, envs, [str(t) for t in tasks], 1, max_turns=cfg.max_turns, params=params, builder=builder,
                          seeds=[seed * 100_003 + k for k in range(len(tasks))], id_prefix=f"s{seed}-")

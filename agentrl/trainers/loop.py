@@ -272,7 +272,10 @@ class Trainer:
         seed_everything(cfg.seed)
         envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
         train_tasks = self.task_ids(envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
-        eval_tasks = self.task_ids(envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
+        eval_envs = envs
+        if cfg.eval.enabled and cfg.eval.env_kwargs:  # e.g. {split: valid_unseen}: held-out tasks of another split
+            eval_envs = [make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs}) for _ in range(cfg.env.num_envs)]
+        eval_tasks = self.task_ids(eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
         if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists():
             say("building the tiny model (tokenizer trained on env text, random-init Qwen2)")
         model_path = self._model_path(envs[0])
@@ -307,7 +310,7 @@ class Trainer:
                 if start > 0:
                     raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
                 say(f"evaluating the starting policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-                before_path.write_text(json.dumps(self._evaluate(policy, envs, eval_tasks, "before"), indent=1))
+                before_path.write_text(json.dumps(self._evaluate(policy, eval_envs, eval_tasks, "before"), indent=1))
                 say("before: " + _rate(json.loads(before_path.read_text())))
             elif start > 0:
                 say(f"resuming at iteration {start} from {ckpt}")
@@ -327,7 +330,7 @@ class Trainer:
             metrics.close()
         if cfg.eval.enabled:
             say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-            after = self._evaluate(policy, envs, eval_tasks, "after")
+            after = self._evaluate(policy, eval_envs, eval_tasks, "after")
             before = json.loads(before_path.read_text())
             summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
                        "improvement": after["success_rate"] - before["success_rate"],
