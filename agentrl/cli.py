@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -67,6 +69,22 @@ def _env_option_error(e: TypeError) -> str | None:
     return None
 
 
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """A bad config or env option ends the command with ``error: ...`` and exit code 2, no traceback."""
+    try:
+        yield
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from None
+    except TypeError as e:
+        env_name = _env_option_error(e)
+        if env_name is None:
+            raise
+        typer.echo(f"error: bad option for env {env_name!r} (env.kwargs): {e}", err=True)
+        raise typer.Exit(code=2) from None
+
+
 @app.command("train")
 def train(
     config: Path = typer.Argument(..., help="a YAML config, e.g. configs/quickstart.yaml"),
@@ -78,17 +96,8 @@ def train(
         raise typer.BadParameter(f"config file {str(config)!r} does not exist")
     from agentrl.trainers import train as run_training
 
-    try:
+    with _config_errors():
         run_dir = run_training(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
-    except TypeError as e:
-        env_name = _env_option_error(e)
-        if env_name is None:
-            raise
-        typer.echo(f"error: bad option for env {env_name!r} (env.kwargs): {e}", err=True)
-        raise typer.Exit(code=2) from None
     typer.echo(f"run directory: {run_dir}")
 
 
@@ -107,17 +116,8 @@ def sft(
         raise typer.BadParameter(f"config file {str(config)!r} does not exist")
     from agentrl.trainers.sft import run_sft
 
-    try:
+    with _config_errors():
         model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
-    except TypeError as e:
-        env_name = _env_option_error(e)
-        if env_name is None:
-            raise
-        typer.echo(f"error: bad option for env {env_name!r} (env.kwargs): {e}", err=True)
-        raise typer.Exit(code=2) from None
     typer.echo(f"sft model: {model_dir}")
 
 

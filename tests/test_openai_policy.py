@@ -22,27 +22,20 @@ from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.logprobs import pack_samples
 from agentrl.policies.openai import MissingTokenIdsError, OpenAIPolicy, OpenAIServerError
 from agentrl.policies.server import PolicyServer
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 
 NAME = "tiny"
 GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=2, hidden=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def local(model_dir):
+def local(served_model_dir):
     """In-process hf policy with a LoRA adapter (zero-initialised: equal to the base model until perturbed)."""
-    return HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    return HFPolicy.from_pretrained(served_model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    with PolicyServer(model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02) as s:
+def server(served_model_dir):
+    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02) as s:
         yield s
 
 
@@ -84,9 +77,9 @@ def test_greedy_generations_equal_the_in_process_policy(server, local, prompts):
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
 
 
-def test_prompt_ids_from_the_server_or_a_local_tokenizer(server, local, prompts, model_dir):
+def test_prompt_ids_from_the_server_or_a_local_tokenizer(server, local, prompts, served_model_dir):
     assert OpenAIPolicy(server.url, NAME).prompt_ids(prompts[1]) == local.prompt_ids(prompts[1])
-    assert OpenAIPolicy(server.url, NAME, tokenizer=model_dir).prompt_ids(prompts[2]) == local.prompt_ids(prompts[2])
+    assert OpenAIPolicy(server.url, NAME, tokenizer=served_model_dir).prompt_ids(prompts[2]) == local.prompt_ids(prompts[2])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -162,8 +155,8 @@ def test_sync_adapter_loads_replaces_and_unloads_lora_weights(server, local, pro
         pol.sync_adapter(tmp_path / "nowhere", "policy")
 
 
-def test_api_key(model_dir, prompts):
-    with PolicyServer(model_dir, served_model_name=NAME, device="cpu", api_key="k3y") as s:
+def test_api_key(served_model_dir, prompts):
+    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="k3y") as s:
         assert OpenAIPolicy(s.url, NAME, api_key="k3y").generate(prompts[:1], GREEDY)[0].response_ids
         started = time.monotonic()
         with pytest.raises(OpenAIServerError, match="401.*Incorrect API key") as e:
@@ -176,9 +169,9 @@ def test_a_bad_request_is_raised_with_the_servers_message(server, prompts):
         OpenAIPolicy(server.url, NAME).generate([[{"role": "user", "content": "go north " * 1500}]], GREEDY)
 
 
-def test_retries_until_a_server_that_was_down_comes_up(model_dir, prompts):
+def test_retries_until_a_server_that_was_down_comes_up(served_model_dir, prompts):
     port = free_port()
-    late = PolicyServer(model_dir, served_model_name=NAME, device="cpu", port=port)  # loaded, not yet listening
+    late = PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", port=port)  # loaded, not yet listening
     pol = OpenAIPolicy(f"http://127.0.0.1:{port}", NAME, retries=6, backoff_s=0.1)
     timer = threading.Timer(0.5, late.start)
     started = time.monotonic()

@@ -13,32 +13,24 @@ import httpx
 import pytest
 import torch
 
-from agentrl.envs.maze import MazeEnv
 from agentrl.envs.remote import free_port
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.server import PolicyServer, _token_entry
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 
 NAME = "tiny"
 HELLO = [{"role": "user", "content": "You are in the hall. go north"}]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=2, hidden=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def local(model_dir):
+def local(served_model_dir):
     """The same model in-process: what the server's answers must equal."""
-    return HFPolicy.from_pretrained(model_dir, device="cpu")
+    return HFPolicy.from_pretrained(served_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    with PolicyServer(model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02, max_body_bytes=1_000_000) as s:
+def server(served_model_dir):
+    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02, max_body_bytes=1_000_000) as s:
         yield s
 
 
@@ -46,10 +38,10 @@ def chat(server, body, **kw):
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60, **kw)
 
 
-def test_models_lists_the_served_name(server, model_dir):
+def test_models_lists_the_served_name(server, served_model_dir):
     data = httpx.get(f"{server.url}/v1/models").json()
     assert data["object"] == "list"
-    assert [(m["id"], m["parent"], m["root"]) for m in data["data"]] == [(NAME, None, str(model_dir))]
+    assert [(m["id"], m["parent"], m["root"]) for m in data["data"]] == [(NAME, None, str(served_model_dir))]
 
 
 def test_chat_completion_shape_ids_and_usage_match_the_local_policy(server, local):
@@ -209,9 +201,9 @@ def test_unknown_routes_and_methods_answer_json(server):
     assert r.status_code == 405 and "error" in r.json()
 
 
-def perturbed_adapter(model_dir, directory, seed: int) -> HFPolicy:
+def perturbed_adapter(served_model_dir, directory, seed: int) -> HFPolicy:
     """An in-process policy whose LoRA B matrices got random values (as training would), saved to ``directory``."""
-    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    pol = HFPolicy.from_pretrained(served_model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in pol.model.named_parameters():
@@ -221,8 +213,8 @@ def perturbed_adapter(model_dir, directory, seed: int) -> HFPolicy:
     return pol
 
 
-def test_load_and_unload_lora_adapter_endpoints(server, local, model_dir, tmp_path):
-    trained = perturbed_adapter(model_dir, tmp_path / "a", seed=3)
+def test_load_and_unload_lora_adapter_endpoints(server, local, served_model_dir, tmp_path):
+    trained = perturbed_adapter(served_model_dir, tmp_path / "a", seed=3)
     greedy = SamplingParams(temperature=0, max_new_tokens=8)
     want = trained.generate([HELLO], greedy)[0]
     base = local.generate([HELLO], greedy)[0]
@@ -257,9 +249,9 @@ def test_load_and_unload_lora_adapter_endpoints(server, local, model_dir, tmp_pa
     assert chat(server, {"messages": HELLO, "temperature": 0, "max_tokens": 8}).json()["choices"][0]["token_ids"] == base.response_ids
 
 
-def test_api_key_and_start_time_adapter(model_dir, tmp_path):
-    perturbed_adapter(model_dir, tmp_path / "warm", seed=4)
-    with PolicyServer(model_dir, served_model_name=NAME, device="cpu", api_key="s3cret", adapter=f"warm={tmp_path / 'warm'}") as s:
+def test_api_key_and_start_time_adapter(served_model_dir, tmp_path):
+    perturbed_adapter(served_model_dir, tmp_path / "warm", seed=4)
+    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="s3cret", adapter=f"warm={tmp_path / 'warm'}") as s:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             for r in (httpx.get(f"{s.url}/v1/models", headers=headers), chat(s, {"messages": HELLO}, headers=headers),
                       httpx.post(f"{s.url}/v1/unload_lora_adapter", json={"lora_name": "warm"}, headers=headers)):  # fmt: skip
@@ -271,9 +263,9 @@ def test_api_key_and_start_time_adapter(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_blocks_and_answers_in_a_subprocess(model_dir):
+def test_serve_blocks_and_answers_in_a_subprocess(served_model_dir):
     port = free_port()
-    code = f"from agentrl.policies.server import serve; serve({str(model_dir)!r}, port={port}, served_model_name='m', device='cpu')"
+    code = f"from agentrl.policies.server import serve; serve({str(served_model_dir)!r}, port={port}, served_model_name='m', device='cpu')"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

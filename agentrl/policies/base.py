@@ -87,3 +87,18 @@ def register_policy(name: str) -> Callable[[Callable[..., Policy]], Callable[...
 def make_policy(name: str, **kwargs: Any) -> Policy:
     """Build the policy registered as ``name`` (KeyError lists the known names)."""
     return POLICIES.get(name)(**kwargs)
+
+
+def check_prompts(prompt_ids: Sequence[Sequence[int]], params: SamplingParams, limit: int | None, limit_name: str) -> None:
+    """Refuse a call before sampling: params of the wrong type, an empty prompt, or one that with
+    ``max_new_tokens`` would not fit in ``limit`` positions (``limit_name`` says whose limit)."""
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+    for i, p in enumerate(prompt_ids):
+        if not len(p):
+            raise ValueError(f"prompt {i} is empty")
+        if limit is not None and len(p) + params.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {i} has {len(p)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds {limit_name} "
+                "(shorten the history window or max_new_tokens)"
+            )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from agentrl.agents.prompts import render_chat
-from agentrl.policies.base import Generation, Messages, SamplingParams
+from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 from agentrl.policies.logprobs import TokenLogprobs, pack_samples, token_logprobs
 
 __all__ = ["LoraSettings", "HFPolicy", "pick_device"]
@@ -199,17 +199,8 @@ class HFPolicy:
 
         With ``params.seed`` the call is reproducible and leaves the global RNG untouched.
         """
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        for i, p in enumerate(prompt_ids):
-            if not len(p):
-                raise ValueError(f"prompt {i} is empty")
-            if limit is not None and len(p) + params.max_new_tokens > limit:
-                raise ValueError(
-                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the model's "
-                    f"{limit} positions (shorten the history window or max_new_tokens)"
-                )
+        check_prompts(prompt_ids, params, limit, f"the model's {limit} positions")
         out: list[Generation] = []
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=params.seed is not None):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentrl.agents.prompts import render_chat
-from agentrl.policies.base import Generation, Messages, SamplingParams
+from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 
 __all__ = ["AdapterVersions", "VLLMNotInstalledError", "VLLMPolicy", "sampling_kwargs", "to_generation"]
 
@@ -215,17 +215,8 @@ class VLLMPolicy:
 
     def generate_from_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         """Sample one response per prompt given as token ids, all in one ``LLM.generate`` call."""
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         limit = self._max_model_len()
-        for i, p in enumerate(prompt_ids):
-            if not len(p):
-                raise ValueError(f"prompt {i} is empty")
-            if limit is not None and len(p) + params.max_new_tokens > limit:
-                raise ValueError(
-                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={params.max_new_tokens} it exceeds the engine's "
-                    f"max_model_len={limit} (shorten the history window or max_new_tokens)"
-                )
+        check_prompts(prompt_ids, params, limit, f"the engine's max_model_len={limit}")
         if not prompt_ids:
             return []
         vllm_sampling_params, _ = _vllm_api()
