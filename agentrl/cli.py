@@ -71,10 +71,13 @@ def _env_option_error(e: TypeError) -> str | None:
 
 @contextmanager
 def _config_errors() -> Iterator[None]:
-    """A bad config or env option ends the command with ``error: ...`` and exit code 2, no traceback."""
+    """A bad config or env option, or an unreachable rollout server, ends the command with
+    ``error: ...`` and exit code 2, no traceback (checkpoints already written stay)."""
+    from agentrl.policies.openai import OpenAIServerError
+
     try:
         yield
-    except ValueError as e:
+    except (ValueError, OpenAIServerError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
     except TypeError as e:

@@ -158,3 +158,20 @@ def test_train_and_sft_report_a_bad_env_option_without_a_traceback(tmp_path):
     with pytest.raises(TypeError) as elsewhere:
         len(3)
     assert _env_option_error(elsewhere.value) is None
+
+
+def test_train_with_an_unreachable_rollout_server_fails_clearly(tmp_path):
+    """rollout.server.url pointing nowhere: exit 2 naming the URL, no traceback, the run dir's config kept."""
+    import socket
+    from pathlib import Path
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    url = f"http://127.0.0.1:{port}/v1"
+    result = runner.invoke(app, ["train", str(config), f"rollout.server.url={url}", "sft.enabled=false", "eval.enabled=false",
+                                 "model.tiny.hidden=16", "model.tiny.corpus_tasks=3", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"error: http://127.0.0.1:{port}/v1/models could not be reached" in result.output
+    assert (tmp_path / "run" / "config.yaml").exists()

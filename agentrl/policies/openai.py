@@ -261,7 +261,10 @@ class OpenAIPolicy:
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        response = httpx.get(f"{self.root}/v1/models", headers=headers, timeout=self.timeout)
+        try:
+            response = httpx.get(f"{self.root}/v1/models", headers=headers, timeout=self.timeout)
+        except httpx.TransportError as e:
+            raise OpenAIServerError(f"{self.root}/v1/models could not be reached: {type(e).__name__}: {e}") from None
         if response.status_code >= 400:
             message = _error_message(response)
             raise OpenAIServerError(f"{self.root}/v1/models answered {response.status_code}: {message}", response.status_code)
