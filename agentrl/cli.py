@@ -236,7 +236,7 @@ def webshop_serve(
 def eval_command(
     env: str = typer.Option(..., help="registered env, e.g. alfworld, webshop, maze"),
     policy: str = typer.Option(..., help="hf:PATH (a local model directory), vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
-                                     "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY), random, or expert"),
+                                     "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY or $AGENTRL_API_KEY), random, or expert"),
     model: Optional[str] = typer.Option(None, help="openai: the served model or adapter name (default: the first listed)"),
     out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
     episodes: int = typer.Option(50, help="tasks played per seed (the env's first N task ids)"),

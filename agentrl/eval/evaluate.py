@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -110,9 +109,7 @@ def _load_policy(cfg: EvalConfig) -> Any:
     if kind == "openai":
         from agentrl.policies.openai import OpenAIPolicy
 
-        api_key = os.environ.get("OPENAI_API_KEY")
-        model = cfg.model or OpenAIPolicy(arg, "unnamed", api_key=api_key).models()[0]
-        return OpenAIPolicy(arg, model, api_key=api_key, require_token_ids=False)
+        return OpenAIPolicy.connect(arg, cfg.model, require_token_ids=False)
     kwargs = {"adapter": cfg.adapter} if cfg.adapter else {}
     return make_policy(kind, path=arg, **kwargs)
 

@@ -256,6 +256,15 @@ class OpenAIPolicy:
         self._run(go())
         self.loaded_adapters.discard(name)
 
+    @classmethod
+    def connect(cls, base_url: str, model: str | None = None, **kwargs: Any) -> OpenAIPolicy:
+        """A policy for ``base_url``: ``model`` defaults to the first the server lists, the API key
+        to ``$OPENAI_API_KEY`` or ``$AGENTRL_API_KEY``."""
+        kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY") or os.environ.get("AGENTRL_API_KEY"))
+        if model is None:
+            model = cls(base_url, "unnamed", api_key=kwargs["api_key"]).models()[0]
+        return cls(base_url, model, **kwargs)
+
     def models(self) -> list[str]:
         """The model ids the server lists (``GET /v1/models``)."""
         import httpx

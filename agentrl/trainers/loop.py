@@ -348,9 +348,7 @@ class Trainer:
             return policy
         from agentrl.policies.openai import OpenAIPolicy
 
-        api_key = os.environ.get("OPENAI_API_KEY") or os.environ.get("AGENTRL_API_KEY")
-        model = server.model or OpenAIPolicy(server.url, "unnamed", api_key=api_key).models()[0]
-        return OpenAIPolicy(server.url, model, api_key=api_key, concurrency=server.concurrency, tokenizer=policy.tokenizer)
+        return OpenAIPolicy.connect(server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer)
 
     def _sync_adapter(self, policy: HFPolicy, sampler: Any) -> None:
         """Give a server sampler the current LoRA weights: save the adapter, load it there by name."""
