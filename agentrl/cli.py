@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,14 +95,19 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=1e-4 algorithm.estimator=hgpo"),
     out: Optional[Path] = typer.Option(None, help="run directory (default: the config's out_dir); an existing run resumes"),
 ) -> None:
-    """Train a policy with RL (rollout -> credit -> LoRA update), with optional SFT warm start and evaluation."""
+    """Train a policy with RL (rollout -> credit -> LoRA update), with optional SFT warm start and evaluation.
+
+    Data-parallel on several GPUs or CPU processes: `accelerate launch --multi_gpu --num_processes N
+    -m agentrl.cli train CONFIG` (or `torchrun --nproc_per_node N -m agentrl.cli train CONFIG`).
+    """
     if not config.is_file():
         raise typer.BadParameter(f"config file {str(config)!r} does not exist")
     from agentrl.trainers import train as run_training
 
     with _config_errors():
         run_dir = run_training(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    typer.echo(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # launched on several processes, rank 0 speaks
+        typer.echo(f"run directory: {run_dir}")
 
 
 @app.command("sft")
@@ -121,7 +127,8 @@ def sft(
 
     with _config_errors():
         model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    typer.echo(f"sft model: {model_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"sft model: {model_dir}")
 
 
 @envs_app.command("list")

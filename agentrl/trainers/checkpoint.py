@@ -1,5 +1,8 @@
 """Checkpoints: adapter, optimiser (+ value head), RNG states and the loop's position, written
-atomically, so a run killed at any moment resumes from the last complete checkpoint exactly."""
+atomically, so a run killed at any moment resumes from the last complete checkpoint exactly.
+
+With several processes rank 0 writes the checkpoint and every process adds its own RNG states
+(``rng-rank<R>.pt``): each process's random stream continues where it stopped."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from agentrl.trainers.distributed import SINGLE, Dist
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
@@ -33,7 +38,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any], keep: int = 2, dist: Dist = SINGLE) -> Path:
     """Write ``checkpoints/iter-NNNNNN`` (next iteration = ``iteration``): the adapter, the optimiser and
     value head, RNG states and ``state`` (JSON). Written to a temporary directory first and renamed,
     so a partial checkpoint is never read; only the ``keep`` newest are kept."""
@@ -41,8 +46,16 @@ def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{iteration:06d}"
     tmp = root / f".tmp-{PREFIX}{iteration:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if dist.active:
+        dist.barrier()
+        torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
+        dist.barrier()
+    if not dist.main:
+        dist.barrier()
+        return final
     learner.policy.save_adapter(tmp / "adapter")
     torch.save({
         "optimizer": learner.optimizer.state_dict(),
@@ -54,6 +67,7 @@ def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -63,8 +77,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, learner) -> dict[str, Any]:
-    """Restore adapter, optimiser, value head and RNG states; returns the saved ``state``."""
+def load_checkpoint(path: Path, learner, dist: Dist = SINGLE) -> dict[str, Any]:
+    """Restore adapter, optimiser, value head and RNG states; returns the saved ``state``.
+
+    A process without its own RNG file (the run had fewer processes) takes rank 0's states."""
     learner.policy.load_adapter(path / "adapter")
     saved = torch.load(path / "trainer.pt", weights_only=False)
     learner.optimizer.load_state_dict(saved["optimizer"])
@@ -72,5 +88,6 @@ def load_checkpoint(path: Path, learner) -> dict[str, Any]:
         if saved["value_head"] is None:
             raise ValueError(f"checkpoint {path} has no value head but this run's estimator needs one")
         learner.value_head.load_state_dict(saved["value_head"])
-    set_rng_state(saved["rng"])
+    own = path / f"rng-rank{dist.rank}.pt"
+    set_rng_state(torch.load(own, weights_only=False) if dist.active and own.exists() else saved["rng"])
     return json.loads((path / "state.json").read_text())

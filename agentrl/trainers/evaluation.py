@@ -1,7 +1,8 @@
 """Evaluation on held-out tasks: success rate with a 95% Wilson confidence interval.
 
 The same tasks, seeds and decoding settings are used before and after RL, so the two numbers
-in ``summary.json`` differ only by the policy.
+in ``summary.json`` differ only by the policy. With several processes each plays its share of the
+tasks (with the seeds a single process would give them) and every process gets the result.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from agentrl.eval.stats import wilson
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
+from agentrl.trainers.distributed import SINGLE, Dist
 from agentrl.types import write_trajectories
 
 __all__ = ["evaluate"]
@@ -21,14 +23,15 @@ __all__ = ["evaluate"]
 
 def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per_task: int, max_turns: int,
              builder: PromptBuilder, temperature: float, max_new_tokens: int, seed: int,
-             episodes_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:  # fmt: skip
+             episodes_path: str | os.PathLike[str] | None = None, dist: Dist = SINGLE) -> dict[str, Any]:  # fmt: skip
     """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward.
-    ``episodes_path``: also write the episodes there (JSONL, for ``agentrl view``)."""
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    groups = rollout(policy, envs, list(task_ids), episodes_per_task, max_turns=max_turns, params=params,
-                     builder=builder, seeds=[seed + i for i in range(len(task_ids))], id_prefix="eval-")  # fmt: skip
-    trajs = [t for g in groups for t in g]
-    if episodes_path is not None:
+    ``episodes_path``: also write the episodes there (JSONL, for ``agentrl view``; rank 0 writes)."""
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + 1_000_003 * dist.rank)
+    index = dist.share(range(len(task_ids)))
+    groups = rollout(policy, envs, [task_ids[i] for i in index], episodes_per_task, max_turns=max_turns, params=params,
+                     builder=builder, seeds=[seed + i for i in index], id_prefix=f"eval-r{dist.rank}-" if dist.active else "eval-") if index else []  # fmt: skip
+    trajs = [t for g in dist.gather(groups) for t in g]
+    if episodes_path is not None and dist.main:
         Path(episodes_path).parent.mkdir(parents=True, exist_ok=True)
         write_trajectories(episodes_path, trajs)
     wins = sum(bool(t.success) for t in trajs)

@@ -4,7 +4,9 @@ updates with gradient accumulation and clipping.
 Old log-probs are recomputed under the current weights, so every backend's samples train the
 same way; the reference is the same model with the LoRA adapter switched off (no second copy).
 One minibatch is one optimiser step; it is split into micro-batches whose gradients add up to the
-minibatch's (losses are divided by minibatch counts, ``losses.LossInput``).
+minibatch's (losses are divided by minibatch counts, ``losses.LossInput``). With several processes
+(``distributed.Dist``) each scores and trains its share of the rows and gradients are summed, so
+the step is the single-process one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from agentrl.trainers.distributed import SINGLE, Dist
 from agentrl.trainers.losses import LOSSES, LossInput, kl_k3, masked_sum
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
@@ -66,8 +69,8 @@ class Learner:
 
     def __init__(self, policy, settings: UpdateSettings, *, lr: float, critic_lr: float | None = None,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 value_heads: Sequence[str] = ()) -> None:  # fmt: skip
-        self.policy, self.settings = policy, settings
+                 value_heads: Sequence[str] = (), dist: Dist = SINGLE) -> None:  # fmt: skip
+        self.policy, self.settings, self.dist = policy, settings, dist
         self.params = policy.trainable_parameters()
         if not self.params:
             raise ValueError("the policy has no trainable parameters; build it with a LoRA adapter (lora=...)")
@@ -78,6 +81,7 @@ class Learner:
             self.value_head = ValueHead(hidden, value_heads)
             groups.append({"params": list(self.value_head.parameters()), "lr": critic_lr if critic_lr is not None else lr})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
+        dist.broadcast_params([p for g in groups for p in g["params"]])
 
     @property
     def device(self) -> torch.device:
@@ -87,8 +91,23 @@ class Learner:
     @torch.no_grad()
     def score(self, samples: TokenSamples, rows: Sequence[int] | np.ndarray | None = None, *, reference: bool = False,
               entropy: bool = False, features: bool = False) -> Scores:  # fmt: skip
-        """Log-probs of the samples' responses under the current weights (and the reference)."""
+        """Log-probs of the samples' responses under the current weights (and the reference).
+
+        With several processes each scores its share of ``rows``; every process gets all scores."""
         rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if not self.dist.active:
+            return self._score(samples, rows, reference, entropy, features)
+        mine = self._score(samples, np.asarray(self.dist.share(rows), dtype=np.int64), reference, entropy, features)
+        per_row = [(mine.logp[i], mine.ref_logp[i] if reference else None, mine.entropy[i] if entropy else None,
+                    {h: f[i] for h, f in mine.features.items()}) for i in range(len(mine.rows))]  # fmt: skip
+        every = self.dist.gather(per_row)
+        out = Scores(rows=rows, logp=[r[0] for r in every], ref_logp=[r[1] for r in every] if reference else None,
+                     entropy=[r[2] for r in every] if entropy else None)  # fmt: skip
+        if features and every:
+            out.features = {h: torch.stack([r[3][h] for r in every]) for h in samples.value_offset}
+        return out
+
+    def _score(self, samples: TokenSamples, rows: np.ndarray, reference: bool, entropy: bool, features: bool) -> Scores:
         out = Scores(rows=rows, logp=[], ref_logp=[] if reference else None, entropy=[] if entropy else None)
         feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
         self.policy.model.eval()
@@ -109,7 +128,7 @@ class Learner:
                     ref = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
                                                temperature=self.settings.temperature)  # fmt: skip
                 out.ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
-        out.features = {h: torch.cat(f) for h, f in feats.items()}
+        out.features = {h: torch.cat(f) for h, f in feats.items() if f}
         return out
 
     def values(self, scores: Scores) -> dict[str, np.ndarray]:
@@ -152,7 +171,7 @@ class Learner:
         n_seqs = float(len(mb))
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
-        for micro in _chunks(mb, s.micro_batch_size):
+        for micro in _chunks(np.asarray(self.dist.share(mb), dtype=np.int64), s.micro_batch_size):
             rows = scores.rows[micro]
             per_token = {
                 "adv": [token_adv[i] for i in micro],
@@ -180,6 +199,8 @@ class Learner:
             stats["pg_loss"] += float(out.loss.detach())
             stats["clip_frac"] += float(out.clip_frac)
             stats["ratio"] += float(out.ratio)
+        self.dist.sum_grads(self.params)
+        stats = self.dist.sum_stats(stats)
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
         if self.value_head is not None and value_targets:
             stats["value_loss"] = self._value_loss(scores, mb, value_targets)

@@ -6,6 +6,10 @@ from (seed, iteration), and checkpoints hold adapter, optimiser, value head and 
 a run killed at any point and started again with the same command continues exactly: the next
 iteration's metrics equal an uninterrupted run's.
 
+Launched on several processes (``accelerate launch``/``torchrun``; ``trainers.distributed``) each
+process rolls out a share of the groups and trains a share of every minibatch; rank 0 writes the
+run directory and prints progress.
+
 Run directory: ``config.yaml`` (resolved), ``run.json`` (seed, versions), ``metrics.jsonl``,
 ``checkpoints/``, the tiny model and SFT model when built, ``eval_before.json``, ``summary.json``
 and the evaluation episodes ``eval/before.jsonl`` / ``eval/after.jsonl`` when evaluation is on, ``tensorboard/``, ``wandb/`` and ``tracking.json`` (W&B /
@@ -40,6 +44,7 @@ from agentrl.trainers.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from agentrl.trainers.distributed import SINGLE, init_distributed
 from agentrl.trainers.evaluation import evaluate
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
@@ -64,7 +69,11 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     cfg = load_config(config_path, list(overrides))
     run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
-    return Trainer(cfg, run_dir).run(stop_after=stop_after, progress=progress)
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.run(stop_after=stop_after, progress=progress)
+    finally:
+        trainer.dist.close()
 
 
 def _versions() -> dict[str, str]:
@@ -105,6 +114,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dist = SINGLE
 
     # ------------------------------------------------------------------ setup
     def _check_resume(self) -> None:
@@ -123,9 +133,11 @@ class Trainer:
             )
 
     def _write_run_files(self) -> None:
+        if not self.dist.main:
+            return
         (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         info = {"seed": self.cfg.seed, "versions": _versions(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "torch_threads": torch.get_num_threads()}  # fmt: skip
+                "torch_threads": torch.get_num_threads(), "processes": self.dist.world}  # fmt: skip
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=1))
 
     def builder(self) -> PromptBuilder:
@@ -152,7 +164,7 @@ class Trainer:
 
         tiny = self.cfg.model.tiny
         out = self.run_dir / "tiny-model"
-        if not (out / "config.json").exists():
+        if self.dist.main and not (out / "config.json").exists():
             tasks = self.task_ids(env, self.cfg.env.train_tasks.start, min(tiny.corpus_tasks, self.cfg.env.train_tasks.count), "model.tiny.corpus_tasks")
             corpus = env_corpus(env, tasks, steps_per_task=10, seed=tiny.seed)
             tmp = self.run_dir / ".tmp-tiny-model"
@@ -160,6 +172,7 @@ class Trainer:
             build_tiny_model(tmp, corpus, vocab_size=tiny.vocab_size, layers=tiny.layers, hidden=tiny.hidden,
                              heads=tiny.heads, kv_heads=tiny.kv_heads, seed=tiny.seed)  # fmt: skip
             os.replace(tmp, out)
+        self.dist.barrier()
         return out
 
     def _sft(self, base: str | Path, env: Any, progress: Callable[[str], None] | None = None) -> Path:
@@ -173,6 +186,7 @@ class Trainer:
 
         say = progress or (lambda line: None)
         out = self.run_dir / "sft-model"
+        self.dist.barrier()
         if (out / "config.json").exists():
             say(f"sft: {out} exists; reusing it")
             return out
@@ -206,8 +220,11 @@ class Trainer:
             say(f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)")
 
         stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
-                          chunk_size=self.cfg.model.logprob_chunk_size, log=log)  # fmt: skip
+                          chunk_size=self.cfg.model.logprob_chunk_size, log=log if self.dist.main else None, dist=self.dist)  # fmt: skip
         stats["sft_seconds"] = time.time() - t0
+        if not self.dist.main:
+            self.dist.barrier()
+            return out
         if not s.full_finetune:
             model = model.merge_and_unload()
         tmp = self.run_dir / ".tmp-sft-model"
@@ -216,6 +233,7 @@ class Trainer:
         tokenizer.save_pretrained(tmp)
         (tmp / "sft_stats.json").write_text(json.dumps(stats, indent=1))
         os.replace(tmp, out)
+        self.dist.barrier()
         return out
 
     def run_sft(self, progress: Callable[[str], None] | None = None) -> Path:
@@ -226,6 +244,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = init_distributed(cfg.model.device)
         saved = self.run_dir / "config.yaml"
         if (self.run_dir / "sft-model" / "config.json").exists() and saved.exists():
             old = yaml.safe_load(saved.read_text()) or {}
@@ -235,6 +254,8 @@ class Trainer:
                 raise ConfigError(f"{self.run_dir} holds an sft-model made with a different config (sections differ: "
                                   f"{', '.join(diff)}); choose another output directory")  # fmt: skip
         self._check_resume()
+        self.dist.barrier()  # every process has read the old config.yaml before rank 0 rewrites it
+        progress = progress if self.dist.main else None
         self._write_run_files()
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
@@ -248,24 +269,28 @@ class Trainer:
     def _device(self) -> torch.device:
         from agentrl.policies.hf import pick_device
 
-        return pick_device(self.cfg.model.device)
+        return self.dist.device if self.dist.active else pick_device(self.cfg.model.device)
 
     def _evaluate(self, policy: HFPolicy, envs: list[Any], tasks: list[str], name: str) -> dict[str, Any]:
         e = self.cfg.eval
         t0 = time.time()
         result = evaluate(policy, envs, tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
                           builder=self.builder(), temperature=e.temperature, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                          seed=self.cfg.seed + 7_777_777, episodes_path=self.run_dir / "eval" / f"{name}.jsonl")  # fmt: skip
+                          seed=self.cfg.seed + 7_777_777, episodes_path=self.run_dir / "eval" / f"{name}.jsonl", dist=self.dist)  # fmt: skip
         result["seconds"] = time.time() - t0
         return result
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_after: int | None = None, progress: Callable[[str], None] | None = None) -> Path:
         cfg = self.cfg
-        say = progress or (lambda line: None)
         t_run = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = dist = init_distributed(cfg.model.device)
         self._check_resume()
+        dist.barrier()  # every process has read the old config.yaml before rank 0 rewrites it
+        say = progress if progress is not None and dist.main else (lambda line: None)
+        if dist.active:
+            say(f"data-parallel over {dist.world} processes ({dist.device.type}); rank 0 writes {self.run_dir}")
         self._write_run_files()
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
@@ -276,14 +301,15 @@ class Trainer:
         if cfg.eval.enabled and cfg.eval.env_kwargs:  # e.g. {split: valid_unseen}: held-out tasks of another split
             eval_envs = [make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs}) for _ in range(cfg.env.num_envs)]
         eval_tasks = self.task_ids(eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
-        if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists():
+        if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists() and dist.main:
             say("building the tiny model (tokenizer trained on env text, random-init Qwen2)")
         model_path = self._model_path(envs[0])
         if cfg.sft.enabled:
-            model_path = self._sft(model_path, envs[0], progress)
+            model_path = self._sft(model_path, envs[0], say)
         seed_everything(cfg.seed)
         policy = HFPolicy.from_pretrained(
-            model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=cfg.model.device, dtype=cfg.model.dtype,
+            model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=dist.device if dist.active else cfg.model.device,
+            dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
         )  # fmt: skip
         if cfg.model.gradient_checkpointing:
@@ -297,45 +323,53 @@ class Trainer:
             max_grad_norm=cfg.optim.max_grad_norm, temperature=cfg.rollout.temperature,
         )  # fmt: skip
         learner = Learner(policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
-                          betas=cfg.optim.betas, value_heads=heads)  # fmt: skip
+                          betas=cfg.optim.betas, value_heads=heads, dist=dist)  # fmt: skip
         sampler = self._sampler(policy)
-        metrics = MetricsWriter.from_config(self.run_dir, cfg)
+        metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
         try:
             start = 0
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
-                start = int(load_checkpoint(ckpt, learner)["iteration"])
+                start = int(load_checkpoint(ckpt, learner, dist)["iteration"])
             before_path = self.run_dir / "eval_before.json"
             if cfg.eval.enabled and not before_path.exists():
                 if start > 0:
                     raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
                 say(f"evaluating the starting policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-                before_path.write_text(json.dumps(self._evaluate(policy, eval_envs, eval_tasks, "before"), indent=1))
-                say("before: " + _rate(json.loads(before_path.read_text())))
+                before = self._evaluate(policy, eval_envs, eval_tasks, "before")
+                if dist.main:
+                    before_path.write_text(json.dumps(before, indent=1))
+                say("before: " + _rate(before))
             elif start > 0:
                 say(f"resuming at iteration {start} from {ckpt}")
-            metrics.truncate_to(start)
+            if metrics is not None:
+                metrics.truncate_to(start)
             for it in range(start, cfg.optim.iterations):
                 if stop_after is not None and it >= stop_after:
                     return self.run_dir
                 self._sync_adapter(policy, sampler)
                 record = self.iteration(it, policy, learner, envs, train_tasks, sampler=sampler)
-                metrics.write(record)
+                if metrics is not None:
+                    metrics.write(record)
                 say(f"iteration {it + 1}/{cfg.optim.iterations}: success {record['success_rate']:.2f} reward {record['reward_mean']:.2f} "
                     f"kl {record.get('kl', 0.0):.4f} ({record['time_iteration']:.1f} s; {time.time() - t_run:.0f} s so far)")  # fmt: skip
                 if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
-                    save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record}, keep=cfg.logging.keep_checkpoints)
+                    save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record, "processes": dist.world},
+                                    keep=cfg.logging.keep_checkpoints, dist=dist)  # fmt: skip
             self._sync_adapter(policy, sampler)
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         if cfg.eval.enabled:
             say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
             after = self._evaluate(policy, eval_envs, eval_tasks, "after")
+            dist.barrier()
             before = json.loads(before_path.read_text())
             summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
                        "improvement": after["success_rate"] - before["success_rate"],
                        "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            if dist.main:
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             say(f"before RL: {_rate(before)}")
             say(f"after RL:  {_rate(after)}" + ("  (gain beyond both 95% intervals)" if summary["significant"] else ""))
         say(f"done in {time.time() - t_run:.0f} s: {self.run_dir}")
@@ -351,28 +385,37 @@ class Trainer:
         return OpenAIPolicy.connect(server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer)
 
     def _sync_adapter(self, policy: HFPolicy, sampler: Any) -> None:
-        """Give a server sampler the current LoRA weights: save the adapter, load it there by name."""
+        """Give a server sampler the current LoRA weights: save the adapter, load it there by name
+        (rank 0 does it; every process samples from the server once it is done)."""
         if sampler is policy:
             return
-        server = self.cfg.rollout.server
-        directory = Path(server.sync_dir) if server.sync_dir else self.run_dir / "served-adapter"
-        policy.save_adapter(directory)
-        sampler.sync_adapter(directory, server.adapter_name)
+        if self.dist.main:
+            server = self.cfg.rollout.server
+            directory = Path(server.sync_dir) if server.sync_dir else self.run_dir / "served-adapter"
+            policy.save_adapter(directory)
+            sampler.sync_adapter(directory, server.adapter_name)
+        self.dist.barrier()
 
     def iteration(self, it: int, policy: HFPolicy, learner: Learner, envs: list[Any], train_tasks: list[str], *,
                   sampler: Any = None) -> dict[str, Any]:  # fmt: skip
-        """One rollout (from ``sampler``, default the trained policy) + update; returns the metrics record."""
-        cfg, r = self.cfg, self.cfg.rollout
+        """One rollout (from ``sampler``, default the trained policy) + update; returns the metrics record.
+
+        With several processes each rolls out its share of the groups; all then hold the whole batch."""
+        cfg, r, dist = self.cfg, self.cfg.rollout, self.dist
         t_start = time.time()
         rng = np.random.default_rng([cfg.seed, it])
         picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
         seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
-        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=cfg.seed * 100_003 + it)
-        groups = rollout(sampler or policy, envs, [train_tasks[i] for i in picks], r.group_size, max_turns=r.max_turns, params=params,
-                         builder=self.builder(), seeds=seeds, id_prefix=f"it{it}-")  # fmt: skip
+        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                                seed=cfg.seed * 100_003 + it + 1_000_003 * dist.rank)  # fmt: skip
+        mine = dist.share(range(r.groups))
+        groups = rollout(sampler or policy, envs, [train_tasks[picks[g]] for g in mine], r.group_size, max_turns=r.max_turns,
+                         params=params, builder=self.builder(), seeds=[seeds[g] for g in mine],
+                         id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-") if mine else []  # fmt: skip
+        groups = dist.gather(groups)
         t_rollout = time.time() - t_start
         fill_turn_rewards(groups, r.turn_reward)
-        if cfg.logging.save_trajectories:
+        if cfg.logging.save_trajectories and dist.main:
             (self.run_dir / "trajectories").mkdir(exist_ok=True)
             write_trajectories(self.run_dir / "trajectories" / f"iter-{it:06d}.jsonl", [t for g in groups for t in g])
         trajs = [t for g in groups for t in g]

@@ -20,6 +20,7 @@ import torch
 
 from agentrl.agents import ChatPrompt, StepPrompt, parse_response
 from agentrl.policies.logprobs import pack_samples, token_logprobs
+from agentrl.trainers.distributed import SINGLE, Dist
 from agentrl.trainers.experts import EXPERTS, ExpertTurn, expert_env, get_expert
 
 __all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "run_sft", "sft_train"]
@@ -106,10 +107,12 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
 
 def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epochs: int, lr: float, batch_size: int,
               seed: int, chat_template: str | None = None, chunk_size: int = 512,
-              log: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:  # fmt: skip
+              log: Callable[[dict[str, float]], None] | None = None, dist: Dist = SINGLE) -> dict[str, float]:  # fmt: skip
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
-    Trains every parameter that requires grad (the whole model, or only a LoRA adapter).
+    Trains every parameter that requires grad (the whole model, or only a LoRA adapter). With
+    several processes each runs its share of every batch and the gradients are summed (the loss is
+    divided by the whole batch's token count), so the steps are the single-process ones.
     """
     from agentrl.agents import render_chat
 
@@ -121,6 +124,7 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
     responses = [tokenizer(d.response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else []) for d in demos]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
+    dist.broadcast_params(params)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rng = np.random.default_rng(seed)
@@ -130,14 +134,20 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
         order = rng.permutation(len(demos))
         for start in range(0, len(demos), batch_size):
             rows = order[start : start + batch_size]
-            packed = pack_samples([prompts[r] for r in rows], [responses[r] for r in rows], pad, device)
-            lp = token_logprobs(model, packed.input_ids, packed.attention_mask, packed.response_mask, chunk_size=chunk_size)
-            loss = -(lp.logprobs * packed.response_mask).sum() / packed.response_mask.sum().clamp(min=1)
+            n_tokens = max(sum(len(responses[r]) for r in rows), 1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = 0.0
+            mine = dist.share(rows)
+            if mine:
+                packed = pack_samples([prompts[r] for r in mine], [responses[r] for r in mine], pad, device)
+                lp = token_logprobs(model, packed.input_ids, packed.attention_mask, packed.response_mask, chunk_size=chunk_size)
+                nll = -(lp.logprobs * packed.response_mask).sum() / n_tokens
+                nll.backward()
+                loss = float(nll.detach())
+            dist.sum_grads(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(dist.sum_stats({"loss": loss})["loss"])
         if log is not None:
             log({"sft_epoch": float(epoch), "sft_loss": float(np.mean(losses[-max(1, len(demos) // batch_size) :]))})
     model.eval()
@@ -157,4 +167,8 @@ def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLi
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
     if progress is not None and not cfg.sft.enabled:
         progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
-    return Trainer(cfg, run_dir).run_sft(progress)
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.run_sft(progress)
+    finally:
+        trainer.dist.close()

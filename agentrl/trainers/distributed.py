@@ -1,0 +1,120 @@
+"""Data-parallel training over several processes: GPUs (NCCL) or CPU processes (gloo).
+
+Launch ``agentrl train`` with ``accelerate launch --num_processes N -m agentrl.cli train CONFIG``
+(or ``torchrun --nproc_per_node N -m agentrl.cli train CONFIG``): accelerate's ``PartialState``
+sets up the process group and gives each process its device. Every process holds the whole model
+and adapter. Each rolls out its share of the iteration's groups; the groups are gathered so every
+process holds the whole batch and computes the same credit. The update's minibatches are the
+same on every process; each process runs its share of a minibatch's rows and the gradients are
+summed across processes before clipping and the optimiser step. Losses are already divided by
+the whole minibatch's token (or sequence) count, so the summed gradient is the one a single
+process would compute on the whole minibatch: N processes take the same steps as one, with N
+times the rollout and update throughput.
+
+Why not ``DistributedDataParallel``: its hooks all-reduce during every backward, so every process
+must run the same number of micro-batches; here a process's share of a minibatch may be smaller
+(or empty), and LoRA gradients are small enough that one flat all-reduce per optimiser step is
+cheaper than one per micro-batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["Dist", "SINGLE", "init_distributed"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run; with ``world == 1`` every collective is a no-op."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes the run directory (metrics, checkpoints, summaries) and prints progress."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This process's items: every ``world``-th one from ``rank`` (balanced to within one)."""
+        return list(items[self.rank :: self.world])
+
+    def gather(self, mine: Sequence[T]) -> list[T]:
+        """Every process's ``share`` put back in the original order (inverse of ``share``)."""
+        if not self.active:
+            return list(mine)
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, list(mine))
+        total = sum(len(p) for p in parts)
+        return [parts[i % self.world][i // self.world] for i in range(total)]
+
+    def sum_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Sum the gradients of ``params`` over processes (a process without one counts zeros)."""
+        if not self.active or not params:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def sum_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """Per-key sums over processes (a key missing on a process counts 0)."""
+        if not self.active:
+            return dict(stats)
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, dict(stats))
+        keys = sorted({k for p in parts for k in p})
+        return {k: float(sum(p.get(k, 0.0) for p in parts)) for k in keys}
+
+    def broadcast_params(self, params: Sequence[torch.Tensor]) -> None:
+        """Make every process's ``params`` equal rank 0's (a tensor off the process's device, such
+        as the CPU value head under NCCL, travels through it)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for p in params:
+                on_device = p.data if self.device is None or p.device == self.device else p.data.to(self.device)
+                torch.distributed.broadcast(on_device, src=0)
+                if on_device is not p.data:
+                    p.data.copy_(on_device)
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+SINGLE = Dist()
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """The process group a launcher (``accelerate launch``, ``torchrun``) asked for through
+    ``WORLD_SIZE``/``RANK``, or ``SINGLE``. ``device: cpu`` (or no GPU) trains on CPU processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return SINGLE
+    from accelerate import PartialState
+
+    cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    if state.num_processes <= 1:
+        return SINGLE
+    return Dist(rank=state.process_index, world=state.num_processes, device=torch.device("cpu") if cpu else state.device)

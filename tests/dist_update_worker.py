@@ -1,0 +1,60 @@
+"""Run by tests/test_distributed.py under ``torchrun --nproc_per_node N``: the same rollout batch on
+every process, then one update per schedule (GRPO, GAE with a value head, SeeUPO) through a
+``Learner`` on ``init_distributed``; each process saves its trained parameters and statistics."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agentrl.agents import StepPrompt
+from agentrl.envs.maze import MazeEnv
+from agentrl.policies import SamplingParams
+from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.rollout import rollout
+from agentrl.trainers.distributed import init_distributed
+from agentrl.trainers.learner import Learner, UpdateSettings
+from agentrl.trainers.samples import build_samples, steps_in_row_order
+from agentrl.trainers.schedule import needs_values, seeupo_update, standard_update
+from agentrl.trainers.values import value_heads_for
+from agentrl.types import StepBatch
+
+
+def main(model_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    torch.manual_seed(0)
+    sampler = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
+    envs = [MazeEnv(size=2, n_doors=1, num_tasks=50) for _ in range(6)]
+    groups = rollout(sampler, envs, ["maze-1", "maze-2", "maze-3"], 3, max_turns=3,
+                     params=SamplingParams(max_new_tokens=6, seed=5), builder=StepPrompt(history_k=1))  # fmt: skip
+    steps = steps_in_row_order(groups)
+    batch = StepBatch.from_trajectories(groups)
+    results = {}
+    for estimator in ("grpo", "gae", "seeupo"):
+        torch.manual_seed(1)
+        policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
+        heads = value_heads_for(estimator, needs_values(estimator))
+        settings = UpdateSettings(minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2)
+        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist)
+        initial = [p.detach().clone() for p in learner.params]
+        samples = build_samples(steps, value_heads=learner.value_head.heads if learner.value_head else ())
+        rng = np.random.default_rng(3)
+        if estimator == "seeupo":
+            result = seeupo_update(learner, batch, samples, {}, rng=rng)
+        else:
+            result = standard_update(learner, batch, samples, estimator, {}, rng=rng)
+        params = [p.detach().clone() for p in learner.params]
+        if learner.value_head is not None:
+            params += [p.detach().clone() for p in learner.value_head.parameters()]
+        moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
+        results[estimator] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
+    torch.save(results, Path(out) / f"world{dist.world}-rank{dist.rank}.pt")
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

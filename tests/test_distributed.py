@@ -1,0 +1,174 @@
+"""Data-parallel training on 2 CPU processes (gloo), launched the way users launch it
+(``torchrun``, ``accelerate launch``): the same steps as one process, one run directory,
+exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl.envs.maze import MazeEnv
+from agentrl.policies.tiny import build_tiny_model, env_corpus
+from agentrl.trainers.distributed import SINGLE, Dist
+from agentrl.trainers.metrics import read_metrics
+
+WORKER = Path(__file__).with_name("dist_update_worker.py")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    env = MazeEnv(size=2, n_doors=1, num_tasks=50)
+    corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_share_and_gather_are_inverse_and_single_is_a_no_op():
+    items = list(range(7))
+    shares = [Dist(rank=r, world=3).share(items) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+    assert SINGLE.share(items) == items and SINGLE.gather(items) == items and SINGLE.main and not SINGLE.active
+    assert SINGLE.sum_stats({"loss": 1.5}) == {"loss": 1.5}
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
+    """GRPO, GAE (value head) and SeeUPO updates on the same batch: 2 gloo processes end with the
+    parameters 1 process gets (to float rounding), identical on both ranks, and the same statistics."""
+    one = subprocess.run([sys.executable, str(WORKER), str(model_dir), str(tmp_path)], env=_env(), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", _free_port(), str(WORKER), str(model_dir), str(tmp_path)],
+                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    single = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=False) for r in range(2)]
+    for estimator, want in single.items():
+        assert want["moved"] > 1e-3, f"{estimator}: the update did not move the adapter"
+        for got in ranks:
+            assert got[estimator]["rows"] == want["rows"] == 27  # 3 groups x 3 episodes x up to 3 turns, all rows
+            for a, b in zip(got[estimator]["params"], want["params"]):
+                torch.testing.assert_close(a, b, atol=1e-4 if estimator == "seeupo" else 5e-6, rtol=0)
+            for k, v in want["stats"].items():
+                assert got[estimator]["stats"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (estimator, k)
+        for a, b in zip(ranks[0][estimator]["params"], ranks[1][estimator]["params"]):
+            assert torch.equal(a, b)
+
+
+def _launch(model_dir: Path, out: Path) -> subprocess.Popen:
+    overrides = {
+        "model.path": str(model_dir), "model.device": "cpu", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.1,
+        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}", "env.train_tasks.count": 20, "env.num_envs": 2,
+        "rollout.groups": 3, "rollout.group_size": 2, "rollout.max_turns": 2, "rollout.max_new_tokens": 6,
+        "rollout.history_k": 1, "optim.iterations": 3, "optim.lr": 0.01, "logging.tensorboard": "false",
+        "algorithm.estimator": "gae", "algorithm.minibatch_size": 4, "algorithm.micro_batch_size": 2, "algorithm.kl_coef": 0.01,
+        "model.torch_threads": 1, "sft.enabled": "false", "eval.enabled": "true", "eval.tasks.start": 30, "eval.tasks.count": 3, "eval.episodes_per_task": 1,
+    }  # fmt: skip
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", _free_port(),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agentrl.cli", "train", "configs/quickstart.yaml",
+           *[f"{k}={v}" for k, v in overrides.items()], "--out", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, env=_env(), cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+def _kill_all(proc: subprocess.Popen, marker: str) -> None:
+    """kill -9 the launcher and every process of the run (torchrun starts workers in new sessions)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if marker in cmdline and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    proc.wait()
+
+
+def _comparable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("time_") and k != "tokens_per_s"}
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path):
+    full = _launch(model_dir, tmp_path / "full")
+    out, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err[-3000:]
+    assert out.count("run directory:") == 1  # only rank 0 speaks
+    assert "data-parallel over 2 processes (cpu)" in err
+    records = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert all(r["episodes"] == 6 for r in records)  # both ranks' groups are in every record
+    ckpt = tmp_path / "full" / "checkpoints" / "iter-000003"
+    assert (ckpt / "rng-rank0.pt").exists() and (ckpt / "rng-rank1.pt").exists()
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["processes"] == 2
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["before"]["episodes"] == summary["after"]["episodes"] == 3
+    assert len((tmp_path / "full" / "eval" / "after.jsonl").read_text().splitlines()) == 3
+
+    killed = tmp_path / "killed"
+    proc = _launch(model_dir, killed)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").exists() and len(read_metrics(killed / "metrics.jsonl")) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    _kill_all(proc, f"--out {killed}")
+    time.sleep(1.0)
+    assert len(read_metrics(killed / "metrics.jsonl")) < 3
+    resumed = _launch(model_dir, killed)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    again = read_metrics(killed / "metrics.jsonl")
+    assert [_comparable(r) for r in again] == [_comparable(r) for r in records]
+
+
+@pytest.mark.slow
+def test_sft_on_two_processes_builds_one_tiny_model_and_takes_the_single_process_steps(tmp_path):
+    """``agentrl sft`` under torchrun: rank 0 builds the tiny model, both ranks train on shares of
+    every batch (5 demonstrations: 3 + 2), and the merged model equals the 1-process one."""
+    from safetensors.torch import load_file
+
+    overrides = ["model.tiny={vocab_size: 384, layers: 1, hidden: 32, heads: 4, kv_heads: 2, corpus_tasks: 10}",
+                 "model.torch_threads=1", "lora.r=4", "lora.alpha=8", "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
+                 "sft.tasks.count=6", "sft.epochs=2", "sft.batch_size=5", "sft.lr=0.01"]  # fmt: skip
+    cli = ["-m", "agentrl.cli", "sft", "configs/quickstart.yaml", *overrides]
+    root = Path(__file__).parents[1]
+    one = subprocess.run([sys.executable, *cli, "--out", str(tmp_path / "one")], env=_env(), cwd=root, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", _free_port(), *cli, "--out", str(tmp_path / "two")],
+                         env=_env(), cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("sft model:") == 1 and two.stderr.count("sft epoch 2/2") == 1
+    tiny = [load_file(tmp_path / d / "tiny-model" / "model.safetensors") for d in ("one", "two")]
+    assert all(torch.equal(tiny[0][k], tiny[1][k]) for k in tiny[0])
+    base, got, want = tiny[0], *(load_file(tmp_path / d / "sft-model" / "model.safetensors") for d in ("two", "one"))
+    assert max(float((want[k] - base[k]).abs().max()) for k in want if k in base) > 1e-3  # SFT moved the weights
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=2e-5, rtol=0)
+    losses = [[json.loads(line)["sft_loss"] for line in (tmp_path / d / "sft_metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
