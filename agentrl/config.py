@@ -54,6 +54,7 @@ class ModelConfig(Section):
     logprob_chunk_size: int = Field(512, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences on GPU)
+    merge_lora_for_sampling: bool = True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
 
 
 class LoraConfig(Section):

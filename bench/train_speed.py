@@ -60,11 +60,12 @@ def main() -> None:
     p.add_argument("--maze-size", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-merge", dest="merge", action="store_false", help="sample through the peft model, not a LoRA-merged copy")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(args, tmp)
         policy = HFPolicy.from_pretrained(path, lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r), device=args.device,
-                                          max_batch_size=args.batch)  # fmt: skip
+                                          max_batch_size=args.batch, merge_for_sampling=args.merge)  # fmt: skip
         n_params = sum(p.numel() for p in policy.model.parameters())
         prompts = maze_prompts(args.batch, args.maze_size)
         params = SamplingParams(temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
@@ -94,7 +95,7 @@ def main() -> None:
         train_rate = max(train_rates)
         report = {
             "device": str(policy.device), "parameters": n_params, "lora_r": args.lora_r,
-            "generation_batch": args.batch, "generation_new_tokens_per_s": round(max(gen_rates), 1),
+            "generation_batch": args.batch, "merged_lora_sampling": args.merge, "generation_new_tokens_per_s": round(max(gen_rates), 1),
             "train_tokens_per_micro_batch": rows * args.seq, "train_tokens_per_s": round(train_rate, 1),
         }  # fmt: skip
         if policy.device.type == "cuda":

@@ -330,6 +330,37 @@ def test_lora_is_applied_and_adapter_disabled_restores_base(policy, prompts, mod
     assert policy.describe()["trainable_parameters"] == sum(p.numel() for p in policy.trainable_parameters())
 
 
+def test_sampling_runs_on_a_merged_copy_that_follows_the_adapter(model_dir, prompts):
+    """Generation uses a LoRA-merged copy: the trained model's logits and greedy tokens, refreshed
+    after every in-place change of the adapter, the base weights untouched; off with the adapter off."""
+    from transformers import AutoModelForCausalLM
+
+    policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    base_model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids, mask, _ = batch_of(policy, prompts)
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    for seed in (3, 4):
+        perturb_lora(policy, seed=seed)
+        merged = policy._sampling_model()
+        assert merged is not policy.model and not hasattr(merged, "peft_config")
+        with torch.no_grad():
+            want = policy.model(input_ids=ids, attention_mask=mask).logits
+            got = merged(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        fast = [g.response_ids for g in policy.generate(prompts, greedy)]
+        policy.merge_for_sampling = False
+        slow = [g.response_ids for g in policy.generate(prompts, greedy)]
+        policy.merge_for_sampling = True
+        assert fast == slow
+    with policy.adapter_disabled(), torch.no_grad():  # sampling inside the block samples the base model
+        got = policy._sampling_model()(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(got, base_model(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=0)
+    trained = policy.model.get_base_model().state_dict()
+    for name, weight in base_model.state_dict().items():  # merging never wrote into the base weights
+        module, _, param = name.rpartition(".")
+        torch.testing.assert_close(trained.get(f"{module}.base_layer.{param}", trained.get(name)), weight, atol=0, rtol=0)
+
+
 def test_save_load_adapter_round_trip(policy, prompts, model_dir, tmp_path):
     ids, mask, resp = batch_of(policy, prompts)
     perturb_lora(policy, seed=11)

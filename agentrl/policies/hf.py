@@ -3,7 +3,9 @@
 Sampling is batched with left padding. The reference policy for KL is the same model with the
 adapter switched off (``adapter_disabled``), so no second copy of the weights is held. Sampling
 log-probs are recomputed after generation with the chunked scorer rather than kept from
-``generate`` (which would hold B x L x V float32 logits).
+``generate`` (which would hold B x L x V float32 logits). With an adapter, sampling runs on a
+LoRA-merged copy of the model (``merged.MergedCopy``; ``merge_for_sampling=False`` saves its
+memory), while log-probs always come from the trained model itself.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class HFPolicy:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, chat_template: str | None = None,
-                 max_batch_size: int = 64, logprob_chunk_size: int = 512) -> None:  # fmt: skip
+                 max_batch_size: int = 64, logprob_chunk_size: int = 512, merge_for_sampling: bool = True) -> None:  # fmt: skip
         if max_batch_size < 1 or logprob_chunk_size < 1:
             raise ValueError(f"max_batch_size and logprob_chunk_size must be >= 1, got {max_batch_size} and {logprob_chunk_size}")
         self.model = model
@@ -106,6 +108,8 @@ class HFPolicy:
         self.chat_template = chat_template
         self.max_batch_size = max_batch_size
         self.logprob_chunk_size = logprob_chunk_size
+        self.merge_for_sampling = merge_for_sampling
+        self._merged: Any = None
         gen_cfg = getattr(model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -132,6 +136,7 @@ class HFPolicy:
         chat_template: str | None = None,
         max_batch_size: int = 64,
         logprob_chunk_size: int = 512,
+        merge_for_sampling: bool = True,
     ) -> HFPolicy:
         """Load a model directory; add a fresh LoRA adapter (``lora``) or load a saved one (``adapter``).
 
@@ -162,7 +167,7 @@ class HFPolicy:
             model = PeftModel.from_pretrained(model, os.fspath(adapter), is_trainable=True).to(dev)
         model.eval()
         return cls(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
-                   logprob_chunk_size=logprob_chunk_size)  # fmt: skip
+                   logprob_chunk_size=logprob_chunk_size, merge_for_sampling=merge_for_sampling)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -227,7 +232,7 @@ class HFPolicy:
         self.model.eval()  # no dropout while sampling or scoring the samples
         try:
             stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
-            seqs = self.model.generate(
+            seqs = self._sampling_model().generate(
                 input_ids=ids, attention_mask=mask, generation_config=self._generation_config(params),
                 stopping_criteria=stopping,
             )  # fmt: skip
@@ -242,6 +247,16 @@ class HFPolicy:
             )  # fmt: skip
             for p, (r, reason), lp in zip(prompt_ids, responses, lps)
         ]
+
+    def _sampling_model(self) -> Any:
+        """The model generate runs: the LoRA-merged copy when there is an active adapter to merge."""
+        if not (self.merge_for_sampling and self.has_adapter):
+            return self.model
+        if self._merged is None:
+            from agentrl.policies.merged import MergedCopy
+
+            self._merged = MergedCopy(self.model)
+        return self._merged.current()
 
     def _cut(self, generated: list[int], params: SamplingParams) -> tuple[list[int], str]:
         """The response up to and including its end-of-turn token or stop string."""

@@ -504,7 +504,8 @@ def build_app(model_path: str | os.PathLike[str], *, adapter: str | os.PathLike[
     """Load the model at ``model_path`` (and ``adapter``, as ``name=path`` or a path) and build the app."""
     from agentrl.policies.hf import HFPolicy
 
-    policy = HFPolicy.from_pretrained(model_path, device=device, max_batch_size=max_batch_size)
+    # adapters come and go by name here, so sampling runs on the peft model itself, not a merged copy
+    policy = HFPolicy.from_pretrained(model_path, device=device, max_batch_size=max_batch_size, merge_for_sampling=False)
     name = served_model_name or os.fspath(model_path)
     app = create_app(policy, name, model_path=os.fspath(model_path), api_key=api_key, max_batch_size=max_batch_size, **app_kwargs)
     if adapter is not None:

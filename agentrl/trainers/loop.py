@@ -311,6 +311,7 @@ class Trainer:
             model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=dist.device if dist.active else cfg.model.device,
             dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
+            merge_for_sampling=cfg.model.merge_lora_for_sampling,
         )  # fmt: skip
         if cfg.model.gradient_checkpointing:
             policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
