@@ -34,6 +34,12 @@ def main(model_dir: str, out: str) -> None:
     steps = steps_in_row_order(groups)
     batch = StepBatch.from_trajectories(groups)
     results = {}
+    loose = [torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))]
+    for i, p in enumerate(loose):
+        if i != dist.rank:  # each process leaves one gradient unset
+            p.grad = torch.full_like(p, float(dist.rank + 1))
+    dist.sum_grads(loose, bucket_elements=7)  # two buckets
+    results["loose_grads"] = [p.grad for p in loose]
     for estimator in ("grpo", "gae", "seeupo"):
         torch.manual_seed(1)
         policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")

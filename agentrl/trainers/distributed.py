@@ -61,17 +61,23 @@ class Dist:
         total = sum(len(p) for p in parts)
         return [parts[i % self.world][i // self.world] for i in range(total)]
 
-    def sum_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients of ``params`` over processes (a process without one counts zeros)."""
-        if not self.active or not params:
+    def sum_grads(self, params: Sequence[torch.nn.Parameter], bucket_elements: int = 1 << 25) -> None:
+        """Sum the gradients of ``params`` over processes (a process without one counts zeros), one
+        all-reduce per bucket of up to ``bucket_elements`` values (a LoRA adapter is one bucket)."""
+        if not self.active:
             return
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-        offset = 0
+        bucket: list[torch.nn.Parameter] = []
+        size = 0
         for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            bucket.append(p)
+            size += p.numel()
+            if size >= bucket_elements:
+                _all_reduce_bucket(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _all_reduce_bucket(bucket)
 
     def sum_stats(self, stats: dict[str, float]) -> dict[str, float]:
         """Per-key sums over processes (a key missing on a process counts 0)."""
@@ -101,6 +107,15 @@ class Dist:
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 SINGLE = Dist()
