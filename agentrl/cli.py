@@ -351,16 +351,13 @@ def bench_credit(
     if part not in ("speed", "fidelity", "learning", "all"):
         raise typer.BadParameter(f"--part must be speed, fidelity, learning or all, got {part!r}")
     if part in ("speed", "all"):
-        import runpy
+        from agentrl.eval.credit_speed import credit_speed, parse_sizes
 
-        script = Path(__file__).resolve().parent.parent / "bench" / "credit_speed.py"
-        if not script.exists():
-            raise typer.BadParameter("the speed part runs bench/credit_speed.py from a source checkout")
-        argv, sys.argv = sys.argv, [str(script), "--sizes", sizes]
         try:
-            runpy.run_path(str(script), run_name="__main__")
-        finally:
-            sys.argv = argv
+            task_counts = parse_sizes(sizes)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        credit_speed(task_counts, echo=typer.echo)
     if part in ("fidelity", "all"):
         import json
 

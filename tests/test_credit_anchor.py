@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import io
 import math
-from contextlib import redirect_stdout
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +16,11 @@ from hypothesis import strategies as st
 from agentrl.credit import MissingInputError, available_estimators, estimate
 from agentrl.credit.gigpo import step_advantage
 from agentrl.credit.ops import layout
+from agentrl.eval.naive_gigpo import naive_gigpo
+from agentrl.eval.synthetic_rollouts import synthetic_batch, synthetic_trajectories
 from agentrl.types import Step, StepBatch, Trajectory
 
 EPS = 1e-6
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def traj(tid: str, steps: list[tuple], group: str = "g") -> Trajectory:
@@ -507,26 +504,20 @@ def test_bad_options_are_named(name, options, match):
 # ----------------------------------------------------------------------------- benchmark helpers
 
 
-@pytest.fixture
-def bench_modules(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    return {name: importlib.import_module(name) for name in ("synthetic", "naive_gigpo", "credit_speed")}
-
-
 @pytest.mark.parametrize("mode", ["mean_std", "mean"])
 @pytest.mark.parametrize("stats", ["trajectories", "steps"])
-def test_naive_gigpo_agrees_with_vectorised(bench_modules, mode, stats):
-    trajs = bench_modules["synthetic"].synthetic_trajectories(4, n=4, max_steps=12, seed=1)
+def test_naive_gigpo_agrees_with_vectorised(mode, stats):
+    trajs = synthetic_trajectories(4, n=4, max_steps=12, seed=1)
     b = StepBatch.from_trajectories(trajs)
-    naive = bench_modules["naive_gigpo"].naive_gigpo(trajs, mode=mode, episode_stats=stats)
+    naive = naive_gigpo(trajs, mode=mode, episode_stats=stats)
     fast = by_key(b, estimate("gigpo", b, mode=mode, episode_stats=stats).step)
     assert naive.keys() == fast.keys()
     for key, value in naive.items():
         assert fast[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
 
 
-def test_synthetic_batch_looks_like_alfworld(bench_modules):
-    b = bench_modules["synthetic"].synthetic_batch(16, seed=3)
+def test_synthetic_batch_looks_like_alfworld():
+    b = synthetic_batch(16, seed=3)
     summary = b.summary()
     assert summary["trajectories"] == 16 * 8 and summary["groups"] == 16
     assert 0.25 < summary["success_rate"] < 0.55
@@ -536,15 +527,3 @@ def test_synthetic_batch_looks_like_alfworld(bench_modules):
     for column in ("turn_reward", "tool_call", "switch", "subgoal", "state_text"):
         assert getattr(b, column) is not None, column
 
-
-def test_speed_bench_runs_every_estimator(bench_modules):
-    out = io.StringIO()
-    with redirect_stdout(out):
-        bench_modules["credit_speed"].bench_size(2, repeats=1, seed=0)
-    lines = out.getvalue().splitlines()
-    for name in available_estimators():
-        assert any(line.split()[0] == name for line in lines if line.strip()), name
-    for name in ("gigpo", "hgpo", "salt", "salt[merge=state_action]", "gigpo[anchors=similarity]"):
-        row = next(line for line in lines if line.split() and line.split()[0] == name)
-        assert "failed" not in row and float(row.split()[1]) > 0
-    assert any("faster" in line for line in lines)
