@@ -98,6 +98,19 @@ def test_check_env_and_make_with_own_server():
         env.close()
 
 
+def test_goal_choice_same_as_text_env(browser_env, text_env):
+    """Both envs pick goals through one function: same seeded draws, same refusals."""
+    for seed in (0, 1, 2):
+        assert browser_env.reset(seed=seed)[1]["task_id"] == text_env.reset(seed=seed)[1]["task_id"]
+    for bad in ("500", "x"):
+        errors = []
+        for env in (browser_env, text_env):
+            with pytest.raises(ValueError, match="it must be a goal index in 0..499") as e:
+                env.reset(options={"task_id": bad})
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+
+
 def test_missing_chromium_is_a_clear_error(server):
     with pytest.raises(FileNotFoundError, match="Chromium not found at /nonexistent/chromium"):
         WebShopBrowserEnv("test", base_url=server.url, executable_path="/nonexistent/chromium")

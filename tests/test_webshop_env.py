@@ -151,8 +151,10 @@ def test_truncation_at_max_steps():
 def test_task_id_errors(env):
     with pytest.raises(ValueError, match="not in split 'test'"):
         env.reset(options={"task_id": "600"})
-    with pytest.raises(ValueError, match="must be a goal index"):
-        env.reset(options={"task_id": "abc"})
+    for bad in ("abc", "-1", "7.0", 7.0, True, "\u0667"):
+        with pytest.raises(ValueError, match=r"WebShop task_id .* is not in split 'test': it must be a goal index in 0\.\.499"):
+            env.reset(options={"task_id": bad})
+    assert env.reset(options={"task_id": 7})[1]["task_id"] == "7"
 
 
 def test_group_resets_identical():

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentrl.envs.base import AgentEnv
+from agentrl.envs.webshop.loader import pick_goal
 from agentrl.envs.webshop.pages import parse_action, selected_key
 from agentrl.envs.webshop.text_env import DEFAULT_MAX_STEPS, instruction_keywords, shop_from_args
 
@@ -146,14 +147,7 @@ class WebShopBrowserEnv(AgentEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
-        task_id = (options or {}).get("task_id")
-        if task_id is None:
-            idx = self._goal_ids[int(self.np_random.integers(len(self._goal_ids)))]
-        else:
-            if not str(task_id).isdigit() or int(task_id) not in self._goal_ids:
-                raise ValueError(f"task_id {task_id!r} is not a goal index of split {self.split!r} "
-                                 f"({self._goal_ids.start}..{self._goal_ids.stop - 1})")
-            idx = int(task_id)
+        idx = pick_goal(self._goal_ids, self.split, (options or {}).get("task_id"), self.np_random)
         self._context.clear_cookies()
         self._page.goto(f"{self.base_url}/?goal={idx}")
         self._goal_idx, self._t = idx, 0

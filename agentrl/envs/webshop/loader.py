@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agentrl.envs.webshop.catalogue import HUMAN_INS_FILE, generate_catalogue
 from agentrl.envs.webshop.search import SearchEngine
 
@@ -54,6 +56,21 @@ class Shop:
             raise ValueError(f"split {split!r} needs goals [{lo}, {SPLITS[split][1]}) "
                              f"but this catalogue has {len(self.goals)} goals")
         return range(lo, hi)
+
+
+def pick_goal(goal_ids: range, split: str, task_id: Any, rng: np.random.Generator) -> int:
+    """The goal an episode plays: ``task_id`` checked against the split, or one drawn from ``rng`` when None.
+
+    Both WebShop envs reset through this, so they accept the same ids (an int or a string of digits)
+    and refuse the rest with the same message.
+    """
+    if task_id is None:
+        return goal_ids[int(rng.integers(len(goal_ids)))]
+    text = str(task_id)
+    if not (text.isascii() and text.isdigit()) or int(text) not in goal_ids:
+        raise ValueError(f"WebShop task_id {task_id!r} is not in split {split!r}: it must be a goal index in "
+                         f"{goal_ids.start}..{goal_ids.stop - 1}")
+    return int(text)
 
 
 def _parse_pricing(pricing: Any, asin: str) -> tuple[list[float], str]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentrl.envs.base import AgentEnv
-from agentrl.envs.webshop.loader import Shop, load_shop
+from agentrl.envs.webshop.loader import Shop, load_shop, pick_goal
 from agentrl.envs.webshop.pages import Page, PageMachine, Session
 
 PRICE_PHRASE = ", and price lower than"
@@ -53,23 +53,9 @@ class WebShopEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return [str(i) for i in self._goal_ids]
 
-    def _goal_index(self, task_id: Any) -> int:
-        try:
-            idx = int(task_id)
-        except (TypeError, ValueError):
-            raise ValueError(f"WebShop task_id must be a goal index (e.g. '{self._goal_ids[0]}'), got {task_id!r}") from None
-        if idx not in self._goal_ids:
-            raise ValueError(f"task_id {idx} is not in split {self.split!r} "
-                             f"(goals {self._goal_ids.start}..{self._goal_ids.stop - 1})")
-        return idx
-
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
-        task_id = (options or {}).get("task_id")
-        if task_id is None:
-            idx = self._goal_ids[int(self.np_random.integers(len(self._goal_ids)))]
-        else:
-            idx = self._goal_index(task_id)
+        idx = pick_goal(self._goal_ids, self.split, (options or {}).get("task_id"), self.np_random)
         self.session = self.machine.new_session(idx)
         self._t = 0
         obs, info = self._observe()
