@@ -61,6 +61,8 @@ def test_tokens_are_required_and_checked(maze_server):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
         r = httpx.post(maze_server.url + "/create", json={}, headers=headers)
         assert r.status_code == 401 and r.json()["error"] == "missing or wrong bearer token"
+    r = httpx.post(maze_server.url + "/step", content=b"{not json")  # the token is checked before the body
+    assert r.status_code == 401 and r.json()["error"] == "missing or wrong bearer token"
     with pytest.raises(RemoteEnvError, match="answered 401: missing or wrong bearer token"):
         RemoteEnv(maze_server.url, token="wrong")
 

@@ -116,6 +116,8 @@ def test_hostile_sizes_and_tokens_leave_the_server_up(client, server):
     r = client.post("/retrieve", json={"queries": ["a " * 600_000]})
     assert r.status_code == 413 and "request body too large" in r.json()["error"]
     assert httpx.post(server.url + "/retrieve", json={"queries": ["a"]}).status_code == 401
+    unauthorised = httpx.post(server.url + "/retrieve", content=b"{oops")  # the token is checked before the body
+    assert unauthorised.status_code == 401 and unauthorised.json()["error"] == "missing or wrong bearer token"
     with pytest.raises(RetrieverError, match="answered 401"):
         RemoteRetriever(server.url, token="bad").search("a")
     odd = client.post("/retrieve", json={"queries": ["", "!!!", "\u00e9\u00e8 \U0001f600", "the of and"]})

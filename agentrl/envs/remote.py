@@ -32,7 +32,7 @@ import numpy as np
 from agentrl.envs.base import AgentEnv
 
 __all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "read_json_body", "jsonable", "BodyError", "check_bearer",
-           "MAX_BODY_BYTES", "free_port"]
+           "read_json_request", "MAX_BODY_BYTES", "free_port"]
 
 MAX_BODY_BYTES = 1_000_000
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class RemoteEnvError(RuntimeError):
 
 
 class BodyError(Exception):
+    """A request refused before its handler runs; ``status`` and ``message`` are the HTTP answer."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
@@ -94,6 +96,20 @@ def check_bearer(request: Any, token: str | None) -> str | None:
     return None
 
 
+async def read_json_request(request: Any, token: str | None, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object once the bearer token checks out: the preamble every POST route shares.
+
+    Raises BodyError: 401 without the token, 413 past ``limit`` bytes, 400 on bad JSON, 422 for a non-object.
+    """
+    refused = check_bearer(request, token)
+    if refused:
+        raise BodyError(401, refused)
+    body = await read_json_body(request, limit)
+    if not isinstance(body, dict):
+        raise BodyError(422, f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
 class _Slot:
     def __init__(self, env: AgentEnv) -> None:
         self.env = env
@@ -127,15 +143,10 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
         return JSONResponse({"error": message}, status_code=status)
 
     async def body_of(request: Request, *fields: str) -> dict[str, Any] | JSONResponse:
-        refused = check_bearer(request, token)
-        if refused:
-            return error(401, refused)
         try:
-            body = await read_json_body(request, max_body_bytes)
+            body = await read_json_request(request, token, max_body_bytes)
         except BodyError as e:
             return error(e.status, e.message)
-        if not isinstance(body, dict):
-            return error(422, f"the body must be a JSON object, got {type(body).__name__}")
         missing = [f for f in fields if f not in body]
         if missing:
             return error(422, f"missing field(s) {missing}")

@@ -11,7 +11,7 @@ size) and answered with a clear error; an optional bearer token guards ``/retrie
 from collections.abc import Sequence
 from typing import Any
 
-from agentrl.envs.remote import MAX_BODY_BYTES, BodyError, check_bearer, read_json_body
+from agentrl.envs.remote import MAX_BODY_BYTES, BodyError, read_json_request
 from agentrl.envs.search.data import Doc
 from agentrl.envs.search.retriever import MAX_TOPK, BM25Retriever
 
@@ -21,10 +21,8 @@ MAX_QUERIES = 256
 MAX_QUERY_CHARS = 2000
 
 
-def _check_request(body: Any) -> tuple[list[str], int, bool] | str:
+def _check_request(body: dict[str, Any]) -> tuple[list[str], int, bool] | str:
     """(queries, topk, return_scores) or the reason the request is malformed."""
-    if not isinstance(body, dict):
-        return f"the body must be a JSON object, got {type(body).__name__}"
     unknown = sorted(set(body) - {"queries", "topk", "return_scores"})
     if unknown:
         return f"unknown field(s) {unknown}; expected queries, topk, return_scores"
@@ -64,11 +62,8 @@ def create_retrieval_app(retriever: BM25Retriever, *, token: str | None = None, 
 
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Any:
-        refused = check_bearer(request, token)
-        if refused:
-            return error(401, refused)
         try:
-            body = await read_json_body(request, max_body_bytes)
+            body = await read_json_request(request, token, max_body_bytes)
         except BodyError as e:
             return error(e.status, e.message)
         checked = _check_request(body)
