@@ -2,10 +2,12 @@
 
 Sampling is batched with left padding. The reference policy for KL is the same model with the
 adapter switched off (``adapter_disabled``), so no second copy of the weights is held. Sampling
-log-probs are recomputed after generation with the chunked scorer rather than kept from
-``generate`` (which would hold B x L x V float32 logits). With an adapter, sampling runs on a
+log-probs are taken during decoding, one value per row and step (``_ChosenLogprobs``), rather than
+from ``generate``'s own scores (which would hold B x L x V float32 logits) or from a second forward
+pass. With an adapter, sampling runs on a
 LoRA-merged copy of the model (``merged.MergedCopy``; ``merge_for_sampling=False`` saves its
-memory), while log-probs always come from the trained model itself.
+memory). The learner re-scores samples with the trained model itself, so these log-probs are what
+the sampler saw, not the training ratio's denominator.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
-from agentrl.policies.logprobs import TokenLogprobs, pack_samples, token_logprobs
+from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
 
 __all__ = ["LoraSettings", "HFPolicy", "pick_device"]
 
@@ -90,6 +92,37 @@ class _StopOnText:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class _ChosenLogprobs:
+    """A logits processor that keeps ``log_softmax(logits / T)`` of each sampled token.
+
+    It runs before the sampling warpers, so it sees the model's logits; the token chosen at step
+    k is the last input id at step k + 1 (and the last generated id after the final step), so only
+    one B x V row of log-probs is alive at a time.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None
+        self.chosen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.chosen.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
+
+    def finish(self, sequences: torch.Tensor) -> list[list[float]]:
+        """Per row, the log-prob of every generated token (``sequences``: prompt + generated ids)."""
+        self._take(sequences[:, -1])
+        self.previous = None
+        if not self.chosen:
+            return [[] for _ in range(sequences.shape[0])]
+        return torch.stack(self.chosen, dim=1).tolist()
 
 
 class HFPolicy:
@@ -232,12 +265,14 @@ class HFPolicy:
         self.model.eval()  # no dropout while sampling or scoring the samples
         try:
             stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
+            chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
             seqs = self._sampling_model().generate(
                 input_ids=ids, attention_mask=mask, generation_config=self._generation_config(params),
-                stopping_criteria=stopping,
+                stopping_criteria=stopping, logits_processor=[chosen],
             )  # fmt: skip
+            step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
-            lps = self._sampling_logprobs(prompt_ids, [r for r, _ in responses], params)
+            lps = [row[: len(r)] for row, (r, _) in zip(step_logprobs, responses)]
         finally:
             self.model.train(was_training)
         return [
@@ -271,14 +306,6 @@ class HFPolicy:
         if end is not None:
             return generated[:end], "stop"
         return generated, "length"
-
-    def _sampling_logprobs(self, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                           params: SamplingParams) -> list[list[float]]:  # fmt: skip
-        batch = pack_samples(prompt_ids, responses, self.pad_token_id, self.device)
-        temperature = params.temperature if params.temperature > 0 else 1.0
-        with torch.no_grad():
-            lp = self.logprobs(batch.input_ids, batch.attention_mask, batch.response_mask, temperature=temperature).logprobs
-        return [row.tolist() for row in batch.responses(lp)]
 
     # ------------------------------------------------------------------ scoring
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *,
