@@ -276,10 +276,11 @@ def eval_command(
     except (ValueError, KeyError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(
-        f"success {report['success_rate']:.3f} (95% CI {report['ci_low']:.3f}-{report['ci_high']:.3f}) "
-        f"over {report['episodes']} episodes; report: {out / 'report.md'}"
-    )
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(
+            f"success {report['success_rate']:.3f} (95% CI {report['ci_low']:.3f}-{report['ci_high']:.3f}) "
+            f"over {report['episodes']} episodes; report: {out / 'report.md'}"
+        )
 
 
 @app.command("serve")

@@ -175,3 +175,41 @@ def test_sft_on_two_processes_builds_one_tiny_model_and_takes_the_single_process
         torch.testing.assert_close(got[k], want[k], atol=2e-5, rtol=0)
     losses = [[json.loads(line)["sft_loss"] for line in (tmp_path / d / "sft_metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_plays_the_single_process_episodes(model_dir, tmp_path):
+    """``agentrl eval --policy hf:`` under torchrun: each process plays half the tasks with the seeds
+    one process gives them; rank 0's report covers all episodes and equals the 1-process one (greedy)."""
+    from agentrl.types import read_trajectories
+
+    args = ["-m", "agentrl.cli", "eval", "--env", "maze", "--policy", f"hf:{model_dir}", "--episodes", "7", "--seeds", "2",
+            "-o", "size=2", "-o", "n_doors=1", "-o", "num_tasks=50", "--max-turns", "3", "--max-new-tokens", "6", "--num-envs", "2"]  # fmt: skip
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", _free_port(), *args, "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("success ") == 1
+    reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")]
+    assert reports[0]["processes"] == 1 and reports[1]["processes"] == 2
+    for key in ("success_rate", "ci_low", "ci_high", "episodes", "per_seed", "invalid_rate", "mean_steps"):
+        assert reports[1][key] == reports[0][key], key
+    assert reports[1]["episodes"] == 14
+
+    def played(d: str) -> list[tuple]:
+        trajs = read_trajectories(tmp_path / d / "eval" / "episodes.jsonl")
+        return sorted((t.traj_id.split("-")[0], t.task_id, tuple(s.action for s in t.steps)) for t in trajs)
+
+    assert played("two") == played("one")
+
+
+def test_scripted_eval_refuses_several_processes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from agentrl.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["eval", "--env", "maze", "--policy", "random", "--episodes", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "only hf: policies evaluate on several processes" in result.output

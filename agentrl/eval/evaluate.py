@@ -6,6 +6,10 @@ admissible actions) or ``expert`` (the env's ``info["expert_action"]``, for envs
 ``expert=True``: ALFWorld, maze). It writes the episodes (``eval/episodes.jsonl``), ``report.json``
 (success rate with a 95% Wilson interval, per task type, per seed, mean steps and outcome with
 bootstrap intervals, invalid-action rate) and the Markdown + HTML report.
+
+Launched on several processes (``torchrun``/``accelerate launch``), an ``hf:`` evaluation is
+data-parallel: each process plays its share of the tasks (with the seeds one process would give
+them) on its own GPU, and rank 0 writes the report over all episodes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from agentrl.envs import AgentEnv, make
 from agentrl.eval.report import episode_figures, write_report
 from agentrl.eval.stats import Interval, wilson
+from agentrl.trainers.distributed import SINGLE, Dist, init_distributed, launched_processes
 from agentrl.types import Step, Trajectory, write_trajectories
 
 SCRIPTED = ("random", "expert")
@@ -102,7 +107,7 @@ def _play_scripted(env: AgentEnv, kind: str, task_id: str | None, seed: int, max
                       success=bool(info.get("success", False)), info=traj_info)
 
 
-def _load_policy(cfg: EvalConfig) -> Any:
+def _load_policy(cfg: EvalConfig, dist: Dist = SINGLE) -> Any:
     from agentrl.policies import make_policy
 
     kind, _, arg = cfg.policy.partition(":")
@@ -110,27 +115,31 @@ def _load_policy(cfg: EvalConfig) -> Any:
         from agentrl.policies.openai import OpenAIPolicy
 
         return OpenAIPolicy.connect(arg, cfg.model, require_token_ids=False)
-    kwargs = {"adapter": cfg.adapter} if cfg.adapter else {}
+    kwargs: dict[str, Any] = {"adapter": cfg.adapter} if cfg.adapter else {}
+    if dist.active:
+        kwargs["device"] = dist.device
     return make_policy(kind, path=arg, **kwargs)
 
 
-def _play_policy(cfg: EvalConfig, policy: Any, env_kwargs: dict[str, Any], tasks: list[str | None], seed: int) -> list[Trajectory]:
+def _play_policy(cfg: EvalConfig, policy: Any, env_kwargs: dict[str, Any], tasks: list[str | None], seed: int,
+                 dist: Dist = SINGLE) -> list[Trajectory]:  # fmt: skip
     from agentrl.agents import StepPrompt
     from agentrl.policies.base import SamplingParams
     from agentrl.rollout import rollout
 
     if any(t is None for t in tasks):
         raise ValueError(f"env {cfg.env!r} does not list its tasks (task_ids() is empty); policy evaluation needs task ids")
-    envs = [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, len(tasks)))]
-    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed)
+    mine = dist.share(range(len(tasks)))
+    envs = [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, max(len(mine), 1)))]
+    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + 1_000_003 * dist.rank)
     builder = StepPrompt(history_k=cfg.history_k, response_format=cfg.response_format, system_prompt=cfg.system_prompt)
     try:
-        groups = rollout(policy, envs, [str(t) for t in tasks], 1, max_turns=cfg.max_turns, params=params, builder=builder,
-                         seeds=[seed * 100_003 + k for k in range(len(tasks))], id_prefix=f"s{seed}-")
+        groups = rollout(policy, envs, [str(tasks[k]) for k in mine], 1, max_turns=cfg.max_turns, params=params, builder=builder,
+                         seeds=[seed * 100_003 + k for k in mine], id_prefix=f"s{seed}-r{dist.rank}-" if dist.active else f"s{seed}-") if mine else []  # fmt: skip
     finally:
         for env in envs:
             env.close()
-    return [t for g in groups for t in g]
+    return [t for g in dist.gather(groups) for t in g]
 
 
 def _interval(iv: Interval | None) -> dict[str, float] | None:
@@ -163,10 +172,22 @@ def summarize(trajectories: list[Trajectory], seeds: dict[int, list[Trajectory]]
 
 
 def evaluate(cfg: EvalConfig, out_dir: str | Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Play the evaluation, write episodes, report.json and the report; returns report.json's dict."""
+    """Play the evaluation, write episodes, report.json and the report; returns report.json's dict.
+
+    Under a multi-process launcher only ``hf:`` policies run (data-parallel); rank 0 writes."""
     out = Path(out_dir)
     (out / "eval").mkdir(parents=True, exist_ok=True)
     kind = cfg.policy.partition(":")[0]
+    if kind != "hf" and launched_processes() > 1:
+        raise ValueError(f"only hf: policies evaluate on several processes; run {cfg.policy.partition(':')[0]} evaluation as one process")
+    dist = init_distributed() if kind == "hf" else SINGLE
+    try:
+        return _evaluate(cfg, out, kind, dist, progress if dist.main else None)
+    finally:
+        dist.close()
+
+
+def _evaluate(cfg: EvalConfig, out: Path, kind: str, dist: Dist, progress: Callable[[str], None] | None) -> dict[str, Any]:
     env_kwargs = dict(cfg.env_kwargs)
     if kind == "expert":
         env_kwargs.setdefault("expert", True)
@@ -182,7 +203,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, progress: Callable[[str], Non
     tasks = _tasks(env, cfg.episodes)
     start = time.perf_counter()
     by_seed: dict[int, list[Trajectory]] = {}
-    policy = _load_policy(cfg) if kind in MODEL_POLICIES else None
+    policy = _load_policy(cfg, dist) if kind in MODEL_POLICIES else None
     for seed in range(cfg.seeds):
         if kind in SCRIPTED:
             rng = np.random.default_rng(seed)
@@ -192,15 +213,17 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, progress: Callable[[str], Non
                 if progress and (k + 1) % max(1, len(tasks) // 10) == 0:
                     progress(f"seed {seed}: {k + 1}/{len(tasks)} episodes")
         else:
-            trajs = _play_policy(cfg, policy, env_kwargs, tasks, seed)
+            trajs = _play_policy(cfg, policy, env_kwargs, tasks, seed, dist)
             if progress:
                 progress(f"seed {seed}: {len(trajs)} episodes")
         by_seed[seed] = trajs
     env.close()
     trajectories = [t for ts in by_seed.values() for t in ts]
-    write_trajectories(out / "eval" / "episodes.jsonl", trajectories)
     report = summarize(trajectories, by_seed)
-    report.update(env=cfg.env, policy=cfg.policy, seconds=round(time.perf_counter() - start, 3))
+    report.update(env=cfg.env, policy=cfg.policy, seconds=round(time.perf_counter() - start, 3), processes=dist.world)
+    if not dist.main:
+        return report
+    write_trajectories(out / "eval" / "episodes.jsonl", trajectories)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "eval_config.json").write_text(
         json.dumps({"config": asdict(cfg), "python": platform.python_version(), "agentrl": _version()}, indent=1), encoding="utf-8"

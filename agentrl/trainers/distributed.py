@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a collective runs, so a single-process user of Dist (the
+    import torch  # evaluation of scripted policies) does not need the training extra
 
 __all__ = ["Dist", "SINGLE", "init_distributed"]
 
@@ -56,6 +57,8 @@ class Dist:
         """Every process's ``share`` put back in the original order (inverse of ``share``)."""
         if not self.active:
             return list(mine)
+        import torch
+
         parts: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(parts, list(mine))
         total = sum(len(p) for p in parts)
@@ -66,6 +69,8 @@ class Dist:
         all-reduce per bucket of up to ``bucket_elements`` values (a LoRA adapter is one bucket)."""
         if not self.active:
             return
+        import torch
+
         bucket: list[torch.nn.Parameter] = []
         size = 0
         for p in params:
@@ -83,6 +88,8 @@ class Dist:
         """Per-key sums over processes (a key missing on a process counts 0)."""
         if not self.active:
             return dict(stats)
+        import torch
+
         parts: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(parts, dict(stats))
         keys = sorted({k for p in parts for k in p})
@@ -93,6 +100,8 @@ class Dist:
         as the CPU value head under NCCL, travels through it)."""
         if not self.active:
             return
+        import torch
+
         with torch.no_grad():
             for p in params:
                 on_device = p.data if self.device is None or p.device == self.device else p.data.to(self.device)
@@ -102,14 +111,21 @@ class Dist:
 
     def barrier(self) -> None:
         if self.active:
+            import torch
+
             torch.distributed.barrier()
 
     def close(self) -> None:
-        if self.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if self.active:
+            import torch
+
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
 def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
+    import torch
+
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
     offset = 0
@@ -121,11 +137,17 @@ def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
 SINGLE = Dist()
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str | None = None) -> Dist:
     """The process group a launcher (``accelerate launch``, ``torchrun``) asked for through
     ``WORLD_SIZE``/``RANK``, or ``SINGLE``. ``device: cpu`` (or no GPU) trains on CPU processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_processes() <= 1:
         return SINGLE
+    import torch
     from accelerate import PartialState
 
     cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
