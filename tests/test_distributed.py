@@ -79,7 +79,7 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
             assert torch.equal(a, b)
 
 
-def _launch(model_dir: Path, out: Path) -> subprocess.Popen:
+def _launch(model_dir: Path, out: Path, **extra: str) -> subprocess.Popen:
     overrides = {
         "model.path": str(model_dir), "model.device": "cpu", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.1,
         "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}", "env.train_tasks.count": 20, "env.num_envs": 2,
@@ -87,6 +87,7 @@ def _launch(model_dir: Path, out: Path) -> subprocess.Popen:
         "rollout.history_k": 1, "optim.iterations": 3, "optim.lr": 0.01, "logging.tensorboard": "false",
         "algorithm.estimator": "gae", "algorithm.minibatch_size": 4, "algorithm.micro_batch_size": 2, "algorithm.kl_coef": 0.01,
         "model.torch_threads": 1, "sft.enabled": "false", "eval.enabled": "true", "eval.tasks.start": 30, "eval.tasks.count": 3, "eval.episodes_per_task": 1,
+        **extra,
     }  # fmt: skip
     cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_ip", "127.0.0.1", "--main_process_port", _free_port(),
@@ -213,3 +214,30 @@ def test_scripted_eval_refuses_several_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = CliRunner().invoke(app, ["eval", "--env", "maze", "--policy", "random", "--episodes", "2", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "only hf: policies evaluate on several processes" in result.output
+
+
+@pytest.mark.slow
+def test_two_processes_sample_through_one_server(model_dir, tmp_path):
+    """rollout.server.url with 2 learner processes: rank 0 loads the adapter into ``agentrl serve``
+    before every rollout, both ranks sample their groups there, and the served adapter ends as the trained one."""
+    from agentrl.policies.hf import HFPolicy, LoraSettings
+    from agentrl.policies.openai import OpenAIPolicy
+    from agentrl.policies.server import PolicyServer
+
+    with PolicyServer(model_dir, served_model_name="tiny", device="cpu", batch_wait_s=0.01) as server:
+        run = _launch(model_dir, tmp_path / "run", **{"rollout.server.url": server.url + "/v1", "optim.iterations": "2",
+                                                      "eval.enabled": "false"})  # fmt: skip
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+        assert [r["iteration"] for r in records] == [0, 1]
+        assert all(r["episodes"] == 6 and r["tokens_generated"] > 0 for r in records)
+        client = OpenAIPolicy(server.url, "agentrl-policy")
+        assert "agentrl-policy" in client.models()
+        trained = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+        trained.load_adapter(tmp_path / "run" / "checkpoints" / "iter-000002" / "adapter")
+        saved = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+        saved.load_adapter(tmp_path / "run" / "served-adapter")
+        for a, b in zip(trained.trainable_parameters(), saved.trainable_parameters()):
+            assert torch.equal(a, b)
+        assert any(float(p.detach().abs().max()) > 0 for n, p in trained.model.named_parameters() if "lora_B" in n)
