@@ -51,6 +51,18 @@ def test_share_and_gather_are_inverse_and_single_is_a_no_op():
     assert SINGLE.sum_stats({"loss": 1.5}) == {"loss": 1.5}
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """Hardware stand-in (named as such): torch.cuda reports one GPU while the launcher started 2 processes."""
+    from agentrl.trainers.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="process 1 on this machine has no GPU of its own .1 visible.*model.device=cpu"):
+        init_distributed("cuda")
+
+
 @pytest.mark.slow
 def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
     """GRPO, GAE (value head) and SeeUPO updates on the same batch: 2 gloo processes end with the

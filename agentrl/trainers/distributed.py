@@ -151,6 +151,10 @@ def init_distributed(device: str | None = None) -> Dist:
     from accelerate import PartialState
 
     cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not cpu and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} visible): "
+                         "launch one process per GPU, or train on CPU processes with model.device=cpu")  # fmt: skip
     state = PartialState(cpu=cpu)
     if state.num_processes <= 1:
         return SINGLE
