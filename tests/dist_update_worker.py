@@ -59,7 +59,6 @@ def main(model_dir: str, out: str) -> None:
         moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
         results[estimator] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
     torch.save(results, Path(out) / f"world{dist.world}-rank{dist.rank}.pt")
-    dist.close()
 
 
 if __name__ == "__main__":

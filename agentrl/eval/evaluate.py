@@ -181,10 +181,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, progress: Callable[[str], Non
     if kind != "hf" and launched_processes() > 1:
         raise ValueError(f"only hf: policies evaluate on several processes; run {cfg.policy.partition(':')[0]} evaluation as one process")
     dist = init_distributed() if kind == "hf" else SINGLE
-    try:
-        return _evaluate(cfg, out, kind, dist, progress if dist.main else None)
-    finally:
-        dist.close()
+    return _evaluate(cfg, out, kind, dist, progress if dist.main else None)
 
 
 def _evaluate(cfg: EvalConfig, out: Path, kind: str, dist: Dist, progress: Callable[[str], None] | None) -> dict[str, Any]:

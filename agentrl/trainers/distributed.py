@@ -19,6 +19,7 @@ cheaper than one per micro-batch.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,13 +116,6 @@ class Dist:
 
             torch.distributed.barrier()
 
-    def close(self) -> None:
-        if self.active:
-            import torch
-
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-
 
 def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
     import torch
@@ -132,6 +126,13 @@ def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
     for p in params:
         p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
+
+
+def _destroy_process_group() -> None:
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 SINGLE = Dist()
@@ -155,7 +156,8 @@ def init_distributed(device: str | None = None) -> Dist:
     if not cpu and local_rank >= torch.cuda.device_count():
         raise ValueError(f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} visible): "
                          "launch one process per GPU, or train on CPU processes with model.device=cpu")  # fmt: skip
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu)  # a singleton: later calls in this process reuse the group
     if state.num_processes <= 1:
         return SINGLE
+    atexit.register(_destroy_process_group)
     return Dist(rank=state.process_index, world=state.num_processes, device=torch.device("cpu") if cpu else state.device)

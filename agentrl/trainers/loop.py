@@ -69,11 +69,7 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     cfg = load_config(config_path, list(overrides))
     run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
-    trainer = Trainer(cfg, run_dir)
-    try:
-        return trainer.run(stop_after=stop_after, progress=progress)
-    finally:
-        trainer.dist.close()
+    return Trainer(cfg, run_dir).run(stop_after=stop_after, progress=progress)
 
 
 def _versions() -> dict[str, str]:

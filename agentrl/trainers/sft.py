@@ -167,8 +167,4 @@ def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLi
     cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
     if progress is not None and not cfg.sft.enabled:
         progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
-    trainer = Trainer(cfg, run_dir)
-    try:
-        return trainer.run_sft(progress)
-    finally:
-        trainer.dist.close()
+    return Trainer(cfg, run_dir).run_sft(progress)
