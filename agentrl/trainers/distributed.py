@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:  # torch is imported when a collective runs, so a single-process user of Dist (the
     import torch  # evaluation of scripted policies) does not need the training extra
 
-__all__ = ["Dist", "SINGLE", "init_distributed"]
+__all__ = ["Dist", "SINGLE", "init_distributed", "launched_processes"]
 
 T = TypeVar("T")
 
