@@ -70,6 +70,12 @@ def _env_option_error(e: TypeError) -> str | None:
     return None
 
 
+def _main_process_echo(line: str) -> None:
+    """Print ``line`` once: in rank 0 when a launcher started several processes."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(line)
+
+
 @contextmanager
 def _config_errors() -> Iterator[None]:
     """A bad config or env option, or an unreachable rollout server, ends the command with
@@ -106,8 +112,7 @@ def train(
 
     with _config_errors():
         run_dir = run_training(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    if os.environ.get("RANK", "0") == "0":  # launched on several processes, rank 0 speaks
-        typer.echo(f"run directory: {run_dir}")
+    _main_process_echo(f"run directory: {run_dir}")
 
 
 @app.command("sft")
@@ -127,8 +132,7 @@ def sft(
 
     with _config_errors():
         model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
-    if os.environ.get("RANK", "0") == "0":
-        typer.echo(f"sft model: {model_dir}")
+    _main_process_echo(f"sft model: {model_dir}")
 
 
 @envs_app.command("list")
@@ -276,11 +280,10 @@ def eval_command(
     except (ValueError, KeyError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(code=2) from None
-    if os.environ.get("RANK", "0") == "0":
-        typer.echo(
-            f"success {report['success_rate']:.3f} (95% CI {report['ci_low']:.3f}-{report['ci_high']:.3f}) "
-            f"over {report['episodes']} episodes; report: {out / 'report.md'}"
-        )
+    _main_process_echo(
+        f"success {report['success_rate']:.3f} (95% CI {report['ci_low']:.3f}-{report['ci_high']:.3f}) "
+        f"over {report['episodes']} episodes; report: {out / 'report.md'}"
+    )
 
 
 @app.command("serve")

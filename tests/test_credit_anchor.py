@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentrl.credit import MissingInputError, available_estimators, estimate
+from agentrl.credit import MissingInputError, estimate
 from agentrl.credit.gigpo import step_advantage
 from agentrl.credit.ops import layout
 from agentrl.eval.naive_gigpo import naive_gigpo

@@ -90,10 +90,13 @@ class OpenAIPolicy:
             self._tokenizer = AutoTokenizer.from_pretrained(tokenizer)
 
     # ------------------------------------------------------------------ http
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def _client(self) -> Any:
         import httpx
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = self._headers()
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         return httpx.AsyncClient(base_url=self.root, headers=headers, timeout=self.timeout, limits=limits)
 
@@ -269,9 +272,8 @@ class OpenAIPolicy:
         """The model ids the server lists (``GET /v1/models``)."""
         import httpx
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            response = httpx.get(f"{self.root}/v1/models", headers=headers, timeout=self.timeout)
+            response = httpx.get(f"{self.root}/v1/models", headers=self._headers(), timeout=self.timeout)
         except httpx.TransportError as e:
             raise OpenAIServerError(f"{self.root}/v1/models could not be reached: {type(e).__name__}: {e}") from None
         if response.status_code >= 400:

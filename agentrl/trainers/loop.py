@@ -66,10 +66,7 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     iterations are done and checkpointed (as if the run had been stopped there). ``progress`` gets
     a line per stage, SFT epoch, evaluation and iteration (``agentrl train`` prints them).
     """
-    cfg = load_config(config_path, list(overrides))
-    run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
-    cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
-    return Trainer(cfg, run_dir).run(stop_after=stop_after, progress=progress)
+    return Trainer.from_config(config_path, out_dir, overrides).run(stop_after=stop_after, progress=progress)
 
 
 def _versions() -> dict[str, str]:
@@ -112,16 +109,27 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = SINGLE
 
+    @classmethod
+    def from_config(cls, config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
+                    overrides: Iterable[str] = ()) -> Trainer:  # fmt: skip
+        """The trainer of a YAML config with ``key=value`` overrides, writing to ``out_dir`` (default: the config's)."""
+        cfg = load_config(config_path, list(overrides))
+        run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
+        return cls(cfg.model_copy(update={"out_dir": str(run_dir)}), run_dir)
+
     # ------------------------------------------------------------------ setup
-    def _check_resume(self) -> None:
+    def _sections_changed(self, sections: Iterable[str] | None = None) -> list[str]:
+        """Config sections (all but ``out_dir`` when None) that differ from the run dir's config.yaml."""
         saved = self.run_dir / "config.yaml"
         if not saved.exists():
-            return
+            return []
         old = yaml.safe_load(saved.read_text()) or {}
         new = self.cfg.model_dump(mode="json")
-        old.pop("out_dir", None)
-        new.pop("out_dir", None)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        keys = set(old) | set(new) if sections is None else set(sections)
+        return sorted(k for k in keys - {"out_dir"} if old.get(k) != new.get(k))
+
+    def _check_resume(self) -> None:
+        diff = self._sections_changed()
         if diff and latest_checkpoint(self.run_dir) is not None:
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different config (sections differ: {', '.join(diff)}); "
@@ -241,11 +249,8 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist = init_distributed(cfg.model.device)
-        saved = self.run_dir / "config.yaml"
-        if (self.run_dir / "sft-model" / "config.json").exists() and saved.exists():
-            old = yaml.safe_load(saved.read_text()) or {}
-            new = cfg.model_dump(mode="json")
-            diff = sorted(k for k in ("seed", "model", "lora", "env", "rollout", "sft") if old.get(k) != new.get(k))
+        if (self.run_dir / "sft-model" / "config.json").exists():
+            diff = self._sections_changed(("seed", "model", "lora", "env", "rollout", "sft"))
             if diff:
                 raise ConfigError(f"{self.run_dir} holds an sft-model made with a different config (sections differ: "
                                   f"{', '.join(diff)}); choose another output directory")  # fmt: skip

@@ -158,13 +158,10 @@ def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLi
             overrides: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
     """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
     false); returns the merged model's directory, ``<run dir>/sft-model``."""
-    from agentrl.config import load_config
     from agentrl.trainers.loop import Trainer
 
-    cfg = load_config(config_path, list(overrides))
-    get_expert(cfg.env.name)  # an env without an expert fails here, before any model is built
-    run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
-    cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
-    if progress is not None and not cfg.sft.enabled:
+    trainer = Trainer.from_config(config_path, out_dir, overrides)
+    get_expert(trainer.cfg.env.name)  # an env without an expert fails here, before any model is built
+    if progress is not None and not trainer.cfg.sft.enabled:
         progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
-    return Trainer(cfg, run_dir).run_sft(progress)
+    return trainer.run_sft(progress)
