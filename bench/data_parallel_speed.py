@@ -1,0 +1,68 @@
+"""Data-parallel training speed: the same config on 1 process and on N processes (torchrun).
+
+    .venv/bin/python bench/data_parallel_speed.py [--processes 2] [--iterations 4] [--threads 2]
+
+Trains ``configs/quickstart.yaml`` without SFT and evaluation (the tiny model is built in each run
+directory) once on one process with ``--threads`` torch threads and once on ``--processes``
+processes sharing those threads, and prints the median rollout, update and iteration seconds and
+new tokens/s of each. On a CPU machine the processes share the same cores, so expect parity; on
+GPUs (``--device cuda``, one process per GPU) the iteration time should fall with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run(processes: int, threads: int, iterations: int, device: str, out: Path) -> dict[str, float]:
+    overrides = ["sft.enabled=false", "eval.enabled=false", f"optim.iterations={iterations}", "logging.tensorboard=false",
+                 "logging.save_trajectories=false", f"model.torch_threads={threads}", f"model.device={device}"]  # fmt: skip
+    cli = ["-m", "agentrl.cli", "train", str(ROOT / "configs" / "quickstart.yaml"), *overrides, "--out", str(out)]
+    if processes > 1:
+        cli = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
+               "--master_port", _free_port(), *cli]  # fmt: skip
+    subprocess.run([sys.executable, *cli], check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # the first warms up
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "time_rollout": statistics.median(r["time_rollout"] for r in records),
+        "time_update": statistics.median(r["time_update"] for r in records),
+        "time_iteration": statistics.median(r["time_iteration"] for r in records),
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=4, help="iterations per run (the first is not counted)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the 1-process run, split among the N processes")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    if args.iterations < 2:
+        p.error("--iterations must be >= 2 (the first is a warm-up)")
+    with tempfile.TemporaryDirectory() as tmp:
+        one = run(1, args.threads, args.iterations, args.device, Path(tmp) / "one")
+        many = run(args.processes, max(1, args.threads // args.processes), args.iterations, args.device, Path(tmp) / "many")
+    print(json.dumps({"one_process": one, f"{args.processes}_processes": many,
+                      "speedup_iteration": round(one["time_iteration"] / many["time_iteration"], 2)}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
