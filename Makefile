@@ -1,31 +1,58 @@
 PY ?= .venv/bin/python
-PIP ?= .venv/bin/pip
-EXTRAS ?= dev,train,webshop,report,alfworld,search,tools,ray,tracking
+UV ?= .venv/bin/uv
+UV_VERSION ?= 0.13.8
+LOCK ?= requirements.lock
+# Where the CPU torch wheel (torch==2.13.0+cpu) comes from: this machine's wheel folder when it
+# has one, else PyTorch's CPU wheel index (best match across both indexes, so PyPI still serves
+# everything else).
+TORCH_WHEELS ?= /opt/wheels
+TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: install test bench demo
+.PHONY: install test test-fast chromium lock bench demo
 
-.venv/bin/python:
+# A venv with uv in it; uv then installs everything else from the lock.
+$(UV):
 	python3 -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
-# CPU torch first, so nothing that depends on torch pulls a CUDA build; bfcl-eval pins heavy
-# dependencies the parts we use do not need, hence --no-deps.
-install: .venv/bin/python
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	$(PIP) install -q --no-deps bfcl-eval==2026.3.23
+# Exactly the lock: installs what is missing, changes what differs, removes what the lock lacks
+# (a no-op taking about a second when .venv already matches). Hashes are checked.
+install: $(UV)
+	$(UV) pip sync -q --python $(PY) $(TORCH_SOURCE) $(LOCK)
 
-test:
+# Re-resolve requirements.in + pyproject.toml to the newest versions their ranges allow.
+# Upgrade one package only: make lock LOCK_ARGS="--upgrade-package NAME"; then make test.
+LOCK_ARGS ?=
+lock: $(UV)
+	$(UV) pip compile -q requirements.in --python-version 3.11 --generate-hashes $(TORCH_SOURCE) \
+	  --no-emit-find-links --no-emit-index-url $(LOCK_ARGS) -o $(LOCK)
+
+# Debian's Chromium for the browser tests (never `playwright install`): apt when root, else the command.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "error: the browser tests need Chromium at /usr/bin/chromium: run 'sudo apt-get install -y chromium', then make test"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: install chromium
 	$(PY) -m pytest -q
 
-bench:
+# The quick loop: everything but the tests marked slow.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
 	$(PY) bench/credit_speed.py
 
-# The CPU quickstart from a fresh clone: install what training needs, train the tiny model
-# (SFT warm start -> GiGPO), evaluate before/after with 95% intervals, write the report.
+# The CPU quickstart from a fresh clone: install the lock, train the tiny model (SFT warm start
+# -> GiGPO), evaluate before/after with 95% intervals, write the report.
 DEMO_DIR ?= runs/demo
-demo: .venv/bin/python
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,report]"
+demo: install
 	.venv/bin/agentrl train configs/quickstart.yaml --out $(DEMO_DIR)
 	.venv/bin/agentrl report $(DEMO_DIR)
 	@echo "report: $(DEMO_DIR)/report.html ($(DEMO_DIR)/report.md); episodes: .venv/bin/agentrl view $(DEMO_DIR)"

@@ -1,6 +1,6 @@
 """Tool use: ``@tool`` functions -> OpenAI schemas, ``ToolEnv`` (tools + tasks + reward), built-in tasks, BFCL.
 
-``BFCLMultiTurnEnv`` needs ``pip install --no-deps bfcl-eval==2026.3.23`` when it is made (not on import).
+``BFCLMultiTurnEnv`` needs the ``bfcl`` extra (``bfcl-eval``) when it is made (not on import).
 """
 
 from agentrl.envs.tools.bfcl import BFCLMultiTurnEnv

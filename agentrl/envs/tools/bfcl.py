@@ -1,7 +1,8 @@
 """BFCL v4 multi-turn tasks as an env, on the stateful APIs and data shipped by ``bfcl-eval``.
 
-Install with ``pip install --no-deps bfcl-eval==2026.3.23`` (its declared pins are heavy; the parts
-used here need only the standard library, and ``mpmath`` for MathAPI). Questions, ground truth,
+Install with the ``bfcl`` extra (``pip install 'agentrl[bfcl]'``, in the lock), or with
+``pip install --no-deps bfcl-eval==2026.3.23`` to keep its exact pins (numpy 1.26.4, ...) out of an
+environment: the parts used here need only the standard library, and ``mpmath`` for MathAPI. Questions, ground truth,
 function docs and API classes are loaded from the installed package.
 
 An episode is one BFCL entry: a sequence of user turns. Within a turn the model calls functions
@@ -44,7 +45,10 @@ def _package() -> Any:
     try:
         import bfcl_eval
     except ImportError as e:
-        raise ImportError("BFCL needs the bfcl-eval package: pip install --no-deps bfcl-eval==2026.3.23") from e
+        raise ImportError(
+            "BFCL needs the bfcl-eval package: pip install 'agentrl[bfcl]' "
+            "(or pip install --no-deps bfcl-eval==2026.3.23 to leave its pinned dependencies out)"
+        ) from e
     return bfcl_eval
 
 
