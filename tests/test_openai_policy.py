@@ -5,8 +5,6 @@ retries while a server comes up or answers 5xx, and servers that leave out token
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import httpx
 import pytest
@@ -155,13 +153,42 @@ def test_sync_adapter_loads_replaces_and_unloads_lora_weights(server, local, pro
         pol.sync_adapter(tmp_path / "nowhere", "policy")
 
 
+def received_paths(app: FastAPI) -> list[str]:
+    """The paths of the requests ``app`` receives, in order (a middleware; add it before the server starts)."""
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    return seen
+
+
+def record_backoff(pol: OpenAIPolicy) -> list[float]:
+    """The backoff delays ``pol`` asks for; each is waited as a zero sleep."""
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    pol.sleep = sleep
+    return delays
+
+
 def test_api_key(served_model_dir, prompts):
-    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="k3y") as s:
+    keyed = PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="k3y")
+    received = received_paths(keyed.app)
+    with keyed as s:
         assert OpenAIPolicy(s.url, NAME, api_key="k3y").generate(prompts[:1], GREEDY)[0].response_ids
-        started = time.monotonic()
+        received.clear()
+        pol = OpenAIPolicy(s.url, NAME, api_key="nope", retries=3, backoff_s=0.01)
+        delays = record_backoff(pol)
         with pytest.raises(OpenAIServerError, match="401.*Incorrect API key") as e:
-            OpenAIPolicy(s.url, NAME, api_key="nope", retries=3, backoff_s=1.0).generate(prompts[:1], GREEDY)
-        assert e.value.status == 401 and time.monotonic() - started < 1.0  # a 4xx is not retried
+            pol.generate(prompts[:1], GREEDY)
+        # a 4xx is not retried: the server saw one request and the policy never backed off
+        assert e.value.status == 401 and received == ["/v1/chat/completions"] and delays == []
 
 
 def test_a_bad_request_is_raised_with_the_servers_message(server, prompts):
@@ -173,16 +200,25 @@ def test_retries_until_a_server_that_was_down_comes_up(served_model_dir, prompts
     port = free_port()
     late = PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", port=port)  # loaded, not yet listening
     pol = OpenAIPolicy(f"http://127.0.0.1:{port}", NAME, retries=6, backoff_s=0.1)
-    timer = threading.Timer(0.5, late.start)
-    started = time.monotonic()
-    timer.start()
+    delays: list[float] = []
+    starting: list[asyncio.Future] = []
+
+    async def sleep(delay: float) -> None:
+        """The first backoff is where the server comes up; every waiting request waits for it."""
+        delays.append(delay)
+        if not starting:
+            starting.append(asyncio.ensure_future(asyncio.to_thread(late.start)))
+        await starting[0]
+
+    pol.sleep = sleep
     try:
         got = pol.generate(prompts[:2], GREEDY)
-        assert time.monotonic() - started >= 0.5
+        # each request that found no server backed off once, by backoff_s, and its retry was answered
+        assert 1 <= len(delays) <= 2 and set(delays) == {0.1}
         assert all(g.response_ids for g in got)
     finally:
-        timer.join()
-        late.stop()
+        if starting:
+            late.stop()
 
 
 def test_a_server_that_never_comes_up_gives_a_clear_error():

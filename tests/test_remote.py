@@ -1,6 +1,7 @@
 """Remote envs: a real uvicorn server on 127.0.0.1, the client env, tokens, hostile requests, concurrency."""
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -191,24 +192,35 @@ def test_an_env_bug_is_reported_and_the_server_stays_up():
         assert isinstance(obs, str) and httpx.get(server.url + "/health").json()["ok"]
 
 
+STALLS: list[threading.Thread] = []  # the thread that runs each call of `stall`
+WAKE = threading.Event()
+
+
 @tool
 def stall(seconds: float) -> str:
-    """Sleep (a tool that does not return in time)."""
-    time.sleep(seconds)
+    """Wait up to ``seconds`` (a tool that does not return in time)."""
+    STALLS.append(threading.current_thread())
+    WAKE.wait(seconds)
     return "woke up"
 
 
 def test_a_hanging_tool_times_out_and_the_server_keeps_answering():
     env_factory = lambda: ToolEnv([stall], [ToolTask("t", "wait")], lambda task, ep: 0.0, call_timeout=0.2)  # noqa: E731
+    WAKE.clear()
     with ServerThread(create_app(env_factory)) as server:
-        env = RemoteEnv(server.url)
-        env.reset(seed=0, options={"task_id": "t"})
-        start = time.monotonic()
-        obs, _, _, _, info = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": 3}}</tool_call>')
-        assert "tool 'stall' did not return within 0.2 s" in obs and info["valid"] is False
-        assert time.monotonic() - start < 2.0 and httpx.get(server.url + "/health").json()["ok"]
-        obs, *_ = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": "x"}}</tool_call>')
-        assert "argument 'seconds' of 'stall' must be a number, got str" in obs
+        try:
+            env = RemoteEnv(server.url)
+            env.reset(seed=0, options={"task_id": "t"})
+            calls = len(STALLS)
+            obs, _, _, _, info = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": 60}}</tool_call>')
+            assert "tool 'stall' did not return within 0.2 s" in obs and info["valid"] is False
+            # the answer came while the call still runs, and the server answers others meanwhile
+            assert len(STALLS) == calls + 1 and STALLS[-1].is_alive()
+            assert httpx.get(server.url + "/health").json()["ok"]
+            obs, *_ = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": "x"}}</tool_call>')
+            assert "argument 'seconds' of 'stall' must be a number, got str" in obs
+        finally:
+            WAKE.set()
 
 
 @pytest.mark.slow

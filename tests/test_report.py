@@ -86,8 +86,11 @@ def test_training_curves_and_before_after(run):
     assert "| kl | 0 | 0.110 | 0 | 0.110 |" in md
     assert "![learning curves: success_rate, reward_mean, kl, entropy against iteration](plots/learning_curves.png)" in md
     # before: Wilson(10, 40) = 0.142 - 0.402 by hand, after 0.450 - 0.740: apart
-    assert "Success rate 0.250 before and 0.600 after training (+0.350; the 95% intervals do not overlap)." in md
     lo, hi = wilson_by_hand(10, 40)  # 'before' has no CI: Wilson from 0.25 x 40 episodes
+    assert (f"Before training: success rate 0.250 (95% CI {lo:.3f} – {hi:.3f}) over 40 episodes. "
+            "After training: success rate 0.600 (95% CI 0.450 – 0.740) over 40 episodes.") in md  # fmt: skip
+    assert (f"Difference (after − before) +0.350: a gain beyond both 95% intervals (the after interval starts at 0.450, "
+            f"the before interval ends at {hi:.3f}).") in md  # fmt: skip
     assert f"0.250 (95% CI {lo:.3f} – {hi:.3f}, n=40) | 0.600 (95% CI 0.450 – 0.740, n=40) |" in md
     assert "| mean_steps | 9 | 6.500 | -2.500 |" in md
 
@@ -179,6 +182,81 @@ def test_training_run_layout(tmp_path):
     md = write_report(tmp_path, plots=False)["markdown"].read_text()
     assert "## Evaluation" not in md  # training rollouts are not an evaluation
     assert "Rollouts of 2 iterations are saved in trajectories/ (agentrl view shows them)." in md
-    assert "(+0.200; the 95% intervals overlap)." in md
+    assert ("Difference (after − before) +0.200: not a gain beyond both 95% intervals (the after interval starts at 0.300, "
+            "the before interval ends at 0.500).") in md  # fmt: skip
     assert "Also in summary.json: estimator gigpo, iterations 2, significant no." in md
     assert "| episodes | 4 | 4 | 4 | 4 |" in md and "| time\\_update |" not in md and "| time_update | 1.500 |" in md
+
+
+def trainer_run(root, before_wins, after_wins):
+    """A run directory as the trainer leaves it with evaluation on: eval/before.jsonl and
+    eval/after.jsonl, eval_before.json, summary.json (figures as ``trainers.evaluation.evaluate``
+    computes them) and metrics.jsonl. Each side plays 6 'pick' and 4 'heat' episodes of 3 steps;
+    ``*_wins`` = (pick successes, heat successes); one 'before' episode has an invalid step."""
+    (root / "eval").mkdir()
+    results = {}
+    for side, (pick, heat) in (("before", before_wins), ("after", after_wins)):
+        eps = [episode(k, "pick", k < pick, 3) for k in range(6)]
+        eps += [episode(6 + k, "heat", k < heat, 3, invalid=1 if side == "before" and k == 3 else 0) for k in range(4)]
+        write_trajectories(root / "eval" / f"{side}.jsonl", eps)
+        won, n = pick + heat, len(eps)
+        lo, hi = wilson_by_hand(won, n)
+        results[side] = {"success_rate": won / n, "ci_low": lo, "ci_high": hi, "episodes": n,
+                         "reward_mean": won / n, "turns_mean": 3.0, "errors": 0, "seconds": 1.25}  # fmt: skip
+    before, after = results["before"], results["after"]
+    (root / "eval_before.json").write_text(json.dumps(before))
+    (root / "summary.json").write_text(json.dumps({
+        "before": before, "after": after, "estimator": "gigpo", "iterations": 3,
+        "improvement": after["success_rate"] - before["success_rate"], "significant": after["ci_low"] > before["ci_high"],
+    }))  # fmt: skip
+    metrics = [{"iteration": i, "success_rate": 0.2 * (i + 1)} for i in range(3)]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return root
+
+
+def test_a_training_run_is_headlined_before_against_after_never_pooled(tmp_path):
+    # before: pick 1/6, heat 2/4 = 3/10; after: pick 6/6, heat 2/4 = 8/10. Pooled, which describes
+    # no policy: 11/20 = 0.550 overall (Wilson 0.342 - 0.742), pick 7/12 = 0.583, heat 4/8.
+    trainer_run(tmp_path, before_wins=(1, 2), after_wins=(6, 2))
+    paths = write_report(tmp_path)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    b_lo, b_hi = wilson_by_hand(3, 10)
+    a_lo, a_hi = wilson_by_hand(8, 10)
+    headline = (f"Before training: success rate 0.300 (95% CI {b_lo:.3f} – {b_hi:.3f}) over 10 episodes. "
+                f"After training: success rate 0.800 (95% CI {a_lo:.3f} – {a_hi:.3f}) over 10 episodes.")  # fmt: skip
+    verdict = (f"Difference (after − before) +0.500: not a gain beyond both 95% intervals (the after interval starts at "
+               f"{a_lo:.3f}, the before interval ends at {b_hi:.3f}).")  # fmt: skip
+    for text, training in ((md, "## Training"), (page, "<h2>Training</h2>")):
+        assert headline in text and verdict in text
+        assert text.index(headline) < text.index(training)  # the headline comes first
+    assert f"<p>{headline}</p>" in page
+    # every figure of the episodes is per side; the pooled ones appear nowhere
+    p_lo, p_hi = wilson_by_hand(11, 20)
+    for pooled in ("0.550", f"{p_lo:.3f}", f"{p_hi:.3f}", "0.583", "20 episodes", "over 20", "| 12 |", "## Evaluation"):
+        assert pooled not in md and pooled not in page, pooled
+    lo, hi = wilson_by_hand(1, 6)
+    assert f"| pick | 6 | 0.167 | {lo:.3f} – {hi:.3f} | 6 | 1.000 | {wilson_by_hand(6, 6)[0]:.3f} – 1.000 | +0.833 |" in md
+    lo, hi = wilson_by_hand(2, 4)
+    assert f"| heat | 4 | 0.500 | {lo:.3f} – {hi:.3f} | 4 | 0.500 | {lo:.3f} – {hi:.3f} | +0 |" in md
+    assert "| invalid-action rate | 0.033 (1 of 30 steps) | 0.000 (0 of 30 steps) | -0.033 |" in md
+    assert ("Sources: before from summary.json, 10 episodes in eval/before.jsonl; "
+            "after from summary.json, 10 episodes in eval/after.jsonl.") in md  # fmt: skip
+    assert "significant no" in md
+    assert "plot_per_type" not in paths and {"plot_before_after", "plot_per_type_before_after"} <= set(paths)
+
+
+def test_a_gain_beyond_both_intervals_and_a_run_still_training(tmp_path):
+    trainer_run(tmp_path, before_wins=(1, 0), after_wins=(6, 3))  # Wilson(1, 10) ends at 0.404, (9, 10) starts at 0.596
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    b_hi, a_lo = wilson_by_hand(1, 10)[1], wilson_by_hand(9, 10)[0]
+    assert (f"+0.800: a gain beyond both 95% intervals (the after interval starts at {a_lo:.3f}, "
+            f"the before interval ends at {b_hi:.3f}).") in md and "significant yes" in md  # fmt: skip
+    # killed mid-training: eval_before.json and eval/before.jsonl only; the headline says so
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "eval" / "after.jsonl").unlink()
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    lo, hi = wilson_by_hand(1, 10)
+    headline = f"Before training: success rate 0.100 (95% CI {lo:.3f} – {hi:.3f}) over 10 episodes."
+    assert f"{headline} After training: not evaluated yet." in md
+    assert "Sources: before from eval_before.json, 10 episodes in eval/before.jsonl; after: none yet." in md
+    assert "Difference" not in md and "## Evaluation" not in md

@@ -2,11 +2,19 @@
 
 Both say what a reader needs to trust a result: the success rate with its 95% Wilson interval,
 success per task type with intervals, mean steps (bootstrap interval), the invalid-action rate,
-and for training runs the learning curves from metrics.jsonl and the before/after summary.
-Figures come from ``report.json`` where the evaluation wrote them and are computed from the
-episodes otherwise (``eval/*.jsonl`` when present, else ``trajectories*.jsonl``). Plots are PNGs
-drawn with matplotlib's Agg canvas, written to ``plots/`` beside the Markdown and embedded as
-base64 in the HTML; without matplotlib the report is still written and says so.
+and for training runs the learning curves from metrics.jsonl. Figures come from ``report.json``
+where the evaluation wrote them and are computed from the episodes otherwise (``eval/*.jsonl``
+when present, else ``trajectories*.jsonl``).
+
+A training run evaluates two policies, the one it started from and the one it trained
+(``eval/before.jsonl``, ``eval/after.jsonl``, ``eval_before.json``, ``summary.json``). Its headline
+is before against after, each with its own interval and episode count, the difference and whether
+the gain is beyond both intervals (summary.json's ``significant``); every figure of those episodes,
+per task type included, is given per side. Episodes of two policies are never pooled: a pooled
+rate describes neither.
+
+Plots are PNGs drawn with matplotlib's Agg canvas, written to ``plots/`` beside the Markdown and
+embedded as base64 in the HTML; without matplotlib the report is still written and says so.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.eval.rundir import (
+    TrajectorySource,
     check_run_dir,
     finite,
     read_json_object,
@@ -41,6 +50,7 @@ CURVE_KEYS = ("success_rate", "reward_mean", "kl", "entropy")
 EXTRA_CURVE_KEYS = ("invalid_rate", "turns_mean", "tokens_per_s", "loss")
 CI_KEYS = ("ci_low", "ci_high", "success_rate_ci_low", "success_rate_ci_high")
 MAX_PANELS = 8
+SIDES = ("before", "after")  # a training run's two evaluations: eval/before.jsonl, eval/after.jsonl
 
 
 # ----------------------------------------------------------------------------- figures
@@ -194,9 +204,7 @@ def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str
     fig = figure_cls(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.6))
     ax = fig.add_subplot(1, 1, 1)
     x = list(range(len(labels)))
-    values = [0.0 if math.isnan(iv.value) else iv.value for iv in ivs]
-    lows = [0.0 if math.isnan(iv.low) else max(0.0, v - iv.low) for v, iv in zip(values, ivs)]
-    highs = [0.0 if math.isnan(iv.high) else max(0.0, iv.high - v) for v, iv in zip(values, ivs)]
+    values, lows, highs = _bar_geometry(ivs)
     colours = ["#9aa5b1" if first_is_total and k == 0 else "#4c78a8" for k in range(len(labels))]
     ax.bar(x, values, color=colours, yerr=[lows, highs], capsize=4, ecolor="#333")
     for xi, v, iv in zip(x, values, ivs):
@@ -208,6 +216,39 @@ def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str
     ax.set_ylim(0, 1.18)
     ax.set_ylabel("success rate (95% CI)")
     ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig, canvas_cls)
+
+
+def _bar_geometry(ivs: list[Interval]) -> tuple[list[float], list[float], list[float]]:
+    """Bar heights and the lengths of their error bars below and above (0 where unknown)."""
+    values = [0.0 if math.isnan(iv.value) else iv.value for iv in ivs]
+    lows = [0.0 if math.isnan(iv.low) else max(0.0, v - iv.low) for v, iv in zip(values, ivs)]
+    highs = [0.0 if math.isnan(iv.high) else max(0.0, iv.high - v) for v, iv in zip(values, ivs)]
+    return values, lows, highs
+
+
+def _paired_rate_bars(plotting: Any, labels: list[str], sides: dict[str, list[Interval | None]], title: str) -> bytes:
+    """A before bar and an after bar per label, each with its own 95% CI and n (no pooled bar)."""
+    figure_cls, canvas_cls = plotting
+    fig = figure_cls(figsize=(max(4.0, 1.4 * len(labels) + 2), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.38
+    for (name, ivs), offset, colour in zip(sides.items(), (-width / 2, width / 2), ("#9aa5b1", "#4c78a8")):
+        xs = [k + offset for k, iv in enumerate(ivs) if iv is not None]
+        kept = [iv for iv in ivs if iv is not None]
+        values, lows, highs = _bar_geometry(kept)
+        ax.bar(xs, values, width, color=colour, yerr=[lows, highs], capsize=3, ecolor="#333", label=name)
+        for xi, v, h, iv in zip(xs, values, highs, kept):
+            ax.text(xi, min(1.02, v + h + 0.02), f"{v:.2f}\nn={iv.n}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(range(len(labels))))
+    ax.set_xticklabels(
+        [_short(lbl) for lbl in labels], rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center"
+    )
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("success rate (95% CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig, canvas_cls)
 
@@ -335,46 +376,128 @@ def _side(entry: Any) -> dict[str, Any]:
     return {"success_rate": entry} if finite(entry) is not None else {}
 
 
-def _summary_section(summary: dict[str, Any], plotting: Any) -> list[Block]:
-    before, after = _side(summary.get("before")), _side(summary.get("after"))
-    if not before and not after:
-        return [Heading(2, "Before / after"), Para("summary.json has no 'before' or 'after' figures.")]
+def _before_after_section(
+    summary: dict[str, Any] | None,
+    eval_before: dict[str, Any] | None,
+    episodes: dict[str, TrajectorySource],
+    root: Path,
+    plotting: Any,
+) -> list[Block]:
+    """A training run's headline: the policy before RL against the policy after, side by side.
+
+    Each side's figures come from summary.json (the trainer's), for 'before' from eval_before.json
+    until summary.json exists, else from its episodes (eval/before.jsonl, eval/after.jsonl).
+    Figures of the episodes (per task type, mean steps, ...) are per side: the two policies'
+    episodes are never pooled.
+    """
+    summary = summary or {}
+    given = {"before": _side(summary.get("before")), "after": _side(summary.get("after"))}
+    given_from = {k: "summary.json" if given[k] else "" for k in SIDES}
+    if not given["before"] and eval_before:
+        given["before"], given_from["before"] = eval_before, "eval_before.json"
+    figs = {k: episode_figures(src.trajectories) for k, src in episodes.items()}
+    ivs: dict[str, Interval | None] = {}
+    for k in SIDES:
+        counted = figs[k].success if k in figs else None
+        iv = _interval_from(given[k], counted.n if counted else None) if given[k] else None
+        ivs[k] = counted if iv is None else iv
+    out: list[Block] = [Heading(2, "Before / after")]
+    if ivs["before"] is None and ivs["after"] is None:
+        return out + [Para("summary.json has no 'before' or 'after' figures.")]
+    bi, ai = ivs["before"], ivs["after"]
+    out.append(Para(f"Before training: {_headline(bi)}. After training: {_headline(ai)}."))
+    if bi is not None and ai is not None:
+        out.append(Para(f"Difference (after − before) {ai.value - bi.value:+.3f}: {_verdict(bi, ai)}."))
+    sources = []
+    for k in SIDES:
+        parts = [given_from[k]] if given_from[k] else []
+        if k in episodes:
+            parts.append(f"{len(episodes[k].trajectories)} episodes in {episodes[k].path.relative_to(root)}")
+        sources.append(f"{k} from {', '.join(parts)}" if parts else f"{k}: none yet")
+    out.append(Para("Sources: " + "; ".join(sources) + "."))
+
+    b_given, a_given = given["before"], given["after"]
     keys = [
         k
-        for k in dict.fromkeys(list(before) + list(after))
-        if k not in CI_KEYS and (finite(before.get(k)) is not None or finite(after.get(k)) is not None)
+        for k in dict.fromkeys(list(b_given) + list(a_given))
+        if k not in CI_KEYS and k != "success_rate" and (finite(b_given.get(k)) is not None or finite(a_given.get(k)) is not None)
     ]
-    keys.sort(key=lambda k: k != "success_rate")
-    rows = []
+    rows = [["success rate", _rate_text(bi), _rate_text(ai), _change(bi and bi.value, ai and ai.value)]]
     for k in keys:
-        b, a = finite(before.get(k)), finite(after.get(k))
-        change = ("+" if a - b >= 0 else "") + _g(a - b) if a is not None and b is not None else "—"
-        if k == "success_rate":
-            bi, ai = _interval_from(before), _interval_from(after)
-            rows.append([k, _rate_text(bi), _rate_text(ai), change])
-        else:
-            rows.append([k, _g(b), _g(a), change])
-    out: list[Block] = [Heading(2, "Before / after"), Table(["measure", "before", "after", "change"], rows)]
-    extra = [f"{k} {_scalar_text(v)}" for k, v in summary.items() if k not in ("before", "after") and _scalar_text(v)]
+        b, a = finite(b_given.get(k)), finite(a_given.get(k))
+        rows.append([k, _g(b), _g(a), _change(b, a)])
+    if figs:
+        side = [figs.get(k, EvalFigures()) for k in SIDES]
+        for name, pair, digits in (("mean steps", [f.mean_steps for f in side], 2), ("mean outcome", [f.outcome for f in side], 3)):
+            if any(pair):
+                rows.append([name, *(_with_ci(iv, digits) for iv in pair), _change(*(iv and iv.value for iv in pair))])
+        invalid = [f.invalid_rate for f in side]
+        if any(v is not None for v in invalid):
+            cells = [_f(f.invalid_rate) + (f" ({f.invalid_detail})" if f.invalid_detail else "") for f in side]
+            rows.append(["invalid-action rate", *cells, _change(*invalid)])
+    out.append(Table(["measure", "before", "after", "change"], rows))
+    extra = [f"{k} {_scalar_text(v)}" for k, v in summary.items() if k not in SIDES and _scalar_text(v)]
     if extra:
         out.append(Para("Also in summary.json: " + ", ".join(extra) + "."))
-    bi, ai = _interval_from(before), _interval_from(after)
-    if bi is not None and ai is not None:
-        overlap = ""
-        if not any(math.isnan(x) for x in (bi.low, bi.high, ai.low, ai.high)):
-            apart = ai.low > bi.high or bi.low > ai.high
-            overlap = "; the 95% intervals do not overlap" if apart else "; the 95% intervals overlap"
-        text = f"Success rate {_f(bi.value)} before and {_f(ai.value)} after training ({ai.value - bi.value:+.3f}{overlap})."
-        out.insert(1, Para(text))
+    if plotting is not None and bi is not None and ai is not None:
+        out.append(
+            Image(
+                "before_after",
+                "success rate before and after training with 95% intervals",
+                _rate_bars(plotting, ["before", "after"], [bi, ai], "Before / after training"),
+            )
+        )
+    per_type = {k: figs[k].per_type if k in figs else {} for k in SIDES}
+    types = sorted(set(per_type["before"]) | set(per_type["after"]))
+    if types:
+        out.append(Heading(3, "Per task type, before and after"))
+        table_rows = []
+        for t in types:
+            b, a = per_type["before"].get(t), per_type["after"].get(t)
+            cells = [c for iv in (b, a) for c in ((str(iv.n), _f(iv.value), _ci(iv)) if iv else ("—", "—", "—"))]
+            table_rows.append([t, *cells, _change(b and b.value, a and a.value)])
+        header = ["task type"] + [f"{k}: {c}" for k in SIDES for c in ("episodes", "success rate", "95% CI")] + ["change"]
+        out.append(Table(header, table_rows))
         if plotting is not None:
             out.append(
                 Image(
-                    "before_after",
-                    "success rate before and after training with 95% intervals",
-                    _rate_bars(plotting, ["before", "after"], [bi, ai], "Before / after training"),
+                    "per_type_before_after",
+                    "success rate per task type before and after training, each with its 95% Wilson interval",
+                    _paired_rate_bars(plotting, types, {k: [per_type[k].get(t) for t in types] for k in SIDES},
+                                      "Success by task type, before / after"),  # fmt: skip
                 )
             )
     return out
+
+
+def _headline(iv: Interval | None) -> str:
+    """One side of the headline: rate, interval and episode count."""
+    if iv is None:
+        return "not evaluated yet"
+    ci = _ci(iv)
+    text = f"success rate {_f(iv.value)}" + ("" if ci == "—" else f" (95% CI {ci})")
+    return text + (f" over {iv.n} episodes" if iv.n else " (episode count not recorded)")
+
+
+def _verdict(before: Interval, after: Interval) -> str:
+    """Whether the gain is beyond both 95% intervals: summary.json's ``significant``."""
+    if any(math.isnan(x) for x in (before.low, before.high, after.low, after.high)):
+        return "no intervals to compare"
+    bounds = f"the after interval starts at {after.low:.3f}, the before interval ends at {before.high:.3f}"
+    if after.low > before.high:
+        return f"a gain beyond both 95% intervals ({bounds})"
+    return f"not a gain beyond both 95% intervals ({bounds})"
+
+
+def _change(before: float | None, after: float | None) -> str:
+    return "—" if before is None or after is None else ("+" if after - before >= 0 else "") + _g(after - before)
+
+
+def _with_ci(iv: Interval | None, digits: int = 3) -> str:
+    if iv is None:
+        return "—"
+    ci = _ci(iv)
+    return _f(iv.value, digits) + ("" if ci == "—" else f" (95% CI {ci})")
 
 
 def _scalar_text(value: Any) -> str:
@@ -402,11 +525,14 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
 
     paths = trajectory_files(root)
     eval_paths = [p for p in paths if p.parent == root / "eval"]
+    side_paths = [p for p in eval_paths if p.stem in SIDES]  # a training run's two policies: never pooled
+    other_eval = [p for p in eval_paths if p.stem not in SIDES]
     top_paths = [p for p in paths if p.parent == root]
     rollout_files = [p for p in paths if p.parent == root / "trajectories"]
-    sources = read_sources(eval_paths or top_paths)
+    sources = read_sources(other_eval or top_paths)
+    side_sources = {src.path.stem: src for src in read_sources(side_paths)}
     trajectories = [t for s in sources for t in s.trajectories]
-    for src in sources:
+    for src in [*sources, *side_sources.values()]:
         problems += [
             f"{src.path.relative_to(root)} line {n}: {why}" if n else f"{src.path.relative_to(root)}: {why}"
             for n, why in src.bad_lines
@@ -426,6 +552,10 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
     summary, err = read_json_object(root / "summary.json")
     if err:
         problems.append(err)
+    eval_before, err = read_json_object(root / "eval_before.json")
+    if err:
+        problems.append(err)
+    before_after = bool(side_sources) or summary is not None or eval_before is not None
 
     title = f"agentrl report — {root.resolve().name}"
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -437,11 +567,11 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
                 + ("matplotlib is not installed (pip install matplotlib)." if plots else "plots were turned off.")
             )
         )
-    if figs.success is not None or summary is None:
+    if before_after:  # the headline of a training run
+        blocks += _before_after_section(summary, eval_before, side_sources, root, plotting)
+    if figs.success is not None or not before_after:
         blocks += _evaluation_section(figs, plotting)
     blocks += _training_section(records, len(rollout_files), plotting)
-    if summary is not None:
-        blocks += _summary_section(summary, plotting)
     config = root / "config.yaml"
     if config.is_file():
         blocks += [Heading(2, "Config"), Code(config.read_text(encoding="utf-8", errors="replace"))]

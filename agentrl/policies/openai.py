@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -83,6 +83,7 @@ class OpenAIPolicy:
         self.chat_template = chat_template
         self.require_token_ids = require_token_ids
         self.loaded_adapters: set[str] = set()
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # the backoff wait; tests swap it to see the delays
         self._tokenizer: Any = tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
@@ -118,7 +119,7 @@ class OpenAIPolicy:
                     raise OpenAIServerError(f"{self.root}{path} answered {response.status_code}: {message}", response.status_code)
                 last = f"HTTP {response.status_code}: {message}"
             if attempt < self.retries:
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+                await self.sleep(self.backoff_s * 2**attempt)
         raise OpenAIServerError(f"{self.root}{path} failed after {self.retries + 1} attempt(s); last error: {last}")
 
     def _run(self, coro: Any) -> Any:
