@@ -191,7 +191,7 @@ def _record_step(ep: Episode, messages: Messages, gen: Generation, fmt: str, res
     step.valid = bool(parsed.valid and env_info.get("valid", True))
     if env_info.get("turn_reward") is not None:
         step.turn_reward = float(env_info["turn_reward"])
-    if env_info.get("tool_call") is not None and "tool_call" not in info:
+    if env_info.get("tool_call") is not None:  # the env ran the call and returned its result
         info["tool_call"] = bool(env_info["tool_call"])
     ep.success = bool(env_info.get("success", False))
     if env_info.get("error"):  # a pool reports a crashed worker this way

@@ -39,8 +39,9 @@ class Step:
 
     ``state_key`` is the raw env observation (no history, no prompt scaffolding, no step
     counter): steps with equal keys are treated as the same state by GiGPO, HGPO and SALT.
-    ``info`` must be JSON-serialisable; the keys ``tool_call`` (bool), ``switch``
-    ("KEEP"/"SWITCH") and ``subgoal`` (str) become StepBatch columns when present.
+    ``info`` must be JSON-serialisable; the keys ``tool_call`` (bool: the env answered this turn
+    with a tool result), ``switch`` ("KEEP"/"SWITCH") and ``subgoal`` (str) become StepBatch
+    columns when present.
     """
 
     obs: str
@@ -265,7 +266,7 @@ class StepBatch:
     state_key: np.ndarray | None = None  # int64[R], stable hash of Step.state_key
     state_text: np.ndarray | None = None  # object[R], Step.state_key itself
     turn_reward: np.ndarray | None = None  # float64[R]; 0.0 where a step had none
-    tool_call: np.ndarray | None = None  # bool[R], from info["tool_call"]
+    tool_call: np.ndarray | None = None  # bool[R], from info["tool_call"]: the env returned a tool result
     switch: np.ndarray | None = None  # bool[R], info["switch"] == "SWITCH" (HiPER)
     subgoal: np.ndarray | None = None  # object[R], info["subgoal"] (HiPER)
 

@@ -158,6 +158,28 @@ def test_mt_grpo_two_phase_by_hand():
     assert got[("s0", 0)] == 0.0 and got[("s0", 1)] == 0.0
 
 
+def test_mt_grpo_a_call_on_the_last_turn_is_not_a_tool_turn():
+    # The reference counts a turn as a tool turn only when a tool result follows it
+    # (mt_grpo_env_trainer.py, _find_result_positions); none follows a trajectory's last turn.
+    # u0: its only call is on its last turn -> no tool turn -> norm_G(R^T + R^O) on both rows
+    # u1: call at turn 0 -> turn 0 gets A^O + A^T, turn 1 gets A^O
+    b = StepBatch.from_trajectories(
+        [
+            traj("u0", [0, 0], turn_rewards=[0.0, 1.0], tool_calls=[False, True], outcome=1.0),
+            traj("u1", [0, 0], turn_rewards=[0.5, 0.0], tool_calls=[True, False], outcome=0.0),
+        ]
+    )
+    got = by_row(b, estimate("mt_grpo", b).step)
+    eps = 1e-4
+    # R^O (1, 0): deviations +-0.5, unbiased std sqrt(0.5) ; R^T (1, 0.5): +-0.25, std sqrt(0.125) ;
+    # R^T + R^O (2, 0.5): +-0.75, std sqrt(1.125)
+    ao, at, ac = 0.5 / (math.sqrt(0.5) + eps), 0.25 / (math.sqrt(0.125) + eps), 0.75 / (math.sqrt(1.125) + eps)
+    assert got[("u0", 0)] == pytest.approx(ac) and got[("u0", 1)] == pytest.approx(ac)
+    assert got[("u1", 0)] == pytest.approx(-ao - at) and got[("u1", 1)] == pytest.approx(-ao)
+    # counting the last-turn call would have given u0 A^O + A^T = 1.414 on both rows
+    assert ao + at == pytest.approx(1.414, abs=1e-3) and ac == pytest.approx(0.707, abs=1e-3)
+
+
 def test_mt_grpo_two_phase_mean_mode():
     b = mt_batch()
     got = by_row(b, estimate("mt_grpo", b, mode="mean").step)

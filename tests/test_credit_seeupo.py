@@ -34,35 +34,59 @@ def by_row(batch: StepBatch, arr: np.ndarray) -> dict[tuple[str, int], float]:
     return {(tid, int(t)): float(a) for tid, t, a in zip(batch.traj_id, batch.turn, arr)}
 
 
-# Per-turn baselines over the ACTIVE trajectories of the group:
+# ended="keep" (default, the official code): an ended trajectory stays in every later turn batch, so
+# each slot holds all five trajectories and each trajectory gets the same advantage at every turn.
+# Group means: G (1, 0, 0.5) -> 0.5, centred (0.5, -0.5, 0) ; H (2, 0) -> 1, centred (1, -1)
+# z over the five, unbiased: mean 0, var (0.25 + 0.25 + 0 + 1 + 1)/4 = 0.625
+S0 = math.sqrt(0.625)
+EXPECTED = {
+    ("g0", 0): 0.5 / S0, ("g0", 1): 0.5 / S0, ("g0", 2): 0.5 / S0, ("g1", 0): -0.5 / S0,
+    ("g2", 0): 0.0, ("g2", 1): 0.0, ("h0", 0): 1 / S0, ("h0", 1): 1 / S0,
+    ("h1", 0): -1 / S0, ("h1", 1): -1 / S0, ("h1", 2): -1 / S0,
+}  # fmt: skip
+
+# ended="drop" (the seeupo_v2 copy): per-turn baselines over the LIVE trajectories of the group,
+# baseline 0 for a group with one live trajectory:
 # turn 0: G {g0, g1, g2} mean 0.5 -> (0.5, -0.5, 0) ; H {h0, h1} mean 1 -> (1, -1)
 # turn 1: G {g0, g2} mean 0.75 -> (0.25, -0.25) ; H {h0, h1} -> (1, -1)
-# turn 2: G {g0} -> 0 ; H {h1} -> 0
+# turn 2: G {g0} alone -> A = R = 1 ; H {h1} alone -> A = R = 0
 # z-score over each turn slot (unbiased std):
-# turn 0: mean 0, var (0.25 + 0.25 + 0 + 1 + 1)/4 = 0.625
+# turn 0: mean 0, var 0.625 (as above)
 # turn 1: mean 0, var (0.0625*2 + 1 + 1)/3 = 2.125/3
-# turn 2: std 0 -> only centred -> 0
-S0, S1 = math.sqrt(0.625), math.sqrt(2.125 / 3)
-EXPECTED = {
+# turn 2: (1, 0): mean 0.5, var (0.25 + 0.25)/1 = 0.5 -> +-0.5/sqrt(0.5)
+S1, S2 = math.sqrt(2.125 / 3), math.sqrt(0.5)
+EXPECTED_DROP = {
     ("g0", 0): 0.5 / S0, ("g1", 0): -0.5 / S0, ("g2", 0): 0.0, ("h0", 0): 1 / S0, ("h1", 0): -1 / S0,
     ("g0", 1): 0.25 / S1, ("g2", 1): -0.25 / S1, ("h0", 1): 1 / S1, ("h1", 1): -1 / S1,
-    ("g0", 2): 0.0, ("h1", 2): 0.0,
+    ("g0", 2): 0.5 / S2, ("h1", 2): -0.5 / S2,
 }  # fmt: skip
 
 
-def test_per_turn_baseline_with_inactive_trajectories():
+def test_ended_trajectories_kept_in_later_turns_by_default():
     b = example()
     assert by_row(b, estimate("seeupo", b).step) == pytest.approx(EXPECTED)
+    assert by_row(b, estimate("seeupo", b, ended="keep").step) == pytest.approx(EXPECTED)
+
+
+def test_ended_drop_uses_live_trajectories_and_a_lone_one_keeps_its_outcome():
+    b = example()
+    assert by_row(b, estimate("seeupo", b, ended="drop").step) == pytest.approx(EXPECTED_DROP)
+    with pytest.raises(ValueError, match="ended"):
+        estimate("seeupo", b, ended="pad")
 
 
 def test_centre_only_when_std_is_small():
     b = example()
-    got = by_row(b, estimate("seeupo", b, min_std=10.0).step)
-    # every slot is only centred (slot means are 0 here), so the raw per-turn differences remain
+    got = by_row(b, estimate("seeupo", b, min_std=10.0, ended="drop").step)
+    # every slot is only centred, so the raw per-turn differences remain, less the slot mean
     assert got[("g0", 0)] == pytest.approx(0.5)
     assert got[("h1", 0)] == pytest.approx(-1.0)
     assert got[("g2", 1)] == pytest.approx(-0.25)
     assert got[("h0", 1)] == pytest.approx(1.0)
+    assert got[("g0", 2)] == pytest.approx(0.5)  # (1, 0) centred on 0.5
+    kept = by_row(b, estimate("seeupo", b, min_std=10.0).step)
+    assert kept[("g0", 2)] == pytest.approx(0.5) and kept[("h1", 2)] == pytest.approx(-1.0)
+    assert kept[("g2", 1)] == pytest.approx(0.0)
 
 
 def test_clip_to_three():
@@ -121,6 +145,13 @@ def test_correction_ratio_and_update():
         update_corrections({}, ["a", "a"], [0.1, 0.2])
 
 
+def test_keep_gives_each_trajectory_one_advantage_at_all_its_turns():
+    b = example()
+    adv = by_row(b, estimate("seeupo", b).step)
+    for tid in ("g0", "g2", "h0", "h1"):
+        assert len({round(a, 12) for (t, _), a in adv.items() if t == tid}) == 1
+
+
 # ----------------------------------------------------------------------------- properties
 
 FLOATS = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -136,18 +167,19 @@ def batches(draw, singleton_groups: bool = False, equal: bool = False):
     return StepBatch.from_trajectories(trajs), draw(st.integers(0, 2**16))
 
 
+@pytest.mark.parametrize("ended", ["keep", "drop"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches())
-def test_properties_permutation_bounded_deterministic(data):
+@given(data=batches())
+def test_properties_permutation_bounded_deterministic(data, ended):
     batch, seed = data
     rng = np.random.default_rng(seed)
     corr = {tid: float(m) for tid, m in zip(batch.traj_names, rng.uniform(0.8, 1.2, batch.num_trajectories))}
-    adv = estimate("seeupo", batch, correction=corr).step
+    adv = estimate("seeupo", batch, correction=corr, ended=ended).step
     assert np.all(np.isfinite(adv)) and np.all(np.abs(adv) <= 3.0 * 1.2 + 1e-12)
-    np.testing.assert_array_equal(adv, estimate("seeupo", batch, correction=corr).step)
+    np.testing.assert_array_equal(adv, estimate("seeupo", batch, correction=corr, ended=ended).step)
     perm = rng.permutation(len(batch))
     moved = batch.take(perm)
-    want, got = by_row(batch, adv), by_row(moved, estimate("seeupo", moved, correction=corr).step)
+    want, got = by_row(batch, adv), by_row(moved, estimate("seeupo", moved, correction=corr, ended=ended).step)
     for k, a in want.items():
         assert got[k] == pytest.approx(a, rel=1e-9, abs=1e-9), k
 
@@ -155,5 +187,7 @@ def test_properties_permutation_bounded_deterministic(data):
 @settings(max_examples=25, deadline=None)
 @given(st.one_of(batches(singleton_groups=True), batches(equal=True)))
 def test_singleton_groups_and_equal_outcomes_give_zero(data):
+    # ended="keep": a trajectory is compared with its whole group at every turn (under "drop" a lone
+    # live trajectory keeps its outcome, so neither holds there)
     batch, _ = data
     np.testing.assert_array_equal(estimate("seeupo", batch).step, 0.0)

@@ -291,3 +291,27 @@ def test_a_bfcl_turn_that_adds_functions_updates_the_listed_tools():
     first_user = "\n".join(m["content"] for m in entry["question"][0])
     assert all(s.prompt[1]["content"].count(first_user) == 1 for s in t.steps)
     assert all(s.prompt[1]["content"].startswith(f"Task: {first_user}\n") for s in t.steps[3:])
+
+
+def test_tool_call_is_the_envs_answer_not_the_parsed_text():
+    """``Step.info["tool_call"]`` comes from the env (it ran the call and returned its result): a
+    malformed call the env rejects is False, a call the env runs is True even on the last turn
+    (MT-GRPO then decides that no result follows it), and a call-shaped text sent to an env that
+    runs no tools sets nothing."""
+    import json
+
+    from agentrl.envs.tools import builtin_tool_env
+
+    env = builtin_tool_env("calculator", "train", num_tasks=2)
+    call = "<tool_call>" + json.dumps({"name": sorted(env.tools)[0], "arguments": {}}) + "</tool_call>"
+    replies = ["<tool_call>{not json</tool_call>", call]
+    (group,) = rollout(ScriptPolicy(replies), [env], ["calculator-train-0"], 1, max_turns=2, params=PARAMS,
+                       builder=StepPrompt(history_k=1, response_format="tool_call"))  # fmt: skip
+    (t,) = group.trajectories
+    assert t.truncated and [s.info["tool_call"] for s in t.steps] == [False, True]
+    assert StepBatch.from_trajectories([group]).tool_call.tolist() == [False, True]
+
+    maze = MazeEnv()
+    (group,) = rollout(ScriptPolicy([call]), [maze], ["maze-0"], 1, max_turns=1, params=PARAMS,
+                       builder=StepPrompt(history_k=1, response_format="tool_call"))  # fmt: skip
+    assert "tool_call" not in group.trajectories[0].steps[0].info

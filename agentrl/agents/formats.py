@@ -83,17 +83,17 @@ class ParsedResponse:
     content_spans: Mapping[str, Span] = field(default_factory=dict)
 
     def step_info(self, current_subgoal: str | None = None) -> dict[str, Any]:
-        """Keys for ``Step.info`` that StepBatch turns into columns (switch, subgoal, tool_call).
+        """Keys for ``Step.info`` that StepBatch turns into columns (switch, subgoal).
 
-        A HiPER KEEP turn without a subgoal element keeps ``current_subgoal``.
+        A HiPER KEEP turn without a subgoal element keeps ``current_subgoal``. ``tool_call`` is not
+        among them: a turn is a tool turn when the env answered it with a tool result (the env's
+        ``info["tool_call"]``, copied by the rollout), not when the text parsed as a call.
         """
         info: dict[str, Any] = {}
         if self.switch is not None:
             info["switch"] = self.switch
             keep_old = self.subgoal is None and self.switch == "KEEP"
             info["subgoal"] = (current_subgoal if keep_old else self.subgoal) or ""
-        if self.tool_calls:
-            info["tool_call"] = True
         if not self.valid:
             info["parse_error"] = self.reason
         return info

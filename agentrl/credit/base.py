@@ -65,7 +65,8 @@ class MissingInputError(ValueError):
 FIELD_HINTS = {
     "state_key": "set Step.state_key (the raw env observation, e.g. info['state_key'])",
     "turn_reward": "set Step.turn_reward (a verifiable or judged per-turn score)",
-    "tool_call": "set Step.info['tool_call'] = True on turns that called a tool",
+    "tool_call": "set Step.info['tool_call'] = True on turns the env answered with a tool result "
+    "(tool envs report it as info['tool_call'], which the rollout copies)",
     "switch": "set Step.info['switch'] to 'KEEP' or 'SWITCH' (HiPER response format)",
     "subgoal": "set Step.info['subgoal'] to the parsed subgoal text (HiPER response format)",
 }

@@ -5,6 +5,16 @@ A segment (one subgoal) starts at t=0 and on every SWITCH. Three critic heads gi
 signals: the executor's action advantage A^L (GAE inside a segment with V_L), the planner's
 subgoal advantage A^H (GAE across segments with V_H) and the switch advantage A^T (segment
 return minus V_T), each routed to its own part of the response (credit.md, HiPER).
+
+Sources. The authors' code is JonP07/HiPER-agent: ``hiper_hae/core_hae.py`` (``HAEConfig``,
+``compute_hae_advantage``) and ``hiper_hae/hier_mask.py`` in the current version;
+``hier_gae/core_hgae.py`` (``HGAEConfig``, ``compute_hgae_advantage``) and ``hier_gae/hier_mask.py``
+in the earlier one (commit 2ee6abfe); the run script ``example_scripts/HiPER_trainer/run_alfworld.sh``
+(commit aa46b433) sets ``algorithm.hae.bootstrap_truncated=True``, ``keep_penalty=-0.3``,
+``keep_consistency_penalty=-0.3`` and ``invalid_action_penalty_coef=0.1``. The earlier files were
+read at 2ee6abfe; the current ``core_hae.py`` was read from a copy of its text (the same two
+recursions, the KEEP count starting at t=0, no ``keep_penalty_skip_first``). The two versions
+compute the same advantages except for the KEEP penalty (see ``shaped_rewards``).
 """
 
 from __future__ import annotations
@@ -15,10 +25,11 @@ import numpy as np
 
 from agentrl.credit.base import Advantages, MissingInputError, register_estimator
 from agentrl.credit.gae import last_rows
-from agentrl.credit.ops import Layout, backward_recursion, layout, next_in_traj, whiten
+from agentrl.credit.ops import Layout, backward_recursion, check_choice, layout, next_in_traj, whiten
 from agentrl.types import StepBatch
 
 HEADS = ("high", "low", "switch")
+TRUNCATED_BOOTSTRAPS = ("segment_high", "last_low")
 
 
 def _heads(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,21 +59,29 @@ def shaped_rewards(
     invalid_penalty: float,
     keep_penalty: float,
     subgoal_change_penalty: float,
+    keep_penalty_skip_first: bool = False,
 ) -> np.ndarray:
-    """Env reward plus the HiPER code's shaping.
+    """Env reward plus the HiPER code's shaping (``compute_hae_advantage``, normalized KEEP penalty).
 
     - ``-invalid_penalty`` on a row whose action was invalid;
-    - ``-keep_penalty * (fraction of KEEP turns)`` spread evenly over the trajectory's KEEP turns
-      (each gets ``-keep_penalty * n_keep / T / n_keep``), so never switching costs most;
-    - ``-subgoal_change_penalty`` on a KEEP turn whose subgoal text differs from the previous
-      turn's (keeping while rewriting the subgoal is an unannounced switch).
-    A KEEP turn is a turn that does not start a segment: t=0 always starts one (there is no
-    subgoal to keep yet), so it is never a KEEP turn [ours; the sources are silent].
+    - ``-keep_penalty * (fraction of KEEP turns)`` spread evenly over the trajectory's KEEP turns,
+      so never switching costs most. A KEEP turn is one whose tag is KEEP (or missing), t=0
+      included: the current code (``hiper_hae/core_hae.py``) counts every turn, so each KEEP turn
+      gets ``-keep_penalty / T``. ``keep_penalty_skip_first`` follows the earlier code's option of
+      that name (``hier_gae/core_hgae.py``, default False there too): turns t >= 1 only, each KEEP
+      turn gets ``-keep_penalty / (T-1)``. Both skip one-turn trajectories, as the code does;
+    - ``-subgoal_change_penalty`` on a KEEP turn t >= 1 whose subgoal text differs from the
+      previous turn's (keeping while rewriting the subgoal is an unannounced switch); t=0 has no
+      previous subgoal and is never penalised, in both versions.
     """
-    keep = ~starts
-    n_keep = np.bincount(lay.slot, weights=keep, minlength=lay.n_traj)
-    frac_keep = n_keep / lay.lengths
-    per_keep = np.divide(keep_penalty * frac_keep, n_keep, out=np.zeros(lay.n_traj), where=n_keep > 0)
+    keep_tag = ~batch.switch
+    counted = keep_tag & (lay.pos > 0) if keep_penalty_skip_first else keep_tag
+    n_turns = lay.lengths - 1 if keep_penalty_skip_first else lay.lengths
+    n_keep = np.bincount(lay.slot, weights=counted, minlength=lay.n_traj)
+    applies = (lay.lengths > 1) & (n_keep > 0)
+    frac_keep = np.divide(n_keep, n_turns, out=np.zeros(lay.n_traj), where=applies)
+    per_keep = np.divide(keep_penalty * frac_keep, n_keep, out=np.zeros(lay.n_traj), where=applies)
+    keep = ~starts  # t >= 1 and not SWITCH
     prev_subgoal = np.empty_like(batch.subgoal)
     prev_subgoal[1:] = batch.subgoal[:-1]
     prev_subgoal[lay.first] = batch.subgoal[lay.first]
@@ -70,7 +89,7 @@ def shaped_rewards(
     return (
         batch.reward
         - invalid_penalty * (~batch.valid)
-        - per_keep[lay.slot] * keep
+        - per_keep[lay.slot] * counted
         - subgoal_change_penalty * changed
     )
 
@@ -104,7 +123,9 @@ def hiper(
     invalid_penalty: float = 0.1,
     keep_penalty: float = 0.3,
     subgoal_change_penalty: float = 0.3,
-    bootstrap_truncated: bool = False,
+    keep_penalty_skip_first: bool = False,
+    bootstrap_truncated: bool = True,
+    truncated_bootstrap: str = "segment_high",
     standardize: bool = True,
     eps: float = 1e-8,
 ) -> Advantages:
@@ -120,15 +141,22 @@ def hiper(
       discounted reward sum;
     - switch ``A^T_t = G^_t - V_T(t)``, ``G^_t = r_t + gamma*G^_{t+1}`` inside the segment,
       bootstrapped by V_H(t_{k+1}) at its end.
-    A truncated trajectory with ``bootstrap_truncated`` continues, at its end, from its last
-    row's own (detached) V_L instead of 0, in all three recursions [ours for planner/switch].
+    Truncated trajectories (``bootstrap_truncated``, on by default as in the authors' run script):
+    the executor continues from the last row's own (detached) V_L, as ``compute_hae_advantage``
+    does; the planner and the switch returns continue from ``truncated_bootstrap``:
+    ``"segment_high"`` (default, the code): V_H at the start of the last segment;
+    ``"last_low"`` [ours, agentrl before issue 13]: the last row's V_L, the value of the state where
+    the episode was cut, for all three recursions. Without ``bootstrap_truncated`` all three use 0.
 
     ``masks["subgoal"]`` marks the boundary rows; ``spans["subgoal"]`` is 0 elsewhere. With
-    ``standardize`` each family is standardised over the batch (subgoal over boundary rows only).
+    ``standardize`` each family is standardised over the batch (subgoal over boundary rows only;
+    the code's ``norm_adv=True``: population std + eps; only centred when std <= eps [ours]).
     ``step`` = the action span. ``extras``: value targets A + V per head, before standardising
     (``target_high`` only means something on boundary rows), and the ``shaped_reward``.
-    Defaults: gamma 1.0, lam_L 1.0, lam_H 0.95, shaping on (invalid 0.1, KEEP 0.3, change 0.3).
+    Defaults: gamma 1.0, lam_L 1.0, lam_H 0.95, shaping on (invalid 0.1, KEEP 0.3 counted from
+    t=0, change 0.3), bootstrap_truncated on (the ALFWorld run script).
     """
+    check_choice("truncated_bootstrap", truncated_bootstrap, TRUNCATED_BOOTSTRAPS)
     v_high, v_low, v_switch = _heads(values)
     lay = layout(batch)
     starts = segment_starts(batch, lay)
@@ -142,22 +170,28 @@ def hiper(
             invalid_penalty=invalid_penalty,
             keep_penalty=keep_penalty,
             subgoal_change_penalty=subgoal_change_penalty,
+            keep_penalty_skip_first=keep_penalty_skip_first,
         )
     else:
         reward = batch.reward.astype(np.float64)
     not_done = 1.0 - batch.done
 
-    bootstrap_end = v_low * (batch.truncated & ~batch.done) if bootstrap_truncated else np.zeros(len(batch))
-    after_segment = np.where(is_last, bootstrap_end, next_in_traj(lay, v_high))
-    value_next = np.where(seg_end, after_segment, next_in_traj(lay, v_low))
+    start_rows = np.flatnonzero(starts)
+    seg_start_of_row = start_rows[np.cumsum(starts) - 1]
+    cut = (batch.truncated & ~batch.done) if bootstrap_truncated else np.zeros(len(batch), dtype=bool)
+    end_low = v_low * cut
+    end_high = end_low if truncated_bootstrap == "last_low" else v_high[seg_start_of_row] * cut
+    next_high = next_in_traj(lay, v_high)
+    after_segment_low = np.where(is_last, end_low, next_high)
+    after_segment_high = np.where(is_last, end_high, next_high)
+    value_next = np.where(seg_end, after_segment_low, next_in_traj(lay, v_low))
 
     delta_low = reward + gamma * not_done * value_next - v_low
     adv_low = backward_recursion(lay, delta_low, gamma * lam_L * not_done * ~seg_end)
 
-    seg_return = backward_recursion(lay, reward + gamma * not_done * after_segment * seg_end, gamma * ~seg_end)
+    seg_return = backward_recursion(lay, reward + gamma * not_done * after_segment_high * seg_end, gamma * ~seg_end)
     adv_switch = seg_return - v_switch
 
-    start_rows = np.flatnonzero(starts)
     seg_len = np.diff(np.append(start_rows, len(batch)))
     end_rows = start_rows + seg_len - 1
     seg_discount = gamma ** seg_len.astype(np.float64)

@@ -7,6 +7,14 @@ M_i, the clipped product of the probability ratios of the agents already updated
 trajectory i, which is what makes the backward induction monotonic without a critic. The
 estimator computes the per-turn advantages for all turn slots at once (given the current M);
 the trainer walks the slots with ``turn_slots`` and refreshes M with ``update_corrections``.
+
+Sources. The official code is modelscope/AgentEvolver, branch ``seeupo``,
+``beyondagent/module/trainer/ba_ray_trainer.py``; a later copy of it (``seeupo_v2``) differs on
+episodes that end before the last turn slot (option ``ended``). Neither the ``seeupo`` branch nor
+the ``seeupo_v2`` copy is in the code index this was written from (AgentEvolver's stored versions
+of that file contain no SeeUPO code), so both behaviours follow the issue-13 comparison of the two
+(credit.md, SeeUPO). Correction factors are keyed by trajectory id: the official code reorders the
+turn batches while carrying M row-aligned, which pairs M with the wrong trajectory.
 """
 
 from __future__ import annotations
@@ -16,10 +24,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from agentrl.credit.base import Advantages, register_estimator
-from agentrl.credit.ops import check_choice, factorize, group_mean_std
+from agentrl.credit.ops import check_choice, factorize, group_mean_std, layout
 from agentrl.types import StepBatch
 
 ORDERS = ("reverse", "forward", "random")
+ENDED = ("keep", "drop")
 RATIO_LOW, RATIO_HIGH = 0.8, 1.2
 LOG_RATIO_CLAMP = 10.0
 
@@ -42,25 +51,46 @@ def seeupo(
     batch: StepBatch,
     *,
     correction: Mapping[str, float] | None = None,
+    ended: str = "keep",
     clip: float = 3.0,
     min_std: float = 1e-6,
 ) -> Advantages:
-    """Per-turn GRAE: ``A_{i,t} = R_i - mean_{j active in i's group at turn t} R_j`` (no std), then
-    over all rows of turn slot t in the batch: z-score (only centred when std <= ``min_std``),
+    """Per-turn GRAE: ``A_{i,t} = R_i - mean_{j in i's group at turn t} R_j`` (no std), then over
+    the trajectories of turn slot t in the batch: z-score (only centred when std <= ``min_std``),
     clip to [-clip, clip], multiply by ``M_i`` (``correction``: traj_id -> M, default 1).
 
-    Trajectories shorter than t+1 are inactive at t and take no part in its baseline or
-    statistics. The z-score uses the unbiased std (n-1) [ours; the paper does not say].
+    ``ended`` says what happens to a trajectory at turn slots after it ended:
+    - ``"keep"`` (default; the official code, AgentEvolver branch ``seeupo``): it stays in every
+      later turn batch, so it counts in the group mean and in the slot's z-score. Every slot then
+      holds every trajectory once, and a trajectory gets the same advantage at each of its turns
+      (times its current M). A group of one trajectory has baseline R_i (A = 0).
+    - ``"drop"`` (the ``seeupo_v2`` copy): only trajectories still running at t take part; a group
+      with a single live trajectory at t gets baseline 0 (A = R_i before the z-score).
+    Either way only the rows of slot t are trained in slot t (``turn_slots``). The z-score uses the
+    unbiased std (n-1) [ours; the paper does not say].
     """
+    check_choice("ended", ended, ENDED)
     if clip <= 0:
         raise ValueError(f"option clip must be > 0, got {clip}")
-    g_turn, n_g_turn = factorize(batch.group_idx, batch.turn)
-    baseline, _, _ = group_mean_std(batch.outcome, g_turn, n_g_turn, ddof=1)
-    centred = batch.outcome - baseline[g_turn]
-    slot, n_slots = factorize(batch.turn)
-    mean, std, _ = group_mean_std(centred, slot, n_slots, ddof=1)
-    scale = np.where(std > min_std, std, 1.0)
-    z = (centred - mean[slot]) / scale[slot]
+    if ended == "keep":
+        lay = layout(batch)
+        outcome = lay.per_traj(batch.outcome)
+        group = lay.per_traj(batch.group_idx)
+        baseline, _, _ = group_mean_std(outcome, group, batch.num_groups, ddof=1)
+        centred_traj = outcome - baseline[group]
+        everyone = np.zeros(lay.n_traj, dtype=np.int64)
+        mean, std, _ = group_mean_std(centred_traj, everyone, 1, ddof=1)
+        scale = std[0] if std[0] > min_std else 1.0
+        z = ((centred_traj - mean[0]) / scale)[lay.slot]
+    else:
+        g_turn, n_g_turn = factorize(batch.group_idx, batch.turn)
+        baseline, _, live = group_mean_std(batch.outcome, g_turn, n_g_turn, ddof=1)
+        baseline = np.where(live > 1, baseline, 0.0)
+        centred = batch.outcome - baseline[g_turn]
+        slot, n_slots = factorize(batch.turn)
+        mean, std, _ = group_mean_std(centred, slot, n_slots, ddof=1)
+        scale = np.where(std > min_std, std, 1.0)
+        z = (centred - mean[slot]) / scale[slot]
     return Advantages(step=np.clip(z, -clip, clip) * _row_corrections(batch, correction))
 
 

@@ -28,9 +28,17 @@ def _norm_traj(x_traj: np.ndarray, g_traj: np.ndarray, n_groups: int, mode: str,
 
 
 def _first_tool_pos(lay: Layout, tool_call: np.ndarray) -> np.ndarray:
-    """Per trajectory: position of its first tool-call turn, or the trajectory length if none."""
+    """Per trajectory: position of its first tool turn, or the trajectory length if none.
+
+    A tool turn is one whose tool result follows it in the trajectory: ``tool_call`` (the env
+    answered with a result) on any row but the last, whose result no later turn sees. This is the
+    reference's ``_find_result_positions`` (an assistant message followed by a user message holding
+    ``<result>``); its env appends no result after the final turn (``MultiTurnEnv.step`` stops once
+    ``is_completed``, e.g. at ``max_steps`` tool calls).
+    """
+    turn = tool_call & (lay.pos < lay.lengths[lay.slot] - 1)
     first = lay.lengths.astype(np.int64).copy()
-    np.minimum.at(first, lay.slot[tool_call], lay.pos[tool_call])
+    np.minimum.at(first, lay.slot[turn], lay.pos[turn])
     return first
 
 
@@ -45,13 +53,17 @@ def mt_grpo(
 ) -> Advantages:
     """Outcome advantage plus a turn-reward advantage for the turns that earned it.
 
-    ``two_phase`` (the authors' code): ``A^O = norm_G(R^O_i)`` with R^O the outcome and
-    ``A^T = norm_G(R^T_i)`` with R^T the sum of the trajectory's turn rewards. Reading of
-    "tokens before the first tool result": the tool result is the env's answer to the first
-    turn that called a tool (``tool_call``), so every turn up to AND INCLUDING that turn was
-    produced before the result was seen and gets ``A^O + lam*A^T``; later turns get ``A^O``.
-    A trajectory without any tool call gets ``norm_G(R^T + R^O)`` on all its rows. Group
-    statistics always run over all trajectories of the group. Needs ``tool_call``.
+    ``two_phase`` (the authors' code, SiliangZeng/Multi-Turn-RL-Agent, read at commit 7860de6e:
+    ``verifiers/trainers/mt_grpo_env_trainer.py``, ``MTGRPOEnvTrainer``, ``advantage_est="aae"``;
+    ``verifiers/envs/tool_env.py``, and ``multiturn_env.py`` at 13f32a97, for when a result is appended):
+    ``A^O = norm_G(R^O_i)`` with R^O the outcome and ``A^T = norm_G(R^T_i)`` with R^T the sum of
+    the trajectory's turn rewards. Tokens before the first tool result get ``A^O + lam*A^T``, later
+    ones ``A^O`` (``_assign_advantages``): the result answers the first tool turn, so every turn up
+    to AND INCLUDING it gets ``A^O + lam*A^T``. A tool turn is a turn the env answered with a tool
+    result (``tool_call``) that is not the trajectory's last turn: the reference counts a turn only
+    when a result follows it (``_find_result_positions``), and none follows the final turn. A
+    trajectory without a tool turn gets ``norm_G(R^T + R^O)`` on all its rows. Group statistics
+    always run over all trajectories of the group. Needs ``tool_call``.
 
     ``k_turn`` (our generalisation to K turns): ``A_{i,t} = A^O_i + lam*norm_{G_t}(r^T_{i,t})``
     where ``G_t`` = the rows of the same group at turn t (a trajectory shorter than t+1 is

@@ -82,7 +82,9 @@ def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, opt
                   order: str = "reverse", seed: int = 0, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
     """SeeUPO (credit.md): for each turn slot t in ``order``, recompute old log-probs of B_t, take the
     per-turn advantages times the current M_i, update once, then ``M_i = clip(M_i * rho_i)`` with
-    rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update."""
+    rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update.
+    ``options["ended"]`` (estimator option) decides whether ended trajectories count in the later
+    slots' statistics; either way slot t trains only the turn-t responses, each response once."""
     corrections: dict[str, float] = {}
     final = np.zeros(len(batch))
     totals: dict[str, float] = {}
