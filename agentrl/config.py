@@ -195,6 +195,8 @@ class SFTConfig(Section):
     tasks: TaskRange = TaskRange(start=0, count=200)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 over the run (after the warm-up)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of the steps with a linear warm-up
     batch_size: int = Field(16, ge=1)
     full_finetune: bool = True  # False: train a LoRA adapter and merge it
 

@@ -262,3 +262,41 @@ def test_render_response_formats() -> None:
     with pytest.raises(ValueError, match="no expert rendering for response format 'xml'"):
         render_response("go", "xml", 0)
     assert set(EXPERTS.names()) == {"maze", "alfworld", "webshop", "webshop-browser", "search", "tools", "bfcl"}
+
+
+def test_lr_schedules_warm_up_then_hold_or_decay() -> None:
+    from agentrl.trainers.sft import lr_factor
+
+    constant, cosine = lr_factor("constant", 100, 0.1), lr_factor("cosine", 100, 0.1)
+    assert [round(constant(s), 4) for s in (0, 4, 10, 99)] == [round(1 / 11, 4), round(5 / 11, 4), 1.0, 1.0]
+    assert cosine(10) == 1.0 and cosine(55) == pytest.approx(0.5) and cosine(99) == pytest.approx(0.0003, abs=1e-3)
+    assert all(cosine(s) >= cosine(s + 1) for s in range(10, 99))  # decays monotonically after the warm-up
+    assert lr_factor("constant", 10)(0) == 1.0  # no warm-up by default
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'; allowed: constant, cosine"):
+        lr_factor("linear", 10)
+
+
+def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optimiser's steps follow the schedule: warm-up below the peak, the peak, almost 0 at the end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrl.policies.tiny import build_tiny_model, env_corpus
+    from agentrl.trainers.sft import sft_train
+
+    kwargs = {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}
+    builder = StepPrompt(history_k=1, system_prompt="Reach the goal room.")
+    demos = expert_demonstrations("maze", expert_env("maze", kwargs), [f"maze-{i}" for i in range(4)], builder, seed=0)
+    corpus = env_corpus(make("maze", **kwargs), ["maze-0", "maze-1"])
+    model_dir = build_tiny_model(tmp_path / "m", corpus, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    rates: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    sft_train(model, tokenizer, demos, epochs=2, lr=0.01, batch_size=4, seed=0, lr_schedule="cosine", warmup_ratio=0.25)
+    assert len(rates) == 2 * -(-len(demos) // 4)
+    assert rates[0] < 0.01 and max(rates) == pytest.approx(0.01) and rates[-1] < 0.001

@@ -224,7 +224,8 @@ class Trainer:
             say(f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)")
 
         stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
-                          chunk_size=self.cfg.model.logprob_chunk_size, log=log if self.dist.main else None, dist=self.dist)  # fmt: skip
+                          chunk_size=self.cfg.model.logprob_chunk_size, log=log if self.dist.main else None, dist=self.dist,
+                          lr_schedule=s.lr_schedule, warmup_ratio=s.warmup_ratio)  # fmt: skip
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
             self.dist.barrier()
