@@ -1,5 +1,7 @@
 PY ?= .venv/bin/python
 UV ?= .venv/bin/uv
+# the interpreter .venv is made from: the lock is compiled for CPython 3.11
+PYTHON ?= python3
 UV_VERSION ?= 0.13.8
 LOCK ?= requirements.lock
 # Where the CPU torch wheel (torch==2.13.0+cpu) comes from: this machine's wheel folder when it
@@ -12,7 +14,8 @@ TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-l
 
 # A venv with uv in it; uv then installs everything else from the lock.
 $(UV):
-	python3 -m venv .venv
+	@$(PYTHON) -c 'import sys; sys.version_info[:2] == (3, 11) or print(f"warning: requirements.lock is compiled for CPython 3.11, and $(PYTHON) is {sys.version.split()[0]}: make install PYTHON=python3.11, or make lock to re-resolve for it")'
+	$(PYTHON) -m venv .venv
 	.venv/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
 # Exactly the lock: installs what is missing, changes what differs, removes what the lock lacks
