@@ -186,6 +186,19 @@ def test_serve_viewer_prints_its_url_and_serves(run_dir):
         proc.wait(timeout=10)
 
 
+def test_viewer_socket_queues_connections_before_uvicorn_runs(run_dir):
+    """serve_viewer prints its URL before uvicorn's loop starts: a client that connects at once waits."""
+    import socket
+
+    from agentrl.eval.viewer import _ServerThread, create_app
+
+    server = _ServerThread(create_app(run_dir), "127.0.0.1", 0)
+    try:
+        socket.create_connection(server.sock.getsockname()[:2], timeout=2).close()  # refused without listen()
+    finally:
+        server.sock.close()
+
+
 # ----------------------------------------------------------------------------- real browser
 
 
