@@ -82,3 +82,11 @@ def test_bad_files_and_override_syntax(tmp_path):
         load_config(None, ["optim.lr"])
     with pytest.raises(ConfigError, match="'seed' is not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_sft_schedule_settings_are_checked():
+    assert load_config(None, ["sft.lr_schedule=cosine", "sft.warmup_ratio=0.05"]).sft.lr_schedule == "cosine"
+    with pytest.raises(ConfigError, match=r"sft.lr_schedule: Input should be 'constant' or 'cosine' \(got 'linear'\)"):
+        load_config(None, ["sft.lr_schedule=linear"])
+    with pytest.raises(ConfigError, match="sft.warmup_ratio: Input should be less than 1"):
+        load_config(None, ["sft.warmup_ratio=1.5"])
