@@ -474,9 +474,7 @@ def _headline(iv: Interval | None) -> str:
     """One side of the headline: rate, interval and episode count."""
     if iv is None:
         return "not evaluated yet"
-    ci = _ci(iv)
-    text = f"success rate {_f(iv.value)}" + ("" if ci == "—" else f" (95% CI {ci})")
-    return text + (f" over {iv.n} episodes" if iv.n else " (episode count not recorded)")
+    return f"success rate {_with_ci(iv)}" + (f" over {iv.n} episodes" if iv.n else " (episode count not recorded)")
 
 
 def _verdict(before: Interval, after: Interval) -> str:
