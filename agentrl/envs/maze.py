@@ -3,6 +3,12 @@
 Why it exists: credit-assignment methods can be compared against the TRUE values here. The state
 is ``(room, frozenset of held keys)``; ``exact_values`` computes V and Q of any policy by backward
 induction over (state, t), so an estimator's advantages can be checked against ``advantage``.
+
+Opt-in extras so turn-level methods (MT-GRPO, MT-PPO, HiPER) can be checked too: ``MazeEnv(turn_rewards=True)``
+emits a verifiable per-step ``info["turn_reward"]`` (``advance``: a milestone reached for the first
+time in the episode) and ``MazeEnv(subgoals=True)`` the planner's HiPER tags ``info["subgoal"]`` /
+``info["switch"]`` (``subgoal_of``). ``exact_values(..., turn_weight=w)`` gives the exact values of
+outcome + w * turn reward, over states extended by the milestones reached (``Progress``).
 """
 
 from __future__ import annotations
@@ -130,6 +136,88 @@ def reward_of(layout: MazeLayout, next_state: State) -> float:
     return 1.0 if next_state[0] == layout.goal else 0.0
 
 
+# ----------------------------------------------------------------------------- turn rewards and subgoals
+
+
+class Progress(NamedTuple):
+    """A state plus the milestones reached so far in the episode: what the turn reward depends on."""
+
+    room: str
+    held: frozenset[str]
+    visited: frozenset[str]  # rooms entered so far, the start room included
+    doors: frozenset[int]  # indices into ``layout.passages`` of the locked doors passed so far
+
+    @property
+    def state(self) -> State:
+        return (self.room, self.held)
+
+
+def start_progress(layout: MazeLayout) -> Progress:
+    return Progress(layout.start, frozenset(), frozenset({layout.start}), frozenset())
+
+
+def door_index(layout: MazeLayout) -> dict[tuple[str, str], int]:
+    """``(room, direction) -> passage index`` for every exit through a door (both sides)."""
+    out: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(layout.passages):
+        if p.door is not None:
+            out[(p.a, p.direction)] = i
+            out[(p.b, OPPOSITE[p.direction])] = i
+    return out
+
+
+def advance(
+    layout: MazeLayout, progress: Progress, action: str | None, next_state: State, doors: Mapping[tuple[str, str], int] | None = None
+) -> tuple[Progress, float]:
+    """The milestones after a step from ``progress`` and the step's turn reward.
+
+    The turn reward is 1.0 when the step reached at least one milestone for the first time in the
+    episode, else 0.0: it took a key, passed through a locked door (a passage, either way) it had
+    not passed before, or entered a room not visited before (the start room counts as visited; the
+    goal is always new, so the winning step earns 1.0). A step reaching several milestones at once
+    (a new door into a new room) still earns 1.0. Slips, locked doors, invalid actions (``action``
+    None) and revisits earn 0.0. Each milestone pays once, so an episode earns at most
+    keys + doors + rooms - 1. ``doors``: ``door_index(layout)``, passed in to skip recomputing it.
+    """
+    room, held = next_state
+    took_key = len(held) > len(progress.held)
+    visited = progress.visited | {room}
+    new_room = room not in progress.visited
+    passed = progress.doors
+    if action is not None and action.startswith("go ") and room != progress.room:
+        door = (door_index(layout) if doors is None else doors).get((progress.room, action[len("go ") :]))
+        if door is not None:
+            passed = passed | {door}
+    reward = 1.0 if took_key or new_room or passed != progress.doors else 0.0
+    return Progress(room, held, visited, passed), reward
+
+
+def progress_key(layout: MazeLayout, progress: Progress) -> str:
+    """The canonical description of a ``Progress``: the state's ``describe`` plus its milestones;
+    it is ``info["progress_key"]`` and the key of ``exact_values(..., turn_weight=w)``."""
+    visited = [r for r in layout.rooms if r in progress.visited]
+    doors = [f"{p.door} ({p.a}-{p.b})" for i, p in enumerate(layout.passages) if i in progress.doors]
+    return "\n".join([
+        describe(layout, progress.state),
+        "Visited: " + ", ".join(visited) + ".",
+        "Doors passed: " + (", ".join(doors) or "none") + ".",
+    ])
+
+
+def subgoal_of(layout: MazeLayout, state: State) -> str:
+    """The current subgoal of the planner (``solve``, a shortest plan from ``state``): the plan's
+    first key or locked door, "take the <colour> key" / "open the <colour> door", else (none left,
+    at the goal, or no plan) "reach the <goal>". A function of the state alone."""
+    for action in solve(layout, state) or []:
+        if action.startswith("take "):
+            return f"take the {action[len('take ') : -len(' key')]} key"
+        dest, door = layout.exits[state[0]][action[len("go ") :]]
+        if door is not None:
+            return f"open the {door} door"
+        state = (dest, state[1])
+    return f"reach the {layout.goal}"
+
+
 def solve(layout: MazeLayout, start: State | None = None) -> list[str] | None:
     """A shortest action list from ``start`` (default: the layout's start) to the goal (BFS over
     states, no slips), or None when unsolvable."""
@@ -244,9 +332,13 @@ def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1, colours: in
 
 @dataclass(frozen=True, eq=False)
 class ExactValues:
-    """V and Q of one policy for every reachable state and every t in 0..max_steps (V = 0 at max_steps)."""
+    """V and Q of one policy for every reachable state and every t in 0..max_steps (V = 0 at max_steps).
 
-    states: tuple[State, ...]
+    With ``turn_weight`` != 0 the states are ``Progress`` (keys: ``progress_key``) and V, Q are nan
+    at the steps t before a state can first be reached (``v``/``q`` raise there).
+    """
+
+    states: tuple[State | Progress, ...]
     state_keys: tuple[str, ...]
     actions: tuple[tuple[str, ...], ...]
     probs_SA: np.ndarray  # policy probabilities per state and admissible-action slot
@@ -254,6 +346,7 @@ class ExactValues:
     q_TSA: np.ndarray  # (max_steps, S, A_max), nan where a state has fewer actions
     gamma: float
     invalid_penalty: float
+    turn_weight: float = 0.0  # the return is outcome + turn_weight * turn rewards
     index: Mapping[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -268,10 +361,15 @@ class ExactValues:
             raise KeyError(f"state is not reachable from the start of this maze: {state_key!r}")
         return self.index[state_key]
 
+    def _value(self, x: float, state_key: str, t: int) -> float:
+        if np.isnan(x):
+            raise KeyError(f"state cannot be reached by step {t}: {state_key!r}")
+        return float(x)
+
     def v(self, state_key: str, t: int) -> float:
         if not 0 <= t <= self.max_steps:
             raise ValueError(f"t must be in 0..{self.max_steps}, got {t}")
-        return float(self.v_TS[t, self._s(state_key)])
+        return self._value(self.v_TS[t, self._s(state_key)], state_key, t)
 
     def q(self, state_key: str, t: int, action: str) -> float:
         """Q of taking ``action`` at step t; a non-admissible action is a no-op (-invalid_penalty, stay)."""
@@ -280,14 +378,60 @@ class ExactValues:
         s = self._s(state_key)
         if not self.actions[s]:  # the goal: the episode is over
             return 0.0
+        if action in self.actions[s]:  # fast path: an admissible action as the env spells it
+            return self._value(self.q_TSA[t, s, self.actions[s].index(action)], state_key, t)
         normal = [normalize_action(a) for a in self.actions[s]]
         act = normalize_action(action)
         if act in normal:
-            return float(self.q_TSA[t, s, normal.index(act)])
+            return self._value(self.q_TSA[t, s, normal.index(act)], state_key, t)
+        self._value(self.v_TS[t, s], state_key, t)
         return -self.invalid_penalty + self.gamma * float(self.v_TS[t + 1, s])
 
     def advantage(self, state_key: str, t: int, action: str) -> float:
         return self.q(state_key, t, action) - self.v(state_key, t)
+
+
+Row = tuple[int, int, float, int, float]  # (s, action slot, probability, s', reward)
+
+
+def _state_rows(layout: MazeLayout, slip: float) -> tuple[list[State], list[Row]]:
+    """Every state reachable from the start and its transitions; reward = outcome."""
+    index: dict[State, int] = {layout.start_state: 0}
+    queue, rows = deque([layout.start_state]), []
+    while queue:
+        state = queue.popleft()
+        for slot, action in enumerate(admissible(layout, state)):
+            for prob, nxt, _ in outcomes(layout, state, action, slip):
+                if nxt not in index:
+                    index[nxt] = len(index)
+                    queue.append(nxt)
+                rows.append((index[state], slot, prob, index[nxt], reward_of(layout, nxt)))
+    return list(index), rows
+
+
+def _progress_rows(
+    layout: MazeLayout, slip: float, max_steps: int, turn_weight: float
+) -> tuple[list[Progress], list[Row], np.ndarray]:
+    """Every ``Progress`` reachable within max_steps steps, its transitions (from those reachable
+    within max_steps - 1 steps), and its first step (BFS depth); reward = outcome + w * turn."""
+    start = start_progress(layout)
+    doors = door_index(layout)
+    index: dict[Progress, int] = {start: 0}
+    depth = [0]
+    queue, rows = deque([start]), []
+    while queue:
+        prog = queue.popleft()
+        if depth[index[prog]] >= max_steps:
+            continue
+        for slot, action in enumerate(admissible(layout, prog.state)):
+            for prob, nxt, _ in outcomes(layout, prog.state, action, slip):
+                nxt_prog, turn = advance(layout, prog, action, nxt, doors)
+                if nxt_prog not in index:
+                    index[nxt_prog] = len(index)
+                    depth.append(depth[index[prog]] + 1)
+                    queue.append(nxt_prog)
+                rows.append((index[prog], slot, prob, index[nxt_prog], reward_of(layout, nxt) + turn_weight * turn))
+    return list(index), rows, np.array(depth)
 
 
 def exact_values(
@@ -297,28 +441,35 @@ def exact_values(
     max_steps: int = 20,
     slip: float = 0.0,
     invalid_penalty: float = 0.0,
+    turn_weight: float = 0.0,
 ) -> ExactValues:
-    """Backward induction over (state, t), t = max_steps-1..0, for ``policy`` (None = uniform)."""
+    """Backward induction over (state, t), t = max_steps-1..0, for ``policy`` (None = uniform).
+
+    ``turn_weight`` w != 0: the values of outcome + w * turn reward (``advance``, what
+    ``MazeEnv(turn_rewards=True)`` emits). That reward depends on the milestones reached so far, so
+    the induction runs over ``Progress`` states, keyed by ``progress_key`` (``info["progress_key"]``);
+    the policy still sees only ``describe(state)``. Their number grows with the rooms one can visit
+    in max_steps steps: hundreds on 3x3 mazes, up to ~10^5 on 5x5 ones.
+    """
     _check_settings(slip=slip, max_steps=max_steps, invalid_penalty=invalid_penalty)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    index: dict[State, int] = {layout.start_state: 0}
-    queue, rows = deque([layout.start_state]), []  # rows: (s, slot, prob, s', reward)
-    while queue:
-        state = queue.popleft()
-        for slot, action in enumerate(admissible(layout, state)):
-            for prob, nxt, _ in outcomes(layout, state, action, slip):
-                if nxt not in index:
-                    index[nxt] = len(index)
-                    queue.append(nxt)
-                rows.append((index[state], slot, prob, index[nxt], reward_of(layout, nxt)))
-    states = tuple(index)
-    keys = tuple(describe(layout, s) for s in states)
-    actions = tuple(tuple(admissible(layout, s)) for s in states)
+    if not np.isfinite(turn_weight):
+        raise ValueError(f"turn_weight must be finite, got {turn_weight}")
+    depth_S: np.ndarray | None = None
+    if turn_weight == 0.0:
+        states, rows = _state_rows(layout, slip)
+        plain: list[State] = list(states)
+        keys = tuple(describe(layout, s) for s in plain)
+    else:
+        progs, rows, depth_S = _progress_rows(layout, slip, max_steps, float(turn_weight))
+        states, plain = progs, [p.state for p in progs]
+        keys = tuple(progress_key(layout, p) for p in progs)
+    actions = tuple(tuple(admissible(layout, s)) for s in plain)
     probs_SA = np.zeros((len(states), max(map(len, actions))))
-    for i, (key, acts) in enumerate(zip(keys, actions)):
+    for i, (state, acts) in enumerate(zip(plain, actions)):
         if acts:
-            probs_SA[i, : len(acts)] = _policy_probs(policy, key, list(acts))
+            probs_SA[i, : len(acts)] = _policy_probs(policy, describe(layout, state), list(acts))
     src, slot, prob, dst, reward = (np.array(col) for col in zip(*rows))
     mask_SA = np.arange(probs_SA.shape[1]) < np.array([len(a) for a in actions])[:, None]
     v_TS = np.zeros((max_steps + 1, len(states)))
@@ -328,7 +479,12 @@ def exact_values(
         np.add.at(q_SA, (src, slot), prob * (reward + gamma * v_TS[t + 1, dst]))
         q_TSA[t][mask_SA] = q_SA[mask_SA]
         v_TS[t] = (probs_SA * q_SA).sum(axis=1)
-    return ExactValues(states, keys, actions, probs_SA, v_TS, q_TSA, float(gamma), float(invalid_penalty))
+        if depth_S is not None:  # not reachable by step t: its successors were not all enumerated
+            v_TS[t, depth_S > t] = np.nan
+            q_TSA[t, depth_S > t] = np.nan
+    return ExactValues(
+        tuple(states), keys, actions, probs_SA, v_TS, q_TSA, float(gamma), float(invalid_penalty), float(turn_weight)
+    )
 
 
 def _policy_probs(policy: Policy | None, key: str, acts: list[str]) -> np.ndarray:
@@ -353,25 +509,43 @@ def _check_settings(*, slip: float, max_steps: int, invalid_penalty: float) -> N
 
 
 class MazeEnv(AgentEnv):
-    """``make("maze")``: reach the goal room, opening coloured doors with keys picked up on the way."""
+    """``make("maze")``: reach the goal room, opening coloured doors with keys picked up on the way.
+
+    Opt-in extras (off by default: observations, rewards and infos are then unchanged):
+    ``turn_rewards``: every step's info has ``turn_reward`` (``advance``: 1.0 for a key, a locked
+    door or a room reached for the first time in the episode, else 0.0), and reset/step infos have
+    ``progress_key`` (the state plus its milestones, the key of ``exact_values(turn_weight=w)``);
+    the env reward stays the outcome. ``subgoals``: reset/step infos have the planner's HiPER tags
+    for the next turn, ``subgoal`` (``subgoal_of`` the current state) and ``switch`` ("SWITCH" at
+    reset and whenever the subgoal differs from the previous turn's, else "KEEP").
+    """
 
     def __init__(self, size: int = 3, n_doors: int = 1, slip: float = 0.0, max_steps: int = 20, num_tasks: int = 100,
                  layout: MazeLayout | None = None, invalid_penalty: float = 0.0, expert: bool = False,
-                 render_mode: str | None = None, colours: int = len(COLOURS)) -> None:
+                 render_mode: str | None = None, colours: int = len(COLOURS), turn_rewards: bool = False,
+                 subgoals: bool = False) -> None:
         super().__init__(render_mode=render_mode)
         self.expert = expert  # adds info["expert_action"]: the first action of a shortest plan from here
         _check_settings(slip=slip, max_steps=max_steps, invalid_penalty=invalid_penalty)
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        for name, flag in (("turn_rewards", turn_rewards), ("subgoals", subgoals)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         if layout is None:
             generate_layout(0, size, n_doors, colours)  # validates size, n_doors, colours now, not at the first reset
         self.size, self.n_doors, self.colours, self.slip, self.max_steps = size, n_doors, colours, slip, max_steps
         self.num_tasks, self.custom_layout, self.invalid_penalty = num_tasks, layout, invalid_penalty
+        self.turn_rewards, self.subgoals = bool(turn_rewards), bool(subgoals)
         self.layout: MazeLayout | None = None
         self.state: State | None = None
+        self.progress: Progress | None = None  # tracked with turn_rewards
         self.task_id = ""
         self._t = 0
         self._done = False
+        self._doors: dict[tuple[str, str], int] = {}
+        self._subgoal: str | None = None
+        self._subgoal_cache: dict[tuple[str, State], str] = {}  # one planner call per (task, state)
 
     def task_ids(self) -> list[str]:
         return [CUSTOM_TASK] if self.custom_layout is not None else [f"maze-{i}" for i in range(self.num_tasks)]
@@ -387,9 +561,11 @@ class MazeEnv(AgentEnv):
             raise ValueError(f"maze task ids look like 'maze-<n>', got {task_id!r}")
         return generate_layout(int(match.group(1)), self.size, self.n_doors, self.colours)
 
-    def exact_values(self, task_id: str, policy: Policy | None = None, gamma: float = 0.95) -> ExactValues:
-        """True V/Q of ``policy`` on a task, with this env's max_steps, slip and invalid_penalty."""
-        return exact_values(self.layout_for(task_id), policy, gamma, self.max_steps, self.slip, self.invalid_penalty)
+    def exact_values(self, task_id: str, policy: Policy | None = None, gamma: float = 0.95, turn_weight: float = 0.0) -> ExactValues:
+        """True V/Q of ``policy`` on a task, with this env's max_steps, slip and invalid_penalty; with
+        ``turn_weight`` w != 0, of outcome + w * turn reward (keyed by ``info["progress_key"]``)."""
+        layout = self.layout_for(task_id)
+        return exact_values(layout, policy, gamma, self.max_steps, self.slip, self.invalid_penalty, turn_weight)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
@@ -399,6 +575,9 @@ class MazeEnv(AgentEnv):
             task_id = ids[int(self.np_random.integers(len(ids)))]
         self.layout, self.task_id = self.layout_for(task_id), task_id
         self.state, self._t, self._done = self.layout.start_state, 0, False
+        if self.turn_rewards:
+            self.progress, self._doors = start_progress(self.layout), door_index(self.layout)
+        self._subgoal = None
         self._last_obs = describe(self.layout, self.state)
         return self._last_obs, self._info(valid=True)
 
@@ -414,12 +593,18 @@ class MazeEnv(AgentEnv):
             pick = 0 if len(results) == 1 else int(self.np_random.random() < self.slip)
             _, nxt, feedback = results[pick]
             reward, self.state = reward_of(self.layout, nxt), nxt
+        turn_reward = None
+        if self.progress is not None:  # turn_rewards
+            self.progress, turn_reward = advance(self.layout, self.progress, chosen, self.state, self._doors)
         self._t += 1
         terminated = self.state[0] == self.layout.goal
         truncated = not terminated and self._t >= self.max_steps
         self._done = terminated or truncated
         self._last_obs = feedback + "\n" + describe(self.layout, self.state)
-        return self._last_obs, float(reward), terminated, truncated, self._info(valid=chosen is not None)
+        info = self._info(valid=chosen is not None)
+        if turn_reward is not None:
+            info["turn_reward"] = turn_reward
+        return self._last_obs, float(reward), terminated, truncated, info
 
     def _info(self, valid: bool) -> dict[str, Any]:
         assert self.layout is not None and self.state is not None
@@ -429,4 +614,13 @@ class MazeEnv(AgentEnv):
         if self.expert and not won:
             plan = solve(self.layout, self.state)
             info["expert_action"] = plan[0] if plan else None
+        if self.progress is not None:  # turn_rewards
+            info["progress_key"] = progress_key(self.layout, self.progress)
+        if self.subgoals:
+            cache_key = (self.task_id, self.state)
+            if cache_key not in self._subgoal_cache:
+                self._subgoal_cache[cache_key] = subgoal_of(self.layout, self.state)
+            subgoal = self._subgoal_cache[cache_key]
+            info["switch"] = "KEEP" if subgoal == self._subgoal else "SWITCH"
+            info["subgoal"] = self._subgoal = subgoal
         return info

@@ -8,27 +8,49 @@ registered estimator scores them, and we report per estimator and group size:
 - ``corr``: Pearson correlation between estimated and true advantages over all rows;
 - ``sign``: share of rows with a non-zero true advantage whose estimate has the same sign;
 - ``noise``: variance of the estimate for the same (task, state, t, action) across independently
-  resampled groups, in units of the estimator's overall variance (0 = perfectly repeatable).
+  resampled groups, in units of the estimator's overall variance (0 = perfectly repeatable); for
+  the ``outcome+turn`` target the state includes the milestones reached (``progress_key``).
 
-Critic-based estimators get the exact V as their critic (an oracle critic, labelled as such);
-estimators needing fields the maze does not produce (turn rewards, HiPER tags) are listed as
-skipped with the reason.
+Targets. The maze runs with ``turn_rewards`` and ``subgoals`` on (``agentrl.envs.maze.MazeEnv``):
+each step also carries a verifiable turn reward (a key, a locked door or a room reached for the
+first time) and the planner's HiPER tags (``switch``/``subgoal``), so all registered estimators
+run. Each is compared with the exact advantage of the return it estimates (column ``target``):
+
+- ``outcome+turn``: estimators that read turn rewards (those declaring the ``turn_reward`` field:
+  MT-GRPO, MT-PPO) against Q - V of outcome + turn rewards (``exact_values(turn_weight=1)``, over
+  states extended by the milestones reached, ``info["progress_key"]``);
+- ``outcome``: all others (HiPER included: its rewards are the env's, the outcome) against Q - V
+  of the outcome alone.
+
+Critic-based estimators get the exact V of their target as critic (an oracle critic, labelled as
+such; HiPER gets it for all three heads, V_H = V_L = V_T = V). Options set so that an estimator
+estimates that target (``FAIR_OPTIONS``, named in the note): MT-GRPO runs its K-turn variant (the
+two-phase one needs tool calls, which the maze has none of); HiPER runs without reward shaping
+(its KEEP/invalid penalties are not part of the return) and without bootstrapping truncated
+episodes (the exact values are finite-horizon: V = 0 after the last step). An estimator that still
+needs an input the maze cannot give is listed as skipped with the reason.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
+from agentrl.credit.hiper import HEADS as HIPER_HEADS
 from agentrl.envs.maze import ExactValues, MazeEnv
 from agentrl.types import Step, StepBatch, Trajectory
 
 TablePolicy = Callable[[str, list[str]], Sequence[float]]
+OUTCOME, OUTCOME_TURN = "outcome", "outcome+turn"
+FAIR_OPTIONS: dict[str, dict[str, object]] = {
+    "mt_grpo": {"variant": "k_turn"},  # two_phase needs tool calls; the maze has none
+    "hiper": {"shaping": False, "bootstrap_truncated": False},  # the return is the outcome; finite horizon
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,7 @@ class FidelityRow:
     noise: float
     rows: int
     note: str = ""
+    target: str = OUTCOME  # which exact advantage: "outcome" or "outcome+turn" (see the module doc)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -63,6 +86,11 @@ def improved_policy(env: MazeEnv, task_id: str, gamma: float, greedy_weight: flo
     return policy
 
 
+def target_of(name: str) -> str:
+    """The return an estimator estimates: outcome + turn rewards when it reads them, else the outcome."""
+    return OUTCOME_TURN if "turn_reward" in estimator_info(name).fields else OUTCOME
+
+
 def sample_group(
     env: MazeEnv,
     task_id: str,
@@ -72,8 +100,12 @@ def sample_group(
     values: ExactValues,
     env_seed: int,
     rng: np.random.Generator,
+    turn_values: ExactValues | None = None,
 ) -> list[Trajectory]:
-    """N trajectories from one identical initial state; each step's info holds its true A and V."""
+    """N trajectories from one identical initial state; each step's info holds its true A and V of
+    the outcome (``true_advantage``, ``true_value``) and, with ``turn_values`` (an env with
+    ``turn_rewards``), of outcome + turn rewards (``true_advantage_turn``, ``true_value_turn``,
+    looked up by ``info["progress_key"]``), plus the env's HiPER tags for that turn when it emits them."""
     trajs = []
     for i in range(n):
         obs, info = env.reset(seed=env_seed, options={"task_id": task_id})
@@ -82,9 +114,19 @@ def sample_group(
         while not (terminated or truncated):
             key, actions, t = info["state_key"], info["admissible_actions"], len(steps)
             action = actions[int(rng.choice(len(actions), p=np.asarray(policy(key, actions))))]
-            truth = {"true_advantage": values.advantage(key, t, action), "true_value": values.v(key, t)}
+            truth: dict[str, object] = {"true_advantage": values.advantage(key, t, action), "true_value": values.v(key, t)}
+            if turn_values is not None:
+                progress = info["progress_key"]
+                truth["true_advantage_turn"] = turn_values.advantage(progress, t, action)
+                truth["true_value_turn"] = turn_values.v(progress, t)
+                truth["progress_key"] = progress
+            truth.update({tag: info[tag] for tag in ("switch", "subgoal") if tag in info})
             obs_next, reward, terminated, truncated, info = env.step(action)
-            steps.append(Step(obs=obs, action=action, reward=float(reward), valid=bool(info["valid"]), state_key=key, info=truth))
+            turn_reward = info.get("turn_reward")
+            steps.append(
+                Step(obs=obs, action=action, reward=float(reward), valid=bool(info["valid"]), state_key=key,
+                     turn_reward=None if turn_reward is None else float(turn_reward), info=truth)
+            )  # fmt: skip
             obs = obs_next
         trajs.append(
             Trajectory(task_id, group_id, f"{group_id}/{i}", steps, terminated=terminated, truncated=truncated, success=bool(info["success"]))
@@ -92,16 +134,23 @@ def sample_group(
     return trajs
 
 
-def _inputs(name: str, batch: StepBatch, true_value: np.ndarray, gamma: float) -> dict[str, object]:
+def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object]:
+    """Options and caller inputs: gamma, ``FAIR_OPTIONS`` and the oracle critic (every HiPER head)."""
     info = estimator_info(name)
-    cfg: dict[str, object] = {}
+    cfg: dict[str, object] = dict(FAIR_OPTIONS.get(name, {}))
     if "gamma" in info.options:
         cfg["gamma"] = gamma
     for key in info.inputs:
         if key != "values":
             raise MissingInputError(f"needs input {key!r}")
-        cfg["values"] = true_value
+        cfg["values"] = {head: true_value for head in HIPER_HEADS} if name == "hiper" else true_value
     return cfg
+
+
+def _note(name: str) -> str:
+    parts = ["exact V as critic (oracle)"] if "values" in estimator_info(name).inputs else []
+    parts += [f"{k}={v}" for k, v in FAIR_OPTIONS.get(name, {}).items()]
+    return "; ".join(parts)
 
 
 def credit_fidelity(
@@ -119,51 +168,65 @@ def credit_fidelity(
     progress: Callable[[str], None] | None = None,
 ) -> list[FidelityRow]:
     """Fidelity of every estimator (or ``estimators``) for each group size; see the module doc."""
-    env = MazeEnv(size=size, n_doors=n_doors, slip=slip, max_steps=max_steps)
+    env = MazeEnv(size=size, n_doors=n_doors, slip=slip, max_steps=max_steps, turn_rewards=True, subgoals=True)
     task_ids = list(env.task_ids())[:tasks]
     policies = {tid: improved_policy(env, tid, gamma) for tid in task_ids}
     truths = {tid: env.exact_values(tid, policies[tid], gamma) for tid in task_ids}
+    turn_truths = {tid: env.exact_values(tid, policies[tid], gamma, turn_weight=1.0) for tid in task_ids}
     names = list(estimators or available_estimators())
+    targets = {name: target_of(name) for name in names}
     rng = np.random.default_rng(seed)
     rows: list[FidelityRow] = []
     for n in group_sizes:
         est_by_name: dict[str, list[np.ndarray]] = defaultdict(list)
-        true_parts: list[np.ndarray] = []
-        keys_parts: list[list[tuple]] = []
+        true_parts: dict[str, list[np.ndarray]] = {OUTCOME: [], OUTCOME_TURN: []}
+        keys_parts: dict[str, list[list[tuple]]] = {OUTCOME: [], OUTCOME_TURN: []}
         skipped: dict[str, str] = {}
         for r in range(resamples):
             trajs = []
             for tid in task_ids:
-                trajs += sample_group(env, tid, f"{tid}/r{r}", n, policies[tid], truths[tid], env_seed=seed * 7919 + r, rng=rng)
+                trajs += sample_group(
+                    env, tid, f"{tid}/r{r}", n, policies[tid], truths[tid], env_seed=seed * 7919 + r, rng=rng,
+                    turn_values=turn_truths[tid],
+                )  # fmt: skip
             batch = StepBatch.from_trajectories(trajs)
             steps = [s for t in trajs if t.steps for s in t.steps]
-            true_adv = np.array([s.info["true_advantage"] for s in steps])
-            true_value = np.array([s.info["true_value"] for s in steps])
-            true_parts.append(true_adv)
-            keys_parts.append([(t.task_id, s.state_key, k, s.action) for t in trajs for k, s in enumerate(t.steps)])
+            true_value = {
+                OUTCOME: np.array([s.info["true_value"] for s in steps]),
+                OUTCOME_TURN: np.array([s.info["true_value_turn"] for s in steps]),
+            }
+            true_parts[OUTCOME].append(np.array([s.info["true_advantage"] for s in steps]))
+            true_parts[OUTCOME_TURN].append(np.array([s.info["true_advantage_turn"] for s in steps]))
+            keys_parts[OUTCOME].append([(t.task_id, s.state_key, k, s.action) for t in trajs for k, s in enumerate(t.steps)])
+            keys_parts[OUTCOME_TURN].append(
+                [(t.task_id, s.info["progress_key"], k, s.action) for t in trajs for k, s in enumerate(t.steps)]
+            )
             for name in names:
                 if name in skipped:
                     continue
                 try:
-                    est_by_name[name].append(estimate(name, batch, **_inputs(name, batch, true_value, gamma)).step)
+                    cfg = _inputs(name, true_value[targets[name]], gamma)
+                    est_by_name[name].append(estimate(name, batch, **cfg).step)
                 except MissingInputError as e:
                     skipped[name] = str(e)
         if progress:
             progress(f"group size {n}: {resamples} resamples x {len(task_ids)} tasks sampled")
-        true_all = np.concatenate(true_parts)
-        keys_all = [k for part in keys_parts for k in part]
-        resample_of = np.concatenate([np.full(len(p), r) for r, p in enumerate(true_parts)])
+        true_all = {target: np.concatenate(parts) for target, parts in true_parts.items()}
+        key_ids = {target: _key_ids([k for part in parts for k in part]) for target, parts in keys_parts.items()}
+        resample_of = np.concatenate([np.full(len(p), r) for r, p in enumerate(true_parts[OUTCOME])])
         for name in names:
+            target = targets[name]
             if name in skipped:
-                rows.append(FidelityRow(name, n, math.nan, math.nan, math.nan, 0, note=f"skipped: {skipped[name]}"))
+                rows.append(FidelityRow(name, n, math.nan, math.nan, math.nan, 0, note=f"skipped: {skipped[name]}", target=target))
                 continue
             est_all = np.concatenate(est_by_name[name])
-            note = "exact V as critic (oracle)" if "values" in estimator_info(name).inputs else ""
+            true = true_all[target]
             rows.append(
                 FidelityRow(
-                    name, n, _corr(est_all, true_all), _sign(est_all, true_all), _noise(est_all, keys_all, resample_of), int(est_all.size), note
+                    name, n, _corr(est_all, true), _sign(est_all, true), _noise(est_all, key_ids[target], resample_of),
+                    int(est_all.size), _note(name), target,
                 )
-            )
+            )  # fmt: skip
     return rows
 
 
@@ -180,33 +243,47 @@ def _sign(est: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(np.sign(est[mask]) == np.sign(true[mask])))
 
 
-def _noise(est: np.ndarray, keys: list[tuple], resample_of: np.ndarray) -> float:
+def _key_ids(keys: Sequence[Hashable]) -> np.ndarray:
+    """int64[R]: one id per distinct key, in order of first appearance."""
+    ids: dict[Hashable, int] = {}
+    return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), np.int64, len(keys))
+
+
+def _noise(est: np.ndarray, keys: Sequence[Hashable] | np.ndarray, resample_of: np.ndarray) -> float:
     """Mean across-resample variance of the per-resample mean estimate of each key, over the
-    estimator's overall variance; keys seen in fewer than two resamples are left out."""
+    estimator's overall variance; keys seen in fewer than two resamples are left out.
+    ``keys``: one hashable per row, or their ``_key_ids`` (computed once for all estimators)."""
     scale = est.var()
     if scale == 0:
         return 0.0
-    per_key: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for k, r, a in zip(keys, resample_of, est):
-        per_key[k][int(r)].append(float(a))
-    variances = [np.var([np.mean(v) for v in by_r.values()], ddof=1) for by_r in per_key.values() if len(by_r) >= 2]
-    return float(np.mean(variances) / scale) if variances else math.nan
+    key_R = keys if isinstance(keys, np.ndarray) else _key_ids(keys)
+    n_resamples = int(resample_of.max()) + 1
+    cells_C, cell_R = np.unique(key_R * n_resamples + resample_of.astype(np.int64), return_inverse=True)
+    mean_C = np.bincount(cell_R, weights=est) / np.bincount(cell_R)
+    _, key_C = np.unique(cells_C // n_resamples, return_inverse=True)
+    n_K = np.bincount(key_C)
+    mean_K = np.bincount(key_C, weights=mean_C) / n_K
+    ss_K = np.bincount(key_C, weights=(mean_C - mean_K[key_C]) ** 2)
+    repeated_K = n_K >= 2
+    if not repeated_K.any():
+        return math.nan
+    return float(np.mean(ss_K[repeated_K] / (n_K[repeated_K] - 1)) / scale)
 
 
 def fidelity_markdown(rows: Sequence[FidelityRow]) -> str:
     """A Markdown table: one line per estimator, one column group per group size."""
     sizes = sorted({r.group_size for r in rows})
     by = {(r.estimator, r.group_size): r for r in rows}
-    head = "| estimator | " + " | ".join(f"corr N={n} | sign N={n} | noise N={n}" for n in sizes) + " | note |"
-    sep = "|" + "---|" * (1 + 3 * len(sizes) + 1)
+    head = "| estimator | target | " + " | ".join(f"corr N={n} | sign N={n} | noise N={n}" for n in sizes) + " | note |"
+    sep = "|" + "---|" * (2 + 3 * len(sizes) + 1)
     lines = [head, sep]
     for name in sorted({r.estimator for r in rows}):
         cells = []
         for n in sizes:
             r = by[(name, n)]
             cells += [_fmt(r.corr), _fmt(r.sign), _fmt(r.noise)]
-        note = by[(name, sizes[0])].note
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {note} |")
+        first = by[(name, sizes[0])]
+        lines.append(f"| {name} | {first.target} | " + " | ".join(cells) + f" | {first.note} |")
     return "\n".join(lines)
 
 
