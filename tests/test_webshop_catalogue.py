@@ -23,6 +23,7 @@ from agentrl.envs.webshop.loader import (
     load_files,
     load_shop,
 )
+from agentrl.envs.webshop.pages import SEP, PageMachine, PageState
 from agentrl.envs.webshop.reward import get_reward
 
 PRODUCT_KEYS = {"asin", "name", "full_description", "small_description", "pricing", "customization_options",
@@ -139,11 +140,78 @@ def test_loader_splits_and_price_bounds(shop):
 
 def test_written_files_load_like_the_in_memory_catalogue(tmp_path, shop):
     paths = write_catalogue(tmp_path, seed=0, num_products=1000)
-    assert sorted(p.name for p in paths) == ["items_human_ins.json", "items_ins_v2_1000.json", "items_shuffle_1000.json"]
-    loaded = load_files(tmp_path, num_products=1000, seed=0)
+    assert sorted(p.name for p in paths) == ["items_human_ins.json", "items_ins_v2_1000.json", "items_shuffle_1000.json",
+                                             "reviews.json"]
+    loaded = load_files(tmp_path, num_products=1000)
     assert loaded.goals == shop.goals
     assert loaded.prices == shop.prices
     assert [p["Title"] for p in loaded.products] == [p["Title"] for p in shop.products]
+
+
+def test_both_constructors_give_the_same_goal_splits(tmp_path, monkeypatch):
+    """make("webshop") and make("webshop", data_dir=<the same catalogue written out>) share one goal order."""
+    from agentrl.envs import make
+
+    monkeypatch.delenv("WEBSHOP_DATA", raising=False)
+    write_catalogue(tmp_path, seed=0, num_products=1000)
+    for split, size in (("test", 500), ("eval", 1000), ("train", 1500)):
+        generated, from_files = make("webshop", split=split), make("webshop", split=split, data_dir=str(tmp_path))
+        assert generated.task_ids() == from_files.task_ids() and len(generated.task_ids()) == size
+        ids = [int(i) for i in generated.task_ids()]
+        assert [generated.shop.goals[i] for i in ids] == [from_files.shop.goals[i] for i in ids]
+    # the goal order is the original's shuffle with seed 233, whatever the catalogue seed
+    other = load_shop(None, 1000, 1)
+    assert [g["asin"] for g in load_shop(None, 1000, 0).goals[:3]] != [g["asin"] for g in other.goals[:3]]
+
+
+def _read_like_the_original(folder, n):
+    """Every field access of the original load_products / get_human_goals / get_synthetic_goals on written files."""
+    items = json.loads((folder / f"items_shuffle_{n}.json").read_text())
+    attributes = json.loads((folder / f"items_ins_v2_{n}.json").read_text())
+    human = json.loads((folder / "items_human_ins.json").read_text())
+    reviews = {r["asin"]: (r["reviews"], r["average_rating"]) for r in json.loads((folder / "reviews.json").read_text())}
+    seen = 0
+    for p in items:
+        asin = p["asin"]
+        assert asin != "nan" and len(asin) <= 10
+        _ = (p["category"], p["query"].lower().strip(), p["product_category"], p["name"], p["full_description"])
+        assert isinstance(p["small_description"], list) and p["small_description"][0]  # BulletPoints[0] is indexed
+        assert isinstance(p["pricing"], str) and p["pricing"].split("$")[1:]
+        for name, contents in p["customization_options"].items():
+            for c in contents:
+                _ = (name.lower(), c["value"].strip().replace("/", " | ").lower(), c.get("image"))
+        assert isinstance(p["images"][0], str) and p["images"][0]  # MainImage = images[0]
+        assert attributes[asin]["attributes"]  # synthetic goals index attributes[asin] for every product
+        _ = (attributes[asin].get("instruction"), attributes[asin].get("instruction_attributes"))
+        for ins in human.get(asin, []):
+            _ = (ins["instruction"].strip("."), ins["instruction_attributes"], ins["instruction_options"])
+        assert reviews[asin] == ([], "N.A.")
+        seen += 1
+    return seen
+
+
+def test_written_files_are_what_the_original_loader_reads(tmp_path):
+    write_catalogue(tmp_path, seed=0, num_products=100)
+    assert _read_like_the_original(tmp_path, 100) == 100
+
+
+def test_loader_reads_reviews_as_the_original(tmp_path):
+    write_catalogue(tmp_path, seed=0, num_products=100)
+    reviews = json.loads((tmp_path / "reviews.json").read_text())
+    reviews[0] = {"asin": reviews[0]["asin"], "average_rating": 4.5,
+                  "reviews": [{"title": "Great", "stars": 5, "review": "Works well."}, {"title": "Meh", "score": 2}]}
+    (tmp_path / "reviews.json").write_text(json.dumps(reviews))
+    shop = load_files(tmp_path)
+    p = shop.by_asin[reviews[0]["asin"]]
+    assert p["Rating"] == 4.5
+    assert p["Reviews"] == [{"title": "Great", "score": 5, "body": "Works well."}, {"title": "Meh", "score": 2, "body": ""}]
+    assert shop.by_asin[reviews[1]["asin"]]["Reviews"] == [] and shop.by_asin[reviews[1]["asin"]]["Rating"] == "N.A."
+    machine = PageMachine(shop)
+    session = machine.new_session(0)
+    session.state = PageState("sub", asin=p["asin"], sub="reviews")
+    assert machine.render(session).text().split(SEP)[4:] == ['"Great"', "5", "Works well.", '"Meh"', "2"]
+    (tmp_path / "reviews.json").unlink()  # agentrl (unlike the original) loads a folder without one
+    assert load_files(tmp_path).by_asin[reviews[0]["asin"]]["Reviews"] == []
 
 
 def _raw_item(asin="B000000001", **kw):

@@ -9,10 +9,10 @@ from typing import Any
 from agentrl.envs.webshop.browser_env import WebShopBrowserEnv
 from agentrl.envs.webshop.catalogue import generate_catalogue, write_catalogue
 from agentrl.envs.webshop.loader import Shop, WebShopDataError, load_files, load_shop
-from agentrl.envs.webshop.reward import get_reward
+from agentrl.envs.webshop.reward import RewardConfig, get_reward
 from agentrl.envs.webshop.text_env import WebShopEnv
 
-__all__ = ["ServerThread", "Shop", "WebShopBrowserEnv", "WebShopDataError", "WebShopEnv", "create_app", "generate_catalogue",
+__all__ = ["RewardConfig", "ServerThread", "Shop", "WebShopBrowserEnv", "WebShopDataError", "WebShopEnv", "create_app", "generate_catalogue",
            "get_reward", "load_files", "load_shop", "serve", "write_catalogue"]
 
 _SITE_NAMES = ("ServerThread", "create_app", "serve")

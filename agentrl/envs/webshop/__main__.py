@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
 
-    gen = sub.add_parser("generate", help="write items_shuffle_N.json, items_ins_v2_N.json, items_human_ins.json")
+    gen = sub.add_parser("generate", help="write items_shuffle_N.json, items_ins_v2_N.json, items_human_ins.json, reviews.json")
     gen.add_argument("out_dir")
     gen.add_argument("--num-products", type=int, default=1000)
     gen.add_argument("--goals-per-product", type=int, default=3)

@@ -11,19 +11,21 @@ actionability waits (``force=True``: the pages are static, nothing animates), ~3
 
 Chromium is Debian's (``/usr/bin/chromium`` or $WEBSHOP_CHROMIUM) launched by ``executable_path``;
 ``playwright install`` is never needed. One browser per process, one context per env, reused
-across resets. Without ``base_url`` the env serves the shop itself on a free 127.0.0.1 port.
+across resets. Without ``base_url`` the env serves the shop itself on a free 127.0.0.1 port,
+scoring with ``reward_config``; with ``base_url`` the running server's reward counts.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.webshop.loader import pick_goal
 from agentrl.envs.webshop.pages import parse_action, selected_key
+from agentrl.envs.webshop.reward import RewardConfig
 from agentrl.envs.webshop.text_env import DEFAULT_MAX_STEPS, instruction_keywords, shop_from_args
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -116,7 +118,7 @@ class WebShopBrowserEnv(AgentEnv):
     def __init__(self, split: str = "test", *, base_url: str | None = None, data_dir: str | None = None,
                  num_products: int | None = None, seed: int = 0, goals: str = "human",
                  max_steps: int = DEFAULT_MAX_STEPS, executable_path: str | None = None, timeout_ms: int = 15_000,
-                 render_mode: str | None = None) -> None:
+                 reward_config: RewardConfig | Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -128,7 +130,8 @@ class WebShopBrowserEnv(AgentEnv):
         if base_url is None:
             from agentrl.envs.webshop.site import ServerThread, create_app
 
-            app = create_app(split, data_dir=data_dir, num_products=num_products, seed=seed, goals=goals)
+            app = create_app(split, data_dir=data_dir, num_products=num_products, seed=seed, goals=goals,
+                             reward_config=reward_config)
             self._server = ServerThread(app).start()
             base_url = self._server.url
         self.base_url = base_url.rstrip("/")

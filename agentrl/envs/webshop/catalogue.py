@@ -2,14 +2,18 @@
 
 Why: the original catalogue lives on Google Drive (unreachable here). This builds one from the
 real product types and option sets of tau-bench's retail catalogue (``data/products.json``, MIT),
-deterministically from a seed, and writes the same three files the original loader reads:
+deterministically from a seed, and writes the four files the original loader reads
+(princeton-nlp/WebShop, ``web_agent_site/engine/engine.py``, ``load_products``, with the paths of
+``web_agent_site/utils.py``):
 
 - ``items_shuffle_<n>.json``: list of products (``asin, name, full_description,
   small_description[], pricing, customization_options, category, query, product_category,
-  images``);
+  images``); ``images`` holds one placeholder image (the original reads ``images[0]``);
 - ``items_ins_v2_<n>.json``: ``{asin: {attributes, instruction, instruction_attributes}}``;
 - ``items_human_ins.json``: ``{asin: [{asin, instruction, instruction_attributes,
-  instruction_options}]}`` (the goals; the loader appends the price bound, as the original does).
+  instruction_options}]}`` (the goals; the loader appends the price bound, as the original does);
+- ``reviews.json``: ``[{asin, reviews: [], average_rating: "N.A."}]`` (the original opens it
+  unconditionally; generated products have no reviews).
 
 Products come in families of one base product and distractors of the same type that differ in
 one attribute, in the option values offered, or in price, so that reading the page matters.
@@ -26,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 HUMAN_INS_FILE = "items_human_ins.json"
+REVIEWS_FILE = "reviews.json"
+# a 1x1 SVG as a data URI: offline, and a valid <img src> on the original item page
+PLACEHOLDER_IMAGE = "data:image/svg+xml,%3Csvg%20xmlns%3D%22http%3A%2F%2Fwww.w3.org%2F2000%2Fsvg%22%20width%3D%221%22%20height%3D%221%22%2F%3E"
 
 
 def items_file(num_products: int) -> str:
@@ -250,7 +257,7 @@ class _Builder:
             "category": CATEGORY_OF_DEPARTMENT[ptype.department],
             "query": type_name.lower(),
             "product_category": ptype.product_category,
-            "images": [],
+            "images": [PLACEHOLDER_IMAGE],
             "average_rating": "N.A.",
         }
         return product, list(attributes)
@@ -312,7 +319,7 @@ class _Builder:
 
 def generate_catalogue(seed: int = 0, num_products: int = 1000, goals_per_product: int = 3,
                        family_size: int = 4) -> dict[str, Any]:
-    """Build products and goals in the original schema: ``{"items", "attributes", "human_ins"}``.
+    """Build products and goals in the original schema: ``{"items", "attributes", "human_ins", "reviews"}``.
 
     Products are shuffled (the original ``items_shuffle`` files are) so that ``num_products``
     prefixes of a bigger catalogue stay a fair sample.
@@ -339,15 +346,16 @@ def generate_catalogue(seed: int = 0, num_products: int = 1000, goals_per_produc
     for asin, goals in human_ins.items():
         attributes[asin]["instruction"] = goals[0]["instruction"]
         attributes[asin]["instruction_attributes"] = goals[0]["instruction_attributes"]
-    return {"items": items, "attributes": attributes, "human_ins": human_ins}
+    reviews = [{"asin": p["asin"], "reviews": [], "average_rating": "N.A."} for p in items]
+    return {"items": items, "attributes": attributes, "human_ins": human_ins, "reviews": reviews}
 
 
 def write_catalogue(out_dir: str | Path, seed: int = 0, num_products: int = 1000, goals_per_product: int = 3) -> list[Path]:
-    """Write the three original-schema files into ``out_dir``; returns their paths."""
+    """Write the four original-schema files into ``out_dir``; returns their paths."""
     data = generate_catalogue(seed, num_products, goals_per_product)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / items_file(num_products), out / attrs_file(num_products), out / HUMAN_INS_FILE]
-    for path, key in zip(paths, ("items", "attributes", "human_ins"), strict=True):
+    paths = [out / items_file(num_products), out / attrs_file(num_products), out / HUMAN_INS_FILE, out / REVIEWS_FILE]
+    for path, key in zip(paths, ("items", "attributes", "human_ins", "reviews"), strict=True):
         path.write_text(json.dumps(data[key], indent=1, ensure_ascii=False), encoding="utf-8")
     return paths

@@ -1,9 +1,18 @@
 """Turn WebShop files (original or generated) into a Shop: products, prices, goals, splits, search.
 
-Mirrors the original ``load_products`` / ``generate_product_prices`` / ``get_human_goals`` /
-``get_synthetic_goals``: option values lower-cased with "/" -> " | ", prices parsed from "$a" or
-"$a - $b" (a price inside a range drawn uniformly), price bounds drawn from the next four $10
-steps above the price, goals shuffled once, splits test [0, 500), eval [500, 1500), train [1500, ...).
+Mirrors the original ``load_products`` / ``generate_product_prices`` (princeton-nlp/WebShop,
+``web_agent_site/engine/engine.py``), ``get_human_goals`` / ``get_synthetic_goals``
+(``web_agent_site/engine/goal.py``) and the goal shuffle of ``SimServer``
+(``web_agent_site/envs/web_agent_text_env.py``: ``random.seed(233); random.shuffle(goals)``):
+option values lower-cased with "/" -> " | ", prices parsed from "$a" or "$a - $b" (a price inside a
+range drawn uniformly), reviews and ratings from ``reviews.json`` when the folder has one, price
+bounds drawn from the next four $10 steps above the price, goals shuffled once with seed 233,
+splits test [0, 500), eval [500, 1500), train [1500, ...).
+
+Prices and price bounds come from one ``random.Random(233)`` here (the original draws them from
+the unseeded global ``random``, so its bounds change from run to run). The generated catalogue
+and the same catalogue written to files and loaded from ``data_dir`` therefore give the same goals
+in the same order.
 
 One deliberate difference: the $10 steps go up to $9,990 (the original stops at $990 and gives
 dearer products no price bound), so every generated instruction ends with a price bound.
@@ -24,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.envs.webshop.catalogue import HUMAN_INS_FILE, generate_catalogue
+from agentrl.envs.webshop.catalogue import HUMAN_INS_FILE, REVIEWS_FILE, generate_catalogue
 from agentrl.envs.webshop.search import SearchEngine
 
 PRICE_RANGE = [10.0 * i for i in range(1, 1000)]
 NO_PRICE_BOUND = 1_000_000.0
+GOAL_SEED = 233  # the original's random.seed(233) before shuffling the goals
 SPLITS = {"test": (0, 500), "eval": (500, 1500), "train": (1500, None)}
 
 
@@ -93,9 +103,36 @@ REQUIRED_PRODUCT_KEYS = ("asin", "name", "full_description", "small_description"
                          "category", "query", "product_category")
 
 
+def _reviews_by_asin(reviews: Sequence[Mapping[str, Any]] | None) -> tuple[dict[str, list], dict[str, Any]]:
+    """The original's reading of ``reviews.json``: a list of ``{asin, reviews, average_rating}``."""
+    if reviews is None:
+        return {}, {}
+    if not isinstance(reviews, Sequence) or isinstance(reviews, (str, bytes)):
+        raise WebShopDataError(f"the reviews file must hold a JSON list, got {type(reviews).__name__}")
+    by_asin: dict[str, list] = {}
+    ratings: dict[str, Any] = {}
+    for i, entry in enumerate(reviews):
+        if not isinstance(entry, Mapping) or "asin" not in entry:
+            raise WebShopDataError(f"reviews entry {i} must be an object with 'asin', 'reviews' and 'average_rating'")
+        by_asin[str(entry["asin"])] = list(entry.get("reviews") or [])
+        ratings[str(entry["asin"])] = entry.get("average_rating", "N.A.")
+    return by_asin, ratings
+
+
+def _review(raw: Any) -> dict[str, Any]:
+    # as the original: 'stars' becomes 'score' when there is no 'score'; 'review' becomes 'body' (else '')
+    r = dict(raw) if isinstance(raw, Mapping) else {}
+    if "score" not in r:
+        r["score"] = r.pop("stars", "")
+    r["body"] = r.pop("review") if "review" in r else ""
+    return r
+
+
 def process_products(items: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any],
-                     human_ins: Mapping[str, Any] | None, num_products: int | None = None) -> list[dict[str, Any]]:
-    """Original ``load_products``: normalise fields, options and prices; attach attributes and instructions."""
+                     human_ins: Mapping[str, Any] | None, num_products: int | None = None,
+                     reviews: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Original ``load_products``: normalise fields, options and prices; attach attributes, instructions, reviews."""
+    all_reviews, all_ratings = _reviews_by_asin(reviews)
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
         raise WebShopDataError(f"the items file must hold a JSON list of products, got {type(items).__name__}")
     products: list[dict[str, Any]] = []
@@ -115,8 +152,8 @@ def process_products(items: Sequence[Mapping[str, Any]], attributes: Mapping[str
         p["Title"] = raw["name"]
         p["Description"] = raw["full_description"] or ""
         p["BulletPoints"] = [str(b) for b in bullets] if isinstance(bullets, list) else [str(bullets)]
-        p["Reviews"] = []
-        p["Rating"] = "N.A."
+        p["Reviews"] = [_review(r) for r in all_reviews.get(asin, [])]
+        p["Rating"] = all_ratings.get(asin, "N.A.")
         p["pricing"], p["Price"] = _parse_pricing(raw.get("pricing"), asin)
         options: dict[str, list[str]] = {}
         for name, contents in (raw["customization_options"] or {}).items():
@@ -204,9 +241,13 @@ def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, 
 
 
 def build_shop(items: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any], human_ins: Mapping[str, Any] | None,
-               *, seed: int = 233, num_products: int | None = None) -> Shop:
-    """Process raw files into a Shop; ``human_ins=None`` uses synthetic goals (one per option combination)."""
-    products = process_products(items, attributes, human_ins, num_products)
+               *, seed: int = GOAL_SEED, num_products: int | None = None,
+               reviews: Sequence[Mapping[str, Any]] | None = None) -> Shop:
+    """Process raw files into a Shop; ``human_ins=None`` uses synthetic goals (one per option combination).
+
+    ``seed`` seeds the prices, the price bounds and the goal shuffle (default: the original's 233).
+    """
+    products = process_products(items, attributes, human_ins, num_products, reviews)
     rng = random.Random(seed)
     prices = product_prices(products, rng)
     goals = human_goals(products, prices, rng) if human_ins is not None else synthetic_goals(products, prices, rng)
@@ -233,8 +274,10 @@ def _pick(data_dir: Path, pattern: str, preferred: str | None) -> Path:
     return found[0]
 
 
-def load_files(data_dir: str | Path, *, num_products: int | None = None, goals: str = "human", seed: int = 233) -> Shop:
-    """Load the original files (``items_shuffle*.json``, ``items_ins_v2*.json``, ``items_human_ins.json``)."""
+def load_files(data_dir: str | Path, *, num_products: int | None = None, goals: str = "human",
+               seed: int = GOAL_SEED) -> Shop:
+    """Load the original files (``items_shuffle*.json``, ``items_ins_v2*.json``, ``items_human_ins.json``,
+    and ``reviews.json`` when present; the original requires it, agentrl shows no reviews without it)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise WebShopDataError(f"WebShop data directory {root} does not exist")
@@ -244,15 +287,21 @@ def load_files(data_dir: str | Path, *, num_products: int | None = None, goals: 
     items = _read_json(_pick(root, "items_shuffle*.json", suffix and "items_shuffle" + suffix))
     attributes = _read_json(_pick(root, "items_ins_v2*.json", suffix and "items_ins_v2" + suffix))
     human = _read_json(_pick(root, HUMAN_INS_FILE, HUMAN_INS_FILE)) if goals == "human" else None
-    return build_shop(items, attributes, human, seed=seed, num_products=num_products)
+    reviews = _read_json(root / REVIEWS_FILE) if (root / REVIEWS_FILE).is_file() else None
+    return build_shop(items, attributes, human, seed=seed, num_products=num_products, reviews=reviews)
 
 
 @lru_cache(maxsize=8)
 def load_shop(data_dir: str | None = None, num_products: int | None = None, seed: int = 0,
               goals: str = "human", goals_per_product: int = 3) -> Shop:
-    """The shop for an env (cached per process): the user's files when ``data_dir`` is set, else generated."""
+    """The shop for an env (cached per process): the user's files when ``data_dir`` is set, else generated.
+
+    ``seed`` picks the generated catalogue; prices, price bounds and the goal order always use the
+    original's seed 233, so ``data_dir`` holding ``write_catalogue(dir, seed)``'s files gives the same goals.
+    """
     if data_dir is not None:
         return load_files(data_dir, num_products=num_products, goals=goals)
     n = 1000 if num_products is None else num_products
     data = generate_catalogue(seed=seed, num_products=n, goals_per_product=goals_per_product)
-    return build_shop(data["items"], data["attributes"], data["human_ins"] if goals == "human" else None, seed=seed)
+    return build_shop(data["items"], data["attributes"], data["human_ins"] if goals == "human" else None,
+                      reviews=data["reviews"])

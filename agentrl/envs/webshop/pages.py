@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentrl.envs.webshop.loader import Shop
-from agentrl.envs.webshop.reward import get_reward
+from agentrl.envs.webshop.reward import RewardConfig, get_reward
 
 PRODUCT_WINDOW = 10
 SEP = " [SEP] "
@@ -115,8 +116,9 @@ def options_json(options: dict[str, str]) -> str:
 class PageMachine:
     """Renders pages and applies actions for sessions of one Shop; sessions hold all state (this holds caches)."""
 
-    def __init__(self, shop: Shop) -> None:
+    def __init__(self, shop: Shop, reward_config: RewardConfig | Mapping[str, Any] | None = None) -> None:
         self.shop = shop
+        self.reward_config = RewardConfig.coerce(reward_config)
         self._results_cache: dict[tuple[str, int], tuple[Element, ...]] = {}
 
     def new_session(self, goal_idx: int) -> Session:
@@ -182,8 +184,9 @@ class PageMachine:
         elif sub == "features":
             texts = list(p["BulletPoints"])
         else:
-            texts = [x for r in p["Reviews"] for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), r.get("body", ""))]
-            texts = texts or ["No reviews found"]
+            # the original review page (web_agent_site/templates/review_page.html) shows, per review,
+            # '"title"', the score and the body, and nothing at all when there are no reviews
+            texts = [x for r in p["Reviews"] for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), str(r.get("body", "")))]
         return tuple(Element("text", t) for t in texts)
 
     def _done_body(self, session: Session) -> tuple[Element, ...]:
@@ -239,7 +242,7 @@ class PageMachine:
     def _buy(self, session: Session) -> StepResult:
         s = session.state
         product = self.shop.by_asin[s.asin]
-        reward, info = get_reward(product, session.goal, self.shop.prices[s.asin], dict(s.options))
+        reward, info = get_reward(product, session.goal, self.shop.prices[s.asin], dict(s.options), self.reward_config)
         session.reward, session.reward_info, session.done = float(reward), info, True
         session.bought = (s.asin, s.options)
         session.state = PageState("done", asin=s.asin, options=s.options)

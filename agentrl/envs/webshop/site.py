@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from agentrl.envs.webshop.pages import Element, Page, PageMachine, Session
+from agentrl.envs.webshop.reward import RewardConfig
 from agentrl.envs.webshop.text_env import shop_from_args
 
 MAX_BODY_BYTES = 4096
@@ -144,11 +146,12 @@ def _radio(el: Element, page: Page) -> str:
 
 
 def create_app(split: str = "test", *, data_dir: str | None = None, num_products: int | None = None, seed: int = 0,
-               goals: str = "human", max_sessions: int = 10_000) -> FastAPI:
+               goals: str = "human", max_sessions: int = 10_000,
+               reward_config: RewardConfig | Mapping[str, Any] | None = None) -> FastAPI:
     """The FastAPI app serving one shop; goals are drawn from ``split`` (``/?goal=N`` picks one)."""
     shop = shop_from_args(data_dir, num_products, seed, goals)
     goal_ids = shop.split_indices(split)
-    machine = PageMachine(shop)
+    machine = PageMachine(shop, reward_config)
     store = SessionStore(machine, max_sessions)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store

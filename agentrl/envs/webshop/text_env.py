@@ -4,18 +4,21 @@ Observation: the page's visible strings joined by " [SEP] ". Actions: ``search[k
 where the search box is shown) and ``click[label]``. ``info["admissible_actions"]`` lists every
 click and one search action whose keywords are the instruction (any other keywords are valid
 too). Reward comes once, at ``click[buy now]`` (the original ``get_reward``); success = reward 1.
+``reward_config`` (a ``RewardConfig`` or a mapping of its fields) changes how the reward is computed;
+the default is the original's.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.webshop.loader import Shop, load_shop, pick_goal
 from agentrl.envs.webshop.pages import Page, PageMachine, Session
+from agentrl.envs.webshop.reward import RewardConfig
 
 PRICE_PHRASE = ", and price lower than"
 DEFAULT_MAX_STEPS = 15
@@ -37,12 +40,12 @@ class WebShopEnv(AgentEnv):
 
     def __init__(self, split: str = "test", *, data_dir: str | None = None, num_products: int | None = None,
                  seed: int = 0, goals: str = "human", max_steps: int = DEFAULT_MAX_STEPS,
-                 render_mode: str | None = None) -> None:
+                 reward_config: RewardConfig | Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.shop = shop_from_args(data_dir, num_products, seed, goals)
-        self.machine = PageMachine(self.shop)
+        self.machine = PageMachine(self.shop, reward_config)
         self.split = split
         self.max_steps = max_steps
         self._goal_ids = self.shop.split_indices(split)
