@@ -335,7 +335,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
 @bench_app.command("credit")
 def bench_credit(
     part: str = typer.Option(
-        "all", help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method: ~15+ min)"
+        "all", help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method on 2 families x 5 seeds)"
     ),
     sizes: str = typer.Option("16,128,1024", help="speed: comma-separated task counts P"),
     group_sizes: str = typer.Option("2,4,8,16", help="fidelity: comma-separated group sizes N"),
@@ -345,10 +345,13 @@ def bench_credit(
     out: Optional[Path] = typer.Option(
         None, help="fidelity: write fidelity.md/json here; learning: runs and learning.md/json/png (default runs/bench-learning)"
     ),
-    config: Optional[Path] = typer.Option(None, help="learning: base training config (default: the built-in small maze config)"),
+    config: Optional[Path] = typer.Option(None, help="learning: one custom base training config instead of the built-in families"),
+    family: Optional[str] = typer.Option(None, help="learning: comma-separated built-in task families (default: all: maze, maze_long)"),
     iterations: Optional[int] = typer.Option(None, min=1, help="learning: RL iterations per method (default: the config's)"),
-    seeds: int = typer.Option(1, min=1, help="learning: number of seeds (--seed, --seed + 1, ...)"),
+    seeds: int = typer.Option(5, min=1, help="learning: number of seeds (--seed, --seed + 1, ...)"),
     estimators: Optional[str] = typer.Option(None, help="learning: comma-separated estimators (default: every one the trainer can run)"),
+    baseline: str = typer.Option("grpo", help="learning: the method every other one is paired against"),
+    jobs: int = typer.Option(2, min=1, help="learning: runs trained at once, one process each"),
 ) -> None:
     """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V, and
     learning (every method trains the same policy on the same tasks and seeds)."""
@@ -390,9 +393,12 @@ def bench_credit(
             result = credit_learning(
                 out if out is not None else Path("runs/bench-learning"),
                 config=config,
+                families=[f.strip() for f in family.split(",") if f.strip()] if family else None,
                 estimators=names,
                 seeds=list(range(seed, seed + seeds)),
                 iterations=iterations,
+                baseline=baseline,
+                jobs=jobs,
                 progress=lambda msg: typer.echo(msg, err=True),
             )
         except ConfigError as e:

@@ -14,8 +14,17 @@ from typer.testing import CliRunner
 from agentrl.cli import app
 from agentrl.config import ConfigError, load_config
 from agentrl.credit import ESTIMATORS, Advantages, available_estimators, register_estimator
-from agentrl.eval.learning import BUILTIN_CONFIG, credit_learning, method_overrides, trainable_estimators
-from agentrl.eval.stats import wilson
+from agentrl.eval.learning import (
+    BUILTIN_CONFIG,
+    FAMILIES,
+    credit_learning,
+    method_overrides,
+    paired_differences,
+    ranking,
+    seeds_needed,
+    trainable_estimators,
+)
+from agentrl.eval.stats import t95, t_mean, wilson
 from agentrl.trainers.metrics import read_metrics
 
 # A 2x2 maze without doors in at most 3 moves; SFT on 30 expert plans gives ~40% success under
@@ -58,28 +67,29 @@ def test_outputs_exist_and_agree_with_the_runs(bench):
     assert json.loads((out / "learning.json").read_text()) == json.loads(json.dumps(result))
     md = (out / "learning.md").read_text()
     assert "| grpo | think_action SFT |" in md and "| gigpo | think_action SFT |" in md and "iteration 1" in md
-    assert result["iterations"] == 2 and result["seeds"] == [0] and result["episodes_per_iteration"] == 6
+    fam = result["families"]["tiny"]
+    assert fam["iterations"] == 2 and result["seeds"] == [0] and fam["episodes_per_iteration"] == 6
     for name in ("grpo", "gigpo"):
-        m = result["methods"][name]
-        records = read_metrics(out / "seed0" / name / "metrics.jsonl")
+        m = fam["methods"][name]
+        records = read_metrics(out / "tiny" / "seed0" / name / "metrics.jsonl")
         assert [p["iteration"] for p in m["iterations"]] == [0, 1] == [r["iteration"] for r in records]
         for p, r in zip(m["iterations"], records):
             assert p["episodes"] == r["episodes"] == 6
             assert p["successes"] == round(r["success_rate"] * 6)
-        summary = json.loads((out / "seed0" / name / "summary.json").read_text())
+        summary = json.loads((out / "tiny" / "seed0" / name / "summary.json").read_text())
         assert m["eval_after"]["success_rate"] == pytest.approx(summary["after"]["success_rate"])
         assert m["eval_after"]["episodes"] == 12
         assert f"algorithm.estimator={name}" in m["overrides"]
     # one progress line per warm start and per method run, each with the elapsed time
     assert sum("warm start" in x for x in lines) == 1
-    assert [x for x in lines if x.startswith("[")][0].startswith("[1/2] seed 0 grpo:")
+    assert [x for x in lines if x.startswith("[")][0].startswith("[1/2] tiny seed 0 grpo:")
     assert all("elapsed" in x for x in lines if x.startswith("["))
 
 
 @pytest.mark.slow
 def test_every_interval_is_a_wilson_interval_around_its_estimate(bench):
     _, result, _ = bench
-    for m in result["methods"].values():
+    for m in result["families"]["tiny"]["methods"].values():
         for entry in [*m["iterations"], m["eval_before"], m["eval_after"]]:
             iv = wilson(entry["successes"], entry["episodes"])
             assert entry["ci_low"] == pytest.approx(iv.low) and entry["ci_high"] == pytest.approx(iv.high)
@@ -90,18 +100,18 @@ def test_every_interval_is_a_wilson_interval_around_its_estimate(bench):
 @pytest.mark.slow
 def test_methods_start_from_the_same_sft_model(bench):
     out, result, _ = bench
-    grpo, gigpo = result["methods"]["grpo"], result["methods"]["gigpo"]
-    sft = str(out / "seed0" / "warm-think_action" / "sft-model")
+    grpo, gigpo = result["families"]["tiny"]["methods"]["grpo"], result["families"]["tiny"]["methods"]["gigpo"]
+    sft = str(out / "tiny" / "seed0" / "warm-think_action" / "sft-model")
     for name in ("grpo", "gigpo"):
-        cfg = yaml.safe_load((out / "seed0" / name / "config.yaml").read_text())
+        cfg = yaml.safe_load((out / "tiny" / "seed0" / name / "config.yaml").read_text())
         assert cfg["model"]["path"] == sft and cfg["sft"]["enabled"] is False
     # the same policy evaluated on the same tasks and seeds, each run on its own
-    before = [json.loads((out / "seed0" / n / "eval_before.json").read_text()) for n in ("grpo", "gigpo")]
+    before = [json.loads((out / "tiny" / "seed0" / n / "eval_before.json").read_text()) for n in ("grpo", "gigpo")]
     assert before[0]["episodes"] == 12 and before[0]["success_rate"] == before[1]["success_rate"]
     assert before[0]["reward_mean"] == before[1]["reward_mean"] and before[0]["turns_mean"] == before[1]["turns_mean"]
     assert grpo["eval_before"] == gigpo["eval_before"]
     # iteration 0 samples before any update: identical rollouts, so identical numbers
-    r0 = [read_metrics(out / "seed0" / n / "metrics.jsonl")[0] for n in ("grpo", "gigpo")]
+    r0 = [read_metrics(out / "tiny" / "seed0" / n / "metrics.jsonl")[0] for n in ("grpo", "gigpo")]
     for key in ("success_rate", "reward_mean", "turns_mean", "invalid_rate", "rows", "tokens_generated"):
         assert r0[0][key] == r0[1][key], key
     # ... while the credit differs between the methods
@@ -114,7 +124,7 @@ def test_a_rerun_reuses_finished_runs_and_refuses_a_changed_config(bench, tiny_c
     lines: list[str] = []
     again = credit_learning(out, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, progress=lines.append)
     assert all("(reused)" in x for x in lines if x.startswith("[") or "warm start" in x)
-    assert again["methods"]["gigpo"]["iterations"] == result["methods"]["gigpo"]["iterations"]
+    assert again["families"]["tiny"]["methods"]["gigpo"]["iterations"] == result["families"]["tiny"]["methods"]["gigpo"]["iterations"]
     assert again["compute_seconds"] == pytest.approx(result["compute_seconds"])  # the original runs' time, not the rerun's
     with pytest.raises(ConfigError, match="different config"):
         credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], iterations=1)
@@ -143,7 +153,7 @@ def test_bad_estimator_fails_before_training(tmp_path, tiny_config, monkeypatch)
     assert "needs_tools" not in trainable_estimators() and "needs_tools" in trainable_estimators("tool_call")
     with pytest.raises(ConfigError, match=r"cannot supply what \['needs_tools'\] need"):
         credit_learning(tmp_path, config=tiny_config, estimators=["grpo", "needs_tools"])
-    assert not (tmp_path / "seed0").exists()
+    assert not (tmp_path / "tiny" / "seed0").exists()
 
 
 @pytest.mark.slow
@@ -152,14 +162,97 @@ def test_cli_learning_part(tmp_path):
     config.write_text(yaml.safe_dump({**TINY, "sft": {"enabled": False}}))
     out = tmp_path / "cli"
     res = CliRunner().invoke(app, ["bench", "credit", "--part", "learning", "--config", str(config), "--iterations", "1",
-                                   "--estimators", "rloo,grpo", "--seed", "3", "--out", str(out)])  # fmt: skip
+                                   "--estimators", "rloo,grpo", "--seed", "3", "--seeds", "1", "--jobs", "1", "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     data = json.loads((out / "learning.json").read_text())
-    assert list(data["methods"]) == ["rloo", "grpo"] and data["seeds"] == [3] and data["iterations"] == 1
-    assert (out / "seed3" / "rloo" / "summary.json").exists() and (out / "learning.png").exists()
-    tiny = str(out / "seed3" / "warm-think_action" / "tiny-model")
-    assert all(yaml.safe_load((out / "seed3" / n / "config.yaml").read_text())["model"]["path"] == tiny for n in ("rloo", "grpo"))
-    assert "| rloo | base model |" in res.output and "[2/2] seed 3 grpo" in res.output
+    fam = data["families"]["no-sft"]
+    assert list(fam["methods"]) == ["rloo", "grpo"] and data["seeds"] == [3] and fam["iterations"] == 1
+    assert (out / "no-sft" / "seed3" / "rloo" / "summary.json").exists() and (out / "learning.png").exists()
+    tiny = str(out / "no-sft" / "seed3" / "warm-think_action" / "tiny-model")
+    assert all(yaml.safe_load((out / "no-sft" / "seed3" / n / "config.yaml").read_text())["model"]["path"] == tiny for n in ("rloo", "grpo"))
+    assert "| rloo | base model |" in res.output and "[2/2] no-sft seed 3 grpo" in res.output
     bad = CliRunner().invoke(app, ["bench", "credit", "--part", "learning", "--estimators", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown estimator" in bad.output
-    assert not math.isnan(data["methods"]["grpo"]["eval_after"]["success_rate"])
+    assert not math.isnan(fam["methods"]["grpo"]["eval_after"]["success_rate"])
+
+
+def _run(seed: int, before: tuple[int, int], after: tuple[int, int]) -> dict:
+    return {"seed": seed, "before": before, "after": after}
+
+
+def test_paired_differences_are_per_seed_with_a_t_interval():
+    runs = {
+        "grpo": [_run(0, (50, 100), (60, 100)), _run(1, (40, 100), (45, 100)), _run(2, (70, 100), (72, 100))],
+        "gigpo": [_run(0, (50, 100), (66, 100)), _run(1, (40, 100), (49, 100)), _run(2, (70, 100), (80, 100))],
+    }
+    paired = paired_differences(runs, "grpo")
+    d = paired["gigpo"]
+    assert d["diff_per_seed"] == pytest.approx([0.06, 0.04, 0.08])
+    assert d["diff"]["mean"] == pytest.approx(0.06)
+    half = 4.303 * 0.02 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert d["diff"]["ci_low"] == pytest.approx(0.06 - half) and d["diff"]["ci_high"] == pytest.approx(0.06 + half)
+    assert d["resolved"] is True and d["sd"] == pytest.approx(0.02)
+    assert d["gain_per_seed"] == pytest.approx([0.16, 0.09, 0.10])
+    assert d["seeds_for_3pt"] == 5  # sd 2 points: 5 seeds give +-2.5 points, 4 give +-3.2
+    assert "diff" not in paired["grpo"] and paired["grpo"]["gain"]["mean"] == pytest.approx((0.10 + 0.05 + 0.02) / 3)
+    # evaluation noise alone: binomial standard errors of the two rates, per seed, averaged
+    se0 = math.sqrt(0.66 * 0.34 / 100 + 0.6 * 0.4 / 100)
+    assert d["eval_se"] > se0 * 0.9 and d["eval_se"] < se0 * 1.1
+    # a difference whose sign flips with the seed is not resolved
+    runs["rloo"] = [_run(0, (50, 100), (70, 100)), _run(1, (40, 100), (35, 100)), _run(2, (70, 100), (72, 100))]
+    assert paired_differences(runs, "grpo")["rloo"]["resolved"] is False
+
+
+def test_ranking_orders_by_mean_difference_over_families():
+    def fam(diffs: dict[str, list[float]]) -> dict:
+        runs = {"grpo": [_run(s, (50, 100), (50, 100)) for s in range(3)]}
+        for name, ds in diffs.items():
+            runs[name] = [_run(s, (50, 100), (50 + round(100 * x), 100)) for s, x in enumerate(ds)]
+        return {"paired": paired_differences(runs, "grpo")}
+
+    families = {"a": fam({"gigpo": [0.05, 0.06, 0.07], "rloo": [-0.02, 0.01, 0.0]}), "b": fam({"gigpo": [0.03, 0.04, 0.05], "rloo": [0.0, 0.0, 0.03]})}
+    rows = ranking(families)
+    assert [r["method"] for r in rows] == ["gigpo", "rloo"]
+    assert rows[0]["mean"] == pytest.approx(0.05) and rows[0]["resolved"] and not rows[1]["resolved"]
+    assert rows[0]["ci_low"] < 0.05 < rows[0]["ci_high"] and rows[0]["families"] == 2
+
+
+def test_t_quantiles_and_seeds_needed():
+    assert t95(1) == pytest.approx(12.706) and t95(4) == pytest.approx(2.776, abs=1e-3)
+    assert t95(40) == pytest.approx(2.021, abs=1e-3) and t95(120) == pytest.approx(1.980, abs=1e-3)
+    assert t_mean([0.1]).low == -math.inf and math.isnan(t_mean([]).value)
+    with pytest.raises(ValueError):
+        t95(0)
+    assert seeds_needed(0.0) == 2 and seeds_needed(math.nan) is None
+    assert seeds_needed(0.05) == 14  # 2.160 * 5 / sqrt(14) = 2.89 points; 13 seeds give 3.02
+
+
+@pytest.mark.slow
+def test_the_shared_evaluation_before_rl_is_what_a_run_would_measure_itself(bench, tiny_config, tmp_path):
+    from agentrl.trainers import train
+
+    out, result, _ = bench
+    shared = json.loads((out / "tiny" / "seed0" / "grpo" / "eval_before.json").read_text())
+    warm = json.loads((out / "tiny" / "seed0" / "warm-think_action" / "eval_before.json").read_text())
+    assert shared == warm
+    # the same run config in a fresh directory evaluates its start itself (stop_after=0: evaluation only)
+    cfg = yaml.safe_load((out / "tiny" / "seed0" / "grpo" / "config.yaml").read_text())
+    own_dir = train(tiny_config, tmp_path / "own", [f"{k}={v}" for k, v in (("seed", 0), ("model.path", cfg["model"]["path"]),
+                                                                           ("sft.enabled", "false"), ("algorithm.estimator", "grpo"))],
+                    stop_after=0)  # fmt: skip
+    own = json.loads((own_dir / "eval_before.json").read_text())
+    for key in ("success_rate", "episodes", "reward_mean", "turns_mean"):
+        assert own[key] == shared[key], key
+    # the warm start trained no iteration, so its 'after' is its 'before'
+    assert json.loads((out / "tiny" / "seed0" / "warm-think_action" / "summary.json").read_text())["after"] == warm
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_same_results_as_one(bench, tiny_config, tmp_path):
+    out, result, _ = bench
+    lines: list[str] = []
+    two = credit_learning(tmp_path, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, jobs=2, progress=lines.append)
+    for name in ("grpo", "gigpo"):
+        a, b = result["families"]["tiny"]["methods"][name], two["families"]["tiny"]["methods"][name]
+        assert a["iterations"] == b["iterations"] and a["eval_after"] == b["eval_after"], name
+    assert two["jobs"] == 2 and sum(x.startswith("[") for x in lines) == 2

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import shutil
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +30,60 @@ import yaml
 
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
 from agentrl.credit import available_estimators, estimator_info
-from agentrl.eval.stats import wilson
+from agentrl.eval.stats import t95, t_mean, wilson
 
 __all__ = [
     "BUILTIN_CONFIG",
+    "FAMILIES",
     "credit_learning",
     "learning_markdown",
     "learning_plot",
     "method_overrides",
+    "paired_differences",
+    "ranking",
+    "seeds_needed",
     "trainable_estimators",
 ]
 
-# Small enough for every method on two CPU cores: a 2-layer hidden-64 Qwen2 warm-started on 300
-# expert plans, 8 groups x 4 episodes per iteration, 256 held-out episodes. The quickstart's maze
-# (2x2, a key and a locked door, one key colour: a random-init tiny model cannot learn to copy a
-# colour it read). The evaluation samples (temperature 1, seeded: the same draws for every
-# method): the maze is partially observable, so a greedy policy loops where a sampled one gets
-# through, and RL optimises the sampled policy. One torch thread: on a shared 2-core machine two
-# threads per process made training ~4x slower.
-BUILTIN_CONFIG: dict[str, Any] = {
+# Task families, each small enough for every method on two CPU cores (one torch thread per run: on a
+# shared 2-core machine two runs of one thread each train faster than one run of two). Both are the
+# maze with one key colour (a random-init tiny model cannot learn to copy a colour it read), the
+# current observation only (history_k 0: with the last one shown too the prompt holds two 'Exits:'
+# lines and a tiny model copies a direction from the wrong one, which made the old config's SFT
+# succeed or fail by seed), a 2-layer hidden-64 Qwen2 warm-started by 3 SFT epochs over 1,600 expert
+# plans (1 epoch left the loss at 0.66 and the start at 14%), and the env's verifiable turn rewards
+# (first key, door, room) for the turn-level methods. Evaluation samples at temperature 1 with the
+# same seeded draws for every method: the maze is partially observable, so a greedy policy loops
+# where a sampled one gets through, and RL optimises the sampled policy.
+_MAZE: dict[str, Any] = {
     "seed": 0,
     "model": {"tiny": {"vocab_size": 512, "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "corpus_tasks": 50},
               "device": "cpu", "torch_threads": 1},  # fmt: skip
     "lora": {"r": 8, "alpha": 16},
-    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 8, "num_tasks": 2000, "colours": 1},
+    # 6 steps for plans of 3-5: a wasted step (a wall, the locked door again, a step back) is often fatal
+    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 2000, "colours": 1, "turn_rewards": True},
             "train_tasks": {"start": 0, "count": 1000}, "num_envs": 32},  # fmt: skip
-    "rollout": {"groups": 8, "group_size": 4, "max_turns": 8, "history_k": 1, "response_format": "think_action",
+    "rollout": {"groups": 8, "group_size": 4, "max_turns": 6, "history_k": 0, "response_format": "think_action",
                 "max_new_tokens": 8, "system_prompt": "Reach the goal room.", "temperature": 1.0},  # fmt: skip
     "algorithm": {"kl_coef": 0.01, "epochs": 2, "minibatch_size": 32, "micro_batch_size": 32},
-    "optim": {"iterations": 8, "lr": 0.001, "critic_lr": 0.01},
-    "sft": {"enabled": True, "tasks": {"start": 0, "count": 300}, "epochs": 4, "lr": 0.002, "batch_size": 32},
-    "eval": {"enabled": True, "tasks": {"start": 1800, "count": 128}, "episodes_per_task": 2, "temperature": 1.0},
+    "optim": {"iterations": 20, "lr": 0.001, "critic_lr": 0.01},
+    "sft": {"enabled": True, "tasks": {"start": 0, "count": 1600}, "epochs": 3, "lr": 0.002, "batch_size": 32},
+    # 1000 held-out episodes (200 mazes x 5): the paired difference of two methods has an evaluation
+    # standard error of ~1.5 points at 85% success
+    "eval": {"enabled": True, "tasks": {"start": 1700, "count": 200}, "episodes_per_task": 5, "temperature": 1.0},
     "logging": {"tensorboard": False, "checkpoint_every": 1000, "keep_checkpoints": 1},
 }
+# The long-horizon family: 3x3 mazes with loops (extra passages), where rooms repeat within and
+# across episodes and plans need up to ~10 steps; 24 steps allowed.
+_MAZE_LONG: dict[str, Any] = {
+    **_MAZE,
+    "env": {"name": "maze", "kwargs": {"size": 3, "n_doors": 1, "max_steps": 24, "num_tasks": 2000, "colours": 1, "turn_rewards": True},
+            "train_tasks": {"start": 0, "count": 1000}, "num_envs": 32},  # fmt: skip
+    "rollout": {**_MAZE["rollout"], "max_turns": 24},
+}
+FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
+BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
+DEFAULT_BASELINE = "grpo"
 
 HIPER_MIN_NEW_TOKENS = 24  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
@@ -129,38 +155,162 @@ def credit_learning(
     out_dir: str | Path,
     *,
     config: str | Path | None = None,
+    families: Sequence[str] | None = None,
     estimators: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
     iterations: int | None = None,
     overrides: Sequence[str] = (),
+    baseline: str = DEFAULT_BASELINE,
+    jobs: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train every estimator from the same warm start per seed; write learning.md/json/png into
-    ``out_dir`` (run directories go under ``out_dir/seed<S>/``) and return the JSON content.
+    """Train every estimator from the same warm start per family and seed; write learning.md/json/png
+    into ``out_dir`` (runs under ``out_dir/<family>/seed<S>/<method>/``) and return the JSON content.
 
-    ``config``: the base training config (None: ``BUILTIN_CONFIG``), ``overrides`` applied to it;
-    ``iterations``: RL iterations per run (None: the config's ``optim.iterations``). A rerun with the
-    same settings reuses finished runs."""
+    ``config``: one custom base config (its file stem names the family) instead of the built-in
+    ``families`` (None: all of ``FAMILIES``); ``overrides`` apply to every base config;
+    ``iterations``: RL iterations per run (None: the config's); ``baseline``: the method every other
+    one is paired against (skipped when not among ``estimators``); ``jobs``: runs trained at once,
+    each in its own process (1: in this process). A rerun with the same settings reuses finished runs.
+    """
     say = progress or (lambda msg: None)
     t_start = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not seeds:
         raise ConfigError("need at least one seed")
-    base_path = out / "base_config.yaml"
-    if config is None:
-        base_path.write_text(yaml.safe_dump(BUILTIN_CONFIG, sort_keys=False))
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    if config is not None and families:
+        raise ConfigError("give either a config file or built-in families, not both")
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"config file {config} does not exist")
+    bases: dict[str, str]
+    if config is not None:
+        bases = {Path(config).stem: Path(config).read_text()}
     else:
-        if not Path(config).is_file():
-            raise ConfigError(f"config file {config} does not exist")
-        base_path.write_text(Path(config).read_text())
+        chosen = list(families) if families else list(FAMILIES)
+        unknown = [f for f in chosen if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; allowed: {', '.join(FAMILIES)}")
+        bases = {f: yaml.safe_dump(FAMILIES[f], sort_keys=False) for f in dict.fromkeys(chosen)}
     common = list(overrides) + ([f"optim.iterations={iterations}"] if iterations is not None else [])
-    base = load_config(base_path, common)
+    plans = [_plan(name, text, out / name, common, estimators) for name, text in bases.items()]  # validates before training
+    for plan in plans:
+        say(f"{plan.family}: {len(plan.names)} methods x {len(seeds)} seed(s) x {plan.base.optim.iterations} iterations "
+            f"({plan.base.rollout.groups}x{plan.base.rollout.group_size} episodes each), "
+            f"eval on {plan.base.eval.tasks.count * plan.base.eval.episodes_per_task} held-out episodes")  # fmt: skip
+
+    # warm starts: per family and seed, the first response format builds the tiny model, later ones reuse it
+    warm: dict[str, dict[str, Any]] = {}
+    starts: dict[tuple[str, int, str], str] = {}
+    evals: dict[tuple[str, int, str], Path] = {}  # the warm start's run dir: its evaluation is every method's "before"
+    tiny: dict[tuple[str, int], str | None] = {(p.family, s): p.base.model.path for p in plans for s in seeds}
+    runner = _Runner(jobs, say, t_start)
+    for k in range(max(len(p.formats) for p in plans)):
+        batch = []
+        for plan in plans:
+            if k >= len(plan.formats):
+                continue
+            fmt = plan.formats[k]
+            for seed in seeds:
+                model_path = tiny[(plan.family, seed)]
+                if model_path is not None and not plan.base.sft.enabled:  # every method evaluates the given model itself
+                    starts[(plan.family, seed, fmt)] = model_path
+                    continue
+                run_dir = plan.dir / f"seed{seed}" / f"warm-{fmt}"
+                estimator = next(n for n in plan.names if _response_format(n, plan.base) == fmt)
+                ov = common + plan.per_method[estimator] + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
+                ov += [f"model.path={model_path}"] if model_path is not None else []
+                outputs = (run_dir / "eval_before.json",)
+                batch.append(_Job(f"{plan.family} seed {seed} warm start ({fmt})", plan.config_path, ov, run_dir, outputs, (plan, seed, fmt)))
+        for job, seconds, reused in runner.run(batch, count_eta=False):
+            plan, seed, fmt = job.tag
+            if tiny[(plan.family, seed)] is None:
+                tiny[(plan.family, seed)] = str(job.run_dir / "tiny-model")
+            start = str(job.run_dir / "sft-model") if plan.base.sft.enabled else str(tiny[(plan.family, seed)])
+            starts[(plan.family, seed, fmt)] = start
+            evals[(plan.family, seed, fmt)] = job.run_dir
+            warm[f"{plan.family}/seed{seed}/{fmt}"] = {"family": plan.family, "seed": seed, "response_format": fmt, "model": start,
+                                                       "seconds": seconds, "reused": reused}  # fmt: skip
+
+    batch = []
+    for plan in plans:
+        for seed in seeds:
+            for name in plan.names:
+                run_dir = plan.dir / f"seed{seed}" / name
+                fmt = _response_format(name, plan.base)
+                if (plan.family, seed, fmt) in evals:
+                    _share_before(evals[(plan.family, seed, fmt)], run_dir)
+                ov = common + plan.per_method[name] + [f"seed={seed}", f"model.path={starts[(plan.family, seed, fmt)]}",
+                                                       "sft.enabled=false"]  # fmt: skip
+                batch.append(_Job(f"{plan.family} seed {seed} {name}", plan.config_path, ov, run_dir, (run_dir / "summary.json",), (plan, seed, name)))
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p.family: {n: [] for n in p.names} for p in plans}
+    for job, seconds, reused in runner.run(batch, count_eta=True, describe=lambda j, s, r: _run_line(_read_run(j.run_dir, j.tag[1], s, r))):
+        plan, seed, name = job.tag
+        runs[plan.family][name].append(_read_run(job.run_dir, seed, seconds, reused))
+
+    fam_results = {}
+    for plan in plans:
+        per = {n: sorted(runs[plan.family][n], key=lambda r: seeds.index(r["seed"])) for n in plan.names}
+        fam_results[plan.family] = {
+            "config": "built-in" if config is None else str(config),
+            "base_config": str(plan.config_path),
+            "iterations": plan.base.optim.iterations,
+            "episodes_per_iteration": plan.base.rollout.groups * plan.base.rollout.group_size,
+            "eval_episodes": plan.base.eval.tasks.count * plan.base.eval.episodes_per_task,
+            "eval_temperature": plan.base.eval.temperature,
+            "sft": plan.base.sft.enabled,
+            "methods": {n: _summarise(plan.per_method[n], _start_label(n, plan.base), per[n], plan.base.optim.iterations) for n in plan.names},
+            "paired": paired_differences(per, baseline) if baseline in per else {},
+        }
+    result = {
+        "families": fam_results,
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "baseline": baseline,
+        "ranking": ranking(fam_results),
+        "warm_starts": warm,
+        "jobs": jobs,
+        "seconds": time.time() - t_start,
+    }
+    result["compute_seconds"] = sum(w["seconds"] for w in warm.values()) + sum(
+        m["seconds"] for f in fam_results.values() for m in f["methods"].values()
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.json").write_text(json.dumps(result, indent=1))
+    plotted = learning_plot(result, out / "learning.png")
+    (out / "learning.md").write_text(learning_markdown(result, plot="learning.png" if plotted else None), encoding="utf-8")
+    say(f"wrote {out / 'learning.md'}, {out / 'learning.json'}" + (f", {out / 'learning.png'}" if plotted else " (no matplotlib: no plot)")
+        + f" in {_clock(result['seconds'])}")  # fmt: skip
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One task family: its base config on disk and what each method overrides."""
+
+    family: str
+    dir: Path
+    config_path: Path
+    base: TrainConfig
+    names: list[str]
+    per_method: dict[str, list[str]]
+    formats: list[str]
+
+
+def _plan(family: str, text: str, fam_dir: Path, common: list[str], estimators: Sequence[str] | None) -> _Plan:
+    """Write the family's base config and check every method's config before anything trains."""
+    fam_dir.mkdir(parents=True, exist_ok=True)
+    path = fam_dir / "base_config.yaml"
+    path.write_text(text)
+    base = load_config(path, common)
     if base.optim.iterations < 1:
         raise ConfigError(f"optim.iterations must be at least 1 for the learning benchmark, got {base.optim.iterations}")
     if not base.eval.enabled:
         raise ConfigError("the learning benchmark reports the held-out evaluation: set eval.enabled: true in the base config")
-    names = list(estimators) if estimators else trainable_estimators(base.rollout.response_format)
+    names = list(dict.fromkeys(estimators)) if estimators else trainable_estimators(base.rollout.response_format)
     unknown = [n for n in names if n not in available_estimators()]
     if unknown:
         raise ConfigError(f"unknown estimator(s) {unknown}; allowed: {', '.join(available_estimators())}")
@@ -169,67 +319,67 @@ def credit_learning(
     if untrainable:
         raise ConfigError(f"the trainer cannot supply what {untrainable} need here; trainable: {', '.join(trainable)}")
     per_method = {n: method_overrides(n, base) for n in names}
-    for n in names:  # fail before any training when a method's config is invalid
-        load_config(base_path, common + per_method[n])
+    for n in names:
+        load_config(path, common + per_method[n])
     formats = list(dict.fromkeys(_response_format(n, base) for n in names))
-    iters = base.optim.iterations
-    say(f"learning benchmark: {len(names)} methods x {len(seeds)} seed(s) x {iters} iterations "
-        f"({base.rollout.groups}x{base.rollout.group_size} episodes each), eval on {base.eval.tasks.count} held-out tasks")  # fmt: skip
+    return _Plan(family, fam_dir, path, base, names, per_method, formats)
 
-    warm: dict[str, dict[str, Any]] = {}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    total, done, fresh, fresh_seconds = len(names) * len(seeds), 0, 0, 0.0
-    for seed in seeds:
-        seed_dir = out / f"seed{seed}"
-        model_path = base.model.path
-        starts: dict[str, str] = {}
-        for fmt in formats:
-            if model_path is not None and not base.sft.enabled:
-                starts[fmt] = model_path
-                continue
-            run_dir = seed_dir / f"warm-{fmt}"
-            estimator = next(n for n in names if _response_format(n, base) == fmt)
-            ov = common + per_method[estimator] + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0", "eval.enabled=false"]
-            ov += [f"model.path={model_path}"] if model_path is not None else []
-            seconds, reused = _train_once(base_path, ov, run_dir, [])
-            if model_path is None:
-                model_path = str(run_dir / "tiny-model")
-            starts[fmt] = str(run_dir / "sft-model") if base.sft.enabled else model_path
-            warm[f"seed{seed}/{fmt}"] = {"seed": seed, "response_format": fmt, "model": starts[fmt], "seconds": seconds, "reused": reused}
-            say(f"seed {seed} warm start ({fmt}): {starts[fmt]} in {_clock(seconds)}{' (reused)' if reused else ''} "
-                f"(elapsed {_clock(time.time() - t_start)})")  # fmt: skip
-        for name in names:
-            run_dir = seed_dir / name
-            ov = common + per_method[name] + [f"seed={seed}", f"model.path={starts[_response_format(name, base)]}", "sft.enabled=false"]
-            seconds, reused = _train_once(base_path, ov, run_dir, [run_dir / "summary.json"])
-            runs[name].append(_read_run(run_dir, seed, seconds, reused))
-            done += 1
-            if not reused:
-                fresh_seconds, fresh = fresh_seconds + seconds, fresh + 1
-            left = f", ~{_clock((total - done) * fresh_seconds / fresh)} left" if fresh else ""
-            say(f"[{done}/{total}] seed {seed} {name}: {_run_line(runs[name][-1])}; elapsed {_clock(time.time() - t_start)}{left}")
 
-    result = {
-        "config": "built-in" if config is None else str(config),
-        "base_config": str(base_path),
-        "overrides": list(overrides),
-        "iterations": iters,
-        "seeds": list(seeds),
-        "episodes_per_iteration": base.rollout.groups * base.rollout.group_size,
-        "eval_episodes": base.eval.tasks.count * base.eval.episodes_per_task,
-        "eval_temperature": base.eval.temperature,
-        "sft": base.sft.enabled,
-        "warm_starts": warm,
-        "methods": {n: _summarise(per_method[n], _start_label(n, base), runs[n], iters) for n in names},
-        "seconds": time.time() - t_start,
-    }
-    result["compute_seconds"] = sum(w["seconds"] for w in warm.values()) + sum(m["seconds"] for m in result["methods"].values())
-    (out / "learning.json").write_text(json.dumps(result, indent=1))
-    plotted = learning_plot(result, out / "learning.png")
-    (out / "learning.md").write_text(learning_markdown(result, plot="learning.png" if plotted else None), encoding="utf-8")
-    say(f"wrote {out / 'learning.md'}, {out / 'learning.json'}" + (f", {out / 'learning.png'}" if plotted else " (no matplotlib: no plot)")
-        + f" in {_clock(result['seconds'])}")  # fmt: skip
-    return result
+@dataclass(frozen=True)
+class _Job:
+    label: str
+    config_path: Path
+    overrides: list[str]
+    run_dir: Path
+    outputs: tuple[Path, ...]
+    tag: Any = field(compare=False)
+
+
+class _Runner:
+    """Trains jobs, ``jobs`` at a time in spawned processes (1: in this process), and prints a line
+    per finished job with the elapsed time and, for method runs, the time left."""
+
+    def __init__(self, jobs: int, say: Progress, t_start: float) -> None:
+        self.jobs, self.say, self.t_start = jobs, say, t_start
+        self.fresh_seconds, self.fresh = 0.0, 0
+
+    def run(self, batch: list[_Job], *, count_eta: bool,
+            describe: Callable[[_Job, float, bool], str] | None = None) -> Iterator[tuple[_Job, float, bool]]:  # fmt: skip
+        total = len(batch)
+        results = self._results(batch)
+        for done, (job, seconds, reused) in enumerate(results, start=1):
+            if count_eta and not reused:
+                self.fresh_seconds, self.fresh = self.fresh_seconds + seconds, self.fresh + 1
+            left = ""
+            if count_eta and self.fresh:
+                left = f", ~{_clock((total - done) * self.fresh_seconds / self.fresh / self.jobs)} left"
+            what = describe(job, seconds, reused) if describe else f"{_clock(seconds)}{' (reused)' if reused else ''}"
+            prefix = f"[{done}/{total}] " if count_eta else ""
+            self.say(f"{prefix}{job.label}: {what}; elapsed {_clock(time.time() - self.t_start)}{left}")
+            yield job, seconds, reused
+
+    def _results(self, batch: list[_Job]) -> Iterator[tuple[_Job, float, bool]]:
+        if self.jobs == 1 or len(batch) <= 1:
+            for job in batch:
+                yield (job, *_train_once(job.config_path, job.overrides, job.run_dir, list(job.outputs)))
+            return
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_train_once, j.config_path, j.overrides, j.run_dir, list(j.outputs)): j for j in batch}
+            for fut in as_completed(futures):
+                yield (futures[fut], *fut.result())
+
+
+def _share_before(warm_dir: Path, run_dir: Path) -> None:
+    """Give a method run that has not started the warm start's evaluation as its "before": the same
+    model, tasks and seeded draws would replay the same episodes (the trainer skips an evaluation
+    whose eval_before.json exists)."""
+    if (run_dir / "eval_before.json").exists() or (run_dir / "config.yaml").exists():
+        return
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    if (warm_dir / "eval" / "before.jsonl").exists():
+        shutil.copyfile(warm_dir / "eval" / "before.jsonl", run_dir / "eval" / "before.jsonl")
+    shutil.copyfile(warm_dir / "eval_before.json", run_dir / "eval_before.json")
 
 
 def _train_once(config_path: Path, overrides: list[str], run_dir: Path, outputs: list[Path]) -> tuple[float, bool]:
@@ -294,56 +444,171 @@ def _summarise(overrides: list[str], start: str, runs: list[dict[str, Any]], ite
     }
 
 
+def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> dict[str, dict[str, Any]]:
+    """Per method: held-out success after RL minus the baseline's, seed by seed (same tasks, same
+    warm start, same evaluation draws), with a 95% Student-t interval over seeds; and the method's own
+    gain (after minus before) the same way. The interval spans training randomness as well as
+    evaluation noise; ``eval_se`` is the evaluation part alone (binomial, per seed, averaged) and
+    ``seeds_for_3pt`` how many seeds would bring the half-width to 3 points at this spread."""
+    base = {r["seed"]: r for r in runs[baseline]}
+    out = {}
+    for name, rs in runs.items():
+        rs = [r for r in rs if r["seed"] in base]
+        gain = t_mean([_frac(r["after"]) - _frac(r["before"]) for r in rs]) if rs else None
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "gain": _iv(gain), "gain_per_seed": [_frac(r["after"]) - _frac(r["before"]) for r in rs]}
+        if name != baseline and rs:
+            diffs = [_frac(r["after"]) - _frac(base[r["seed"]]["after"]) for r in rs]
+            iv = t_mean(diffs)
+            se = [math.sqrt(_var(r["after"]) + _var(base[r["seed"]]["after"])) for r in rs]
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+            entry.update(diff=_iv(iv), diff_per_seed=diffs, sd=sd, eval_se=sum(se) / len(se),
+                         resolved=bool(iv.low > 0 or iv.high < 0), seeds_for_3pt=seeds_needed(sd))  # fmt: skip
+        out[name] = entry
+    return out
+
+
+def seeds_needed(sd: float, half_width: float = 0.03, most: int = 1000) -> int | None:
+    """The fewest seeds whose 95% t-interval of a mean difference has half-width <= ``half_width``
+    when the per-seed differences spread with standard deviation ``sd`` (None: unknown, or > most)."""
+    if not math.isfinite(sd):
+        return None
+    for n in range(2, most + 1):
+        if t95(n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def ranking(families: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Methods ordered by their mean paired difference to the baseline, averaged over families (each
+    family weighs the same); the interval combines the families' t-intervals (Welch-Satterthwaite
+    degrees of freedom). ``resolved``: the interval excludes 0."""
+    rows = []
+    names = list(dict.fromkeys(n for f in families.values() for n in f["paired"]))
+    for name in names:
+        parts = [f["paired"][name] for f in families.values() if name in f["paired"] and "diff" in f["paired"][name]]
+        if not parts:
+            continue
+        k = len(parts)
+        mean = sum(p["diff"]["mean"] for p in parts) / k
+        var_terms = [(p["sd"] ** 2 / len(p["diff_per_seed"])) / k**2 for p in parts]
+        if all(math.isfinite(v) for v in var_terms) and all(len(p["diff_per_seed"]) > 1 for p in parts):
+            var = sum(var_terms)
+            df = var**2 / sum(v**2 / (len(p["diff_per_seed"]) - 1) for v, p in zip(var_terms, parts)) if var > 0 else 1.0
+            half = t95(max(1, int(df))) * math.sqrt(var)
+            low, high = mean - half, mean + half
+        else:
+            low, high = -math.inf, math.inf
+        rows.append({"method": name, "mean": mean, "ci_low": low, "ci_high": high, "families": k, "resolved": bool(low > 0 or high < 0)})
+    return sorted(rows, key=lambda r: -r["mean"])
+
+
+def _frac(side: tuple[int, int] | list[int]) -> float:
+    k, n = side
+    return k / n if n else math.nan
+
+
+def _var(side: tuple[int, int] | list[int]) -> float:
+    k, n = side
+    p = k / n if n else 0.0
+    return p * (1 - p) / n if n else math.nan
+
+
+def _iv(iv: Any) -> dict[str, float] | None:
+    return None if iv is None else {"mean": iv.value, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
+
+
 def _rate(entry: dict[str, Any] | None) -> str:
     if entry is None or math.isnan(entry["success_rate"]):
         return "—"
     return f"{entry['success_rate']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+def _pts(mean: float, low: float, high: float) -> str:
+    """A difference in points with its interval."""
+    if not math.isfinite(low):
+        return f"{100 * mean:+.1f} (one seed: no interval)"
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
-    """The Markdown table: per method train success at the first and last iteration and the held-out
-    evaluation before/after RL, each with its 95% Wilson interval, and wall seconds."""
-    seeds, iters = result["seeds"], result["iterations"]
+    """Markdown: per family the method table (train success at the first and last iteration, held-out
+    success before/after RL, Wilson intervals) and the paired differences to the baseline; then the
+    ranking over families."""
+    seeds, baseline = result["seeds"], result["baseline"]
     lines = [
         "# Credit benchmark: learning",
         "",
-        f"Every method trains the same policy on the same tasks and seeds ({len(seeds)} seed(s): {', '.join(map(str, seeds))}; "
-        f"{iters} iterations of {result['episodes_per_iteration']} sampled episodes); only the estimator and what it needs "
-        "change. Per seed, methods with the same response format start from "
-        + ("one shared SFT warm start. " if result["sft"] else "the same base model. ")
-        + "Train success: the share of successful training episodes at an iteration, pooled over seeds (iteration 0 samples "
-        f"the starting policy); eval: the trainer's held-out evaluation ({result['eval_episodes']} episodes per seed, "
-        + ("greedy" if result["eval_temperature"] == 0 else f"sampled at temperature {result['eval_temperature']:g}, seeded")
-        + ") before and after RL. Brackets: 95% Wilson intervals over episodes (episodes of a group share a task, so "
-        "they are somewhat narrower than intervals over tasks would be). Every method draws the same tasks at a given "
-        "iteration: compare methods within a column; iteration 0 and the last iteration play different tasks. "
-        f"Base config: {result['config']}" + (f" with {' '.join(result['overrides'])}" if result["overrides"] else "") + ".",
-        "",
-        f"| method | starts from | train success, iteration 0 | train success, iteration {iters - 1} "
-        "| eval before | eval after | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"Every method trains the same policy on the same tasks and seeds ({len(seeds)} seed(s): {', '.join(map(str, seeds))}); "
+        "only the estimator and what it needs change. Per family and seed, methods with the same response format start "
+        "from one shared warm start and are evaluated on the same held-out tasks with the same seeded draws, so methods "
+        f"are compared **paired**: per seed, a method's held-out success after RL minus {baseline}'s, then the mean over "
+        "seeds with a 95% Student-t interval (it covers training randomness, not only evaluation noise). Resolved: the "
+        "interval excludes 0. Brackets in the method tables: 95% Wilson intervals over episodes, pooled over seeds"
+        + (f"; overrides: {' '.join(result['overrides'])}" if result["overrides"] else "") + ".",
     ]
-    for name, m in result["methods"].items():
-        curve = m["iterations"]
-        lines.append(f"| {name} | {m['start']} | {_rate(curve[0] if curve else None)} | {_rate(curve[-1] if curve else None)} | "
-                     f"{_rate(m['eval_before'])} | {_rate(m['eval_after'])} | {m['seconds']:.0f} |")  # fmt: skip
-    extra = {n: [o for o in m["overrides"] if not o.startswith("algorithm.estimator=") and o != "algorithm.options={}"]
-             for n, m in result["methods"].items()}  # fmt: skip
-    notes = [f"{n}: `{' '.join(o)}`" for n, o in extra.items() if o]
-    lines += ["", "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + "."]
+    if result["ranking"]:
+        lines += ["", f"## Ranking (mean over families of the paired difference to {baseline}, points)", "",
+                  "| rank | method | difference to " + baseline + " | resolved |", "| --- | --- | --- | --- |"]  # fmt: skip
+        for i, r in enumerate(result["ranking"], start=1):
+            lines.append(f"| {i} | {r['method']} | {_pts(r['mean'], r['ci_low'], r['ci_high'])} | {'yes' if r['resolved'] else 'no'} |")
+    for fam, f in result["families"].items():
+        iters = f["iterations"]
+        lines += [
+            "",
+            f"## {fam}",
+            "",
+            f"{iters} iterations of {f['episodes_per_iteration']} sampled episodes; held-out evaluation: {f['eval_episodes']} "
+            "episodes per seed, " + ("greedy" if f["eval_temperature"] == 0 else f"sampled at temperature {f['eval_temperature']:g}, seeded")
+            + f". Base config: {f['config']} ({f['base_config']}).",
+            "",
+        ]
+        paired = f["paired"]
+        if paired:
+            lines += [f"| method | after RL minus {baseline} (points) | per seed | resolved | seeds for ±3 points | gain after−before (points) |",
+                      "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            order = sorted(paired, key=lambda n: -(paired[n]["diff"]["mean"] if "diff" in paired[n] else 0.0))
+            for name in order:
+                p = paired[name]
+                g = p["gain"]
+                gain = _pts(g["mean"], g["ci_low"], g["ci_high"]) if g else "—"
+                if "diff" not in p:
+                    lines.append(f"| {name} (baseline) | — | — | — | — | {gain} |")
+                    continue
+                d = p["diff"]
+                per = ", ".join(f"{100 * x:+.1f}" for x in p["diff_per_seed"])
+                need = "—" if p["seeds_for_3pt"] is None else str(p["seeds_for_3pt"])
+                lines.append(f"| {name} | {_pts(d['mean'], d['ci_low'], d['ci_high'])} | {per} | {'yes' if p['resolved'] else 'no'} | {need} | {gain} |")
+            se = [p["eval_se"] for p in paired.values() if "eval_se" in p]
+            if se:
+                lines += ["", f"Evaluation noise alone: a paired difference has a standard error of ~{100 * sum(se) / len(se):.1f} points per seed; "
+                          "the rest of the spread over seeds is training randomness."]  # fmt: skip
+            lines.append("")
+        lines += [
+            f"| method | starts from | train success, iteration 0 | train success, iteration {iters - 1} | eval before | eval after | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, m in f["methods"].items():
+            curve = m["iterations"]
+            lines.append(f"| {name} | {m['start']} | {_rate(curve[0] if curve else None)} | {_rate(curve[-1] if curve else None)} | "
+                         f"{_rate(m['eval_before'])} | {_rate(m['eval_after'])} | {m['seconds']:.0f} |")  # fmt: skip
+        extra = {n: [o for o in m["overrides"] if not o.startswith("algorithm.estimator=") and o != "algorithm.options={}"]
+                 for n, m in f["methods"].items()}  # fmt: skip
+        notes = [f"{n}: `{' '.join(o)}`" for n, o in extra.items() if o]
+        lines += ["", "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + "."]
     if result["warm_starts"]:
         warm = "; ".join(f"{k} {w['seconds']:.0f} s" for k, w in result["warm_starts"].items())
-        lines += ["", f"Warm starts (tiny model + SFT, shared): {warm}."]
-    lines += ["", f"Compute: {result['compute_seconds'] / 60:.1f} min of training and evaluation in all (a rerun that reuses "
-              f"finished runs counts their original time); this invocation took {result['seconds'] / 60:.1f} min."]
+        lines += ["", f"Warm starts (tiny model + SFT + the shared evaluation before RL): {warm}."]
+    lines += ["", f"Compute: {result['compute_seconds'] / 60:.1f} min of training and evaluation in all, {result['jobs']} run(s) at a time "
+              f"(a rerun that reuses finished runs counts their original time); this invocation took {result['seconds'] / 60:.1f} min."]  # fmt: skip
     if plot:
-        lines += ["", f"![success vs iteration]({plot})"]
+        lines += ["", f"![paired differences and learning curves]({plot})"]
     return "\n".join(lines) + "\n"
 
 
 def learning_plot(result: dict[str, Any], path: str | Path) -> bool:
-    """learning.png: train success vs iteration per method with its 95% band, and the held-out
-    evaluation after RL (before RL in grey); False when matplotlib is not installed."""
+    """learning.png, one row per family: train success vs iteration per method with its 95% band, and
+    each method's paired difference to the baseline after RL with its 95% interval over seeds (the
+    baseline's own gain over its start when there is nothing to pair); False without matplotlib."""
     from agentrl.eval.report import _plotting, _png
 
     plotting = _plotting()
@@ -353,40 +618,46 @@ def learning_plot(result: dict[str, Any], path: str | Path) -> bool:
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
-    methods = result["methods"]
-    colours = colormaps["tab20" if len(methods) > 10 else "tab10"]
-    highs = [p["ci_high"] for m in methods.values() for p in [*m["iterations"], m["eval_before"], m["eval_after"]]]
-    top = min(1.0, max([h for h in highs if not math.isnan(h)], default=1.0) + 0.05)  # room for the bands, no more
-    fig = figure_cls(figsize=(12.0, 4.4))
-    ax = fig.add_subplot(1, 2, 1)
-    for k, (name, m) in enumerate(methods.items()):
-        pts = [p for p in m["iterations"] if not math.isnan(p["success_rate"])]
-        if not pts:
-            continue
-        xs = [p["iteration"] for p in pts]
-        ax.plot(xs, [p["success_rate"] for p in pts], marker="o", ms=3, color=colours(k), label=name)
-        ax.fill_between(xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=colours(k), alpha=0.12)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("train success (95% CI)")
-    ax.set_title("training rollouts")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, top)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax2 = fig.add_subplot(1, 2, 2)
-    for k, (name, m) in enumerate(methods.items()):
-        for side, dx, colour in (("eval_before", -0.15, "#9aa5b1"), ("eval_after", 0.15, colours(k))):
-            e = m[side]
-            if math.isnan(e["success_rate"]):
+    fams = result["families"]
+    fig = figure_cls(figsize=(12.0, 4.4 * len(fams)))
+    for row, (fam, f) in enumerate(fams.items()):
+        methods = f["methods"]
+        colours = colormaps["tab20" if len(methods) > 10 else "tab10"]
+        ax = fig.add_subplot(len(fams), 2, 2 * row + 1)
+        for k, (name, m) in enumerate(methods.items()):
+            pts = [p for p in m["iterations"] if not math.isnan(p["success_rate"])]
+            if not pts:
                 continue
-            err = [[max(0.0, e["success_rate"] - e["ci_low"])], [max(0.0, e["ci_high"] - e["success_rate"])]]
-            ax2.errorbar([k + dx], [e["success_rate"]], yerr=err, fmt="o", color=colour, capsize=3, ms=4)
-    ax2.set_xticks(list(range(len(methods))))
-    ax2.set_xticklabels(list(methods), rotation=40, ha="right")
-    ax2.set_ylabel("held-out success (95% CI)")
-    ax2.set_title("evaluation: before RL (grey), after RL (colour)")
-    ax2.set_ylim(0, top)
-    ax2.grid(axis="y", alpha=0.3)
+            xs = [p["iteration"] for p in pts]
+            ax.plot(xs, [p["success_rate"] for p in pts], marker="o", ms=3, color=colours(k), label=name)
+            ax.fill_between(xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=colours(k), alpha=0.12)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("train success (95% CI)")
+        ax.set_title(f"{fam}: training rollouts")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax2 = fig.add_subplot(len(fams), 2, 2 * row + 2)
+        paired = f["paired"]
+        names = [n for n in methods if n in paired and "diff" in paired[n]]
+        label = f"after RL minus {result['baseline']} (points, 95% CI over seeds)"
+        if not names:  # nothing to pair: each method's gain over its start
+            names = [n for n in methods if n in paired and paired[n]["gain"]]
+            label = "gain after - before RL (points, 95% CI over seeds)"
+        for k, name in enumerate(names):
+            d = paired[name]["diff"] if "diff" in paired[name] else paired[name]["gain"]
+            mean, low, high = 100 * d["mean"], 100 * d["ci_low"], 100 * d["ci_high"]
+            err = [[mean - low], [high - mean]] if math.isfinite(low) else None
+            ax2.errorbar([k], [mean], yerr=err, fmt="o", color=colours(list(methods).index(name)), capsize=3, ms=5)
+            ax2.plot([k] * len(paired[name].get("diff_per_seed", [])), [100 * x for x in paired[name].get("diff_per_seed", [])],
+                     "x", color="#9aa5b1", ms=4)  # fmt: skip
+        ax2.axhline(0, color="black", lw=0.8)
+        ax2.set_xticks(list(range(len(names))))
+        ax2.set_xticklabels(names, rotation=40, ha="right")
+        ax2.set_ylabel(label, fontsize=8)
+        ax2.set_title(f"{fam}: held-out success, paired by seed (x: single seeds)")
+        ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     Path(path).write_bytes(_png(fig, canvas_cls))
     return True

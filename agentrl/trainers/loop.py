@@ -364,10 +364,16 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         if cfg.eval.enabled:
-            say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-            after = self._evaluate(policy, eval_envs, eval_tasks, "after")
-            dist.barrier()
+            dist.barrier()  # rank 0 has written eval_before.json
             before = json.loads(before_path.read_text())
+            if cfg.optim.iterations == 0:  # no update: the same policy, tasks and seeds would give the same episodes again
+                after = before
+                if dist.main and (self.run_dir / "eval" / "before.jsonl").exists():
+                    shutil.copyfile(self.run_dir / "eval" / "before.jsonl", self.run_dir / "eval" / "after.jsonl")
+            else:
+                say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+                after = self._evaluate(policy, eval_envs, eval_tasks, "after")
+            dist.barrier()
             summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
                        "improvement": after["success_rate"] - before["success_rate"],
                        "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
