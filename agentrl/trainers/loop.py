@@ -35,6 +35,7 @@ import yaml
 
 from agentrl.agents import ChatPrompt, StepPrompt
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
+from agentrl.credit import estimator_info
 from agentrl.envs import make
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
@@ -49,7 +50,7 @@ from agentrl.trainers.evaluation import evaluate
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
 from agentrl.trainers.samples import build_samples, steps_in_row_order
-from agentrl.trainers.schedule import needs_values, seeupo_update, standard_update
+from agentrl.trainers.schedule import run_update
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 
@@ -319,7 +320,7 @@ class Trainer:
             policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         a = cfg.algorithm
         estimator = a.estimator
-        heads = value_heads_for(estimator, needs_values(estimator))
+        heads = value_heads_for(estimator)
         settings = UpdateSettings(
             loss=a.resolved_loss, clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
             value_coef=a.value_coef, epochs=a.epochs, minibatch_size=a.minibatch_size, micro_batch_size=a.micro_batch_size,
@@ -443,15 +444,13 @@ class Trainer:
         t_update = time.time()
         batch = StepBatch.from_trajectories(groups)
         if len(batch):
-            heads = learner.value_head.heads if learner.value_head is not None else ()
             a = cfg.algorithm
-            samples = build_samples(steps, tokenizer=policy.tokenizer, parts=a.estimator == "hiper",
-                                    response_format=r.response_format, value_heads=heads)  # fmt: skip
+            info = estimator_info(a.estimator)
+            samples = build_samples(steps, tokenizer=policy.tokenizer, parts=bool(info.spans),
+                                    response_format=r.response_format, value_heads=info.value_heads)  # fmt: skip
             update_rng = np.random.default_rng([cfg.seed, it, 1])
-            if a.estimator == "seeupo":
-                result = seeupo_update(learner, batch, samples, dict(a.options), order=a.seeupo_order, seed=cfg.seed + it, rng=update_rng)
-            else:
-                result = standard_update(learner, batch, samples, a.estimator, dict(a.options), rng=update_rng)
+            result = run_update(learner, batch, samples, a.estimator, dict(a.options), rng=update_rng, seed=cfg.seed + it,
+                                order=a.seeupo_order)  # fmt: skip
             record.update(result.stats)
         t_end = time.time()
         record.update({
