@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from agentrl.agents import StepPrompt
+from agentrl.credit import estimator_info
+from agentrl.distributed import init_distributed
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import rollout
-from agentrl.trainers.distributed import init_distributed
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.samples import build_samples, steps_in_row_order
-from agentrl.credit import estimator_info
 from agentrl.trainers.schedule import run_update
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch

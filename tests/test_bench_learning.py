@@ -24,7 +24,7 @@ from agentrl.eval.learning import (
     seeds_needed,
     trainable_estimators,
 )
-from agentrl.eval.stats import t95, t_mean, wilson
+from agentrl.stats import t95, t_mean, wilson
 from agentrl.trainers.metrics import read_metrics
 
 # A 2x2 maze without doors in at most 3 moves; SFT on 30 expert plans gives ~40% success under

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from agentrl.envs.base import AgentEnv
-from agentrl.serving import MAX_BODY_BYTES, BodyError, read_json_request
+from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
 
-__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "jsonable"]
+# ServerThread is the shared one (agentrl.serving), named here too: serve an env app in a thread
+__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "jsonable"]
 
 log = logging.getLogger(__name__)
 

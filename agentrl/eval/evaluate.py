@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from agentrl.distributed import SINGLE, Dist, init_distributed, launched_processes
 from agentrl.envs import AgentEnv, make
 from agentrl.eval.report import episode_figures, write_report
-from agentrl.eval.stats import Interval, wilson
 from agentrl.seeding import rank_seed, stream_seed
-from agentrl.trainers.distributed import SINGLE, Dist, init_distributed, launched_processes
+from agentrl.stats import Interval, wilson
 from agentrl.types import Step, Trajectory, write_trajectories
 
 SCRIPTED = ("random", "expert")

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentrl.eval.stats import wilson
+from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
 from agentrl.seeding import rank_seed
-from agentrl.trainers.distributed import SINGLE, Dist
+from agentrl.stats import wilson
 from agentrl.types import write_trajectories
 
 __all__ = ["evaluate"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agentrl.trainers.distributed import SINGLE, Dist
+from agentrl.distributed import SINGLE, Dist
 from agentrl.trainers.losses import LOSSES, LossFn, LossInput, kl_k3, masked_sum
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features

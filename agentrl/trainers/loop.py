@@ -6,7 +6,7 @@ from (seed, iteration), and checkpoints hold adapter, optimiser, value head and 
 a run killed at any point and started again with the same command continues exactly: the next
 iteration's metrics equal an uninterrupted run's.
 
-Launched on several processes (``accelerate launch``/``torchrun``; ``trainers.distributed``) each
+Launched on several processes (``accelerate launch``/``torchrun``; ``agentrl.distributed``) each
 process rolls out a share of the groups and trains a share of every minibatch; rank 0 writes the
 run directory and prints progress.
 
@@ -36,6 +36,7 @@ import yaml
 from agentrl.agents import ChatPrompt, StepPrompt
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
 from agentrl.credit import estimator_info
+from agentrl.distributed import SINGLE, init_distributed
 from agentrl.envs import make
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
@@ -46,16 +47,17 @@ from agentrl.trainers.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from agentrl.trainers.distributed import SINGLE, init_distributed
 from agentrl.trainers.evaluation import evaluate
+from agentrl.trainers.experts import get_expert
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
 from agentrl.trainers.samples import build_samples, steps_in_row_order
 from agentrl.trainers.schedule import run_update
+from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "run_sft", "train"]
 
 
 def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
@@ -69,6 +71,17 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     a line per stage, SFT epoch, evaluation and iteration (``agentrl train`` prints them).
     """
     return Trainer.from_config(config_path, out_dir, overrides).run(stop_after=stop_after, progress=progress)
+
+
+def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
+            overrides: Iterable[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+    """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
+    false); returns the merged model's directory, ``<run dir>/sft-model``."""
+    trainer = Trainer.from_config(config_path, out_dir, overrides)
+    get_expert(trainer.cfg.env.name)  # an env without an expert fails here, before any model is built
+    if progress is not None and not trainer.cfg.sft.enabled:
+        progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
+    return trainer.run_sft(progress)
 
 
 def _versions() -> dict[str, str]:
@@ -198,8 +211,6 @@ class Trainer:
         ``progress`` gets a line per stage and per epoch (the ``agentrl sft`` command prints them).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 
         say = progress or (lambda line: None)
         out = self.run_dir / "sft-model"
