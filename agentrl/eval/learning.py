@@ -127,13 +127,15 @@ def _response_format(estimator: str, base: TrainConfig) -> str:
 def _prepare_run(config_path: Path, overrides: list[str], run_dir: Path) -> bool:
     """Validate a run's config; True when ``run_dir`` already holds a run of exactly this config.
 
-    A directory holding another config is refused, so a rerun never mixes in stale results."""
+    A directory holding another config is refused, so a rerun never mixes in stale results. The saved
+    ``out_dir`` is not compared: a benchmark directory reached by another path (moved, symlinked) holds
+    the same runs."""
     cfg = load_config(config_path, overrides)
-    text = dump_config(cfg.model_copy(update={"out_dir": str(run_dir)}))
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return False
-    if saved.read_text() != text:
+    old_out = (yaml.safe_load(saved.read_text()) or {}).get("out_dir", str(run_dir))
+    if saved.read_text() != dump_config(cfg.model_copy(update={"out_dir": old_out})):
         raise ConfigError(f"{run_dir} holds a run with a different config; choose another output directory or delete it")
     return True
 
@@ -217,8 +219,11 @@ def credit_learning(
 
     def warm_job(plan: _Plan, seed: int, fmt: str) -> _Job:
         run_dir = plan.dir / f"seed{seed}" / f"warm-{fmt}"
-        estimator = next(n for n in plan.names if _response_format(n, plan.base) == fmt)
-        ov = common + plan.per_method[estimator] + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
+        # the same warm start whichever methods are asked for, so another selection reuses it
+        estimator = DEFAULT_BASELINE if _response_format(DEFAULT_BASELINE, plan.base) == fmt else next(
+            n for n in plan.names if _response_format(n, plan.base) == fmt
+        )
+        ov = common + method_overrides(estimator, plan.base) + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
         ov += [f"model.path={tiny[(plan.family, seed)]}"] if tiny[(plan.family, seed)] is not None else []
         return _Job(f"{plan.family} seed {seed} warm start ({fmt})", plan.config_path, ov, run_dir, (run_dir / "eval_before.json",),
                     ("warm", plan, seed, fmt))  # fmt: skip
