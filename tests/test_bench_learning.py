@@ -126,6 +126,11 @@ def test_a_rerun_reuses_finished_runs_and_refuses_a_changed_config(bench, tiny_c
     assert all("(reused)" in x for x in lines if x.startswith("[") or "warm start" in x)
     assert again["families"]["tiny"]["methods"]["gigpo"]["iterations"] == result["families"]["tiny"]["methods"]["gigpo"]["iterations"]
     assert again["compute_seconds"] == pytest.approx(result["compute_seconds"])  # the original runs' time, not the rerun's
+    # another selection of methods reuses the same warm start (it does not depend on which method comes first)
+    lines = []
+    only = credit_learning(out, config=tiny_config, estimators=["gigpo"], seeds=[0], iterations=2, progress=lines.append)
+    assert all("(reused)" in x for x in lines if x.startswith("[") or "warm start" in x)
+    assert only["families"]["tiny"]["paired"] == {} and only["ranking"] == []  # no grpo: nothing to pair with
     with pytest.raises(ConfigError, match="different config"):
         credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], iterations=1)
 
