@@ -128,7 +128,7 @@ def sft(
     """
     if not config.is_file():
         raise typer.BadParameter(f"config file {str(config)!r} does not exist")
-    from agentrl.trainers.sft import run_sft
+    from agentrl.trainers.loop import run_sft
 
     with _config_errors():
         model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))

@@ -134,7 +134,7 @@ class RolloutConfig(Section):
 class AlgorithmConfig(Section):
     estimator: str = "grpo"
     options: dict[str, Any] = {}
-    loss: str | None = None  # default: gspo for seeupo, else ppo_token_mean
+    loss: str | None = None  # default: the estimator's (gspo for seeupo, else ppo_token_mean)
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0)
     kl_coef: float = Field(0.0, ge=0)
@@ -176,7 +176,9 @@ class AlgorithmConfig(Section):
 
     @property
     def resolved_loss(self) -> str:
-        return self.loss or ("gspo" if self.estimator == "seeupo" else "ppo_token_mean")
+        from agentrl.credit import estimator_info
+
+        return self.loss or estimator_info(self.estimator).loss
 
 
 class OptimConfig(Section):
@@ -256,8 +258,11 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.algorithm.estimator == "hiper" and self.rollout.response_format != "hiper":
-            raise ValueError("estimator 'hiper' needs rollout.response_format: hiper (switch/subgoal/action)")
+        from agentrl.credit import estimator_info
+
+        needed = estimator_info(self.algorithm.estimator).response_format
+        if needed is not None and self.rollout.response_format != needed:
+            raise ValueError(f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}")
         return self
 
 

@@ -6,10 +6,14 @@ and an unknown name fails with the list of names that do exist.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+_ALL: weakref.WeakSet[Registry[Any]] = weakref.WeakSet()
 
 
 class Registry(Generic[T]):
@@ -18,6 +22,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        _ALL.add(self)
 
     def register(self, name: str, item: T, *, overwrite: bool = False) -> T:
         if not name or not isinstance(name, str):
@@ -51,3 +56,18 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @contextmanager
+    def scoped(self) -> Iterator[Registry[T]]:
+        """Registrations (and replacements) made inside the block are undone when it ends (tests)."""
+        saved = dict(self._items)
+        try:
+            yield self
+        finally:
+            self._items.clear()
+            self._items.update(saved)
+
+
+def all_registries() -> list[Registry[Any]]:
+    """Every registry created so far (the test suite scopes them all)."""
+    return list(_ALL)

@@ -21,6 +21,7 @@ from typing import Any
 
 from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
+from agentrl.seeding import call_seed
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
 __all__ = ["Episode", "ListEnvs", "PromptBuilder", "as_env_batch", "rollout"]
@@ -271,7 +272,7 @@ def rollout(
             except Exception as e:  # noqa: BLE001 - recorded on the episode
                 messages.append(e)
         ok = [k for k, m in enumerate(messages) if not isinstance(m, BaseException)]
-        call_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed * 1_000_003 + calls)
+        call_params = params if params.seed is None else dataclasses.replace(params, seed=call_seed(params.seed, calls))
         calls += 1
         gens = _generate(policy, [messages[k] for k in ok], call_params) if ok else []
         gen_of: dict[int, Generation | BaseException] = dict(zip(ok, gens))

@@ -24,7 +24,7 @@ import time
 
 import httpx
 
-from agentrl.envs.remote import free_port
+from agentrl.serving import free_port
 from agentrl.envs.search import SearchEnv, generate_world, oracle_actions
 
 ENV_TARGET, SERVER_TARGET = 500.0, 300.0

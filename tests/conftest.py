@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 
+import agentrl.credit
+import agentrl.trainers.experts
+import agentrl.trainers.schedule  # noqa: F401  (its registries exist before any test registers into them)
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies.tiny import build_tiny_model, env_corpus
+from agentrl.registry import all_registries
+
+
+@pytest.fixture(autouse=True)
+def registrations_undone():
+    """Whatever a test registers (estimators, losses, schedules, envs, formats, ...) is gone after it."""
+    with ExitStack() as stack:
+        for registry in all_registries():
+            stack.enter_context(registry.scoped())
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,15 @@ import numpy as np
 import torch
 
 from agentrl.agents import StepPrompt
+from agentrl.credit import estimator_info
+from agentrl.distributed import init_distributed
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import rollout
-from agentrl.trainers.distributed import init_distributed
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.samples import build_samples, steps_in_row_order
-from agentrl.trainers.schedule import needs_values, seeupo_update, standard_update
+from agentrl.trainers.schedule import run_update
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch
 
@@ -43,16 +44,12 @@ def main(model_dir: str, out: str) -> None:
     for estimator in ("grpo", "gae", "seeupo"):
         torch.manual_seed(1)
         policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
-        heads = value_heads_for(estimator, needs_values(estimator))
+        heads = value_heads_for(estimator)
         settings = UpdateSettings(minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2)
         learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist)
         initial = [p.detach().clone() for p in learner.params]
-        samples = build_samples(steps, value_heads=learner.value_head.heads if learner.value_head else ())
-        rng = np.random.default_rng(3)
-        if estimator == "seeupo":
-            result = seeupo_update(learner, batch, samples, {}, rng=rng)
-        else:
-            result = standard_update(learner, batch, samples, estimator, {}, rng=rng)
+        samples = build_samples(steps, value_heads=estimator_info(estimator).value_heads)
+        result = run_update(learner, batch, samples, estimator, {}, rng=np.random.default_rng(3))
         params = [p.detach().clone() for p in learner.params]
         if learner.value_head is not None:
             params += [p.detach().clone() for p in learner.value_head.parameters()]

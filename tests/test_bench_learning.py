@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from agentrl.cli import app
 from agentrl.config import ConfigError, load_config
-from agentrl.credit import ESTIMATORS, Advantages, available_estimators, register_estimator
+from agentrl.credit import Advantages, available_estimators, register_estimator
 from agentrl.eval.learning import (
     BUILTIN_CONFIG,
     FAMILIES,
@@ -24,7 +24,7 @@ from agentrl.eval.learning import (
     seeds_needed,
     trainable_estimators,
 )
-from agentrl.eval.stats import t95, t_mean, wilson
+from agentrl.stats import t95, t_mean, wilson
 from agentrl.trainers.metrics import read_metrics
 
 # A 2x2 maze without doors in at most 3 moves; SFT on 30 expert plans gives ~40% success under
@@ -149,11 +149,10 @@ def test_method_overrides_make_every_estimator_trainable_on_the_builtin_config(t
     assert load_config(path, method_overrides("gigpo", base)).algorithm.options == {}
 
 
-def test_bad_estimator_fails_before_training(tmp_path, tiny_config, monkeypatch):
+def test_bad_estimator_fails_before_training(tmp_path, tiny_config):
     with pytest.raises(ConfigError, match="unknown estimator"):
         credit_learning(tmp_path, config=tiny_config, estimators=["gigpo", "nope"])
     # an estimator reading tool calls cannot train on the maze's think_action responses
-    monkeypatch.setattr(ESTIMATORS, "_items", dict(ESTIMATORS._items))  # the registration is undone after the test
     register_estimator("needs_tools", fields=("tool_call",))(lambda batch: Advantages(step=np.zeros(len(batch))))
     assert "needs_tools" not in trainable_estimators() and "needs_tools" in trainable_estimators("tool_call")
     with pytest.raises(ConfigError, match=r"cannot supply what \['needs_tools'\] need"):

@@ -96,7 +96,8 @@ def test_envs_serve_runs_a_real_server(tmp_path):
     import time
 
     from agentrl.envs import make
-    from agentrl.envs.remote import RemoteEnv, free_port
+    from agentrl.envs.remote import RemoteEnv
+    from agentrl.serving import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "agentrl.cli", "envs", "serve", "maze", "--port", str(port), "--token", "t0k", "-o", "size=2"]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from agentrl.credit import ESTIMATORS, MissingInputError, available_estimators, estimate, estimator_info
+from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
 from agentrl.types import Step, StepBatch, Trajectory
 
 
@@ -124,12 +124,9 @@ def test_registry_lists_the_baselines_and_custom_estimators_plug_in():
     def constant(batch, *, value: float = 1.0):
         return Advantages(step=np.full(len(batch), value))
 
-    try:
-        b = group_batch()
-        np.testing.assert_array_equal(estimate("test_constant", b, value=2.5).step, 2.5)
-        assert estimator_info("test_constant").options == {"value": 1.0}
-    finally:
-        ESTIMATORS._items.pop("test_constant")
+    b = group_batch()
+    np.testing.assert_array_equal(estimate("test_constant", b, value=2.5).step, 2.5)
+    assert estimator_info("test_constant").options == {"value": 1.0}
 
 
 def test_empty_batch():

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from agentrl.distributed import SINGLE, Dist
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies.tiny import build_tiny_model, env_corpus
-from agentrl.trainers.distributed import SINGLE, Dist
 from agentrl.trainers.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("dist_update_worker.py")
@@ -53,7 +53,7 @@ def test_share_and_gather_are_inverse_and_single_is_a_no_op():
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     """Hardware stand-in (named as such): torch.cuda reports one GPU while the launcher started 2 processes."""
-    from agentrl.trainers.distributed import init_distributed
+    from agentrl.distributed import init_distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

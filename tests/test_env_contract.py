@@ -4,7 +4,6 @@ import gymnasium as gym
 import pytest
 
 from agentrl.envs import AgentEnv, EnvCheckError, FreeText, check_env, gym_id, list_envs, make, register_env
-from agentrl.envs.registration import ENVS
 
 
 class CountEnv(AgentEnv):
@@ -95,7 +94,6 @@ def test_registry_make_and_gymnasium_ids():
         with pytest.raises(ValueError, match="already registered"):
             register_env("test-count", CountEnv)
     finally:
-        ENVS._items.pop("test-count")
         del gym.registry["agentrl/TestCount-v0"]
     with pytest.raises(KeyError, match="unknown env 'nope'; available: .*maze"):
         make("nope")

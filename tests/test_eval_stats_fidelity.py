@@ -8,7 +8,7 @@ import pytest
 from agentrl.credit import available_estimators
 from agentrl.envs.maze import MazeEnv
 from agentrl.eval.fidelity import _noise, _sign, credit_fidelity, fidelity_markdown, improved_policy, sample_group
-from agentrl.eval.stats import bootstrap_mean, wilson
+from agentrl.stats import bootstrap_mean, wilson
 from agentrl.types import StepBatch
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from agentrl.agents import StepPrompt
 from agentrl.envs.maze import MazeEnv
-from agentrl.envs.remote import ServerThread, free_port
+from agentrl.serving import ServerThread, free_port
 from agentrl.policies import Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.logprobs import pack_samples

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from agentrl.envs import check_env, make
-from agentrl.envs.remote import RemoteEnv, RemoteEnvError, ServerThread, create_app, jsonable
+from agentrl.envs.remote import RemoteEnv, RemoteEnvError, create_app, jsonable
 from agentrl.envs.search import SearchEnv, oracle_actions
 from agentrl.envs.tools import ToolEnv, ToolTask, builtin_tool_env, solution_action, tool
 from agentrl.envs.tools.bfcl import BFCLMultiTurnEnv, ground_truth_actions
+from agentrl.serving import ServerThread
 
 TOKEN = "s3cret-token"
 SMALL_SEARCH = {"seed": 7, "num_docs": 400, "num_train": 200, "num_test": 50}
@@ -228,7 +229,7 @@ def test_module_entry_serves_an_env_in_its_own_process():
     import subprocess
     import sys
 
-    from agentrl.envs.remote import free_port
+    from agentrl.serving import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.remote", "maze", "--port", str(port), "--token", TOKEN,

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from agentrl.envs.remote import ServerThread, free_port
+from agentrl.serving import ServerThread, free_port
 from agentrl.envs.search import BM25Retriever, RemoteRetriever, RetrieverError, SearchEnv, generate_world, oracle_actions
 from agentrl.envs.search.server import MAX_QUERIES, create_retrieval_app
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from agentrl.envs.remote import free_port
+from agentrl.serving import free_port
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.server import PolicyServer, _token_entry

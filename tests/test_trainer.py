@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import agentrl.trainers
 from agentrl.agents import StepPrompt
-from agentrl.credit import Advantages, available_estimators, estimate
+from agentrl.credit import Advantages, ValueHeadSpec, available_estimators, estimate, estimator_info, register_estimator
 from agentrl.credit.seeupo import turn_slots
 from agentrl.envs import register_env
 from agentrl.envs.maze import MazeEnv
@@ -24,7 +26,7 @@ from agentrl.trainers import train
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import read_metrics
 from agentrl.trainers.samples import build_samples, steps_in_row_order, token_advantages
-from agentrl.trainers.schedule import seeupo_update
+from agentrl.trainers.schedule import register_schedule, standard_update, turn_slot_update
 from agentrl.trainers.values import gather_features
 from agentrl.types import Step, StepBatch, read_trajectories
 
@@ -178,7 +180,7 @@ def test_seeupo_updates_turn_slots_in_reverse_with_corrections_by_hand(maze_batc
 
     learner.update, learner.score = recording_update, recording_score
     try:
-        result = seeupo_update(learner, batch, samples, {}, rng=np.random.default_rng(0))
+        result = turn_slot_update(learner, batch, samples, "seeupo", {}, rng=np.random.default_rng(0))
     finally:
         with torch.no_grad():
             for p, s in zip(learner.params, saved):
@@ -211,13 +213,14 @@ def test_hiper_parts_get_their_own_advantages(maze_batch):
         Step(obs="b", response=text, prompt_ids=[3], response_ids=ids),
         Step(obs="c", response="<action>go", prompt_ids=[4], response_ids=bad_ids),
     ]
-    samples = build_samples(steps, tokenizer=tok, parts=True, response_format="hiper", value_heads=("high", "low", "switch"))
+    hiper = estimator_info("hiper")
+    samples = build_samples(steps, tokenizer=tok, parts=True, response_format="hiper", value_heads=hiper.value_heads)
     adv = Advantages(
         step=np.array([0.5, 0.25, -0.7]),
         spans={"action": np.array([0.5, 0.25, -0.7]), "subgoal": np.array([-1.0, 9.0, 9.0]), "switch": np.array([2.0, 3.0, 4.0])},
         masks={"subgoal": np.array([True, False, False])},
     )
-    token_adv, token_mask = token_advantages(samples, adv, route_parts=True)
+    token_adv, token_mask = token_advantages(samples, adv, spans=hiper.spans)
     pieces = [tok.decode([i]) for i in ids]
     switch_end = pieces.index("</switch>") + 1
     subgoal_end = pieces.index("</subgoal>") + 1
@@ -232,6 +235,30 @@ def test_hiper_parts_get_their_own_advantages(maze_batch):
     assert token_adv[2].tolist() == pytest.approx([-0.7] * len(bad_ids)) and token_mask[2].all()
     assert samples.value_offset["low"].tolist() == [subgoal_end - 1, subgoal_end - 1, -1]
     assert samples.value_offset["high"].tolist() == [-1, -1, -1]
+
+
+def test_an_estimator_registered_by_test_code_trains_with_its_own_critic_and_schedule(model_dir, tmp_path):
+    """The trainer learns everything from the registration: a value head, a schedule, a default loss."""
+    calls = []
+
+    @register_schedule("test_counted")
+    def counted(learner, batch, samples, estimator, options, *, rng, seed, order):
+        calls.append((estimator, len(batch)))
+        return standard_update(learner, batch, samples, estimator, options, rng=rng)
+
+    @register_estimator("test_critic", inputs=("values",), row_inputs=("values",), schedule="test_counted", loss="gspo",
+                        value_heads={"baseline": ValueHeadSpec(target="returns")})  # fmt: skip
+    def critic(batch, *, values=None, scale: float = 1.0):
+        returns = batch.outcome.astype(np.float64)
+        return Advantages(step=scale * (returns - values), extras={"returns": returns})
+
+    run = train(None, tmp_path / "run", tiny_run(model_dir, **{"algorithm.estimator": "test_critic", "algorithm.options": "{scale: 2.0}"}))
+    metrics = read_metrics(run / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert [c[0] for c in calls] == ["test_critic", "test_critic"]
+    assert all(math.isfinite(m["value_loss"]) for m in metrics)  # the head was fitted
+    sources = Path(agentrl.trainers.__file__).parent.rglob("*.py")
+    assert not any("test_critic" in p.read_text() for p in sources)
 
 
 def test_value_features_are_read_at_their_positions():

@@ -190,9 +190,9 @@ def test_viewer_socket_queues_connections_before_uvicorn_runs(run_dir):
     """serve_viewer prints its URL before uvicorn's loop starts: a client that connects at once waits."""
     import socket
 
-    from agentrl.eval.viewer import _ServerThread, create_app
+    from agentrl.serving import ServerThread
 
-    server = _ServerThread(create_app(run_dir), "127.0.0.1", 0)
+    server = ServerThread(create_app(run_dir), "127.0.0.1", 0)
     try:
         socket.create_connection(server.sock.getsockname()[:2], timeout=2).close()  # refused without listen()
     finally:

@@ -1,7 +1,9 @@
 """Advantages, the estimator registry and ``estimate``: the one entry point of the credit module.
 
 An estimator is a function ``fn(batch, **options) -> Advantages`` registered under a name with
-the StepBatch fields and caller inputs it needs. ``estimate`` checks those, rejects unknown
+the StepBatch fields and caller inputs it needs, and with everything a trainer must know to train
+with it (value heads, span routing, update schedule, default loss, response format), so trainers
+read these traits and never compare estimator names. ``estimate`` checks those, rejects unknown
 options by name, hands the function a canonical batch (rows grouped by trajectory, ordered by
 turn) and maps the results back to the caller's row order, so estimators never see positions
 that differ from ids.
@@ -10,7 +12,7 @@ that differ from ids.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +75,34 @@ FIELD_HINTS = {
 
 
 @dataclass(frozen=True)
+class ValueHeadSpec:
+    """One value head of a critic estimator: what it is fitted to and where it reads the response.
+
+    target: key of ``Advantages.extras`` holding the head's regression target.
+    applies: key of ``Advantages.masks`` marking the rows where the target applies (None: every row;
+    a mask the estimator did not return also means every row).
+    reads_after: response part (of the estimator's response format) whose last token's hidden state
+    the head reads; None, or a response without that part: the last prompt token.
+    """
+
+    target: str
+    applies: str | None = None
+    reads_after: str | None = None
+
+
+@dataclass(frozen=True)
 class EstimatorInfo:
-    """What the registry knows about an estimator."""
+    """What the registry knows about an estimator, including what a trainer needs to train with it.
+
+    value_heads: the critic's heads by name (none: no critic); their predictions reach the estimator
+    as ``values`` (the array of a single head, a dict by head name for several).
+    spans: response parts that take their own advantage (``Advantages.spans``) instead of ``step`` on
+    every token; a response without these parts takes the last span's advantage on every token.
+    schedule: the trainer's update schedule (``trainers.schedule.SCHEDULES``), e.g. "turn_slots".
+    loss: the policy loss used when the config names none.
+    response_format: the rollout response format the method needs (None: any).
+    options_if_missing: options to train with when a StepBatch field is unavailable (field -> options).
+    """
 
     name: str
     fn: Callable[..., Advantages]
@@ -84,6 +112,18 @@ class EstimatorInfo:
     paper: str
     summary: str
     options: dict[str, Any]
+    value_heads: Mapping[str, ValueHeadSpec] = field(default_factory=dict)
+    spans: tuple[str, ...] = ()
+    schedule: str = "standard"
+    loss: str = "ppo_token_mean"
+    response_format: str | None = None
+    options_if_missing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """The ``values`` input from predictions per head: one head's array, or the dict of several."""
+        if len(self.value_heads) == 1:
+            return values_by_head[next(iter(self.value_heads))]
+        return {h: values_by_head[h] for h in self.value_heads}
 
 
 ESTIMATORS: Registry[EstimatorInfo] = Registry("estimator")
@@ -97,6 +137,12 @@ def register_estimator(
     row_inputs: tuple[str, ...] = (),
     paper: str = "",
     summary: str = "",
+    value_heads: Mapping[str, ValueHeadSpec] | None = None,
+    spans: tuple[str, ...] = (),
+    schedule: str = "standard",
+    loss: str = "ppo_token_mean",
+    response_format: str | None = None,
+    options_if_missing: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -104,7 +150,12 @@ def register_estimator(
     inputs: keyword arguments the caller must pass (e.g. "values").
     row_inputs: keyword arguments that hold per-row arrays (or dicts of them); ``estimate``
     reorders them together with the batch.
+    The other keywords are the trainer's traits (``EstimatorInfo``); a critic (``value_heads``)
+    goes with the ``values`` input.
     """
+    heads = dict(value_heads or {})
+    if bool(heads) != ("values" in inputs):
+        raise ValueError(f"estimator {name!r}: value_heads and the input 'values' go together (a critic feeds its values)")
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
         sig = inspect.signature(fn)
@@ -124,6 +175,12 @@ def register_estimator(
                 paper=paper,
                 summary=summary or (inspect.getdoc(fn) or "").split("\n")[0],
                 options=options,
+                value_heads=heads,
+                spans=tuple(spans),
+                schedule=schedule,
+                loss=loss,
+                response_format=response_format,
+                options_if_missing={k: dict(v) for k, v in (options_if_missing or {}).items()},
             ),
         )
         return fn

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.credit.base import Advantages, MissingInputError, register_estimator
+from agentrl.credit.base import Advantages, MissingInputError, ValueHeadSpec, register_estimator
 from agentrl.credit.ops import Layout, backward_recursion, layout, next_in_traj
 from agentrl.credit.ops import whiten as whiten_rows
 from agentrl.types import StepBatch
@@ -77,6 +77,7 @@ def gae_result(
     "gae",
     inputs=("values",),
     row_inputs=("values",),
+    value_heads={"value": ValueHeadSpec(target="returns")},
     paper="Schulman et al. 2016 (GAE), arXiv 1506.02438; PPO: Schulman et al. 2017, arXiv 1707.06347",
 )
 def gae(

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.credit.base import Advantages, MissingInputError, register_estimator
+from agentrl.credit.base import Advantages, MissingInputError, ValueHeadSpec, register_estimator
 from agentrl.credit.gae import last_rows
 from agentrl.credit.ops import Layout, backward_recursion, check_choice, layout, next_in_traj, whiten
 from agentrl.types import StepBatch
@@ -111,6 +111,14 @@ def _segment_layout(seg_slot: np.ndarray) -> Layout:
     inputs=("values",),
     row_inputs=("values",),
     paper="Peng et al. 2026 (HiPER), arXiv 2602.16165",
+    # V_H is fitted on segment starts only; V_L reads the state right after </subgoal>
+    value_heads={
+        "high": ValueHeadSpec(target="target_high", applies="subgoal"),
+        "low": ValueHeadSpec(target="target_low", reads_after="subgoal"),
+        "switch": ValueHeadSpec(target="target_switch"),
+    },
+    spans=("switch", "subgoal", "action"),
+    response_format="hiper",
 )
 def hiper(
     batch: StepBatch,

@@ -46,7 +46,7 @@ def _row_corrections(batch: StepBatch, correction: Mapping[str, float] | None) -
     return m_traj[batch.traj_idx]
 
 
-@register_estimator("seeupo", paper="Hu et al. 2026 (SeeUPO), arXiv 2602.06554")
+@register_estimator("seeupo", paper="Hu et al. 2026 (SeeUPO), arXiv 2602.06554", schedule="turn_slots", loss="gspo")
 def seeupo(
     batch: StepBatch,
     *,

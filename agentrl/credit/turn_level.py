@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agentrl.credit.base import FIELD_HINTS, Advantages, MissingInputError, register_estimator
+from agentrl.credit.base import FIELD_HINTS, Advantages, MissingInputError, ValueHeadSpec, register_estimator
 from agentrl.credit.gae import gae_advantages, gae_result, last_rows, row_values
 from agentrl.credit.ops import MODES, Layout, check_choice, factorize, group_mean_std, layout, normalize
 from agentrl.types import StepBatch
@@ -42,7 +42,8 @@ def _first_tool_pos(lay: Layout, tool_call: np.ndarray) -> np.ndarray:
     return first
 
 
-@register_estimator("mt_grpo", fields=("turn_reward",), paper=PAPER)
+# two_phase splits at the first tool result: without tool calls, train the k_turn variant
+@register_estimator("mt_grpo", fields=("turn_reward",), paper=PAPER, options_if_missing={"tool_call": {"variant": "k_turn"}})
 def mt_grpo(
     batch: StepBatch,
     *,
@@ -98,7 +99,8 @@ def mt_grpo(
     return Advantages(step=step)
 
 
-@register_estimator("mt_ppo", fields=("turn_reward",), inputs=("values",), row_inputs=("values",), paper=PAPER)
+@register_estimator("mt_ppo", fields=("turn_reward",), inputs=("values",), row_inputs=("values",), paper=PAPER,
+                    value_heads={"value": ValueHeadSpec(target="returns")})  # fmt: skip
 def mt_ppo(
     batch: StepBatch,
     *,

@@ -15,14 +15,11 @@ which turns tuples into lists).
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time.)
 """
 
-import hmac
 import json
 import logging
 import math
 import secrets
-import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,24 +27,16 @@ from typing import Any
 import numpy as np
 
 from agentrl.envs.base import AgentEnv
+from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
 
-__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "read_json_body", "jsonable", "BodyError", "check_bearer",
-           "read_json_request", "MAX_BODY_BYTES", "free_port"]
+# ServerThread is the shared one (agentrl.serving), named here too: serve an env app in a thread
+__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "jsonable"]
 
-MAX_BODY_BYTES = 1_000_000
 log = logging.getLogger(__name__)
 
 
 class RemoteEnvError(RuntimeError):
     """The env server refused or failed a request; the message carries its answer."""
-
-
-class BodyError(Exception):
-    """A request refused before its handler runs; ``status`` and ``message`` are the HTTP answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def jsonable(x: Any) -> Any:
@@ -67,47 +56,6 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, (set, frozenset)):
         return sorted((jsonable(v) for v in x), key=repr)
     return str(x)
-
-
-async def read_json_body(request: Any, limit: int = MAX_BODY_BYTES) -> Any:
-    """The request's JSON body, read in chunks and refused past ``limit`` bytes (raises BodyError)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise BodyError(413, f"request body too large (limit {limit} bytes)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyError(413, f"request body too large (limit {limit} bytes)")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BodyError(400, f"request body is not valid JSON ({e})") from None
-
-
-def check_bearer(request: Any, token: str | None) -> str | None:
-    """None when the request carries the bearer token (or none is required), else the reason."""
-    if token is None:
-        return None
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return "missing or wrong bearer token"
-    return None
-
-
-async def read_json_request(request: Any, token: str | None, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The request's JSON object once the bearer token checks out: the preamble every POST route shares.
-
-    Raises BodyError: 401 without the token, 413 past ``limit`` bytes, 400 on bad JSON, 422 for a non-object.
-    """
-    refused = check_bearer(request, token)
-    if refused:
-        raise BodyError(401, refused)
-    body = await read_json_body(request, limit)
-    if not isinstance(body, dict):
-        raise BodyError(422, f"the body must be a JSON object, got {type(body).__name__}")
-    return body
 
 
 class _Slot:
@@ -254,47 +202,6 @@ def serve_env(name: str, host: str = "127.0.0.1", port: int = 8100, token: str |
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
     uvicorn.run(create_app(name, env_kwargs, token=token, max_envs=max_envs), host=host, port=port, log_level="warning")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """A real uvicorn server for an app on 127.0.0.1 in a daemon thread; ``stop()`` shuts it down."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
-        import uvicorn
-
-        self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {self.url} did not start within {timeout} s")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-
-    def __enter__(self) -> "ServerThread":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 class RemoteEnv(AgentEnv):

@@ -1,5 +1,5 @@
 """Evaluation: confidence intervals, the credit-fidelity benchmark, reports."""
 
-from agentrl.eval.stats import Interval, bootstrap_mean, wilson
+from agentrl.stats import Interval, bootstrap_mean, wilson
 
 __all__ = ["Interval", "bootstrap_mean", "wilson"]

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from agentrl.distributed import SINGLE, Dist, init_distributed, launched_processes
 from agentrl.envs import AgentEnv, make
 from agentrl.eval.report import episode_figures, write_report
-from agentrl.eval.stats import Interval, wilson
-from agentrl.trainers.distributed import SINGLE, Dist, init_distributed, launched_processes
+from agentrl.seeding import rank_seed, stream_seed
+from agentrl.stats import Interval, wilson
 from agentrl.types import Step, Trajectory, write_trajectories
 
 SCRIPTED = ("random", "expert")
@@ -131,11 +132,11 @@ def _play_policy(cfg: EvalConfig, policy: Any, env_kwargs: dict[str, Any], tasks
         raise ValueError(f"env {cfg.env!r} does not list its tasks (task_ids() is empty); policy evaluation needs task ids")
     mine = dist.share(range(len(tasks)))
     envs = [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, max(len(mine), 1)))]
-    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + 1_000_003 * dist.rank)
+    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=rank_seed(seed, dist.rank))
     builder = StepPrompt(history_k=cfg.history_k, response_format=cfg.response_format, system_prompt=cfg.system_prompt)
     try:
         groups = rollout(policy, envs, [str(tasks[k]) for k in mine], 1, max_turns=cfg.max_turns, params=params, builder=builder,
-                         seeds=[seed * 100_003 + k for k in mine], id_prefix=f"s{seed}-r{dist.rank}-" if dist.active else f"s{seed}-") if mine else []  # fmt: skip
+                         seeds=[stream_seed(seed, k) for k in mine], id_prefix=f"s{seed}-r{dist.rank}-" if dist.active else f"s{seed}-") if mine else []  # fmt: skip
     finally:
         for env in envs:
             env.close()
@@ -206,7 +207,7 @@ def _evaluate(cfg: EvalConfig, out: Path, kind: str, dist: Dist, progress: Calla
             rng = np.random.default_rng(seed)
             trajs = []
             for k, task in enumerate(tasks):
-                trajs.append(_play_scripted(env, kind, task, seed * 100_003 + k, cfg.max_turns, rng, f"s{seed}-{k}"))
+                trajs.append(_play_scripted(env, kind, task, stream_seed(seed, k), cfg.max_turns, rng, f"s{seed}-{k}"))
                 if progress and (k + 1) % max(1, len(tasks) // 10) == 0:
                     progress(f"seed {seed}: {k + 1}/{len(tasks)} episodes")
         else:

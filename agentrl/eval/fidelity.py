@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
-from agentrl.credit.hiper import HEADS as HIPER_HEADS
 from agentrl.envs.maze import ExactValues, MazeEnv
 from agentrl.types import Step, StepBatch, Trajectory
 
@@ -143,7 +142,7 @@ def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object
     for key in info.inputs:
         if key != "values":
             raise MissingInputError(f"needs input {key!r}")
-        cfg["values"] = {head: true_value for head in HIPER_HEADS} if name == "hiper" else true_value
+        cfg["values"] = info.critic_input({head: true_value for head in info.value_heads})  # the oracle on every head
     return cfg
 
 

@@ -112,16 +112,20 @@ def trainable_estimators(response_format: str = "think_action") -> list[str]:
 def method_overrides(estimator: str, base: TrainConfig) -> list[str]:
     """The overrides that turn the base config into ``estimator``'s run: the estimator with its default
     options, and what the method cannot train without."""
+    info = estimator_info(estimator)
     out = [f"algorithm.estimator={estimator}", "algorithm.options={}"]
-    if estimator == "hiper":
-        out += ["rollout.response_format=hiper", f"rollout.max_new_tokens={max(base.rollout.max_new_tokens, HIPER_MIN_NEW_TOKENS)}"]
-    elif estimator == "mt_grpo" and base.rollout.response_format != "tool_call":
-        out.append("algorithm.options={variant: k_turn}")  # two_phase needs tool calls
+    if info.response_format is not None:
+        out.append(f"rollout.response_format={info.response_format}")
+        if info.response_format == "hiper":
+            out.append(f"rollout.max_new_tokens={max(base.rollout.max_new_tokens, HIPER_MIN_NEW_TOKENS)}")
+    elif base.rollout.response_format != "tool_call" and "tool_call" in info.options_if_missing:
+        options = info.options_if_missing["tool_call"]
+        out.append("algorithm.options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}")
     return out
 
 
 def _response_format(estimator: str, base: TrainConfig) -> str:
-    return "hiper" if estimator == "hiper" else base.rollout.response_format
+    return estimator_info(estimator).response_format or base.rollout.response_format
 
 
 def _prepare_run(config_path: Path, overrides: list[str], run_dir: Path) -> bool:

@@ -41,7 +41,7 @@ from agentrl.eval.rundir import (
     task_type,
     trajectory_files,
 )
-from agentrl.eval.stats import Interval, bootstrap_mean, wilson
+from agentrl.stats import Interval, bootstrap_mean, wilson
 from agentrl.types import Trajectory
 
 __all__ = ["EvalFigures", "build_report", "episode_figures", "render_html", "render_markdown", "write_report"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import html
 import json
-import socket
 import threading
-import time
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import numpy as np
 
 from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
 from agentrl.eval.rundir import TrajectorySource, check_run_dir, finite, read_sources, trajectory_files
+from agentrl.serving import ServerThread
 from agentrl.types import StepBatch, Trajectory
 
 __all__ = ["CreditColumns", "RunSnapshot", "RunView", "create_app", "credit_columns", "serve_viewer", "start_viewer"]
@@ -416,51 +415,18 @@ def create_app(run_dir: str | Path) -> Any:
     return app
 
 
-class _ServerThread:
-    """uvicorn on an already bound socket, in a daemon thread (port 0 = a free port)."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.listen(128)  # connections made before uvicorn's loop runs wait instead of being refused
-        bound_host, bound_port = self.sock.getsockname()[:2]
-        self.url = f"http://{bound_host}:{bound_port}/"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the viewer did not start on {self.url}")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-        self.sock.close()
-
-
 def start_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Callable[[], None]]:
     """Serve ``run_dir`` in a background thread; returns (url, stop). For tests and notebooks."""
-    server = _ServerThread(create_app(run_dir), host, port)
+    server = ServerThread(create_app(run_dir), host, port)
     server.start()
-    return server.url, server.stop
+    return server.url + "/", server.stop
 
 
 def serve_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, open_browser: bool = False) -> None:
     """Serve ``run_dir`` until interrupted (Ctrl-C); prints the URL (port 0 picks a free port)."""
-    server = _ServerThread(create_app(run_dir), host, port)
-    print(f"agentrl view: serving {run_dir} at {server.url} (Ctrl-C to stop)", flush=True)
+    server = ServerThread(create_app(run_dir), host, port)
+    url = server.url + "/"
+    print(f"agentrl view: serving {run_dir} at {url} (Ctrl-C to stop)", flush=True)
     if open_browser:
-        webbrowser.open(server.url)
-    try:
-        server.server.run(sockets=[server.sock])
-    finally:
-        server.sock.close()
+        webbrowser.open(url)
+    server.serve_forever()

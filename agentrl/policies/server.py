@@ -371,7 +371,7 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
     from fastapi.responses import JSONResponse, PlainTextResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from agentrl.envs.remote import BodyError, check_bearer, read_json_body
+    from agentrl.serving import BodyError, check_bearer, read_json_body
 
     if max_batch_size < 1 or default_max_tokens < 1 or max_body_bytes < 1:
         raise ValueError("max_batch_size, default_max_tokens and max_body_bytes must be >= 1")
@@ -540,7 +540,7 @@ class PolicyServer:
     """
 
     def __init__(self, model_path: str | os.PathLike[str], *, port: int | None = None, **kwargs: Any) -> None:
-        from agentrl.envs.remote import ServerThread
+        from agentrl.serving import ServerThread
 
         self.app = build_app(model_path, **kwargs)
         self.model_name: str = self.app.state.engine.name

@@ -7,7 +7,7 @@ loss registry without importing the whole loop.
 
 from typing import Any
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "run_sft", "train"]
 
 
 def __getattr__(name: str) -> Any:

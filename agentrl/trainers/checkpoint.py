@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.trainers.distributed import SINGLE, Dist
+from agentrl.distributed import SINGLE, Dist
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentrl.eval.stats import wilson
+from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.base import Policy, SamplingParams
 from agentrl.rollout import PromptBuilder, rollout
-from agentrl.trainers.distributed import SINGLE, Dist
+from agentrl.seeding import rank_seed
+from agentrl.stats import wilson
 from agentrl.types import write_trajectories
 
 __all__ = ["evaluate"]
@@ -26,7 +27,7 @@ def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per
              episodes_path: str | os.PathLike[str] | None = None, dist: Dist = SINGLE) -> dict[str, Any]:  # fmt: skip
     """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward.
     ``episodes_path``: also write the episodes there (JSONL, for ``agentrl view``; rank 0 writes)."""
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + 1_000_003 * dist.rank)
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=rank_seed(seed, dist.rank))
     index = dist.share(range(len(task_ids)))
     groups = rollout(policy, envs, [task_ids[i] for i in index], episodes_per_task, max_turns=max_turns, params=params,
                      builder=builder, seeds=[seed + i for i in index], id_prefix=f"eval-r{dist.rank}-" if dist.active else "eval-") if index else []  # fmt: skip

@@ -93,7 +93,7 @@ def _maze(env: Any, task_id: str) -> EpisodeExpert:
 
 
 def _alfworld(env: Any, task_id: str) -> EpisodeExpert:
-    if getattr(env, "_expert", None) is None:
+    if not getattr(env, "has_expert", False):
         raise ValueError("the ALFWorld expert needs an env made with expert=True (env.kwargs.expert: true)")
 
     def act(obs: str, info: dict[str, Any]) -> ExpertTurn | None:

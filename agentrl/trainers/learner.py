@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agentrl.trainers.distributed import SINGLE, Dist
-from agentrl.trainers.losses import LOSSES, LossInput, kl_k3, masked_sum
+from agentrl.distributed import SINGLE, Dist
+from agentrl.trainers.losses import LOSSES, LossFn, LossInput, kl_k3, masked_sum
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
 
-__all__ = ["Learner", "Scores", "UpdateSettings"]
+__all__ = ["Learner", "Scores", "TrainBatch", "UpdateSettings"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,42 @@ class Scores:
     ref_logp: list[torch.Tensor] | None = None
     entropy: list[torch.Tensor] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainBatch:
+    """What one update trains on, entry i for scored row ``scores.rows[i]``: the token advantages
+    (``adv_T[i]``: float[T_i] over the response), the trained-token masks and, for a critic, the value
+    targets per head (target per scored row, rows where it applies)."""
+
+    samples: TokenSamples
+    scores: Scores
+    adv_T: Sequence[np.ndarray]
+    mask_T: Sequence[np.ndarray]
+    value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.scores.rows)
+        if not (len(self.adv_T) == len(self.mask_T) == n):
+            raise ValueError(f"need one advantage and mask array per scored row ({n})")
+
+    def __len__(self) -> int:
+        return len(self.scores.rows)
+
+    def token_count(self, entries: np.ndarray) -> float:
+        """Trained tokens of ``entries`` (the minibatch's normaliser)."""
+        return float(sum(int(np.asarray(self.mask_T[i]).sum()) for i in entries))
+
+    def per_token(self, entries: np.ndarray, reference: bool) -> dict[str, list[np.ndarray | torch.Tensor]]:
+        """Advantages, masks, old (and reference) log-probs of ``entries``, for ``collate``."""
+        out: dict[str, list[np.ndarray | torch.Tensor]] = {
+            "adv": [self.adv_T[i] for i in entries],
+            "mask": [np.asarray(self.mask_T[i], dtype=np.float32) for i in entries],
+            "old": [self.scores.logp[i] for i in entries],
+        }
+        if reference and self.scores.ref_logp is not None:
+            out["ref"] = [self.scores.ref_logp[i] for i in entries]
+        return out
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
@@ -146,18 +182,16 @@ class Learner:
         ``value_targets[head] = (target per scored row, rows where it applies)`` fits the value head
         on the features kept by ``score(..., features=True)``.
         """
+        batch = TrainBatch(samples, scores, token_adv, token_mask, value_targets)
         s = self.settings
         loss_fn = LOSSES.get(s.loss)
-        n = len(scores.rows)
-        if not (len(token_adv) == len(token_mask) == n):
-            raise ValueError(f"need one advantage and mask array per scored row ({n})")
         totals: dict[str, float] = {}
         steps = 0
         self.policy.model.train()
         try:
             for _ in range(s.epochs):
-                for mb in _chunks(rng.permutation(n), s.minibatch_size):
-                    stats = self._minibatch(samples, scores, token_adv, token_mask, mb, loss_fn, value_targets)
+                for mb in _chunks(rng.permutation(len(batch)), s.minibatch_size):
+                    stats = self._minibatch(batch, mb, loss_fn)
                     for k, v in stats.items():
                         totals[k] = totals.get(k, 0.0) + v
                     steps += 1
@@ -165,25 +199,20 @@ class Learner:
             self.policy.model.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
-    def _minibatch(self, samples, scores, token_adv, token_mask, mb, loss_fn, value_targets) -> dict[str, float]:
+    def _minibatch(self, batch: TrainBatch, mb: np.ndarray, loss_fn: LossFn) -> dict[str, float]:
+        """One optimiser step on entries ``mb`` of ``batch`` (this process's share, in micro-batches)."""
         s = self.settings
-        n_tokens = float(sum(int(np.asarray(token_mask[i]).sum()) for i in mb))
+        n_tokens = batch.token_count(mb)
         n_seqs = float(len(mb))
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
         for micro in _chunks(np.asarray(self.dist.share(mb), dtype=np.int64), s.micro_batch_size):
-            rows = scores.rows[micro]
-            per_token = {
-                "adv": [token_adv[i] for i in micro],
-                "mask": [np.asarray(token_mask[i], dtype=np.float32) for i in micro],
-                "old": [scores.logp[i] for i in micro],
-            }
-            if s.kl_coef and scores.ref_logp is not None:
-                per_token["ref"] = [scores.ref_logp[i] for i in micro]
-            packed, t = collate(samples, rows, self.policy.pad_token_id, self.device, per_token)
+            per_token = batch.per_token(micro, reference=bool(s.kl_coef))
+            packed, t = collate(batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token)
             lp = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
                                       temperature=s.temperature, with_entropy=bool(s.entropy_coef))  # fmt: skip
-            out = loss_fn(LossInput(lp.logprobs, t["old"], t["adv"], t["mask"], n_tokens, n_seqs, s.clip_low, s.clip_high))
+            out = loss_fn(LossInput(logp=lp.logprobs, old_logp=t["old"], adv=t["adv"], mask=t["mask"], n_tokens=n_tokens,
+                                    n_seqs=n_seqs, clip_low=s.clip_low, clip_high=s.clip_high))  # fmt: skip
             loss = out.loss
             if "ref" in t:
                 kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
@@ -202,12 +231,12 @@ class Learner:
         self.dist.sum_grads(self.params)
         stats = self.dist.sum_stats(stats)
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
-        if self.value_head is not None and value_targets:
-            stats["value_loss"] = self._value_loss(scores, mb, value_targets)
+        if self.value_head is not None and batch.value_targets:
+            stats["value_loss"] = self._value_loss(batch.scores, mb, batch.value_targets)
         self.optimizer.step()
         return stats
 
-    def _value_loss(self, scores: Scores, mb: np.ndarray, value_targets) -> float:
+    def _value_loss(self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
         """0.5 * mean squared error per head over the rows where its target applies (backward included)."""
         pred = self.value_head({h: f[mb] for h, f in scores.features.items()})
         terms = []

@@ -6,7 +6,7 @@ from (seed, iteration), and checkpoints hold adapter, optimiser, value head and 
 a run killed at any point and started again with the same command continues exactly: the next
 iteration's metrics equal an uninterrupted run's.
 
-Launched on several processes (``accelerate launch``/``torchrun``; ``trainers.distributed``) each
+Launched on several processes (``accelerate launch``/``torchrun``; ``agentrl.distributed``) each
 process rolls out a share of the groups and trains a share of every minibatch; rank 0 writes the
 run directory and prints progress.
 
@@ -35,25 +35,29 @@ import yaml
 
 from agentrl.agents import ChatPrompt, StepPrompt
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
+from agentrl.credit import estimator_info
+from agentrl.distributed import SINGLE, init_distributed
 from agentrl.envs import make
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import PromptBuilder, rollout
+from agentrl.seeding import derive_rng, eval_seed, stream_seed
 from agentrl.trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from agentrl.trainers.distributed import SINGLE, init_distributed
 from agentrl.trainers.evaluation import evaluate
+from agentrl.trainers.experts import get_expert
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
 from agentrl.trainers.samples import build_samples, steps_in_row_order
-from agentrl.trainers.schedule import needs_values, seeupo_update, standard_update
+from agentrl.trainers.schedule import run_update
+from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "run_sft", "train"]
 
 
 def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
@@ -67,6 +71,17 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     a line per stage, SFT epoch, evaluation and iteration (``agentrl train`` prints them).
     """
     return Trainer.from_config(config_path, out_dir, overrides).run(stop_after=stop_after, progress=progress)
+
+
+def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
+            overrides: Iterable[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+    """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
+    false); returns the merged model's directory, ``<run dir>/sft-model``."""
+    trainer = Trainer.from_config(config_path, out_dir, overrides)
+    get_expert(trainer.cfg.env.name)  # an env without an expert fails here, before any model is built
+    if progress is not None and not trainer.cfg.sft.enabled:
+        progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
+    return trainer.run_sft(progress)
 
 
 def _versions() -> dict[str, str]:
@@ -103,11 +118,22 @@ def fill_turn_rewards(groups: list[TrajectoryGroup], mode: str) -> None:
 
 
 class Trainer:
-    """One run: builds the model, envs and learner from a config and runs the loop."""
+    """One run: ``setup`` builds the model, envs and learner from a config, ``train`` runs the loop."""
+
+    # built by setup()
+    envs: list[Any]
+    eval_envs: list[Any]
+    train_tasks: list[str]
+    eval_tasks: list[str]
+    policy: HFPolicy
+    learner: Learner
+    sampler: Any  # the policy itself, or an OpenAI-compatible server's client
+    metrics: MetricsWriter | None  # rank 0 only
 
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = SINGLE
+        self.say: Callable[[str], None] = lambda line: None
 
     @classmethod
     def from_config(cls, config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
@@ -185,8 +211,6 @@ class Trainer:
         ``progress`` gets a line per stage and per epoch (the ``agentrl sft`` command prints them).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 
         say = progress or (lambda line: None)
         out = self.run_dir / "sft-model"
@@ -273,116 +297,132 @@ class Trainer:
 
         return self.dist.device if self.dist.active else pick_device(self.cfg.model.device)
 
-    def _evaluate(self, policy: HFPolicy, envs: list[Any], tasks: list[str], name: str) -> dict[str, Any]:
+    def _evaluate(self, name: str) -> dict[str, Any]:
+        """Evaluate the current policy on the held-out tasks; episodes go to ``eval/<name>.jsonl``."""
         e = self.cfg.eval
         t0 = time.time()
-        result = evaluate(policy, envs, tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
+        result = evaluate(self.policy, self.eval_envs, self.eval_tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
                           builder=self.builder(), temperature=e.temperature, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                          seed=self.cfg.seed + 7_777_777, episodes_path=self.run_dir / "eval" / f"{name}.jsonl", dist=self.dist)  # fmt: skip
+                          seed=eval_seed(self.cfg.seed), episodes_path=self.run_dir / "eval" / f"{name}.jsonl", dist=self.dist)  # fmt: skip
         result["seconds"] = time.time() - t0
         return result
 
-    # ------------------------------------------------------------------ loop
-    def run(self, stop_after: int | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    # ------------------------------------------------------------------ run
+    def setup(self, progress: Callable[[str], None] | None = None) -> None:
+        """Start the processes and build what the loop uses, stored on the trainer: envs and task lists
+        (training and evaluation), the model (tiny and SFT stages when configured), the policy, the
+        learner with the estimator's value heads, the sampler and the metrics writer (rank 0)."""
         cfg = self.cfg
-        t_run = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist = dist = init_distributed(cfg.model.device)
         self._check_resume()
         dist.barrier()  # every process has read the old config.yaml before rank 0 rewrites it
-        say = progress if progress is not None and dist.main else (lambda line: None)
+        self.say = say = progress if progress is not None and dist.main else (lambda line: None)
         if dist.active:
             say(f"data-parallel over {dist.world} processes ({dist.device.type}); rank 0 writes {self.run_dir}")
         self._write_run_files()
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
         seed_everything(cfg.seed)
-        envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
-        train_tasks = self.task_ids(envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
-        eval_envs = envs
+        self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
+        self.train_tasks = self.task_ids(self.envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
+        self.eval_envs = self.envs
         if cfg.eval.enabled and cfg.eval.env_kwargs:  # e.g. {split: valid_unseen}: held-out tasks of another split
-            eval_envs = [make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs}) for _ in range(cfg.env.num_envs)]
-        eval_tasks = self.task_ids(eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
+            self.eval_envs = [make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs}) for _ in range(cfg.env.num_envs)]
+        self.eval_tasks = self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
         if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists() and dist.main:
             say("building the tiny model (tokenizer trained on env text, random-init Qwen2)")
-        model_path = self._model_path(envs[0])
+        model_path = self._model_path(self.envs[0])
         if cfg.sft.enabled:
-            model_path = self._sft(model_path, envs[0], say)
+            model_path = self._sft(model_path, self.envs[0], say)
         seed_everything(cfg.seed)
-        policy = HFPolicy.from_pretrained(
+        self.policy = HFPolicy.from_pretrained(
             model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=dist.device if dist.active else cfg.model.device,
             dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
             merge_for_sampling=cfg.model.merge_lora_for_sampling,
         )  # fmt: skip
         if cfg.model.gradient_checkpointing:
-            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         a = cfg.algorithm
-        estimator = a.estimator
-        heads = value_heads_for(estimator, needs_values(estimator))
         settings = UpdateSettings(
             loss=a.resolved_loss, clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
             value_coef=a.value_coef, epochs=a.epochs, minibatch_size=a.minibatch_size, micro_batch_size=a.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm, temperature=cfg.rollout.temperature,
         )  # fmt: skip
-        learner = Learner(policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
-                          betas=cfg.optim.betas, value_heads=heads, dist=dist)  # fmt: skip
-        sampler = self._sampler(policy)
-        metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
+        self.learner = Learner(self.policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
+                               betas=cfg.optim.betas, value_heads=value_heads_for(a.estimator), dist=dist)  # fmt: skip
+        self.sampler = self._sampler(self.policy)
+        self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
+
+    def train(self, stop_after: int | None = None) -> Path:
+        """The loop after ``setup``: resume from the latest checkpoint, evaluate the starting policy,
+        then per iteration sync the sampler, roll out and update, log and checkpoint; evaluate after."""
+        cfg, dist, say, t_run = self.cfg, self.dist, self.say, time.time()
+        before_path = self.run_dir / "eval_before.json"
         try:
             start = 0
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
-                start = int(load_checkpoint(ckpt, learner, dist)["iteration"])
-            before_path = self.run_dir / "eval_before.json"
+                start = int(load_checkpoint(ckpt, self.learner, dist)["iteration"])
             if cfg.eval.enabled and not before_path.exists():
                 if start > 0:
                     raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
-                say(f"evaluating the starting policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-                before = self._evaluate(policy, eval_envs, eval_tasks, "before")
+                say(f"evaluating the starting policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+                before = self._evaluate("before")
                 if dist.main:
                     before_path.write_text(json.dumps(before, indent=1))
                 say("before: " + _rate(before))
             elif start > 0:
                 say(f"resuming at iteration {start} from {ckpt}")
-            if metrics is not None:
-                metrics.truncate_to(start)
+            if self.metrics is not None:
+                self.metrics.truncate_to(start)
             for it in range(start, cfg.optim.iterations):
                 if stop_after is not None and it >= stop_after:
                     return self.run_dir
-                self._sync_adapter(policy, sampler)
-                record = self.iteration(it, policy, learner, envs, train_tasks, sampler=sampler)
-                if metrics is not None:
-                    metrics.write(record)
+                self._sync_adapter()
+                record = self.iteration(it)
+                if self.metrics is not None:
+                    self.metrics.write(record)
                 say(f"iteration {it + 1}/{cfg.optim.iterations}: success {record['success_rate']:.2f} reward {record['reward_mean']:.2f} "
                     f"kl {record.get('kl', 0.0):.4f} ({record['time_iteration']:.1f} s; {time.time() - t_run:.0f} s so far)")  # fmt: skip
                 if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
-                    save_checkpoint(self.run_dir, it + 1, learner, {"last_metrics": record, "processes": dist.world},
+                    save_checkpoint(self.run_dir, it + 1, self.learner, {"last_metrics": record, "processes": dist.world},
                                     keep=cfg.logging.keep_checkpoints, dist=dist)  # fmt: skip
-            self._sync_adapter(policy, sampler)
+            self._sync_adapter()
         finally:
-            if metrics is not None:
-                metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
         if cfg.eval.enabled:
-            dist.barrier()  # rank 0 has written eval_before.json
-            before = json.loads(before_path.read_text())
-            if cfg.optim.iterations == 0:  # no update: the same policy, tasks and seeds would give the same episodes again
-                after = before
-                if dist.main and (self.run_dir / "eval" / "before.jsonl").exists():
-                    shutil.copyfile(self.run_dir / "eval" / "before.jsonl", self.run_dir / "eval" / "after.jsonl")
-            else:
-                say(f"evaluating the trained policy on {len(eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
-                after = self._evaluate(policy, eval_envs, eval_tasks, "after")
-            dist.barrier()
-            summary = {"before": before, "after": after, "estimator": estimator, "iterations": cfg.optim.iterations,
-                       "improvement": after["success_rate"] - before["success_rate"],
-                       "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
-            if dist.main:
-                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            say(f"before RL: {_rate(before)}")
-            say(f"after RL:  {_rate(after)}" + ("  (gain beyond both 95% intervals)" if summary["significant"] else ""))
+            self._summarise(before_path)
         say(f"done in {time.time() - t_run:.0f} s: {self.run_dir}")
         return self.run_dir
+
+    def run(self, stop_after: int | None = None, progress: Callable[[str], None] | None = None) -> Path:
+        """``setup`` then ``train``; returns the run directory."""
+        self.setup(progress)
+        return self.train(stop_after)
+
+    def _summarise(self, before_path: Path) -> None:
+        """Evaluate the trained policy and write ``summary.json`` (before, after, the gain)."""
+        cfg, dist, say = self.cfg, self.dist, self.say
+        dist.barrier()  # rank 0 has written eval_before.json
+        before = json.loads(before_path.read_text())
+        if cfg.optim.iterations == 0:  # no update: the same policy, tasks and seeds would give the same episodes again
+            after = before
+            if dist.main and (self.run_dir / "eval" / "before.jsonl").exists():
+                shutil.copyfile(self.run_dir / "eval" / "before.jsonl", self.run_dir / "eval" / "after.jsonl")
+        else:
+            say(f"evaluating the trained policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+            after = self._evaluate("after")
+        dist.barrier()
+        summary = {"before": before, "after": after, "estimator": cfg.algorithm.estimator, "iterations": cfg.optim.iterations,
+                   "improvement": after["success_rate"] - before["success_rate"],
+                   "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
+        if dist.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        say(f"before RL: {_rate(before)}")
+        say(f"after RL:  {_rate(after)}" + ("  (gain beyond both 95% intervals)" if summary["significant"] else ""))
 
     def _sampler(self, policy: HFPolicy) -> Any:
         """What rollouts sample from: the in-process policy, or an OpenAI-compatible server."""
@@ -393,32 +433,31 @@ class Trainer:
 
         return OpenAIPolicy.connect(server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer)
 
-    def _sync_adapter(self, policy: HFPolicy, sampler: Any) -> None:
+    def _sync_adapter(self) -> None:
         """Give a server sampler the current LoRA weights: save the adapter, load it there by name
         (rank 0 does it; every process samples from the server once it is done)."""
-        if sampler is policy:
+        if self.sampler is self.policy:
             return
         if self.dist.main:
             server = self.cfg.rollout.server
             directory = Path(server.sync_dir) if server.sync_dir else self.run_dir / "served-adapter"
-            policy.save_adapter(directory)
-            sampler.sync_adapter(directory, server.adapter_name)
+            self.policy.save_adapter(directory)
+            self.sampler.sync_adapter(directory, server.adapter_name)
         self.dist.barrier()
 
-    def iteration(self, it: int, policy: HFPolicy, learner: Learner, envs: list[Any], train_tasks: list[str], *,
-                  sampler: Any = None) -> dict[str, Any]:  # fmt: skip
-        """One rollout (from ``sampler``, default the trained policy) + update; returns the metrics record.
+    def iteration(self, it: int) -> dict[str, Any]:
+        """One rollout (from the sampler) + update; returns the metrics record.
 
         With several processes each rolls out its share of the groups; all then hold the whole batch."""
-        cfg, r, dist = self.cfg, self.cfg.rollout, self.dist
+        cfg, r, dist, train_tasks = self.cfg, self.cfg.rollout, self.dist, self.train_tasks
         t_start = time.time()
-        rng = np.random.default_rng([cfg.seed, it])
+        rng = derive_rng(cfg.seed, it)
         picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
         seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                                seed=cfg.seed * 100_003 + it + 1_000_003 * dist.rank)  # fmt: skip
+                                seed=stream_seed(cfg.seed, it, rank=dist.rank))  # fmt: skip
         mine = dist.share(range(r.groups))
-        groups = rollout(sampler or policy, envs, [train_tasks[picks[g]] for g in mine], r.group_size, max_turns=r.max_turns,
+        groups = rollout(self.sampler, self.envs, [train_tasks[picks[g]] for g in mine], r.group_size, max_turns=r.max_turns,
                          params=params, builder=self.builder(), seeds=[seeds[g] for g in mine],
                          id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-") if mine else []  # fmt: skip
         groups = dist.gather(groups)
@@ -443,15 +482,13 @@ class Trainer:
         t_update = time.time()
         batch = StepBatch.from_trajectories(groups)
         if len(batch):
-            heads = learner.value_head.heads if learner.value_head is not None else ()
             a = cfg.algorithm
-            samples = build_samples(steps, tokenizer=policy.tokenizer, parts=a.estimator == "hiper",
-                                    response_format=r.response_format, value_heads=heads)  # fmt: skip
-            update_rng = np.random.default_rng([cfg.seed, it, 1])
-            if a.estimator == "seeupo":
-                result = seeupo_update(learner, batch, samples, dict(a.options), order=a.seeupo_order, seed=cfg.seed + it, rng=update_rng)
-            else:
-                result = standard_update(learner, batch, samples, a.estimator, dict(a.options), rng=update_rng)
+            info = estimator_info(a.estimator)
+            samples = build_samples(steps, tokenizer=self.policy.tokenizer, parts=bool(info.spans),
+                                    response_format=r.response_format, value_heads=info.value_heads)  # fmt: skip
+            update_rng = derive_rng(cfg.seed, it, 1)
+            result = run_update(self.learner, batch, samples, a.estimator, dict(a.options), rng=update_rng, seed=cfg.seed + it,
+                                order=a.seeupo_order)  # fmt: skip
             record.update(result.stats)
         t_end = time.time()
         record.update({

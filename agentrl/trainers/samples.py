@@ -1,15 +1,16 @@
 """Token samples: one (prompt ids, response ids) sample per step row, and credit spread over its tokens.
 
 Rows follow ``StepBatch.from_trajectories`` order, so sample k is batch row k. Most estimators give
-one advantage per row, broadcast to every response token. HiPER routes three advantages to three
-parts of the response (switch, subgoal, action tokens, found with ``response_token_masks``); the
-other tokens of a well-formed HiPER response are not trained. A malformed response has no parts:
-all its tokens take the action advantage, which carries the invalid-action penalty [ours].
+one advantage per row, broadcast to every response token. Estimators that declare ``spans`` route
+one advantage to each part of the response (HiPER: switch, subgoal, action tokens, found with
+``response_token_masks``); the other tokens of a well-formed response are not trained. A malformed
+response has no parts: all its tokens take the last span's advantage (HiPER: the action's, which
+carries the invalid-action penalty [ours]).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +18,11 @@ import numpy as np
 import torch
 
 from agentrl.agents import parse_response, response_token_masks
-from agentrl.credit import Advantages
+from agentrl.credit import Advantages, ValueHeadSpec
 from agentrl.policies.logprobs import PackedBatch, pack_samples
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["HIPER_PARTS", "TokenSamples", "build_samples", "collate", "steps_in_row_order", "token_advantages"]
-
-HIPER_PARTS = ("switch", "subgoal", "action")
+__all__ = ["TokenSamples", "build_samples", "collate", "steps_in_row_order", "token_advantages"]
 
 
 def steps_in_row_order(trajectories: Iterable[Trajectory | TrajectoryGroup]) -> list[Step]:
@@ -38,7 +37,7 @@ def steps_in_row_order(trajectories: Iterable[Trajectory | TrajectoryGroup]) -> 
 class TokenSamples:
     """Training samples, one per step row.
 
-    ``parts[k]``: bool mask per response token for each HiPER part (empty unless built with
+    ``parts[k]``: bool mask per response token for each response part (empty unless built with
     ``parts=True``). ``value_offset[head][k]``: index into the response whose hidden state (after
     reading that token) the value head reads; -1 = the last prompt token, i.e. before the response.
     """
@@ -53,12 +52,13 @@ class TokenSamples:
 
 
 def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool = False,
-                  response_format: str = "hiper", value_heads: Sequence[str] = ()) -> TokenSamples:  # fmt: skip
+                  response_format: str = "hiper", value_heads: Mapping[str, ValueHeadSpec] | Sequence[str] = ()) -> TokenSamples:  # fmt: skip
     """Samples from steps that kept their token ids (rollout does).
 
-    ``parts``: locate HiPER's switch/subgoal/action tokens (needs ``tokenizer``). Value heads read the
-    last prompt token, except HiPER's ``low`` head, which reads the token that closes the subgoal
-    (credit.md: V_L right after ``</subgoal>``), or the last prompt token when there is no subgoal.
+    ``parts``: locate the response parts of ``response_format`` (HiPER: switch/subgoal/action tokens;
+    needs ``tokenizer``). Value heads read the last prompt token, except a head whose spec names
+    ``reads_after``: it reads the last token of that part (HiPER's V_L: right after ``</subgoal>``),
+    or the last prompt token when the response has no such part. Head names alone read the prompt.
     """
     prompts, responses = [], []
     for k, s in enumerate(steps):
@@ -75,41 +75,44 @@ def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool =
         for s, ids in zip(steps, responses):
             parsed = parse_response(s.response, response_format)
             part_masks.append(response_token_masks(tokenizer, ids, parsed) if parsed.valid else {})
+    heads = value_heads if isinstance(value_heads, Mapping) else {h: None for h in value_heads}
     offsets: dict[str, np.ndarray] = {}
-    for head in value_heads:
+    for head, spec in heads.items():
         off = np.full(len(steps), -1, dtype=np.int64)
-        if head == "low" and part_masks:
+        after = spec.reads_after if spec is not None else None
+        if after is not None and part_masks:
             for k, m in enumerate(part_masks):
-                if "subgoal" in m and m["subgoal"].any():
-                    off[k] = int(np.flatnonzero(m["subgoal"])[-1])
+                if after in m and m[after].any():
+                    off[k] = int(np.flatnonzero(m[after])[-1])
         offsets[head] = off
     return TokenSamples(prompts, responses, part_masks, offsets)
 
 
 def token_advantages(samples: TokenSamples, adv: Advantages, rows: Sequence[int] | np.ndarray | None = None,
-                     *, route_parts: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+                     *, spans: Sequence[str] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
     """(advantage per response token, trained-token mask) for each sample in ``rows`` (default all).
 
-    ``adv`` holds one entry per batch row. Without ``route_parts`` the row's ``adv.step`` goes to
-    every token. With it (HiPER): action tokens <- spans["action"], subgoal tokens <-
-    spans["subgoal"] on rows where masks["subgoal"] is set, switch tokens <- spans["switch"].
+    ``adv`` holds one entry per batch row. Without ``spans`` the row's ``adv.step`` goes to every
+    token. With them (HiPER: switch, subgoal, action) the tokens of part p take ``adv.spans[p]`` on
+    rows where ``adv.masks[p]`` is set (absent: every row); a response without parts takes the last
+    span's advantage on every token.
     """
     rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
     out_adv, out_mask = [], []
     for r in rows:
         n = len(samples.response_ids[r])
-        if not route_parts:
+        if not spans:
             out_adv.append(np.full(n, adv.step[r], dtype=np.float32))
             out_mask.append(np.ones(n, dtype=bool))
             continue
         part = samples.parts[r] if samples.parts else {}
         if not part:
-            out_adv.append(np.full(n, adv.spans.get("action", adv.step)[r], dtype=np.float32))
+            out_adv.append(np.full(n, adv.spans.get(spans[-1], adv.step)[r], dtype=np.float32))
             out_mask.append(np.ones(n, dtype=bool))
             continue
         a = np.zeros(n, dtype=np.float32)
         m = np.zeros(n, dtype=bool)
-        for name in HIPER_PARTS:
+        for name in spans:
             if name not in part or name not in adv.spans:
                 continue
             if name in adv.masks and not adv.masks[name][r]:

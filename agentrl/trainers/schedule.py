@@ -1,13 +1,16 @@
-"""Update schedules: one update on the whole batch (every estimator but SeeUPO), or SeeUPO's one
-update per turn slot in reverse order with correction factors keyed by trajectory id.
+"""Update schedules, looked up by the name an estimator declares (``EstimatorInfo.schedule``):
+``standard``, one update on the whole batch, and ``turn_slots``, SeeUPO's one update per turn slot
+in reverse order with correction factors keyed by trajectory id. A new schedule is one function
+registered with ``register_schedule``.
 
 Both score the samples first (old log-probs under the current weights, reference log-probs with
-the adapter off when KL is on, value features when the estimator needs a critic), run the
+the adapter off when KL is on, value features when the estimator has a critic), run the
 estimator, spread its credit over tokens and hand everything to the learner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,17 +19,14 @@ import torch
 
 from agentrl.credit import Advantages, estimate, estimator_info
 from agentrl.credit.seeupo import turn_slots, update_corrections
+from agentrl.registry import Registry
 from agentrl.trainers.learner import Learner, Scores
 from agentrl.trainers.losses import kl_k3
 from agentrl.trainers.samples import TokenSamples, token_advantages
 from agentrl.trainers.values import value_targets
 from agentrl.types import StepBatch
 
-__all__ = ["UpdateResult", "needs_values", "seeupo_update", "standard_update"]
-
-
-def needs_values(estimator: str) -> bool:
-    return "values" in estimator_info(estimator).inputs
+__all__ = ["SCHEDULES", "UpdateResult", "register_schedule", "run_update", "standard_update", "turn_slot_update"]
 
 
 @dataclass
@@ -35,6 +35,23 @@ class UpdateResult:
 
     advantages: Advantages
     stats: dict[str, float]
+
+
+# fn(learner, batch, samples, estimator, options, *, rng, seed, order) -> UpdateResult
+ScheduleFn = Callable[..., UpdateResult]
+SCHEDULES: Registry[ScheduleFn] = Registry("update schedule")
+
+
+def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
+    return SCHEDULES.decorator(name)
+
+
+def run_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
+               rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
+    """One iteration's update through the estimator's schedule. ``rng`` draws minibatches; ``seed`` and
+    ``order`` are for schedules that walk turn slots (the slot order, and its draw when "random")."""
+    schedule = SCHEDULES.get(estimator_info(estimator).schedule)
+    return schedule(learner, batch, samples, estimator, options, rng=rng, seed=seed, order=order)
 
 
 def _entropy_mean(scores: Scores) -> float:
@@ -58,18 +75,20 @@ def _adv_stats(adv: Advantages) -> dict[str, float]:
             "adv_zero_frac": float(np.mean(a == 0.0))}  # fmt: skip
 
 
-def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str,
-                    options: dict[str, Any], *, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
-    """Score, estimate (with critic values when needed), route credit to tokens, update once."""
-    critic = needs_values(estimator)
+@register_schedule("standard")
+def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
+                    rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
+    """Score, estimate (with critic values when needed), route credit to tokens, update once
+    (``seed`` and ``order`` are unused: there are no slots)."""
+    info = estimator_info(estimator)
+    critic = bool(info.value_heads)
     scores = learner.score(samples, reference=True, entropy=True, features=critic)
     cfg = dict(options)
     if critic:
-        v = learner.values(scores)
-        cfg["values"] = v if estimator == "hiper" else v["value"]
+        cfg["values"] = info.critic_input(learner.values(scores))
     adv = estimate(estimator, batch, **cfg)
-    token_adv, token_mask = token_advantages(samples, adv, route_parts=estimator == "hiper")
-    targets = value_targets(adv, learner.value_head.heads) if critic else None
+    token_adv, token_mask = token_advantages(samples, adv, spans=info.spans)
+    targets = value_targets(adv, info.value_heads) if critic else None
     stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
     stats.update(_adv_stats(adv))
     stats["entropy"] = _entropy_mean(scores)
@@ -78,8 +97,9 @@ def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, e
     return UpdateResult(adv, stats)
 
 
-def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, options: dict[str, Any], *,
-                  order: str = "reverse", seed: int = 0, rng: np.random.Generator) -> UpdateResult:  # fmt: skip
+@register_schedule("turn_slots")
+def turn_slot_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
+                     rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
     """SeeUPO (credit.md): for each turn slot t in ``order``, recompute old log-probs of B_t, take the
     per-turn advantages times the current M_i, update once, then ``M_i = clip(M_i * rho_i)`` with
     rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update.
@@ -91,7 +111,7 @@ def seeupo_update(learner: Learner, batch: StepBatch, samples: TokenSamples, opt
     entropies, kls, trained, slots = [], [], 0.0, turn_slots(batch, order, seed)
     for _, rows in slots:
         scores = learner.score(samples, rows, reference=True, entropy=True)
-        adv = estimate("seeupo", batch, correction=corrections, **options)
+        adv = estimate(estimator, batch, correction=corrections, **options)
         final[rows] = adv.step[rows]
         token_adv = [np.full(len(samples.response_ids[r]), adv.step[r], dtype=np.float32) for r in rows]
         token_mask = [np.ones(len(samples.response_ids[r]), dtype=bool) for r in rows]

@@ -10,22 +10,19 @@ parsed action is what the env receives and what the history shows, as in rollout
 from __future__ import annotations
 
 import math
-
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from agentrl.agents import ChatPrompt, StepPrompt, parse_response
+from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.logprobs import pack_samples, token_logprobs
-from agentrl.trainers.distributed import SINGLE, Dist
 from agentrl.trainers.experts import EXPERTS, ExpertTurn, expert_env, get_expert
 
-__all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "run_sft", "sft_train"]
+__all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "sft_train"]
 
 
 def render_response(action: str, response_format: str, turn: int, goal_hint: str = "reach the goal",
@@ -181,16 +178,3 @@ def lr_factor(schedule: str, total_steps: int, warmup_ratio: float = 0.0) -> Cal
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
-            overrides: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
-    """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
-    false); returns the merged model's directory, ``<run dir>/sft-model``."""
-    from agentrl.trainers.loop import Trainer
-
-    trainer = Trainer.from_config(config_path, out_dir, overrides)
-    get_expert(trainer.cfg.env.name)  # an env without an expert fails here, before any model is built
-    if progress is not None and not trainer.cfg.sft.enabled:
-        progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
-    return trainer.run_sft(progress)

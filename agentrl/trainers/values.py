@@ -1,5 +1,5 @@
-"""Value heads: a small linear critic on the policy's last hidden state (GAE/MT-PPO: one head;
-HiPER: V_H "high", V_L "low", V_T "switch").
+"""Value heads: a small linear critic on the policy's last hidden state, with the heads an estimator
+declares (``EstimatorInfo.value_heads``; GAE/MT-PPO: one head, HiPER: V_H, V_L, V_T).
 
 The head reads hidden states the scorer already computes (``return_hidden``), at one position per
 step row, and is fitted to the estimator's value targets. The features are detached: the critic
@@ -9,21 +9,19 @@ lr 10x the actor's for HiPER).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from agentrl.credit import Advantages
+from agentrl.credit import Advantages, ValueHeadSpec, estimator_info
 
 __all__ = ["ValueHead", "gather_features", "value_heads_for", "value_targets"]
 
 
-def value_heads_for(estimator: str, needs_values: bool) -> tuple[str, ...]:
-    """Head names an estimator needs: HiPER's three, one ``value`` head for other critics, none otherwise."""
-    if not needs_values:
-        return ()
-    return ("high", "low", "switch") if estimator == "hiper" else ("value",)
+def value_heads_for(estimator: str) -> tuple[str, ...]:
+    """Head names the estimator's critic declares (none for critic-free estimators)."""
+    return tuple(estimator_info(estimator).value_heads)
 
 
 class ValueHead(torch.nn.Module):
@@ -59,19 +57,10 @@ def gather_features(hidden_BTH: torch.Tensor, response_mask_BT: torch.Tensor, of
     return out
 
 
-def value_targets(adv: Advantages, heads: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(target, rows where it applies) per head from an estimator's extras.
-
-    GAE/MT-PPO: ``returns`` (A + V). HiPER: ``target_high`` on boundary rows only (masks["subgoal"]),
-    ``target_low`` and ``target_switch`` everywhere.
-    """
+def value_targets(adv: Advantages, heads: Mapping[str, ValueHeadSpec]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(target, rows where it applies) per head, read from the estimator's extras and masks as its
+    ``ValueHeadSpec`` says (e.g. GAE: ``returns`` = A + V everywhere; HiPER's V_H: segment starts only)."""
     n = adv.step.shape[0]
-    out = {}
-    for head in heads:
-        if head == "value":
-            out[head] = (adv.extras["returns"], np.ones(n, dtype=bool))
-        elif head == "high":
-            out[head] = (adv.extras["target_high"], adv.masks.get("subgoal", np.ones(n, dtype=bool)))
-        else:
-            out[head] = (adv.extras[f"target_{head}"], np.ones(n, dtype=bool))
-    return out
+    everywhere = np.ones(n, dtype=bool)
+    return {head: (adv.extras[spec.target], adv.masks.get(spec.applies, everywhere) if spec.applies else everywhere)
+            for head, spec in heads.items()}  # fmt: skip

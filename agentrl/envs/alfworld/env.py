@@ -109,6 +109,11 @@ class ALFWorldEnv(AgentEnv):
     def task_ids(self) -> list[str]:
         return list(self._ids)
 
+    @property
+    def has_expert(self) -> bool:
+        """Made with ``expert=True``: every step's info carries the handcoded expert's next action."""
+        return self._expert is not None
+
     def _traj_data(self, game_file: str) -> dict[str, Any]:
         with open(os.path.join(os.path.dirname(game_file), "traj_data.json"), encoding="utf-8") as f:
             return json.load(f)

@@ -108,7 +108,7 @@ def expert_trajectories(env: Any, task_ids: Sequence[str] | None = None, seed: i
     Each step holds the observation the expert acted on, its command (as ``action`` and
     ``response``), the env's reward and validity, and ``info["task_type"]``.
     """
-    if getattr(env, "_expert", None) is None:
+    if not getattr(env, "has_expert", False):
         raise ValueError("expert_trajectories needs an env made with expert=True, e.g. make('alfworld', expert=True)")
     out = []
     for task_id in task_ids if task_ids is not None else env.task_ids():

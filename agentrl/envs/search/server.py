@@ -11,7 +11,7 @@ size) and answered with a clear error; an optional bearer token guards ``/retrie
 from collections.abc import Sequence
 from typing import Any
 
-from agentrl.envs.remote import MAX_BODY_BYTES, BodyError, read_json_request
+from agentrl.serving import MAX_BODY_BYTES, BodyError, read_json_request
 from agentrl.envs.search.data import Doc
 from agentrl.envs.search.retriever import MAX_TOPK, BM25Retriever
 

@@ -1,0 +1,131 @@
+"""HTTP pieces every agentrl server shares (env server, policy server, retrieval server, viewer).
+
+``ServerThread``: uvicorn in a daemon thread on a socket bound and listening before it starts, so
+port 0 gets a free port without a race and the port is known (``.port``, ``.url``) at once.
+``check_bearer`` and ``read_json_request``: the bearer-token check and capped JSON-body preamble of
+every POST route. Servers sit above this module; it imports no other part of agentrl.
+
+(No ``from __future__ import annotations`` here: FastAPI reads handlers' annotations at run time.)
+"""
+
+import hmac
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+__all__ = ["MAX_BODY_BYTES", "BodyError", "ServerThread", "check_bearer", "free_port", "read_json_body", "read_json_request"]
+
+MAX_BODY_BYTES = 1_000_000
+
+
+class BodyError(Exception):
+    """A request refused before its handler runs; ``status`` and ``message`` are the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def read_json_body(request: Any, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body, read in chunks and refused past ``limit`` bytes (raises BodyError)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise BodyError(413, f"request body too large (limit {limit} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyError(413, f"request body too large (limit {limit} bytes)")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BodyError(400, f"request body is not valid JSON ({e})") from None
+
+
+def check_bearer(request: Any, token: str | None) -> str | None:
+    """None when the request carries the bearer token (or none is required), else the reason."""
+    if token is None:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return "missing or wrong bearer token"
+    return None
+
+
+async def read_json_request(request: Any, token: str | None, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object once the bearer token checks out: the preamble every POST route shares.
+
+    Raises BodyError: 401 without the token, 413 past ``limit`` bytes, 400 on bad JSON, 422 for a non-object.
+    """
+    refused = check_bearer(request, token)
+    if refused:
+        raise BodyError(401, refused)
+    body = await read_json_body(request, limit)
+    if not isinstance(body, dict):
+        raise BodyError(422, f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for clients that must find no server; servers bind port 0)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A uvicorn server for ``app`` in a daemon thread, on a socket bound before it starts.
+
+    ``port`` 0 (or None) takes a free port; ``.port`` and ``.url`` report the bound one. Connections
+    made before uvicorn's loop runs wait in the listen queue instead of being refused.
+    ``uvicorn_options`` go to ``uvicorn.Config`` (e.g. ``h11_max_incomplete_event_size``).
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = 0, **uvicorn_options: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port or 0))
+        self.sock.listen(128)
+        self.host, self.port = self.sock.getsockname()[:2]
+        config = uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "lifespan": "off", **uvicorn_options})
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name=f"uvicorn-{self.port}")  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server on {self.url} did not start within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def serve_forever(self) -> None:
+        """Run the server in the calling thread until it is interrupted (Ctrl-C)."""
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        self.sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
