@@ -260,3 +260,28 @@ def test_two_jobs_give_the_same_results_as_one(bench, tiny_config, tmp_path):
         a, b = result["families"]["tiny"]["methods"][name], two["families"]["tiny"]["methods"][name]
         assert a["iterations"] == b["iterations"] and a["eval_after"] == b["eval_after"], name
     assert two["jobs"] == 2 and sum(x.startswith("[") for x in lines) == 2
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_builtin_family_validates_for_every_method(family, tmp_path):
+    path = tmp_path / f"{family}.yaml"
+    path.write_text(yaml.safe_dump(FAMILIES[family]))
+    base = load_config(path)
+    assert base.rollout.history_k == 0 and base.env.kwargs["turn_rewards"] is True
+    assert base.eval.tasks.start >= base.sft.tasks.start + base.sft.tasks.count  # held-out tasks are not SFT tasks
+    assert base.rollout.max_turns == base.env.kwargs["max_steps"]
+    for name in trainable_estimators():
+        assert load_config(path, method_overrides(name, base)).algorithm.estimator == name
+    if family == "maze_long":
+        assert base.env.kwargs["size"] == 3 and base.env.kwargs["max_steps"] >= 20
+
+
+def test_bad_family_and_mixed_sources_are_refused(tmp_path, tiny_config):
+    with pytest.raises(ConfigError, match="unknown task family"):
+        credit_learning(tmp_path, families=["maze", "nope"])
+    with pytest.raises(ConfigError, match="either a config file or built-in families"):
+        credit_learning(tmp_path, config=tiny_config, families=["maze"])
+    with pytest.raises(ConfigError, match="jobs must be at least 1"):
+        credit_learning(tmp_path, config=tiny_config, jobs=0)
+    with pytest.raises(ConfigError, match="distinct"):
+        credit_learning(tmp_path, config=tiny_config, seeds=[0, 0])
