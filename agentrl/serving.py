@@ -79,8 +79,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerThread:
     """A uvicorn server for ``app`` in a daemon thread, on a socket bound before it starts.
 
-    ``port`` 0 (or None) takes a free port; ``.port`` and ``.url`` report the bound one. Connections
-    made before uvicorn's loop runs wait in the listen queue instead of being refused.
+    ``port`` 0 (or None) takes a free port; ``.port`` and ``.url`` report the bound one. The socket
+    listens from ``listen``/``start`` on (before that, connections are refused: a server built but not
+    started is down); connections made after that but before uvicorn's loop runs wait in the listen queue.
     ``uvicorn_options`` go to ``uvicorn.Config`` (e.g. ``h11_max_incomplete_event_size``).
     """
 
@@ -90,7 +91,7 @@ class ServerThread:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port or 0))
-        self.sock.listen(128)
+        self._listening = False
         self.host, self.port = self.sock.getsockname()[:2]
         config = uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "lifespan": "off", **uvicorn_options})
         self.server = uvicorn.Server(config)
@@ -101,7 +102,15 @@ class ServerThread:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def listen(self) -> None:
+        """Accept connections into the listen queue from now on (``start``/``serve_forever`` do it;
+        call it first to print the URL before serving without a refused first client)."""
+        if not self._listening:
+            self.sock.listen(128)
+            self._listening = True
+
     def start(self, timeout: float = 20.0) -> "ServerThread":
+        self.listen()
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -114,6 +123,7 @@ class ServerThread:
     def serve_forever(self) -> None:
         """Run the server in the calling thread until it is interrupted (Ctrl-C)."""
         try:
+            self.listen()
             self.server.run(sockets=[self.sock])
         finally:
             self.sock.close()

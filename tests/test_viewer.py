@@ -194,7 +194,10 @@ def test_viewer_socket_queues_connections_before_uvicorn_runs(run_dir):
 
     server = ServerThread(create_app(run_dir), "127.0.0.1", 0)
     try:
-        socket.create_connection(server.sock.getsockname()[:2], timeout=2).close()  # refused without listen()
+        with pytest.raises(ConnectionRefusedError):  # built, not listening: down
+            socket.create_connection(server.sock.getsockname()[:2], timeout=2).close()
+        server.listen()  # what serve_viewer does before printing its URL
+        socket.create_connection(server.sock.getsockname()[:2], timeout=2).close()  # queued, not refused
     finally:
         server.sock.close()
 

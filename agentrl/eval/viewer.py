@@ -425,6 +425,7 @@ def start_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0) ->
 def serve_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, open_browser: bool = False) -> None:
     """Serve ``run_dir`` until interrupted (Ctrl-C); prints the URL (port 0 picks a free port)."""
     server = ServerThread(create_app(run_dir), host, port)
+    server.listen()  # before the URL is printed: a client that connects at once waits instead of being refused
     url = server.url + "/"
     print(f"agentrl view: serving {run_dir} at {url} (Ctrl-C to stop)", flush=True)
     if open_browser:
