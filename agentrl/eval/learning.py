@@ -31,7 +31,7 @@ import yaml
 
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
 from agentrl.credit import available_estimators, estimator_info
-from agentrl.eval.stats import t95, t_mean, wilson
+from agentrl.stats import t95, t_mean, wilson
 
 __all__ = [
     "BUILTIN_CONFIG",
@@ -474,8 +474,8 @@ def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> 
     out = {}
     for name, rs in runs.items():
         rs = [r for r in rs if r["seed"] in base]
-        gain = t_mean([_frac(r["after"]) - _frac(r["before"]) for r in rs]) if rs else None
-        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "gain": _iv(gain), "gain_per_seed": [_frac(r["after"]) - _frac(r["before"]) for r in rs]}
+        gains = [_frac(r["after"]) - _frac(r["before"]) for r in rs]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "gain": _iv(t_mean(gains)) if rs else None, "gain_per_seed": gains}
         if name != baseline and rs:
             diffs = [_frac(r["after"]) - _frac(base[r["seed"]]["after"]) for r in rs]
             iv = t_mean(diffs)
