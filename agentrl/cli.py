@@ -7,11 +7,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-app = typer.Typer(help="agentrl: multi-turn agent environments, credit assignment and RL training for LLM agents.", no_args_is_help=True)
+app = typer.Typer(
+    help="agentrl: multi-turn agent environments, credit assignment and RL training for LLM agents.",
+    no_args_is_help=True,
+)
 envs_app = typer.Typer(help="List, inspect, play, generate and serve environments.", no_args_is_help=True)
 webshop_app = typer.Typer(help="WebShop: serve the shopping site.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
@@ -98,8 +101,12 @@ def _config_errors() -> Iterator[None]:
 @app.command("train")
 def train(
     config: Path = typer.Argument(..., help="a YAML config, e.g. configs/quickstart.yaml"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=1e-4 algorithm.estimator=hgpo"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default: the config's out_dir); an existing run resumes"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="dotted overrides, e.g. optim.lr=1e-4 algorithm.estimator=hgpo"
+    ),
+    out: Path | None = typer.Option(
+        None, help="run directory (default: the config's out_dir); an existing run resumes"
+    ),
 ) -> None:
     """Train a policy with RL (rollout -> credit -> LoRA update), with optional SFT warm start and evaluation.
 
@@ -111,15 +118,22 @@ def train(
     from agentrl.trainers import train as run_training
 
     with _config_errors():
-        run_dir = run_training(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
+        run_dir = run_training(
+            config,
+            out_dir=out,
+            overrides=list(overrides or []),
+            progress=lambda line: typer.echo(line, err=True),
+        )
     _main_process_echo(f"run directory: {run_dir}")
 
 
 @app.command("sft")
 def sft(
     config: Path = typer.Argument(..., help="a train config; its sft: section and model are used"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. sft.epochs=4 sft.tasks.count=500"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default: the config's out_dir)"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="dotted overrides, e.g. sft.epochs=4 sft.tasks.count=500"
+    ),
+    out: Path | None = typer.Option(None, help="run directory (default: the config's out_dir)"),
 ) -> None:
     """Only the SFT warm start of a train config: imitate the env's expert, save the merged model.
 
@@ -131,7 +145,12 @@ def sft(
     from agentrl.trainers.loop import run_sft
 
     with _config_errors():
-        model_dir = run_sft(config, out_dir=out, overrides=list(overrides or []), progress=lambda line: typer.echo(line, err=True))
+        model_dir = run_sft(
+            config,
+            out_dir=out,
+            overrides=list(overrides or []),
+            progress=lambda line: typer.echo(line, err=True),
+        )
     _main_process_echo(f"sft model: {model_dir}")
 
 
@@ -148,8 +167,10 @@ def envs_list() -> None:
 def envs_show(
     name: str,
     seed: int = typer.Option(0, help="reset seed"),
-    task_id: Optional[str] = typer.Option(None, help="task to reset to"),
-    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+    task_id: str | None = typer.Option(None, help="task to reset to"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+    ),
 ) -> None:
     """Reset an env once and print its first observation and info."""
     env = _make(name, option)
@@ -165,8 +186,10 @@ def envs_show(
 def envs_play(
     name: str,
     seed: int = typer.Option(0, help="reset seed"),
-    task_id: Optional[str] = typer.Option(None, help="task to reset to"),
-    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+    task_id: str | None = typer.Option(None, help="task to reset to"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+    ),
 ) -> None:
     """Play an env in the terminal: type an action (or the number of an admissible one); 'quit' stops."""
     env = _make(name, option)
@@ -200,7 +223,9 @@ def envs_generate(
     out: Path = typer.Option(..., help="output directory"),
     per_type: int = typer.Option(10, help="games per task type and split"),
     seed: int = typer.Option(0, help="generator seed"),
-    split: list[str] = typer.Option([], "--split", help="only this split (repeatable): train, valid_seen, valid_unseen"),
+    split: list[str] = typer.Option(
+        [], "--split", help="only this split (repeatable): train, valid_seen, valid_unseen"
+    ),
 ) -> None:
     """Generate an env's offline data set (ALFWorld games in the original json_2.1.1 layout)."""
     if name != "alfworld":
@@ -217,9 +242,11 @@ def envs_serve(
     name: str = typer.Argument(..., help="registered env to serve over HTTP"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
     port: int = typer.Option(8100, help="port"),
-    token: Optional[str] = typer.Option(None, envvar="AGENTRL_ENV_TOKEN", help="bearer token clients must send"),
+    token: str | None = typer.Option(None, envvar="AGENTRL_ENV_TOKEN", help="bearer token clients must send"),
     max_envs: int = typer.Option(256, help="most env instances open at once"),
-    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+    ),
 ) -> None:
     """Serve an env over HTTP (create/reset/step/close); use it with make("remote", url=..., token=...)."""
     from agentrl.envs import list_envs
@@ -246,22 +273,31 @@ def webshop_serve(
 @app.command("eval")
 def eval_command(
     env: str = typer.Option(..., help="registered env, e.g. alfworld, webshop, maze"),
-    policy: str = typer.Option(..., help="hf:PATH (a local model directory), vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
-                                     "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY or $AGENTRL_API_KEY), random, or expert"),
-    model: Optional[str] = typer.Option(None, help="openai: the served model or adapter name (default: the first listed)"),
+    policy: str = typer.Option(
+        ...,
+        help="hf:PATH (a local model directory), vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
+        "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY or $AGENTRL_API_KEY), random, or expert",
+    ),
+    model: str | None = typer.Option(
+        None, help="openai: the served model or adapter name (default: the first listed)"
+    ),
     out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
     episodes: int = typer.Option(50, help="tasks played per seed (the env's first N task ids)"),
     seeds: int = typer.Option(1, help="number of seeds; every task is played once per seed"),
-    split: Optional[str] = typer.Option(None, help="env split (same as -o split=...)"),
-    option: list[str] = typer.Option([], "--option", "-o", help="env constructor argument, key=value (repeatable)"),
-    adapter: Optional[Path] = typer.Option(None, help="hf: a LoRA adapter directory to load"),
+    split: str | None = typer.Option(None, help="env split (same as -o split=...)"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+    ),
+    adapter: Path | None = typer.Option(None, help="hf: a LoRA adapter directory to load"),
     max_turns: int = typer.Option(50, help="turns per episode"),
     temperature: float = typer.Option(0.0, help="hf: sampling temperature (0 = greedy)"),
     max_new_tokens: int = typer.Option(256, help="hf: tokens per response"),
     history_k: int = typer.Option(2, help="hf: (observation, action) pairs shown in the prompt"),
     response_format: str = typer.Option("think_action", help="hf: think_action, tool_call or hiper"),
     num_envs: int = typer.Option(4, help="hf: envs stepped in lockstep"),
-    system_prompt: Optional[str] = typer.Option(None, help="model policies: the system prompt training used (rollout.system_prompt)"),
+    system_prompt: str | None = typer.Option(
+        None, help="model policies: the system prompt training used (rollout.system_prompt)"
+    ),
 ) -> None:
     """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report."""
     from agentrl.eval.evaluate import EvalConfig, evaluate
@@ -271,9 +307,19 @@ def eval_command(
         env_kwargs["split"] = split
     try:
         cfg = EvalConfig(
-            env=env, policy=policy, episodes=episodes, seeds=seeds, env_kwargs=env_kwargs, max_turns=max_turns,
-            adapter=str(adapter) if adapter else None, temperature=temperature, max_new_tokens=max_new_tokens,
-            history_k=history_k, response_format=response_format, num_envs=num_envs, model=model,
+            env=env,
+            policy=policy,
+            episodes=episodes,
+            seeds=seeds,
+            env_kwargs=env_kwargs,
+            max_turns=max_turns,
+            adapter=str(adapter) if adapter else None,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            history_k=history_k,
+            response_format=response_format,
+            num_envs=num_envs,
+            model=model,
             system_prompt=system_prompt,
         )
         report = evaluate(cfg, out, progress=lambda msg: typer.echo(msg, err=True))
@@ -291,24 +337,34 @@ def serve_command(
     model_path: Path = typer.Argument(..., help="a local model directory (transformers format)"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
     port: int = typer.Option(8000, help="port"),
-    adapter: Optional[str] = typer.Option(None, help="a LoRA adapter to load at start: name=DIR or DIR"),
-    served_model_name: Optional[str] = typer.Option(None, help="model name clients use (default: the path)"),
+    adapter: str | None = typer.Option(None, help="a LoRA adapter to load at start: name=DIR or DIR"),
+    served_model_name: str | None = typer.Option(None, help="model name clients use (default: the path)"),
     max_batch_size: int = typer.Option(32, help="most sequences per generate call"),
-    api_key: Optional[str] = typer.Option(None, envvar="AGENTRL_API_KEY", help="bearer key clients must send"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
+    api_key: str | None = typer.Option(None, envvar="AGENTRL_API_KEY", help="bearer key clients must send"),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
 ) -> None:
     """An OpenAI-compatible server (chat completions with token ids, LoRA load/unload) over the hf policy."""
     if not model_path.is_dir():
         raise typer.BadParameter(f"model directory {str(model_path)!r} does not exist")
     from agentrl.policies.server import serve
 
-    serve(model_path, host=host, port=port, adapter=adapter, served_model_name=served_model_name,
-          max_batch_size=max_batch_size, api_key=api_key, device=device)
+    serve(
+        model_path,
+        host=host,
+        port=port,
+        adapter=adapter,
+        served_model_name=served_model_name,
+        max_batch_size=max_batch_size,
+        api_key=api_key,
+        device=device,
+    )
 
 
 @app.command("view")
 def view(
-    run_dir: Path = typer.Argument(..., help="a run directory (trajectories*.jsonl, metrics.jsonl, report.json, ...)"),
+    run_dir: Path = typer.Argument(
+        ..., help="a run directory (trajectories*.jsonl, metrics.jsonl, report.json, ...)"
+    ),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
     port: int = typer.Option(0, help="port (0 = a free one)"),
     open_browser: bool = typer.Option(False, "--open", help="open the page in the default browser"),
@@ -335,21 +391,31 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
 @bench_app.command("credit")
 def bench_credit(
     part: str = typer.Option(
-        "all", help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method on 2 families x 5 seeds)"
+        "all",
+        help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method on 2 families x 5 seeds)",
     ),
     sizes: str = typer.Option("16,128,1024", help="speed: comma-separated task counts P"),
     group_sizes: str = typer.Option("2,4,8,16", help="fidelity: comma-separated group sizes N"),
     tasks: int = typer.Option(16, help="fidelity: maze tasks per resample"),
     resamples: int = typer.Option(20, help="fidelity: independent groups per task and size"),
     seed: int = typer.Option(0, help="fidelity: sampling seed; learning: the first training seed"),
-    out: Optional[Path] = typer.Option(
-        None, help="fidelity: write fidelity.md/json here; learning: runs and learning.md/json/png (default runs/bench-learning)"
+    out: Path | None = typer.Option(
+        None,
+        help="fidelity: write fidelity.md/json here; learning: runs and learning.md/json/png (default runs/bench-learning)",
     ),
-    config: Optional[Path] = typer.Option(None, help="learning: one custom base training config instead of the built-in families"),
-    family: Optional[str] = typer.Option(None, help="learning: comma-separated built-in task families (default: all: maze, maze_long)"),
-    iterations: Optional[int] = typer.Option(None, min=1, help="learning: RL iterations per method (default: the config's)"),
+    config: Path | None = typer.Option(
+        None, help="learning: one custom base training config instead of the built-in families"
+    ),
+    family: str | None = typer.Option(
+        None, help="learning: comma-separated built-in task families (default: all: maze, maze_long)"
+    ),
+    iterations: int | None = typer.Option(
+        None, min=1, help="learning: RL iterations per method (default: the config's)"
+    ),
     seeds: int = typer.Option(5, min=1, help="learning: number of seeds (--seed, --seed + 1, ...)"),
-    estimators: Optional[str] = typer.Option(None, help="learning: comma-separated estimators (default: every one the trainer can run)"),
+    estimators: str | None = typer.Option(
+        None, help="learning: comma-separated estimators (default: every one the trainer can run)"
+    ),
     baseline: str = typer.Option("grpo", help="learning: the method every other one is paired against"),
     jobs: int = typer.Option(2, min=1, help="learning: runs trained at once, one process each"),
 ) -> None:
@@ -382,7 +448,9 @@ def bench_credit(
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "fidelity.md").write_text(table + "\n", encoding="utf-8")
-            (out / "fidelity.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1), encoding="utf-8")
+            (out / "fidelity.json").write_text(
+                json.dumps([r.as_dict() for r in rows], indent=1), encoding="utf-8"
+            )
             typer.echo(f"wrote {out / 'fidelity.md'} and {out / 'fidelity.json'}", err=True)
     if part == "learning":
         from agentrl.config import ConfigError

@@ -54,7 +54,9 @@ class ModelConfig(Section):
     logprob_chunk_size: int = Field(512, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences on GPU)
-    merge_lora_for_sampling: bool = True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
+    merge_lora_for_sampling: bool = (
+        True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
+    )
 
 
 class LoraConfig(Section):
@@ -171,7 +173,9 @@ class AlgorithmConfig(Section):
         allowed = sorted(set(info.options) - {"values", "correction"})
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}"
+            )
         return self
 
     @property
@@ -197,7 +201,9 @@ class SFTConfig(Section):
     tasks: TaskRange = TaskRange(start=0, count=200)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 over the run (after the warm-up)
+    lr_schedule: Literal["constant", "cosine"] = (
+        "constant"  # cosine: decay to 0 over the run (after the warm-up)
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of the steps with a linear warm-up
     batch_size: int = Field(16, ge=1)
     full_finetune: bool = True  # False: train a LoRA adapter and merge it
@@ -211,7 +217,9 @@ class EvalConfig(Section):
     episodes_per_task: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)
     max_turns: int | None = Field(None, ge=1)
-    env_kwargs: dict[str, Any] = {}  # merged over env.kwargs for the evaluation envs, e.g. {split: valid_unseen}
+    env_kwargs: dict[
+        str, Any
+    ] = {}  # merged over env.kwargs for the evaluation envs, e.g. {split: valid_unseen}
 
 
 class LoggingConfig(Section):
@@ -262,7 +270,9 @@ class TrainConfig(Section):
 
         needed = estimator_info(self.algorithm.estimator).response_format
         if needed is not None and self.rollout.response_format != needed:
-            raise ValueError(f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}")
+            raise ValueError(
+                f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}"
+            )
         return self
 
 
@@ -319,7 +329,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             raise ConfigError(f"override {item!r} has an empty key part")
         allowed = _fields_of(TrainConfig, tuple(parts[:-1]))
         if allowed is not None and parts[-1] not in allowed:
-            raise ConfigError(f"unknown key {key.strip()!r} in override {item!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"unknown key {key.strip()!r} in override {item!r}; allowed: {', '.join(allowed)}"
+            )
         node = out
         for p in parts[:-1]:
             if not isinstance(node.get(p, {}), dict):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:  # torch is imported when a collective runs, so a single-process user of Dist (the
     import torch  # evaluation of scripted policies) does not need the training extra
 
-__all__ = ["Dist", "SINGLE", "init_distributed", "launched_processes"]
+__all__ = ["SINGLE", "Dist", "init_distributed", "launched_processes"]
 
 T = TypeVar("T")
 
@@ -105,7 +105,9 @@ class Dist:
 
         with torch.no_grad():
             for p in params:
-                on_device = p.data if self.device is None or p.device == self.device else p.data.to(self.device)
+                on_device = (
+                    p.data if self.device is None or p.device == self.device else p.data.to(self.device)
+                )
                 torch.distributed.broadcast(on_device, src=0)
                 if on_device is not p.data:
                     p.data.copy_(on_device)
@@ -154,10 +156,16 @@ def init_distributed(device: str | None = None) -> Dist:
     cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not cpu and local_rank >= torch.cuda.device_count():
-        raise ValueError(f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} visible): "
-                         "launch one process per GPU, or train on CPU processes with model.device=cpu")  # fmt: skip
+        raise ValueError(
+            f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} visible): "
+            "launch one process per GPU, or train on CPU processes with model.device=cpu"
+        )
     state = PartialState(cpu=cpu)  # a singleton: later calls in this process reuse the group
     if state.num_processes <= 1:
         return SINGLE
     atexit.register(_destroy_process_group)
-    return Dist(rank=state.process_index, world=state.num_processes, device=torch.device("cpu") if cpu else state.device)
+    return Dist(
+        rank=state.process_index,
+        world=state.num_processes,
+        device=torch.device("cpu") if cpu else state.device,
+    )

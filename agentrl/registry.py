@@ -28,7 +28,9 @@ class Registry(Generic[T]):
         if not name or not isinstance(name, str):
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if name in self._items and not overwrite:
-            raise ValueError(f"{self.kind} {name!r} is already registered (pass overwrite=True to replace it)")
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered (pass overwrite=True to replace it)"
+            )
         self._items[name] = item
         return item
 

@@ -44,12 +44,14 @@ class ListEnvs:
         self.envs = list(envs)
         self.num_envs = len(self.envs)
 
-    def reset_each(self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
+    def reset_each(
+        self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]
+    ) -> list[Outcome | BaseException]:
         out: list[Outcome | BaseException] = []
         for i, s, o in zip(indices, seeds, options):
             try:
                 out.append(tuple(self.envs[i].reset(seed=s, options=o)))
-            except Exception as e:  # noqa: BLE001 - recorded on the episode
+            except Exception as e:
                 out.append(e)
         return out
 
@@ -58,7 +60,7 @@ class ListEnvs:
         for i, a in zip(indices, actions):
             try:
                 out.append(tuple(self.envs[i].step(a)))
-            except Exception as e:  # noqa: BLE001 - recorded on the episode
+            except Exception as e:
                 out.append(e)
         return out
 
@@ -71,20 +73,30 @@ class _PoolEnvs:
         self.pool = pool
         self.num_envs = int(pool.num_envs)
 
-    def _each(self, call: Callable[..., list[Any]], n: int, *args_per_env: Sequence[Any]) -> list[Outcome | BaseException]:
+    def _each(
+        self, call: Callable[..., list[Any]], n: int, *args_per_env: Sequence[Any]
+    ) -> list[Outcome | BaseException]:
         try:
             return [tuple(r) for r in call(*args_per_env)]
-        except Exception:  # noqa: BLE001 - isolate the failing env below
+        except Exception:
             out: list[Outcome | BaseException] = []
             for k in range(n):
                 try:
                     out.append(tuple(call(*[[a[k]] for a in args_per_env])[0]))
-                except Exception as e:  # noqa: BLE001 - recorded on the episode
+                except Exception as e:
                     out.append(e)
             return out
 
-    def reset_each(self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]) -> list[Outcome | BaseException]:
-        return self._each(lambda i, s, o: self.pool.reset(indices=i, seeds=s, options=o), len(indices), indices, seeds, options)
+    def reset_each(
+        self, indices: Sequence[int], seeds: Sequence[int | None], options: Sequence[dict[str, Any]]
+    ) -> list[Outcome | BaseException]:
+        return self._each(
+            lambda i, s, o: self.pool.reset(indices=i, seeds=s, options=o),
+            len(indices),
+            indices,
+            seeds,
+            options,
+        )
 
     def step_each(self, actions: Sequence[str], indices: Sequence[int]) -> list[Outcome | BaseException]:
         return self._each(lambda a, i: self.pool.step(a, indices=i), len(indices), actions, indices)
@@ -135,49 +147,77 @@ class Episode:
         if self.error is not None:
             info["error"] = self.error
         return Trajectory(
-            task_id=self.task_id, group_id=self.group_id, traj_id=self.traj_id, steps=self.steps,
-            terminated=self.terminated, truncated=self.truncated, success=self.success, info=info,
-        )  # fmt: skip
+            task_id=self.task_id,
+            group_id=self.group_id,
+            traj_id=self.traj_id,
+            steps=self.steps,
+            terminated=self.terminated,
+            truncated=self.truncated,
+            success=self.success,
+            info=info,
+        )
 
 
 def _prompt(builder: PromptBuilder, ep: Episode) -> Messages:
     actions = ep.info.get("admissible_actions")
     if isinstance(builder, ChatPrompt):
-        return builder.build(ep.task, ep.observations, [s.response for s in ep.steps], actions, tools=ep.tools)
+        return builder.build(
+            ep.task, ep.observations, [s.response for s in ep.steps], actions, tools=ep.tools
+        )
     history = [(s.obs, s.action or s.response) for s in ep.steps]
     return builder.build(ep.task, ep.obs, history, actions, subgoal=ep.subgoal, tools=ep.tools)
 
 
-def _generate(policy: Policy, prompts: list[Messages], params: SamplingParams) -> list[Generation | BaseException]:
+def _generate(
+    policy: Policy, prompts: list[Messages], params: SamplingParams
+) -> list[Generation | BaseException]:
     """One batched call; if it raises, each prompt alone, so only the failing ones are lost."""
     try:
         out = policy.generate(prompts, params)
         if len(out) != len(prompts):
             raise RuntimeError(f"policy returned {len(out)} generations for {len(prompts)} prompts")
         return list(out)
-    except Exception:  # noqa: BLE001 - isolate the failing prompt below
+    except Exception:
         results: list[Generation | BaseException] = []
         for p in prompts:
             try:
                 results.append(policy.generate([p], params)[0])
-            except Exception as e:  # noqa: BLE001 - recorded on the episode
+            except Exception as e:
                 results.append(e)
         return results
 
 
-def _record_step(ep: Episode, messages: Messages, gen: Generation, fmt: str, result: Outcome | BaseException, max_turns: int) -> None:
+def _record_step(
+    ep: Episode,
+    messages: Messages,
+    gen: Generation,
+    fmt: str,
+    result: Outcome | BaseException,
+    max_turns: int,
+) -> None:
     parsed = parse_response(gen.text, fmt)
-    info: dict[str, Any] = {**parsed.step_info(ep.subgoal), "format_valid": parsed.valid, "finish_reason": gen.finish_reason}
+    info: dict[str, Any] = {
+        **parsed.step_info(ep.subgoal),
+        "format_valid": parsed.valid,
+        "finish_reason": gen.finish_reason,
+    }
     if parsed.reason:
         info["parse_error"] = parsed.reason
     if fmt == "hiper":  # a malformed HiPER turn keeps the current subgoal, so every row has both columns
         info.setdefault("switch", "KEEP")
         info.setdefault("subgoal", ep.subgoal or "")
     step = Step(
-        obs=ep.obs, response=gen.text, action=parsed.action, valid=parsed.valid,
-        state_key=ep.info.get("state_key"), prompt=messages, prompt_ids=list(gen.prompt_ids),
-        response_ids=list(gen.response_ids), response_logprobs=[float(x) for x in gen.logprobs], info=info,
-    )  # fmt: skip
+        obs=ep.obs,
+        response=gen.text,
+        action=parsed.action,
+        valid=parsed.valid,
+        state_key=ep.info.get("state_key"),
+        prompt=messages,
+        prompt_ids=list(gen.prompt_ids),
+        response_ids=list(gen.response_ids),
+        response_logprobs=[float(x) for x in gen.logprobs],
+        info=info,
+    )
     ep.steps.append(step)
     if "subgoal" in info:
         ep.subgoal = info["subgoal"] or ep.subgoal
@@ -203,7 +243,10 @@ def _record_step(ep: Episode, messages: Messages, gen: Generation, fmt: str, res
     if env_info.get("tools") is not None:
         ep.tools = list(env_info["tools"])
     ep.observations.append(ep.obs)
-    ep.terminated, ep.truncated = bool(terminated), bool(truncated) or (not terminated and len(ep.steps) >= max_turns)
+    ep.terminated, ep.truncated = (
+        bool(terminated),
+        bool(truncated) or (not terminated and len(ep.steps) >= max_turns),
+    )
 
 
 def rollout(
@@ -251,7 +294,9 @@ def rollout(
         starting = [(i, pending.popleft()) for i in free]
         if starting:
             results = batch.reset_each(
-                [i for i, _ in starting], [ep.seed for _, ep in starting], [{"task_id": ep.task_id} for _, ep in starting]
+                [i for i, _ in starting],
+                [ep.seed for _, ep in starting],
+                [{"task_id": ep.task_id} for _, ep in starting],
             )
             for (i, ep), res in zip(starting, results):
                 if isinstance(res, BaseException):
@@ -269,10 +314,12 @@ def rollout(
         for i in slots:
             try:
                 messages.append(_prompt(builder, active[i]))
-            except Exception as e:  # noqa: BLE001 - recorded on the episode
+            except Exception as e:
                 messages.append(e)
         ok = [k for k, m in enumerate(messages) if not isinstance(m, BaseException)]
-        call_params = params if params.seed is None else dataclasses.replace(params, seed=call_seed(params.seed, calls))
+        call_params = (
+            params if params.seed is None else dataclasses.replace(params, seed=call_seed(params.seed, calls))
+        )
         calls += 1
         gens = _generate(policy, [messages[k] for k in ok], call_params) if ok else []
         gen_of: dict[int, Generation | BaseException] = dict(zip(ok, gens))
@@ -294,5 +341,7 @@ def rollout(
     groups: dict[str, list[Trajectory]] = {}
     for ep in episodes:
         groups.setdefault(ep.group_id, []).append(ep.trajectory())
-    return [TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs) for gid, trajs in groups.items()]
-
+    return [
+        TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs)
+        for gid, trajs in groups.items()
+    ]

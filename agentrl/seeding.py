@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EVAL_OFFSET", "RANK_STRIDE", "STRIDE", "call_seed", "derive_rng", "eval_seed", "rank_seed", "stream_seed"]
+__all__ = [
+    "EVAL_OFFSET",
+    "RANK_STRIDE",
+    "STRIDE",
+    "call_seed",
+    "derive_rng",
+    "eval_seed",
+    "rank_seed",
+    "stream_seed",
+]
 
 STRIDE = 100_003  # seed * STRIDE + k: stream k of a seed (an iteration's sampling, an episode)
-RANK_STRIDE = 1_000_003  # + rank * RANK_STRIDE: one stream per process; seed * RANK_STRIDE + call: one per policy call
+RANK_STRIDE = (
+    1_000_003  # + rank * RANK_STRIDE: one stream per process; seed * RANK_STRIDE + call: one per policy call
+)
 EVAL_OFFSET = 7_777_777  # evaluation draws apart from training
 
 

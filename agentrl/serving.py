@@ -15,7 +15,15 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["MAX_BODY_BYTES", "BodyError", "ServerThread", "check_bearer", "free_port", "read_json_body", "read_json_request"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "BodyError",
+    "ServerThread",
+    "check_bearer",
+    "free_port",
+    "read_json_body",
+    "read_json_request",
+]
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -85,18 +93,25 @@ class ServerThread:
     ``uvicorn_options`` go to ``uvicorn.Config`` (e.g. ``h11_max_incomplete_event_size``).
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = 0, **uvicorn_options: Any) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int | None = 0, **uvicorn_options: Any
+    ) -> None:
         import uvicorn
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
+        self.sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )  # asyncio sets TCP_NODELAY only then
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port or 0))
         self._listening = False
         self.host, self.port = self.sock.getsockname()[:2]
-        config = uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "lifespan": "off", **uvicorn_options})
+        config = uvicorn.Config(
+            app, **{"log_level": "warning", "access_log": False, "lifespan": "off", **uvicorn_options}
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                       name=f"uvicorn-{self.port}")  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name=f"uvicorn-{self.port}"
+        )
 
     @property
     def url(self) -> str:

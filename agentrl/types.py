@@ -21,15 +21,15 @@ import numpy as np
 
 __all__ = [
     "Step",
-    "Trajectory",
-    "TrajectoryGroup",
     "StepBatch",
+    "Trajectory",
     "TrajectoryFileError",
-    "write_trajectories",
-    "read_trajectories",
+    "TrajectoryGroup",
     "iter_trajectories",
-    "stable_hash",
     "normalize_action",
+    "read_trajectories",
+    "stable_hash",
+    "write_trajectories",
 ]
 
 
@@ -163,7 +163,9 @@ class TrajectoryFileError(ValueError):
         )
 
 
-def write_trajectories(path: str | os.PathLike[str], trajectories: Iterable[Trajectory], append: bool = False) -> int:
+def write_trajectories(
+    path: str | os.PathLike[str], trajectories: Iterable[Trajectory], append: bool = False
+) -> int:
     """Write one JSON object per line; returns the number written. Floats round-trip exactly."""
     n = 0
     with open(path, "a" if append else "w", encoding="utf-8") as f:
@@ -222,7 +224,9 @@ def normalize_action(action: str) -> str:
 
 def stable_hash(text: str) -> int:
     """A 64-bit hash of a string that is the same in every process (unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True
+    )
 
 
 class _Hasher:
@@ -284,7 +288,9 @@ class StepBatch:
         seen: set[str] = set()
         for t in trajs:
             if t.traj_id in seen:
-                raise ValueError(f"duplicate traj_id {t.traj_id!r}: every trajectory in a batch needs its own id")
+                raise ValueError(
+                    f"duplicate traj_id {t.traj_id!r}: every trajectory in a batch needs its own id"
+                )
             seen.add(t.traj_id)
 
         group_index: dict[str, int] = {}
@@ -294,12 +300,18 @@ class StepBatch:
                 group_index[t.group_id] = len(group_index)
                 group_task.append(t.task_id)
             elif group_task[group_index[t.group_id]] != t.task_id:
-                raise ValueError(f"group {t.group_id!r} mixes tasks {group_task[group_index[t.group_id]]!r} and {t.task_id!r}")
+                raise ValueError(
+                    f"group {t.group_id!r} mixes tasks {group_task[group_index[t.group_id]]!r} and {t.task_id!r}"
+                )
 
         lengths = np.array([len(t.steps) for t in trajs], dtype=np.int64)
         n_rows = int(lengths.sum())
         traj_idx = np.repeat(np.arange(len(trajs), dtype=np.int64), lengths)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(trajs) else np.zeros(0, np.int64)
+        starts = (
+            np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            if len(trajs)
+            else np.zeros(0, np.int64)
+        )
         turn = np.arange(n_rows, dtype=np.int64) - np.repeat(starts, lengths)
         last = np.zeros(n_rows, dtype=bool)
         last[np.cumsum(lengths) - 1] = True
@@ -318,20 +330,27 @@ class StepBatch:
             state_text[:] = [s.state_key for s in steps]
             # A step without a state key never shares an anchor group: give it a private key.
             state_key = np.fromiter(
-                (hasher(k) if k is not None else stable_hash(f"\0no-state\0{r}") for r, k in enumerate(state_text)),
+                (
+                    hasher(k) if k is not None else stable_hash(f"\0no-state\0{r}")
+                    for r, k in enumerate(state_text)
+                ),
                 np.int64,
                 n_rows,
             )
 
         turn_reward = None
         if any(s.turn_reward is not None for s in steps):
-            turn_reward = np.fromiter((0.0 if s.turn_reward is None else s.turn_reward for s in steps), np.float64, n_rows)
+            turn_reward = np.fromiter(
+                (0.0 if s.turn_reward is None else s.turn_reward for s in steps), np.float64, n_rows
+            )
 
         tool_call = switch = subgoal = None
         if any("tool_call" in s.info for s in steps):
             tool_call = np.fromiter((bool(s.info.get("tool_call", False)) for s in steps), bool, n_rows)
         if any("switch" in s.info for s in steps):
-            switch = np.fromiter((str(s.info.get("switch", "KEEP")).strip().upper() == "SWITCH" for s in steps), bool, n_rows)
+            switch = np.fromiter(
+                (str(s.info.get("switch", "KEEP")).strip().upper() == "SWITCH" for s in steps), bool, n_rows
+            )
         if any("subgoal" in s.info for s in steps):
             subgoal = np.empty(n_rows, dtype=object)
             subgoal[:] = [str(s.info.get("subgoal") or "") for s in steps]
@@ -416,7 +435,9 @@ class StepBatch:
         """A batch of the given rows, in the given order; ids and name tables are kept."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = {name: getattr(self, name)[rows] for name in self.row_columns()}
-        return StepBatch(**cols, traj_names=self.traj_names, group_names=self.group_names, task_names=self.task_names)
+        return StepBatch(
+            **cols, traj_names=self.traj_names, group_names=self.group_names, task_names=self.task_names
+        )
 
     def canonical_order(self) -> np.ndarray:
         """Row permutation that groups rows by trajectory index and sorts them by turn."""
@@ -427,7 +448,10 @@ class StepBatch:
         if len(self) < 2:
             return True
         same = self.traj_idx[1:] == self.traj_idx[:-1]
-        return bool(np.all(self.traj_idx[1:] >= self.traj_idx[:-1]) and np.all(self.turn[1:][same] > self.turn[:-1][same]))
+        return bool(
+            np.all(self.traj_idx[1:] >= self.traj_idx[:-1])
+            and np.all(self.turn[1:][same] > self.turn[:-1][same])
+        )
 
     def summary(self) -> dict[str, float]:
         """Batch-level figures for logs: rows, trajectories, groups, success and invalid rates."""

@@ -30,14 +30,40 @@ def _free_port() -> str:
 
 
 def run(processes: int, threads: int, iterations: int, device: str, out: Path) -> dict[str, float]:
-    overrides = ["sft.enabled=false", "eval.enabled=false", f"optim.iterations={iterations}", "logging.tensorboard=false",
-                 "logging.save_trajectories=false", f"model.torch_threads={threads}", f"model.device={device}"]  # fmt: skip
-    cli = ["-m", "agentrl.cli", "train", str(ROOT / "configs" / "quickstart.yaml"), *overrides, "--out", str(out)]
+    overrides = [
+        "sft.enabled=false",
+        "eval.enabled=false",
+        f"optim.iterations={iterations}",
+        "logging.tensorboard=false",
+        "logging.save_trajectories=false",
+        f"model.torch_threads={threads}",
+        f"model.device={device}",
+    ]
+    cli = [
+        "-m",
+        "agentrl.cli",
+        "train",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        *overrides,
+        "--out",
+        str(out),
+    ]
     if processes > 1:
-        cli = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-               "--master_port", _free_port(), *cli]  # fmt: skip
+        cli = [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            _free_port(),
+            *cli,
+        ]
     subprocess.run([sys.executable, *cli], check=True, capture_output=True, text=True)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # the first warms up
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][
+        1:
+    ]  # the first warms up
     return {
         "processes": processes,
         "threads_per_process": threads,
@@ -52,16 +78,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--iterations", type=int, default=4, help="iterations per run (the first is not counted)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the 1-process run, split among the N processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads of the 1-process run, split among the N processes",
+    )
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     if args.iterations < 2:
         p.error("--iterations must be >= 2 (the first is a warm-up)")
     with tempfile.TemporaryDirectory() as tmp:
         one = run(1, args.threads, args.iterations, args.device, Path(tmp) / "one")
-        many = run(args.processes, max(1, args.threads // args.processes), args.iterations, args.device, Path(tmp) / "many")
-    print(json.dumps({"one_process": one, f"{args.processes}_processes": many,
-                      "speedup_iteration": round(one["time_iteration"] / many["time_iteration"], 2)}, indent=1))  # fmt: skip
+        many = run(
+            args.processes,
+            max(1, args.threads // args.processes),
+            args.iterations,
+            args.device,
+            Path(tmp) / "many",
+        )
+    print(
+        json.dumps(
+            {
+                "one_process": one,
+                f"{args.processes}_processes": many,
+                "speedup_iteration": round(one["time_iteration"] / many["time_iteration"], 2),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

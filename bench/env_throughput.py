@@ -31,7 +31,9 @@ def _pick(info: dict[str, Any], rng: random.Random) -> str:
     return rng.choice(acts)
 
 
-def latency(env_name: str, env_kwargs: dict[str, Any], steps: int, warmup_tasks: int, seed: int) -> dict[str, float]:
+def latency(
+    env_name: str, env_kwargs: dict[str, Any], steps: int, warmup_tasks: int, seed: int
+) -> dict[str, float]:
     """Median reset and step time (ms) of one in-process env, after every task was played once."""
     env = make(env_name, **env_kwargs)
     tasks = list(env.task_ids())[:warmup_tasks] or [None]
@@ -56,7 +58,12 @@ def latency(env_name: str, env_kwargs: dict[str, Any], steps: int, warmup_tasks:
             if terminated or truncated:
                 break
     env.close()
-    return {"reset_ms_median": statistics.median(reset_ms), "step_ms_median": statistics.median(step_ms), "resets": len(reset_ms), "steps": len(step_ms)}
+    return {
+        "reset_ms_median": statistics.median(reset_ms),
+        "step_ms_median": statistics.median(step_ms),
+        "resets": len(reset_ms),
+        "steps": len(step_ms),
+    }
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -70,7 +77,15 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, seconds: float, seed: int, backend: str, episode_len: int) -> dict[str, float]:
+def pool_throughput(
+    env_name: str,
+    env_kwargs: dict[str, Any],
+    workers: int,
+    seconds: float,
+    seed: int,
+    backend: str,
+    episode_len: int,
+) -> dict[str, float]:
     """Steps/s and resets/s of a pool driven in lock-step batches for ``seconds`` after warm-up."""
     with EnvPool(env_name, workers, env_kwargs=env_kwargs, backend=backend) as pool:
         probe = make(env_name, **env_kwargs)
@@ -107,14 +122,22 @@ def pool_throughput(env_name: str, env_kwargs: dict[str, Any], workers: int, sec
                     done.append(k)
             if done:
                 opts = options()[: len(done)]
-                for k, (_obs, info) in zip(done, pool.reset(indices=done, seeds=[seed] * len(done), options=opts)):
+                for k, (_obs, info) in zip(
+                    done, pool.reset(indices=done, seeds=[seed] * len(done), options=opts)
+                ):
                     infos[k] = info
                     lengths[k] = 0
                 resets_done += len(done)
         elapsed = time.perf_counter() - t0
         cpu = _cpu_seconds(pids) - cpu0
     # CPU per step (parent + workers) does not depend on what else runs on the machine
-    return {"workers": workers, "steps_per_s": steps / elapsed, "resets_per_s": resets_done / elapsed, "seconds": elapsed, "cpu_ms_per_step": 1e3 * cpu / steps if pids else None}
+    return {
+        "workers": workers,
+        "steps_per_s": steps / elapsed,
+        "resets_per_s": resets_done / elapsed,
+        "seconds": elapsed,
+        "cpu_ms_per_step": 1e3 * cpu / steps if pids else None,
+    }
 
 
 def _spin(n: int) -> float:
@@ -144,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="alfworld")
     parser.add_argument("--split", default="train", help="alfworld split")
-    parser.add_argument("--data-dir", default=None, help="alfworld games (default: the generated set in the cache)")
+    parser.add_argument(
+        "--data-dir", default=None, help="alfworld games (default: the generated set in the cache)"
+    )
     parser.add_argument("--steps", type=int, default=400, help="steps timed for the latency medians")
-    parser.add_argument("--warmup-tasks", type=int, default=20, help="tasks played once before timing latency")
+    parser.add_argument(
+        "--warmup-tasks", type=int, default=20, help="tasks played once before timing latency"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per pool")
     parser.add_argument("--episode-len", type=int, default=10, help="steps before a pool env is reset")
     parser.add_argument("--stock", action="store_true", help="also time the stock engine (no caches)")
@@ -161,19 +188,31 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"env": args.env}
     report["latency_fast"] = latency(args.env, kwargs, args.steps, args.warmup_tasks, args.seed)
     if args.stock and args.env == "alfworld":
-        report["latency_stock"] = latency(args.env, {**kwargs, "fast": False}, max(50, args.steps // 8), min(5, args.warmup_tasks), args.seed)
+        report["latency_stock"] = latency(
+            args.env,
+            {**kwargs, "fast": False},
+            max(50, args.steps // 8),
+            min(5, args.warmup_tasks),
+            args.seed,
+        )
     for name, lat in ((k, v) for k, v in report.items() if k.startswith("latency")):
-        print(f"{name:16s} reset {lat['reset_ms_median']:8.1f} ms   step {lat['step_ms_median']:7.2f} ms   (medians of {lat['resets']} resets, {lat['steps']} steps)")
+        print(
+            f"{name:16s} reset {lat['reset_ms_median']:8.1f} ms   step {lat['step_ms_median']:7.2f} ms   (medians of {lat['resets']} resets, {lat['steps']} steps)"
+        )
     pools = [("process", 1), ("process", 2)] + ([("ray", 2)] if args.ray else [])
     for backend, n in pools:
         r = pool_throughput(args.env, kwargs, n, args.seconds, args.seed, backend, args.episode_len)
         report[f"pool_{backend}_{n}"] = r
         cpu = f"   {r['cpu_ms_per_step']:.2f} CPU-ms/step" if r["cpu_ms_per_step"] is not None else ""
-        print(f"pool {backend:8s} x{n}   {r['steps_per_s']:8.1f} steps/s   {r['resets_per_s']:7.1f} resets/s{cpu}")
+        print(
+            f"pool {backend:8s} x{n}   {r['steps_per_s']:8.1f} steps/s   {r['resets_per_s']:7.1f} resets/s{cpu}"
+        )
     one, two = report["pool_process_1"]["steps_per_s"], report["pool_process_2"]["steps_per_s"]
     report["speedup_2_vs_1"] = two / one
     report["cpu_headroom_2_procs"] = cpu_headroom()
-    print(f"2 workers / 1 worker: {two / one:.2f}x   (two busy processes on this machine now: {report['cpu_headroom_2_procs']:.2f}x)")
+    print(
+        f"2 workers / 1 worker: {two / one:.2f}x   (two busy processes on this machine now: {report['cpu_headroom_2_procs']:.2f}x)"
+    )
     if args.ray:
         import ray
 

@@ -29,15 +29,28 @@ def run_seed(seed: int, out: Path, overrides: list[str]) -> dict:
     if summary_path.exists() and timing_path.exists():
         minutes = json.loads(timing_path.read_text())["minutes"]
     else:
-        cli = [sys.executable, "-m", "agentrl.cli", "train", str(ROOT / "configs" / "quickstart.yaml"), f"seed={seed}",
-               *overrides, "--out", str(out)]  # fmt: skip
+        cli = [
+            sys.executable,
+            "-m",
+            "agentrl.cli",
+            "train",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            f"seed={seed}",
+            *overrides,
+            "--out",
+            str(out),
+        ]
         started = time.monotonic()
         print(f"seed {seed}: {' '.join(cli[2:])}", flush=True)
         subprocess.run(cli, check=True)
         minutes = (time.monotonic() - started) / 60
         timing_path.write_text(json.dumps({"minutes": minutes}))
     summary = json.loads(summary_path.read_text())
-    return {"seed": seed, "minutes": minutes, **{k: summary[k] for k in ("before", "after", "improvement", "significant")}}
+    return {
+        "seed": seed,
+        "minutes": minutes,
+        **{k: summary[k] for k in ("before", "after", "improvement", "significant")},
+    }
 
 
 def _pct(side: dict) -> str:
@@ -56,17 +69,23 @@ def main() -> int:
         parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     rows = [run_seed(s, args.out / f"seed-{s}", args.overrides) for s in seeds]
     episodes = rows[0]["before"]["episodes"]
-    print(f"\nquickstart over {len(rows)} seeds ({episodes} held-out episodes each side; 95% Wilson intervals)")
+    print(
+        f"\nquickstart over {len(rows)} seeds ({episodes} held-out episodes each side; 95% Wilson intervals)"
+    )
     print(f"{'seed':>4}  {'before RL':<22}{'after RL':<22}{'gain':>7}  beyond both  minutes")
     for r in rows:
-        print(f"{r['seed']:>4}  {_pct(r['before']):<22}{_pct(r['after']):<22}{100 * r['improvement']:>+6.1f}  "
-              f"{'yes' if r['significant'] else 'NO':<11}  {r['minutes']:.1f}")  # fmt: skip
+        print(
+            f"{r['seed']:>4}  {_pct(r['before']):<22}{_pct(r['after']):<22}{100 * r['improvement']:>+6.1f}  "
+            f"{'yes' if r['significant'] else 'NO':<11}  {r['minutes']:.1f}"
+        )
     for key in ("before", "after"):
         rates = [100 * r[key]["success_rate"] for r in rows]
         print(f"{key} RL: {min(rates):.1f}-{max(rates):.1f}%")
     gains = [100 * r["improvement"] for r in rows]
     minutes = [r["minutes"] for r in rows]
-    print(f"gain: {min(gains):+.1f} to {max(gains):+.1f} points; minutes: {min(minutes):.1f}-{max(minutes):.1f}")
+    print(
+        f"gain: {min(gains):+.1f} to {max(gains):+.1f} points; minutes: {min(minutes):.1f}-{max(minutes):.1f}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seeds.json").write_text(json.dumps(rows, indent=1))
     return 0 if all(r["significant"] for r in rows) else 1

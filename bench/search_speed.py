@@ -24,8 +24,8 @@ import time
 
 import httpx
 
-from agentrl.serving import free_port
 from agentrl.envs.search import SearchEnv, generate_world, oracle_actions
+from agentrl.serving import free_port
 
 ENV_TARGET, SERVER_TARGET = 500.0, 300.0
 
@@ -63,16 +63,36 @@ def env_speed(num_docs: int, max_steps: int) -> dict[str, float]:
         searches += q.hops
         correct += reward == 1.0
         episodes += 1
-    return {"num_docs": num_docs, "generate_s": generated - start, "index_s": built - generated, "steps": steps,
-            "searches": searches, "episodes": episodes, "oracle_success": correct / max(episodes, 1),
-            "steps_per_s": steps / elapsed, "searches_per_s": searches / elapsed}
+    return {
+        "num_docs": num_docs,
+        "generate_s": generated - start,
+        "index_s": built - generated,
+        "steps": steps,
+        "searches": searches,
+        "episodes": episodes,
+        "oracle_success": correct / max(episodes, 1),
+        "steps_per_s": steps / elapsed,
+        "searches_per_s": searches / elapsed,
+    }
 
 
 def server_speed(num_docs: int, clients: int, seconds: float) -> dict[str, float]:
     """Queries/s of a retrieval server process with ``clients`` concurrent single-query clients."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.search", "serve", "--port", str(port), "--num-docs",
-                             str(num_docs)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentrl.envs.search",
+            "serve",
+            "--port",
+            str(port),
+            "--num-docs",
+            str(num_docs),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -96,7 +116,10 @@ def server_speed(num_docs: int, clients: int, seconds: float) -> dict[str, float
             with httpx.Client(base_url=url, timeout=30) as c:
                 j = i
                 while time.monotonic() < stop:
-                    r = c.post("/retrieve", json={"queries": [queries[j % len(queries)]], "topk": 3, "return_scores": True})
+                    r = c.post(
+                        "/retrieve",
+                        json={"queries": [queries[j % len(queries)]], "topk": 3, "return_scores": True},
+                    )
                     if r.status_code != 200 or len(r.json()["result"]) != 1:
                         errors.append(r.text[:200])
                         return
@@ -112,28 +135,41 @@ def server_speed(num_docs: int, clients: int, seconds: float) -> dict[str, float
         elapsed = time.monotonic() - t0
         if errors:
             raise RuntimeError(f"retrieval errors: {errors[:3]}")
-        return {"num_docs": num_docs, "clients": clients, "queries": sum(counts), "queries_per_s": sum(counts) / elapsed}
+        return {
+            "num_docs": num_docs,
+            "clients": clients,
+            "queries": sum(counts),
+            "queries_per_s": sum(counts) / elapsed,
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-docs", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
-    server = server_speed(args.num_docs, args.clients, args.seconds)  # first: the env part pins this process to one core
+    server = server_speed(
+        args.num_docs, args.clients, args.seconds
+    )  # first: the env part pins this process to one core
     env = env_speed(args.num_docs, args.steps)
-    print(f"SearchEnv, {env['num_docs']:,} docs, one core: world {env['generate_s']:.1f} s, index {env['index_s']:.1f} s; "
-          f"{env['steps']} steps ({env['searches']} uncached searches) in {env['episodes']} oracle episodes: "
-          f"{env['steps_per_s']:.0f} steps/s, {env['searches_per_s']:.0f} searches/s "
-          f"(target >= {ENV_TARGET:.0f} steps/s); oracle success {env['oracle_success']:.3f}")
-    print(f"retrieval server, {server['num_docs']:,} docs, {server['clients']} concurrent clients, one query per request: "
-          f"{server['queries_per_s']:.0f} queries/s (target >= {SERVER_TARGET:.0f})")
+    print(
+        f"SearchEnv, {env['num_docs']:,} docs, one core: world {env['generate_s']:.1f} s, index {env['index_s']:.1f} s; "
+        f"{env['steps']} steps ({env['searches']} uncached searches) in {env['episodes']} oracle episodes: "
+        f"{env['steps_per_s']:.0f} steps/s, {env['searches_per_s']:.0f} searches/s "
+        f"(target >= {ENV_TARGET:.0f} steps/s); oracle success {env['oracle_success']:.3f}"
+    )
+    print(
+        f"retrieval server, {server['num_docs']:,} docs, {server['clients']} concurrent clients, one query per request: "
+        f"{server['queries_per_s']:.0f} queries/s (target >= {SERVER_TARGET:.0f})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "server": server}, f, indent=2)

@@ -37,8 +37,10 @@ def text_env_speed(episodes: int) -> dict[str, float]:
     env = WebShopEnv("test")
     ids = list(env.task_ids())[:episodes]
     out: dict[str, float] = {}
-    for name, make_policy in (("random", lambda t: random_policy(int(t))),
-                              ("oracle", lambda t: scripted_policy(oracle_actions(env.shop, int(t))))):
+    for name, make_policy in (
+        ("random", lambda t: random_policy(int(t))),
+        ("oracle", lambda t: scripted_policy(oracle_actions(env.shop, int(t)))),
+    ):
         steps, successes, start = 0, 0, time.perf_counter()
         for t in ids:
             result = run_episode(env, make_policy(t), t)
@@ -59,8 +61,11 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.webshop", "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentrl.envs.webshop", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -84,8 +89,13 @@ def site_speed(url: str, clients: int, seconds: float) -> dict[str, float]:
             while time.monotonic() < stop:
                 loc = c.get(f"/?goal={goal % 500}", follow_redirects=False).headers["location"]
                 actions = oracle_actions(shop, goal % 500)
-                plan = [("search", actions[0][7:-1]), ("click", actions[-2][6:-1] if len(actions) > 2 else "< prev"),
-                        ("click", "description"), ("click", "< prev"), ("click", "back to search")]
+                plan = [
+                    ("search", actions[0][7:-1]),
+                    ("click", actions[-2][6:-1] if len(actions) > 2 else "< prev"),
+                    ("click", "description"),
+                    ("click", "< prev"),
+                    ("click", "back to search"),
+                ]
                 for verb, arg in plan:
                     field = "search_query" if verb == "search" else "label"
                     r = c.post(f"{loc}/{verb}", data={field: arg}, follow_redirects=False)
@@ -101,7 +111,12 @@ def site_speed(url: str, clients: int, seconds: float) -> dict[str, float]:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"requests_per_s": sum(counts) / elapsed, "requests": sum(counts), "errors": sum(errors), "clients": clients}
+    return {
+        "requests_per_s": sum(counts) / elapsed,
+        "requests": sum(counts),
+        "errors": sum(errors),
+        "clients": clients,
+    }
 
 
 def browser_speed(url: str, goals: int) -> dict[str, float]:
@@ -120,12 +135,19 @@ def browser_speed(url: str, goals: int) -> dict[str, float]:
     finally:
         env.close()
     q = statistics.quantiles(times, n=10)
-    return {"median_s": statistics.median(times), "p90_s": q[-1], "actions": len(times),
-            "median_click_s": statistics.median(per_kind["click"]), "median_search_s": statistics.median(per_kind["search"])}
+    return {
+        "median_s": statistics.median(times),
+        "p90_s": q[-1],
+        "actions": len(times),
+        "median_click_s": statistics.median(per_kind["click"]),
+        "median_search_s": statistics.median(per_kind["search"]),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -133,19 +155,25 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {"text": text_env_speed(args.episodes)}
     t = results["text"]
-    print(f"text env (1 core): random {t['random_steps_per_s']:,.0f} steps/s (success {t['random_success']:.1%}), "
-          f"oracle {t['oracle_steps_per_s']:,.0f} steps/s (success {t['oracle_success']:.1%}); target >= 2,000")
+    print(
+        f"text env (1 core): random {t['random_steps_per_s']:,.0f} steps/s (success {t['random_success']:.1%}), "
+        f"oracle {t['oracle_steps_per_s']:,.0f} steps/s (success {t['oracle_success']:.1%}); target >= 2,000"
+    )
     port = free_port()
     server = start_server(port)
     url = f"http://127.0.0.1:{port}"
     try:
         s = results["site"] = site_speed(url, args.clients, args.seconds)
-        print(f"site: {s['requests_per_s']:,.0f} requests/s with {s['clients']} concurrent clients "
-              f"({s['requests']} requests, {s['errors']} errors)")
+        print(
+            f"site: {s['requests_per_s']:,.0f} requests/s with {s['clients']} concurrent clients "
+            f"({s['requests']} requests, {s['errors']} errors)"
+        )
         b = results["browser"] = browser_speed(url, args.browser_goals)
-        print(f"browser env: median {b['median_s'] * 1000:.0f} ms per action (click {b['median_click_s'] * 1000:.0f} ms, "
-              f"search {b['median_search_s'] * 1000:.0f} ms), p90 {b['p90_s'] * 1000:.0f} ms over {b['actions']} actions; "
-              "target median click <= 150 ms")
+        print(
+            f"browser env: median {b['median_s'] * 1000:.0f} ms per action (click {b['median_click_s'] * 1000:.0f} ms, "
+            f"search {b['median_search_s'] * 1000:.0f} ms), p90 {b['p90_s'] * 1000:.0f} ms over {b['actions']} actions; "
+            "target median click <= 150 ms"
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)

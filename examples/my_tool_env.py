@@ -1,4 +1,5 @@
 """A new tool environment in one file: tools + tasks + a reward function."""
+
 from agentrl.envs import check_env, make, register_env
 from agentrl.envs.tools import Episode, ToolEnv, ToolTask, tool
 
@@ -18,8 +19,14 @@ def get_temperature(city: str) -> float:
 
 
 PAIRS = [("Oslo", "Lima"), ("Lima", "Cairo"), ("Cairo", "Oslo")]
-TASKS = [ToolTask(id=f"{a}-{b}", prompt=f"Which is warmer today, {a} or {b}? Reply with the city only.",
-                  answer=max(a, b, key=TEMPERATURES.get)) for a, b in PAIRS]
+TASKS = [
+    ToolTask(
+        id=f"{a}-{b}",
+        prompt=f"Which is warmer today, {a} or {b}? Reply with the city only.",
+        answer=max(a, b, key=TEMPERATURES.get),
+    )
+    for a, b in PAIRS
+]
 
 
 def reward(task: ToolTask, episode: Episode) -> float:

@@ -27,4 +27,6 @@ def registrations_undone():
 def served_model_dir(tmp_path_factory):
     """A tiny maze model (2 layers, hidden 64) for the server and openai-policy tests."""
     corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=2, hidden=64, seed=0)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=2, hidden=64, seed=0
+    )

@@ -30,12 +30,23 @@ def main(model_dir: str, out: str) -> None:
     torch.manual_seed(0)
     sampler = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
     envs = [MazeEnv(size=2, n_doors=1, num_tasks=50) for _ in range(6)]
-    groups = rollout(sampler, envs, ["maze-1", "maze-2", "maze-3"], 3, max_turns=3,
-                     params=SamplingParams(max_new_tokens=6, seed=5), builder=StepPrompt(history_k=1))  # fmt: skip
+    groups = rollout(
+        sampler,
+        envs,
+        ["maze-1", "maze-2", "maze-3"],
+        3,
+        max_turns=3,
+        params=SamplingParams(max_new_tokens=6, seed=5),
+        builder=StepPrompt(history_k=1),
+    )
     steps = steps_in_row_order(groups)
     batch = StepBatch.from_trajectories(groups)
     results = {}
-    loose = [torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))]
+    loose = [
+        torch.nn.Parameter(torch.zeros(5)),
+        torch.nn.Parameter(torch.zeros(3, 2)),
+        torch.nn.Parameter(torch.zeros(4)),
+    ]
     for i, p in enumerate(loose):
         if i != dist.rank:  # each process leaves one gradient unset
             p.grad = torch.full_like(p, float(dist.rank + 1))
@@ -43,9 +54,13 @@ def main(model_dir: str, out: str) -> None:
     results["loose_grads"] = [p.grad for p in loose]
     for estimator in ("grpo", "gae", "seeupo"):
         torch.manual_seed(1)
-        policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
+        policy = HFPolicy.from_pretrained(
+            model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu"
+        )
         heads = value_heads_for(estimator)
-        settings = UpdateSettings(minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2)
+        settings = UpdateSettings(
+            minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2
+        )
         learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist)
         initial = [p.detach().clone() for p in learner.params]
         samples = build_samples(steps, value_heads=estimator_info(estimator).value_heads)

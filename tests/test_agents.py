@@ -27,8 +27,12 @@ from agentrl.policies.tiny import CHATML_TEMPLATE, train_tokenizer
 
 CORPUS = [
     "You are in the hall.\nExits: north, east (red door).\nYou see: red key.\nYou carry: nothing.",
-    "go north", "go east", "take red key", "You take the red key.", "The red door is locked.",
-] * 3  # fmt: skip
+    "go north",
+    "go east",
+    "take red key",
+    "You take the red key.",
+    "The red door is locked.",
+] * 3
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +142,26 @@ def test_tool_call_tags_several_calls():
     p = parse_tool_calls(text)
     assert p.valid and [c.name for c in p.tool_calls] == ["add", "now"]
     assert p.tool_calls[0].arguments == {"a": 1, "b": 2} and p.tool_calls[1].arguments == {}
-    assert json.loads(p.action) == [{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "now", "arguments": {}}]
-    assert text[slice(*p.spans["tool_call.1"])].startswith("<tool_call>") and p.spans["action"] == (3, len(text))
-    assert p.step_info() == {}  # whether it is a tool turn is the env's answer (info["tool_call"]), not the parse
+    assert json.loads(p.action) == [
+        {"name": "add", "arguments": {"a": 1, "b": 2}},
+        {"name": "now", "arguments": {}},
+    ]
+    assert text[slice(*p.spans["tool_call.1"])].startswith("<tool_call>") and p.spans["action"] == (
+        3,
+        len(text),
+    )
+    assert (
+        p.step_info() == {}
+    )  # whether it is a tool turn is the env's answer (info["tool_call"]), not the parse
 
 
 def test_tool_call_openai_json_text_and_message():
     call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "paris"}'}}
-    for text in (json.dumps({"tool_calls": [call]}), json.dumps([call]), json.dumps({"name": "search", "arguments": {"q": "paris"}})):
+    for text in (
+        json.dumps({"tool_calls": [call]}),
+        json.dumps([call]),
+        json.dumps({"name": "search", "arguments": {"q": "paris"}}),
+    ):
         p = parse_tool_calls(text)
         assert p.valid and p.tool_calls[0].name == "search" and p.tool_calls[0].arguments == {"q": "paris"}
     m = parse_openai_message({"role": "assistant", "content": None, "tool_calls": [call]})
@@ -179,7 +195,9 @@ def test_tool_call_malformed(text, reason):
 
 def test_openai_message_malformed():
     assert "must be a list" in parse_openai_message({"content": "", "tool_calls": {"x": 1}}).reason
-    bad = parse_openai_message({"content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{"}}]})
+    bad = parse_openai_message(
+        {"content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{"}}]}
+    )
     assert not bad.valid and "not valid JSON" in bad.reason
     assert not parse_openai_message("nope").valid  # type: ignore[arg-type]
 
@@ -201,7 +219,11 @@ def test_span_masks_by_hand():
     assert masks["a"].tolist() == [False, True, False, True, False]  # the empty token never counts
     assert masks["b"].tolist() == [False, False, False, False, True]
     assert not masks["none"].any()
-    assert token_spans({"a": (4, 6), "b": (9, 12), "none": (12, 12)}, offsets) == {"a": (1, 4), "b": (4, 5), "none": (0, 0)}
+    assert token_spans({"a": (4, 6), "b": (9, 12), "none": (12, 12)}, offsets) == {
+        "a": (1, 4),
+        "b": (4, 5),
+        "none": (0, 0),
+    }
     with pytest.raises(ValueError, match="ends before it starts"):
         span_masks({"x": (5, 2)}, offsets)
     with pytest.raises(ValueError, match="start <= end"):
@@ -229,9 +251,16 @@ def test_response_token_masks_from_ids(tokenizer):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     decoded = tokenizer.decode(ids, skip_special_tokens=True)
     masks = response_token_masks(tokenizer, ids, parse_hiper(decoded))
-    assert set(masks) == {"switch", "subgoal", "action"} and all(m.shape == (len(ids),) for m in masks.values())
-    assert tokenizer.decode([i for i, m in zip(ids, masks["subgoal"]) if m]) == "<subgoal>open the door</subgoal>"
-    assert sum(m.sum() for m in masks.values()) == len(ids) - 1  # every token but the end-of-turn one is routed
+    assert set(masks) == {"switch", "subgoal", "action"} and all(
+        m.shape == (len(ids),) for m in masks.values()
+    )
+    assert (
+        tokenizer.decode([i for i, m in zip(ids, masks["subgoal"]) if m])
+        == "<subgoal>open the door</subgoal>"
+    )
+    assert (
+        sum(m.sum() for m in masks.values()) == len(ids) - 1
+    )  # every token but the end-of-turn one is routed
     assert response_token_masks(tokenizer, ids, parse_hiper("<switch>??</switch>")) == {}
 
 
@@ -267,7 +296,11 @@ def test_step_prompt_window_k():
     assert "obs-4" in user and "act-5" in user and "[Observation 4]" in user and "[Action 5]" in user
     assert not any(f"obs-{i}" in user or f"act-{i}" in user for i in (1, 2, 3))
     assert "taken 5 step(s)" in user and "Task: reach the attic" in user
-    assert user.index("obs-5") < user.index("obs-now") < user.index("Admissible actions: [go north], [take red key].")
+    assert (
+        user.index("obs-5")
+        < user.index("obs-now")
+        < user.index("Admissible actions: [go north], [take red key].")
+    )
     assert "<action>" in msgs[0]["content"]
 
 
@@ -283,10 +316,17 @@ def test_step_prompt_k_zero_large_k_and_hiper():
 
 
 def test_prompts_list_tool_schemas_and_tool_role():
-    schema = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    schema = {
+        "type": "function",
+        "function": {"name": "add", "parameters": {"type": "object", "properties": {}}},
+    }
     system = StepPrompt(response_format="tool_call").build("add", "2+2?", tools=[schema])[0]["content"]
-    assert "<tool_call>" in system and system.endswith("Available tools:\n" + json.dumps(schema, sort_keys=True))
-    chat = ChatPrompt(response_format="tool_call", observation_role="tool").build("t", ["q", "result: 4"], ["<tool_call>..."])
+    assert "<tool_call>" in system and system.endswith(
+        "Available tools:\n" + json.dumps(schema, sort_keys=True)
+    )
+    chat = ChatPrompt(response_format="tool_call", observation_role="tool").build(
+        "t", ["q", "result: 4"], ["<tool_call>..."]
+    )
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool"]
     with pytest.raises(ValueError, match=r"tools\[0\]"):
         StepPrompt().build("t", "o", tools=["add"])  # type: ignore[list-item]
@@ -307,7 +347,10 @@ def test_chat_prompt_structure():
     cp = ChatPrompt()
     prompt = cp.build("reach the attic", ["o1", "o2"], ["r1"], admissible_actions=["go north"])
     assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
-    assert prompt[1]["content"].startswith("Task: reach the attic\no1") and "Admissible" not in prompt[1]["content"]
+    assert (
+        prompt[1]["content"].startswith("Task: reach the attic\no1")
+        and "Admissible" not in prompt[1]["content"]
+    )
     assert prompt[3]["content"] == "o2\nAdmissible actions: [go north]."
     assert cp.build("t", ["o1"], ["r1"])[-1] == {"role": "assistant", "content": "r1"}
     with pytest.raises(ValueError, match="len\\(observations\\)"):
@@ -327,11 +370,17 @@ def test_full_chat_loss_mask_trains_assistant_tokens_only(tokenizer):
     expected = np.concatenate([np.arange(a, b) for a, b in ct.assistant_spans])
     assert trained.tolist() == expected.tolist()
     masked_text = tokenizer.decode(ct.input_ids[~ct.loss_mask].tolist())
-    assert "You take the red key." in masked_text and "<|im_start|>assistant" in masked_text and "take red key</action>" not in masked_text
+    assert (
+        "You take the red key." in masked_text
+        and "<|im_start|>assistant" in masked_text
+        and "take red key</action>" not in masked_text
+    )
 
 
 def test_full_chat_rejects_templates_that_rewrite_history(tokenizer):
-    rewriting = "{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% else %}X{% endif %}{% endfor %}"
+    rewriting = (
+        "{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% else %}X{% endif %}{% endfor %}"
+    )
     msgs = ChatPrompt().build("t", ["o1", "o2"], ["r1", "r2"])
     with pytest.raises(ValueError, match="rewrites history"):
         tokenize_chat(tokenizer, msgs, chat_template=rewriting)

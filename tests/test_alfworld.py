@@ -10,17 +10,19 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'")
+pytest.importorskip(
+    "alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'"
+)
 
-import alfworld.gen.constants as C  # noqa: E402
+import alfworld.gen.constants as C
 
-from agentrl.envs import check_env, make  # noqa: E402
-from agentrl.envs.alfworld import TASK_TYPES, ALFWorldEnv, Expert, expert_trajectories  # noqa: E402
-from agentrl.envs.alfworld import scenes as S  # noqa: E402
-from agentrl.envs.alfworld.__main__ import main as cli_main  # noqa: E402
-from agentrl.envs.alfworld.generate import MANIFEST, ensure_default_games, generate_games  # noqa: E402
-from agentrl.envs.alfworld.sampler import sample_tasks  # noqa: E402
-from agentrl.envs.alfworld.validate import validate_games  # noqa: E402
+from agentrl.envs import check_env, make
+from agentrl.envs.alfworld import TASK_TYPES, ALFWorldEnv, Expert, expert_trajectories
+from agentrl.envs.alfworld import scenes as S
+from agentrl.envs.alfworld.__main__ import main as cli_main
+from agentrl.envs.alfworld.generate import MANIFEST, ensure_default_games, generate_games
+from agentrl.envs.alfworld.sampler import sample_tasks
+from agentrl.envs.alfworld.validate import validate_games
 
 SPLIT = "train"
 
@@ -91,20 +93,31 @@ def test_alfworld_own_loader_finds_the_games(games_dir: Path) -> None:
 def test_sampled_tasks_follow_alfred_rules() -> None:
     import random
 
-    for split_scenes, allowed in ((S.seen_scenes(), set(C.TRAIN_SCENE_NUMBERS)), (S.unseen_scenes(), set(C.TEST_SCENE_NUMBERS))):
+    for split_scenes, allowed in (
+        (S.seen_scenes(), set(C.TRAIN_SCENE_NUMBERS)),
+        (S.unseen_scenes(), set(C.TEST_SCENE_NUMBERS)),
+    ):
         for task_type in TASK_TYPES:
             for task in sample_tasks(task_type, split_scenes, 8, random.Random(task_type)):
                 assert task.scene.num in allowed
                 assert S.room_type(task.scene.num) in C.GOALS_VALID[task_type]
                 targets = [o for o in task.objects if o.cls == task.object_target]
                 assert len(targets) >= (2 if task_type == "pick_two_obj_and_place" else 1)
-                assert all(o.receptacle.cls != task.parent_target for o in targets), "target starts in the goal receptacle"
-                assert all(S.can_contain(o.receptacle.cls, o.cls) for o in task.objects if o.cls not in S.LAMPS)
+                assert all(o.receptacle.cls != task.parent_target for o in targets), (
+                    "target starts in the goal receptacle"
+                )
+                assert all(
+                    S.can_contain(o.receptacle.cls, o.cls) for o in task.objects if o.cls not in S.LAMPS
+                )
                 if task_type == "look_at_obj_in_light":
                     assert any(o.cls == task.toggle_target for o in task.objects)
                 else:
                     assert S.can_contain(task.parent_target, task.object_target)
-                need = {"pick_clean_then_place_in_recep": "SinkBasin", "pick_heat_then_place_in_recep": "Microwave", "pick_cool_then_place_in_recep": "Fridge"}.get(task_type)
+                need = {
+                    "pick_clean_then_place_in_recep": "SinkBasin",
+                    "pick_heat_then_place_in_recep": "Microwave",
+                    "pick_cool_then_place_in_recep": "Fridge",
+                }.get(task_type)
                 if need:
                     assert need in task.scene.receptacle_classes and task.parent_target != need
     assert not set(S.seen_scenes()) & set(S.unseen_scenes())
@@ -113,10 +126,29 @@ def test_sampled_tasks_follow_alfred_rules() -> None:
 @pytest.mark.slow
 def test_generation_is_deterministic_by_seed(alf_cache: Path, tmp_path: Path) -> None:
     def files(out: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "json_2.1.1").rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted((out / "json_2.1.1").rglob("*"))
+            if p.is_file()
+        }
 
-    kw = dict(per_type=1, splits=("valid_unseen",), task_types=("pick_and_place_simple",), progress=False)
-    cli = ["generate", "--out", str(tmp_path / "a"), "--per-type", "1", "--seed", "3", "--splits", "valid_unseen"]
+    kw = {
+        "per_type": 1,
+        "splits": ("valid_unseen",),
+        "task_types": ("pick_and_place_simple",),
+        "progress": False,
+    }
+    cli = [
+        "generate",
+        "--out",
+        str(tmp_path / "a"),
+        "--per-type",
+        "1",
+        "--seed",
+        "3",
+        "--splits",
+        "valid_unseen",
+    ]
     assert cli_main(cli + ["--task-types", "pick_and_place_simple", "--quiet"]) == 0
     generate_games(str(tmp_path / "b"), seed=3, **kw)
     generate_games(str(tmp_path / "c"), seed=4, **kw)
@@ -146,7 +178,7 @@ def test_default_set_is_generated_once_into_the_cache(alf_cache: Path, games_dir
     assert len(list(games_dir.glob(f"json_2.1.1/{SPLIT}/*/trial_T*"))) == 6
     assert ensure_default_games(SPLIT, per_type=1, progress=False) == str(games_dir)
     assert manifest.stat().st_mtime_ns == stamp  # reused, not regenerated
-    assert json.loads(manifest.read_text())["splits"][SPLIT]["counts"] == {t: 1 for t in TASK_TYPES}
+    assert json.loads(manifest.read_text())["splits"][SPLIT]["counts"] == dict.fromkeys(TASK_TYPES, 1)
 
 
 def test_validation_drops_games_that_kill_the_planner(games_dir: Path, tmp_path: Path) -> None:
@@ -156,7 +188,9 @@ def test_validation_drops_games_that_kill_the_planner(games_dir: Path, tmp_path:
     game = json.loads((bad / "game.tw-pddl").read_text())
     otype = re.search(r"(\w+)Type - otype", game["pddl_problem"]).group(1)
     # a name that is both an object type and a receptacle type makes Fast Downward exit()
-    game["pddl_problem"] = game["pddl_problem"].replace("agent1 - agent", f"agent1 - agent\n        {otype}Type - rtype")
+    game["pddl_problem"] = game["pddl_problem"].replace(
+        "agent1 - agent", f"agent1 - agent\n        {otype}Type - rtype"
+    )
     (bad / "game.tw-pddl").write_text(json.dumps(game))
     verdicts = validate_games([str(bad / "game.tw-pddl"), str(good / "game.tw-pddl")], workers=1)
     assert verdicts[str(bad / "game.tw-pddl")].solvable is False
@@ -183,12 +217,14 @@ def test_reset_observation_and_info(env: ALFWorldEnv) -> None:
     assert info["state_key"] == obs
     assert info["task_type"] == "pick_clean_then_place_in_recep" and info["task_id"] == tid
     assert info["admissible_actions"] == sorted(info["admissible_actions"])
-    assert all(a.startswith("go to ") for a in info["admissible_actions"] if a not in ("help", "inventory", "look"))
+    assert all(
+        a.startswith("go to ") for a in info["admissible_actions"] if a not in ("help", "inventory", "look")
+    )
 
 
 def test_invalid_action_is_a_noop(env: ALFWorldEnv) -> None:
     tid = _task_of(env, "pick_and_place_simple")
-    obs0, info0 = env.reset(seed=1, options={"task_id": tid})
+    _obs0, info0 = env.reset(seed=1, options={"task_id": tid})
     obs, reward, terminated, truncated, info = env.step("fly to the moon")
     assert (obs, reward, terminated, truncated) == ("Nothing happens.", 0.0, False, False)
     assert info["valid"] is False and info["success"] is False
@@ -198,7 +234,9 @@ def test_invalid_action_is_a_noop(env: ALFWorldEnv) -> None:
     assert after_noop[4]["valid"] is True
     env.reset(seed=1, options={"task_id": tid})
     direct = env.step(go)
-    assert after_noop[0] == direct[0] and after_noop[4]["admissible_actions"] == direct[4]["admissible_actions"]
+    assert (
+        after_noop[0] == direct[0] and after_noop[4]["admissible_actions"] == direct[4]["admissible_actions"]
+    )
 
 
 def test_group_resets_are_identical(games_dir: Path) -> None:
@@ -230,15 +268,15 @@ def test_expert_solves_every_task_type(games_dir: Path, reward_won: float) -> No
     e = ALFWorldEnv(split=SPLIT, data_dir=str(games_dir), expert=True, reward_won=reward_won)
     solved = {}
     for tid in e.task_ids():
-        obs, info = e.reset(seed=0, options={"task_id": tid})
+        _obs, info = e.reset(seed=0, options={"task_id": tid})
         assert info["expert_action"] == "look"
         for _ in range(e.max_steps):
-            obs, reward, terminated, truncated, info = e.step(info["expert_action"])
+            _obs, reward, terminated, truncated, info = e.step(info["expert_action"])
             if terminated or truncated:
                 break
         solved[info["task_type"]] = (terminated, info["success"], reward)
     e.close()
-    assert solved == {t: (True, True, reward_won) for t in TASK_TYPES}
+    assert solved == dict.fromkeys(TASK_TYPES, (True, True, reward_won))
 
 
 def test_expert_trajectories_are_sft_ready(games_dir: Path, tmp_path: Path) -> None:
@@ -275,11 +313,15 @@ def _inventory_after_first_move(games_dir: Path) -> list[str]:
     return list(expert._agent.policy.inventory)
 
 
-def test_expert_fix_empties_the_inventory_after_move(games_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expert_fix_empties_the_inventory_after_move(
+    games_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert _inventory_after_first_move(games_dir) == []
     import agentrl.envs.alfworld.expert as expert_module
 
-    monkeypatch.setattr(expert_module, "_tracker_with_move_fix", lambda track: track)  # alfworld 0.4.2 as shipped
+    monkeypatch.setattr(
+        expert_module, "_tracker_with_move_fix", lambda track: track
+    )  # alfworld 0.4.2 as shipped
     assert len(_inventory_after_first_move(games_dir)) == 1
 
 
@@ -288,7 +330,9 @@ def test_alfworld_data_env_var_loads_the_same_way(games_dir: Path, monkeypatch: 
     e = make("alfworld", split=SPLIT)
     assert e.folder == str(games_dir / "json_2.1.1" / SPLIT) and len(e.task_ids()) == 6
     e.close()
-    inner = ALFWorldEnv(split=SPLIT, data_dir=str(games_dir / "json_2.1.1"), task_types=["look_at_obj_in_light"])
+    inner = ALFWorldEnv(
+        split=SPLIT, data_dir=str(games_dir / "json_2.1.1"), task_types=["look_at_obj_in_light"]
+    )
     assert [t.split("-")[0] for t in inner.task_ids()] == ["look_at_obj_in_light"]
     inner.close()
 
@@ -315,7 +359,9 @@ def test_env_rejects_bad_input(games_dir: Path, tmp_path: Path) -> None:
     e.close()
 
 
-def test_alfworld_data_is_used_only_when_it_holds_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alfworld_data_is_used_only_when_it_holds_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Importing alfworld points ALFWORLD_DATA at its empty default cache: that must not hide the generated set."""
     from agentrl.envs.alfworld.env import real_data_dir
 

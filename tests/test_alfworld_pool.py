@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'")
+pytest.importorskip(
+    "alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'"
+)
 
-from agentrl.envs import make  # noqa: E402
-from agentrl.envs.pool import EnvPool  # noqa: E402
-from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: E402,F401 - shared session fixtures
+from agentrl.envs import make
+from agentrl.envs.pool import EnvPool
+from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: F401 - shared session fixtures
 
 
 @pytest.mark.slow
@@ -26,7 +28,7 @@ def test_alfworld_pool_survives_a_killed_worker(games_dir: Path) -> None:  # noq
         os.kill(pool.pids()[0], signal.SIGKILL)
         second = pool.step([r.info["expert_action"] for r in first])
         assert second[0].truncated and "killed by signal 9" in second[0].info["error"]
-        obs, info = direct.reset(seed=0, options={"task_id": tasks[1]})
+        _obs, info = direct.reset(seed=0, options={"task_id": tasks[1]})
         expected = [tuple(direct.step(info["expert_action"]))]
         expected.append(tuple(direct.step(expected[0][4]["expert_action"])))
         assert [tuple(first[1]), tuple(second[1])] == expected

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'")
+pytest.importorskip(
+    "alfworld", reason="needs the alfworld extra: pip install alfworld==0.4.2 'textworld[pddl]'"
+)
 
-from agentrl.envs.alfworld import speedups  # noqa: E402
-from agentrl.envs.alfworld.engine import GameEngine  # noqa: E402
-from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: E402,F401 - shared session fixtures
+from agentrl.envs.alfworld import speedups
+from agentrl.envs.alfworld.engine import GameEngine
+from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: F401 - shared session fixtures
 
 
 def _transcript(engine: GameEngine, game_file: str) -> bytes:
@@ -29,7 +31,15 @@ def _transcript(engine: GameEngine, game_file: str) -> bytes:
         for t in range(len(plan) if plan else 10):
             command = plan[t] if plan else rng.choice(state["admissible_commands"])
             state = engine.step(command)
-            records.append([command, state["feedback"], state["admissible_commands"], state["won"], sorted(map(str, state["facts"]))])
+            records.append(
+                [
+                    command,
+                    state["feedback"],
+                    state["admissible_commands"],
+                    state["won"],
+                    sorted(map(str, state["facts"])),
+                ]
+            )
         if plan:
             assert state["won"], "the stored walkthrough must win the game"
     return json.dumps(records).encode()

@@ -31,11 +31,18 @@ from agentrl.trainers.metrics import read_metrics
 # sampling, so shared (or not shared) starting points and differing credit show in the numbers.
 TINY = {
     "seed": 0,
-    "model": {"tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 5},
-              "device": "cpu", "torch_threads": 1},  # fmt: skip
+    "model": {
+        "tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 5},
+        "device": "cpu",
+        "torch_threads": 1,
+    },
     "lora": {"r": 4, "alpha": 8},
-    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 0, "max_steps": 3, "num_tasks": 60},
-            "train_tasks": {"start": 0, "count": 20}, "num_envs": 4},  # fmt: skip
+    "env": {
+        "name": "maze",
+        "kwargs": {"size": 2, "n_doors": 0, "max_steps": 3, "num_tasks": 60},
+        "train_tasks": {"start": 0, "count": 20},
+        "num_envs": 4,
+    },
     "rollout": {"groups": 3, "group_size": 2, "max_turns": 3, "history_k": 1, "max_new_tokens": 6},
     "algorithm": {"minibatch_size": 8, "micro_batch_size": 8},
     "optim": {"iterations": 5, "lr": 0.01},
@@ -56,7 +63,9 @@ def tiny_config(tmp_path_factory):
 def bench(tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("learning")
     lines: list[str] = []
-    result = credit_learning(out, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, progress=lines.append)
+    result = credit_learning(
+        out, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, progress=lines.append
+    )
     return out, result, lines
 
 
@@ -66,7 +75,9 @@ def test_outputs_exist_and_agree_with_the_runs(bench):
     assert (out / "learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "learning.json").read_text()) == json.loads(json.dumps(result))
     md = (out / "learning.md").read_text()
-    assert "| grpo | think_action SFT |" in md and "| gigpo | think_action SFT |" in md and "iteration 1" in md
+    assert (
+        "| grpo | think_action SFT |" in md and "| gigpo | think_action SFT |" in md and "iteration 1" in md
+    )
     fam = result["families"]["tiny"]
     assert fam["iterations"] == 2 and result["seeds"] == [0] and fam["episodes_per_iteration"] == 6
     for name in ("grpo", "gigpo"):
@@ -82,7 +93,7 @@ def test_outputs_exist_and_agree_with_the_runs(bench):
         assert f"algorithm.estimator={name}" in m["overrides"]
     # one progress line per warm start and per method run, each with the elapsed time
     assert sum("warm start" in x for x in lines) == 1
-    assert [x for x in lines if x.startswith("[")][0].startswith("[1/2] tiny seed 0 grpo:")
+    assert next(x for x in lines if x.startswith("[")).startswith("[1/2] tiny seed 0 grpo:")
     assert all("elapsed" in x for x in lines if x.startswith("["))
 
 
@@ -100,15 +111,23 @@ def test_every_interval_is_a_wilson_interval_around_its_estimate(bench):
 @pytest.mark.slow
 def test_methods_start_from_the_same_sft_model(bench):
     out, result, _ = bench
-    grpo, gigpo = result["families"]["tiny"]["methods"]["grpo"], result["families"]["tiny"]["methods"]["gigpo"]
+    grpo, gigpo = (
+        result["families"]["tiny"]["methods"]["grpo"],
+        result["families"]["tiny"]["methods"]["gigpo"],
+    )
     sft = str(out / "tiny" / "seed0" / "warm-think_action" / "sft-model")
     for name in ("grpo", "gigpo"):
         cfg = yaml.safe_load((out / "tiny" / "seed0" / name / "config.yaml").read_text())
         assert cfg["model"]["path"] == sft and cfg["sft"]["enabled"] is False
     # the same policy evaluated on the same tasks and seeds, each run on its own
-    before = [json.loads((out / "tiny" / "seed0" / n / "eval_before.json").read_text()) for n in ("grpo", "gigpo")]
+    before = [
+        json.loads((out / "tiny" / "seed0" / n / "eval_before.json").read_text()) for n in ("grpo", "gigpo")
+    ]
     assert before[0]["episodes"] == 12 and before[0]["success_rate"] == before[1]["success_rate"]
-    assert before[0]["reward_mean"] == before[1]["reward_mean"] and before[0]["turns_mean"] == before[1]["turns_mean"]
+    assert (
+        before[0]["reward_mean"] == before[1]["reward_mean"]
+        and before[0]["turns_mean"] == before[1]["turns_mean"]
+    )
     assert grpo["eval_before"] == gigpo["eval_before"]
     # iteration 0 samples before any update: identical rollouts, so identical numbers
     r0 = [read_metrics(out / "tiny" / "seed0" / n / "metrics.jsonl")[0] for n in ("grpo", "gigpo")]
@@ -122,13 +141,22 @@ def test_methods_start_from_the_same_sft_model(bench):
 def test_a_rerun_reuses_finished_runs_and_refuses_a_changed_config(bench, tiny_config):
     out, result, _ = bench
     lines: list[str] = []
-    again = credit_learning(out, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, progress=lines.append)
+    again = credit_learning(
+        out, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, progress=lines.append
+    )
     assert all("(reused)" in x for x in lines if x.startswith("[") or "warm start" in x)
-    assert again["families"]["tiny"]["methods"]["gigpo"]["iterations"] == result["families"]["tiny"]["methods"]["gigpo"]["iterations"]
-    assert again["compute_seconds"] == pytest.approx(result["compute_seconds"])  # the original runs' time, not the rerun's
+    assert (
+        again["families"]["tiny"]["methods"]["gigpo"]["iterations"]
+        == result["families"]["tiny"]["methods"]["gigpo"]["iterations"]
+    )
+    assert again["compute_seconds"] == pytest.approx(
+        result["compute_seconds"]
+    )  # the original runs' time, not the rerun's
     # another selection of methods reuses the same warm start (it does not depend on which method comes first)
     lines = []
-    only = credit_learning(out, config=tiny_config, estimators=["gigpo"], seeds=[0], iterations=2, progress=lines.append)
+    only = credit_learning(
+        out, config=tiny_config, estimators=["gigpo"], seeds=[0], iterations=2, progress=lines.append
+    )
     assert all("(reused)" in x for x in lines if x.startswith("[") or "warm start" in x)
     assert only["families"]["tiny"]["paired"] == {} and only["ranking"] == []  # no grpo: nothing to pair with
     with pytest.raises(ConfigError, match="different config"):
@@ -153,7 +181,9 @@ def test_bad_estimator_fails_before_training(tmp_path, tiny_config):
     with pytest.raises(ConfigError, match="unknown estimator"):
         credit_learning(tmp_path, config=tiny_config, estimators=["gigpo", "nope"])
     # an estimator reading tool calls cannot train on the maze's think_action responses
-    register_estimator("needs_tools", fields=("tool_call",))(lambda batch: Advantages(step=np.zeros(len(batch))))
+    register_estimator("needs_tools", fields=("tool_call",))(
+        lambda batch: Advantages(step=np.zeros(len(batch)))
+    )
     assert "needs_tools" not in trainable_estimators() and "needs_tools" in trainable_estimators("tool_call")
     with pytest.raises(ConfigError, match=r"cannot supply what \['needs_tools'\] need"):
         credit_learning(tmp_path, config=tiny_config, estimators=["grpo", "needs_tools"])
@@ -165,17 +195,43 @@ def test_cli_learning_part(tmp_path):
     config = tmp_path / "no-sft.yaml"  # no SFT: every method starts from the same fresh tiny model
     config.write_text(yaml.safe_dump({**TINY, "sft": {"enabled": False}}))
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["bench", "credit", "--part", "learning", "--config", str(config), "--iterations", "1",
-                                   "--estimators", "rloo,grpo", "--seed", "3", "--seeds", "1", "--jobs", "1", "--out", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "credit",
+            "--part",
+            "learning",
+            "--config",
+            str(config),
+            "--iterations",
+            "1",
+            "--estimators",
+            "rloo,grpo",
+            "--seed",
+            "3",
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "learning.json").read_text())
     fam = data["families"]["no-sft"]
     assert list(fam["methods"]) == ["rloo", "grpo"] and data["seeds"] == [3] and fam["iterations"] == 1
     assert (out / "no-sft" / "seed3" / "rloo" / "summary.json").exists() and (out / "learning.png").exists()
     tiny = str(out / "no-sft" / "seed3" / "warm-think_action" / "tiny-model")
-    assert all(yaml.safe_load((out / "no-sft" / "seed3" / n / "config.yaml").read_text())["model"]["path"] == tiny for n in ("rloo", "grpo"))
+    assert all(
+        yaml.safe_load((out / "no-sft" / "seed3" / n / "config.yaml").read_text())["model"]["path"] == tiny
+        for n in ("rloo", "grpo")
+    )
     assert "| rloo | base model |" in res.output and "[2/2] no-sft seed 3 grpo" in res.output
-    bad = CliRunner().invoke(app, ["bench", "credit", "--part", "learning", "--estimators", "nope", "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        app, ["bench", "credit", "--part", "learning", "--estimators", "nope", "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code != 0 and "unknown estimator" in bad.output
     assert not math.isnan(fam["methods"]["grpo"]["eval_after"]["success_rate"])
 
@@ -187,23 +243,35 @@ def _run(seed: int, before: tuple[int, int], after: tuple[int, int]) -> dict:
 def test_paired_differences_are_per_seed_with_a_t_interval():
     runs = {
         "grpo": [_run(0, (50, 100), (60, 100)), _run(1, (40, 100), (45, 100)), _run(2, (70, 100), (72, 100))],
-        "gigpo": [_run(0, (50, 100), (66, 100)), _run(1, (40, 100), (49, 100)), _run(2, (70, 100), (80, 100))],
+        "gigpo": [
+            _run(0, (50, 100), (66, 100)),
+            _run(1, (40, 100), (49, 100)),
+            _run(2, (70, 100), (80, 100)),
+        ],
     }
     paired = paired_differences(runs, "grpo")
     d = paired["gigpo"]
     assert d["diff_per_seed"] == pytest.approx([0.06, 0.04, 0.08])
     assert d["diff"]["mean"] == pytest.approx(0.06)
     half = 4.303 * 0.02 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert d["diff"]["ci_low"] == pytest.approx(0.06 - half) and d["diff"]["ci_high"] == pytest.approx(0.06 + half)
+    assert d["diff"]["ci_low"] == pytest.approx(0.06 - half) and d["diff"]["ci_high"] == pytest.approx(
+        0.06 + half
+    )
     assert d["resolved"] is True and d["sd"] == pytest.approx(0.02)
     assert d["gain_per_seed"] == pytest.approx([0.16, 0.09, 0.10])
     assert d["seeds_for_3pt"] == 5  # sd 2 points: 5 seeds give +-2.5 points, 4 give +-3.2
-    assert "diff" not in paired["grpo"] and paired["grpo"]["gain"]["mean"] == pytest.approx((0.10 + 0.05 + 0.02) / 3)
+    assert "diff" not in paired["grpo"] and paired["grpo"]["gain"]["mean"] == pytest.approx(
+        (0.10 + 0.05 + 0.02) / 3
+    )
     # evaluation noise alone: binomial standard errors of the two rates, per seed, averaged
     se0 = math.sqrt(0.66 * 0.34 / 100 + 0.6 * 0.4 / 100)
     assert d["eval_se"] > se0 * 0.9 and d["eval_se"] < se0 * 1.1
     # a difference whose sign flips with the seed is not resolved
-    runs["rloo"] = [_run(0, (50, 100), (70, 100)), _run(1, (40, 100), (35, 100)), _run(2, (70, 100), (72, 100))]
+    runs["rloo"] = [
+        _run(0, (50, 100), (70, 100)),
+        _run(1, (40, 100), (35, 100)),
+        _run(2, (70, 100), (72, 100)),
+    ]
     assert paired_differences(runs, "grpo")["rloo"]["resolved"] is False
 
 
@@ -214,7 +282,10 @@ def test_ranking_orders_by_mean_difference_over_families():
             runs[name] = [_run(s, (50, 100), (50 + round(100 * x), 100)) for s, x in enumerate(ds)]
         return {"paired": paired_differences(runs, "grpo")}
 
-    families = {"a": fam({"gigpo": [0.05, 0.06, 0.07], "rloo": [-0.02, 0.01, 0.0]}), "b": fam({"gigpo": [0.03, 0.04, 0.05], "rloo": [0.0, 0.0, 0.03]})}
+    families = {
+        "a": fam({"gigpo": [0.05, 0.06, 0.07], "rloo": [-0.02, 0.01, 0.0]}),
+        "b": fam({"gigpo": [0.03, 0.04, 0.05], "rloo": [0.0, 0.0, 0.03]}),
+    }
     rows = ranking(families)
     assert [r["method"] for r in rows] == ["gigpo", "rloo"]
     assert rows[0]["mean"] == pytest.approx(0.05) and rows[0]["resolved"] and not rows[1]["resolved"]
@@ -235,27 +306,49 @@ def test_t_quantiles_and_seeds_needed():
 def test_the_shared_evaluation_before_rl_is_what_a_run_would_measure_itself(bench, tiny_config, tmp_path):
     from agentrl.trainers import train
 
-    out, result, _ = bench
+    out, _result, _ = bench
     shared = json.loads((out / "tiny" / "seed0" / "grpo" / "eval_before.json").read_text())
     warm = json.loads((out / "tiny" / "seed0" / "warm-think_action" / "eval_before.json").read_text())
     assert shared == warm
     # the same run config in a fresh directory evaluates its start itself (stop_after=0: evaluation only)
     cfg = yaml.safe_load((out / "tiny" / "seed0" / "grpo" / "config.yaml").read_text())
-    own_dir = train(tiny_config, tmp_path / "own", [f"{k}={v}" for k, v in (("seed", 0), ("model.path", cfg["model"]["path"]),
-                                                                           ("sft.enabled", "false"), ("algorithm.estimator", "grpo"))],
-                    stop_after=0)  # fmt: skip
+    own_dir = train(
+        tiny_config,
+        tmp_path / "own",
+        [
+            f"{k}={v}"
+            for k, v in (
+                ("seed", 0),
+                ("model.path", cfg["model"]["path"]),
+                ("sft.enabled", "false"),
+                ("algorithm.estimator", "grpo"),
+            )
+        ],
+        stop_after=0,
+    )
     own = json.loads((own_dir / "eval_before.json").read_text())
     for key in ("success_rate", "episodes", "reward_mean", "turns_mean"):
         assert own[key] == shared[key], key
     # the warm start trained no iteration, so its 'after' is its 'before'
-    assert json.loads((out / "tiny" / "seed0" / "warm-think_action" / "summary.json").read_text())["after"] == warm
+    assert (
+        json.loads((out / "tiny" / "seed0" / "warm-think_action" / "summary.json").read_text())["after"]
+        == warm
+    )
 
 
 @pytest.mark.slow
 def test_two_jobs_give_the_same_results_as_one(bench, tiny_config, tmp_path):
-    out, result, _ = bench
+    _out, result, _ = bench
     lines: list[str] = []
-    two = credit_learning(tmp_path, config=tiny_config, estimators=["grpo", "gigpo"], seeds=[0], iterations=2, jobs=2, progress=lines.append)
+    two = credit_learning(
+        tmp_path,
+        config=tiny_config,
+        estimators=["grpo", "gigpo"],
+        seeds=[0],
+        iterations=2,
+        jobs=2,
+        progress=lines.append,
+    )
     for name in ("grpo", "gigpo"):
         a, b = result["families"]["tiny"]["methods"][name], two["families"]["tiny"]["methods"][name]
         assert a["iterations"] == b["iterations"] and a["eval_after"] == b["eval_after"], name
@@ -268,7 +361,9 @@ def test_every_builtin_family_validates_for_every_method(family, tmp_path):
     path.write_text(yaml.safe_dump(FAMILIES[family]))
     base = load_config(path)
     assert base.rollout.history_k == 0 and base.env.kwargs["turn_rewards"] is True
-    assert base.eval.tasks.start >= base.sft.tasks.start + base.sft.tasks.count  # held-out tasks are not SFT tasks
+    assert (
+        base.eval.tasks.start >= base.sft.tasks.start + base.sft.tasks.count
+    )  # held-out tasks are not SFT tasks
     assert base.rollout.max_turns == base.env.kwargs["max_steps"]
     for name in trainable_estimators():
         assert load_config(path, method_overrides(name, base)).algorithm.estimator == name

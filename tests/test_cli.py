@@ -26,7 +26,9 @@ def test_envs_play_reaches_the_goal_with_the_solver_plan():
     env = MazeEnv()
     env.reset(seed=3, options={"task_id": "maze-3"})
     plan = solve(env.layout)
-    result = runner.invoke(app, ["envs", "play", "maze", "--seed", "3", "--task-id", "maze-3"], input="\n".join(plan) + "\n")
+    result = runner.invoke(
+        app, ["envs", "play", "maze", "--seed", "3", "--task-id", "maze-3"], input="\n".join(plan) + "\n"
+    )
     assert result.exit_code == 0, result.output
     assert f"steps={len(plan)} return=1 success=True" in result.output
 
@@ -45,14 +47,34 @@ def test_bad_env_and_bad_options_fail_clearly():
 
 
 def test_parse_kv_types():
-    assert parse_kv(["a=3", "b=0.5", "c=true", "d=none", "e=text"]) == {"a": 3, "b": 0.5, "c": True, "d": None, "e": "text"}
+    assert parse_kv(["a=3", "b=0.5", "c=true", "d=none", "e=text"]) == {
+        "a": 3,
+        "b": 0.5,
+        "c": True,
+        "d": None,
+        "e": "text",
+    }
     with pytest.raises(typer.BadParameter, match="key=value"):
         parse_kv(["novalue"])
 
 
 def test_bench_credit_fidelity_writes_its_tables(tmp_path):
     result = runner.invoke(
-        app, ["bench", "credit", "--part", "fidelity", "--group-sizes", "4", "--tasks", "3", "--resamples", "2", "--out", str(tmp_path)]
+        app,
+        [
+            "bench",
+            "credit",
+            "--part",
+            "fidelity",
+            "--group-sizes",
+            "4",
+            "--tasks",
+            "3",
+            "--resamples",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "| gigpo |" in (tmp_path / "fidelity.md").read_text()
@@ -74,7 +96,14 @@ def test_report_command_writes_markdown_and_html(tmp_path):
     from agentrl.types import Step, Trajectory, write_trajectories
 
     trajs = [
-        Trajectory("maze-1", "g0", f"g0/{i}", [Step("o", action="go east", reward=float(i % 2))], terminated=True, success=bool(i % 2))
+        Trajectory(
+            "maze-1",
+            "g0",
+            f"g0/{i}",
+            [Step("o", action="go east", reward=float(i % 2))],
+            terminated=True,
+            success=bool(i % 2),
+        )
         for i in range(4)
     ]
     write_trajectories(tmp_path / "trajectories.jsonl", trajs)
@@ -100,7 +129,20 @@ def test_envs_serve_runs_a_real_server(tmp_path):
     from agentrl.serving import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "agentrl.cli", "envs", "serve", "maze", "--port", str(port), "--token", "t0k", "-o", "size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentrl.cli",
+        "envs",
+        "serve",
+        "maze",
+        "--port",
+        str(port),
+        "--token",
+        "t0k",
+        "-o",
+        "size=2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -113,7 +155,9 @@ def test_envs_serve_runs_a_real_server(tmp_path):
                     raise
                 time.sleep(0.3)
         local = make("maze", size=2)
-        assert env.reset(seed=2, options={"task_id": "maze-1"}) == local.reset(seed=2, options={"task_id": "maze-1"})
+        assert env.reset(seed=2, options={"task_id": "maze-1"}) == local.reset(
+            seed=2, options={"task_id": "maze-1"}
+        )
         env.close()
     finally:
         proc.terminate()
@@ -171,8 +215,20 @@ def test_train_with_an_unreachable_rollout_server_fails_clearly(tmp_path):
         port = s.getsockname()[1]
     config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     url = f"http://127.0.0.1:{port}/v1"
-    result = runner.invoke(app, ["train", str(config), f"rollout.server.url={url}", "sft.enabled=false", "eval.enabled=false",
-                                 "model.tiny.hidden=16", "model.tiny.corpus_tasks=3", "--out", str(tmp_path / "run")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(config),
+            f"rollout.server.url={url}",
+            "sft.enabled=false",
+            "eval.enabled=false",
+            "model.tiny.hidden=16",
+            "model.tiny.corpus_tasks=3",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert f"error: http://127.0.0.1:{port}/v1/models could not be reached" in result.output
     assert (tmp_path / "run" / "config.yaml").exists()

@@ -32,8 +32,17 @@ def test_every_shipped_config_is_valid(path):
 
 
 def test_overrides_set_nested_keys_with_yaml_values():
-    cfg = load_config(None, ["algorithm.estimator=seeupo", "optim.lr=3e-4", "env.kwargs.size=4", "eval.enabled=true",
-                             "lora.target_modules=[q_proj, v_proj]", "rollout.system_prompt=go now"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "algorithm.estimator=seeupo",
+            "optim.lr=3e-4",
+            "env.kwargs.size=4",
+            "eval.enabled=true",
+            "lora.target_modules=[q_proj, v_proj]",
+            "rollout.system_prompt=go now",
+        ],
+    )
     assert cfg.algorithm.estimator == "seeupo" and cfg.algorithm.resolved_loss == "gspo"
     assert cfg.optim.lr == 3e-4 and cfg.env.kwargs == {"size": 4} and cfg.eval.enabled is True
     assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.rollout.system_prompt == "go now"
@@ -41,13 +50,19 @@ def test_overrides_set_nested_keys_with_yaml_values():
 
 
 def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'optim.learning_rate'.*allowed: betas, critic_lr, iterations, lr"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optim.learning_rate'.*allowed: betas, critic_lr, iterations, lr"
+    ):
         load_config(None, ["optim.learning_rate=1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout:\n  groups: 2\n  grups: 3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml.*unknown key 'rollout.grups'; allowed: .*group_size, groups"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml.*unknown key 'rollout.grups'; allowed: .*group_size, groups"
+    ):
         load_config(bad)
-    with pytest.raises(ConfigError, match=r"unknown key 'nosection' in override 'nosection=1'; allowed: algorithm, env, eval"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'nosection' in override 'nosection=1'; allowed: algorithm, env, eval"
+    ):
         load_config(None, ["nosection=1"])
 
 
@@ -56,7 +71,9 @@ def test_wrong_types_and_values_name_the_key():
         load_config(None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match=r"rollout.prompt: Input should be 'step' or 'chat'"):
         load_config(None, ["rollout.prompt=tree"])
-    with pytest.raises(ConfigError, match=r"algorithm.estimator: unknown estimator 'ppo'; allowed: gae, gigpo, grpo"):
+    with pytest.raises(
+        ConfigError, match=r"algorithm.estimator: unknown estimator 'ppo'; allowed: gae, gigpo, grpo"
+    ):
         load_config(None, ["algorithm.estimator=ppo"])
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['omega'\] for estimator 'grpo'; allowed: "):
         load_config(None, ["algorithm.options.omega=2"])
@@ -68,7 +85,9 @@ def test_wrong_types_and_values_name_the_key():
         load_config(None, ["rollout.groups=0"])
     with pytest.raises(ConfigError, match=r"estimator 'hiper' needs rollout.response_format: hiper"):
         load_config(None, ["algorithm.estimator=hiper"])
-    assert load_config(None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]).algorithm.options == {"omega": 2}
+    assert load_config(
+        None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]
+    ).algorithm.options == {"omega": 2}
 
 
 def test_bad_files_and_override_syntax(tmp_path):
@@ -86,7 +105,9 @@ def test_bad_files_and_override_syntax(tmp_path):
 
 def test_sft_schedule_settings_are_checked():
     assert load_config(None, ["sft.lr_schedule=cosine", "sft.warmup_ratio=0.05"]).sft.lr_schedule == "cosine"
-    with pytest.raises(ConfigError, match=r"sft.lr_schedule: Input should be 'constant' or 'cosine' \(got 'linear'\)"):
+    with pytest.raises(
+        ConfigError, match=r"sft.lr_schedule: Input should be 'constant' or 'cosine' \(got 'linear'\)"
+    ):
         load_config(None, ["sft.lr_schedule=linear"])
     with pytest.raises(ConfigError, match="sft.warmup_ratio: Input should be less than 1"):
         load_config(None, ["sft.warmup_ratio=1.5"])

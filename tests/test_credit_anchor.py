@@ -29,7 +29,10 @@ def traj(tid: str, steps: list[tuple], group: str = "g") -> Trajectory:
         task_id=group,
         group_id=group,
         traj_id=tid,
-        steps=[Step(obs=str(s[0]), state_key=s[0], action=s[1], reward=s[2], valid=s[3] if len(s) > 3 else True) for s in steps],
+        steps=[
+            Step(obs=str(s[0]), state_key=s[0], action=s[1], reward=s[2], valid=s[3] if len(s) > 3 else True)
+            for s in steps
+        ],
         terminated=True,
     )
 
@@ -54,8 +57,24 @@ def gigpo_trajs() -> list[Trajectory]:
 
 # step returns with gamma 0.5, c_inv 0.1 after discounting:
 # a: 0 + .5*1 = .5, 1 | b: 0 - .1 = -.1, 0 | c: 0 + .5*0 + .25*1 = .25, .5, 1
-RET = {("a", 0): 0.5, ("a", 1): 1.0, ("b", 0): -0.1, ("b", 1): 0.0, ("c", 0): 0.25, ("c", 1): 0.5, ("c", 2): 1.0}
-ANCHOR = {("a", 0): "A", ("b", 0): "A", ("c", 0): "A", ("a", 1): "B", ("c", 1): "B", ("b", 1): "C", ("c", 2): "D"}
+RET = {
+    ("a", 0): 0.5,
+    ("a", 1): 1.0,
+    ("b", 0): -0.1,
+    ("b", 1): 0.0,
+    ("c", 0): 0.25,
+    ("c", 1): 0.5,
+    ("c", 2): 1.0,
+}
+ANCHOR = {
+    ("a", 0): "A",
+    ("b", 0): "A",
+    ("c", 0): "A",
+    ("a", 1): "B",
+    ("c", 1): "B",
+    ("b", 1): "C",
+    ("c", 2): "D",
+}
 
 
 def test_gigpo_mean_std_by_hand():
@@ -124,6 +143,7 @@ def test_gigpo_similarity_anchors_group_near_identical_texts():
     # T1 and T2 differ in one of their 59 characters: ratio = 2*58/118 = 0.983 >= 0.95
     assert len(T1) == len(T2) == 59
     assert difflib.SequenceMatcher(None, T1, T2, autojunk=False).ratio() == pytest.approx(58 / 59)
+
     # step term = gigpo(omega=1) - gigpo(omega=0); returns with gamma .5: a .5, 1 ; b 0, 0 ; h 1
     def step_term(**opts):
         full = advantages("gigpo", similarity_trajs(), gamma=0.5, **opts)
@@ -315,7 +335,10 @@ def test_salt_rloo_base_counts_a_trajectory_once_per_edge():
 
 
 def test_salt_invalid_penalty_stays_on_its_row():
-    trajs = [traj("a", [("S", "go", 0.0, False), ("T", "take", 1.0)]), traj("c", [("S", "go", 0.0), ("U", "put", 0.0)])]
+    trajs = [
+        traj("a", [("S", "go", 0.0, False), ("T", "take", 1.0)]),
+        traj("c", [("S", "go", 0.0), ("U", "put", 0.0)]),
+    ]
     got = advantages("salt", trajs, base="rloo", invalid_penalty=0.1)
     # RLOO row scores: a0 = 1 - .1 - 0, a1 = 1 - 0 ; c 0 - 1 = -1 ; trajectory means a .95, c -1
     # edge (S,go) = mean(.95, -1) = -.025 ; a0 keeps its deviation from a's mean (-.05)
@@ -336,7 +359,15 @@ ANY_REWARDS = st.one_of(
 
 
 @st.composite
-def rollouts(draw, rewards=SMALL_REWARDS, max_groups=3, max_trajs=4, max_len=5, distinct_states=False, same_outcome=False):
+def rollouts(
+    draw,
+    rewards=SMALL_REWARDS,
+    max_groups=3,
+    max_trajs=4,
+    max_len=5,
+    distinct_states=False,
+    same_outcome=False,
+):
     """Random groups of trajectories over a small state/action alphabet (so states repeat)."""
     out = []
     for g in range(draw(st.integers(1, max_groups))):
@@ -357,7 +388,12 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 
 @FAST
-@given(rollouts(distinct_states=True), st.sampled_from(["mean_std", "mean"]), st.sampled_from(["trajectories", "steps"]), st.floats(0, 3))
+@given(
+    rollouts(distinct_states=True),
+    st.sampled_from(["mean_std", "mean"]),
+    st.sampled_from(["trajectories", "steps"]),
+    st.floats(0, 3),
+)
 def test_gigpo_with_distinct_states_is_grpo(trajs, mode, stats, omega):
     b = StepBatch.from_trajectories(trajs)
     grpo = estimate("grpo", b, mode=mode, invalid_penalty=0.1, episode_stats=stats).step
@@ -440,7 +476,9 @@ def test_equal_outcomes_give_zero_episode_terms(name, options, trajs):
     if name == "gigpo":
         adv = estimate(name, b, **{**options, "omega": 0.0}).step
     elif name == "hgpo":
-        zero = [traj(t.traj_id, [(s.state_key, s.action, 0.0) for s in t.steps], group=t.group_id) for t in trajs]
+        zero = [
+            traj(t.traj_id, [(s.state_key, s.action, 0.0) for s in t.steps], group=t.group_id) for t in trajs
+        ]
         adv = estimate(name, StepBatch.from_trajectories(zero), **options).step
         np.testing.assert_array_equal(adv, 0.0)
     else:
@@ -526,4 +564,3 @@ def test_synthetic_batch_looks_like_alfworld():
     assert np.unique(b.state_key).size < len(b) / 4  # anchor states repeat
     for column in ("turn_reward", "tool_call", "switch", "subgoal", "state_text"):
         assert getattr(b, column) is not None, column
-

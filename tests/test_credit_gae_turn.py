@@ -26,8 +26,12 @@ def traj(
     for t, r in enumerate(rewards):
         info = {} if tool_calls is None else {"tool_call": tool_calls[t]}
         tr = None if turn_rewards is None else turn_rewards[t]
-        steps.append(Step(obs=f"o{t}", action="a", reward=r, valid=t != invalid_at, turn_reward=tr, info=info))
-    return Trajectory(group, group, tid, steps, terminated=not truncated, truncated=truncated, outcome=outcome)
+        steps.append(
+            Step(obs=f"o{t}", action="a", reward=r, valid=t != invalid_at, turn_reward=tr, info=info)
+        )
+    return Trajectory(
+        group, group, tid, steps, terminated=not truncated, truncated=truncated, outcome=outcome
+    )
 
 
 def by_row(batch: StepBatch, arr: np.ndarray) -> dict[tuple[str, int], float]:
@@ -59,7 +63,9 @@ def test_gae_three_steps_by_hand():
     assert got[("y", 1)] == pytest.approx(0.4)
     assert got[("y", 0)] == pytest.approx(0.528)
     # value targets A + V, unwhitened
-    np.testing.assert_allclose(adv.extras["returns"], [-0.11912 + 1.0, -0.096 + 0.5, 2.2 - 0.2, 0.528 + 0.3, 0.4 + 0.6])
+    np.testing.assert_allclose(
+        adv.extras["returns"], [-0.11912 + 1.0, -0.096 + 0.5, 2.2 - 0.2, 0.528 + 0.3, 0.4 + 0.6]
+    )
 
 
 def test_gae_bootstrap_truncated_uses_own_value():
@@ -173,7 +179,11 @@ def test_mt_grpo_a_call_on_the_last_turn_is_not_a_tool_turn():
     eps = 1e-4
     # R^O (1, 0): deviations +-0.5, unbiased std sqrt(0.5) ; R^T (1, 0.5): +-0.25, std sqrt(0.125) ;
     # R^T + R^O (2, 0.5): +-0.75, std sqrt(1.125)
-    ao, at, ac = 0.5 / (math.sqrt(0.5) + eps), 0.25 / (math.sqrt(0.125) + eps), 0.75 / (math.sqrt(1.125) + eps)
+    ao, at, ac = (
+        0.5 / (math.sqrt(0.5) + eps),
+        0.25 / (math.sqrt(0.125) + eps),
+        0.75 / (math.sqrt(1.125) + eps),
+    )
     assert got[("u0", 0)] == pytest.approx(ac) and got[("u0", 1)] == pytest.approx(ac)
     assert got[("u1", 0)] == pytest.approx(-ao - at) and got[("u1", 1)] == pytest.approx(-ao)
     # counting the last-turn call would have given u0 A^O + A^T = 1.414 on both rows

@@ -84,7 +84,16 @@ def test_rloo_by_hand():
 def test_reinforce_pp_by_hand():
     b = group_batch()
     adv = estimate("reinforce_pp", b).step
-    centred = {"A/0": 0.5, "A/1": -0.5, "A/2": -0.5, "A/3": 0.5, "B/0": -3.0, "B/1": -1.0, "B/2": 4.0, "C/0": 0.0}
+    centred = {
+        "A/0": 0.5,
+        "A/1": -0.5,
+        "A/2": -0.5,
+        "A/3": 0.5,
+        "B/0": -3.0,
+        "B/1": -1.0,
+        "B/2": 4.0,
+        "C/0": 0.0,
+    }
     rows = np.array([centred[t] for t in b.traj_id])
     expected = (rows - rows.mean()) / (rows.std() + 1e-8)
     np.testing.assert_allclose(adv, expected)

@@ -21,7 +21,9 @@ def example() -> tuple[StepBatch, dict[str, np.ndarray]]:
     # A (terminated): KEEP KEEP SWITCH KEEP -> segments [0,1] [2,3]; invalid at t=1;
     #                 subgoal changes g2 -> g2x on the KEEP turn t=3.
     # B (truncated):  SWITCH SWITCH KEEP   -> segments [0] [1,2].
-    a = traj("A", [0.0, 0.0, 0.0, 1.0], ["KEEP", "KEEP", "SWITCH", "KEEP"], ["g1", "g1", "g2", "g2x"], invalid_at=1)
+    a = traj(
+        "A", [0.0, 0.0, 0.0, 1.0], ["KEEP", "KEEP", "SWITCH", "KEEP"], ["g1", "g1", "g2", "g2x"], invalid_at=1
+    )
     b = traj("B", [0.0, 0.5, 0.0], ["SWITCH", "SWITCH", "KEEP"], ["h1", "h2", "h2"], truncated=True)
     batch = StepBatch.from_trajectories([a, b])
     # 9.0 marks V_H on non-boundary rows: never used by any recursion
@@ -129,7 +131,9 @@ def test_keep_penalty_counts_t0_unless_skip_first():
     np.testing.assert_allclose(got, [-0.1, -0.1, 0.0, 0.0, -0.15, 0.0])
     # skip_first (core_hgae.py's option): C counts t1 only, 1 of 2 turns -> 0.3 * (1/2) / 1 = 0.15 on t1 ;
     # D: 1 of 1 -> 0.3 on t1
-    got = estimate("hiper", b, values=v, standardize=False, keep_penalty_skip_first=True).extras["shaped_reward"]
+    got = estimate("hiper", b, values=v, standardize=False, keep_penalty_skip_first=True).extras[
+        "shaped_reward"
+    ]
     np.testing.assert_allclose(got, [0.0, -0.15, 0.0, 0.0, -0.3, 0.0])
 
 
@@ -178,7 +182,9 @@ def test_missing_fields_and_heads():
         estimate("hiper", b, values={"high": v["high"], "low": v["low"]})
     with pytest.raises(ValueError, match="dict"):
         estimate("hiper", b, values=v["low"])
-    plain = StepBatch.from_trajectories([Trajectory("G", "G", "x", [Step(obs="o", reward=1.0)], terminated=True)])
+    plain = StepBatch.from_trajectories(
+        [Trajectory("G", "G", "x", [Step(obs="o", reward=1.0)], terminated=True)]
+    )
     with pytest.raises(MissingInputError, match="switch"):
         estimate("hiper", plain, values={h: np.zeros(1) for h in ("high", "low", "switch")})
 
@@ -244,7 +250,9 @@ def test_exact_critic_without_shaping_gives_zero(data):
         to_go[(tid, t)] = r + to_go.get((tid, t + 1), 0.0)
     v = np.array([to_go[(tid, t)] for tid, t in zip(batch.traj_id, batch.turn)])
     heads = {"high": v, "low": v, "switch": v}
-    adv = estimate("hiper", batch, values=heads, lam_H=1.0, shaping=False, standardize=False, bootstrap_truncated=False)
+    adv = estimate(
+        "hiper", batch, values=heads, lam_H=1.0, shaping=False, standardize=False, bootstrap_truncated=False
+    )
     scale = 1e-8 * (1 + np.abs(v).max())
     for name in ("action", "subgoal", "switch"):
         np.testing.assert_allclose(adv.spans[name], 0.0, atol=scale)

@@ -35,11 +35,17 @@ def batches(draw) -> tuple[list[Trajectory], np.random.Generator]:
                         valid=draw(st.booleans()),
                         state_key=draw(st.sampled_from(["s0", "s1", "s2"])),
                         turn_reward=draw(st.sampled_from([0.0, 1.0, 0.5])),
-                        info={"tool_call": draw(st.booleans()), "switch": switch, "subgoal": draw(st.sampled_from(["x", "y"]))},
+                        info={
+                            "tool_call": draw(st.booleans()),
+                            "switch": switch,
+                            "subgoal": draw(st.sampled_from(["x", "y"])),
+                        },
                     )
                 )
             trunc = draw(st.booleans())
-            trajs.append(Trajectory(f"task{g}", f"g{g}", f"g{g}/{i}", steps, terminated=not trunc, truncated=trunc))
+            trajs.append(
+                Trajectory(f"task{g}", f"g{g}", f"g{g}/{i}", steps, terminated=not trunc, truncated=trunc)
+            )
     seed = draw(st.integers(0, 2**16))
     return trajs, np.random.default_rng(seed)
 
@@ -75,12 +81,18 @@ def test_every_estimator_is_finite_deterministic_and_follows_ids(data):
         again = estimate(name, batch, **cfg)
         np.testing.assert_array_equal(adv.step, again.step, err_msg=name)
         shuffled_cfg = {
-            k: ({h: v[perm] for h, v in val.items()} if isinstance(val, dict) else val[perm]) for k, val in cfg.items()
+            k: ({h: v[perm] for h, v in val.items()} if isinstance(val, dict) else val[perm])
+            for k, val in cfg.items()
         }
         moved = estimate(name, shuffled, **shuffled_cfg)
         want, got = keyed(batch, adv.step), keyed(shuffled, moved.step)
         for k in want:
-            assert np.isclose(want[k], got[k], rtol=1e-9, atol=1e-9 * (1 + abs(want[k]))), (name, k, want[k], got[k])
+            assert np.isclose(want[k], got[k], rtol=1e-9, atol=1e-9 * (1 + abs(want[k]))), (
+                name,
+                k,
+                want[k],
+                got[k],
+            )
 
 
 @settings(max_examples=25, deadline=None)

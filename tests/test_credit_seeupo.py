@@ -40,10 +40,18 @@ def by_row(batch: StepBatch, arr: np.ndarray) -> dict[tuple[str, int], float]:
 # z over the five, unbiased: mean 0, var (0.25 + 0.25 + 0 + 1 + 1)/4 = 0.625
 S0 = math.sqrt(0.625)
 EXPECTED = {
-    ("g0", 0): 0.5 / S0, ("g0", 1): 0.5 / S0, ("g0", 2): 0.5 / S0, ("g1", 0): -0.5 / S0,
-    ("g2", 0): 0.0, ("g2", 1): 0.0, ("h0", 0): 1 / S0, ("h0", 1): 1 / S0,
-    ("h1", 0): -1 / S0, ("h1", 1): -1 / S0, ("h1", 2): -1 / S0,
-}  # fmt: skip
+    ("g0", 0): 0.5 / S0,
+    ("g0", 1): 0.5 / S0,
+    ("g0", 2): 0.5 / S0,
+    ("g1", 0): -0.5 / S0,
+    ("g2", 0): 0.0,
+    ("g2", 1): 0.0,
+    ("h0", 0): 1 / S0,
+    ("h0", 1): 1 / S0,
+    ("h1", 0): -1 / S0,
+    ("h1", 1): -1 / S0,
+    ("h1", 2): -1 / S0,
+}
 
 # ended="drop" (the seeupo_v2 copy): per-turn baselines over the LIVE trajectories of the group,
 # baseline 0 for a group with one live trajectory:
@@ -56,10 +64,18 @@ EXPECTED = {
 # turn 2: (1, 0): mean 0.5, var (0.25 + 0.25)/1 = 0.5 -> +-0.5/sqrt(0.5)
 S1, S2 = math.sqrt(2.125 / 3), math.sqrt(0.5)
 EXPECTED_DROP = {
-    ("g0", 0): 0.5 / S0, ("g1", 0): -0.5 / S0, ("g2", 0): 0.0, ("h0", 0): 1 / S0, ("h1", 0): -1 / S0,
-    ("g0", 1): 0.25 / S1, ("g2", 1): -0.25 / S1, ("h0", 1): 1 / S1, ("h1", 1): -1 / S1,
-    ("g0", 2): 0.5 / S2, ("h1", 2): -0.5 / S2,
-}  # fmt: skip
+    ("g0", 0): 0.5 / S0,
+    ("g1", 0): -0.5 / S0,
+    ("g2", 0): 0.0,
+    ("h0", 0): 1 / S0,
+    ("h1", 0): -1 / S0,
+    ("g0", 1): 0.25 / S1,
+    ("g2", 1): -0.25 / S1,
+    ("h0", 1): 1 / S1,
+    ("h1", 1): -1 / S1,
+    ("g0", 2): 0.5 / S2,
+    ("h1", 2): -0.5 / S2,
+}
 
 
 def test_ended_trajectories_kept_in_later_turns_by_default():
@@ -179,7 +195,10 @@ def test_properties_permutation_bounded_deterministic(data, ended):
     np.testing.assert_array_equal(adv, estimate("seeupo", batch, correction=corr, ended=ended).step)
     perm = rng.permutation(len(batch))
     moved = batch.take(perm)
-    want, got = by_row(batch, adv), by_row(moved, estimate("seeupo", moved, correction=corr, ended=ended).step)
+    want, got = (
+        by_row(batch, adv),
+        by_row(moved, estimate("seeupo", moved, correction=corr, ended=ended).step),
+    )
     for k, a in want.items():
         assert got[k] == pytest.approx(a, rel=1e-9, abs=1e-9), k
 

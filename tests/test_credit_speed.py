@@ -72,7 +72,11 @@ def test_cli_speed_part_runs_without_a_source_checkout(tmp_path):
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-c", run_cli, str(tmp_path), "bench", "credit", "--part", "speed", "--sizes", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "P=4: " in result.stdout
@@ -80,5 +84,7 @@ def test_cli_speed_part_runs_without_a_source_checkout(tmp_path):
 
 
 def test_cli_speed_part_rejects_bad_sizes():
-    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["bench", "credit", "--part", "speed", "--sizes", "4,x"])
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["bench", "credit", "--part", "speed", "--sizes", "4,x"]
+    )
     assert result.exit_code != 0 and "positive integers" in result.output

@@ -29,7 +29,9 @@ BIN = Path(sys.executable).parent
 def model_dir(tmp_path_factory):
     env = MazeEnv(size=2, n_doors=1, num_tasks=50)
     corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
+    )
 
 
 def _free_port() -> str:
@@ -39,7 +41,11 @@ def _free_port() -> str:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -47,7 +53,9 @@ def test_share_and_gather_are_inverse_and_single_is_a_no_op():
     items = list(range(7))
     shares = [Dist(rank=r, world=3).share(items) for r in range(3)]
     assert shares == [[0, 3, 6], [1, 4], [2, 5]]
-    assert SINGLE.share(items) == items and SINGLE.gather(items) == items and SINGLE.main and not SINGLE.active
+    assert (
+        SINGLE.share(items) == items and SINGLE.gather(items) == items and SINGLE.main and not SINGLE.active
+    )
     assert SINGLE.sum_stats({"loss": 1.5}) == {"loss": 1.5}
 
 
@@ -59,7 +67,9 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    with pytest.raises(ValueError, match="process 1 on this machine has no GPU of its own .1 visible.*model.device=cpu"):
+    with pytest.raises(
+        ValueError, match="process 1 on this machine has no GPU of its own .1 visible.*model.device=cpu"
+    ):
         init_distributed("cuda")
 
 
@@ -67,12 +77,34 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
     """GRPO, GAE (value head) and SeeUPO updates on the same batch: 2 gloo processes end with the
     parameters 1 process gets (to float rounding), identical on both ranks, and the same statistics."""
-    one = subprocess.run([sys.executable, str(WORKER), str(model_dir), str(tmp_path)], env=_env(), capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(WORKER), str(model_dir), str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", _free_port(), str(WORKER), str(model_dir), str(tmp_path)],
-                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            _free_port(),
+            str(WORKER),
+            str(model_dir),
+            str(tmp_path),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     single = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=False) for r in range(2)]
@@ -82,7 +114,9 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
     for estimator, want in single.items():
         assert want["moved"] > 1e-3, f"{estimator}: the update did not move the adapter"
         for got in ranks:
-            assert got[estimator]["rows"] == want["rows"] == 27  # 3 groups x 3 episodes x up to 3 turns, all rows
+            assert (
+                got[estimator]["rows"] == want["rows"] == 27
+            )  # 3 groups x 3 episodes x up to 3 turns, all rows
             for a, b in zip(got[estimator]["params"], want["params"]):
                 # SeeUPO: one update per turn slot with GSPO's 3e-4/4e-4 clip band on sequence ratios, so
                 # summation-order rounding compounds over the slots (1.9e-4 with the locked packages)
@@ -95,20 +129,67 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
 
 def _launch(model_dir: Path, out: Path, **extra: str) -> subprocess.Popen:
     overrides = {
-        "model.path": str(model_dir), "model.device": "cpu", "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.1,
-        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}", "env.train_tasks.count": 20, "env.num_envs": 2,
-        "rollout.groups": 3, "rollout.group_size": 2, "rollout.max_turns": 2, "rollout.max_new_tokens": 6,
-        "rollout.history_k": 1, "optim.iterations": 3, "optim.lr": 0.01, "logging.tensorboard": "false",
-        "algorithm.estimator": "gae", "algorithm.minibatch_size": 4, "algorithm.micro_batch_size": 2, "algorithm.kl_coef": 0.01,
-        "model.torch_threads": 1, "sft.enabled": "false", "eval.enabled": "true", "eval.tasks.start": 30, "eval.tasks.count": 3, "eval.episodes_per_task": 1,
+        "model.path": str(model_dir),
+        "model.device": "cpu",
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "lora.dropout": 0.1,
+        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
+        "env.train_tasks.count": 20,
+        "env.num_envs": 2,
+        "rollout.groups": 3,
+        "rollout.group_size": 2,
+        "rollout.max_turns": 2,
+        "rollout.max_new_tokens": 6,
+        "rollout.history_k": 1,
+        "optim.iterations": 3,
+        "optim.lr": 0.01,
+        "logging.tensorboard": "false",
+        "algorithm.estimator": "gae",
+        "algorithm.minibatch_size": 4,
+        "algorithm.micro_batch_size": 2,
+        "algorithm.kl_coef": 0.01,
+        "model.torch_threads": 1,
+        "sft.enabled": "false",
+        "eval.enabled": "true",
+        "eval.tasks.start": 30,
+        "eval.tasks.count": 3,
+        "eval.episodes_per_task": 1,
         **extra,
-    }  # fmt: skip
-    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_ip", "127.0.0.1", "--main_process_port", _free_port(),
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agentrl.cli", "train", "configs/quickstart.yaml",
-           *[f"{k}={v}" for k, v in overrides.items()], "--out", str(out)]  # fmt: skip
-    return subprocess.Popen(cmd, env=_env(), cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+    }
+    cmd = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        _free_port(),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "agentrl.cli",
+        "train",
+        "configs/quickstart.yaml",
+        *[f"{k}={v}" for k, v in overrides.items()],
+        "--out",
+        str(out),
+    ]
+    return subprocess.Popen(
+        cmd,
+        env=_env(),
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_all(proc: subprocess.Popen, marker: str) -> None:
@@ -169,26 +250,69 @@ def test_sft_on_two_processes_builds_one_tiny_model_and_takes_the_single_process
     every batch (5 demonstrations: 3 + 2), and the merged model equals the 1-process one."""
     from safetensors.torch import load_file
 
-    overrides = ["model.tiny={vocab_size: 384, layers: 1, hidden: 32, heads: 4, kv_heads: 2, corpus_tasks: 10}",
-                 "model.torch_threads=1", "lora.r=4", "lora.alpha=8", "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
-                 "sft.tasks.count=6", "sft.epochs=2", "sft.batch_size=5", "sft.lr=0.01"]  # fmt: skip
+    overrides = [
+        "model.tiny={vocab_size: 384, layers: 1, hidden: 32, heads: 4, kv_heads: 2, corpus_tasks: 10}",
+        "model.torch_threads=1",
+        "lora.r=4",
+        "lora.alpha=8",
+        "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
+        "sft.tasks.count=6",
+        "sft.epochs=2",
+        "sft.batch_size=5",
+        "sft.lr=0.01",
+    ]
     cli = ["-m", "agentrl.cli", "sft", "configs/quickstart.yaml", *overrides]
     root = Path(__file__).parents[1]
-    one = subprocess.run([sys.executable, *cli, "--out", str(tmp_path / "one")], env=_env(), cwd=root, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, *cli, "--out", str(tmp_path / "one")],
+        env=_env(),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", _free_port(), *cli, "--out", str(tmp_path / "two")],
-                         env=_env(), cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            _free_port(),
+            *cli,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=_env(),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("sft model:") == 1 and two.stderr.count("sft epoch 2/2") == 1
     tiny = [load_file(tmp_path / d / "tiny-model" / "model.safetensors") for d in ("one", "two")]
     assert all(torch.equal(tiny[0][k], tiny[1][k]) for k in tiny[0])
-    base, got, want = tiny[0], *(load_file(tmp_path / d / "sft-model" / "model.safetensors") for d in ("two", "one"))
-    assert max(float((want[k] - base[k]).abs().max()) for k in want if k in base) > 1e-3  # SFT moved the weights
+    base, got, want = (
+        tiny[0],
+        *(load_file(tmp_path / d / "sft-model" / "model.safetensors") for d in ("two", "one")),
+    )
+    assert (
+        max(float((want[k] - base[k]).abs().max()) for k in want if k in base) > 1e-3
+    )  # SFT moved the weights
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=2e-5, rtol=0)
-    losses = [[json.loads(line)["sft_loss"] for line in (tmp_path / d / "sft_metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    losses = [
+        [
+            json.loads(line)["sft_loss"]
+            for line in (tmp_path / d / "sft_metrics.jsonl").read_text().splitlines()
+        ]
+        for d in ("one", "two")
+    ]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
@@ -198,13 +322,59 @@ def test_eval_on_two_processes_plays_the_single_process_episodes(model_dir, tmp_
     one process gives them; rank 0's report covers all episodes and equals the 1-process one (greedy)."""
     from agentrl.types import read_trajectories
 
-    args = ["-m", "agentrl.cli", "eval", "--env", "maze", "--policy", f"hf:{model_dir}", "--episodes", "7", "--seeds", "2",
-            "-o", "size=2", "-o", "n_doors=1", "-o", "num_tasks=50", "--max-turns", "3", "--max-new-tokens", "6", "--num-envs", "2"]  # fmt: skip
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=_env(), capture_output=True, text=True, timeout=300)
+    args = [
+        "-m",
+        "agentrl.cli",
+        "eval",
+        "--env",
+        "maze",
+        "--policy",
+        f"hf:{model_dir}",
+        "--episodes",
+        "7",
+        "--seeds",
+        "2",
+        "-o",
+        "size=2",
+        "-o",
+        "n_doors=1",
+        "-o",
+        "num_tasks=50",
+        "--max-turns",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--num-envs",
+        "2",
+    ]
+    one = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", _free_port(), *args, "--out", str(tmp_path / "two")],
-                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            _free_port(),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("success ") == 1
     reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")]
@@ -226,7 +396,9 @@ def test_scripted_eval_refuses_several_processes(tmp_path, monkeypatch):
     from agentrl.cli import app
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = CliRunner().invoke(app, ["eval", "--env", "maze", "--policy", "random", "--episodes", "2", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["eval", "--env", "maze", "--policy", "random", "--episodes", "2", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "only hf: policies evaluate on several processes" in result.output
 
 
@@ -239,8 +411,11 @@ def test_two_processes_sample_through_one_server(model_dir, tmp_path):
     from agentrl.policies.server import PolicyServer
 
     with PolicyServer(model_dir, served_model_name="tiny", device="cpu", batch_wait_s=0.01) as server:
-        run = _launch(model_dir, tmp_path / "run", **{"rollout.server.url": server.url + "/v1", "optim.iterations": "2",
-                                                      "eval.enabled": "false"})  # fmt: skip
+        run = _launch(
+            model_dir,
+            tmp_path / "run",
+            **{"rollout.server.url": server.url + "/v1", "optim.iterations": "2", "eval.enabled": "false"},
+        )
         _, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-3000:]
         records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -254,4 +429,6 @@ def test_two_processes_sample_through_one_server(model_dir, tmp_path):
         saved.load_adapter(tmp_path / "run" / "served-adapter")
         for a, b in zip(trained.trainable_parameters(), saved.trainable_parameters()):
             assert torch.equal(a, b)
-        assert any(float(p.detach().abs().max()) > 0 for n, p in trained.model.named_parameters() if "lora_B" in n)
+        assert any(
+            float(p.detach().abs().max()) > 0 for n, p in trained.model.named_parameters() if "lora_B" in n
+        )

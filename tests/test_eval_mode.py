@@ -22,7 +22,22 @@ def wilson_by_hand(k: int, n: int) -> tuple[float, float]:
 
 
 def test_random_policy_report_matches_its_episodes(tmp_path):
-    result = runner.invoke(app, ["eval", "--env", "maze", "--policy", "random", "--episodes", "25", "--seeds", "2", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--env",
+            "maze",
+            "--policy",
+            "random",
+            "--episodes",
+            "25",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     episodes = read_trajectories(tmp_path / "eval" / "episodes.jsonl")
@@ -40,7 +55,9 @@ def test_random_policy_report_matches_its_episodes(tmp_path):
 
 
 def test_expert_policy_solves_every_maze_even_with_slips(tmp_path):
-    report = evaluate(EvalConfig(env="maze", policy="expert", episodes=20, seeds=2, env_kwargs={"slip": 0.2}), tmp_path)
+    report = evaluate(
+        EvalConfig(env="maze", policy="expert", episodes=20, seeds=2, env_kwargs={"slip": 0.2}), tmp_path
+    )
     assert report["success_rate"] == 1.0 and report["ci_high"] == 1.0 and report["ci_low"] < 1.0
 
 
@@ -55,7 +72,10 @@ def test_same_config_same_report(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--env", "maze", "--policy", "nope"], "policy must be hf:PATH, vllm:PATH, openai:URL, random or expert"),
+        (
+            ["--env", "maze", "--policy", "nope"],
+            "policy must be hf:PATH, vllm:PATH, openai:URL, random or expert",
+        ),
         (["--env", "maze", "--policy", "openai:127.0.0.1:8000"], "needs an http(s) URL"),
         (["--env", "webshop", "--policy", "expert"], "has no step-wise expert"),
         (["--env", "nope", "--policy", "random"], "unknown env 'nope'"),
@@ -73,8 +93,15 @@ def test_hf_policy_on_a_tiny_model(tmp_path):
     from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 
     env = make("maze")
-    path = build_tiny_model(tmp_path / "model", env_corpus(env, list(env.task_ids())[:5]) + format_corpus(), vocab_size=300, seed=0)
-    cfg = EvalConfig(env="maze", policy=f"hf:{path}", episodes=3, seeds=1, max_turns=2, max_new_tokens=8, num_envs=2)
+    path = build_tiny_model(
+        tmp_path / "model",
+        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
+        vocab_size=300,
+        seed=0,
+    )
+    cfg = EvalConfig(
+        env="maze", policy=f"hf:{path}", episodes=3, seeds=1, max_turns=2, max_new_tokens=8, num_envs=2
+    )
     report = evaluate(cfg, tmp_path / "run")
     episodes = read_trajectories(tmp_path / "run" / "eval" / "episodes.jsonl")
     assert report["episodes"] == 3 == len(episodes)
@@ -90,13 +117,24 @@ def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path):
     from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 
     env = make("maze")
-    path = build_tiny_model(tmp_path / "model", env_corpus(env, list(env.task_ids())[:5]) + format_corpus(), vocab_size=300, seed=0)
-    common = dict(env="maze", episodes=3, seeds=1, max_turns=2, max_new_tokens=8, num_envs=2)
+    path = build_tiny_model(
+        tmp_path / "model",
+        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
+        vocab_size=300,
+        seed=0,
+    )
+    common = {"env": "maze", "episodes": 3, "seeds": 1, "max_turns": 2, "max_new_tokens": 8, "num_envs": 2}
     local = evaluate(EvalConfig(policy=f"hf:{path}", **common), tmp_path / "hf")
     with PolicyServer(path, served_model_name="tiny", device="cpu", batch_wait_s=0.01) as server:
         remote = evaluate(EvalConfig(policy=f"openai:{server.url}/v1", **common), tmp_path / "openai")
-    by_id = {t.traj_id: [s.response for s in t.steps] for t in read_trajectories(tmp_path / "hf" / "eval" / "episodes.jsonl")}
-    got = {t.traj_id: [s.response for s in t.steps] for t in read_trajectories(tmp_path / "openai" / "eval" / "episodes.jsonl")}
+    by_id = {
+        t.traj_id: [s.response for s in t.steps]
+        for t in read_trajectories(tmp_path / "hf" / "eval" / "episodes.jsonl")
+    }
+    got = {
+        t.traj_id: [s.response for s in t.steps]
+        for t in read_trajectories(tmp_path / "openai" / "eval" / "episodes.jsonl")
+    }
     assert got == by_id and len(got) == 3
     assert remote["success_rate"] == local["success_rate"] and remote["episodes"] == 3
 
@@ -107,9 +145,32 @@ def test_the_system_prompt_reaches_the_model(tmp_path):
     from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 
     env = make("maze")
-    path = build_tiny_model(tmp_path / "model", env_corpus(env, list(env.task_ids())[:5]) + format_corpus(), vocab_size=300, seed=0)
-    result = runner.invoke(app, ["eval", "--env", "maze", "--policy", f"hf:{path}", "--episodes", "2", "--max-turns", "1",
-                                 "--max-new-tokens", "4", "--system-prompt", "Reach the goal room.", "--out", str(tmp_path / "run")])  # fmt: skip
+    path = build_tiny_model(
+        tmp_path / "model",
+        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
+        vocab_size=300,
+        seed=0,
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--env",
+            "maze",
+            "--policy",
+            f"hf:{path}",
+            "--episodes",
+            "2",
+            "--max-turns",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--system-prompt",
+            "Reach the goal room.",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     episodes = read_trajectories(tmp_path / "run" / "eval" / "episodes.jsonl")
     assert all(t.steps[0].prompt[0]["content"].startswith("Reach the goal room.") for t in episodes)

@@ -7,7 +7,14 @@ import pytest
 
 from agentrl.credit import available_estimators
 from agentrl.envs.maze import MazeEnv
-from agentrl.eval.fidelity import _noise, _sign, credit_fidelity, fidelity_markdown, improved_policy, sample_group
+from agentrl.eval.fidelity import (
+    _noise,
+    _sign,
+    credit_fidelity,
+    fidelity_markdown,
+    improved_policy,
+    sample_group,
+)
 from agentrl.stats import bootstrap_mean, wilson
 from agentrl.types import StepBatch
 
@@ -64,11 +71,15 @@ def test_sampled_groups_carry_true_advantages_that_match_exact_values():
     assert len(first_obs) == 1  # identical initial state
     for t in trajs:
         for k, s in enumerate(t.steps):
-            assert s.info["true_advantage"] == pytest.approx(ev.q(s.state_key, k, s.action) - ev.v(s.state_key, k))
+            assert s.info["true_advantage"] == pytest.approx(
+                ev.q(s.state_key, k, s.action) - ev.v(s.state_key, k)
+            )
 
 
 def test_fidelity_ranks_step_level_methods_above_outcome_only():
-    rows = credit_fidelity(tasks=6, group_sizes=(8,), resamples=4, estimators=["grpo", "gigpo", "gae", "mt_grpo"], seed=0)
+    rows = credit_fidelity(
+        tasks=6, group_sizes=(8,), resamples=4, estimators=["grpo", "gigpo", "gae", "mt_grpo"], seed=0
+    )
     by = {r.estimator: r for r in rows}
     for name in ("grpo", "gigpo", "gae"):
         assert 0 < by[name].corr <= 1 and 0 <= by[name].sign <= 1 and by[name].rows > 100
@@ -86,25 +97,36 @@ def test_fidelity_measures_all_estimators_including_turn_level_and_hiper():
     by = {r.estimator: r for r in rows}
     assert sorted(by) == sorted(available_estimators()) and len(by) == 11
     for r in rows:
-        assert np.isfinite([r.corr, r.sign, r.noise]).all() and r.rows > 100 and not r.note.startswith("skipped"), r
+        assert (
+            np.isfinite([r.corr, r.sign, r.noise]).all() and r.rows > 100 and not r.note.startswith("skipped")
+        ), r
     # measured 0.43-0.49 (hiper), 0.38-0.40 (mt_grpo), 0.34-0.37 (mt_ppo) over seeds 0-2
     for name in ("hiper", "mt_grpo", "mt_ppo"):
         assert by[name].corr > 0.2, by[name]
-    assert {by[n].target for n in ("mt_grpo", "mt_ppo")} == {"outcome+turn"} and by["hiper"].target == "outcome"
+    assert {by[n].target for n in ("mt_grpo", "mt_ppo")} == {"outcome+turn"} and by[
+        "hiper"
+    ].target == "outcome"
     assert by["hiper"].note.startswith("exact V as critic (oracle)") and "shaping=False" in by["hiper"].note
 
 
 def test_sampled_groups_carry_turn_rewards_tags_and_both_targets():
     env = MazeEnv(slip=0.1, turn_rewards=True, subgoals=True)
     policy = improved_policy(env, "maze-2", 0.95)
-    ev, ev_turn = env.exact_values("maze-2", policy, 0.95), env.exact_values("maze-2", policy, 0.95, turn_weight=1.0)
-    trajs = sample_group(env, "maze-2", "g", 3, policy, ev, env_seed=1, rng=np.random.default_rng(0), turn_values=ev_turn)
+    ev, ev_turn = (
+        env.exact_values("maze-2", policy, 0.95),
+        env.exact_values("maze-2", policy, 0.95, turn_weight=1.0),
+    )
+    trajs = sample_group(
+        env, "maze-2", "g", 3, policy, ev, env_seed=1, rng=np.random.default_rng(0), turn_values=ev_turn
+    )
     for t in trajs:
         assert t.steps[0].info["switch"] == "SWITCH" and t.steps[0].info["subgoal"]
         assert sum(s.turn_reward for s in t.steps) >= 1.0  # the first move enters a new room
         for k, s in enumerate(t.steps):
             assert s.turn_reward in (0.0, 1.0) and s.info["switch"] in ("KEEP", "SWITCH")
             key = s.info["progress_key"]
-            assert s.info["true_advantage_turn"] == pytest.approx(ev_turn.q(key, k, s.action) - ev_turn.v(key, k))
+            assert s.info["true_advantage_turn"] == pytest.approx(
+                ev_turn.q(key, k, s.action) - ev_turn.v(key, k)
+            )
     batch = StepBatch.from_trajectories(trajs)
     assert batch.turn_reward is not None and batch.switch is not None and batch.subgoal is not None

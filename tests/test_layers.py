@@ -72,7 +72,10 @@ def import_graph() -> dict[str, set[str]]:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(up + ([base] if base else []))
                 if base.split(".")[0] == "agentrl":
-                    deps.update(known(f"{base}.{a.name}") if f"{base}.{a.name}" in modules else known(base) for a in node.names)
+                    deps.update(
+                        known(f"{base}.{a.name}") if f"{base}.{a.name}" in modules else known(base)
+                        for a in node.names
+                    )
         deps.discard(mod)
         graph[mod] = deps
     return graph
@@ -143,5 +146,12 @@ def test_the_import_graph_has_no_cycle():
 def test_the_checks_see_a_cycle_and_an_upward_import():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     graph = import_graph()
-    assert "agentrl.serving" in graph["agentrl.envs.remote"] and "agentrl.distributed" in graph["agentrl.trainers.learner"]
-    assert layer_of("agentrl.eval.learning") > layer_of("agentrl.trainers.loop") > layer_of("agentrl.credit.base")
+    assert (
+        "agentrl.serving" in graph["agentrl.envs.remote"]
+        and "agentrl.distributed" in graph["agentrl.trainers.learner"]
+    )
+    assert (
+        layer_of("agentrl.eval.learning")
+        > layer_of("agentrl.trainers.loop")
+        > layer_of("agentrl.credit.base")
+    )

@@ -7,7 +7,9 @@ from pathlib import Path
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", (ROOT / "requirements.lock").read_text(), flags=re.M))
+PINS = dict(
+    re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", (ROOT / "requirements.lock").read_text(), flags=re.M)
+)
 
 
 def test_lock_pins_the_packages_the_project_needs():
@@ -26,7 +28,9 @@ def test_installed_versions_equal_the_lock():
             installed = None
         if installed != pinned:
             differ[name] = (pinned, installed)
-    assert not differ, f"installed packages differ from requirements.lock (locked, installed): {differ}; run make install"
+    assert not differ, (
+        f"installed packages differ from requirements.lock (locked, installed): {differ}; run make install"
+    )
 
 
 def test_locked_transformers_accepts_the_locked_peft():

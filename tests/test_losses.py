@@ -14,7 +14,15 @@ def _input(logp, adv, mask, old=None, **kw) -> LossInput:
     logp = torch.tensor(logp, dtype=torch.float32, requires_grad=True)
     old = torch.zeros_like(logp) if old is None else torch.tensor(old, dtype=torch.float32)
     mask_t = torch.tensor(mask, dtype=torch.float32)
-    return LossInput(logp, old, torch.tensor(adv, dtype=torch.float32), mask_t, float(mask_t.sum()), float(mask_t.shape[0]), **kw)
+    return LossInput(
+        logp,
+        old,
+        torch.tensor(adv, dtype=torch.float32),
+        mask_t,
+        float(mask_t.sum()),
+        float(mask_t.shape[0]),
+        **kw,
+    )
 
 
 # ratios 1.5, 0.5 | 1.0, (masked); advantages 1, -1 | 2, 0; clip 0.2

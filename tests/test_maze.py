@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 import gymnasium
@@ -18,14 +19,19 @@ RED = frozenset({"red"})
 def corridor(n: int = 3) -> MazeLayout:
     """Rooms A-B-C... in a row going east; start at A, goal at the last room."""
     rooms = tuple("ABCDE"[:n])
-    passages = tuple(Passage(a, "east", b) for a, b in zip(rooms, rooms[1:]))
+    passages = tuple(Passage(a, "east", b) for a, b in itertools.pairwise(rooms))
     return MazeLayout(rooms=rooms, passages=passages, keys={}, start="A", goal=rooms[-1])
 
 
 def locked() -> MazeLayout:
     """A -east- B -east (red door)- C, red key in A, goal C."""
-    return MazeLayout(rooms=("A", "B", "C"), passages=(("A", "east", "B"), ("B", "east", "C", "red")),
-                      keys={"red": "A"}, start="A", goal="C")
+    return MazeLayout(
+        rooms=("A", "B", "C"),
+        passages=(("A", "east", "B"), ("B", "east", "C", "red")),
+        keys={"red": "A"},
+        start="A",
+        goal="C",
+    )
 
 
 def key(layout: MazeLayout, room: str, held: frozenset[str] = NONE) -> str:
@@ -47,7 +53,9 @@ def play(env: MazeEnv, seed: int, task_id: str, actions_rng_seed: int, n: int = 
 # ----------------------------------------------------------------------------- env contract
 
 
-@pytest.mark.parametrize("kw", [{}, {"slip": 0.3}, {"size": 4, "n_doors": 2, "slip": 0.1}, {"layout": locked()}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"slip": 0.3}, {"size": 4, "n_doors": 2, "slip": 0.1}, {"layout": locked()}]
+)
 def test_check_env(kw: dict) -> None:
     check_env(make("maze", **kw), other=make("maze", **kw))
 
@@ -56,7 +64,7 @@ def test_gymnasium_make() -> None:
     env = gymnasium.make("agentrl/Maze-v0", slip=0.2)
     obs, info = env.reset(seed=1, options={"task_id": "maze-7"})
     assert obs == info["state_key"] and "Your task is to reach the" in obs
-    obs, reward, term, trunc, info = env.step(info["admissible_actions"][0])
+    obs, _reward, _term, _trunc, info = env.step(info["admissible_actions"][0])
     assert info["valid"] is True and info["task_id"] == "maze-7"
 
 
@@ -80,7 +88,9 @@ def test_moves_keys_doors_goal() -> None:
     env = make("maze", layout=locked())
     obs, info = env.reset(seed=0)
     assert info["admissible_actions"] == ["go east", "take red key"]
-    assert info["admissible_actions"] is not env.reset(seed=0)[1]["admissible_actions"]  # a new list each call
+    assert (
+        info["admissible_actions"] is not env.reset(seed=0)[1]["admissible_actions"]
+    )  # a new list each call
     obs, reward, term, trunc, info = env.step("go east")
     obs, reward, term, trunc, info = env.step("  GO   East ")  # case and whitespace are normalised
     assert obs.startswith("The red door is locked.\n") and info["valid"] is True and reward == 0.0
@@ -119,7 +129,13 @@ def test_bad_input_has_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown room"):
         MazeLayout(rooms=("A", "B"), passages=(("A", "east", "B"),), keys={"red": "Z"}, start="A", goal="B")
     with pytest.raises(ValueError, match="already has an exit"):
-        MazeLayout(rooms=("A", "B", "C"), passages=(("A", "east", "B"), ("A", "east", "C")), keys={}, start="A", goal="B")
+        MazeLayout(
+            rooms=("A", "B", "C"),
+            passages=(("A", "east", "B"), ("A", "east", "C")),
+            keys={},
+            start="A",
+            goal="B",
+        )
     with pytest.raises(ValueError, match="probabilities"):
         exact_values(corridor(), policy=lambda s, acts: [1.0, 1.0])
 
@@ -163,7 +179,7 @@ def test_solve_plan_wins_in_the_env() -> None:
     env = make("maze", n_doors=2, size=4)
     env.reset(seed=0, options={"task_id": "maze-9"})
     for action in solve(env.layout):
-        obs, reward, term, trunc, info = env.step(action)
+        _obs, reward, term, _trunc, info = env.step(action)
     assert term and reward == 1.0 and info["success"]
 
 
@@ -185,8 +201,12 @@ def test_corridor_uniform_values_by_hand() -> None:
         assert ev.v(key(layout, "B"), 0) == pytest.approx(vb, abs=1e-12)
     ev = exact_values(layout, gamma=0.9, max_steps=4)
     for t in range(5):  # at step t there are 4 - t steps left
-        assert ev.v(key(layout, "A"), t) == pytest.approx(([0.0] + [v[0] for v in by_hand.values()])[4 - t], abs=1e-12)
-    assert ev.v(key(layout, "C"), 2) == 0.0 and ev.q(key(layout, "C"), 2, "go west") == 0.0  # goal is terminal
+        assert ev.v(key(layout, "A"), t) == pytest.approx(
+            ([0.0] + [v[0] for v in by_hand.values()])[4 - t], abs=1e-12
+        )
+    assert (
+        ev.v(key(layout, "C"), 2) == 0.0 and ev.q(key(layout, "C"), 2, "go west") == 0.0
+    )  # goal is terminal
     assert ev.q(key(layout, "B"), 0, "go east") == pytest.approx(1.0)
     assert ev.q(key(layout, "B"), 0, "go west") == pytest.approx(0.9 * 0.45)  # 0.9 V_3(A)
     assert ev.advantage(key(layout, "B"), 0, "go east") == pytest.approx(1.0 - 0.7025)
@@ -237,8 +257,10 @@ def test_slip_values_satisfy_the_bellman_equation() -> None:
     ev = exact_values(three, gamma=g, max_steps=6, slip=p)
     va = vb = 0.0
     for t in range(5, -1, -1):
-        va, vb = ((1 - p) * g * vb + p * g * va,
-                  0.5 * ((1 - p) * 1 + p * g * vb) + 0.5 * ((1 - p) * g * va + p * g * vb))
+        va, vb = (
+            (1 - p) * g * vb + p * g * va,
+            0.5 * ((1 - p) * 1 + p * g * vb) + 0.5 * ((1 - p) * g * va + p * g * vb),
+        )
         assert ev.v(key(three, "A"), t) == pytest.approx(va, abs=1e-12)
         assert ev.v(key(three, "B"), t) == pytest.approx(vb, abs=1e-12)
 
@@ -256,15 +278,15 @@ def test_env_exact_values_use_env_settings() -> None:
 def test_monte_carlo_matches_exact_value() -> None:
     gamma = 0.95
     env = make("maze", slip=0.2, max_steps=20)
-    obs, info = env.reset(seed=0, options={"task_id": "maze-5"})
+    _obs, info = env.reset(seed=0, options={"task_id": "maze-5"})
     v0 = env.exact_values("maze-5", gamma=gamma).v(info["state_key"], 0)
     rng = np.random.default_rng(0)
     returns = np.zeros(2000)
     for i in range(2000):
-        obs, info = env.reset(seed=i, options={"task_id": "maze-5"})
+        _obs, info = env.reset(seed=i, options={"task_id": "maze-5"})
         done, t = False, 0
         while not done:
-            obs, reward, term, trunc, info = env.step(str(rng.choice(info["admissible_actions"])))
+            _obs, reward, term, trunc, info = env.step(str(rng.choice(info["admissible_actions"])))
             returns[i] += gamma**t * reward
             done, t = term or trunc, t + 1
     se = returns.std(ddof=1) / np.sqrt(len(returns))
@@ -275,11 +297,11 @@ def test_monte_carlo_matches_exact_value() -> None:
 def test_expert_action_follows_a_shortest_plan_and_recovers_after_a_detour():
     env = MazeEnv(expert=True, slip=0.3)
     for seed in range(5):
-        obs, info = env.reset(seed=seed, options={"task_id": f"maze-{seed}"})
+        _obs, info = env.reset(seed=seed, options={"task_id": f"maze-{seed}"})
         assert info["expert_action"] == solve(env.layout)[0]
         _, _, _, _, info = env.step(info["admissible_actions"][-1])  # possibly a detour
         for _ in range(40):
-            obs, reward, terminated, truncated, info = env.step(info["expert_action"])
+            _obs, _reward, terminated, truncated, info = env.step(info["expert_action"])
             if terminated or truncated:
                 break
         assert terminated and info["success"] and "expert_action" not in info

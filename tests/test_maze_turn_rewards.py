@@ -29,14 +29,22 @@ def door_loop() -> MazeLayout:
     from S east to B: that one can be passed for the first time into a room already visited."""
     return MazeLayout(
         rooms=("S", "K", "X", "B", "G"),
-        passages=(("S", "north", "K"), ("K", "east", "X"), ("X", "south", "B"), ("S", "east", "B", "red"), ("B", "east", "G", "red")),
-        keys={"red": "K"}, start="S", goal="G",
-    )  # fmt: skip
+        passages=(
+            ("S", "north", "K"),
+            ("K", "east", "X"),
+            ("X", "south", "B"),
+            ("S", "east", "B", "red"),
+            ("B", "east", "G", "red"),
+        ),
+        keys={"red": "K"},
+        start="S",
+        goal="G",
+    )
 
 
 def test_turn_rewards_and_subgoals_on_a_hand_built_layout() -> None:
     env = MazeEnv(layout=door_loop(), turn_rewards=True, subgoals=True)
-    obs, info = env.reset(seed=0)
+    _obs, info = env.reset(seed=0)
     assert "turn_reward" not in info and info["progress_key"].endswith("Visited: S.\nDoors passed: none.")
     assert (info["switch"], info["subgoal"]) == ("SWITCH", "take the red key")
     # action, its turn reward, then the planner's switch and subgoal for the next turn
@@ -54,17 +62,19 @@ def test_turn_rewards_and_subgoals_on_a_hand_built_layout() -> None:
         ("go east", 1.0, "SWITCH", "reach the G"),  # door B-G and the goal, both new: still 1.0
     ]
     for action, turn, switch, subgoal in script:
-        obs, reward, terminated, truncated, info = env.step(action)
+        _obs, reward, terminated, _truncated, info = env.step(action)
         assert (info["turn_reward"], info["switch"], info["subgoal"]) == (turn, switch, subgoal), action
         assert reward == (1.0 if terminated else 0.0)  # the env reward stays the outcome
     assert terminated and info["success"]
     assert info["progress_key"].endswith("Visited: S, K, X, B, G.\nDoors passed: red (S-B), red (B-G).")
 
 
-def history_turn_rewards(layout: MazeLayout, states: list[tuple[str, frozenset]], actions: list[str]) -> list[float]:
+def history_turn_rewards(
+    layout: MazeLayout, states: list[tuple[str, frozenset]], actions: list[str]
+) -> list[float]:
     """The documented turn rewards recomputed from a whole transcript (state before every step)."""
     out, rooms, doors = [], {layout.start}, set()
-    for (room, held), action, (room2, held2) in zip(states, actions, states[1:]):
+    for (room, held), _action, (room2, held2) in zip(states, actions, states[1:]):
         new = held2 != held or room2 not in rooms
         for p in layout.passages:
             if p.door is not None and room2 != room and {room, room2} == {p.a, p.b} and p not in doors:
@@ -80,12 +90,12 @@ def test_turn_rewards_match_the_transcript_with_slips(task: str) -> None:
     env = MazeEnv(size=3, n_doors=2, slip=0.3, turn_rewards=True, subgoals=True)
     rng = np.random.default_rng(1)
     for seed in range(5):
-        obs, info = env.reset(seed=seed, options={"task_id": task})
+        _obs, info = env.reset(seed=seed, options={"task_id": task})
         states, actions, turns = [env.state], [], []
         done = False
         while not done:
             action = str(rng.choice(info["admissible_actions"] + ["go nowhere"]))
-            obs, reward, terminated, truncated, info = env.step(action)
+            _obs, _reward, terminated, truncated, info = env.step(action)
             states.append(env.state)
             actions.append(action)
             turns.append(info["turn_reward"])
@@ -128,20 +138,24 @@ def test_check_env_and_bad_flags() -> None:
 def test_planner_subgoals_follow_a_shortest_plan() -> None:
     env = MazeEnv(size=4, n_doors=2, subgoals=True)
     for task in ("maze-1", "maze-5"):
-        obs, info = env.reset(seed=0, options={"task_id": task})
+        _obs, info = env.reset(seed=0, options={"task_id": task})
         tags = [(info["switch"], info["subgoal"])]
         for action in solve(env.layout):
-            obs, reward, terminated, truncated, info = env.step(action)
+            _obs, _reward, terminated, _truncated, info = env.step(action)
             tags.append((info["switch"], info["subgoal"]))
         doors = [f"open the {p.door} door" for p in env.layout.passages if p.door]
         subgoals = [s for sw, s in tags if sw == "SWITCH"]
         assert subgoals[-1] == f"reach the {env.layout.goal}" and terminated
-        assert len(subgoals) == 2 * len(doors) + 1 and set(subgoals[1::2]) == set(doors)  # key, door, key, door, goal
+        assert len(subgoals) == 2 * len(doors) + 1 and set(subgoals[1::2]) == set(
+            doors
+        )  # key, door, key, door, goal
         assert all(s.startswith("take the ") for s in subgoals[:-1:2])
         assert all((sw == "SWITCH") == (s != prev) for (sw, s), (_, prev) in zip(tags[1:], tags))
 
 
-def brute_force_q(layout: MazeLayout, gamma: float, slip: float, weight: float, horizon: int) -> dict[str, float]:
+def brute_force_q(
+    layout: MazeLayout, gamma: float, slip: float, weight: float, horizon: int
+) -> dict[str, float]:
     """Q at t=0 of every first action under the uniform policy, by expanding every history
     (actions and slips) up to ``horizon`` steps, turn rewards recomputed from each history."""
 
@@ -175,8 +189,12 @@ def test_exact_values_with_turn_rewards_match_brute_force(slip: float, weight: f
     assert ev.v(start, 0) == pytest.approx(np.mean(list(brute.values())), abs=1e-12)
     assert brute["go north"] > 0.5 * weight  # the turn rewards matter
     # linear in the weight: outcome values (the plain DP) + weight * turn values
-    plain = exact_values(layout, gamma=gamma, max_steps=horizon, slip=slip).v(describe(layout, layout.start_state), 0)
-    double = exact_values(layout, gamma=gamma, max_steps=horizon, slip=slip, turn_weight=2 * weight).v(start, 0)
+    plain = exact_values(layout, gamma=gamma, max_steps=horizon, slip=slip).v(
+        describe(layout, layout.start_state), 0
+    )
+    double = exact_values(layout, gamma=gamma, max_steps=horizon, slip=slip, turn_weight=2 * weight).v(
+        start, 0
+    )
     assert double - ev.v(start, 0) == pytest.approx(ev.v(start, 0) - plain, abs=1e-12)
 
 
@@ -184,11 +202,13 @@ def test_progress_states_are_keyed_and_unreachable_steps_raise() -> None:
     layout = door_loop()
     env = MazeEnv(layout=layout, max_steps=6, turn_rewards=True)
     ev = env.exact_values("maze-custom", gamma=0.9, turn_weight=1.0)
-    obs, info = env.reset(seed=0)
+    _obs, info = env.reset(seed=0)
     assert ev.state_keys[0] == info["progress_key"] and ev.turn_weight == 1.0
     for action in ("go north", "take red key", "go south"):
-        obs, reward, terminated, truncated, info = env.step(action)
-    assert ev.v(info["progress_key"], 3) == pytest.approx(np.mean([ev.q(info["progress_key"], 3, a) for a in ("go north", "go east")]))
+        _obs, _reward, _terminated, _truncated, info = env.step(action)
+    assert ev.v(info["progress_key"], 3) == pytest.approx(
+        np.mean([ev.q(info["progress_key"], 3, a) for a in ("go north", "go east")])
+    )
     with pytest.raises(KeyError, match="cannot be reached by step 2"):
         ev.v(info["progress_key"], 2)  # three steps are needed to hold the key back in S
     with pytest.raises(KeyError, match="cannot be reached by step 1"):

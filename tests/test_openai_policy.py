@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 
 from agentrl.agents import StepPrompt
 from agentrl.envs.maze import MazeEnv
-from agentrl.serving import ServerThread, free_port
 from agentrl.policies import Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.logprobs import pack_samples
 from agentrl.policies.openai import MissingTokenIdsError, OpenAIPolicy, OpenAIServerError
 from agentrl.policies.server import PolicyServer
+from agentrl.serving import ServerThread, free_port
 
 NAME = "tiny"
 GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
@@ -43,7 +43,9 @@ def prompts():
     env, builder, out = MazeEnv(), StepPrompt(history_k=2), []
     for i in range(4):
         obs, info = env.reset(options={"task_id": f"maze-{i}"})
-        out.append(builder.build("", obs, [("You are in the hall.", "go north")] * i, info["admissible_actions"]))
+        out.append(
+            builder.build("", obs, [("You are in the hall.", "go north")] * i, info["admissible_actions"])
+        )
     return out
 
 
@@ -53,7 +55,9 @@ def set_lora(policy: HFPolicy, seed: int | None, scale: float = 0.5) -> None:
     with torch.no_grad():
         for name, p in policy.model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale if seed is not None else torch.zeros_like(p))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen) * scale if seed is not None else torch.zeros_like(p)
+                )
 
 
 def test_registry_builds_the_policy(server):
@@ -71,22 +75,33 @@ def test_greedy_generations_equal_the_in_process_policy(server, local, prompts):
     got = OpenAIPolicy(server.url, NAME).generate(prompts, GREEDY)
     want = local.generate(prompts, GREEDY)
     for g, w in zip(got, want):
-        assert (g.prompt_ids, g.response_ids, g.text, g.finish_reason) == (w.prompt_ids, w.response_ids, w.text, w.finish_reason)
+        assert (g.prompt_ids, g.response_ids, g.text, g.finish_reason) == (
+            w.prompt_ids,
+            w.response_ids,
+            w.text,
+            w.finish_reason,
+        )
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
 
 
 def test_prompt_ids_from_the_server_or_a_local_tokenizer(server, local, prompts, served_model_dir):
     assert OpenAIPolicy(server.url, NAME).prompt_ids(prompts[1]) == local.prompt_ids(prompts[1])
-    assert OpenAIPolicy(server.url, NAME, tokenizer=served_model_dir).prompt_ids(prompts[2]) == local.prompt_ids(prompts[2])
+    assert OpenAIPolicy(server.url, NAME, tokenizer=served_model_dir).prompt_ids(
+        prompts[2]
+    ) == local.prompt_ids(prompts[2])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_logprobs_equal_rescoring_the_ids_in_process(server, local, prompts, temperature):
     set_lora(local, None)
-    gens = OpenAIPolicy(server.url, NAME).generate(prompts, SamplingParams(temperature=temperature, max_new_tokens=10, seed=5))
+    gens = OpenAIPolicy(server.url, NAME).generate(
+        prompts, SamplingParams(temperature=temperature, max_new_tokens=10, seed=5)
+    )
     batch = pack_samples([g.prompt_ids for g in gens], [g.response_ids for g in gens], local.pad_token_id)
     with torch.no_grad():
-        lp = local.logprobs(batch.input_ids, batch.attention_mask, batch.response_mask, temperature=temperature).logprobs
+        lp = local.logprobs(
+            batch.input_ids, batch.attention_mask, batch.response_mask, temperature=temperature
+        ).logprobs
     for g, row in zip(gens, batch.responses(lp)):
         assert len(g.logprobs) == len(g.response_ids) > 0
         assert g.logprobs == pytest.approx(row.tolist(), abs=1e-4)
@@ -136,12 +151,16 @@ def test_sync_adapter_loads_replaces_and_unloads_lora_weights(server, local, pro
                 assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
             assert [g.response_ids for g in got] != [b.response_ids for b in base]
         # the base model is still served under its own name
-        assert [g.response_ids for g in OpenAIPolicy(server.url, NAME).generate(prompts, GREEDY)] == [b.response_ids for b in base]
+        assert [g.response_ids for g in OpenAIPolicy(server.url, NAME).generate(prompts, GREEDY)] == [
+            b.response_ids for b in base
+        ]
         # a second client that never loaded "policy" replaces it too (the server says it is already loaded)
         other = OpenAIPolicy(server.url, NAME)
         other.sync_adapter(tmp_path / "iter0", "policy")
         set_lora(local, 3)
-        assert [g.response_ids for g in other.generate(prompts, GREEDY)] == [w.response_ids for w in local.generate(prompts, GREEDY)]
+        assert [g.response_ids for g in other.generate(prompts, GREEDY)] == [
+            w.response_ids for w in local.generate(prompts, GREEDY)
+        ]
     finally:
         pol.unload_adapter("policy")
         set_lora(local, None)
@@ -198,7 +217,9 @@ def test_a_bad_request_is_raised_with_the_servers_message(server, prompts):
 
 def test_retries_until_a_server_that_was_down_comes_up(served_model_dir, prompts):
     port = free_port()
-    late = PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", port=port)  # loaded, not yet listening
+    late = PolicyServer(
+        served_model_dir, served_model_name=NAME, device="cpu", port=port
+    )  # loaded, not yet listening
     pol = OpenAIPolicy(f"http://127.0.0.1:{port}", NAME, retries=6, backoff_s=0.1)
     delays: list[float] = []
     starting: list[asyncio.Future] = []
@@ -241,7 +262,9 @@ def proxy_app(target: str, *, fail_first: int = 0, drop_ids: bool = False):
             return JSONResponse({"error": {"message": "overloaded, try again"}}, status_code=503)
         body = await request.json()
         if drop_ids:
-            body = {k: v for k, v in body.items() if k not in ("return_token_ids", "include_stop_str_in_output")}
+            body = {
+                k: v for k, v in body.items() if k not in ("return_token_ids", "include_stop_str_in_output")
+            }
         async with httpx.AsyncClient(timeout=60) as client:
             r = await client.post(f"{target}/v1/chat/completions", json=body)
         out = r.json()
@@ -260,14 +283,19 @@ def test_5xx_answers_are_retried(server, prompts):
         got = OpenAIPolicy(proxy.url, NAME, retries=3, backoff_s=0.01).generate(prompts[:1], GREEDY)
         assert app.state.seen == 3 and got[0].response_ids
         app.state.seen = -10
-        with pytest.raises(OpenAIServerError, match=r"failed after 2 attempt\(s\); last error: HTTP 503: overloaded"):
+        with pytest.raises(
+            OpenAIServerError, match=r"failed after 2 attempt\(s\); last error: HTTP 503: overloaded"
+        ):
             OpenAIPolicy(proxy.url, NAME, retries=1, backoff_s=0.01).generate(prompts[:1], GREEDY)
 
 
 def test_a_server_without_token_ids_is_refused_for_training_but_can_sample(server, local, prompts):
     set_lora(local, None)
     with ServerThread(proxy_app(server.url, drop_ids=True)) as proxy:
-        with pytest.raises(MissingTokenIdsError, match=r"no prompt_token_ids and no choices\[0\]\.token_ids.*require_token_ids=False"):
+        with pytest.raises(
+            MissingTokenIdsError,
+            match=r"no prompt_token_ids and no choices\[0\]\.token_ids.*require_token_ids=False",
+        ):
             OpenAIPolicy(proxy.url, NAME).generate(prompts[:1], GREEDY)
         (g,) = OpenAIPolicy(proxy.url, NAME, require_token_ids=False).generate(prompts[:1], GREEDY)
     want = local.generate(prompts[:1], GREEDY)[0]
@@ -280,7 +308,10 @@ def test_stop_strings_stay_in_the_response_as_in_the_hf_policy(server, local, pr
     free = local.generate(prompts[:1], SamplingParams(temperature=0, max_new_tokens=20))[0]
     stop = free.text[3:5]
     params = SamplingParams(temperature=0, max_new_tokens=20, stop=(stop,))
-    (got,), (want,) = OpenAIPolicy(server.url, NAME).generate(prompts[:1], params), local.generate(prompts[:1], params)
+    (got,), (want,) = (
+        OpenAIPolicy(server.url, NAME).generate(prompts[:1], params),
+        local.generate(prompts[:1], params),
+    )
     assert (got.text, got.response_ids, got.finish_reason) == (want.text, want.response_ids, "stop")
     assert stop in got.text
 
@@ -292,9 +323,20 @@ def test_a_maze_rollout_through_the_server_equals_the_in_process_rollout(server,
     params = SamplingParams(temperature=0, max_new_tokens=12)
 
     def play(policy):
-        groups = rollout(policy, [MazeEnv() for _ in range(4)], ["maze-3", "maze-5"], 2, max_turns=3, params=params, seeds=[1, 2])
-        return [[(s.prompt_ids, s.response_ids, s.response, s.info["finish_reason"]) for s in t.steps]
-                for g in groups for t in g.trajectories], groups  # fmt: skip
+        groups = rollout(
+            policy,
+            [MazeEnv() for _ in range(4)],
+            ["maze-3", "maze-5"],
+            2,
+            max_turns=3,
+            params=params,
+            seeds=[1, 2],
+        )
+        return [
+            [(s.prompt_ids, s.response_ids, s.response, s.info["finish_reason"]) for s in t.steps]
+            for g in groups
+            for t in g.trajectories
+        ], groups
 
     served, groups = play(OpenAIPolicy(server.url, NAME, concurrency=4))
     in_process, _ = play(local)

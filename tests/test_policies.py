@@ -22,7 +22,9 @@ def maze_corpus(n_tasks: int = 8) -> list[str]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), maze_corpus(), vocab_size=384, layers=2, hidden=64, seed=0)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), maze_corpus(), vocab_size=384, layers=2, hidden=64, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,9 @@ def prompts():
     out = []
     for i in range(3):
         obs, info = env.reset(options={"task_id": f"maze-{i}"})
-        out.append(builder.build("", obs, [("You are in the hall.", "go north")] * i, info["admissible_actions"]))
+        out.append(
+            builder.build("", obs, [("You are in the hall.", "go north")] * i, info["admissible_actions"])
+        )
     return out
 
 
@@ -59,7 +63,11 @@ def reset_lora(policy: HFPolicy) -> None:
 
 def batch_of(policy: HFPolicy, prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A left-padded batch of prompt + fixed 'response' ids with the response marked."""
-    responses = [policy.tokenizer("<action>go north</action>", add_special_tokens=False)["input_ids"], [5, 6, 7], [9]]
+    responses = [
+        policy.tokenizer("<action>go north</action>", add_special_tokens=False)["input_ids"],
+        [5, 6, 7],
+        [9],
+    ]
     packed = pack_samples([policy.prompt_ids(p) for p in prompts], responses, policy.pad_token_id)
     return packed.input_ids, packed.attention_mask, packed.response_mask
 
@@ -95,8 +103,12 @@ def test_tiny_tokenizer_round_trip(model_dir):
 
     trained = train_tokenizer(maze_corpus() + format_corpus(), vocab_size=384)
     loaded = AutoTokenizer.from_pretrained(model_dir)
-    for text in ["You are in the hall.\nExits: north, east (red door).", "<think>hm</think><action>take red key</action>",
-                 "naïve ünïcode 中文 🙂 1234   \n\n tabs\t", "<|im_start|>user\nhi<|im_end|>"]:  # fmt: skip
+    for text in [
+        "You are in the hall.\nExits: north, east (red door).",
+        "<think>hm</think><action>take red key</action>",
+        "naïve ünïcode 中文 🙂 1234   \n\n tabs\t",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]:
         ids = loaded(text, add_special_tokens=False)["input_ids"]
         assert ids == trained(text, add_special_tokens=False)["input_ids"]
         assert loaded.decode(ids) == text
@@ -104,8 +116,16 @@ def test_tiny_tokenizer_round_trip(model_dir):
         assert len(loaded(tag, add_special_tokens=False)["input_ids"]) == 1
     assert loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<|endoftext|>"
     words = loaded.convert_ids_to_tokens(loaded("You carry: nothing.", add_special_tokens=False)["input_ids"])
-    assert words == ["You", "Ġcarry", ":", "Ġnothing", "."]  # in every maze observation: whole words were learnt
-    chat = loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert words == [
+        "You",
+        "Ġcarry",
+        ":",
+        "Ġnothing",
+        ".",
+    ]  # in every maze observation: whole words were learnt
+    chat = loaded.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -113,7 +133,9 @@ def test_env_corpus_walks_the_env_deterministically():
     texts = maze_corpus(3)
     assert texts == maze_corpus(3)
     assert sum(t.startswith("Your task is to reach") for t in texts) == 3  # one reset per task
-    assert any(t.startswith(("go ", "take ")) for t in texts) and any("You go" in t or "locked" in t for t in texts)
+    assert any(t.startswith(("go ", "take ")) for t in texts) and any(
+        "You go" in t or "locked" in t for t in texts
+    )
 
 
 def test_tiny_tokenizer_rejects_bad_input():
@@ -130,8 +152,12 @@ def test_tiny_model_builds_saves_loads_deterministically(model_dir, tmp_path):
     cfg = model.config
     assert cfg.model_type == "qwen2" and cfg.num_hidden_layers == 2 and cfg.hidden_size == 64
     assert cfg.vocab_size == len(train_tokenizer(maze_corpus() + format_corpus(), vocab_size=384))
-    again = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "again", maze_corpus(), vocab_size=384, seed=0))
-    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "other", maze_corpus(), vocab_size=384, seed=1))
+    again = AutoModelForCausalLM.from_pretrained(
+        build_tiny_model(tmp_path / "again", maze_corpus(), vocab_size=384, seed=0)
+    )
+    other = AutoModelForCausalLM.from_pretrained(
+        build_tiny_model(tmp_path / "other", maze_corpus(), vocab_size=384, seed=1)
+    )
     ref = dict(model.named_parameters())
     assert all(torch.equal(p, ref[n]) for n, p in again.named_parameters())
     assert not all(torch.equal(p, ref[n]) for n, p in other.named_parameters())
@@ -148,9 +174,8 @@ def test_policy_registry_and_protocol(model_dir):
     assert isinstance(pol, Policy) and not pol.has_adapter
     with pytest.raises(KeyError, match="unknown policy 'gpt'.*hf"):
         make_policy("gpt")
-    with pytest.raises(ValueError, match="needs a LoRA adapter"):
-        with pol.adapter_disabled():
-            pass
+    with pytest.raises(ValueError, match="needs a LoRA adapter"), pol.adapter_disabled():
+        pass
     with pytest.raises(FileNotFoundError, match="no config.json"):
         HFPolicy.from_pretrained(model_dir.parent)
     with pytest.raises(ValueError, match="max_batch_size"):
@@ -160,8 +185,12 @@ def test_policy_registry_and_protocol(model_dir):
 
 
 def test_sampling_params_validation():
-    for bad, match in [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-                       ({"max_new_tokens": 0}, "max_new_tokens"), ({"stop": "x"}, "stop")]:  # fmt: skip
+    for bad, match in [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"stop": "x"}, "stop"),
+    ]:
         with pytest.raises(ValueError, match=match):
             SamplingParams(**bad)
 
@@ -208,7 +237,9 @@ def test_sampling_logprobs_equal_rescoring(policy, prompts):
 
 def test_generation_refuses_prompts_longer_than_the_model(policy):
     limit = policy.model.config.max_position_embeddings
-    with pytest.raises(ValueError, match=f"prompt 1 has {limit - 2} tokens.*exceeds the model's {limit} positions"):
+    with pytest.raises(
+        ValueError, match=f"prompt 1 has {limit - 2} tokens.*exceeds the model's {limit} positions"
+    ):
         policy.generate_from_ids([[5], [5] * (limit - 2)], SamplingParams(max_new_tokens=4))
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         policy.generate_from_ids([[]], SamplingParams())
@@ -230,7 +261,9 @@ def test_stop_strings_end_the_response(model_dir):
     assert len(free.response_ids) >= 4
     stop = pol.tokenizer.decode(free.response_ids[2:4], skip_special_tokens=True)
     assert stop.strip(), "pick a stop string that is visible text"
-    cut = pol.generate_from_ids([[10, 11, 12]], SamplingParams(temperature=0, max_new_tokens=30, stop=(stop,)))[0]
+    cut = pol.generate_from_ids(
+        [[10, 11, 12]], SamplingParams(temperature=0, max_new_tokens=30, stop=(stop,))
+    )[0]
     assert cut.finish_reason == "stop" and stop in cut.text and len(cut.response_ids) <= 4
     assert cut.response_ids == free.response_ids[: len(cut.response_ids)]
 
@@ -250,7 +283,9 @@ def test_chunked_logprobs_equal_naive(policy, prompts, chunk_size):
         hidden = token_logprobs(policy.model, ids, mask, resp, return_hidden=True).hidden
     assert hidden.shape == (*ids.shape, policy.model.config.hidden_size) and chunked.hidden is None
     with torch.no_grad():
-        logits = policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        logits = policy.model(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits
     probs = torch.softmax(logits[:, :-1].float(), -1)
     naive_ent = -(probs * torch.log(probs)).sum(-1)
     assert torch.allclose(chunked.entropy[:, 1:][resp[:, 1:]], naive_ent[resp[:, 1:]], atol=1e-4)
@@ -267,8 +302,12 @@ def test_output_layer_sees_at_most_chunk_size_tokens(policy, prompts):
         handle.remove()
         policy.model.zero_grad()
     n_scored, vocab = int(resp.sum()), len(policy.tokenizer)
-    assert n_scored > 4 and all(len(s) == 2 and 0 < s[0] <= 4 and s[1] == vocab for s in shapes)  # never [B, T, V]
-    assert sum(s[0] for s in shapes) == 2 * n_scored  # forward, then recomputed once in backward (checkpointed chunks)
+    assert n_scored > 4 and all(
+        len(s) == 2 and 0 < s[0] <= 4 and s[1] == vocab for s in shapes
+    )  # never [B, T, V]
+    assert (
+        sum(s[0] for s in shapes) == 2 * n_scored
+    )  # forward, then recomputed once in backward (checkpointed chunks)
 
 
 def test_chunked_logprob_gradients_equal_naive(policy, prompts):
@@ -354,11 +393,15 @@ def test_sampling_runs_on_a_merged_copy_that_follows_the_adapter(model_dir, prom
         assert fast == slow
     with policy.adapter_disabled(), torch.no_grad():  # sampling inside the block samples the base model
         got = policy._sampling_model()(input_ids=ids, attention_mask=mask).logits
-        torch.testing.assert_close(got, base_model(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            got, base_model(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=0
+        )
     trained = policy.model.get_base_model().state_dict()
     for name, weight in base_model.state_dict().items():  # merging never wrote into the base weights
         module, _, param = name.rpartition(".")
-        torch.testing.assert_close(trained.get(f"{module}.base_layer.{param}", trained.get(name)), weight, atol=0, rtol=0)
+        torch.testing.assert_close(
+            trained.get(f"{module}.base_layer.{param}", trained.get(name)), weight, atol=0, rtol=0
+        )
 
 
 def test_save_load_adapter_round_trip(policy, prompts, model_dir, tmp_path):
@@ -386,7 +429,9 @@ def test_save_load_adapter_round_trip(policy, prompts, model_dir, tmp_path):
 
 
 def test_lora_settings_validation():
-    assert LoraSettings.coerce({"r": 16, "alpha": 32, "target_modules": ["q_proj"]}).target_modules == ("q_proj",)
+    assert LoraSettings.coerce({"r": 16, "alpha": 32, "target_modules": ["q_proj"]}).target_modules == (
+        "q_proj",
+    )
     with pytest.raises(ValueError, match="unknown LoRA setting.*rank"):
         LoraSettings.coerce({"rank": 8})
     with pytest.raises(ValueError, match="r must be"):

@@ -76,7 +76,9 @@ def test_killed_worker_is_restarted_and_only_its_episode_is_truncated() -> None:
         results = pool.step(["go north", "go east", "go east"])
         assert isinstance(results[1], StepResult)
         assert results[1].truncated and not results[1].terminated and results[1].reward == 0.0
-        assert "killed by signal 9" in results[1].info["error"] and results[1].info["worker_restarted"] is True
+        assert (
+            "killed by signal 9" in results[1].info["error"] and results[1].info["worker_restarted"] is True
+        )
         assert pool.restarts == [0, 1, 0] and pool.pids()[1] != victim
         for k in (0, 2):  # the rest of the batch is exactly what direct play gives
             env = make("maze")

@@ -36,14 +36,26 @@ def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
     text = (RECIPES / env / f"{method}.yaml").read_text()
     assert f"agentrl train configs/recipes/{env}/{method}.yaml" in text
     assert cfg.env.name == env and cfg.algorithm.estimator == method
-    assert cfg.model.path == "Qwen/Qwen2.5-1.5B-Instruct" and cfg.model.device == "cuda" and cfg.model.dtype == "bfloat16"
+    assert (
+        cfg.model.path == "Qwen/Qwen2.5-1.5B-Instruct"
+        and cfg.model.device == "cuda"
+        and cfg.model.dtype == "bfloat16"
+    )
     assert (cfg.lora.r, cfg.lora.alpha) == (64, 64)
-    assert (cfg.rollout.groups, cfg.rollout.group_size, cfg.rollout.temperature, cfg.rollout.max_new_tokens) == (16, 8, 1.0, 512)
+    assert (
+        cfg.rollout.groups,
+        cfg.rollout.group_size,
+        cfg.rollout.temperature,
+        cfg.rollout.max_new_tokens,
+    ) == (16, 8, 1.0, 512)
     assert cfg.rollout.prompt == "step" and cfg.optim.lr == 1e-5 and cfg.optim.iterations == 150
     assert cfg.rollout.history_k == 2  # every env keeps its task on the prompt's "Task:" line (info["task"])
     if "--history-k" in text:  # the header's eval command prompts as training does
         r = cfg.rollout
-        assert f"--max-turns {r.max_turns} --history-k {r.history_k} --response-format {r.response_format} " in text
+        assert (
+            f"--max-turns {r.max_turns} --history-k {r.history_k} --response-format {r.response_format} "
+            in text
+        )
     assert not cfg.sft.enabled and not cfg.sft.full_finetune
     options = estimator_info(method).options
     if method in GAMMA_095:
@@ -84,7 +96,11 @@ def test_recipe_task_ranges_fit_the_envs_and_eval_is_held_out() -> None:
         assert cfg.rollout.max_turns == expected[env]
         train_end = cfg.env.train_tasks.start + cfg.env.train_tasks.count
         if cfg.eval.enabled:
-            assert cfg.eval.tasks.start >= train_end and cfg.eval.tasks.count == 128 and cfg.eval.temperature == 0.4
+            assert (
+                cfg.eval.tasks.start >= train_end
+                and cfg.eval.tasks.count == 128
+                and cfg.eval.temperature == 0.4
+            )
         if env == "alfworld":
             assert train_end == 60 and not cfg.eval.enabled  # the default generated set: 10 games x 6 types
             continue
@@ -97,12 +113,31 @@ def test_recipe_task_ranges_fit_the_envs_and_eval_is_held_out() -> None:
 # ----------------------------------------------------------------------------- one iteration on CPU
 
 TINY = [
-    "model.path=null", "model.device=cpu", "model.dtype=null", "model.gradient_checkpointing=false", "model.torch_threads=1",
-    "model.tiny.vocab_size=320", "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.heads=2", "model.tiny.kv_heads=1",
-    "model.tiny.corpus_tasks=3", "lora.r=4", "lora.alpha=8", "env.num_envs=4", "rollout.groups=2", "rollout.group_size=2",
-    "rollout.max_turns=3", "rollout.max_new_tokens=8", "optim.iterations=1", "algorithm.minibatch_size=8",
-    "algorithm.micro_batch_size=4", "eval.tasks.count=2", "eval.max_turns=2", "logging.tensorboard=false",
-]  # fmt: skip
+    "model.path=null",
+    "model.device=cpu",
+    "model.dtype=null",
+    "model.gradient_checkpointing=false",
+    "model.torch_threads=1",
+    "model.tiny.vocab_size=320",
+    "model.tiny.layers=1",
+    "model.tiny.hidden=32",
+    "model.tiny.heads=2",
+    "model.tiny.kv_heads=1",
+    "model.tiny.corpus_tasks=3",
+    "lora.r=4",
+    "lora.alpha=8",
+    "env.num_envs=4",
+    "rollout.groups=2",
+    "rollout.group_size=2",
+    "rollout.max_turns=3",
+    "rollout.max_new_tokens=8",
+    "optim.iterations=1",
+    "algorithm.minibatch_size=8",
+    "algorithm.micro_batch_size=4",
+    "eval.tasks.count=2",
+    "eval.max_turns=2",
+    "logging.tensorboard=false",
+]
 
 
 @pytest.fixture()
@@ -125,12 +160,17 @@ def one_iteration(env: str, method: str, run: Path, *extra: str) -> dict:
     return record
 
 
-@pytest.mark.parametrize(("env", "method"), [
-    pytest.param("webshop", "hiper", marks=pytest.mark.slow),  # ~15 s
-    ("search", "mt_grpo"),
-    ("tools", "seeupo"),
-])  # fmt: skip
-def test_a_recipe_per_env_trains_one_iteration_on_cpu(env: str, method: str, tmp_path: Path, restore_threads) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("env", "method"),
+    [
+        pytest.param("webshop", "hiper", marks=pytest.mark.slow),  # ~15 s
+        ("search", "mt_grpo"),
+        ("tools", "seeupo"),
+    ],
+)
+def test_a_recipe_per_env_trains_one_iteration_on_cpu(
+    env: str, method: str, tmp_path: Path, restore_threads
+) -> None:
     # the prompt lists every tool schema; the tiny model (2048 positions, a 320-token vocabulary, so
     # about a token per byte) holds one suite's schemas, not all three suites' (~3.2k characters)
     extra = ["env.kwargs.suite=calculator", "env.train_tasks.count=200"] if env == "tools" else []
@@ -141,10 +181,16 @@ def test_a_recipe_per_env_trains_one_iteration_on_cpu(env: str, method: str, tmp
 
 
 @pytest.mark.slow
-def test_the_alfworld_recipe_trains_one_iteration_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads) -> None:  # noqa: ANN001
+def test_the_alfworld_recipe_trains_one_iteration_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads
+) -> None:
     from agentrl.envs.alfworld import generate_games
 
     monkeypatch.setenv("AGENTRL_CACHE", str(tmp_path / "cache"))
     games = tmp_path / "games"
-    generate_games(games, per_type=1, splits=["train"], progress=False, task_types=["pick_and_place_simple"], workers=1)
-    one_iteration("alfworld", "gigpo", tmp_path / "run", f"env.kwargs.data_dir={games}", "env.train_tasks.count=1")
+    generate_games(
+        games, per_type=1, splits=["train"], progress=False, task_types=["pick_and_place_simple"], workers=1
+    )
+    one_iteration(
+        "alfworld", "gigpo", tmp_path / "run", f"env.kwargs.data_dir={games}", "env.train_tasks.count=1"
+    )

@@ -98,7 +98,12 @@ def test_hostile_requests_get_clear_errors_and_the_server_stays_up(maze_server):
     assert r.status_code == 400 and "seed must be an int or null" in r.json()["error"]
     r = client.post("/reset", json={"env_id": env_id, "seed": 0, "options": {"task_id": "castle"}})
     assert r.status_code == 400 and "maze task ids look like 'maze-<n>'" in r.json()["error"]
-    assert client.post("/reset", json={"env_id": env_id, "seed": 0, "options": {"task_id": "maze-1"}}).status_code == 200
+    assert (
+        client.post(
+            "/reset", json={"env_id": env_id, "seed": 0, "options": {"task_id": "maze-1"}}
+        ).status_code
+        == 200
+    )
     r = client.post("/step", json={"env_id": env_id, "action": {"not": "text"}})
     assert r.status_code == 200 and r.json()["info"]["valid"] is False
     assert client.post("/close", json={"env_id": env_id}).json() == {"closed": True}
@@ -117,7 +122,10 @@ def test_client_maps_env_errors_like_a_local_env(maze_server):
 
 
 def test_open_envs_are_bounded(maze_server):
-    opened = [RemoteEnv(maze_server.url, token=TOKEN) for _ in range(12 - httpx.get(maze_server.url + "/health").json()["open_envs"])]
+    opened = [
+        RemoteEnv(maze_server.url, token=TOKEN)
+        for _ in range(12 - httpx.get(maze_server.url + "/health").json()["open_envs"])
+    ]
     with pytest.raises(RemoteEnvError, match="429: too many open envs"):
         RemoteEnv(maze_server.url, token=TOKEN)
     for env in opened:
@@ -164,7 +172,10 @@ def test_search_and_tool_envs_over_http():
         check_env(remote, task_id="multi_turn_base_3")
     with ServerThread(create_app("maze")) as server:
         env = make("remote", url=server.url)
-        assert env.reset(seed=0, options={"task_id": "maze-2"})[0] == make("maze").reset(seed=0, options={"task_id": "maze-2"})[0]
+        assert (
+            env.reset(seed=0, options={"task_id": "maze-2"})[0]
+            == make("maze").reset(seed=0, options={"task_id": "maze-2"})[0]
+        )
 
 
 def test_bad_server_setup_fails_at_start():
@@ -187,7 +198,9 @@ def test_an_env_bug_is_reported_and_the_server_stays_up():
     with ServerThread(create_app(Fragile)) as server:
         env = RemoteEnv(server.url)
         env.reset(seed=0, options={"task_id": "maze-0"})
-        with pytest.raises(RemoteEnvError, match="answered 500: step failed: ZeroDivisionError: the env has a bug"):
+        with pytest.raises(
+            RemoteEnvError, match="answered 500: step failed: ZeroDivisionError: the env has a bug"
+        ):
             env.step("explode")
         obs, *_ = env.step("go north")
         assert isinstance(obs, str) and httpx.get(server.url + "/health").json()["ok"]
@@ -206,14 +219,16 @@ def stall(seconds: float) -> str:
 
 
 def test_a_hanging_tool_times_out_and_the_server_keeps_answering():
-    env_factory = lambda: ToolEnv([stall], [ToolTask("t", "wait")], lambda task, ep: 0.0, call_timeout=0.2)  # noqa: E731
+    env_factory = lambda: ToolEnv([stall], [ToolTask("t", "wait")], lambda task, ep: 0.0, call_timeout=0.2)
     WAKE.clear()
     with ServerThread(create_app(env_factory)) as server:
         try:
             env = RemoteEnv(server.url)
             env.reset(seed=0, options={"task_id": "t"})
             calls = len(STALLS)
-            obs, _, _, _, info = env.step('<tool_call>{"name": "stall", "arguments": {"seconds": 60}}</tool_call>')
+            obs, _, _, _, info = env.step(
+                '<tool_call>{"name": "stall", "arguments": {"seconds": 60}}</tool_call>'
+            )
             assert "tool 'stall' did not return within 0.2 s" in obs and info["valid"] is False
             # the answer came while the call still runs, and the server answers others meanwhile
             assert len(STALLS) == calls + 1 and STALLS[-1].is_alive()
@@ -232,8 +247,24 @@ def test_module_entry_serves_an_env_in_its_own_process():
     from agentrl.serving import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.remote", "maze", "--port", str(port), "--token", TOKEN,
-                             "-o", "size=4", "-o", "slip=0.0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentrl.envs.remote",
+            "maze",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "-o",
+            "size=4",
+            "-o",
+            "slip=0.0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

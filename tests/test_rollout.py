@@ -16,7 +16,9 @@ from agentrl.types import StepBatch
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+    path = build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
+    )
     return HFPolicy.from_pretrained(path, lora=LoraSettings(r=2, alpha=4), device="cpu")
 
 
@@ -54,7 +56,9 @@ class PlanPolicy:
 
 def test_groups_share_initial_state_and_keep_token_ids(policy):
     envs = [MazeEnv(max_steps=20) for _ in range(4)]
-    groups = rollout(policy, envs, ["maze-3", "maze-5"], 3, max_turns=3, params=PARAMS, seeds=[11, 12], id_prefix="it0-")
+    groups = rollout(
+        policy, envs, ["maze-3", "maze-5"], 3, max_turns=3, params=PARAMS, seeds=[11, 12], id_prefix="it0-"
+    )
     assert [g.group_id for g in groups] == ["it0-g0", "it0-g1"]
     assert [t.traj_id for t in groups[1]] == ["it0-g1-0", "it0-g1-1", "it0-g1-2"]
     for g, task in zip(groups, ["maze-3", "maze-5"]):
@@ -75,7 +79,15 @@ def test_groups_share_initial_state_and_keep_token_ids(policy):
     steps = [s for g in groups for t in g for s in t.steps]
     assert any(not s.valid for s in steps)
     assert all("error" not in t.info for g in groups for t in g)
-    again = rollout(policy, [MazeEnv() for _ in range(4)], ["maze-3", "maze-5"], 3, max_turns=3, params=PARAMS, seeds=[11, 12])
+    again = rollout(
+        policy,
+        [MazeEnv() for _ in range(4)],
+        ["maze-3", "maze-5"],
+        3,
+        max_turns=3,
+        params=PARAMS,
+        seeds=[11, 12],
+    )
     assert [s.response_ids for g in again for t in g for s in t.steps] == [s.response_ids for s in steps]
     batch = StepBatch.from_trajectories(groups)
     assert batch.num_groups == 2 and batch.num_trajectories == 6
@@ -121,7 +133,9 @@ def test_env_that_raises_mid_episode_only_ends_its_own_episode(policy):
     (group,) = rollout(scripted, envs, ["maze-7"], 3, max_turns=20, params=PARAMS)
     broken, *fine = group.trajectories
     assert broken.truncated and not broken.terminated and "engine crashed" in broken.info["error"]
-    assert len(broken) == 2 and "engine crashed" in broken.steps[-1].info["error"] and not broken.steps[-1].valid
+    assert (
+        len(broken) == 2 and "engine crashed" in broken.steps[-1].info["error"] and not broken.steps[-1].valid
+    )
     assert all(t.success and "error" not in t.info for t in fine)
     batch = StepBatch.from_trajectories([group])
     assert batch.truncated.sum() == 2 and batch.success.sum() == 2 * len(fine[0])
@@ -145,7 +159,9 @@ class FailingPolicy:
 def test_policy_error_is_recorded_and_the_other_tasks_go_on(policy):
     start_room = MazeEnv().layout_for("maze-2").start
     failing = FailingPolicy(policy, start_room)
-    groups = rollout(failing, [MazeEnv() for _ in range(3)], ["maze-2", "maze-4"], 2, max_turns=2, params=PARAMS)
+    groups = rollout(
+        failing, [MazeEnv() for _ in range(3)], ["maze-2", "maze-4"], 2, max_turns=2, params=PARAMS
+    )
     for t in groups[0]:
         assert t.truncated and len(t) == 0 and f"cannot answer in the {start_room}" in t.info["error"]
     assert all(len(t) >= 1 and "error" not in t.info for t in groups[1])
@@ -197,10 +213,14 @@ def test_env_pool_gives_the_same_episodes_as_a_list_of_envs(policy):
     from agentrl.envs.pool import EnvPool
 
     kwargs = {"size": 2, "n_doors": 1, "max_steps": 4}
-    as_list = rollout(policy, [MazeEnv(**kwargs) for _ in range(3)], ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
+    as_list = rollout(
+        policy, [MazeEnv(**kwargs) for _ in range(3)], ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS
+    )
     with EnvPool("maze", 3, env_kwargs=kwargs, backend="process") as pool:
         as_pool = rollout(policy, pool, ["maze-1", "maze-2"], 2, max_turns=3, params=PARAMS)
-    flat = lambda groups: [(s.obs, s.response_ids, s.reward, s.valid) for g in groups for t in g for s in t.steps]
+    flat = lambda groups: [
+        (s.obs, s.response_ids, s.reward, s.valid) for g in groups for t in g for s in t.steps
+    ]
     assert flat(as_pool) == flat(as_list) and len(flat(as_list)) >= 4
 
 
@@ -235,7 +255,9 @@ def test_a_pool_worker_failure_truncates_only_its_episode(policy):
 # ----------------------------------------------------------------------------- tool envs: schemas and task in the prompt
 
 
-@pytest.mark.parametrize("builder", [StepPrompt(history_k=1, response_format="tool_call"), ChatPrompt(response_format="tool_call")])
+@pytest.mark.parametrize(
+    "builder", [StepPrompt(history_k=1, response_format="tool_call"), ChatPrompt(response_format="tool_call")]
+)
 def test_tool_env_prompts_list_every_tool_schema_and_the_request(policy, builder):
     import json
 
@@ -255,7 +277,9 @@ def test_tool_env_prompts_list_every_tool_schema_and_the_request(policy, builder
         assert sorted(json.loads(line)["function"]["name"] for line in listed) == names
         user = s.prompt[1]["content"]
         assert user.count(request) == 1  # on the Task line, or in the first observation while it is in view
-        assert user.startswith(f"Task: {request}\n") or request in t.steps[0].obs and k <= getattr(builder, "history_k", k)
+        assert user.startswith(f"Task: {request}\n") or (
+            request in t.steps[0].obs and k <= getattr(builder, "history_k", k)
+        )
 
 
 class ScriptPolicy:
@@ -280,14 +304,25 @@ def test_a_bfcl_turn_that_adds_functions_updates_the_listed_tools():
     entry = env.entries["multi_turn_miss_func_0"]
     (missed_turn,) = entry["missed_function"]
     replies = [a for turn in ground_truth_actions(entry) for a in turn]
-    (group,) = rollout(ScriptPolicy(replies), [env], [entry["id"]], 1, max_turns=len(replies), params=PARAMS,
-                       builder=StepPrompt(history_k=2, response_format="tool_call"))  # fmt: skip
+    (group,) = rollout(
+        ScriptPolicy(replies),
+        [env],
+        [entry["id"]],
+        1,
+        max_turns=len(replies),
+        params=PARAMS,
+        builder=StepPrompt(history_k=2, response_format="tool_call"),
+    )
     (t,) = group.trajectories
     assert t.success and len(t) == len(replies)
     counts = [s.prompt[0]["content"].split("Available tools:\n", 1)[1].count("\n") + 1 for s in t.steps]
-    first_after = next(k for k, s in enumerate(t.steps) if s.obs.startswith("I have updated some more functions"))
+    first_after = next(
+        k for k, s in enumerate(t.steps) if s.obs.startswith("I have updated some more functions")
+    )
     assert counts[:first_after] == [len(entry["function"])] * first_after
-    assert counts[first_after:] == [len(entry["function"]) + len(entry["missed_function"][missed_turn])] * (len(t) - first_after)
+    assert counts[first_after:] == [len(entry["function"]) + len(entry["missed_function"][missed_turn])] * (
+        len(t) - first_after
+    )
     first_user = "\n".join(m["content"] for m in entry["question"][0])
     assert all(s.prompt[1]["content"].count(first_user) == 1 for s in t.steps)
     assert all(s.prompt[1]["content"].startswith(f"Task: {first_user}\n") for s in t.steps[3:])
@@ -305,13 +340,27 @@ def test_tool_call_is_the_envs_answer_not_the_parsed_text():
     env = builtin_tool_env("calculator", "train", num_tasks=2)
     call = "<tool_call>" + json.dumps({"name": sorted(env.tools)[0], "arguments": {}}) + "</tool_call>"
     replies = ["<tool_call>{not json</tool_call>", call]
-    (group,) = rollout(ScriptPolicy(replies), [env], ["calculator-train-0"], 1, max_turns=2, params=PARAMS,
-                       builder=StepPrompt(history_k=1, response_format="tool_call"))  # fmt: skip
+    (group,) = rollout(
+        ScriptPolicy(replies),
+        [env],
+        ["calculator-train-0"],
+        1,
+        max_turns=2,
+        params=PARAMS,
+        builder=StepPrompt(history_k=1, response_format="tool_call"),
+    )
     (t,) = group.trajectories
     assert t.truncated and [s.info["tool_call"] for s in t.steps] == [False, True]
     assert StepBatch.from_trajectories([group]).tool_call.tolist() == [False, True]
 
     maze = MazeEnv()
-    (group,) = rollout(ScriptPolicy([call]), [maze], ["maze-0"], 1, max_turns=1, params=PARAMS,
-                       builder=StepPrompt(history_k=1, response_format="tool_call"))  # fmt: skip
+    (group,) = rollout(
+        ScriptPolicy([call]),
+        [maze],
+        ["maze-0"],
+        1,
+        max_turns=1,
+        params=PARAMS,
+        builder=StepPrompt(history_k=1, response_format="tool_call"),
+    )
     assert "tool_call" not in group.trajectories[0].steps[0].info

@@ -89,7 +89,9 @@ def test_countryinfo_world_holds_real_facts():
     w = countryinfo_world(0)
     peru = next(d for d in w.docs if d.title == "Peru")
     assert "Its capital is Lima." in peru.text and "PEN" in peru.text
-    q = next(q for q in w.splits["train"] + w.splits["test"] if q.question == "What is the capital of France?")
+    q = next(
+        q for q in w.splits["train"] + w.splits["test"] if q.question == "What is the capital of France?"
+    )
     assert q.golden_answers == ("Paris",)
     two = [q for q in w.splits["train"] if q.hops == 2]
     assert two and all(q.decomposition[0].question.startswith("Which country has ") for q in two)
@@ -126,20 +128,30 @@ def test_export_and_load_round_trip_jsonl_and_parquet(world, tmp_path):
 
 def test_loads_search_r1_style_files_written_by_hand(tmp_path):
     corpus = tmp_path / "wiki.jsonl"
-    corpus.write_text('{"id": "0", "contents": "\\"Lima\\"\\nLima is the capital of Peru."}\n'
-                      '{"id": "1", "contents": "no title line here"}\n')
+    corpus.write_text(
+        '{"id": "0", "contents": "\\"Lima\\"\\nLima is the capital of Peru."}\n'
+        '{"id": "1", "contents": "no title line here"}\n'
+    )
     qa = tmp_path / "nq.jsonl"
-    qa.write_text('{"question": "capital of peru?", "golden_answers": ["Lima", "Ciudad de los Reyes"]}\n'
-                  '{"id": "q7", "question": "who?", "golden_answers": "nobody"}\n')
+    qa.write_text(
+        '{"question": "capital of peru?", "golden_answers": ["Lima", "Ciudad de los Reyes"]}\n'
+        '{"id": "q7", "question": "who?", "golden_answers": "nobody"}\n'
+    )
     docs = load_corpus(corpus)
     assert docs[0] == Doc("0", "Lima", "Lima is the capital of Peru.") and docs[1].title == ""
     qs = load_qa(qa)
-    assert qs[0].id == "0" and qs[0].golden_answers == ("Lima", "Ciudad de los Reyes") and qs[0].decomposition == ()
+    assert (
+        qs[0].id == "0"
+        and qs[0].golden_answers == ("Lima", "Ciudad de los Reyes")
+        and qs[0].decomposition == ()
+    )
     assert qs[1].id == "q7" and qs[1].golden_answers == ("nobody",)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"question": ["q?"], "golden_answers": [["a", "b"]]}), tmp_path / "hotpot.parquet")
+    pq.write_table(
+        pa.table({"question": ["q?"], "golden_answers": [["a", "b"]]}), tmp_path / "hotpot.parquet"
+    )
     assert load_qa(tmp_path / "hotpot.parquet")[0].golden_answers == ("a", "b")
     env = SearchEnv(corpus_path=str(corpus), qa_path=str(qa))
     assert list(env.task_ids()) == ["0", "q7"]
@@ -148,12 +160,15 @@ def test_loads_search_r1_style_files_written_by_hand(tmp_path):
     assert steps[1][4]["answer_in_results"] and steps[2][1] == 1.0
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json\n", r"wiki.jsonl:1: not valid JSON"),
-    ('{"id": "a", "contents": 5}\n', r"wiki.jsonl:1: 'contents' must be a string"),
-    ('{"id": "a", "contents": "x"}\n{"id": "a", "contents": "y"}\n', r"wiki.jsonl:2: duplicate id 'a'"),
-    ("\n", "the corpus is empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json\n", r"wiki.jsonl:1: not valid JSON"),
+        ('{"id": "a", "contents": 5}\n', r"wiki.jsonl:1: 'contents' must be a string"),
+        ('{"id": "a", "contents": "x"}\n{"id": "a", "contents": "y"}\n', r"wiki.jsonl:2: duplicate id 'a'"),
+        ("\n", "the corpus is empty"),
+    ],
+)
 def test_bad_corpus_files_name_the_problem(tmp_path, content, message):
     path = tmp_path / "wiki.jsonl"
     path.write_text(content)
@@ -180,8 +195,12 @@ def test_bad_qa_files_name_the_problem(tmp_path):
 
 
 def test_bm25_ranks_by_hand_and_breaks_ties_by_corpus_order():
-    docs = [Doc("a", "Alpha", "red apple"), Doc("b", "Beta", "green pear"), Doc("c", "Gamma", "red apple"),
-            Doc("d", "Delta", "apple apple apple orchard")]
+    docs = [
+        Doc("a", "Alpha", "red apple"),
+        Doc("b", "Beta", "green pear"),
+        Doc("c", "Gamma", "red apple"),
+        Doc("d", "Delta", "apple apple apple orchard"),
+    ]
     r = BM25Retriever(docs)
     hits = r.search("pear", 3)
     assert [h.doc.id for h in hits] == ["b"]  # only positive scores come back
@@ -230,15 +249,37 @@ def test_oracle_solves_every_test_question():
 def test_rewards_turn_rewards_and_truncation():
     env = small_env("test", max_turns=3)
     q = next(q for q in env.questions.values() if q.hops == 1)
-    steps = play(env, [f"<search>{q.decomposition[0].question}</search>", "<search>zzzz qqqq</search>", "<answer>wrong guess</answer>"], q.id)
+    steps = play(
+        env,
+        [
+            f"<search>{q.decomposition[0].question}</search>",
+            "<search>zzzz qqqq</search>",
+            "<answer>wrong guess</answer>",
+        ],
+        q.id,
+    )
     gold = steps[1]
-    assert gold[4]["turn_reward"] == 1.0 and gold[4]["answer_in_results"] and gold[4]["tool_call"]  # 0.5 executed + 0.5 found
-    assert gold[0].startswith("<information>Doc 1(Title: ") and q.decomposition[0].doc_id in gold[4]["doc_ids"]
+    assert (
+        gold[4]["turn_reward"] == 1.0 and gold[4]["answer_in_results"] and gold[4]["tool_call"]
+    )  # 0.5 executed + 0.5 found
+    assert (
+        gold[0].startswith("<information>Doc 1(Title: ") and q.decomposition[0].doc_id in gold[4]["doc_ids"]
+    )
     assert steps[2][4]["turn_reward"] == 0.5 and steps[2][0] == "<information>No results.</information>"
     end = steps[3]
-    assert end[1] == 0.0 and end[2] and not end[4]["success"] and end[4]["em"] == 0.0 and end[4]["turn_reward"] == 0.0
+    assert (
+        end[1] == 0.0
+        and end[2]
+        and not end[4]["success"]
+        and end[4]["em"] == 0.0
+        and end[4]["turn_reward"] == 0.0
+    )
     steps = play(env, ["hello", "<search>x</search>", "<search>y</search>"], q.id)
-    assert steps[1][4]["valid"] is False and "invalid" in steps[1][0] and steps[1][4]["state_key"] == steps[0][4]["state_key"]
+    assert (
+        steps[1][4]["valid"] is False
+        and "invalid" in steps[1][0]
+        and steps[1][4]["state_key"] == steps[0][4]["state_key"]
+    )
     assert steps[-1][3] and not steps[-1][2] and len(steps) == 4  # truncated after max_turns
     with pytest.raises(RuntimeError, match="call reset"):
         env.step("<answer>x</answer>")
@@ -280,20 +321,33 @@ def test_reset_info_task_is_the_question_and_step_prompts_keep_it_after_five_tur
 
         def generate(self, prompts, params):
             self.calls += 1
-            text = "<action><answer>no idea</answer></action>" if self.calls == 6 else f"<action><search>zzz {self.calls}</search></action>"
+            text = (
+                "<action><answer>no idea</answer></action>"
+                if self.calls == 6
+                else f"<action><search>zzz {self.calls}</search></action>"
+            )
             return [Generation([0], [1], [0.0], text, "stop") for _ in prompts]
 
     env = small_env("test", max_turns=6)
     _, info = env.reset(seed=0, options={"task_id": "test-3"})
     question = env.questions["test-3"].question
     assert info["task"] == info["question"] == question
-    (group,) = rollout(SearchForever(), [env], ["test-3"], 1, max_turns=6, params=SamplingParams(),
-                       builder=StepPrompt(history_k=2))  # fmt: skip
+    (group,) = rollout(
+        SearchForever(),
+        [env],
+        ["test-3"],
+        1,
+        max_turns=6,
+        params=SamplingParams(),
+        builder=StepPrompt(history_k=2),
+    )
     (t,) = group.trajectories
     assert len(t) == 6 and t.terminated
     fifth = t.steps[4].prompt[1]["content"]
     assert fifth.startswith(f"Task: {question}\n") and "You have taken 4 step(s) so far." in fifth
-    assert "[Observation 3]" in fifth and "[Observation 2]" not in fifth and f"Question: {question}" not in fifth
+    assert (
+        "[Observation 3]" in fifth and "[Observation 2]" not in fifth and f"Question: {question}" not in fifth
+    )
     assert "<search>zzz 4</search>" in fifth
 
 
@@ -313,12 +367,23 @@ def test_generated_data_is_identical_across_processes():
     import subprocess
     import sys
 
-    code = ("import hashlib, json; from agentrl.envs.search import generate_world; "
-            "from agentrl.envs.search.realworld import countryinfo_world; from agentrl.envs.tools import make_tasks; "
-            "w = generate_world(3, 400, 100, 20); c = countryinfo_world(1); "
-            "s = json.dumps([[d.contents for d in w.docs], [q.question for q in w.splits['train']], "
-            "[q.question for q in c.splits['test']], [t.prompt for t in make_tasks('store', 'train', 30)]]); "
-            "print(hashlib.sha256(s.encode()).hexdigest())")
-    digests = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True,
-                              text=True, timeout=120, check=True).stdout for seed in ("1", "2")}
+    code = (
+        "import hashlib, json; from agentrl.envs.search import generate_world; "
+        "from agentrl.envs.search.realworld import countryinfo_world; from agentrl.envs.tools import make_tasks; "
+        "w = generate_world(3, 400, 100, 20); c = countryinfo_world(1); "
+        "s = json.dumps([[d.contents for d in w.docs], [q.question for q in w.splits['train']], "
+        "[q.question for q in c.splits['test']], [t.prompt for t in make_tasks('store', 'train', 30)]]); "
+        "print(hashlib.sha256(s.encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(digests) == 1 and len(digests.pop().strip()) == 64

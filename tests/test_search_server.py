@@ -8,9 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from agentrl.serving import ServerThread, free_port
-from agentrl.envs.search import BM25Retriever, RemoteRetriever, RetrieverError, SearchEnv, generate_world, oracle_actions
+from agentrl.envs.search import (
+    BM25Retriever,
+    RemoteRetriever,
+    RetrieverError,
+    SearchEnv,
+    generate_world,
+    oracle_actions,
+)
 from agentrl.envs.search.server import MAX_QUERIES, create_retrieval_app
+from agentrl.serving import ServerThread, free_port
 
 SMALL = {"num_docs": 400, "num_train": 200, "num_test": 50}
 TOKEN = "tok-123"
@@ -91,18 +98,21 @@ def test_sixteen_concurrent_clients_get_correct_answers(server, retriever, world
     assert len(answers) == len(queries) and all(ids == expected[q] for q, ids in answers)
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    (b"{oops", 400, "request body is not valid JSON"),
-    (b'"just a string"', 422, "the body must be a JSON object, got str"),
-    (b'{"queries": []}', 422, "'queries' must be a non-empty list of strings"),
-    (b'{"queries": "abc"}', 422, "'queries' must be a non-empty list of strings"),
-    (b'{"queries": ["a", 5]}', 422, "queries[1] must be a string, got int"),
-    (b'{"queries": ["a"], "topk": 0}', 422, "'topk' must be an int in 1..100, got 0"),
-    (b'{"queries": ["a"], "topk": true}', 422, "'topk' must be an int in 1..100, got True"),
-    (b'{"queries": ["a"], "topk": 1000}', 422, "got 1000"),
-    (b'{"queries": ["a"], "return_scores": "yes"}', 422, "'return_scores' must be true or false"),
-    (b'{"queries": ["a"], "drop": 1}', 422, "unknown field(s) ['drop']"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{oops", 400, "request body is not valid JSON"),
+        (b'"just a string"', 422, "the body must be a JSON object, got str"),
+        (b'{"queries": []}', 422, "'queries' must be a non-empty list of strings"),
+        (b'{"queries": "abc"}', 422, "'queries' must be a non-empty list of strings"),
+        (b'{"queries": ["a", 5]}', 422, "queries[1] must be a string, got int"),
+        (b'{"queries": ["a"], "topk": 0}', 422, "'topk' must be an int in 1..100, got 0"),
+        (b'{"queries": ["a"], "topk": true}', 422, "'topk' must be an int in 1..100, got True"),
+        (b'{"queries": ["a"], "topk": 1000}', 422, "got 1000"),
+        (b'{"queries": ["a"], "return_scores": "yes"}', 422, "'return_scores' must be true or false"),
+        (b'{"queries": ["a"], "drop": 1}', 422, "unknown field(s) ['drop']"),
+    ],
+)
 def test_malformed_requests_get_clear_errors(client, body, status, message):
     r = client.post("/retrieve", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status and message in r.json()["error"]
@@ -116,7 +126,9 @@ def test_hostile_sizes_and_tokens_leave_the_server_up(client, server):
     r = client.post("/retrieve", json={"queries": ["a " * 600_000]})
     assert r.status_code == 413 and "request body too large" in r.json()["error"]
     assert httpx.post(server.url + "/retrieve", json={"queries": ["a"]}).status_code == 401
-    unauthorised = httpx.post(server.url + "/retrieve", content=b"{oops")  # the token is checked before the body
+    unauthorised = httpx.post(
+        server.url + "/retrieve", content=b"{oops"
+    )  # the token is checked before the body
     assert unauthorised.status_code == 401 and unauthorised.json()["error"] == "missing or wrong bearer token"
     with pytest.raises(RetrieverError, match="answered 401"):
         RemoteRetriever(server.url, token="bad").search("a")
@@ -133,17 +145,37 @@ def test_unreachable_server_is_a_clear_error():
 
 @pytest.mark.slow
 def test_module_cli_export_and_serve(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "agentrl.envs.search", "export", str(tmp_path), "--num-docs", "300"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and (tmp_path / "corpus.jsonl").is_file() and (tmp_path / "test.jsonl").is_file()
+    out = subprocess.run(
+        [sys.executable, "-m", "agentrl.envs.search", "export", str(tmp_path), "--num-docs", "300"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode == 0 and (tmp_path / "corpus.jsonl").is_file() and (tmp_path / "test.jsonl").is_file()
+    )
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.search", "serve", "--port", str(port), "--corpus",
-                             str(tmp_path / "corpus.jsonl")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentrl.envs.search",
+            "serve",
+            "--port",
+            str(port),
+            "--corpus",
+            str(tmp_path / "corpus.jsonl"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                r = httpx.post(f"http://127.0.0.1:{port}/retrieve", json={"queries": ["city"], "topk": 1}, timeout=5)
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/retrieve", json={"queries": ["city"], "topk": 1}, timeout=5
+                )
                 break
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, "server did not start"

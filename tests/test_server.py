@@ -13,10 +13,10 @@ import httpx
 import pytest
 import torch
 
-from agentrl.serving import free_port
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.policies.server import PolicyServer, _token_entry
+from agentrl.serving import free_port
 
 NAME = "tiny"
 HELLO = [{"role": "user", "content": "You are in the hall. go north"}]
@@ -30,7 +30,9 @@ def local(served_model_dir):
 
 @pytest.fixture(scope="module")
 def server(served_model_dir):
-    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02, max_body_bytes=1_000_000) as s:
+    with PolicyServer(
+        served_model_dir, served_model_name=NAME, device="cpu", batch_wait_s=0.02, max_body_bytes=1_000_000
+    ) as s:
         yield s
 
 
@@ -49,7 +51,9 @@ def test_chat_completion_shape_ids_and_usage_match_the_local_policy(server, loca
     assert r.status_code == 200, r.text
     body = r.json()
     want = local.generate([HELLO], SamplingParams(temperature=0, max_new_tokens=7))[0]
-    assert body["object"] == "chat.completion" and body["model"] == NAME and body["id"].startswith("chatcmpl-")
+    assert (
+        body["object"] == "chat.completion" and body["model"] == NAME and body["id"].startswith("chatcmpl-")
+    )
     assert body["prompt_token_ids"] == want.prompt_ids == local.prompt_ids(HELLO)
     (choice,) = body["choices"]
     assert choice["token_ids"] == want.response_ids
@@ -57,13 +61,21 @@ def test_chat_completion_shape_ids_and_usage_match_the_local_policy(server, loca
     assert choice["finish_reason"] == want.finish_reason
     assert [t["logprob"] for t in choice["logprobs"]["content"]] == pytest.approx(want.logprobs, abs=1e-5)
     assert [t["top_logprobs"] for t in choice["logprobs"]["content"]] == [[]] * len(want.response_ids)
-    assert body["usage"] == {"prompt_tokens": len(want.prompt_ids), "completion_tokens": len(want.response_ids),
-                             "total_tokens": len(want.prompt_ids) + len(want.response_ids)}  # fmt: skip
-    assert chat(server, {"messages": HELLO, "temperature": 0, "max_tokens": 7}).json()["choices"][0]["logprobs"] is None
+    assert body["usage"] == {
+        "prompt_tokens": len(want.prompt_ids),
+        "completion_tokens": len(want.response_ids),
+        "total_tokens": len(want.prompt_ids) + len(want.response_ids),
+    }
+    assert (
+        chat(server, {"messages": HELLO, "temperature": 0, "max_tokens": 7}).json()["choices"][0]["logprobs"]
+        is None
+    )
 
 
 def test_token_entries_carry_the_token_text_and_bytes(server, local):
-    body = chat(server, {"messages": HELLO, "temperature": 1.0, "seed": 3, "max_tokens": 12, "logprobs": True}).json()
+    body = chat(
+        server, {"messages": HELLO, "temperature": 1.0, "seed": 3, "max_tokens": 12, "logprobs": True}
+    ).json()
     content = body["choices"][0]["logprobs"]["content"]
     ids = body["choices"][0]["token_ids"]
     # a random model writes byte sequences that are not UTF-8: the token text shows them as U+FFFD,
@@ -72,13 +84,26 @@ def test_token_entries_carry_the_token_text_and_bytes(server, local):
     assert joined.decode("utf-8", errors="replace") == local.tokenizer.decode(ids)
     assert [t["token"] for t in content] == [local.tokenizer.decode([i]) for i in ids]
     text = "é ü 日本 go north"
-    pieces = [_token_entry(local.tokenizer, i, 0.0) for i in local.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    pieces = [
+        _token_entry(local.tokenizer, i, 0.0)
+        for i in local.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ]
     assert any(p["token"] == "\ufffd" for p in pieces)  # a character split over tokens
     assert b"".join(bytes(p["bytes"]) for p in pieces).decode("utf-8") == text
 
 
 def test_top_logprobs_are_the_k_most_likely_tokens_at_each_position(server, local):
-    body = chat(server, {"messages": HELLO, "temperature": 1.0, "seed": 1, "max_tokens": 5, "logprobs": True, "top_logprobs": 3}).json()
+    body = chat(
+        server,
+        {
+            "messages": HELLO,
+            "temperature": 1.0,
+            "seed": 1,
+            "max_tokens": 5,
+            "logprobs": True,
+            "top_logprobs": 3,
+        },
+    ).json()
     choice = body["choices"][0]
     ids = body["prompt_token_ids"] + choice["token_ids"]
     with torch.no_grad():
@@ -86,9 +111,13 @@ def test_top_logprobs_are_the_k_most_likely_tokens_at_each_position(server, loca
     n_prompt = len(body["prompt_token_ids"])
     for t, entry in enumerate(choice["logprobs"]["content"]):
         values, top_ids = logp[n_prompt - 1 + t].topk(3)
-        assert [e["token"] for e in entry["top_logprobs"]] == [local.tokenizer.decode([i]) for i in top_ids.tolist()]
+        assert [e["token"] for e in entry["top_logprobs"]] == [
+            local.tokenizer.decode([i]) for i in top_ids.tolist()
+        ]
         assert [e["logprob"] for e in entry["top_logprobs"]] == pytest.approx(values.tolist(), abs=1e-4)
-        assert entry["logprob"] == pytest.approx(logp[n_prompt - 1 + t, choice["token_ids"][t]].item(), abs=1e-4)
+        assert entry["logprob"] == pytest.approx(
+            logp[n_prompt - 1 + t, choice["token_ids"][t]].item(), abs=1e-4
+        )
         assert entry["top_logprobs"][0]["logprob"] >= entry["logprob"] - 1e-6
 
 
@@ -125,8 +154,14 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, lo
 
     async def send_all():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            rs = await asyncio.gather(*(client.post("/v1/chat/completions", json={"messages": p, "temperature": 0, "max_tokens": 6})
-                                        for p in prompts))  # fmt: skip
+            rs = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/chat/completions", json={"messages": p, "temperature": 0, "max_tokens": 6}
+                    )
+                    for p in prompts
+                )
+            )
             return [r.json() for r in rs]
 
     answers = asyncio.run(send_all())
@@ -140,8 +175,14 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, lo
 
 def test_tokenize_endpoint(server, local):
     r = httpx.post(f"{server.url}/tokenize", json={"model": NAME, "messages": HELLO})
-    assert r.json() == {"tokens": local.prompt_ids(HELLO), "count": len(local.prompt_ids(HELLO)), "max_model_len": 2048}
-    bare = httpx.post(f"{server.url}/tokenize", json={"messages": HELLO, "add_generation_prompt": False}).json()["tokens"]
+    assert r.json() == {
+        "tokens": local.prompt_ids(HELLO),
+        "count": len(local.prompt_ids(HELLO)),
+        "max_model_len": 2048,
+    }
+    bare = httpx.post(
+        f"{server.url}/tokenize", json={"messages": HELLO, "add_generation_prompt": False}
+    ).json()["tokens"]
     assert local.prompt_ids(HELLO)[: len(bare)] == bare and len(bare) < len(local.prompt_ids(HELLO))
     r = httpx.post(f"{server.url}/tokenize", json={"model": "nope", "messages": HELLO})
     assert r.status_code == 404
@@ -166,14 +207,27 @@ def test_tokenize_endpoint(server, local):
         ({"messages": HELLO, "stream": True}, 400, "stream"),
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "only text"),
-        ({"messages": [{"role": "user", "content": "go north " * 1500}], "max_tokens": 8}, 400, "exceeds the model's 2048 positions"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            400,
+            "only text",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "go north " * 1500}], "max_tokens": 8},
+            400,
+            "exceeds the model's 2048 positions",
+        ),
         ({}, 400, "messages"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, body, status, words):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert words in error["message"] and error["type"] == "invalid_request_error"
@@ -182,14 +236,18 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
 
 def test_oversized_bodies_are_refused_with_and_without_a_length(server):
     huge = json.dumps({"messages": [{"role": "user", "content": "x" * 1_500_000}]}).encode()
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "too large" in r.json()["error"]["message"]
 
     def chunks():  # no content-length: the server counts while reading
         for _ in range(30):
             yield b"x" * 100_000
 
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert chat(server, {"messages": HELLO, "max_tokens": 2}).status_code == 200
 
@@ -220,7 +278,9 @@ def test_load_and_unload_lora_adapter_endpoints(server, local, served_model_dir,
     base = local.generate([HELLO], greedy)[0]
     assert want.response_ids != base.response_ids  # the adapter matters
 
-    r = httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": "trained", "lora_path": str(tmp_path / "a")})
+    r = httpx.post(
+        f"{server.url}/v1/load_lora_adapter", json={"lora_name": "trained", "lora_path": str(tmp_path / "a")}
+    )
     assert r.status_code == 200 and "trained" in r.text
     try:
         models = httpx.get(f"{server.url}/v1/models").json()["data"]
@@ -231,11 +291,16 @@ def test_load_and_unload_lora_adapter_endpoints(server, local, served_model_dir,
         assert [t["logprob"] for t in got["logprobs"]["content"]] == pytest.approx(want.logprobs, abs=1e-5)
         assert chat(server, {**body, "model": NAME}).json()["choices"][0]["token_ids"] == base.response_ids
 
-        again = httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": "trained", "lora_path": str(tmp_path / "a")})
+        again = httpx.post(
+            f"{server.url}/v1/load_lora_adapter",
+            json={"lora_name": "trained", "lora_path": str(tmp_path / "a")},
+        )
         assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
-        for bad, words in [({"lora_name": "x", "lora_path": str(tmp_path / "nowhere")}, "no adapter_config.json"),
-                           ({"lora_name": NAME, "lora_path": str(tmp_path / "a")}, "base model's name"),
-                           ({"lora_name": "x"}, "lora_path")]:  # fmt: skip
+        for bad, words in [
+            ({"lora_name": "x", "lora_path": str(tmp_path / "nowhere")}, "no adapter_config.json"),
+            ({"lora_name": NAME, "lora_path": str(tmp_path / "a")}, "base model's name"),
+            ({"lora_name": "x"}, "lora_path"),
+        ]:
             r = httpx.post(f"{server.url}/v1/load_lora_adapter", json=bad)
             assert r.status_code == 400 and words in r.json()["error"]["message"]
     finally:
@@ -246,15 +311,27 @@ def test_load_and_unload_lora_adapter_endpoints(server, local, served_model_dir,
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": "trained"})
     assert r.status_code == 404 and "cannot be found" in r.json()["error"]["message"]
-    assert chat(server, {"messages": HELLO, "temperature": 0, "max_tokens": 8}).json()["choices"][0]["token_ids"] == base.response_ids
+    assert (
+        chat(server, {"messages": HELLO, "temperature": 0, "max_tokens": 8}).json()["choices"][0]["token_ids"]
+        == base.response_ids
+    )
 
 
 def test_api_key_and_start_time_adapter(served_model_dir, tmp_path):
     perturbed_adapter(served_model_dir, tmp_path / "warm", seed=4)
-    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="s3cret", adapter=f"warm={tmp_path / 'warm'}") as s:
+    with PolicyServer(
+        served_model_dir,
+        served_model_name=NAME,
+        device="cpu",
+        api_key="s3cret",
+        adapter=f"warm={tmp_path / 'warm'}",
+    ) as s:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-            for r in (httpx.get(f"{s.url}/v1/models", headers=headers), chat(s, {"messages": HELLO}, headers=headers),
-                      httpx.post(f"{s.url}/v1/unload_lora_adapter", json={"lora_name": "warm"}, headers=headers)):  # fmt: skip
+            for r in (
+                httpx.get(f"{s.url}/v1/models", headers=headers),
+                chat(s, {"messages": HELLO}, headers=headers),
+                httpx.post(f"{s.url}/v1/unload_lora_adapter", json={"lora_name": "warm"}, headers=headers),
+            ):
                 assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         ok = {"Authorization": "Bearer s3cret"}
         assert [m["id"] for m in httpx.get(f"{s.url}/v1/models", headers=ok).json()["data"]] == [NAME, "warm"]
@@ -278,7 +355,11 @@ def test_serve_blocks_and_answers_in_a_subprocess(served_model_dir):
                 assert time.monotonic() < deadline, "serve did not come up within 60 s"
                 time.sleep(0.2)
         assert [m["id"] for m in r.json()["data"]] == ["m"]
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 3}, timeout=60)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"messages": HELLO, "max_tokens": 3},
+            timeout=60,
+        )
         assert r.status_code == 200 and len(r.json()["choices"][0]["token_ids"]) <= 3
     finally:
         proc.terminate()
@@ -294,10 +375,15 @@ def test_a_request_for_an_adapter_unloaded_while_it_waited_gets_a_404(server):
 
 
 def test_messages_reach_the_template_as_sent(server, local):
-    messages = [{"role": "system", "content": [{"type": "text", "text": "You are "}, {"type": "text", "text": "an agent."}]},
-                {"role": "user", "content": "go north", "name": "player"},
-                {"role": "assistant", "content": None, "tool_calls": []},
-                {"role": "user", "content": "and now?"}]  # fmt: skip
+    messages = [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "You are "}, {"type": "text", "text": "an agent."}],
+        },
+        {"role": "user", "content": "go north", "name": "player"},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "user", "content": "and now?"},
+    ]
     as_local = [{"role": "system", "content": "You are an agent."}, *messages[1:]]
     got = httpx.post(f"{server.url}/tokenize", json={"messages": messages}).json()["tokens"]
     assert got == local.prompt_ids(as_local)
@@ -309,8 +395,13 @@ def test_a_seeded_request_gets_the_same_answer_whatever_runs_beside_it(server):
 
     async def crowd():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            others = [{"messages": [{"role": "user", "content": f"room {i}"}], "temperature": 1.0, "max_tokens": 10} for i in range(6)]
-            rs = await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in [*others[:3], seeded, *others[3:]]))
+            others = [
+                {"messages": [{"role": "user", "content": f"room {i}"}], "temperature": 1.0, "max_tokens": 10}
+                for i in range(6)
+            ]
+            rs = await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=b) for b in [*others[:3], seeded, *others[3:]])
+            )
             return rs[3].json()["choices"][0]["token_ids"]
 
     assert asyncio.run(crowd()) == alone

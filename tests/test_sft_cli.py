@@ -33,13 +33,29 @@ runner = CliRunner(env={"COLUMNS": "400"})
 
 TINY_SFT = {
     "seed": 0,
-    "model": {"path": None, "device": "cpu", "torch_threads": 1, "gradient_checkpointing": True,  # 1 thread: faster on 2 busy cores
-              "tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 6}},
-    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}, "num_envs": 1},
+    "model": {
+        "path": None,
+        "device": "cpu",
+        "torch_threads": 1,
+        "gradient_checkpointing": True,  # 1 thread: faster on 2 busy cores
+        "tiny": {"vocab_size": 320, "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "corpus_tasks": 6},
+    },
+    "env": {
+        "name": "maze",
+        "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40},
+        "num_envs": 1,
+    },
     "rollout": {"history_k": 1, "system_prompt": "Reach the goal room."},
-    "sft": {"enabled": False, "tasks": {"start": 0, "count": 8}, "epochs": 1, "lr": 0.003, "batch_size": 4, "full_finetune": False},
+    "sft": {
+        "enabled": False,
+        "tasks": {"start": 0, "count": 8},
+        "epochs": 1,
+        "lr": 0.003,
+        "batch_size": 4,
+        "full_finetune": False,
+    },
     "logging": {"tensorboard": False},
-}  # fmt: skip
+}
 
 
 @pytest.fixture()
@@ -74,12 +90,17 @@ def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, 
     assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model directory
     from safetensors.torch import load_file
 
-    base, tuned = load_file(out / "tiny-model" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    base, tuned = (
+        load_file(out / "tiny-model" / "model.safetensors"),
+        load_file(model_dir / "model.safetensors"),
+    )
     assert set(base) == set(tuned) and any(not torch.equal(base[k], tuned[k]) for k in base)
     policy = HFPolicy.from_pretrained(model_dir, device="cpu")
     env = make("maze", size=2, n_doors=1, max_steps=6, num_tasks=40)
     obs, info = env.reset(seed=0, options={"task_id": "maze-0"})
-    messages = StepPrompt(history_k=1, system_prompt="Reach the goal room.").build("", obs, [], info["admissible_actions"])
+    messages = StepPrompt(history_k=1, system_prompt="Reach the goal room.").build(
+        "", obs, [], info["admissible_actions"]
+    )
     gen = policy.generate([messages], SamplingParams(temperature=0, max_new_tokens=6))[0]
     assert len(gen.response_ids) >= 1 and len(gen.logprobs) == len(gen.response_ids)
     # the same command again reuses the model; another config for that run dir is refused
@@ -89,14 +110,23 @@ def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, 
     assert other.exit_code == 2 and "error:" in other.stderr and "sections differ: sft" in other.stderr
 
 
-def test_sft_command_refuses_a_bad_override_or_an_env_without_expert(tiny_config: Path, tmp_path: Path) -> None:
+def test_sft_command_refuses_a_bad_override_or_an_env_without_expert(
+    tiny_config: Path, tmp_path: Path
+) -> None:
     result = runner.invoke(app, ["sft", str(tiny_config), "--out", str(tmp_path / "r1"), "sft.epochz=2"])
     assert result.exit_code == 2 and "error: unknown key 'sft.epochz'" in result.stderr
     assert not (tmp_path / "r1").exists()
-    no_expert = runner.invoke(app, ["sft", str(tiny_config), "--out", str(tmp_path / "r2"), "env.name=remote"])
-    assert no_expert.exit_code == 2 and "error: env 'remote' has no expert for SFT demonstrations" in no_expert.stderr
+    no_expert = runner.invoke(
+        app, ["sft", str(tiny_config), "--out", str(tmp_path / "r2"), "env.name=remote"]
+    )
+    assert (
+        no_expert.exit_code == 2
+        and "error: env 'remote' has no expert for SFT demonstrations" in no_expert.stderr
+    )
     assert not (tmp_path / "r2").exists()
-    with pytest.raises(ValueError, match="env 'remote' has no expert.*alfworld, bfcl, maze, search, tools, webshop"):
+    with pytest.raises(
+        ValueError, match="env 'remote' has no expert.*alfworld, bfcl, maze, search, tools, webshop"
+    ):
         get_expert("remote")
     missing = runner.invoke(app, ["sft", str(tmp_path / "nope.yaml")])
     assert missing.exit_code != 0 and "does not exist" in missing.output
@@ -105,7 +135,9 @@ def test_sft_command_refuses_a_bad_override_or_an_env_without_expert(tiny_config
 # ----------------------------------------------------------------------------- experts
 
 
-def replay_demos(env_name: str, env_kwargs: dict, demos: list[Demonstration], fmt: str, seed: int = 0) -> dict[str, float]:
+def replay_demos(
+    env_name: str, env_kwargs: dict, demos: list[Demonstration], fmt: str, seed: int = 0
+) -> dict[str, float]:
     """Parse every response and play the parsed actions on a fresh env; returns each task's return.
 
     Fails when a response does not parse, the env rejects an action, or an episode's demos stop early.
@@ -136,12 +168,18 @@ def test_maze_expert_actions_are_admissible_and_win() -> None:
     kwargs = {"size": 3, "n_doors": 2, "num_tasks": 20}
     tasks = [f"maze-{i}" for i in range(10)]
     for fmt in ("think_action", "hiper"):
-        demos = expert_demonstrations("maze", make("maze", **kwargs), tasks, StepPrompt(history_k=2, response_format=fmt))
-        assert replay_demos("maze", kwargs, demos, fmt) == {t: 1.0 for t in tasks}
+        demos = expert_demonstrations(
+            "maze", make("maze", **kwargs), tasks, StepPrompt(history_k=2, response_format=fmt)
+        )
+        assert replay_demos("maze", kwargs, demos, fmt) == dict.fromkeys(tasks, 1.0)
         for d in demos:
             assert f"[{parse_response(d.response, fmt).action}]" in d.messages[-1]["content"]
-    assert demos[0].response == "<switch>SWITCH</switch><subgoal>reach the goal</subgoal><action>" + \
-        parse_response(demos[0].response, "hiper").action + "</action>"  # fmt: skip
+    assert (
+        demos[0].response
+        == "<switch>SWITCH</switch><subgoal>reach the goal</subgoal><action>"
+        + parse_response(demos[0].response, "hiper").action
+        + "</action>"
+    )
     assert "Current subgoal: None" in demos[0].messages[1]["content"]
     assert "Current subgoal: reach the goal" in demos[1].messages[1]["content"]
 
@@ -151,8 +189,11 @@ def test_webshop_oracle_demos_buy_the_goal() -> None:
     env = expert_env("webshop", kwargs)
     tasks = list(env.task_ids())[:5]
     demos = expert_demonstrations("webshop", env, tasks, StepPrompt(history_k=2), seed=0)
-    assert replay_demos("webshop", kwargs, demos, "think_action") == {t: 1.0 for t in tasks}
-    assert demos[0].response.startswith("<action>search[") and demos[-1].response == "<action>click[buy now]</action>"
+    assert replay_demos("webshop", kwargs, demos, "think_action") == dict.fromkeys(tasks, 1.0)
+    assert (
+        demos[0].response.startswith("<action>search[")
+        and demos[-1].response == "<action>click[buy now]</action>"
+    )
 
 
 def test_search_oracle_demos_think_then_search_and_answer() -> None:
@@ -160,10 +201,15 @@ def test_search_oracle_demos_think_then_search_and_answer() -> None:
     env = expert_env("search", kwargs)
     tasks = list(env.task_ids())[:6]
     for fmt in ("think_action", "tool_call"):
-        demos = expert_demonstrations("search", env, tasks, StepPrompt(history_k=2, response_format=fmt), seed=0)
-        assert replay_demos("search", kwargs, demos, fmt) == {t: 1.0 for t in tasks}
+        demos = expert_demonstrations(
+            "search", env, tasks, StepPrompt(history_k=2, response_format=fmt), seed=0
+        )
+        assert replay_demos("search", kwargs, demos, fmt) == dict.fromkeys(tasks, 1.0)
     think = expert_demonstrations("search", env, tasks[:1], StepPrompt(response_format="think_action"))
-    assert think[0].response.startswith("<think>I need to find out: ") and "<action><search>" in think[0].response
+    assert (
+        think[0].response.startswith("<think>I need to find out: ")
+        and "<action><search>" in think[0].response
+    )
     assert parse_response(think[-1].response, "think_action").action.startswith("<answer>")
 
 
@@ -171,23 +217,27 @@ def test_tools_expert_demos_are_tool_calls_that_solve_the_task() -> None:
     kwargs = {"suite": "all", "split": "train", "num_tasks": 3}
     env = expert_env("tools", kwargs)
     tasks = list(env.task_ids())
-    demos = expert_demonstrations("tools", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0)
-    assert replay_demos("tools", kwargs, demos, "tool_call") == {t: 1.0 for t in tasks}
+    demos = expert_demonstrations(
+        "tools", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0
+    )
+    assert replay_demos("tools", kwargs, demos, "tool_call") == dict.fromkeys(tasks, 1.0)
     calls = [parse_response(d.response, "tool_call") for d in demos]
     assert sum(bool(c.tool_calls) for c in calls) >= len(tasks)  # every task calls a tool before answering
     first = next(c for c in calls if c.tool_calls)
     assert first.text.startswith("<tool_call>{") and first.action.startswith('[{"arguments": ')
     # the history shows the parsed (canonical JSON) action, as rollout does
     second = next(d for d in demos if d.turn == 1)
-    assert "[Action 1] [{\"arguments\": " in second.messages[1]["content"]
+    assert '[Action 1] [{"arguments": ' in second.messages[1]["content"]
 
 
 def test_bfcl_ground_truth_demos_pass_every_turn() -> None:
     kwargs = {"category": "multi_turn_base"}
     env = expert_env("bfcl", kwargs)
     tasks = list(env.task_ids())[:3]
-    demos = expert_demonstrations("bfcl", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0)
-    assert replay_demos("bfcl", kwargs, demos, "tool_call") == {t: 1.0 for t in tasks}
+    demos = expert_demonstrations(
+        "bfcl", env, tasks, StepPrompt(history_k=2, response_format="tool_call"), seed=0
+    )
+    assert replay_demos("bfcl", kwargs, demos, "tool_call") == dict.fromkeys(tasks, 1.0)
     assert any(parse_response(d.response, "tool_call").tool_calls for d in demos)
 
 
@@ -196,7 +246,14 @@ def test_alfworld_handcoded_expert_demos_win(tmp_path: Path, monkeypatch: pytest
     from agentrl.envs.alfworld import generate_games
 
     monkeypatch.setenv("AGENTRL_CACHE", str(tmp_path / "cache"))
-    generate_games(tmp_path / "games", per_type=1, splits=["train"], progress=False, task_types=["pick_and_place_simple"], workers=1)
+    generate_games(
+        tmp_path / "games",
+        per_type=1,
+        splits=["train"],
+        progress=False,
+        task_types=["pick_and_place_simple"],
+        workers=1,
+    )
     kwargs = {"split": "train", "data_dir": str(tmp_path / "games")}
     plain = make("alfworld", **kwargs)
     assert expert_env("alfworld", kwargs, plain) is not plain  # the expert needs expert=True
@@ -205,9 +262,14 @@ def test_alfworld_handcoded_expert_demos_win(tmp_path: Path, monkeypatch: pytest
     env = expert_env("alfworld", kwargs)
     assert expert_env("alfworld", {**kwargs, "expert": True}, env) is env
     tasks = env.task_ids()
-    demos = expert_demonstrations("alfworld", env, tasks, StepPrompt(history_k=2, response_format="hiper"), seed=0)
-    assert replay_demos("alfworld", kwargs, demos, "hiper") == {t: 1.0 for t in tasks}
-    assert demos[0].response == "<switch>SWITCH</switch><subgoal>complete the task</subgoal><action>look</action>"
+    demos = expert_demonstrations(
+        "alfworld", env, tasks, StepPrompt(history_k=2, response_format="hiper"), seed=0
+    )
+    assert replay_demos("alfworld", kwargs, demos, "hiper") == dict.fromkeys(tasks, 1.0)
+    assert (
+        demos[0].response
+        == "<switch>SWITCH</switch><subgoal>complete the task</subgoal><action>look</action>"
+    )
     for d in demos:
         assert f"[{parse_response(d.response, 'hiper').action}]" in d.messages[-1]["content"]
 
@@ -222,33 +284,57 @@ class DemoPolicy:
         self.answers = {json.dumps(d.messages, sort_keys=True): d.response for d in demos}
         self.seen = 0
 
-    def generate(self, prompts, params):  # noqa: ANN001, ANN201 - the Policy protocol
+    def generate(self, prompts, params):
         self.seen += len(prompts)
-        return [Generation([0], [1], [0.0], self.answers[json.dumps(p, sort_keys=True)], "stop") for p in prompts]
+        return [
+            Generation([0], [1], [0.0], self.answers[json.dumps(p, sort_keys=True)], "stop") for p in prompts
+        ]
 
-    def prompt_ids(self, messages):  # noqa: ANN001, ANN201
+    def prompt_ids(self, messages):
         return [0]
 
 
-@pytest.mark.parametrize(("env_name", "kwargs", "builder"), [
-    ("tools", {"suite": "store", "split": "train", "num_tasks": 3}, StepPrompt(history_k=2, response_format="tool_call")),
-    ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
-    ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
-    ("tools", {"suite": "calculator", "split": "train", "num_tasks": 3}, ChatPrompt(response_format="tool_call")),
-    ("bfcl", {"category": "multi_turn_miss_func"}, StepPrompt(history_k=2, response_format="tool_call")),
-])  # fmt: skip
-def test_demonstration_prompts_are_the_rollout_prompts(env_name: str, kwargs: dict, builder) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("env_name", "kwargs", "builder"),
+    [
+        (
+            "tools",
+            {"suite": "store", "split": "train", "num_tasks": 3},
+            StepPrompt(history_k=2, response_format="tool_call"),
+        ),
+        ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
+        ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
+        (
+            "tools",
+            {"suite": "calculator", "split": "train", "num_tasks": 3},
+            ChatPrompt(response_format="tool_call"),
+        ),
+        ("bfcl", {"category": "multi_turn_miss_func"}, StepPrompt(history_k=2, response_format="tool_call")),
+    ],
+)
+def test_demonstration_prompts_are_the_rollout_prompts(env_name: str, kwargs: dict, builder) -> None:
     env = expert_env(env_name, kwargs)
     tasks = list(env.task_ids())[:3]
     demos = expert_demonstrations(env_name, env, tasks, builder, seed=0)
-    if env_name in ("tools", "bfcl"):  # tool envs: every prompt lists the schemas the env gave at reset (or since)
-        assert all("\nAvailable tools:\n{\"function\": " in d.messages[0]["content"] for d in demos)
+    if env_name in (
+        "tools",
+        "bfcl",
+    ):  # tool envs: every prompt lists the schemas the env gave at reset (or since)
+        assert all('\nAvailable tools:\n{"function": ' in d.messages[0]["content"] for d in demos)
     if env_name == "bfcl":  # functions withheld at reset are listed from the turn that adds them
         listed = {d.messages[0]["content"].count('\n{"function": ') for d in demos if d.task_id == tasks[0]}
         assert len(listed) == 2
     policy = DemoPolicy(demos)
-    groups = rollout(policy, [make(env_name, **kwargs)], tasks, 1, max_turns=50, params=SamplingParams(), builder=builder,
-                     seeds=[0, 1, 2])  # fmt: skip
+    groups = rollout(
+        policy,
+        [make(env_name, **kwargs)],
+        tasks,
+        1,
+        max_turns=50,
+        params=SamplingParams(),
+        builder=builder,
+        seeds=[0, 1, 2],
+    )
     trajs = [t for g in groups for t in g]
     assert all(t.success and "error" not in t.info for t in trajs)
     assert policy.seen == len(demos) == sum(len(t.steps) for t in trajs)
@@ -257,11 +343,25 @@ def test_demonstration_prompts_are_the_rollout_prompts(env_name: str, kwargs: di
 def test_render_response_formats() -> None:
     assert render_response("go north", "think_action", 0) == "<action>go north</action>"
     assert render_response("x", "think_action", 3, think="why") == "<think>why</think><action>x</action>"
-    assert render_response("go", "hiper", 1, "find key") == "<switch>KEEP</switch><subgoal>find key</subgoal><action>go</action>"
-    assert render_response('<tool_call>{"name": "f"}</tool_call>', "tool_call", 0) == '<tool_call>{"name": "f"}</tool_call>'
+    assert (
+        render_response("go", "hiper", 1, "find key")
+        == "<switch>KEEP</switch><subgoal>find key</subgoal><action>go</action>"
+    )
+    assert (
+        render_response('<tool_call>{"name": "f"}</tool_call>', "tool_call", 0)
+        == '<tool_call>{"name": "f"}</tool_call>'
+    )
     with pytest.raises(ValueError, match="no expert rendering for response format 'xml'"):
         render_response("go", "xml", 0)
-    assert set(EXPERTS.names()) == {"maze", "alfworld", "webshop", "webshop-browser", "search", "tools", "bfcl"}
+    assert set(EXPERTS.names()) == {
+        "maze",
+        "alfworld",
+        "webshop",
+        "webshop-browser",
+        "search",
+        "tools",
+        "bfcl",
+    }
 
 
 def test_lr_schedules_warm_up_then_hold_or_decay() -> None:
@@ -269,14 +369,20 @@ def test_lr_schedules_warm_up_then_hold_or_decay() -> None:
 
     constant, cosine = lr_factor("constant", 100, 0.1), lr_factor("cosine", 100, 0.1)
     assert [round(constant(s), 4) for s in (0, 4, 10, 99)] == [round(1 / 11, 4), round(5 / 11, 4), 1.0, 1.0]
-    assert cosine(10) == 1.0 and cosine(55) == pytest.approx(0.5) and cosine(99) == pytest.approx(0.0003, abs=1e-3)
+    assert (
+        cosine(10) == 1.0
+        and cosine(55) == pytest.approx(0.5)
+        and cosine(99) == pytest.approx(0.0003, abs=1e-3)
+    )
     assert all(cosine(s) >= cosine(s + 1) for s in range(10, 99))  # decays monotonically after the warm-up
     assert lr_factor("constant", 10)(0) == 1.0  # no warm-up by default
     with pytest.raises(ValueError, match="unknown lr schedule 'linear'; allowed: constant, cosine"):
         lr_factor("linear", 10)
 
 
-def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The optimiser's steps follow the schedule: warm-up below the peak, the peak, almost 0 at the end."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -285,10 +391,17 @@ def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(tmp_path: Path, monkeypa
 
     kwargs = {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}
     builder = StepPrompt(history_k=1, system_prompt="Reach the goal room.")
-    demos = expert_demonstrations("maze", expert_env("maze", kwargs), [f"maze-{i}" for i in range(4)], builder, seed=0)
+    demos = expert_demonstrations(
+        "maze", expert_env("maze", kwargs), [f"maze-{i}" for i in range(4)], builder, seed=0
+    )
     corpus = env_corpus(make("maze", **kwargs), ["maze-0", "maze-1"])
-    model_dir = build_tiny_model(tmp_path / "m", corpus, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    model_dir = build_tiny_model(
+        tmp_path / "m", corpus, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1
+    )
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        AutoTokenizer.from_pretrained(model_dir),
+    )
     rates: list[float] = []
     step = torch.optim.AdamW.step
 
@@ -297,6 +410,16 @@ def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(tmp_path: Path, monkeypa
         return step(self, *args, **kw)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    sft_train(model, tokenizer, demos, epochs=2, lr=0.01, batch_size=4, seed=0, lr_schedule="cosine", warmup_ratio=0.25)
+    sft_train(
+        model,
+        tokenizer,
+        demos,
+        epochs=2,
+        lr=0.01,
+        batch_size=4,
+        seed=0,
+        lr_schedule="cosine",
+        warmup_ratio=0.25,
+    )
     assert len(rates) == 2 * -(-len(demos) // 4)
     assert rates[0] < 0.01 and max(rates) == pytest.approx(0.01) and rates[-1] < 0.001

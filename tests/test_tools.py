@@ -5,12 +5,21 @@ import json
 import runpy
 import threading
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
 from agentrl.envs import check_env, make
-from agentrl.envs.tools import Episode, ToolArgumentError, ToolEnv, ToolTask, builtin_tool_env, make_tasks, solution_action, tool
+from agentrl.envs.tools import (
+    Episode,
+    ToolArgumentError,
+    ToolEnv,
+    ToolTask,
+    builtin_tool_env,
+    make_tasks,
+    solution_action,
+    tool,
+)
 from agentrl.envs.tools.builtin import builtin_reward, convert, last_number
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_tool_env.py"
@@ -22,9 +31,17 @@ class Colour(enum.Enum):
 
 
 @tool
-def everything(name: str, count: int, ratio: float, flags: list[bool], weights: dict[str, float],
-               mode: Literal["fast", "slow"] = "fast", note: Optional[str] = None, colour: Colour = Colour.RED,
-               state=None) -> str:
+def everything(
+    name: str,
+    count: int,
+    ratio: float,
+    flags: list[bool],
+    weights: dict[str, float],
+    mode: Literal["fast", "slow"] = "fast",
+    note: str | None = None,
+    colour: Colour = Colour.RED,
+    state=None,
+) -> str:
     """Exercise every supported type.
 
     Longer explanation on a second line.
@@ -41,27 +58,52 @@ def everything(name: str, count: int, ratio: float, flags: list[bool], weights: 
 
 
 def test_schema_of_every_supported_type_by_hand():
-    assert everything.schema == {"type": "function", "function": {
-        "name": "everything",
-        "description": "Exercise every supported type. Longer explanation on a second line.",
-        "parameters": {"type": "object", "required": ["name", "count", "ratio", "flags", "weights"], "properties": {
-            "name": {"type": "string", "description": "who is asking"},
-            "count": {"type": "integer", "description": "how many, a description continued on the next line"},
-            "ratio": {"type": "number", "description": "a number"},
-            "flags": {"type": "array", "items": {"type": "boolean"}},
-            "weights": {"type": "object", "additionalProperties": {"type": "number"}},
-            "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
-            "note": {"type": ["string", "null"], "default": None},
-            "colour": {"type": "string", "enum": ["red", "blue"], "default": "red"},
-        }}}}
+    assert everything.schema == {
+        "type": "function",
+        "function": {
+            "name": "everything",
+            "description": "Exercise every supported type. Longer explanation on a second line.",
+            "parameters": {
+                "type": "object",
+                "required": ["name", "count", "ratio", "flags", "weights"],
+                "properties": {
+                    "name": {"type": "string", "description": "who is asking"},
+                    "count": {
+                        "type": "integer",
+                        "description": "how many, a description continued on the next line",
+                    },
+                    "ratio": {"type": "number", "description": "a number"},
+                    "flags": {"type": "array", "items": {"type": "boolean"}},
+                    "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
+                    "note": {"type": ["string", "null"], "default": None},
+                    "colour": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                },
+            },
+        },
+    }
     assert everything.wants_state and "state" not in everything.parameters["properties"]
     assert everything("a", 1, 2.0, [], {}) == "a:1:2.0:None"  # still a plain function
 
 
 def test_argument_checks_convert_or_explain():
-    ok = everything.check_arguments({"name": "a", "count": 2, "ratio": 3, "flags": [True], "weights": {"x": 1},
-                                     "colour": "blue", "note": None})
-    assert ok["ratio"] == 3.0 and isinstance(ok["ratio"], float) and ok["colour"] is Colour.BLUE and ok["weights"] == {"x": 1.0}
+    ok = everything.check_arguments(
+        {
+            "name": "a",
+            "count": 2,
+            "ratio": 3,
+            "flags": [True],
+            "weights": {"x": 1},
+            "colour": "blue",
+            "note": None,
+        }
+    )
+    assert (
+        ok["ratio"] == 3.0
+        and isinstance(ok["ratio"], float)
+        and ok["colour"] is Colour.BLUE
+        and ok["weights"] == {"x": 1.0}
+    )
     base = {"name": "a", "count": 2, "ratio": 1.0, "flags": [], "weights": {}}
     cases = [
         ({**base, "count": True}, r"argument 'count' of 'everything' must be an integer, got bool True"),
@@ -84,13 +126,17 @@ def test_decorating_bad_functions_fails_clearly():
     with pytest.raises(TypeError, match="parameter 'x' has no type annotation"):
         tool(name="f")(lambda x: x)
     with pytest.raises(TypeError, match=r"\*args/\*\*kwargs"):
+
         @tool
         def f(*xs: int) -> int:
             return 0
+
     with pytest.raises(TypeError, match="has no JSON schema"):
+
         @tool
         def g(x: complex) -> int:
             return 0
+
     with pytest.raises(ValueError, match="tool name 'bad name'"):
         tool(name="bad name")(convert.fn)
 
@@ -136,28 +182,38 @@ def echo_reward(task: ToolTask, episode: Episode) -> float:
 
 @pytest.fixture
 def env():
-    e = ToolEnv([echo, explode, hang, count], [ToolTask("t0", "Say hi.", answer="hi", state={"n": 0}),
-                                               ToolTask("t1", "Say bye.", answer="bye", state={"n": 0})],
-                echo_reward, call_timeout=0.3, max_turns=5)
+    e = ToolEnv(
+        [echo, explode, hang, count],
+        [
+            ToolTask("t0", "Say hi.", answer="hi", state={"n": 0}),
+            ToolTask("t1", "Say bye.", answer="bye", state={"n": 0}),
+        ],
+        echo_reward,
+        call_timeout=0.3,
+        max_turns=5,
+    )
     RELEASE.clear()  # a test that ran before released its hung calls
     yield e
     RELEASE.set()
 
 
 def call(name, **args):
-    return f'<tool_call>{json.dumps({"name": name, "arguments": args})}</tool_call>'
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': args})}</tool_call>"
 
 
 def test_hostile_calls_become_messages_and_the_env_goes_on(env):
     env.reset(seed=0, options={"task_id": "t0"})
     hostile = [
         (call("nope"), "unknown tool 'nope'; available tools: ['count', 'echo', 'explode', 'hang']"),
-        ('<tool_call>{"name": "echo", "arguments": {"text": </tool_call>', "could not read your tool call: tool call 0: not valid JSON"),
+        (
+            '<tool_call>{"name": "echo", "arguments": {"text": </tool_call>',
+            "could not read your tool call: tool call 0: not valid JSON",
+        ),
         (call("echo", text=5), "argument 'text' of 'echo' must be a string, got int 5"),
         (call("explode", reason="boom"), "tool 'explode' raised RuntimeError: boom"),
     ]
     for action, message in hostile:
-        obs, reward, term, trunc, info = env.step(action)
+        obs, reward, term, _trunc, info = env.step(action)
         assert message in obs and info["valid"] is False and reward == 0.0 and not term
         env.reset(seed=0, options={"task_id": "t0"})
     calls = len(HANG_CALLS)
@@ -165,7 +221,9 @@ def test_hostile_calls_become_messages_and_the_env_goes_on(env):
     assert "tool 'hang' did not return within 0.3 s" in obs and info["valid"] is False
     assert len(HANG_CALLS) == calls + 1 and HANG_CALLS[-1].is_alive()  # answered while the call still runs
     obs, _, _, _, info = env.step(call("echo", text="still alive"))
-    assert info["valid"] and obs == '<tool_response>{"name": "echo", "content": "still alive"}</tool_response>'
+    assert (
+        info["valid"] and obs == '<tool_response>{"name": "echo", "content": "still alive"}</tool_response>'
+    )
     obs, _, _, _, info = env.step("\n".join([call("echo", text="x")] * 10))
     assert "at most 8 calls per turn; 2 were not run" in obs and not info["valid"]
 
@@ -173,13 +231,25 @@ def test_hostile_calls_become_messages_and_the_env_goes_on(env):
 def test_openai_json_calls_state_and_final_answer(env):
     _, info = env.reset(seed=0, options={"task_id": "t0"})
     assert [s["function"]["name"] for s in info["tools"]] == ["echo", "explode", "hang", "count"]
-    openai = {"tool_calls": [{"id": "c7", "type": "function", "function": {"name": "count", "arguments": "{}"}},
-                             {"type": "function", "function": {"name": "count", "arguments": {}}}]}
-    obs, _, _, _, info = env.step(json.dumps(openai))
+    openai = {
+        "tool_calls": [
+            {"id": "c7", "type": "function", "function": {"name": "count", "arguments": "{}"}},
+            {"type": "function", "function": {"name": "count", "arguments": {}}},
+        ]
+    }
+    _obs, _, _, _, info = env.step(json.dumps(openai))
     assert info["valid"] and info["turn_reward"] == 1.0 and info["tool_call"]
-    assert [m["content"] for m in info["tool_messages"]] == ["1", "2"] and info["tool_messages"][0]["tool_call_id"] == "c7"
-    obs, reward, term, trunc, info = env.step("hi")
-    assert reward == 1.0 and term and info["success"] and info["answer"] == "hi" and [c.content for c in env.episode.calls] == ["1", "2"]
+    assert [m["content"] for m in info["tool_messages"]] == ["1", "2"] and info["tool_messages"][0][
+        "tool_call_id"
+    ] == "c7"
+    _obs, reward, term, _trunc, info = env.step("hi")
+    assert (
+        reward == 1.0
+        and term
+        and info["success"]
+        and info["answer"] == "hi"
+        and [c.content for c in env.episode.calls] == ["1", "2"]
+    )
     assert env.tasks["t0"].state == {"n": 0}  # the task's own state is never touched
     env.reset(seed=0, options={"task_id": "t0"})  # state is fresh again
     assert env.step(call("count"))[4]["tool_messages"][0]["content"] == "1"
@@ -192,7 +262,7 @@ def test_openai_json_calls_state_and_final_answer(env):
 
 def test_truncation_and_construction_errors(env):
     env.reset(options={"task_id": "t1"})
-    for t in range(5):
+    for _t in range(5):
         _, _, term, trunc, _ = env.step(call("echo", text="x"))
     assert trunc and not term
     with pytest.raises(ValueError, match="unknown task_id 'zz'"):
@@ -206,7 +276,10 @@ def test_truncation_and_construction_errors(env):
 
 
 def test_check_env_on_tool_envs(env):
-    check_env(env, other=ToolEnv([echo, explode, hang, count], list(env.tasks.values()), echo_reward, call_timeout=0.3))
+    check_env(
+        env,
+        other=ToolEnv([echo, explode, hang, count], list(env.tasks.values()), echo_reward, call_timeout=0.3),
+    )
     check_env(builtin_tool_env("all", "test", num_tasks=3))
 
 
@@ -236,11 +309,14 @@ def test_builtin_rewards_and_tool_errors_by_hand():
     assert "tool 'divide' raised ZeroDivisionError: division by zero" in obs
     units = builtin_tool_env("units", "test", num_tasks=1)
     units.reset(options={"task_id": "units-test-0"})
-    assert "cannot convert kg to m: they measure different things" in units.step(call("convert", value=1, from_unit="kg", to_unit="m"))[0]
+    assert (
+        "cannot convert kg to m: they measure different things"
+        in units.step(call("convert", value=1, from_unit="kg", to_unit="m"))[0]
+    )
     store = builtin_tool_env("store", "test", num_tasks=2)
     store.reset(options={"task_id": "store-test-0"})
     task = store.task
-    (pid, qty), = task.answer["items"].items()
+    ((pid, qty),) = task.answer["items"].items()
     assert "the cart is empty" in store.step(call("checkout"))[0]
     store.step(call("add_to_cart", product_id=pid, quantity=qty))
     store.step(call("checkout"))
@@ -251,7 +327,9 @@ def test_builtin_rewards_and_tool_errors_by_hand():
 
 def test_splits_differ_and_are_deterministic():
     train, test = make_tasks("calculator", "train", 20), make_tasks("calculator", "test", 20)
-    assert {t.prompt for t in train}.isdisjoint({t.prompt for t in test}) and len({t.prompt for t in train}) == 20
+    assert {t.prompt for t in train}.isdisjoint({t.prompt for t in test}) and len(
+        {t.prompt for t in train}
+    ) == 20
     assert make_tasks("store", "train", 10) == make_tasks("store", "train", 10)
     store_test = {next(iter(t.answer["items"])) for t in make_tasks("store", "test", 40)}
     store_train = {next(iter(t.answer["items"])) for t in make_tasks("store", "train", 200)}

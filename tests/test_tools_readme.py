@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_tool_env.py"
 TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
 # from "### Search (retrieval..." to the end of "### Add your own tool environment" (the next heading or the end)
-SECTIONS = re.search(r"### Search \(retrieval.*?### Add your own tool environment.*?(?=\n#{1,3} |\Z)", TEXT, flags=re.S).group(0)
+SECTIONS = re.search(
+    r"### Search \(retrieval.*?### Add your own tool environment.*?(?=\n#{1,3} |\Z)", TEXT, flags=re.S
+).group(0)
 
 
 def test_example_file_is_in_the_readme_verbatim_and_short():

@@ -23,14 +23,29 @@ from agentrl.config import TrainConfig, config_from_dict
 from agentrl.trainers.metrics import MetricsWriter, TrackingNotInstalledError, read_metrics, scalars
 
 RECORDS = [
-    {"iteration": 0, "success_rate": 0.25, "loss": 1.5, "invalid_rate": float("nan"), "note": "warmup", "ok": True},
-    {"iteration": 1, "success_rate": 0.5, "loss": np.float32(0.75), "invalid_rate": 0.1, "errors": np.int64(2)},
+    {
+        "iteration": 0,
+        "success_rate": 0.25,
+        "loss": 1.5,
+        "invalid_rate": float("nan"),
+        "note": "warmup",
+        "ok": True,
+    },
+    {
+        "iteration": 1,
+        "success_rate": 0.5,
+        "loss": np.float32(0.75),
+        "invalid_rate": 0.1,
+        "errors": np.int64(2),
+    },
     {"iteration": 2, "success_rate": 0.75, "loss": float("inf"), "invalid_rate": 0.0},
 ]
 
 
 def _config(tmp_path: Path, lr: float = 3e-4, **logging: Any) -> TrainConfig:
-    return config_from_dict({"out_dir": str(tmp_path / "run"), "optim": {"lr": lr}, "logging": {"tensorboard": False, **logging}})
+    return config_from_dict(
+        {"out_dir": str(tmp_path / "run"), "optim": {"lr": lr}, "logging": {"tensorboard": False, **logging}}
+    )
 
 
 def test_scalars_keep_finite_numbers_only() -> None:
@@ -89,7 +104,9 @@ def test_tensorboard_missing_is_skipped_silently(tmp_path: Path, monkeypatch: py
 # ----------------------------------------------------------------------------- missing trackers
 
 
-@pytest.mark.parametrize("section, module, package", [("wandb", "wandb", "wandb"), ("mlflow", "mlflow", "mlflow-skinny")])
+@pytest.mark.parametrize(
+    "section, module, package", [("wandb", "wandb", "wandb"), ("mlflow", "mlflow", "mlflow-skinny")]
+)
 def test_enabled_tracker_not_installed_fails_at_start_naming_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, module: str, package: str
 ) -> None:
@@ -103,7 +120,9 @@ def test_enabled_tracker_not_installed_fails_at_start_naming_the_extra(
     assert "pip install 'agentrl[tracking]'" in msg and f"pip install {package}" in msg
 
 
-def test_a_missing_tracker_fails_before_any_other_run_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_tracker_fails_before_any_other_run_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Simulated missing mlflow (None in sys.modules): no W&B run may have been created."""
     monkeypatch.setitem(sys.modules, "mlflow", None)
     cfg = _config(tmp_path, wandb={"enabled": True, "mode": "offline"}, mlflow={"enabled": True})
@@ -202,8 +221,10 @@ def test_wandb_offline_run_has_config_metrics_and_resumes_after_a_failure(tmp_pa
     first, second = _wandb_run(run_dir, run_id)["runs"]
     assert first["exit_code"] == 1 and second["exit_code"] == 0
     assert first["config"]["optim"]["lr"] == 3e-4 and first["config"]["out_dir"] == str(run_dir)
-    assert first["history"] == {0: {"success_rate": 0.25, "loss": 1.5},
-                                1: {"success_rate": 0.5, "loss": 0.75, "invalid_rate": 0.1, "errors": 2}}  # fmt: skip
+    assert first["history"] == {
+        0: {"success_rate": 0.25, "loss": 1.5},
+        1: {"success_rate": 0.5, "loss": 0.75, "invalid_rate": 0.1, "errors": 2},
+    }
     assert second["history"][2] == {"success_rate": 0.75, "invalid_rate": 0.0}
     assert math.isclose(second["history"][1]["loss"], 0.75)
 
@@ -225,7 +246,9 @@ def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_mlflow_run_has_params_metric_history_and_status(tmp_path: Path, mlflow_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    cfg = _config(tmp_path, mlflow={"enabled": True, "tracking_uri": mlflow_uri, "experiment": "tracking-test"})
+    cfg = _config(
+        tmp_path, mlflow={"enabled": True, "tracking_uri": mlflow_uri, "experiment": "tracking-test"}
+    )
     run_dir = tmp_path / "run"
     with MetricsWriter.from_config(run_dir, cfg) as w:
         run_id = w.sinks[0].run_id
@@ -254,8 +277,12 @@ def test_mlflow_run_has_params_metric_history_and_status(tmp_path: Path, mlflow_
     assert client.get_run(run_id).info.status == "FAILED"
     assert _history(client, run_id, "success_rate")[-1] == (3, 1.0)
 
-    changed = _config(tmp_path, lr=1e-3, mlflow={"enabled": True, "tracking_uri": mlflow_uri, "experiment": "tracking-test"})
+    changed = _config(
+        tmp_path, lr=1e-3, mlflow={"enabled": True, "tracking_uri": mlflow_uri, "experiment": "tracking-test"}
+    )
     with MetricsWriter.from_config(run_dir, changed) as w:  # another config in the same dir: a new run
         new_id = w.sinks[0].run_id
-    assert new_id != run_id and json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == new_id
+    assert (
+        new_id != run_id and json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == new_id
+    )
     assert client.get_run(new_id).data.params["optim.lr"] == "0.001"

@@ -14,7 +14,14 @@ import torch
 
 import agentrl.trainers
 from agentrl.agents import StepPrompt
-from agentrl.credit import Advantages, ValueHeadSpec, available_estimators, estimate, estimator_info, register_estimator
+from agentrl.credit import (
+    Advantages,
+    ValueHeadSpec,
+    available_estimators,
+    estimate,
+    estimator_info,
+    register_estimator,
+)
 from agentrl.credit.seeupo import turn_slots
 from agentrl.envs import register_env
 from agentrl.envs.maze import MazeEnv
@@ -35,18 +42,33 @@ from agentrl.types import Step, StepBatch, read_trajectories
 def model_dir(tmp_path_factory):
     env = MazeEnv(size=2, n_doors=1, num_tasks=50)
     corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
+    )
 
 
 def tiny_run(model_dir, **extra) -> list[str]:
     """Overrides for a seconds-long run on a 2x2 maze with the prebuilt tiny model."""
     base = {
-        "model.path": str(model_dir), "model.device": "cpu", "lora.r": 4, "lora.alpha": 8,
-        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}", "env.train_tasks.count": 20, "env.num_envs": 4,
-        "rollout.groups": 2, "rollout.group_size": 2, "rollout.max_turns": 2, "rollout.max_new_tokens": 6,
-        "rollout.history_k": 1, "optim.iterations": 2, "optim.lr": 0.01, "logging.tensorboard": "false",
-        "algorithm.minibatch_size": 4, "algorithm.micro_batch_size": 2, "algorithm.kl_coef": 0.01,
-    }  # fmt: skip
+        "model.path": str(model_dir),
+        "model.device": "cpu",
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
+        "env.train_tasks.count": 20,
+        "env.num_envs": 4,
+        "rollout.groups": 2,
+        "rollout.group_size": 2,
+        "rollout.max_turns": 2,
+        "rollout.max_new_tokens": 6,
+        "rollout.history_k": 1,
+        "optim.iterations": 2,
+        "optim.lr": 0.01,
+        "logging.tensorboard": "false",
+        "algorithm.minibatch_size": 4,
+        "algorithm.micro_batch_size": 2,
+        "algorithm.kl_coef": 0.01,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -60,12 +82,18 @@ ESTIMATOR_EXTRAS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", available_estimators())
 def test_every_estimator_trains_two_iterations_on_the_maze(model_dir, tmp_path, estimator):
-    run = train(None, tmp_path / "run", tiny_run(model_dir, **{"algorithm.estimator": estimator}, **ESTIMATOR_EXTRAS.get(estimator, {})))
+    run = train(
+        None,
+        tmp_path / "run",
+        tiny_run(model_dir, **{"algorithm.estimator": estimator}, **ESTIMATOR_EXTRAS.get(estimator, {})),
+    )
     records = read_metrics(run / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [0, 1]
     for r in records:
         assert r["episodes"] == 4 and r["rows"] >= 4
-        assert all(math.isfinite(r[k]) for k in ("loss", "kl", "entropy", "grad_norm", "adv_std", "tokens_per_s"))
+        assert all(
+            math.isfinite(r[k]) for k in ("loss", "kl", "entropy", "grad_norm", "adv_std", "tokens_per_s")
+        )
         assert r["trained_tokens"] > 0
         if estimator in ("gae", "mt_ppo", "hiper"):
             assert math.isfinite(r["value_loss"])
@@ -96,8 +124,16 @@ class FlakyMaze(MazeEnv):
 
 def test_malformed_output_and_a_crashing_env_do_not_stop_training(model_dir, tmp_path):
     register_env("test-flaky-maze", FlakyMaze, overwrite=True)
-    overrides = tiny_run(model_dir, **{"env.name": "test-flaky-maze", "rollout.groups": 3, "rollout.max_turns": 3,
-                                       "model.gradient_checkpointing": "true", "logging.save_trajectories": "true"})  # fmt: skip
+    overrides = tiny_run(
+        model_dir,
+        **{
+            "env.name": "test-flaky-maze",
+            "rollout.groups": 3,
+            "rollout.max_turns": 3,
+            "model.gradient_checkpointing": "true",
+            "logging.save_trajectories": "true",
+        },
+    )
     run = train(None, tmp_path / "run", overrides)
     records = read_metrics(run / "metrics.jsonl")
     saved = read_trajectories(run / "trajectories" / "iter-000001.jsonl")
@@ -113,8 +149,15 @@ def maze_batch(model_dir):
     """A real rollout of the tiny policy: 2 groups x 3 episodes of up to 3 turns."""
     policy = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
     envs = [MazeEnv(size=2, n_doors=1, num_tasks=50) for _ in range(6)]
-    groups = rollout(policy, envs, ["maze-1", "maze-2"], 3, max_turns=3, params=SamplingParams(max_new_tokens=6, seed=5),
-                     builder=StepPrompt(history_k=1))  # fmt: skip
+    groups = rollout(
+        policy,
+        envs,
+        ["maze-1", "maze-2"],
+        3,
+        max_turns=3,
+        params=SamplingParams(max_new_tokens=6, seed=5),
+        builder=StepPrompt(history_k=1),
+    )
     return policy, groups
 
 
@@ -130,14 +173,21 @@ def test_reference_is_the_adapter_off_and_accumulation_matches_one_batch(maze_ba
         scores = learner.score(samples, reference=True)
         for a, b, s in zip(scores.logp, scores.ref_logp, steps):
             assert torch.equal(a, b)  # fresh LoRA (B = 0): the policy is the reference
-            assert a.tolist() == pytest.approx(s.response_logprobs, abs=1e-5)  # = the sampling log-probs at T=1
+            assert a.tolist() == pytest.approx(
+                s.response_logprobs, abs=1e-5
+            )  # = the sampling log-probs at T=1
         adv = np.linspace(-1, 1, len(samples))
         token_adv = [np.full(len(r), a, np.float32) for r, a in zip(samples.response_ids, adv)]
         token_mask = [np.ones(len(r), bool) for r in samples.response_ids]
         grads = {}
         for micro in (len(samples), 3):
-            learner.settings = UpdateSettings(minibatch_size=len(samples), micro_batch_size=micro, kl_coef=0.1)
-            step, learner.optimizer.step = learner.optimizer.step, lambda: None  # keep the gradient, skip the step
+            learner.settings = UpdateSettings(
+                minibatch_size=len(samples), micro_batch_size=micro, kl_coef=0.1
+            )
+            step, learner.optimizer.step = (
+                learner.optimizer.step,
+                lambda: None,
+            )  # keep the gradient, skip the step
             stats = learner.update(samples, scores, token_adv, token_mask, rng=np.random.default_rng(0))
             learner.optimizer.step = step
             grads[micro] = (torch.cat([p.grad.flatten() for p in learner.params]).clone(), stats["loss"])
@@ -169,12 +219,23 @@ def test_seeupo_updates_turn_slots_in_reverse_with_corrections_by_hand(maze_batc
     real_update, real_score = learner.update, learner.score
 
     def recording_update(samples_, scores, token_adv, token_mask, **kw):
-        seen.append({"rows": scores.rows.copy(), "adv": [float(a[0]) if len(a) else 0.0 for a in token_adv], "old": scores.logp})
+        seen.append(
+            {
+                "rows": scores.rows.copy(),
+                "adv": [float(a[0]) if len(a) else 0.0 for a in token_adv],
+                "old": scores.logp,
+            }
+        )
         return real_update(samples_, scores, token_adv, token_mask, **kw)
 
     def recording_score(samples_, rows=None, **kw):
         out = real_score(samples_, rows, **kw)
-        if seen and rows is not None and np.array_equal(np.asarray(rows), seen[-1]["rows"]) and "new" not in seen[-1]:
+        if (
+            seen
+            and rows is not None
+            and np.array_equal(np.asarray(rows), seen[-1]["rows"])
+            and "new" not in seen[-1]
+        ):
             seen[-1]["new"] = out.logp
         return out
 
@@ -214,10 +275,16 @@ def test_hiper_parts_get_their_own_advantages(maze_batch):
         Step(obs="c", response="<action>go", prompt_ids=[4], response_ids=bad_ids),
     ]
     hiper = estimator_info("hiper")
-    samples = build_samples(steps, tokenizer=tok, parts=True, response_format="hiper", value_heads=hiper.value_heads)
+    samples = build_samples(
+        steps, tokenizer=tok, parts=True, response_format="hiper", value_heads=hiper.value_heads
+    )
     adv = Advantages(
         step=np.array([0.5, 0.25, -0.7]),
-        spans={"action": np.array([0.5, 0.25, -0.7]), "subgoal": np.array([-1.0, 9.0, 9.0]), "switch": np.array([2.0, 3.0, 4.0])},
+        spans={
+            "action": np.array([0.5, 0.25, -0.7]),
+            "subgoal": np.array([-1.0, 9.0, 9.0]),
+            "switch": np.array([2.0, 3.0, 4.0]),
+        },
         masks={"subgoal": np.array([True, False, False])},
     )
     token_adv, token_mask = token_advantages(samples, adv, spans=hiper.spans)
@@ -225,11 +292,15 @@ def test_hiper_parts_get_their_own_advantages(maze_batch):
     switch_end = pieces.index("</switch>") + 1
     subgoal_end = pieces.index("</subgoal>") + 1
     action_end = pieces.index("</action>") + 1
-    expected0 = [2.0] * switch_end + [-1.0] * (subgoal_end - switch_end) + [0.5] * (action_end - subgoal_end) + [0.0]
+    expected0 = (
+        [2.0] * switch_end + [-1.0] * (subgoal_end - switch_end) + [0.5] * (action_end - subgoal_end) + [0.0]
+    )
     assert token_adv[0].tolist() == pytest.approx(expected0)
     assert token_mask[0].tolist() == [True] * action_end + [False]  # the end-of-turn token is not trained
     # row 1 is not a segment start: its subgoal tokens are not trained
-    assert token_mask[1].tolist() == [True] * switch_end + [False] * (subgoal_end - switch_end) + [True] * (action_end - subgoal_end) + [False]
+    assert token_mask[1].tolist() == [True] * switch_end + [False] * (subgoal_end - switch_end) + [True] * (
+        action_end - subgoal_end
+    ) + [False]
     assert token_adv[1][:switch_end].tolist() == [3.0] * switch_end
     # a malformed response has no parts: every token takes the action advantage
     assert token_adv[2].tolist() == pytest.approx([-0.7] * len(bad_ids)) and token_mask[2].all()
@@ -246,13 +317,23 @@ def test_an_estimator_registered_by_test_code_trains_with_its_own_critic_and_sch
         calls.append((estimator, len(batch)))
         return standard_update(learner, batch, samples, estimator, options, rng=rng)
 
-    @register_estimator("test_critic", inputs=("values",), row_inputs=("values",), schedule="test_counted", loss="gspo",
-                        value_heads={"baseline": ValueHeadSpec(target="returns")})  # fmt: skip
+    @register_estimator(
+        "test_critic",
+        inputs=("values",),
+        row_inputs=("values",),
+        schedule="test_counted",
+        loss="gspo",
+        value_heads={"baseline": ValueHeadSpec(target="returns")},
+    )
     def critic(batch, *, values=None, scale: float = 1.0):
         returns = batch.outcome.astype(np.float64)
         return Advantages(step=scale * (returns - values), extras={"returns": returns})
 
-    run = train(None, tmp_path / "run", tiny_run(model_dir, **{"algorithm.estimator": "test_critic", "algorithm.options": "{scale: 2.0}"}))
+    run = train(
+        None,
+        tmp_path / "run",
+        tiny_run(model_dir, **{"algorithm.estimator": "test_critic", "algorithm.options": "{scale: 2.0}"}),
+    )
     metrics = read_metrics(run / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [0, 1]
     assert [c[0] for c in calls] == ["test_critic", "test_critic"]
@@ -271,13 +352,30 @@ def test_value_features_are_read_at_their_positions():
 
 def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
     overrides = [
-        "model.device=cpu", "model.tiny.vocab_size=384", "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.corpus_tasks=10",
-        "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 60}", "env.train_tasks.count=40", "env.num_envs=4",
-        "rollout.groups=2", "rollout.group_size=2", "rollout.max_turns=3", "rollout.max_new_tokens=8", "rollout.history_k=1",
-        "optim.iterations=1", "logging.tensorboard=false", "algorithm.estimator=gigpo",
-        "sft.enabled=true", "sft.tasks.count=30", "sft.epochs=2", "sft.batch_size=16",
-        "eval.enabled=true", "eval.tasks.start=50", "eval.tasks.count=6",
-    ]  # fmt: skip
+        "model.device=cpu",
+        "model.tiny.vocab_size=384",
+        "model.tiny.layers=1",
+        "model.tiny.hidden=32",
+        "model.tiny.corpus_tasks=10",
+        "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 60}",
+        "env.train_tasks.count=40",
+        "env.num_envs=4",
+        "rollout.groups=2",
+        "rollout.group_size=2",
+        "rollout.max_turns=3",
+        "rollout.max_new_tokens=8",
+        "rollout.history_k=1",
+        "optim.iterations=1",
+        "logging.tensorboard=false",
+        "algorithm.estimator=gigpo",
+        "sft.enabled=true",
+        "sft.tasks.count=30",
+        "sft.epochs=2",
+        "sft.batch_size=16",
+        "eval.enabled=true",
+        "eval.tasks.start=50",
+        "eval.tasks.count=6",
+    ]
     lines: list[str] = []
     run = train(None, tmp_path / "run", overrides, progress=lines.append)
     summary = json.loads((run / "summary.json").read_text())
@@ -289,7 +387,9 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
         assert len(episodes) == 6 and np.mean([t.success for t in episodes]) == summary[key]["success_rate"]
     text = "\n".join(lines)
     assert "building the tiny model" in text and "sft epoch 2/2" in text and "iteration 1/1: success" in text
-    assert f"after RL:  success {100 * summary['after']['success_rate']:.1f}%" in text and text.endswith(str(run))
+    assert f"after RL:  success {100 * summary['after']['success_rate']:.1f}%" in text and text.endswith(
+        str(run)
+    )
     sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
     assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
     assert (run / "tiny-model" / "tokenizer.json").exists()
@@ -304,11 +404,15 @@ def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
 
     from agentrl.config import ConfigError
 
-    overrides = tiny_run(model_dir, **{"optim.iterations": 3, "algorithm.estimator": "gae", "rollout.max_turns": 3})
+    overrides = tiny_run(
+        model_dir, **{"optim.iterations": 3, "algorithm.estimator": "gae", "rollout.max_turns": 3}
+    )
     full = read_metrics(train(None, tmp_path / "full", overrides) / "metrics.jsonl")
     killed = tmp_path / "killed"
     code = f"from agentrl.trainers import train; train(None, {str(killed)!r}, {overrides!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -345,7 +449,12 @@ def test_training_through_a_served_policy_syncs_the_adapter(model_dir, tmp_path)
         trained = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
         trained.load_adapter(run / "served-adapter")
         base = HFPolicy.from_pretrained(model_dir, device="cpu")
-        prompt = [{"role": "user", "content": MazeEnv(size=2, n_doors=1, num_tasks=50).reset(options={"task_id": "maze-3"})[0]}]
+        prompt = [
+            {
+                "role": "user",
+                "content": MazeEnv(size=2, n_doors=1, num_tasks=50).reset(options={"task_id": "maze-3"})[0],
+            }
+        ]
         params = SamplingParams(temperature=0, max_new_tokens=6)
         served = client.generate([prompt], params)[0]
         assert served.response_ids == trained.generate([prompt], params)[0].response_ids
@@ -364,8 +473,13 @@ def test_evaluation_envs_take_their_own_kwargs(model_dir, tmp_path):
     """eval.env_kwargs is merged over env.kwargs for the held-out envs only (here: more maze tasks)."""
     from agentrl.config import ConfigError
 
-    extra = {"eval.enabled": "true", "eval.tasks.start": 60, "eval.tasks.count": 3, "eval.env_kwargs": "{num_tasks: 80}",
-             "optim.iterations": 1}  # fmt: skip
+    extra = {
+        "eval.enabled": "true",
+        "eval.tasks.start": 60,
+        "eval.tasks.count": 3,
+        "eval.env_kwargs": "{num_tasks: 80}",
+        "optim.iterations": 1,
+    }
     run = train(None, tmp_path / "run", tiny_run(model_dir, **extra))
     episodes = read_trajectories(run / "eval" / "before.jsonl")
     assert sorted(t.task_id for t in episodes) == ["maze-60", "maze-61", "maze-62"]

@@ -36,7 +36,15 @@ def make_traj(i: int, group: str = "g0", n_steps: int = 3, **kw) -> Trajectory:
         )
         for t in range(n_steps)
     ]
-    return Trajectory(task_id="task", group_id=group, traj_id=f"{group}/{i}", steps=steps, terminated=True, success=i % 2 == 0, **kw)
+    return Trajectory(
+        task_id="task",
+        group_id=group,
+        traj_id=f"{group}/{i}",
+        steps=steps,
+        terminated=True,
+        success=i % 2 == 0,
+        **kw,
+    )
 
 
 def test_outcome_defaults_to_sum_of_rewards():
@@ -116,7 +124,10 @@ def test_step_batch_columns():
     assert list(b.tool_call) == [True, False, False, True, False, True]
     assert b.switch is None and b.subgoal is None
     # actions equal after normalisation share a key
-    assert b.action_key[0] == StepBatch.from_trajectories([Trajectory("t", "g", "x", [Step("o", action="go 0")])]).action_key[0]
+    assert (
+        b.action_key[0]
+        == StepBatch.from_trajectories([Trajectory("t", "g", "x", [Step("o", action="go 0")])]).action_key[0]
+    )
 
 
 def test_step_batch_optional_columns_absent_and_stable_hash():

@@ -15,9 +15,15 @@ from agentrl.types import Step, Trajectory, write_trajectories
 SCRIPT_OBS = "<script>window.__pwned = 1</script> you see a <b>box</b> & a 'key'"
 EVIL_TASK = "pick-<img src=x onerror=alert(1)>"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def traj(task, group, tid, outcomes_steps, success, values=None, invalid_at=()):
@@ -25,9 +31,16 @@ def traj(task, group, tid, outcomes_steps, success, values=None, invalid_at=()):
     for k, reward in enumerate(outcomes_steps):
         info = {} if values is None else {"value": values[k]}
         steps.append(
-            Step(obs=f"obs {tid} {k}", response=f"think; act {k}", action=f"go {k}", reward=reward,
-                 valid=k not in invalid_at, state_key=f"{task}/s{k}", info=info)
-        )  # fmt: skip
+            Step(
+                obs=f"obs {tid} {k}",
+                response=f"think; act {k}",
+                action=f"go {k}",
+                reward=reward,
+                valid=k not in invalid_at,
+                state_key=f"{task}/s{k}",
+                info=info,
+            )
+        )
     return Trajectory(task, group, tid, steps, terminated=True, success=success)
 
 
@@ -44,7 +57,10 @@ def group_b():
     t1 = traj(EVIL_TASK, "gb", "d", [0.0, 1.0], True)
     t1.steps[0].obs = SCRIPT_OBS
     t1.steps[0].response = "</pre><script>window.__pwned = 2</script>"
-    t1.steps[0].prompt = [{"role": "system", "content": "be <careful>"}, {"role": "user", "content": SCRIPT_OBS}]
+    t1.steps[0].prompt = [
+        {"role": "system", "content": "be <careful>"},
+        {"role": "user", "content": SCRIPT_OBS},
+    ]
     return [t1, traj(EVIL_TASK, "gb", "e", [0.0, 0.0, 0.0], False)]
 
 
@@ -57,8 +73,10 @@ def run_dir(tmp_path_factory):
         f.write('{"task_id": "cut off in the mid\n')  # line 4: corrupt
     write_trajectories(path, group_b(), append=True)
     (root / "eval").mkdir()
-    critic = [traj("maze-2", "gc", "f", [0.0, 1.0], True, values=[0.5, 0.8]),
-              traj("maze-2", "gc", "g", [0.0], False, values=[0.25])]  # fmt: skip
+    critic = [
+        traj("maze-2", "gc", "f", [0.0, 1.0], True, values=[0.5, 0.8]),
+        traj("maze-2", "gc", "g", [0.0], False, values=[0.25]),
+    ]
     write_trajectories(root / "eval" / "critic.jsonl", critic)
     return root
 
@@ -85,8 +103,12 @@ def test_credit_columns_match_the_formulas_by_hand():
 
 
 def test_critic_methods_run_when_steps_carry_values():
-    cols = credit_columns([traj("m", "g", "f", [0.0, 1.0], True, values=[0.5, 0.8]),
-                           traj("m", "g", "g", [0.0], False, values=[0.25])])  # fmt: skip
+    cols = credit_columns(
+        [
+            traj("m", "g", "f", [0.0, 1.0], True, values=[0.5, 0.8]),
+            traj("m", "g", "g", [0.0], False, values=[0.25]),
+        ]
+    )
     # GAE with gamma = lam = 1: A_t = (sum of rewards from t) - V_t, no penalty on valid rows.
     assert cols.step["gae"] == pytest.approx([1.0 - 0.5, 1.0 - 0.8, 0.0 - 0.25])
     assert "gae" not in cols.skipped
@@ -146,7 +168,9 @@ def test_episode_page_shows_steps_and_skipped_methods(client):
     assert [float(v) for v in values] == pytest.approx([-0.5, -0.6])
     assert "critic method" in page and "hiper" in page
     critic = client.get("/episode/5").text  # eval/critic.jsonl, trajectory f
-    assert [float(v) for v in re.findall(r"data-method='gae' data-value='([^']+)'", critic)] == pytest.approx([0.5, 0.2])
+    assert [float(v) for v in re.findall(r"data-method='gae' data-value='([^']+)'", critic)] == pytest.approx(
+        [0.5, 0.2]
+    )
 
 
 def test_files_are_reread_when_they_change(tmp_path):
@@ -238,7 +262,9 @@ def test_browser_list_click_episode_see_advantages(server, page):
     assert {"grpo", "rloo", "gigpo", "hgpo", "salt", "reinforce_pp", "seeupo"} <= set(methods)
     assert "gae" not in methods
     rloo = page.locator("td.adv[data-method='rloo']")
-    assert [float(v) for v in rloo.evaluate_all("els => els.map(e => e.dataset.value)")] == pytest.approx([-0.5, -0.6])
+    assert [float(v) for v in rloo.evaluate_all("els => els.map(e => e.dataset.value)")] == pytest.approx(
+        [-0.5, -0.6]
+    )
     colour = rloo.nth(1).evaluate("e => getComputedStyle(e).backgroundColor")
     r, g, b = (int(x) for x in re.findall(r"\d+", colour)[:3])
     assert (r, g, b) == (220, 38, 38)
@@ -254,9 +280,13 @@ def test_browser_does_not_run_injected_scripts(server, page):
     page.wait_for_selector("#steps")
     assert page.evaluate("window.__pwned === undefined")
     assert SCRIPT_OBS in page.locator("tr.step >> nth=0").inner_text()
-    green = page.locator("td.adv[data-method='rloo']").nth(0).evaluate("e => getComputedStyle(e).backgroundColor")
+    green = (
+        page.locator("td.adv[data-method='rloo']").nth(0).evaluate("e => getComputedStyle(e).backgroundColor")
+    )
     assert [int(x) for x in re.findall(r"\d+", green)[:3]] == [22, 163, 74]
-    assert float(page.locator("td.adv[data-method='rloo']").nth(0).get_attribute("data-value")) == pytest.approx(1.0)
+    assert float(
+        page.locator("td.adv[data-method='rloo']").nth(0).get_attribute("data-value")
+    ) == pytest.approx(1.0)
 
 
 def test_start_viewer_binds_loopback_and_stop_closes_it(tmp_path):

@@ -13,7 +13,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -21,15 +21,26 @@ from agentrl.agents.prompts import render_chat
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams, make_policy
 from agentrl.policies.tiny import build_tiny_model, env_corpus
-from agentrl.policies.vllm import AdapterVersions, VLLMNotInstalledError, VLLMPolicy, sampling_kwargs, to_generation
+from agentrl.policies.vllm import (
+    AdapterVersions,
+    VLLMNotInstalledError,
+    VLLMPolicy,
+    sampling_kwargs,
+    to_generation,
+)
 
-MESSAGES = [{"role": "system", "content": "Act in the maze."}, {"role": "user", "content": "You are in the hall. go north?"}]
+MESSAGES = [
+    {"role": "system", "content": "Act in the maze."},
+    {"role": "user", "content": "You are in the hall. go north?"},
+]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(4)], steps_per_task=4, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +104,9 @@ class MockFlatLogprobs:
 # ----------------------------------------------------------------------------- vLLM missing
 
 
-def test_missing_vllm_is_a_clear_error_at_use(model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_vllm_is_a_clear_error_at_use(
+    model_dir: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """None in sys.modules makes ``import vllm`` fail as on a machine without it (as here)."""
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(VLLMNotInstalledError) as e:
@@ -111,11 +124,23 @@ def test_missing_vllm_is_a_clear_error_at_use(model_dir: Path, tokenizer: Any, m
 def test_sampling_kwargs_per_prompt_seed_stop_strings_and_sampled_logprob_only() -> None:
     params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=100, stop=("</action>",))
     assert sampling_kwargs(params, 3, [5, 7]) == {
-        "n": 1, "temperature": 0.7, "top_p": 0.9, "max_tokens": 12, "logprobs": 0, "stop_token_ids": [5, 7],
-        "seed": 103, "stop": ["</action>"], "include_stop_str_in_output": True,
-    }  # fmt: skip
+        "n": 1,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 12,
+        "logprobs": 0,
+        "stop_token_ids": [5, 7],
+        "seed": 103,
+        "stop": ["</action>"],
+        "include_stop_str_in_output": True,
+    }
     plain = sampling_kwargs(SamplingParams(temperature=0.0), 0, [2])
-    assert "seed" not in plain and "stop" not in plain and plain["temperature"] == 0.0 and plain["max_tokens"] == 256
+    assert (
+        "seed" not in plain
+        and "stop" not in plain
+        and plain["temperature"] == 0.0
+        and plain["max_tokens"] == 256
+    )
 
 
 def test_request_output_becomes_a_generation_with_the_sampled_tokens_logprobs(tokenizer: Any) -> None:
@@ -124,27 +149,45 @@ def test_request_output_becomes_a_generation_with_the_sampled_tokens_logprobs(to
     response = [*ids, eos]
     # the sampled token is not always the top-1 token: its entry sits beside the top token's
     positions = [{t: -0.25 * (k + 1), 999: -0.01} for k, t in enumerate(ids)] + [{eos: -0.125}]
-    for logprobs in ([{t: MockLogprob(lp) for t, lp in p.items()} for p in positions], MockFlatLogprobs(positions)):
+    for logprobs in (
+        [{t: MockLogprob(lp) for t, lp in p.items()} for p in positions],
+        MockFlatLogprobs(positions),
+    ):
         out = MockRequestOutput([1, 2, 3], [MockCompletionOutput(response, logprobs, "stop", eos)])
         gen = to_generation(out, tokenizer, 0, {"adapter": "agentrl-v1"})
         assert gen.prompt_ids == [1, 2, 3] and gen.response_ids == response
         assert gen.logprobs == [-0.25 * (k + 1) for k in range(len(ids))] + [-0.125]
         assert gen.text == "go north" and gen.finish_reason == "stop"
         assert gen.info == {"stop_reason": eos, "adapter": "agentrl-v1"}
-    cut = to_generation(MockRequestOutput([1], [MockCompletionOutput(ids, [{t: MockLogprob(-1.0)} for t in ids], "length")]), tokenizer, 0)
+    cut = to_generation(
+        MockRequestOutput([1], [MockCompletionOutput(ids, [{t: MockLogprob(-1.0)} for t in ids], "length")]),
+        tokenizer,
+        0,
+    )
     assert cut.finish_reason == "length" and cut.response_ids == ids
 
 
 @pytest.mark.parametrize(
     "completion, message",
     [
-        (MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}, {5: MockLogprob(-1.0)}], "abort"), "finish_reason='abort'"),
+        (
+            MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}, {5: MockLogprob(-1.0)}], "abort"),
+            "finish_reason='abort'",
+        ),
         (MockCompletionOutput([4, 5], None), "no log-probs"),
-        (MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}]), "2 response token ids but 1 log-prob positions"),
-        (MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}, {6: MockLogprob(-1.0)}]), "sampled token 5 at position 1"),
+        (
+            MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}]),
+            "2 response token ids but 1 log-prob positions",
+        ),
+        (
+            MockCompletionOutput([4, 5], [{4: MockLogprob(-1.0)}, {6: MockLogprob(-1.0)}]),
+            "sampled token 5 at position 1",
+        ),
     ],
 )
-def test_a_malformed_request_output_is_refused(tokenizer: Any, completion: MockCompletionOutput, message: str) -> None:
+def test_a_malformed_request_output_is_refused(
+    tokenizer: Any, completion: MockCompletionOutput, message: str
+) -> None:
     with pytest.raises(RuntimeError, match=message.replace("(", "\\(").replace(")", "\\)")):
         to_generation(MockRequestOutput([1], [completion]), tokenizer, 2)
 
@@ -185,7 +228,7 @@ class MockLLM:
     Each prompt is answered with its last prompt token, then the end-of-turn token.
     """
 
-    instances: list[MockLLM] = []
+    instances: ClassVar[list[MockLLM]] = []
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
@@ -194,12 +237,21 @@ class MockLLM:
         self.model_config = types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 2048))
         MockLLM.instances.append(self)
 
-    def generate(self, prompts: list[dict[str, Any]], sampling_params: list[Any], *, use_tqdm: bool, lora_request: Any) -> list[Any]:
-        self.calls.append({"prompts": prompts, "params": sampling_params, "use_tqdm": use_tqdm, "lora": lora_request})
+    def generate(
+        self, prompts: list[dict[str, Any]], sampling_params: list[Any], *, use_tqdm: bool, lora_request: Any
+    ) -> list[Any]:
+        self.calls.append(
+            {"prompts": prompts, "params": sampling_params, "use_tqdm": use_tqdm, "lora": lora_request}
+        )
         out = []
         for p, sp in zip(prompts, sampling_params):
             tokens = [p["prompt_token_ids"][-1], sp.kwargs["stop_token_ids"][0]]
-            out.append(MockRequestOutput(p["prompt_token_ids"], [MockCompletionOutput(tokens, [{t: MockLogprob(-0.5)} for t in tokens])]))
+            out.append(
+                MockRequestOutput(
+                    p["prompt_token_ids"],
+                    [MockCompletionOutput(tokens, [{t: MockLogprob(-0.5)} for t in tokens])],
+                )
+            )
         return out
 
 
@@ -225,7 +277,11 @@ class MockLoRARequest:
 @pytest.fixture
 def mock_vllm(monkeypatch: pytest.MonkeyPatch) -> type[MockLLM]:
     """A mock ``vllm`` package in sys.modules (vLLM itself cannot be installed here)."""
-    root, lora, request = types.ModuleType("vllm"), types.ModuleType("vllm.lora"), types.ModuleType("vllm.lora.request")
+    root, lora, request = (
+        types.ModuleType("vllm"),
+        types.ModuleType("vllm.lora"),
+        types.ModuleType("vllm.lora.request"),
+    )
     root.LLM, root.SamplingParams, request.LoRARequest = MockLLM, MockSamplingParams, MockLoRARequest
     for name, module in (("vllm", root), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, module)
@@ -233,16 +289,30 @@ def mock_vllm(monkeypatch: pytest.MonkeyPatch) -> type[MockLLM]:
     return MockLLM
 
 
-def test_from_pretrained_builds_a_lora_engine_and_reads_the_eos_ids(model_dir: Path, tokenizer: Any, mock_vllm: type[MockLLM]) -> None:
+def test_from_pretrained_builds_a_lora_engine_and_reads_the_eos_ids(
+    model_dir: Path, tokenizer: Any, mock_vllm: type[MockLLM]
+) -> None:
     policy = make_policy("vllm", path=model_dir, max_lora_rank=32, enforce_eager=True)
     assert isinstance(policy, VLLMPolicy)
     kwargs = mock_vllm.instances[0].kwargs
-    assert kwargs == {"model": str(model_dir), "enable_lora": True, "max_loras": 1, "max_lora_rank": 32, "gpu_memory_utilization": 0.5,
-                      "dtype": "auto", "seed": 0, "logprobs_mode": "processed_logprobs", "enforce_eager": True}  # fmt: skip
+    assert kwargs == {
+        "model": str(model_dir),
+        "enable_lora": True,
+        "max_loras": 1,
+        "max_lora_rank": 32,
+        "gpu_memory_utilization": 0.5,
+        "dtype": "auto",
+        "seed": 0,
+        "logprobs_mode": "processed_logprobs",
+        "enforce_eager": True,
+    }
     # generation_config.json names <|im_end|> and <|endoftext|>; both end a response
     assert policy.eos_token_ids == sorted(tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
     old = VLLMPolicy.from_pretrained(model_dir, logprobs_mode=None, max_model_len=512)
-    assert "logprobs_mode" not in mock_vllm.instances[1].kwargs and mock_vllm.instances[1].kwargs["max_model_len"] == 512
+    assert (
+        "logprobs_mode" not in mock_vllm.instances[1].kwargs
+        and mock_vllm.instances[1].kwargs["max_model_len"] == 512
+    )
     assert old.lora_request is None
 
 
@@ -253,23 +323,36 @@ def test_generate_sends_token_ids_per_prompt_seeds_and_the_current_adapter(
 
     policy = VLLMPolicy.from_pretrained(model_dir)
     llm = mock_vllm.instances[0]
-    want = tokenizer(render_chat(tokenizer, MESSAGES, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    want = tokenizer(render_chat(tokenizer, MESSAGES, add_generation_prompt=True), add_special_tokens=False)[
+        "input_ids"
+    ]
     assert policy.prompt_ids(MESSAGES) == want
 
     gens = policy.generate([MESSAGES, MESSAGES], SamplingParams(temperature=1.0, max_new_tokens=8, seed=40))
     call = llm.calls[-1]
-    assert call["prompts"] == [{"prompt_token_ids": want}] * 2 and call["use_tqdm"] is False and call["lora"] is None
-    assert [p.kwargs["seed"] for p in call["params"]] == [40, 41]  # identical prompts still get different samples
+    assert (
+        call["prompts"] == [{"prompt_token_ids": want}] * 2
+        and call["use_tqdm"] is False
+        and call["lora"] is None
+    )
+    assert [p.kwargs["seed"] for p in call["params"]] == [
+        40,
+        41,
+    ]  # identical prompts still get different samples
     assert [g.prompt_ids for g in gens] == [want, want]
     assert gens[0].response_ids == [want[-1], policy.eos_token_ids[0]] and gens[0].logprobs == [-0.5, -0.5]
     assert gens[0].info["adapter"] is None
 
     trained = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
     first = policy.push_adapter(trained, tmp_path / "adapter")  # an HFPolicy: save_adapter, then sync
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (
+        tmp_path / "adapter" / "adapter_model.safetensors"
+    ).is_file()
     policy.generate([MESSAGES], SamplingParams(seed=0))
     assert llm.calls[-1]["lora"] == MockLoRARequest("agentrl-v1", 1, str((tmp_path / "adapter").resolve()))
-    second = policy.push_adapter(trained.model, tmp_path / "adapter")  # a peft model: save_pretrained, then sync
+    second = policy.push_adapter(
+        trained.model, tmp_path / "adapter"
+    )  # a peft model: save_pretrained, then sync
     gens = policy.generate([MESSAGES], SamplingParams(seed=0))
     assert (first.int_id, second.int_id) == (1, 2) and llm.llm_engine.removed == [1]
     assert llm.calls[-1]["lora"].lora_int_id == 2 and gens[0].info["adapter"] == "agentrl-v2"
@@ -277,14 +360,19 @@ def test_generate_sends_token_ids_per_prompt_seeds_and_the_current_adapter(
     policy.generate([MESSAGES], SamplingParams(seed=0))
     assert llm.calls[-1]["lora"] is None
 
-    resumed = VLLMPolicy.from_pretrained(model_dir, adapter=tmp_path / "adapter")  # a saved adapter from the start
+    resumed = VLLMPolicy.from_pretrained(
+        model_dir, adapter=tmp_path / "adapter"
+    )  # a saved adapter from the start
     assert resumed.lora_request == MockLoRARequest("agentrl-v1", 1, str((tmp_path / "adapter").resolve()))
 
 
 def test_generate_refuses_prompts_past_the_engines_length(model_dir: Path, mock_vllm: type[MockLLM]) -> None:
     policy = VLLMPolicy.from_pretrained(model_dir, max_model_len=64)
     n = len(policy.prompt_ids(MESSAGES))
-    with pytest.raises(ValueError, match=f"prompt 0 has {n} tokens; with max_new_tokens=64 it exceeds the engine's max_model_len=64"):
+    with pytest.raises(
+        ValueError,
+        match=f"prompt 0 has {n} tokens; with max_new_tokens=64 it exceeds the engine's max_model_len=64",
+    ):
         policy.generate([MESSAGES], SamplingParams(max_new_tokens=64))
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         policy.generate_from_ids([[1, 2], []], SamplingParams(max_new_tokens=4))

@@ -34,7 +34,18 @@ def play(env, goal, actions):
     out = [(obs, info["state_key"], info["admissible_actions"])]
     for a in actions:
         obs, reward, term, trunc, info = env.step(a)
-        out.append((obs, reward, term, trunc, info["valid"], info["success"], info["state_key"], info["admissible_actions"]))
+        out.append(
+            (
+                obs,
+                reward,
+                term,
+                trunc,
+                info["valid"],
+                info["success"],
+                info["state_key"],
+                info["admissible_actions"],
+            )
+        )
         if term:
             break
     return out
@@ -45,9 +56,20 @@ def detour_actions(shop, goal):
     acts = oracle_actions(shop, goal)
     product = shop.by_asin[shop.goals[goal]["asin"]]
     first_value = next(iter(product["options"].values()))[0]
-    return (["click[buy now]", "search[ ]", acts[0], "search[again]", "click[next >]", "click[< prev]"]
-            + acts[1:-1] + ["click[description]", "click[features]", "click[reviews]", "click[< prev]",
-                            f"click[{first_value}]", "click[not here]", "<script>x</script>", "click[buy now]"])
+    return (
+        ["click[buy now]", "search[ ]", acts[0], "search[again]", "click[next >]", "click[< prev]"]
+        + acts[1:-1]
+        + [
+            "click[description]",
+            "click[features]",
+            "click[reviews]",
+            "click[< prev]",
+            f"click[{first_value}]",
+            "click[not here]",
+            "<script>x</script>",
+            "click[buy now]",
+        ]
+    )
 
 
 @pytest.mark.parametrize("goal", [0, 3, 11])
@@ -64,7 +86,11 @@ def test_oracle_in_the_browser(browser_env, text_env):
 
 def test_partial_reward_matches(browser_env, text_env):
     # buy the first search hit for a different product type: a reward strictly between 0 and 1 or 0
-    actions = ["search[black]", "click[" + text_env.shop.search.search("black")[0].lower() + "]", "click[buy now]"]
+    actions = [
+        "search[black]",
+        "click[" + text_env.shop.search.search("black")[0].lower() + "]",
+        "click[buy now]",
+    ]
     b, t = play(browser_env, 2, actions), play(text_env, 2, actions)
     assert b == t and b[-1][2] is True and b[-1][1] == t[-1][1] < 1.0
 
@@ -93,7 +119,9 @@ def test_an_action_is_one_request_and_an_invalid_one_none(browser_env, text_env)
                 sent.clear()
                 valid = browser_env.step(a)[4]["valid"]
                 seen[valid] += 1
-                assert [(r.method, r.resource_type) for r in sent] == ([("POST", "document")] if valid else []), a
+                assert [(r.method, r.resource_type) for r in sent] == (
+                    [("POST", "document")] if valid else []
+                ), a
     finally:
         page.remove_listener("request", record)
     assert seen[True] > 10 and seen[False] > 5
@@ -131,12 +159,12 @@ def test_random_walks_agree(browser_env, text_env):
     """Random admissible actions (seeded), replayed in both front-ends, give identical transcripts."""
     for goal, seed in ((30, 1), (31, 2)):
         rng = random.Random(seed)
-        obs, info = text_env.reset(options={"task_id": str(goal)})
+        _obs, info = text_env.reset(options={"task_id": str(goal)})
         actions = []
         for _ in range(12):
             action = rng.choice(info["admissible_actions"])
             actions.append(action)
-            obs, _, term, _, info = text_env.step(action)
+            _obs, _, term, _, info = text_env.step(action)
             if term:
                 break
         assert play(browser_env, goal, actions) == play(text_env, goal, actions)

@@ -26,8 +26,17 @@ from agentrl.envs.webshop.loader import (
 from agentrl.envs.webshop.pages import SEP, PageMachine, PageState
 from agentrl.envs.webshop.reward import get_reward
 
-PRODUCT_KEYS = {"asin", "name", "full_description", "small_description", "pricing", "customization_options",
-                "category", "query", "product_category"}
+PRODUCT_KEYS = {
+    "asin",
+    "name",
+    "full_description",
+    "small_description",
+    "pricing",
+    "customization_options",
+    "category",
+    "query",
+    "product_category",
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +72,7 @@ def test_schema_size_and_types(data):
     assert len({p["asin"] for p in items}) == 1000
     assert len({p["query"] for p in items}) == len(PRODUCT_TYPES) >= 20
     for p in items:
-        assert PRODUCT_KEYS <= set(p)
+        assert set(p) >= PRODUCT_KEYS
         assert re.fullmatch(r"B0[0-9A-Z]{8}", p["asin"])
         assert re.fullmatch(r"\$\d+\.\d\d( - \$\d+\.\d\d)?", p["pricing"]), p["pricing"]
         assert len(p["product_category"].split(" › ")) >= 3
@@ -140,8 +149,12 @@ def test_loader_splits_and_price_bounds(shop):
 
 def test_written_files_load_like_the_in_memory_catalogue(tmp_path, shop):
     paths = write_catalogue(tmp_path, seed=0, num_products=1000)
-    assert sorted(p.name for p in paths) == ["items_human_ins.json", "items_ins_v2_1000.json", "items_shuffle_1000.json",
-                                             "reviews.json"]
+    assert sorted(p.name for p in paths) == [
+        "items_human_ins.json",
+        "items_ins_v2_1000.json",
+        "items_shuffle_1000.json",
+        "reviews.json",
+    ]
     loaded = load_files(tmp_path, num_products=1000)
     assert loaded.goals == shop.goals
     assert loaded.prices == shop.prices
@@ -155,7 +168,10 @@ def test_both_constructors_give_the_same_goal_splits(tmp_path, monkeypatch):
     monkeypatch.delenv("WEBSHOP_DATA", raising=False)
     write_catalogue(tmp_path, seed=0, num_products=1000)
     for split, size in (("test", 500), ("eval", 1000), ("train", 1500)):
-        generated, from_files = make("webshop", split=split), make("webshop", split=split, data_dir=str(tmp_path))
+        generated, from_files = (
+            make("webshop", split=split),
+            make("webshop", split=split, data_dir=str(tmp_path)),
+        )
         assert generated.task_ids() == from_files.task_ids() and len(generated.task_ids()) == size
         ids = [int(i) for i in generated.task_ids()]
         assert [generated.shop.goals[i] for i in ids] == [from_files.shop.goals[i] for i in ids]
@@ -169,13 +185,24 @@ def _read_like_the_original(folder, n):
     items = json.loads((folder / f"items_shuffle_{n}.json").read_text())
     attributes = json.loads((folder / f"items_ins_v2_{n}.json").read_text())
     human = json.loads((folder / "items_human_ins.json").read_text())
-    reviews = {r["asin"]: (r["reviews"], r["average_rating"]) for r in json.loads((folder / "reviews.json").read_text())}
+    reviews = {
+        r["asin"]: (r["reviews"], r["average_rating"])
+        for r in json.loads((folder / "reviews.json").read_text())
+    }
     seen = 0
     for p in items:
         asin = p["asin"]
         assert asin != "nan" and len(asin) <= 10
-        _ = (p["category"], p["query"].lower().strip(), p["product_category"], p["name"], p["full_description"])
-        assert isinstance(p["small_description"], list) and p["small_description"][0]  # BulletPoints[0] is indexed
+        _ = (
+            p["category"],
+            p["query"].lower().strip(),
+            p["product_category"],
+            p["name"],
+            p["full_description"],
+        )
+        assert (
+            isinstance(p["small_description"], list) and p["small_description"][0]
+        )  # BulletPoints[0] is indexed
         assert isinstance(p["pricing"], str) and p["pricing"].split("$")[1:]
         for name, contents in p["customization_options"].items():
             for c in contents:
@@ -198,14 +225,23 @@ def test_written_files_are_what_the_original_loader_reads(tmp_path):
 def test_loader_reads_reviews_as_the_original(tmp_path):
     write_catalogue(tmp_path, seed=0, num_products=100)
     reviews = json.loads((tmp_path / "reviews.json").read_text())
-    reviews[0] = {"asin": reviews[0]["asin"], "average_rating": 4.5,
-                  "reviews": [{"title": "Great", "stars": 5, "review": "Works well."}, {"title": "Meh", "score": 2}]}
+    reviews[0] = {
+        "asin": reviews[0]["asin"],
+        "average_rating": 4.5,
+        "reviews": [{"title": "Great", "stars": 5, "review": "Works well."}, {"title": "Meh", "score": 2}],
+    }
     (tmp_path / "reviews.json").write_text(json.dumps(reviews))
     shop = load_files(tmp_path)
     p = shop.by_asin[reviews[0]["asin"]]
     assert p["Rating"] == 4.5
-    assert p["Reviews"] == [{"title": "Great", "score": 5, "body": "Works well."}, {"title": "Meh", "score": 2, "body": ""}]
-    assert shop.by_asin[reviews[1]["asin"]]["Reviews"] == [] and shop.by_asin[reviews[1]["asin"]]["Rating"] == "N.A."
+    assert p["Reviews"] == [
+        {"title": "Great", "score": 5, "body": "Works well."},
+        {"title": "Meh", "score": 2, "body": ""},
+    ]
+    assert (
+        shop.by_asin[reviews[1]["asin"]]["Reviews"] == []
+        and shop.by_asin[reviews[1]["asin"]]["Rating"] == "N.A."
+    )
     machine = PageMachine(shop)
     session = machine.new_session(0)
     session.state = PageState("sub", asin=p["asin"], sub="reviews")
@@ -215,9 +251,18 @@ def test_loader_reads_reviews_as_the_original(tmp_path):
 
 
 def _raw_item(asin="B000000001", **kw):
-    item = {"asin": asin, "name": "Acme Teapot", "full_description": "A teapot.", "small_description": "one bullet",
-            "pricing": "$10.00 - $20.00", "customization_options": {"Color": [{"value": "Navy/White", "image": None}]},
-            "category": "food", "query": " Teapot ", "product_category": "Home › Kitchen › Teapots", "images": ["x.jpg"]}
+    item = {
+        "asin": asin,
+        "name": "Acme Teapot",
+        "full_description": "A teapot.",
+        "small_description": "one bullet",
+        "pricing": "$10.00 - $20.00",
+        "customization_options": {"Color": [{"value": "Navy/White", "image": None}]},
+        "category": "food",
+        "query": " Teapot ",
+        "product_category": "Home › Kitchen › Teapots",
+        "images": ["x.jpg"],
+    }
     item.update(kw)
     return item
 
@@ -225,9 +270,20 @@ def _raw_item(asin="B000000001", **kw):
 def test_loader_follows_the_original_processing():
     items = [_raw_item(), _raw_item(asin="nan"), _raw_item(), _raw_item(asin="B000000002", pricing="$7.5")]
     attrs = {"B000000001": {"attributes": ["loose leaf"]}, "B000000002": {}}
-    human = {"B000000001": [{"instruction": "i want a teapot.", "instruction_attributes": ["loose leaf"],
-                             "instruction_options": ["navy | white"]},
-                            {"instruction": "skipped: no attributes", "instruction_attributes": [], "instruction_options": []}]}
+    human = {
+        "B000000001": [
+            {
+                "instruction": "i want a teapot.",
+                "instruction_attributes": ["loose leaf"],
+                "instruction_options": ["navy | white"],
+            },
+            {
+                "instruction": "skipped: no attributes",
+                "instruction_attributes": [],
+                "instruction_options": [],
+            },
+        ]
+    }
     shop = build_shop(items, attrs, human, seed=3)
     assert [p["asin"] for p in shop.products] == ["B000000001", "B000000002"]
     p1, p2 = shop.products
@@ -243,17 +299,28 @@ def test_loader_follows_the_original_processing():
 
 
 def test_synthetic_goals_cover_every_option_combination():
-    options = {"Size": [{"value": "S"}, {"value": "M"}], "Color": [{"value": "red"}, {"value": "blue"}, {"value": "tan"}]}
+    options = {
+        "Size": [{"value": "S"}, {"value": "M"}],
+        "Color": [{"value": "red"}, {"value": "blue"}, {"value": "tan"}],
+    }
     items = [_raw_item(customization_options=options, pricing="$15.00")]
-    attrs = {"B000000001": {"attributes": ["loose leaf"], "instruction": "i want a teapot",
-                            "instruction_attributes": ["loose leaf"]}}
+    attrs = {
+        "B000000001": {
+            "attributes": ["loose leaf"],
+            "instruction": "i want a teapot",
+            "instruction_attributes": ["loose leaf"],
+        }
+    }
     shop = build_shop(items, attrs, None)
     assert len(shop.goals) == 6
     texts = sorted(g["instruction_text"] for g in shop.goals)
     bound = shop.goals[0]["price_upper"]
-    assert texts[0] == f"i want a teapot with color: blue, and size: m, and price lower than {bound:.2f} dollars"
+    assert (
+        texts[0] == f"i want a teapot with color: blue, and size: m, and price lower than {bound:.2f} dollars"
+    )
     assert {tuple(sorted(g["goal_options"].items())) for g in shop.goals} == {
-        (("color", c), ("size", s)) for c in ("red", "blue", "tan") for s in ("s", "m")}
+        (("color", c), ("size", s)) for c in ("red", "blue", "tan") for s in ("s", "m")
+    }
 
 
 def test_loader_errors_name_the_problem(tmp_path):

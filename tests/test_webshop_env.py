@@ -23,7 +23,7 @@ def results_parts(obs):
 
 
 def to_results(env, task="0", keywords=None):
-    obs, info = env.reset(options={"task_id": task})
+    _obs, _info = env.reset(options={"task_id": task})
     goal = env.session.goal
     kw = keywords or env.shop.by_asin[goal["asin"]]["Title"].lower()
     return env.step(f"search[{kw}]")
@@ -51,7 +51,14 @@ def test_results_page_text_and_paging(env):
     obs, reward, term, trunc, info = to_results(env, keywords="black")
     parts = results_parts(obs)
     instruction = env.session.goal["instruction_text"]
-    assert parts[:6] == ["Instruction:", instruction, "Back to Search", "Page 1 (Total results: 50)", "Next >", parts[5]]
+    assert parts[:6] == [
+        "Instruction:",
+        instruction,
+        "Back to Search",
+        "Page 1 (Total results: 50)",
+        "Next >",
+        parts[5],
+    ]
     hits = env.shop.search.search("black")
     assert len(hits) == 50
     first = env.shop.by_asin[hits[0]]
@@ -61,7 +68,7 @@ def test_results_page_text_and_paging(env):
     assert "click[next >]" in info["admissible_actions"] and "click[< prev]" not in info["admissible_actions"]
     assert not any(a.startswith("search[") for a in info["admissible_actions"])
     for page in range(2, 6):
-        obs, *_ , info = env.step("click[next >]")
+        obs, *_, info = env.step("click[next >]")
         assert f"Page {page} (Total results: 50)" in obs and "< Prev" in obs
     assert "Next >" not in obs and hits[-1] in obs
     obs, *_ = env.step("click[< prev]")
@@ -75,8 +82,18 @@ def test_item_page_options_and_sub_pages(env):
         obs, _, _, _, info = env.step(a)
     product = env.shop.by_asin[env.shop.goals[3]["asin"]]
     groups = [x for g, vals in product["options"].items() for x in (g, *vals)]
-    assert obs.split(SEP)[2:] == ["Back to Search", "< Prev", *groups, product["Title"], f"Price: {product['Price']}",
-                                  "Rating: N.A.", "Description", "Features", "Reviews", "Buy Now"]
+    assert obs.split(SEP)[2:] == [
+        "Back to Search",
+        "< Prev",
+        *groups,
+        product["Title"],
+        f"Price: {product['Price']}",
+        "Rating: N.A.",
+        "Description",
+        "Features",
+        "Reviews",
+        "Buy Now",
+    ]
     before = info["state_key"]
     value = env.shop.goals[3]["goal_options"][-1]
     obs2, _, _, _, info = env.step(f"click[{value}]")
@@ -101,23 +118,40 @@ def test_oracle_buys_with_reward_one_and_done_page(env):
     asin = env.shop.goals[3]["asin"]
     value = env.shop.goals[3]["goal_options"][0]
     group = next(g for g, vals in env.shop.by_asin[asin]["options"].items() if value in vals)
-    assert obs.startswith("Thank you for shopping with us! [SEP] Your code: [SEP] None [SEP] "
-                          f"(Paste it in your MTurk interface.) [SEP] Purchased [SEP] asin [SEP] {asin} [SEP] options "
-                          f'[SEP] {{"{group}": "{value}"}} [SEP] attrs [SEP] None')
-    assert obs.endswith(" [SEP] Reward [SEP] Your score (min 0.0, max 1.0) [SEP] 1.0 [SEP] Reward Details [SEP] None")
+    assert obs.startswith(
+        "Thank you for shopping with us! [SEP] Your code: [SEP] None [SEP] "
+        f"(Paste it in your MTurk interface.) [SEP] Purchased [SEP] asin [SEP] {asin} [SEP] options "
+        f'[SEP] {{"{group}": "{value}"}} [SEP] attrs [SEP] None'
+    )
+    assert obs.endswith(
+        " [SEP] Reward [SEP] Your score (min 0.0, max 1.0) [SEP] 1.0 [SEP] Reward Details [SEP] None"
+    )
     assert info["admissible_actions"] == []
 
 
-@pytest.mark.parametrize("action", [
-    "buy now", "click[search]", "click[not a button]", "search[]", "search[   ]", "", "click[]", "jump[x]",
-    "click[b0000000000]", "<script>alert(1)</script>", "click[buy now", "\x00\n",
-])
+@pytest.mark.parametrize(
+    "action",
+    [
+        "buy now",
+        "click[search]",
+        "click[not a button]",
+        "search[]",
+        "search[   ]",
+        "",
+        "click[]",
+        "jump[x]",
+        "click[b0000000000]",
+        "<script>alert(1)</script>",
+        "click[buy now",
+        "\x00\n",
+    ],
+)
 def test_invalid_actions_are_noops(env, action):
     obs, info = env.reset(options={"task_id": "1"})
     env.step("search[kettle]")
     page_obs = env._last_obs
     key = env.session.state
-    obs, reward, term, trunc, info = env.step(action)
+    obs, reward, term, _trunc, info = env.step(action)
     assert (obs, reward, term, info["valid"], info["success"]) == (page_obs, 0.0, False, False, False)
     assert env.session.state == key
 
@@ -133,7 +167,10 @@ def test_search_only_where_a_search_box_is_shown(env):
 
 
 def test_options_json_is_jinja_tojson():
-    assert options_json({"size": "m", "color": "<b>&'"}) == '{"color": "\\u003cb\\u003e\\u0026\\u0027", "size": "m"}'
+    assert (
+        options_json({"size": "m", "color": "<b>&'"})
+        == '{"color": "\\u003cb\\u003e\\u0026\\u0027", "size": "m"}'
+    )
 
 
 def test_parse_action():
@@ -153,14 +190,21 @@ def test_task_id_errors(env):
     with pytest.raises(ValueError, match="not in split 'test'"):
         env.reset(options={"task_id": "600"})
     for bad in ("abc", "-1", "7.0", 7.0, True, "\u0667"):
-        with pytest.raises(ValueError, match=r"WebShop task_id .* is not in split 'test': it must be a goal index in 0\.\.499"):
+        with pytest.raises(
+            ValueError,
+            match=r"WebShop task_id .* is not in split 'test': it must be a goal index in 0\.\.499",
+        ):
             env.reset(options={"task_id": bad})
     assert env.reset(options={"task_id": 7})[1]["task_id"] == "7"
 
 
 def test_group_resets_identical():
     a, b = WebShopEnv(split="test"), WebShopEnv(split="test")
-    actions = oracle_actions(a.shop, 42)[:2] + ["click[description]", "click[< prev]", "click[back to search]"]
+    actions = oracle_actions(a.shop, 42)[:2] + [
+        "click[description]",
+        "click[< prev]",
+        "click[back to search]",
+    ]
     ta = [a.reset(seed=5, options={"task_id": "42"})[0]] + [a.step(x)[0] for x in actions]
     tb = [b.reset(seed=9, options={"task_id": "42"})[0]] + [b.step(x)[0] for x in actions]
     assert ta == tb
@@ -187,22 +231,37 @@ def test_repeated_searches_and_pages_come_from_the_caches(env, monkeypatch):
     engine = env.shop.search
     ranked, built = [], []
     get_scores, search = engine._bm25.get_scores, engine.search
-    monkeypatch.setattr(engine._bm25, "get_scores", lambda tokens, *a, **k: ranked.append(tokens) or get_scores(tokens, *a, **k))
-    monkeypatch.setattr(engine, "search", lambda keywords, *a, **k: built.append(keywords) or search(keywords, *a, **k))
+    monkeypatch.setattr(
+        engine._bm25,
+        "get_scores",
+        lambda tokens, *a, **k: ranked.append(tokens) or get_scores(tokens, *a, **k),
+    )
+    monkeypatch.setattr(
+        engine, "search", lambda keywords, *a, **k: built.append(keywords) or search(keywords, *a, **k)
+    )
     fresh = uuid.uuid4().hex  # a word no search has used, so the first pass cannot hit the cache
     episodes = {}
     for goal in range(8):
         title = env.shop.by_asin[env.shop.goals[goal]["asin"]]["Title"].lower()
         hit = env.shop.search.search(f"{title} first{fresh}")[0].lower()
-        episodes[str(goal)] = [f"search[{title} {fresh}]", "click[next >]", "click[< prev]", f"click[{hit}]",
-                               "click[< prev]", f"click[{hit}]", "click[buy now]"]
+        episodes[str(goal)] = [
+            f"search[{title} {fresh}]",
+            "click[next >]",
+            "click[< prev]",
+            f"click[{hit}]",
+            "click[< prev]",
+            f"click[{hit}]",
+            "click[buy now]",
+        ]
     ranked.clear(), built.clear()
 
     def play_all(e):
         return [run_episode(e, scripted_policy(actions), t) for t, actions in episodes.items()]
 
     first = play_all(env)
-    assert len(ranked) == len(episodes)  # one ranking per keywords, though each results page was shown 3 times
+    assert len(ranked) == len(
+        episodes
+    )  # one ranking per keywords, though each results page was shown 3 times
     assert len(built) == 2 * len(episodes)  # results pages 1 and 2 of each search, built once each
     ranked.clear(), built.clear()
     assert play_all(env) == first and ranked == [] and built == []  # the same episodes again: all cached
@@ -214,8 +273,12 @@ def test_module_entry_generates_loadable_files(tmp_path, capsys):
     from agentrl.envs.webshop.__main__ import main
 
     main(["generate", str(tmp_path), "--num-products", "60", "--goals-per-product", "2", "--seed", "4"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["items_human_ins.json", "items_ins_v2_60.json", "items_shuffle_60.json",
-                                                          "reviews.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "items_human_ins.json",
+        "items_ins_v2_60.json",
+        "items_shuffle_60.json",
+        "reviews.json",
+    ]
     assert len(load_files(tmp_path).goals) == 120
     assert callable(serve)
     env = WebShopEnv(split="test", data_dir=str(tmp_path))
@@ -236,8 +299,10 @@ def test_validity_agrees_with_admissible_actions(env, prefix, junk):
     has_search = any(a.startswith("search[") for a in info["admissible_actions"])
     for action in (junk, f"click[{junk}]"):
         parsed = parse_action(action)
-        expected = parsed is not None and (f"{parsed[0]}[{parsed[1]}]" in info["admissible_actions"]
-                                           or (parsed[0] == "search" and bool(parsed[1]) and has_search))
+        expected = parsed is not None and (
+            f"{parsed[0]}[{parsed[1]}]" in info["admissible_actions"]
+            or (parsed[0] == "search" and bool(parsed[1]) and has_search)
+        )
         before, state = obs, env.session.state
         obs, reward, term, _, step_info = env.step(action)
         assert step_info["valid"] == expected, action

@@ -17,16 +17,28 @@ from agentrl.envs.webshop.reward import (
 
 
 def product(**kw):
-    p = {"name": "Acme Kettle", "Title": "Acme Kettle", "query": "kettle",
-         "product_category": "Home › Kitchen › Kettles", "Attributes": ["bpa free", "fast boiling"],
-         "BulletPoints": ["Keeps tea warm for hours"], "Description": "A cordless kettle with a glass window."}
+    p = {
+        "name": "Acme Kettle",
+        "Title": "Acme Kettle",
+        "query": "kettle",
+        "product_category": "Home › Kitchen › Kettles",
+        "Attributes": ["bpa free", "fast boiling"],
+        "BulletPoints": ["Keeps tea warm for hours"],
+        "Description": "A cordless kettle with a glass window.",
+    }
     p.update(kw)
     return p
 
 
 def goal(**kw):
-    g = {"name": "Acme Kettle", "query": "kettle", "product_category": "Home › Kitchen › Kettles",
-         "attributes": ["bpa free", "fast boiling"], "goal_options": ["black", "1.5l"], "price_upper": 40.0}
+    g = {
+        "name": "Acme Kettle",
+        "query": "kettle",
+        "product_category": "Home › Kitchen › Kettles",
+        "attributes": ["bpa free", "fast boiling"],
+        "goal_options": ["black", "1.5l"],
+        "price_upper": 40.0,
+    }
     g.update(kw)
     return g
 
@@ -78,7 +90,12 @@ def test_partial_matches_count_each_part():
 def test_type_match_level_one_by_query():
     t = type_reward(product(name="Acme Kettle"), goal(name="Acme Kettle Teapot"))
     # nouns of goal name {acme, kettle, teapot}; shared {acme, kettle} -> 2/3
-    assert t == {"r_type": 1.0, "query_match": True, "category_match": True, "title_score": pytest.approx(2 / 3)}
+    assert t == {
+        "r_type": 1.0,
+        "query_match": True,
+        "category_match": True,
+        "title_score": pytest.approx(2 / 3),
+    }
 
 
 def test_type_match_level_one_by_category_only():
@@ -94,7 +111,9 @@ def test_type_match_level_half():
     p = product(query="teapot", name="Kettle", product_category="Garden › Kitchen › Teapots")
     t = type_reward(p, goal(name="kettle teapot stove handle spout"))
     assert (t["title_score"], t["category_match"], t["r_type"]) == (pytest.approx(0.2), False, 0.5)
-    r, _ = get_reward(p, goal(name="kettle teapot stove handle spout"), 10.0, {"color": "black", "capacity": "1.5l"})
+    r, _ = get_reward(
+        p, goal(name="kettle teapot stove handle spout"), 10.0, {"color": "black", "capacity": "1.5l"}
+    )
     assert r == pytest.approx(0.5 * 5 / 5)
 
 
@@ -111,11 +130,16 @@ def test_type_match_level_tenth_even_when_query_matches():
 def test_type_match_level_zero():
     t = type_reward(product(name="Garden Hose"), goal(name="Acme Kettle"))
     assert t["title_score"] == 0.0 and t["r_type"] == 0.0
-    assert get_reward(product(name="Garden Hose"), goal(), 10.0, {"color": "black", "capacity": "1.5l"})[0] == 0.0
+    assert (
+        get_reward(product(name="Garden Hose"), goal(), 10.0, {"color": "black", "capacity": "1.5l"})[0]
+        == 0.0
+    )
 
 
 def test_goal_name_without_nouns_scores_point_two():
-    t = type_reward(product(name="Kettle", query="x", product_category="A › B"), goal(name="the best of new", query="y"))
+    t = type_reward(
+        product(name="Kettle", query="x", product_category="A › B"), goal(name="the best of new", query="y")
+    )
     assert t["title_score"] == 0.2 and t["r_type"] == 0.5
 
 
@@ -129,7 +153,12 @@ def test_synthetic_goal_options_as_a_dict():
 # (a, b, thefuzz 0.19.0, thefuzz 0.22.1): scores printed by the real thefuzz packages (0.19.0 without
 # python-Levenshtein, as WebShop's requirements.txt installs it; 0.22.1 on rapidfuzz)
 THEFUZZ_SCORES = [
-    ("café crème", "cafe creme", 89, 89),  # é and è are deleted, not transliterated: "caf crme" vs "cafe creme"
+    (
+        "café crème",
+        "cafe creme",
+        89,
+        89,
+    ),  # é and è are deleted, not transliterated: "caf crme" vs "cafe creme"
     ("Café", "caf", 100, 100),
     ("naïve", "naive", 89, 89),
     ("łódź", "lodz", 29, 29),  # ł and ź are above U+00FF: kept; ó is deleted
@@ -159,7 +188,10 @@ def test_thefuzz_019_is_not_symmetric():
 
     # difflib's matching depends on the order (the real thefuzz 0.19.0 gives 7 and 44), so the
     # argument order of the original matters: (bought attribute or option, goal's)
-    assert (token_set_ratio("water resistant", "space saving"), token_set_ratio("space saving", "water resistant")) == (7, 44)
+    assert (
+        token_set_ratio("water resistant", "space saving"),
+        token_set_ratio("space saving", "water resistant"),
+    ) == (7, 44)
 
 
 def test_rounding_and_accents_change_matches():
@@ -181,8 +213,14 @@ def test_original_colour_list():
     assert len(COLOR_SET) == 102 and COLOR_SET[0] == "alabaster" and COLOR_SET[-1] == "yellow"
     assert set(COLOR_SET) ^ set(AGENTRL_COLOR_SET) == {"stonewash", "sunflower", "stripe"}
     # the original's own normalize_color cases
-    for text, expected in [("", ""), ("black forest", "black"), ("violet lavender", "lavender"),
-                           ("steelivy fuchsia", "fuchsia"), ("123alabaster", "alabaster"), ("webshop", "webshop")]:
+    for text, expected in [
+        ("", ""),
+        ("black forest", "black"),
+        ("violet lavender", "lavender"),
+        ("steelivy fuchsia", "fuchsia"),
+        ("123alabaster", "alabaster"),
+        ("webshop", "webshop"),
+    ]:
         assert normalize_color(text) == expected
     assert normalize_color("sunflower yellow") == "sunflower"  # checked before "yellow"
     assert normalize_color("sunflower yellow", "agentrl") == "yellow"
@@ -197,38 +235,122 @@ def test_original_colour_list():
 # earlier heuristic (nouns divided by their set) got each r_type wrong, as the last field says.
 HOME = "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Coffee Makers"
 MEASURED_PAIRS = [
-    (("Northcrest Bpa Free Coffee Maker with Fast Boiling and Leak Proof", "coffee maker", HOME),
-     ("Everline Keep Warm Function Grill with Large Capacity, Fast Boiling and Easy To Clean", "grill",
-      "Patio, Lawn & Garden › Grills & Outdoor Cooking › Grills"),
-     1.0, 2 / 9, ["northcrest", "bpa", "free", "coffee", "maker", "fast", "boiling", "leak", "proof"], 0.5),
-    (("Norvik Durable Construction Luggage Set with High Density, Adjustable Strap and Lightweight", "luggage set",
-      "Clothing, Shoes & Jewelry › Luggage & Travel Gear › Luggage › Luggage Sets"),
-     ("Oakridge Fast Charging Wireless Earbuds with High Definition, Compact Design and Voice Control",
-      "wireless earbuds", "Electronics › Headphones, Earbuds & Accessories › Earbud Headphones"),
-     0.5, 1 / 9, ["norvik", "construction", "luggage", "set", "high", "density", "adjustable", "strap", "lightweight"],
-     0.0),
-    (("Northcrest Fast Charging Indoor Security Camera with Compact Design and Long Battery Life",
-      "indoor security camera", "Electronics › Camera & Photo › Surveillance Cameras › Dome Cameras"),
-     ("Juniperlane Non Toxic Desk Lamp with Space Saving, Heavy Duty and Modern Design", "desk lamp",
-      "Tools & Home Improvement › Lighting & Ceiling Fans › Lamps & Shades › Desk Lamps"),
-     0.1, 1 / 11, ["northcrest", "fast", "charging", "indoor", "security", "camera", "compact", "design", "long",
-                   "battery", "life"], 0.5),
-    (("Pellucid Plug And Play Laptop with High Definition, Fast Charging and Dual Band", "laptop",
-      "Electronics › Computers & Accessories › Computers & Tablets › Laptops"),
-     ("Everline Plug And Play Digital Camera with Long Battery Life and Voice Control", "digital camera",
-      "Electronics › Camera & Photo › Digital Cameras › Mirrorless Cameras"),
-     0.5, 1 / 9, ["pellucid", "plug", "laptop", "high", "definition", "fast", "charging", "dual", "band"], 1.0),
-    (("Ironpeak Non Toxic Patio Umbrella with Energy Efficient, Easy Assembly and Space Saving", "patio umbrella",
-      "Patio, Lawn & Garden › Patio Furniture & Accessories › Umbrellas & Shade"),
-     ("Ironpeak Lace Up Sneakers with Cushioned Heel, Shock Absorbing and Wide Toe Box", "sneakers",
-      "Clothing, Shoes & Jewelry › Women › Shoes › Fashion Sneakers"),
-     0.0, 0.0, ["ironpeak", "non", "toxic", "patio", "umbrella", "energy", "efficient", "easy", "assembly", "space",
-                "saving"], 0.5),
-    (("Northcrest Lace Up Running Shoes with Shock Absorbing, Wide Toe Box and Arch Support", "running shoes",
-      "Clothing, Shoes & Jewelry › Men › Shoes › Athletic › Running"),
-     ("Norvik Unisex Style Wristwatch with Gift Box, Lightweight Frame and Adjustable Fit", "wristwatch",
-      "Clothing, Shoes & Jewelry › Men › Watches › Wrist Watches"),
-     1.0, 0.1, ["northcrest", "lace", "shoes", "shock", "absorbing", "wide", "toe", "box", "arch", "support"], 0.1),
+    (
+        ("Northcrest Bpa Free Coffee Maker with Fast Boiling and Leak Proof", "coffee maker", HOME),
+        (
+            "Everline Keep Warm Function Grill with Large Capacity, Fast Boiling and Easy To Clean",
+            "grill",
+            "Patio, Lawn & Garden › Grills & Outdoor Cooking › Grills",
+        ),
+        1.0,
+        2 / 9,
+        ["northcrest", "bpa", "free", "coffee", "maker", "fast", "boiling", "leak", "proof"],
+        0.5,
+    ),
+    (
+        (
+            "Norvik Durable Construction Luggage Set with High Density, Adjustable Strap and Lightweight",
+            "luggage set",
+            "Clothing, Shoes & Jewelry › Luggage & Travel Gear › Luggage › Luggage Sets",
+        ),
+        (
+            "Oakridge Fast Charging Wireless Earbuds with High Definition, Compact Design and Voice Control",
+            "wireless earbuds",
+            "Electronics › Headphones, Earbuds & Accessories › Earbud Headphones",
+        ),
+        0.5,
+        1 / 9,
+        ["norvik", "construction", "luggage", "set", "high", "density", "adjustable", "strap", "lightweight"],
+        0.0,
+    ),
+    (
+        (
+            "Northcrest Fast Charging Indoor Security Camera with Compact Design and Long Battery Life",
+            "indoor security camera",
+            "Electronics › Camera & Photo › Surveillance Cameras › Dome Cameras",
+        ),
+        (
+            "Juniperlane Non Toxic Desk Lamp with Space Saving, Heavy Duty and Modern Design",
+            "desk lamp",
+            "Tools & Home Improvement › Lighting & Ceiling Fans › Lamps & Shades › Desk Lamps",
+        ),
+        0.1,
+        1 / 11,
+        [
+            "northcrest",
+            "fast",
+            "charging",
+            "indoor",
+            "security",
+            "camera",
+            "compact",
+            "design",
+            "long",
+            "battery",
+            "life",
+        ],
+        0.5,
+    ),
+    (
+        (
+            "Pellucid Plug And Play Laptop with High Definition, Fast Charging and Dual Band",
+            "laptop",
+            "Electronics › Computers & Accessories › Computers & Tablets › Laptops",
+        ),
+        (
+            "Everline Plug And Play Digital Camera with Long Battery Life and Voice Control",
+            "digital camera",
+            "Electronics › Camera & Photo › Digital Cameras › Mirrorless Cameras",
+        ),
+        0.5,
+        1 / 9,
+        ["pellucid", "plug", "laptop", "high", "definition", "fast", "charging", "dual", "band"],
+        1.0,
+    ),
+    (
+        (
+            "Ironpeak Non Toxic Patio Umbrella with Energy Efficient, Easy Assembly and Space Saving",
+            "patio umbrella",
+            "Patio, Lawn & Garden › Patio Furniture & Accessories › Umbrellas & Shade",
+        ),
+        (
+            "Ironpeak Lace Up Sneakers with Cushioned Heel, Shock Absorbing and Wide Toe Box",
+            "sneakers",
+            "Clothing, Shoes & Jewelry › Women › Shoes › Fashion Sneakers",
+        ),
+        0.0,
+        0.0,
+        [
+            "ironpeak",
+            "non",
+            "toxic",
+            "patio",
+            "umbrella",
+            "energy",
+            "efficient",
+            "easy",
+            "assembly",
+            "space",
+            "saving",
+        ],
+        0.5,
+    ),
+    (
+        (
+            "Northcrest Lace Up Running Shoes with Shock Absorbing, Wide Toe Box and Arch Support",
+            "running shoes",
+            "Clothing, Shoes & Jewelry › Men › Shoes › Athletic › Running",
+        ),
+        (
+            "Norvik Unisex Style Wristwatch with Gift Box, Lightweight Frame and Adjustable Fit",
+            "wristwatch",
+            "Clothing, Shoes & Jewelry › Men › Watches › Wrist Watches",
+        ),
+        1.0,
+        0.1,
+        ["northcrest", "lace", "shoes", "shock", "absorbing", "wide", "toe", "box", "arch", "support"],
+        0.1,
+    ),
 ]
 
 
@@ -248,7 +370,10 @@ def test_title_score_divides_by_the_noun_list():
     from agentrl.envs.webshop.reward import RewardConfig
 
     # "kettle" twice in the goal name: the original divides by the list (3), agentrl divided by the set (2)
-    g, p = goal(name="kettle kettle teapot", query="y"), product(name="Kettle", query="x", product_category="A › B")
+    g, p = (
+        goal(name="kettle kettle teapot", query="y"),
+        product(name="Kettle", query="x", product_category="A › B"),
+    )
     assert title_nouns("kettle kettle teapot", "heuristic") == ("kettle", "kettle", "teapot")
     listed = type_reward(p, g, RewardConfig(nouns="heuristic"))
     as_set = type_reward(p, g, RewardConfig(nouns="heuristic", title_denominator="set"))
@@ -305,7 +430,9 @@ def test_spacy_tagger_is_opt_in(monkeypatch):
     cfg = RewardConfig(nouns="spacy:/models/fake")
     try:
         assert title_nouns("Acme red Kettle Acme", cfg.nouns) == ("acme", "kettle", "acme")
-        t = type_reward(product(name="Acme", query="x", product_category="A › B"), goal(name="Acme red Kettle Acme"), cfg)
+        t = type_reward(
+            product(name="Acme", query="x", product_category="A › B"), goal(name="Acme red Kettle Acme"), cfg
+        )
         assert t["title_score"] == pytest.approx(1 / 3)
     finally:
         nouns.noun_list.cache_clear()

@@ -90,7 +90,7 @@ def test_pages_match_the_text_env(client):
         actions[1:1] = ["click[next >]", "click[< prev]"] if "Next >" in env.step(actions[0])[0] else []
         env.reset(options={"task_id": str(goal)})
         for a in actions + ["click[nowhere]"]:
-            obs, reward, *_ = env.step(a)
+            obs, _reward, *_ = env.step(a)
             page = act(client, loc, a)
             assert SEP.join(visible(page.text).texts) == obs
             assert client.get(f"{loc}/state").json()["observation"] == obs
@@ -120,7 +120,9 @@ def test_headers_and_inline_script_allowed_by_hash_only(client):
     r = client.get(new_session(client))
     csp = r.headers["content-security-policy"]
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
-    assert f"script-src 'sha256-{digest}';" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert (
+        f"script-src 'sha256-{digest}';" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    )
     assert f"<script>{SCRIPT}</script>" in r.text
     assert r.headers["x-content-type-options"] == "nosniff"
 
@@ -169,8 +171,11 @@ def test_fuzzed_requests_never_fail_the_server(client):
         elif kind == 1:
             r = client.post(f"{loc}/search", data={"search_query": junk})
         elif kind == 2:
-            r = client.post(f"{loc}/click", content=junk.encode("utf-8", "surrogatepass"),
-                            headers={"content-type": "application/x-www-form-urlencoded"})
+            r = client.post(
+                f"{loc}/click",
+                content=junk.encode("utf-8", "surrogatepass"),
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
         else:
             r = client.get("/" + quote(junk, safe="/<>'[]{}\"").lstrip("/"))
         assert r.status_code < 500, (kind, junk, r.status_code, r.text[:200])
@@ -200,7 +205,7 @@ def test_concurrent_shoppers(server):
         t.start()
     for t in threads:
         t.join()
-    assert results == {g: 1.0 for g in range(8)}
+    assert results == dict.fromkeys(range(8), 1.0)
 
 
 def test_hostile_catalogue_text_is_escaped(tmp_path):
@@ -212,8 +217,10 @@ def test_hostile_catalogue_text_is_escaped(tmp_path):
     group = next(iter(items[0]["customization_options"]))
     items[0]["customization_options"][group].append({"value": HOSTILE_OPTION})
     items_path.write_text(json.dumps(items))
-    with ServerThread(create_app("test", data_dir=str(tmp_path), num_products=50)) as srv, \
-            httpx.Client(base_url=srv.url) as c:
+    with (
+        ServerThread(create_app("test", data_dir=str(tmp_path), num_products=50)) as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
         loc = c.get("/?goal=0", follow_redirects=False).headers["location"]
         act(c, loc, f"search[{HOSTILE_TITLE}]")
         page = act(c, loc, f"click[{items[0]['asin'].lower()}]")

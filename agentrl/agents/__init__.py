@@ -25,10 +25,15 @@ from agentrl.agents.prompts import (
 from agentrl.agents.spans import response_token_masks, span_masks, token_offsets, token_spans
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
     "RESPONSE_FORMATS",
+    "ChatPrompt",
+    "ChatTokens",
+    "Message",
     "ParsedResponse",
     "ResponseFormat",
     "Span",
+    "StepPrompt",
     "ToolCall",
     "get_format",
     "parse_hiper",
@@ -36,15 +41,10 @@ __all__ = [
     "parse_response",
     "parse_think_action",
     "parse_tool_calls",
-    "DEFAULT_SYSTEM_PROMPT",
-    "ChatPrompt",
-    "ChatTokens",
-    "Message",
-    "StepPrompt",
     "render_chat",
-    "tokenize_chat",
     "response_token_masks",
     "span_masks",
     "token_offsets",
     "token_spans",
+    "tokenize_chat",
 ]

@@ -26,17 +26,17 @@ from typing import Any
 from agentrl.registry import Registry
 
 __all__ = [
-    "Span",
-    "ToolCall",
+    "RESPONSE_FORMATS",
     "ParsedResponse",
     "ResponseFormat",
-    "RESPONSE_FORMATS",
+    "Span",
+    "ToolCall",
     "get_format",
+    "parse_hiper",
+    "parse_openai_message",
     "parse_response",
     "parse_think_action",
     "parse_tool_calls",
-    "parse_openai_message",
-    "parse_hiper",
 ]
 
 Span = tuple[int, int]  # [start, end) character offsets into the response text
@@ -134,7 +134,7 @@ def _element(start: int, end: int, c_start: int, c_end: int, text: str) -> _Elem
     return _Element(start, end, content, (c_start + lead, c_start + lead + len(content)))
 
 
-def _single(text: str, tag: str) -> _Element | None | str:
+def _single(text: str, tag: str) -> _Element | str | None:
     """The one ``<tag>`` element, None when absent, or the reason it is malformed/repeated."""
     found = _elements(text, tag)
     if isinstance(found, str):
@@ -188,13 +188,17 @@ def parse_think_action(text: str, *, require_think: bool = False, strict: bool =
         return _invalid(text, "<think> must come before <action>", think=think_text, action=action.content)
     present = [e for e in (think, action) if e is not None]
     if strict and _outside(text, present).strip():
-        return _invalid(text, "text outside the <think>/<action> elements", think=think_text, action=action.content)
+        return _invalid(
+            text, "text outside the <think>/<action> elements", think=think_text, action=action.content
+        )
     spans = {"action": (action.start, action.end)}
     contents = {"action": action.content_span}
     if think is not None:
         spans["think"] = (think.start, think.end)
         contents["think"] = think.content_span
-    return ParsedResponse(text=text, action=action.content, valid=True, think=think_text, spans=spans, content_spans=contents)
+    return ParsedResponse(
+        text=text, action=action.content, valid=True, think=think_text, spans=spans, content_spans=contents
+    )
 
 
 # ----------------------------------------------------------------------------- HiPER
@@ -227,19 +231,38 @@ def parse_hiper(text: str) -> ParsedResponse:
         if el is not None:
             spans[tag], contents[tag] = (el.start, el.end), el.content_span
     if action_el is not None:
-        action, action_span, action_content = action_el.content, (action_el.start, action_el.end), action_el.content_span
+        action, action_span, action_content = (
+            action_el.content,
+            (action_el.start, action_el.end),
+            action_el.content_span,
+        )
     else:
         tags_end = max((el.end for el in (switch_el, subgoal_el) if el is not None), default=0)
         if _outside(text[:tags_end], [el for el in (switch_el, subgoal_el) if el is not None]).strip():
-            return _invalid(text, "no <action> element and text before the <switch>/<subgoal> elements", switch=switch, subgoal=subgoal)
+            return _invalid(
+                text,
+                "no <action> element and text before the <switch>/<subgoal> elements",
+                switch=switch,
+                subgoal=subgoal,
+            )
         action_content = _stripped_span(text, tags_end, len(text))
         action, action_span = text[action_content[0] : action_content[1]], action_content
     if not action:
         return _invalid(text, "empty action", switch=switch, subgoal=subgoal)
     if switch == "SWITCH" and not subgoal:
-        return _invalid(text, "SWITCH without a non-empty <subgoal>", switch=switch, subgoal=subgoal, action=action)
+        return _invalid(
+            text, "SWITCH without a non-empty <subgoal>", switch=switch, subgoal=subgoal, action=action
+        )
     spans["action"], contents["action"] = action_span, action_content
-    return ParsedResponse(text=text, action=action, valid=True, switch=switch, subgoal=subgoal, spans=spans, content_spans=contents)
+    return ParsedResponse(
+        text=text,
+        action=action,
+        valid=True,
+        switch=switch,
+        subgoal=subgoal,
+        spans=spans,
+        content_spans=contents,
+    )
 
 
 # ----------------------------------------------------------------------------- tool calls
@@ -270,7 +293,9 @@ def _tool_call_from(obj: Any, where: str) -> ToolCall | str:
 
 def _calls_action(calls: Sequence[ToolCall]) -> str:
     """The canonical action string of a list of calls (stable JSON)."""
-    return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], sort_keys=True, ensure_ascii=False)
+    return json.dumps(
+        [{"name": c.name, "arguments": c.arguments} for c in calls], sort_keys=True, ensure_ascii=False
+    )
 
 
 def parse_tool_calls(text: str) -> ParsedResponse:
@@ -298,7 +323,9 @@ def parse_tool_calls(text: str) -> ParsedResponse:
         spans = {f"tool_call.{i}": (el.start, el.end) for i, el in enumerate(found)}
         contents = {f"tool_call.{i}": el.content_span for i, el in enumerate(found)}
         spans["action"] = contents["action"] = (found[0].start, found[-1].end)
-        return ParsedResponse(text, _calls_action(calls), True, tool_calls=tuple(calls), spans=spans, content_spans=contents)
+        return ParsedResponse(
+            text, _calls_action(calls), True, tool_calls=tuple(calls), spans=spans, content_spans=contents
+        )
     body = text.strip()
     whole = _stripped_span(text, 0, len(text))
     if body[:1] in ("{", "["):
@@ -317,7 +344,14 @@ def parse_tool_calls(text: str) -> ParsedResponse:
             if isinstance(call, str):
                 return _invalid(text, call)
             calls.append(call)
-        return ParsedResponse(text, _calls_action(calls), True, tool_calls=tuple(calls), spans={"action": whole}, content_spans={"action": whole})
+        return ParsedResponse(
+            text,
+            _calls_action(calls),
+            True,
+            tool_calls=tuple(calls),
+            spans={"action": whole},
+            content_spans={"action": whole},
+        )
     if not body:
         return _invalid(text, "empty response")
     return ParsedResponse(text, body, True, spans={"action": whole}, content_spans={"action": whole})

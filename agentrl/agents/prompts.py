@@ -24,14 +24,26 @@ import numpy as np
 
 from agentrl.agents.formats import get_format
 
-__all__ = ["Message", "DEFAULT_SYSTEM_PROMPT", "StepPrompt", "ChatPrompt", "ChatTokens", "tokenize_chat", "render_chat"]
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "ChatPrompt",
+    "ChatTokens",
+    "Message",
+    "StepPrompt",
+    "render_chat",
+    "tokenize_chat",
+]
 
 Message = dict[str, Any]
 
-DEFAULT_SYSTEM_PROMPT = "You are an agent acting in a text environment. Complete the task with as few actions as possible."
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an agent acting in a text environment. Complete the task with as few actions as possible."
+)
 
 
-def _system(system_prompt: str | None, response_format: str, tools: Sequence[dict[str, Any]] | None = None) -> str:
+def _system(
+    system_prompt: str | None, response_format: str, tools: Sequence[dict[str, Any]] | None = None
+) -> str:
     """System message: the role, the format's instructions and, for tool use, the tool schemas.
 
     Schemas are written into the text (one JSON object per line) rather than passed to the chat
@@ -42,8 +54,12 @@ def _system(system_prompt: str | None, response_format: str, tools: Sequence[dic
     if tools:
         for i, schema in enumerate(tools):
             if not isinstance(schema, dict):
-                raise ValueError(f"tools[{i}] must be an OpenAI function schema (a dict), got {type(schema).__name__}")
-        text += "\nAvailable tools:\n" + "\n".join(json.dumps(t, ensure_ascii=False, sort_keys=True) for t in tools)
+                raise ValueError(
+                    f"tools[{i}] must be an OpenAI function schema (a dict), got {type(schema).__name__}"
+                )
+        text += "\nAvailable tools:\n" + "\n".join(
+            json.dumps(t, ensure_ascii=False, sort_keys=True) for t in tools
+        )
     return text
 
 
@@ -94,7 +110,9 @@ class StepPrompt:
         lines: list[str] = []
         first_obs = history[0][0] if history else observation
         first_in_view = len(history) <= self.history_k
-        if task and not (first_in_view and task in first_obs):  # once is enough while the first observation shows it
+        if task and not (
+            first_in_view and task in first_obs
+        ):  # once is enough while the first observation shows it
             lines.append(f"Task: {task}")
         if self.show_step_count and history:
             lines.append(f"You have taken {len(history)} step(s) so far.")
@@ -150,25 +168,44 @@ class ChatPrompt:
                 f"need len(observations) == len(responses) (+1 for a prompt), got {len(observations)} observations "
                 f"and {len(responses)} responses"
             )
-        messages: list[Message] = [{"role": "system", "content": _system(self.system_prompt, self.response_format, tools)}]
+        messages: list[Message] = [
+            {"role": "system", "content": _system(self.system_prompt, self.response_format, tools)}
+        ]
         for t, obs in enumerate(observations):
             parts = [f"Task: {task}"] if t == 0 and task and task not in obs else []
             parts.append(obs)
-            actions = _actions_line(admissible_actions) if self.show_admissible and t == len(observations) - 1 else None
+            actions = (
+                _actions_line(admissible_actions)
+                if self.show_admissible and t == len(observations) - 1
+                else None
+            )
             if actions:
                 parts.append(actions)
-            messages.append({"role": "user" if t == 0 else self.observation_role, "content": "\n".join(parts)})
+            messages.append(
+                {"role": "user" if t == 0 else self.observation_role, "content": "\n".join(parts)}
+            )
             if t < len(responses):
                 messages.append({"role": "assistant", "content": responses[t]})
         return messages
 
 
-def render_chat(tokenizer: Any, messages: Sequence[Message], *, add_generation_prompt: bool, chat_template: str | None = None) -> str:
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool,
+    chat_template: str | None = None,
+) -> str:
     """The chat template's text for ``messages`` (never tokenised here)."""
     if not getattr(tokenizer, "chat_template", None) and chat_template is None:
-        raise ValueError("the tokenizer has no chat template; pass chat_template= or use a tokenizer that has one")
+        raise ValueError(
+            "the tokenizer has no chat template; pass chat_template= or use a tokenizer that has one"
+        )
     return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+        list(messages),
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=chat_template,
     )
 
 
@@ -183,7 +220,9 @@ class ChatTokens:
     text: str
 
 
-def tokenize_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template: str | None = None) -> ChatTokens:
+def tokenize_chat(
+    tokenizer: Any, messages: Sequence[Message], *, chat_template: str | None = None
+) -> ChatTokens:
     """Token ids of a whole conversation and a mask that trains assistant tokens only.
 
     Each assistant turn's characters are found by rendering the conversation up to it with the
@@ -196,8 +235,14 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[Message], *, chat_template:
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template) if i else ""
-        upto = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False, chat_template=chat_template)
+        before = (
+            render_chat(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template)
+            if i
+            else ""
+        )
+        upto = render_chat(
+            tokenizer, messages[: i + 1], add_generation_prompt=False, chat_template=chat_template
+        )
         if not (upto.startswith(before) and full.startswith(upto)):
             raise ValueError(
                 f"the chat template does not render message {i} as a continuation of the earlier ones "

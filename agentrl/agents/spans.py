@@ -15,7 +15,7 @@ import numpy as np
 
 from agentrl.agents.formats import ParsedResponse, Span
 
-__all__ = ["token_offsets", "token_spans", "span_masks", "response_token_masks"]
+__all__ = ["response_token_masks", "span_masks", "token_offsets", "token_spans"]
 
 
 def token_offsets(tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool = True) -> list[Span]:
@@ -29,7 +29,9 @@ def token_offsets(tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bo
     if not ids:
         return []
     prefixes = [ids[: i + 1] for i in range(len(ids))]
-    texts = tokenizer.batch_decode(prefixes, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    texts = tokenizer.batch_decode(
+        prefixes, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
+    )
     partial = [t.endswith("\ufffd") and i + 1 < len(ids) for i, t in enumerate(texts)]
     ends: list[int] = [0] * len(ids)
     nxt = len(texts[-1])
@@ -69,7 +71,9 @@ def token_spans(char_spans: Mapping[str, Span], offsets: Sequence[Sequence[int]]
     return out
 
 
-def response_token_masks(tokenizer: Any, response_ids: Sequence[int], parsed: ParsedResponse) -> dict[str, np.ndarray]:
+def response_token_masks(
+    tokenizer: Any, response_ids: Sequence[int], parsed: ParsedResponse
+) -> dict[str, np.ndarray]:
     """bool[len(response_ids)] per part of a parsed response (e.g. HiPER's switch/subgoal/action).
 
     ``parsed`` must come from ``tokenizer.decode(response_ids, skip_special_tokens=True)``, the

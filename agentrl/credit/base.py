@@ -155,7 +155,9 @@ def register_estimator(
     """
     heads = dict(value_heads or {})
     if bool(heads) != ("values" in inputs):
-        raise ValueError(f"estimator {name!r}: value_heads and the input 'values' go together (a critic feeds its values)")
+        raise ValueError(
+            f"estimator {name!r}: value_heads and the input 'values' go together (a critic feeds its values)"
+        )
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
         sig = inspect.signature(fn)

@@ -21,7 +21,9 @@ from agentrl.types import StepBatch
 def row_values(name: str, values: Any) -> np.ndarray:
     """The critic's per-row array; a dict of heads is a caller error here (HiPER only)."""
     if values is None:
-        raise MissingInputError(f"estimator {name!r} needs input(s) ['values']; pass values=<one critic value per row>")
+        raise MissingInputError(
+            f"estimator {name!r} needs input(s) ['values']; pass values=<one critic value per row>"
+        )
     if isinstance(values, dict):
         raise ValueError(
             f"estimator {name!r} takes values as one per-row float array, not a dict of heads {sorted(values)}"
@@ -57,7 +59,9 @@ def gae_advantages(
 ) -> np.ndarray:
     """The GAE recursion over the rows of each trajectory."""
     not_done = 1.0 - batch.done
-    value_next = np.where(last_rows(lay), end_bootstrap(batch, value, bootstrap_truncated), next_in_traj(lay, value))
+    value_next = np.where(
+        last_rows(lay), end_bootstrap(batch, value, bootstrap_truncated), next_in_traj(lay, value)
+    )
     delta = reward + gamma * value_next * not_done - value
     return backward_recursion(lay, delta, gamma * lam * not_done)
 
@@ -98,5 +102,7 @@ def gae(
     """
     value = row_values("gae", values)
     lay = layout(batch)
-    adv = gae_advantages(batch, lay, batch.reward, value, gamma=gamma, lam=lam, bootstrap_truncated=bootstrap_truncated)
+    adv = gae_advantages(
+        batch, lay, batch.reward, value, gamma=gamma, lam=lam, bootstrap_truncated=bootstrap_truncated
+    )
     return gae_result(adv, value, batch, invalid_penalty=invalid_penalty, whiten=whiten)

@@ -18,7 +18,16 @@ import numpy as np
 
 from agentrl.credit.base import Advantages, MissingInputError, register_estimator
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage
-from agentrl.credit.ops import MODES, Layout, centred_group_stats, check_choice, check_finite, discounted_returns, factorize, layout
+from agentrl.credit.ops import (
+    MODES,
+    Layout,
+    centred_group_stats,
+    check_choice,
+    check_finite,
+    discounted_returns,
+    factorize,
+    layout,
+)
 from agentrl.types import StepBatch
 
 ANCHORS = ("exact", "similarity")
@@ -30,7 +39,9 @@ def step_returns(batch: StepBatch, lay: Layout, gamma: float, invalid_penalty: f
     return discounted_returns(lay, batch.reward, gamma) - invalid_penalty * (~batch.valid)
 
 
-def group_advantage(x: np.ndarray, g: np.ndarray, n_groups: int, *, mode: str, eps: float, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+def group_advantage(
+    x: np.ndarray, g: np.ndarray, n_groups: int, *, mode: str, eps: float, ddof: int
+) -> tuple[np.ndarray, np.ndarray]:
     """norm_{group}(x) per row, and whether the row's group has >= 2 members.
 
     Rows of singleton groups get 0. A constant group gives 0 even with eps = 0.
@@ -77,7 +88,9 @@ def similarity_anchor_groups(batch: StepBatch, threshold: float) -> tuple[np.nda
     texts = batch.state_text[rep_row]
     groups = batch.group_idx[rep_row]
     cluster = np.arange(n_exact)
-    visit = sorted((int(groups[u]), len(texts[u]), texts[u], u) for u in range(n_exact) if texts[u] is not None)
+    visit = sorted(
+        (int(groups[u]), len(texts[u]), texts[u], u) for u in range(n_exact) if texts[u] is not None
+    )
     matcher = difflib.SequenceMatcher(None, autojunk=False)
     for _, group_visit in itertools.groupby(visit, key=lambda v: v[0]):
         members = [(length, text, u) for _, length, text, u in group_visit]

@@ -13,9 +13,8 @@ import numpy as np
 
 from agentrl.credit.base import Advantages, register_estimator
 from agentrl.credit.gigpo import group_advantage, step_returns
-from agentrl.credit.ops import check_finite
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage
-from agentrl.credit.ops import MODES, Layout, check_choice, factorize, layout
+from agentrl.credit.ops import MODES, Layout, check_choice, check_finite, factorize, layout
 from agentrl.types import StepBatch
 
 
@@ -69,7 +68,11 @@ def hgpo(
     """
     check_choice("mode", mode, MODES)
     check_choice("episode_stats", episode_stats, EPISODE_STATS)
-    if isinstance(history_length, bool) or not isinstance(history_length, (int, np.integer)) or history_length < 0:
+    if (
+        isinstance(history_length, bool)
+        or not isinstance(history_length, (int, np.integer))
+        or history_length < 0
+    ):
         raise ValueError(f"option history_length={history_length!r} must be an integer >= 0")
     if not isinstance(base_group, (bool, np.bool_)):
         raise ValueError(f"option base_group={base_group!r} must be True or False")

@@ -34,7 +34,9 @@ TRUNCATED_BOOTSTRAPS = ("segment_high", "last_low")
 
 def _heads(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(values, dict):
-        raise ValueError(f"estimator 'hiper' takes values as a dict of per-row arrays with heads {list(HEADS)}")
+        raise ValueError(
+            f"estimator 'hiper' takes values as a dict of per-row arrays with heads {list(HEADS)}"
+        )
     missing = [h for h in HEADS if h not in values]
     if missing:
         raise MissingInputError(
@@ -197,7 +199,9 @@ def hiper(
     delta_low = reward + gamma * not_done * value_next - v_low
     adv_low = backward_recursion(lay, delta_low, gamma * lam_L * not_done * ~seg_end)
 
-    seg_return = backward_recursion(lay, reward + gamma * not_done * after_segment_high * seg_end, gamma * ~seg_end)
+    seg_return = backward_recursion(
+        lay, reward + gamma * not_done * after_segment_high * seg_end, gamma * ~seg_end
+    )
     adv_switch = seg_return - v_switch
 
     seg_len = np.diff(np.append(start_rows, len(batch)))

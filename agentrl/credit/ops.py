@@ -19,7 +19,9 @@ MODES = ("mean_std", "mean")
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"option {name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        raise ValueError(
+            f"option {name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
+        )
 
 
 def factorize(*keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -47,7 +49,9 @@ def check_finite(name: str, value: float, low: float = -math.inf, high: float = 
         raise ValueError(f"option {name}={value!r} must lie in [{low}, {high}]")
 
 
-def centred_group_stats(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def centred_group_stats(
+    x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: x minus its group mean; per group: std (``ddof`` 1 = unbiased, 0 = population) and count.
 
     Values are centred on one member of their group before averaging, so a group whose members
@@ -59,7 +63,9 @@ def centred_group_stats(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int =
     pivot[g] = x
     d = x - pivot[g]
     count = np.bincount(g, minlength=n_groups).astype(np.float64)
-    mean_d = np.divide(np.bincount(g, weights=d, minlength=n_groups), count, out=np.zeros(n_groups), where=count > 0)
+    mean_d = np.divide(
+        np.bincount(g, weights=d, minlength=n_groups), count, out=np.zeros(n_groups), where=count > 0
+    )
     centred = d - mean_d[g]
     denom = count - ddof
     sq = np.bincount(g, weights=centred * centred, minlength=n_groups)
@@ -67,7 +73,9 @@ def centred_group_stats(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int =
     return centred, std, count
 
 
-def group_mean_std(x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_mean_std(
+    x: np.ndarray, g: np.ndarray, n_groups: int, ddof: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group mean, std and count (see ``centred_group_stats``); exact for constant groups."""
     centred, std, count = centred_group_stats(x, g, n_groups, ddof)
     mean = np.zeros(n_groups)

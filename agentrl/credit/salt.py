@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from agentrl.credit.base import Advantages, register_estimator
-from agentrl.credit.ops import centred_group_stats, check_finite
 from agentrl.credit.grpo import EPISODE_STATS, episode_advantage, rloo
-from agentrl.credit.ops import Layout, check_choice, factorize, layout
+from agentrl.credit.ops import Layout, centred_group_stats, check_choice, check_finite, factorize, layout
 from agentrl.types import StepBatch
 
 MERGES = ("prefix", "state_action")

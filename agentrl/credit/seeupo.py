@@ -42,11 +42,15 @@ def _row_corrections(batch: StepBatch, correction: Mapping[str, float] | None) -
     m_traj = np.array([float(correction.get(tid, 1.0)) for tid in batch.traj_names], dtype=np.float64)
     bad = ~np.isfinite(m_traj)
     if bad.any():
-        raise ValueError(f"option correction has non-finite M for trajectory id(s) {list(batch.traj_names[bad][:5])}")
+        raise ValueError(
+            f"option correction has non-finite M for trajectory id(s) {list(batch.traj_names[bad][:5])}"
+        )
     return m_traj[batch.traj_idx]
 
 
-@register_estimator("seeupo", paper="Hu et al. 2026 (SeeUPO), arXiv 2602.06554", schedule="turn_slots", loss="gspo")
+@register_estimator(
+    "seeupo", paper="Hu et al. 2026 (SeeUPO), arXiv 2602.06554", schedule="turn_slots", loss="gspo"
+)
 def seeupo(
     batch: StepBatch,
     *,
@@ -127,7 +131,9 @@ def update_corrections(
     ids = list(traj_ids)
     rho = correction_ratio(mean_log_ratio)
     if rho.shape != (len(ids),):
-        raise ValueError(f"mean_log_ratio must have one value per traj id ({len(ids)}), got shape {rho.shape}")
+        raise ValueError(
+            f"mean_log_ratio must have one value per traj id ({len(ids)}), got shape {rho.shape}"
+        )
     if len(set(ids)) != len(ids):
         raise ValueError("traj_ids must not repeat: one mean log-ratio per trajectory of the turn slot")
     old = np.array([float(corrections.get(tid, 1.0)) for tid in ids], dtype=np.float64)

@@ -43,7 +43,9 @@ def _first_tool_pos(lay: Layout, tool_call: np.ndarray) -> np.ndarray:
 
 
 # two_phase splits at the first tool result: without tool calls, train the k_turn variant
-@register_estimator("mt_grpo", fields=("turn_reward",), paper=PAPER, options_if_missing={"tool_call": {"variant": "k_turn"}})
+@register_estimator(
+    "mt_grpo", fields=("turn_reward",), paper=PAPER, options_if_missing={"tool_call": {"variant": "k_turn"}}
+)
 def mt_grpo(
     batch: StepBatch,
     *,
@@ -99,8 +101,14 @@ def mt_grpo(
     return Advantages(step=step)
 
 
-@register_estimator("mt_ppo", fields=("turn_reward",), inputs=("values",), row_inputs=("values",), paper=PAPER,
-                    value_heads={"value": ValueHeadSpec(target="returns")})  # fmt: skip
+@register_estimator(
+    "mt_ppo",
+    fields=("turn_reward",),
+    inputs=("values",),
+    row_inputs=("values",),
+    paper=PAPER,
+    value_heads={"value": ValueHeadSpec(target="returns")},
+)
 def mt_ppo(
     batch: StepBatch,
     *,
@@ -118,5 +126,7 @@ def mt_ppo(
     value = row_values("mt_ppo", values)
     lay = layout(batch)
     reward = batch.turn_reward + batch.outcome * last_rows(lay)
-    adv = gae_advantages(batch, lay, reward, value, gamma=gamma, lam=lam, bootstrap_truncated=bootstrap_truncated)
+    adv = gae_advantages(
+        batch, lay, reward, value, gamma=gamma, lam=lam, bootstrap_truncated=bootstrap_truncated
+    )
     return gae_result(adv, value, batch, invalid_penalty=invalid_penalty, whiten=whiten)

@@ -13,4 +13,13 @@ register_env("tools", "agentrl.envs.tools:builtin_tool_env", gym_name="Tools")
 register_env("bfcl", "agentrl.envs.tools.bfcl:BFCLMultiTurnEnv", gym_name="BFCL")
 register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote")
 
-__all__ = ["AgentEnv", "FreeText", "EnvCheckError", "check_env", "gym_id", "list_envs", "make", "register_env"]
+__all__ = [
+    "AgentEnv",
+    "EnvCheckError",
+    "FreeText",
+    "check_env",
+    "gym_id",
+    "list_envs",
+    "make",
+    "register_env",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 from gymnasium.spaces import Text
@@ -50,11 +50,13 @@ class FreeText(Text):
 class AgentEnv(gym.Env[str, str]):
     """Base class of every agentrl environment (see the module docstring for the contract)."""
 
-    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
 
     def __init__(self, render_mode: str | None = None, max_text_length: int = 100_000) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; choose one of {self.metadata['render_modes']}")
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; choose one of {self.metadata['render_modes']}"
+            )
         self.render_mode = render_mode
         self.observation_space = FreeText(max_text_length)
         self.action_space = FreeText(max_text_length)

@@ -45,10 +45,15 @@ def _check_info(info: Any, keys: tuple[str, ...], where: str) -> None:
         )
     if info.get("turn_reward") is not None:
         tr = info["turn_reward"]
-        _expect(isinstance(tr, (int, float)) and math.isfinite(tr), f"{where}: info['turn_reward'] must be a finite number or None")
+        _expect(
+            isinstance(tr, (int, float)) and math.isfinite(tr),
+            f"{where}: info['turn_reward'] must be a finite number or None",
+        )
 
 
-def _episode(env: AgentEnv, seed: int, options: dict[str, Any], max_steps: int, actions: list[str] | None) -> tuple[list[Any], list[str]]:
+def _episode(
+    env: AgentEnv, seed: int, options: dict[str, Any], max_steps: int, actions: list[str] | None
+) -> tuple[list[Any], list[str]]:
     """Play one episode; pick admissible actions with a seeded RNG unless ``actions`` is given."""
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed, options=copy.deepcopy(options))
@@ -68,7 +73,10 @@ def _episode(env: AgentEnv, seed: int, options: dict[str, Any], max_steps: int, 
         obs, reward, terminated, truncated, info = env.step(action)
         _check_info(info, STEP_INFO_KEYS, f"step {t}")
         _expect(isinstance(obs, str), f"step {t}: observation must be str, got {type(obs).__name__}")
-        _expect(isinstance(reward, (int, float, np.floating)) and math.isfinite(float(reward)), f"step {t}: reward must be a finite number")
+        _expect(
+            isinstance(reward, (int, float, np.floating)) and math.isfinite(float(reward)),
+            f"step {t}: reward must be a finite number",
+        )
         transcript.append((obs, float(reward), bool(terminated), bool(truncated), info))
         if terminated or truncated:
             break
@@ -100,19 +108,27 @@ def check_env(
 
     first, actions = _episode(env, seed, options, max_steps, None)
     again, _ = _episode(env, seed, options, max_steps, actions)
-    _expect(first == again, f"group reset is not deterministic: replaying seed={seed} task={task_id!r} with the same actions diverged")
+    _expect(
+        first == again,
+        f"group reset is not deterministic: replaying seed={seed} task={task_id!r} with the same actions diverged",
+    )
     if other is not None:
         theirs, _ = _episode(other, seed, options, max_steps, actions)
         _expect(first == theirs, "two instances of the env diverge on the same seed, task and actions")
 
     env.reset(seed=seed, options=copy.deepcopy(options))
     try:
-        obs, reward, terminated, truncated, info = env.step(INVALID_ACTION)
-    except Exception as e:  # noqa: BLE001 - the point is to report it
-        raise EnvCheckError(f"a nonsense action must be a no-op with valid=False, but step raised {type(e).__name__}: {e}") from e
+        _obs, _reward, _terminated, _truncated, info = env.step(INVALID_ACTION)
+    except Exception as e:
+        raise EnvCheckError(
+            f"a nonsense action must be a no-op with valid=False, but step raised {type(e).__name__}: {e}"
+        ) from e
     _check_info(info, STEP_INFO_KEYS, "invalid-action step")
     if "admissible_actions" in info:
-        _expect(info["valid"] is False or info["valid"] == np.False_, "a nonsense action must give info['valid'] == False")
+        _expect(
+            info["valid"] is False or info["valid"] == np.False_,
+            "a nonsense action must give info['valid'] == False",
+        )
 
     env.close()
     env.close()

@@ -30,9 +30,33 @@ from agentrl.types import normalize_action
 DIRECTIONS = ("north", "east", "south", "west")
 OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 COLOURS = ("red", "blue", "green", "yellow", "purple")
-ROOM_NAMES = ("hall", "kitchen", "library", "cellar", "attic", "study", "pantry", "gallery", "chapel", "armory",
-              "garden", "vault", "workshop", "bathroom", "bedroom", "nursery", "office", "parlor", "porch", "stable",
-              "storeroom", "tower", "treasury", "laundry", "lounge")
+ROOM_NAMES = (
+    "hall",
+    "kitchen",
+    "library",
+    "cellar",
+    "attic",
+    "study",
+    "pantry",
+    "gallery",
+    "chapel",
+    "armory",
+    "garden",
+    "vault",
+    "workshop",
+    "bathroom",
+    "bedroom",
+    "nursery",
+    "office",
+    "parlor",
+    "porch",
+    "stable",
+    "storeroom",
+    "tower",
+    "treasury",
+    "laundry",
+    "lounge",
+)
 CUSTOM_TASK = "maze-custom"
 State = tuple[str, frozenset[str]]
 Policy = Callable[[str, list[str]], Sequence[float]]
@@ -108,13 +132,15 @@ def describe(layout: MazeLayout, state: State) -> str:
     room, held = state
     exits = [d if door is None else f"{d} ({door} door)" for d, (_, door) in layout.exits[room].items()]
     here = sorted(c for c, r in layout.keys.items() if r == room and c not in held)
-    return "\n".join([
-        f"Your task is to reach the {layout.goal}.",
-        f"You are in the {room}.",
-        "Exits: " + (", ".join(exits) or "none") + ".",
-        "You see: " + (", ".join(f"{c} key" for c in here) or "no keys") + ".",
-        "You carry: " + (", ".join(f"{c} key" for c in sorted(held)) or "nothing") + ".",
-    ])
+    return "\n".join(
+        [
+            f"Your task is to reach the {layout.goal}.",
+            f"You are in the {room}.",
+            "Exits: " + (", ".join(exits) or "none") + ".",
+            "You see: " + (", ".join(f"{c} key" for c in here) or "no keys") + ".",
+            "You carry: " + (", ".join(f"{c} key" for c in sorted(held)) or "nothing") + ".",
+        ]
+    )
 
 
 def outcomes(layout: MazeLayout, state: State, action: str, slip: float) -> list[tuple[float, State, str]]:
@@ -167,7 +193,11 @@ def door_index(layout: MazeLayout) -> dict[tuple[str, str], int]:
 
 
 def advance(
-    layout: MazeLayout, progress: Progress, action: str | None, next_state: State, doors: Mapping[tuple[str, str], int] | None = None
+    layout: MazeLayout,
+    progress: Progress,
+    action: str | None,
+    next_state: State,
+    doors: Mapping[tuple[str, str], int] | None = None,
 ) -> tuple[Progress, float]:
     """The milestones after a step from ``progress`` and the step's turn reward.
 
@@ -197,11 +227,13 @@ def progress_key(layout: MazeLayout, progress: Progress) -> str:
     it is ``info["progress_key"]`` and the key of ``exact_values(..., turn_weight=w)``."""
     visited = [r for r in layout.rooms if r in progress.visited]
     doors = [f"{p.door} ({p.a}-{p.b})" for i, p in enumerate(layout.passages) if i in progress.doors]
-    return "\n".join([
-        describe(layout, progress.state),
-        "Visited: " + ", ".join(visited) + ".",
-        "Doors passed: " + (", ".join(doors) or "none") + ".",
-    ])
+    return "\n".join(
+        [
+            describe(layout, progress.state),
+            "Visited: " + ", ".join(visited) + ".",
+            "Doors passed: " + (", ".join(doors) or "none") + ".",
+        ]
+    )
 
 
 def subgoal_of(layout: MazeLayout, state: State) -> str:
@@ -268,7 +300,9 @@ def _tree_path(tree: set[frozenset], u: Cell, v: Cell) -> list[frozenset]:
 
 
 @lru_cache(maxsize=4096)
-def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1, colours: int = len(COLOURS)) -> MazeLayout:
+def generate_layout(
+    task_seed: int, size: int = 3, n_doors: int = 1, colours: int = len(COLOURS)
+) -> MazeLayout:
     """A solvable size x size maze, deterministic by seed: random spanning tree + size-1 extra edges.
 
     Doors sit on tree edges of the start-goal path that no extra edge bypasses, so each door must
@@ -281,7 +315,9 @@ def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1, colours: in
     if not 1 <= colours <= len(COLOURS):
         raise ValueError(f"colours must be in 1..{len(COLOURS)}, got {colours}")
     if not 0 <= n_doors <= min(size - 1, colours):
-        raise ValueError(f"n_doors must be in 0..{min(size - 1, colours)} for size {size} and {colours} colour(s), got {n_doors}")
+        raise ValueError(
+            f"n_doors must be in 0..{min(size - 1, colours)} for size {size} and {colours} colour(s), got {n_doors}"
+        )
     rng = random.Random(task_seed)
     cells = [(r, c) for r in range(size) for c in range(size)]
     grid = [frozenset((a, b)) for a in cells for b in ((a[0] + 1, a[1]), (a[0], a[1] + 1)) if b in cells]
@@ -320,8 +356,11 @@ def generate_layout(task_seed: int, size: int = 3, n_doors: int = 1, colours: in
         door = door_colours[doors.index(e)] if e in doors else None
         passages.append(Passage(names[a], "south" if b[0] > a[0] else "east", names[b], door))
     layout = MazeLayout(
-        rooms=tuple(names[c] for c in cells), passages=tuple(passages),
-        keys={c: names[r] for c, r in keys.items()}, start=names[start], goal=names[goal],
+        rooms=tuple(names[c] for c in cells),
+        passages=tuple(passages),
+        keys={c: names[r] for c, r in keys.items()},
+        start=names[start],
+        goal=names[goal],
     )
     assert solve(layout) is not None, f"generated maze {task_seed} is unsolvable"
     return layout
@@ -430,7 +469,9 @@ def _progress_rows(
                     index[nxt_prog] = len(index)
                     depth.append(depth[index[prog]] + 1)
                     queue.append(nxt_prog)
-                rows.append((index[prog], slot, prob, index[nxt_prog], reward_of(layout, nxt) + turn_weight * turn))
+                rows.append(
+                    (index[prog], slot, prob, index[nxt_prog], reward_of(layout, nxt) + turn_weight * turn)
+                )
     return list(index), rows, np.array(depth)
 
 
@@ -483,7 +524,15 @@ def exact_values(
             v_TS[t, depth_S > t] = np.nan
             q_TSA[t, depth_S > t] = np.nan
     return ExactValues(
-        tuple(states), keys, actions, probs_SA, v_TS, q_TSA, float(gamma), float(invalid_penalty), float(turn_weight)
+        tuple(states),
+        keys,
+        actions,
+        probs_SA,
+        v_TS,
+        q_TSA,
+        float(gamma),
+        float(invalid_penalty),
+        float(turn_weight),
     )
 
 
@@ -492,7 +541,9 @@ def _policy_probs(policy: Policy | None, key: str, acts: list[str]) -> np.ndarra
         return np.full(len(acts), 1.0 / len(acts))
     p = np.asarray(policy(key, acts), dtype=float)
     if p.shape != (len(acts),) or (p < 0).any() or abs(p.sum() - 1.0) > 1e-6:
-        raise ValueError(f"policy must return {len(acts)} non-negative probabilities summing to 1 for {acts}, got {p}")
+        raise ValueError(
+            f"policy must return {len(acts)} non-negative probabilities summing to 1 for {acts}, got {p}"
+        )
     return p
 
 
@@ -520,10 +571,21 @@ class MazeEnv(AgentEnv):
     reset and whenever the subgoal differs from the previous turn's, else "KEEP").
     """
 
-    def __init__(self, size: int = 3, n_doors: int = 1, slip: float = 0.0, max_steps: int = 20, num_tasks: int = 100,
-                 layout: MazeLayout | None = None, invalid_penalty: float = 0.0, expert: bool = False,
-                 render_mode: str | None = None, colours: int = len(COLOURS), turn_rewards: bool = False,
-                 subgoals: bool = False) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        n_doors: int = 1,
+        slip: float = 0.0,
+        max_steps: int = 20,
+        num_tasks: int = 100,
+        layout: MazeLayout | None = None,
+        invalid_penalty: float = 0.0,
+        expert: bool = False,
+        render_mode: str | None = None,
+        colours: int = len(COLOURS),
+        turn_rewards: bool = False,
+        subgoals: bool = False,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         self.expert = expert  # adds info["expert_action"]: the first action of a shortest plan from here
         _check_settings(slip=slip, max_steps=max_steps, invalid_penalty=invalid_penalty)
@@ -533,8 +595,16 @@ class MazeEnv(AgentEnv):
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         if layout is None:
-            generate_layout(0, size, n_doors, colours)  # validates size, n_doors, colours now, not at the first reset
-        self.size, self.n_doors, self.colours, self.slip, self.max_steps = size, n_doors, colours, slip, max_steps
+            generate_layout(
+                0, size, n_doors, colours
+            )  # validates size, n_doors, colours now, not at the first reset
+        self.size, self.n_doors, self.colours, self.slip, self.max_steps = (
+            size,
+            n_doors,
+            colours,
+            slip,
+            max_steps,
+        )
         self.num_tasks, self.custom_layout, self.invalid_penalty = num_tasks, layout, invalid_penalty
         self.turn_rewards, self.subgoals = bool(turn_rewards), bool(subgoals)
         self.layout: MazeLayout | None = None
@@ -548,26 +618,36 @@ class MazeEnv(AgentEnv):
         self._subgoal_cache: dict[tuple[str, State], str] = {}  # one planner call per (task, state)
 
     def task_ids(self) -> list[str]:
-        return [CUSTOM_TASK] if self.custom_layout is not None else [f"maze-{i}" for i in range(self.num_tasks)]
+        return (
+            [CUSTOM_TASK] if self.custom_layout is not None else [f"maze-{i}" for i in range(self.num_tasks)]
+        )
 
     def layout_for(self, task_id: str) -> MazeLayout:
         """The layout a task id plays ("maze-<n>" -> generate_layout(n, size, n_doors, colours))."""
         if self.custom_layout is not None:
             if task_id != CUSTOM_TASK:
-                raise ValueError(f"this env plays a given layout; its only task id is {CUSTOM_TASK!r}, got {task_id!r}")
+                raise ValueError(
+                    f"this env plays a given layout; its only task id is {CUSTOM_TASK!r}, got {task_id!r}"
+                )
             return self.custom_layout
         match = re.fullmatch(r"maze-(\d+)", str(task_id))
         if match is None:
             raise ValueError(f"maze task ids look like 'maze-<n>', got {task_id!r}")
         return generate_layout(int(match.group(1)), self.size, self.n_doors, self.colours)
 
-    def exact_values(self, task_id: str, policy: Policy | None = None, gamma: float = 0.95, turn_weight: float = 0.0) -> ExactValues:
+    def exact_values(
+        self, task_id: str, policy: Policy | None = None, gamma: float = 0.95, turn_weight: float = 0.0
+    ) -> ExactValues:
         """True V/Q of ``policy`` on a task, with this env's max_steps, slip and invalid_penalty; with
         ``turn_weight`` w != 0, of outcome + w * turn reward (keyed by ``info["progress_key"]``)."""
         layout = self.layout_for(task_id)
-        return exact_values(layout, policy, gamma, self.max_steps, self.slip, self.invalid_penalty, turn_weight)
+        return exact_values(
+            layout, policy, gamma, self.max_steps, self.slip, self.invalid_penalty, turn_weight
+        )
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
         if task_id is None:
@@ -609,8 +689,14 @@ class MazeEnv(AgentEnv):
     def _info(self, valid: bool) -> dict[str, Any]:
         assert self.layout is not None and self.state is not None
         won = self.state[0] == self.layout.goal
-        info = {"state_key": describe(self.layout, self.state), "admissible_actions": admissible(self.layout, self.state),
-                "valid": valid, "success": won, "won": won, "task_id": self.task_id}
+        info = {
+            "state_key": describe(self.layout, self.state),
+            "admissible_actions": admissible(self.layout, self.state),
+            "valid": valid,
+            "success": won,
+            "won": won,
+            "task_id": self.task_id,
+        }
         if self.expert and not won:
             plan = solve(self.layout, self.state)
             info["expert_action"] = plan[0] if plan else None

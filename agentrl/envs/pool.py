@@ -16,6 +16,7 @@ their parent (``PR_SET_PDEATHSIG`` on Linux, and end-of-pipe detection elsewhere
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -64,10 +65,8 @@ def _set_limits(memory_limit_mb: int | None) -> None:
         limit = int(memory_limit_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if sys.platform.startswith("linux"):
-        try:  # die with the parent even if it is SIGKILLed
+        with contextlib.suppress(OSError):  # die with the parent even if it is SIGKILLed
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def _worker_main(conn: Connection) -> None:
@@ -82,7 +81,7 @@ def _worker_main(conn: Connection) -> None:
 
         env = make(env_name, **env_kwargs)
         conn.send(("ok", os.getpid()))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
+    except BaseException as e:
         conn.send(("error", f"could not make env {env_name!r}: {type(e).__name__}: {e}"))
         return
     while True:
@@ -100,7 +99,7 @@ def _worker_main(conn: Connection) -> None:
             else:
                 raise ValueError(f"unknown pool command {msg[0]!r}")
             conn.send(("ok", reply))
-        except BaseException as e:  # noqa: BLE001 - the parent turns it into a truncated episode
+        except BaseException as e:
             try:
                 conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"))
             except (OSError, ValueError):
@@ -118,11 +117,15 @@ class _ProcessWorker:
     re-imported, so it needs no ``if __name__ == "__main__"`` guard.
     """
 
-    def __init__(self, env_name: str, env_kwargs: dict[str, Any], memory_limit_mb: int | None, start_timeout_s: float) -> None:
+    def __init__(
+        self, env_name: str, env_kwargs: dict[str, Any], memory_limit_mb: int | None, start_timeout_s: float
+    ) -> None:
         parent_sock, child_sock = socket.socketpair()
         self.conn = Connection(parent_sock.detach())
         fd = child_sock.fileno()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agentrl.envs.pool", str(fd)], pass_fds=[fd], close_fds=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentrl.envs.pool", str(fd)], pass_fds=[fd], close_fds=True
+        )
         self.pid = self.proc.pid
         child_sock.close()  # so that the parent sees EOF when the child dies
         try:
@@ -132,7 +135,9 @@ class _ProcessWorker:
             status, payload = self.conn.recv()
         except (EOFError, OSError) as e:
             self.kill()
-            raise WorkerError(f"env worker for {env_name!r} died while starting (exit code {self.proc.poll()})") from e
+            raise WorkerError(
+                f"env worker for {env_name!r} died while starting (exit code {self.proc.poll()})"
+            ) from e
         except WorkerError:
             self.kill()
             raise
@@ -143,10 +148,8 @@ class _ProcessWorker:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         self.conn.close()
 
     def stop(self, timeout_s: float) -> None:
@@ -210,7 +213,9 @@ class EnvPool:
             elif backend == "inprocess":
                 self._workers = [self._make_local() for _ in range(num_envs)]
             else:
-                self._workers = _ray_actors(env_name, self.env_kwargs, num_envs, memory_limit_mb, self.ray_options)
+                self._workers = _ray_actors(
+                    env_name, self.env_kwargs, num_envs, memory_limit_mb, self.ray_options
+                )
         except BaseException:
             self.close()
             raise
@@ -232,14 +237,14 @@ class EnvPool:
             old.kill()
             self._workers[i] = self._spawn()
         elif self.backend == "inprocess":
-            try:
+            with contextlib.suppress(Exception):
                 old.close()
-            except Exception:  # noqa: BLE001 - the env is being replaced anyway
-                pass
             self._workers[i] = self._make_local()
         else:
             _ray_kill(old)
-            self._workers[i] = _ray_actors(self.env_name, self.env_kwargs, 1, self.memory_limit_mb, self.ray_options)[0]
+            self._workers[i] = _ray_actors(
+                self.env_name, self.env_kwargs, 1, self.memory_limit_mb, self.ray_options
+            )[0]
 
     def pids(self) -> list[int]:
         """Process id of each env's worker (process and ray backends)."""
@@ -272,7 +277,10 @@ class EnvPool:
         return values
 
     def reset(
-        self, indices: Sequence[int] | None = None, seeds: Sequence[int | None] | None = None, options: Sequence[dict[str, Any] | None] | None = None
+        self,
+        indices: Sequence[int] | None = None,
+        seeds: Sequence[int | None] | None = None,
+        options: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[tuple[str, dict[str, Any]]]:
         """Reset the selected envs; a worker found dead is restarted and the reset retried once."""
         idx = self._indices(indices)
@@ -319,7 +327,7 @@ class EnvPool:
         try:
             reply = env.reset(seed=msg[1], options=msg[2]) if msg[0] == "reset" else tuple(env.step(msg[1]))
             return "ok", reply, False
-        except Exception as e:  # noqa: BLE001 - the env is rebuilt, its episode truncated
+        except Exception as e:
             return "error", f"{type(e).__name__}: {e}", True
 
     def _process_call(self, idx: list[int], msgs: list[tuple[Any, ...]]) -> list[tuple[str, Any, bool]]:
@@ -337,9 +345,13 @@ class EnvPool:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = wait(list(waiting), timeout=left)
             if not ready:  # timed out: kill the stragglers so they can be replaced
-                for conn, i in waiting.items():
+                for i in waiting.values():
                     self._workers[i].kill()
-                    out[i] = ("error", f"env worker {i} gave no answer within {self.step_timeout_s}s and was killed", True)
+                    out[i] = (
+                        "error",
+                        f"env worker {i} gave no answer within {self.step_timeout_s}s and was killed",
+                        True,
+                    )
                 break
             for conn in ready:
                 i = waiting.pop(conn)
@@ -374,7 +386,7 @@ class EnvPool:
                     w.close()
                 else:
                     _ray_kill(w)
-            except Exception:  # noqa: BLE001 - keep closing the others
+            except Exception:
                 pass
         self._workers = []
 
@@ -385,10 +397,8 @@ class EnvPool:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close(timeout_s=1.0)
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 # ----------------------------------------------------------------------------- ray backend
@@ -413,7 +423,7 @@ class _RayEnv:
             if msg[0] == "reset":
                 return "ok", self.env.reset(seed=msg[1], options=msg[2])
             return "ok", tuple(self.env.step(msg[1]))
-        except Exception as e:  # noqa: BLE001 - reported like the process backend
+        except Exception as e:
             return "error", f"{type(e).__name__}: {e}"
 
 
@@ -421,13 +431,17 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError as e:
-        raise ImportError("the 'ray' pool backend needs Ray: pip install 'agentrl[ray]' (or pip install ray)") from e
+        raise ImportError(
+            "the 'ray' pool backend needs Ray: pip install 'agentrl[ray]' (or pip install ray)"
+        ) from e
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     return ray
 
 
-def _ray_actors(env_name: str, env_kwargs: dict[str, Any], n: int, memory_limit_mb: int | None, options: dict[str, Any]) -> list[Any]:
+def _ray_actors(
+    env_name: str, env_kwargs: dict[str, Any], n: int, memory_limit_mb: int | None, options: dict[str, Any]
+) -> list[Any]:
     ray = _ray()
     actor = ray.remote(max_restarts=0, **options)(_RayEnv)
     return [actor.remote(env_name, env_kwargs, memory_limit_mb) for _ in range(n)]
@@ -437,7 +451,9 @@ def _ray_kill(actor: Any) -> None:
     _ray().kill(actor)
 
 
-def _ray_call(actors: list[Any], msgs: list[tuple[Any, ...]], timeout_s: float | None) -> list[tuple[str, Any, bool]]:
+def _ray_call(
+    actors: list[Any], msgs: list[tuple[Any, ...]], timeout_s: float | None
+) -> list[tuple[str, Any, bool]]:
     ray = _ray()
     refs = [a.call.remote(m) for a, m in zip(actors, msgs)]
     out = []
@@ -445,7 +461,7 @@ def _ray_call(actors: list[Any], msgs: list[tuple[Any, ...]], timeout_s: float |
         try:
             status, payload = ray.get(ref, timeout=timeout_s)
             out.append((status, payload, False))
-        except Exception as e:  # noqa: BLE001 - actor died or timed out: replace it
+        except Exception as e:
             out.append(("error", f"ray actor failed: {type(e).__name__}: {e}", True))
     return out
 

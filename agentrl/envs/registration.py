@@ -35,7 +35,7 @@ def register_env(
     if gid in gym.registry and overwrite:
         del gym.registry[gid]
     if gid not in gym.registry:
-        gym.register(id=gid, entry_point=factory if isinstance(factory, str) else factory)
+        gym.register(id=gid, entry_point=factory)
 
 
 def _lazy(entry: str) -> Callable[..., AgentEnv]:

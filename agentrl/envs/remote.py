@@ -30,7 +30,7 @@ from agentrl.envs.base import AgentEnv
 from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
 
 # ServerThread is the shared one (agentrl.serving), named here too: serve an env app in a thread
-__all__ = ["create_app", "serve_env", "RemoteEnv", "RemoteEnvError", "ServerThread", "jsonable"]
+__all__ = ["RemoteEnv", "RemoteEnvError", "ServerThread", "create_app", "jsonable", "serve_env"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,14 @@ class _Slot:
         self.lock = threading.Lock()
 
 
-def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any] | None = None, *,
-               token: str | None = None, max_envs: int = 256, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+def create_app(
+    factory: Callable[[], AgentEnv] | str,
+    env_kwargs: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    max_envs: int = 256,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Any:
     """The FastAPI app serving one env (a registered name with ``env_kwargs``, or a zero-argument factory)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -114,7 +120,7 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
                 return error(400, f"{what} failed: {type(e).__name__}: {e}")
             except RuntimeError as e:
                 return error(409, f"{what} failed: {type(e).__name__}: {e}")
-            except Exception as e:  # noqa: BLE001 - any env bug is reported, the server stays up
+            except Exception as e:
                 log.exception("env %s failed", what)
                 return error(500, f"{what} failed: {type(e).__name__}: {e}")
 
@@ -133,7 +139,7 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
             pending[0] += 1  # counts against the limit while the env is being built
         try:
             env = await run_in_threadpool(build)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return error(500, f"creating the env failed: {type(e).__name__}: {e}")
         finally:
             with envs_lock:
@@ -141,8 +147,12 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
         env_id = secrets.token_urlsafe(24)
         with envs_lock:
             envs[env_id] = _Slot(env)
-        return {"env_id": env_id, "task_ids": [str(t) for t in env.task_ids()],
-                "max_text_length": int(getattr(env.observation_space, "max_length", 100_000)), "env": label}
+        return {
+            "env_id": env_id,
+            "task_ids": [str(t) for t in env.task_ids()],
+            "max_text_length": int(getattr(env.observation_space, "max_length", 100_000)),
+            "env": label,
+        }
 
     def _reset(slot: _Slot, body: dict[str, Any]) -> Any:
         seed, options = body.get("seed"), body.get("options")
@@ -155,8 +165,13 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
 
     def _step(slot: _Slot, action: Any) -> Any:
         obs, reward, terminated, truncated, info = slot.env.step(action)
-        return {"obs": obs, "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
-                "info": jsonable(info)}
+        return {
+            "obs": obs,
+            "reward": float(reward),
+            "terminated": bool(terminated),
+            "truncated": bool(truncated),
+            "info": jsonable(info),
+        }
 
     @app.post("/reset")
     async def reset(request: Request) -> Any:
@@ -194,20 +209,34 @@ def create_app(factory: Callable[[], AgentEnv] | str, env_kwargs: dict[str, Any]
     return app
 
 
-def serve_env(name: str, host: str = "127.0.0.1", port: int = 8100, token: str | None = None, *,
-              max_envs: int = 256, **env_kwargs: Any) -> None:
+def serve_env(
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    token: str | None = None,
+    *,
+    max_envs: int = 256,
+    **env_kwargs: Any,
+) -> None:
     """Serve the registered env ``name`` (built with ``env_kwargs``) until interrupted."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
-    uvicorn.run(create_app(name, env_kwargs, token=token, max_envs=max_envs), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(name, env_kwargs, token=token, max_envs=max_envs),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
 
 
 class RemoteEnv(AgentEnv):
     """An env living in an env server (``serve_env``), used like a local one."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0, render_mode: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, token: str | None = None, timeout: float = 120.0, render_mode: str | None = None
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
@@ -240,7 +269,9 @@ class RemoteEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return self._task_ids
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         out = self._post("/reset", {"env_id": self.env_id, "seed": seed, "options": options})
         self._last_obs = out["obs"]
@@ -275,15 +306,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentrl.envs.remote NAME [--host H] [--port P] [--token T] [-o key=value ...]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m agentrl.envs.remote", description="serve a registered env over HTTP")
+    parser = argparse.ArgumentParser(
+        prog="python -m agentrl.envs.remote", description="serve a registered env over HTTP"
+    )
     parser.add_argument("name", help="a registered env name, e.g. maze, search, tools")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument("--max-envs", type=int, default=256)
-    parser.add_argument("-o", "--option", action="append", default=[], help="env constructor argument key=value")
+    parser.add_argument(
+        "-o", "--option", action="append", default=[], help="env constructor argument key=value"
+    )
     args = parser.parse_args(argv)
-    serve_env(args.name, args.host, args.port, args.token, max_envs=args.max_envs, **dict(map(_parse_option, args.option)))
+    serve_env(
+        args.name,
+        args.host,
+        args.port,
+        args.token,
+        max_envs=args.max_envs,
+        **dict(map(_parse_option, args.option)),
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ refuses an array (HiPER). An estimator that still fails is listed with its error
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -95,11 +96,15 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
     batch = StepBatch.from_trajectories(trajectories)
     rows = len(batch)
     target = TARGET_S.get(P)
-    echo(f"\nP={P}: {rows} rows, {batch.num_trajectories} trajectories, success {batch.summary()['success_rate']:.2f}, "
-         f"invalid {batch.summary()['invalid_rate']:.2f}, {np.unique(batch.state_key).size} distinct states")
+    echo(
+        f"\nP={P}: {rows} rows, {batch.num_trajectories} trajectories, success {batch.summary()['success_rate']:.2f}, "
+        f"invalid {batch.summary()['invalid_rate']:.2f}, {np.unique(batch.state_key).size} distinct states"
+    )
     echo(f"{'estimator':<34}{'median s':>10}{'rows/s':>14}{'runs':>6}  target")
-    echo(f"{'StepBatch.from_trajectories':<34}{build_s:>10.4f}{rows / build_s:>14,.0f}{build_runs:>6}  "
-         + (f"< 0.3 s {'ok' if build_s < 0.3 else 'MISSED'}" if P == 128 else ""))
+    echo(
+        f"{'StepBatch.from_trajectories':<34}{build_s:>10.4f}{rows / build_s:>14,.0f}{build_runs:>6}  "
+        + (f"< 0.3 s {'ok' if build_s < 0.3 else 'MISSED'}" if P == 128 else "")
+    )
 
     gigpo_s = None
     for name in available_estimators():
@@ -110,7 +115,7 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
             except Exception as err:  # a broken estimator is reported, the others still run
                 echo(f"{label(name, options):<34}  failed: {type(err).__name__}: {err}")
                 continue
-            seconds, runs = timed(lambda: estimate(name, batch, **kwargs), repeats)
+            seconds, runs = timed(functools.partial(estimate, name, batch, **kwargs), repeats)
             verdict = ""
             if name in TARGETED and not options and target is not None:
                 verdict = f"< {target} s {'ok' if seconds < target else 'MISSED'}"
@@ -120,7 +125,9 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
 
     naive_s, naive_runs = timed(lambda: naive_gigpo(trajectories), max(1, repeats // 2))
     ratio = f"  gigpo is {naive_s / gigpo_s:.1f}x faster" if gigpo_s else ""
-    echo(f"{'naive per-row GiGPO (Python)':<34}{naive_s:>10.4f}{rows / naive_s:>14,.0f}{naive_runs:>6}{ratio}")
+    echo(
+        f"{'naive per-row GiGPO (Python)':<34}{naive_s:>10.4f}{rows / naive_s:>14,.0f}{naive_runs:>6}{ratio}"
+    )
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -134,7 +141,9 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def credit_speed(sizes: Sequence[int], repeats: int = 5, seed: int = 0, echo: Callable[[str], Any] = print) -> None:
+def credit_speed(
+    sizes: Sequence[int], repeats: int = 5, seed: int = 0, echo: Callable[[str], Any] = print
+) -> None:
     """One table per batch size, written as each finishes (the largest take minutes)."""
     for P in sizes:
         bench_size(P, repeats, seed, echo)

@@ -113,7 +113,10 @@ def sample_group(
         while not (terminated or truncated):
             key, actions, t = info["state_key"], info["admissible_actions"], len(steps)
             action = actions[int(rng.choice(len(actions), p=np.asarray(policy(key, actions))))]
-            truth: dict[str, object] = {"true_advantage": values.advantage(key, t, action), "true_value": values.v(key, t)}
+            truth: dict[str, object] = {
+                "true_advantage": values.advantage(key, t, action),
+                "true_value": values.v(key, t),
+            }
             if turn_values is not None:
                 progress = info["progress_key"]
                 truth["true_advantage_turn"] = turn_values.advantage(progress, t, action)
@@ -123,12 +126,27 @@ def sample_group(
             obs_next, reward, terminated, truncated, info = env.step(action)
             turn_reward = info.get("turn_reward")
             steps.append(
-                Step(obs=obs, action=action, reward=float(reward), valid=bool(info["valid"]), state_key=key,
-                     turn_reward=None if turn_reward is None else float(turn_reward), info=truth)
-            )  # fmt: skip
+                Step(
+                    obs=obs,
+                    action=action,
+                    reward=float(reward),
+                    valid=bool(info["valid"]),
+                    state_key=key,
+                    turn_reward=None if turn_reward is None else float(turn_reward),
+                    info=truth,
+                )
+            )
             obs = obs_next
         trajs.append(
-            Trajectory(task_id, group_id, f"{group_id}/{i}", steps, terminated=terminated, truncated=truncated, success=bool(info["success"]))
+            Trajectory(
+                task_id,
+                group_id,
+                f"{group_id}/{i}",
+                steps,
+                terminated=terminated,
+                truncated=truncated,
+                success=bool(info["success"]),
+            )
         )
     return trajs
 
@@ -142,7 +160,9 @@ def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object
     for key in info.inputs:
         if key != "values":
             raise MissingInputError(f"needs input {key!r}")
-        cfg["values"] = info.critic_input({head: true_value for head in info.value_heads})  # the oracle on every head
+        cfg["values"] = info.critic_input(
+            dict.fromkeys(info.value_heads, true_value)
+        )  # the oracle on every head
     return cfg
 
 
@@ -167,7 +187,9 @@ def credit_fidelity(
     progress: Callable[[str], None] | None = None,
 ) -> list[FidelityRow]:
     """Fidelity of every estimator (or ``estimators``) for each group size; see the module doc."""
-    env = MazeEnv(size=size, n_doors=n_doors, slip=slip, max_steps=max_steps, turn_rewards=True, subgoals=True)
+    env = MazeEnv(
+        size=size, n_doors=n_doors, slip=slip, max_steps=max_steps, turn_rewards=True, subgoals=True
+    )
     task_ids = list(env.task_ids())[:tasks]
     policies = {tid: improved_policy(env, tid, gamma) for tid in task_ids}
     truths = {tid: env.exact_values(tid, policies[tid], gamma) for tid in task_ids}
@@ -185,9 +207,16 @@ def credit_fidelity(
             trajs = []
             for tid in task_ids:
                 trajs += sample_group(
-                    env, tid, f"{tid}/r{r}", n, policies[tid], truths[tid], env_seed=seed * 7919 + r, rng=rng,
+                    env,
+                    tid,
+                    f"{tid}/r{r}",
+                    n,
+                    policies[tid],
+                    truths[tid],
+                    env_seed=seed * 7919 + r,
+                    rng=rng,
                     turn_values=turn_truths[tid],
-                )  # fmt: skip
+                )
             batch = StepBatch.from_trajectories(trajs)
             steps = [s for t in trajs if t.steps for s in t.steps]
             true_value = {
@@ -196,9 +225,15 @@ def credit_fidelity(
             }
             true_parts[OUTCOME].append(np.array([s.info["true_advantage"] for s in steps]))
             true_parts[OUTCOME_TURN].append(np.array([s.info["true_advantage_turn"] for s in steps]))
-            keys_parts[OUTCOME].append([(t.task_id, s.state_key, k, s.action) for t in trajs for k, s in enumerate(t.steps)])
+            keys_parts[OUTCOME].append(
+                [(t.task_id, s.state_key, k, s.action) for t in trajs for k, s in enumerate(t.steps)]
+            )
             keys_parts[OUTCOME_TURN].append(
-                [(t.task_id, s.info["progress_key"], k, s.action) for t in trajs for k, s in enumerate(t.steps)]
+                [
+                    (t.task_id, s.info["progress_key"], k, s.action)
+                    for t in trajs
+                    for k, s in enumerate(t.steps)
+                ]
             )
             for name in names:
                 if name in skipped:
@@ -211,21 +246,40 @@ def credit_fidelity(
         if progress:
             progress(f"group size {n}: {resamples} resamples x {len(task_ids)} tasks sampled")
         true_all = {target: np.concatenate(parts) for target, parts in true_parts.items()}
-        key_ids = {target: _key_ids([k for part in parts for k in part]) for target, parts in keys_parts.items()}
+        key_ids = {
+            target: _key_ids([k for part in parts for k in part]) for target, parts in keys_parts.items()
+        }
         resample_of = np.concatenate([np.full(len(p), r) for r, p in enumerate(true_parts[OUTCOME])])
         for name in names:
             target = targets[name]
             if name in skipped:
-                rows.append(FidelityRow(name, n, math.nan, math.nan, math.nan, 0, note=f"skipped: {skipped[name]}", target=target))
+                rows.append(
+                    FidelityRow(
+                        name,
+                        n,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        0,
+                        note=f"skipped: {skipped[name]}",
+                        target=target,
+                    )
+                )
                 continue
             est_all = np.concatenate(est_by_name[name])
             true = true_all[target]
             rows.append(
                 FidelityRow(
-                    name, n, _corr(est_all, true), _sign(est_all, true), _noise(est_all, key_ids[target], resample_of),
-                    int(est_all.size), _note(name), target,
+                    name,
+                    n,
+                    _corr(est_all, true),
+                    _sign(est_all, true),
+                    _noise(est_all, key_ids[target], resample_of),
+                    int(est_all.size),
+                    _note(name),
+                    target,
                 )
-            )  # fmt: skip
+            )
     return rows
 
 
@@ -273,7 +327,11 @@ def fidelity_markdown(rows: Sequence[FidelityRow]) -> str:
     """A Markdown table: one line per estimator, one column group per group size."""
     sizes = sorted({r.group_size for r in rows})
     by = {(r.estimator, r.group_size): r for r in rows}
-    head = "| estimator | target | " + " | ".join(f"corr N={n} | sign N={n} | noise N={n}" for n in sizes) + " | note |"
+    head = (
+        "| estimator | target | "
+        + " | ".join(f"corr N={n} | sign N={n} | noise N={n}" for n in sizes)
+        + " | note |"
+    )
     sep = "|" + "---|" * (2 + 3 * len(sizes) + 1)
     lines = [head, sep]
     for name in sorted({r.estimator for r in rows}):

@@ -61,35 +61,88 @@ __all__ = [
 # sampled one gets through, and RL optimises the sampled policy.
 _MAZE: dict[str, Any] = {
     "seed": 0,
-    "model": {"tiny": {"vocab_size": 512, "layers": 2, "hidden": 128, "heads": 4, "kv_heads": 2, "corpus_tasks": 50},
-              "device": "cpu", "torch_threads": 1},  # fmt: skip
+    "model": {
+        "tiny": {
+            "vocab_size": 512,
+            "layers": 2,
+            "hidden": 128,
+            "heads": 4,
+            "kv_heads": 2,
+            "corpus_tasks": 50,
+        },
+        "device": "cpu",
+        "torch_threads": 1,
+    },
     "lora": {"r": 8, "alpha": 16},
     # 6 steps for plans of 3-5: a wasted step (a wall, the locked door again, a step back) is often fatal
-    "env": {"name": "maze", "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 2000, "colours": 1, "turn_rewards": True},
-            "train_tasks": {"start": 0, "count": 1000}, "num_envs": 32},  # fmt: skip
-    "rollout": {"groups": 8, "group_size": 4, "max_turns": 6, "history_k": 0, "response_format": "think_action",
-                "max_new_tokens": 8, "system_prompt": "Reach the goal room.", "temperature": 1.0},  # fmt: skip
+    "env": {
+        "name": "maze",
+        "kwargs": {
+            "size": 2,
+            "n_doors": 1,
+            "max_steps": 6,
+            "num_tasks": 2000,
+            "colours": 1,
+            "turn_rewards": True,
+        },
+        "train_tasks": {"start": 0, "count": 1000},
+        "num_envs": 32,
+    },
+    "rollout": {
+        "groups": 8,
+        "group_size": 4,
+        "max_turns": 6,
+        "history_k": 0,
+        "response_format": "think_action",
+        "max_new_tokens": 8,
+        "system_prompt": "Reach the goal room.",
+        "temperature": 1.0,
+    },
     "algorithm": {"kl_coef": 0.01, "epochs": 2, "minibatch_size": 32, "micro_batch_size": 32},
     "optim": {"iterations": 50, "lr": 0.001, "critic_lr": 0.01},
-    "sft": {"enabled": True, "tasks": {"start": 0, "count": 1600}, "epochs": 1, "lr": 0.002, "batch_size": 32},
+    "sft": {
+        "enabled": True,
+        "tasks": {"start": 0, "count": 1600},
+        "epochs": 1,
+        "lr": 0.002,
+        "batch_size": 32,
+    },
     # 1000 held-out episodes (200 mazes x 5): the paired difference of two methods has an evaluation
     # standard error of ~2 points
-    "eval": {"enabled": True, "tasks": {"start": 1800, "count": 200}, "episodes_per_task": 5, "temperature": 1.0},
+    "eval": {
+        "enabled": True,
+        "tasks": {"start": 1800, "count": 200},
+        "episodes_per_task": 5,
+        "temperature": 1.0,
+    },
     "logging": {"tensorboard": False, "checkpoint_every": 10, "keep_checkpoints": 1},
 }
 # The long-horizon family: 3x3 mazes with loops (extra passages), where rooms repeat within and
 # across episodes and plans need up to 11 steps (6.4 on average); 24 steps allowed.
 _MAZE_LONG: dict[str, Any] = {
     **_MAZE,
-    "env": {"name": "maze", "kwargs": {"size": 3, "n_doors": 1, "max_steps": 24, "num_tasks": 2000, "colours": 1, "turn_rewards": True},
-            "train_tasks": {"start": 0, "count": 1000}, "num_envs": 32},  # fmt: skip
+    "env": {
+        "name": "maze",
+        "kwargs": {
+            "size": 3,
+            "n_doors": 1,
+            "max_steps": 24,
+            "num_tasks": 2000,
+            "colours": 1,
+            "turn_rewards": True,
+        },
+        "train_tasks": {"start": 0, "count": 1000},
+        "num_envs": 32,
+    },
     "rollout": {**_MAZE["rollout"], "max_turns": 24},
 }
 FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
 BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
 
-HIPER_MIN_NEW_TOKENS = 24  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
+HIPER_MIN_NEW_TOKENS = (
+    24  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
+)
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
 # rollout.turn_reward=valid, HiPER's tags from its response format; tool calls only in that format.
 _TRAINER_FIELDS = {"state_key", "turn_reward", "switch", "subgoal"}
@@ -140,7 +193,9 @@ def _prepare_run(config_path: Path, overrides: list[str], run_dir: Path) -> bool
         return False
     old_out = (yaml.safe_load(saved.read_text()) or {}).get("out_dir", str(run_dir))
     if saved.read_text() != dump_config(cfg.model_copy(update={"out_dir": old_out})):
-        raise ConfigError(f"{run_dir} holds a run with a different config; choose another output directory or delete it")
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config; choose another output directory or delete it"
+        )
     return True
 
 
@@ -148,16 +203,22 @@ def _pooled(parts: Sequence[tuple[int, int]]) -> dict[str, Any]:
     """Successes and episodes summed over seeds, with a 95% Wilson interval."""
     k, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
     iv = wilson(k, n)
-    return {"success_rate": iv.value, "ci_low": iv.low, "ci_high": iv.high, "successes": k, "episodes": n,
-            "per_seed": [p[0] / p[1] if p[1] else math.nan for p in parts]}  # fmt: skip
+    return {
+        "success_rate": iv.value,
+        "ci_low": iv.low,
+        "ci_high": iv.high,
+        "successes": k,
+        "episodes": n,
+        "per_seed": [p[0] / p[1] if p[1] else math.nan for p in parts],
+    }
 
 
 def _wins(rate: float, episodes: int) -> int:
-    return int(round(rate * episodes))
+    return round(rate * episodes)
 
 
 def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
@@ -203,14 +264,20 @@ def credit_learning(
         chosen = list(families) if families else list(FAMILIES)
         unknown = [f for f in chosen if f not in FAMILIES]
         if unknown:
-            raise ConfigError(f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; allowed: {', '.join(FAMILIES)}")
+            raise ConfigError(
+                f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {unknown}; allowed: {', '.join(FAMILIES)}"
+            )
         bases = {f: yaml.safe_dump(FAMILIES[f], sort_keys=False) for f in dict.fromkeys(chosen)}
     common = list(overrides) + ([f"optim.iterations={iterations}"] if iterations is not None else [])
-    plans = [_plan(name, text, out / name, common, estimators) for name, text in bases.items()]  # validates before training
+    plans = [
+        _plan(name, text, out / name, common, estimators) for name, text in bases.items()
+    ]  # validates before training
     for plan in plans:
-        say(f"{plan.family}: {len(plan.names)} methods x {len(seeds)} seed(s) x {plan.base.optim.iterations} iterations "
+        say(
+            f"{plan.family}: {len(plan.names)} methods x {len(seeds)} seed(s) x {plan.base.optim.iterations} iterations "
             f"({plan.base.rollout.groups}x{plan.base.rollout.group_size} episodes each), "
-            f"eval on {plan.base.eval.tasks.count * plan.base.eval.episodes_per_task} held-out episodes")  # fmt: skip
+            f"eval on {plan.base.eval.tasks.count * plan.base.eval.episodes_per_task} held-out episodes"
+        )
 
     # Warm starts: per family and seed, the first response format builds the tiny model (and SFT), later
     # formats reuse that tiny model. A method run is queued as soon as its warm start is done, so no
@@ -224,13 +291,25 @@ def credit_learning(
     def warm_job(plan: _Plan, seed: int, fmt: str) -> _Job:
         run_dir = plan.dir / f"seed{seed}" / f"warm-{fmt}"
         # the same warm start whichever methods are asked for, so another selection reuses it
-        estimator = DEFAULT_BASELINE if _response_format(DEFAULT_BASELINE, plan.base) == fmt else next(
-            n for n in plan.names if _response_format(n, plan.base) == fmt
+        estimator = (
+            DEFAULT_BASELINE
+            if _response_format(DEFAULT_BASELINE, plan.base) == fmt
+            else next(n for n in plan.names if _response_format(n, plan.base) == fmt)
         )
-        ov = common + method_overrides(estimator, plan.base) + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
+        ov = (
+            common
+            + method_overrides(estimator, plan.base)
+            + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
+        )
         ov += [f"model.path={tiny[(plan.family, seed)]}"] if tiny[(plan.family, seed)] is not None else []
-        return _Job(f"{plan.family} seed {seed} warm start ({fmt})", plan.config_path, ov, run_dir, (run_dir / "eval_before.json",),
-                    ("warm", plan, seed, fmt))  # fmt: skip
+        return _Job(
+            f"{plan.family} seed {seed} warm start ({fmt})",
+            plan.config_path,
+            ov,
+            run_dir,
+            (run_dir / "eval_before.json",),
+            ("warm", plan, seed, fmt),
+        )
 
     def queue_methods(plan: _Plan, seed: int, fmt: str, warm_dir: Path | None) -> None:
         for name in plan.names:
@@ -239,14 +318,28 @@ def credit_learning(
             run_dir = plan.dir / f"seed{seed}" / name
             if warm_dir is not None:
                 _share_before(warm_dir, run_dir)
-            ov = common + plan.per_method[name] + [f"seed={seed}", f"model.path={starts[(plan.family, seed, fmt)]}", "sft.enabled=false"]
-            sched.submit(_Job(f"{plan.family} seed {seed} {name}", plan.config_path, ov, run_dir, (run_dir / "summary.json",),
-                              ("method", plan, seed, name)))  # fmt: skip
+            ov = (
+                common
+                + plan.per_method[name]
+                + [f"seed={seed}", f"model.path={starts[(plan.family, seed, fmt)]}", "sft.enabled=false"]
+            )
+            sched.submit(
+                _Job(
+                    f"{plan.family} seed {seed} {name}",
+                    plan.config_path,
+                    ov,
+                    run_dir,
+                    (run_dir / "summary.json",),
+                    ("method", plan, seed, name),
+                )
+            )
 
     for plan in plans:
         for seed in seeds:
             given = tiny[(plan.family, seed)]
-            if given is not None and not plan.base.sft.enabled:  # every method evaluates the given model itself
+            if (
+                given is not None and not plan.base.sft.enabled
+            ):  # every method evaluates the given model itself
                 for fmt in plan.formats:
                     starts[(plan.family, seed, fmt)] = given
                     queue_methods(plan, seed, fmt, None)
@@ -259,10 +352,18 @@ def credit_learning(
         if kind == "warm":
             if tiny[(plan.family, seed)] is None:
                 tiny[(plan.family, seed)] = str(job.run_dir / "tiny-model")
-            start = str(job.run_dir / "sft-model") if plan.base.sft.enabled else str(tiny[(plan.family, seed)])
+            start = (
+                str(job.run_dir / "sft-model") if plan.base.sft.enabled else str(tiny[(plan.family, seed)])
+            )
             starts[(plan.family, seed, what)] = start
-            warm[f"{plan.family}/seed{seed}/{what}"] = {"family": plan.family, "seed": seed, "response_format": what, "model": start,
-                                                        "seconds": seconds, "reused": reused}  # fmt: skip
+            warm[f"{plan.family}/seed{seed}/{what}"] = {
+                "family": plan.family,
+                "seed": seed,
+                "response_format": what,
+                "model": start,
+                "seconds": seconds,
+                "reused": reused,
+            }
             say(f"{job.label}: {start} in {_clock(seconds)}{' (reused)' if reused else ''}; {elapsed}")
             if what == plan.formats[0]:
                 for other in plan.formats[1:]:
@@ -288,7 +389,12 @@ def credit_learning(
             "eval_episodes": plan.base.eval.tasks.count * plan.base.eval.episodes_per_task,
             "eval_temperature": plan.base.eval.temperature,
             "sft": plan.base.sft.enabled,
-            "methods": {n: _summarise(plan.per_method[n], _start_label(n, plan.base), per[n], plan.base.optim.iterations) for n in plan.names},
+            "methods": {
+                n: _summarise(
+                    plan.per_method[n], _start_label(n, plan.base), per[n], plan.base.optim.iterations
+                )
+                for n in plan.names
+            },
             "paired": paired_differences(per, baseline) if baseline in per else {},
         }
     result = {
@@ -307,9 +413,14 @@ def credit_learning(
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=1))
     plotted = learning_plot(result, out / "learning.png")
-    (out / "learning.md").write_text(learning_markdown(result, plot="learning.png" if plotted else None), encoding="utf-8")
-    say(f"wrote {out / 'learning.md'}, {out / 'learning.json'}" + (f", {out / 'learning.png'}" if plotted else " (no matplotlib: no plot)")
-        + f" in {_clock(result['seconds'])}")  # fmt: skip
+    (out / "learning.md").write_text(
+        learning_markdown(result, plot="learning.png" if plotted else None), encoding="utf-8"
+    )
+    say(
+        f"wrote {out / 'learning.md'}, {out / 'learning.json'}"
+        + (f", {out / 'learning.png'}" if plotted else " (no matplotlib: no plot)")
+        + f" in {_clock(result['seconds'])}"
+    )
     return result
 
 
@@ -326,24 +437,34 @@ class _Plan:
     formats: list[str]
 
 
-def _plan(family: str, text: str, fam_dir: Path, common: list[str], estimators: Sequence[str] | None) -> _Plan:
+def _plan(
+    family: str, text: str, fam_dir: Path, common: list[str], estimators: Sequence[str] | None
+) -> _Plan:
     """Write the family's base config and check every method's config before anything trains."""
     fam_dir.mkdir(parents=True, exist_ok=True)
     path = fam_dir / "base_config.yaml"
     path.write_text(text)
     base = load_config(path, common)
     if base.optim.iterations < 1:
-        raise ConfigError(f"optim.iterations must be at least 1 for the learning benchmark, got {base.optim.iterations}")
+        raise ConfigError(
+            f"optim.iterations must be at least 1 for the learning benchmark, got {base.optim.iterations}"
+        )
     if not base.eval.enabled:
-        raise ConfigError("the learning benchmark reports the held-out evaluation: set eval.enabled: true in the base config")
-    names = list(dict.fromkeys(estimators)) if estimators else trainable_estimators(base.rollout.response_format)
+        raise ConfigError(
+            "the learning benchmark reports the held-out evaluation: set eval.enabled: true in the base config"
+        )
+    names = (
+        list(dict.fromkeys(estimators)) if estimators else trainable_estimators(base.rollout.response_format)
+    )
     unknown = [n for n in names if n not in available_estimators()]
     if unknown:
         raise ConfigError(f"unknown estimator(s) {unknown}; allowed: {', '.join(available_estimators())}")
     trainable = trainable_estimators(base.rollout.response_format)
     untrainable = [n for n in names if n not in trainable]
     if untrainable:
-        raise ConfigError(f"the trainer cannot supply what {untrainable} need here; trainable: {', '.join(trainable)}")
+        raise ConfigError(
+            f"the trainer cannot supply what {untrainable} need here; trainable: {', '.join(trainable)}"
+        )
     per_method = {n: method_overrides(n, base) for n in names}
     for n in names:
         load_config(path, common + per_method[n])
@@ -382,9 +503,15 @@ class _Scheduler:
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
             running: dict[Future[tuple[float, bool]], _Job] = {}
             while self.queue or running:
-                while self.queue and len(running) < self.jobs:  # no more than the workers: later jobs keep their place
+                while (
+                    self.queue and len(running) < self.jobs
+                ):  # no more than the workers: later jobs keep their place
                     job = self.queue.popleft()
-                    running[pool.submit(_train_once, job.config_path, job.overrides, job.run_dir, list(job.outputs))] = job
+                    running[
+                        pool.submit(
+                            _train_once, job.config_path, job.overrides, job.run_dir, list(job.outputs)
+                        )
+                    ] = job
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     yield (running.pop(fut), *fut.result())
@@ -402,7 +529,9 @@ def _share_before(warm_dir: Path, run_dir: Path) -> None:
     shutil.copyfile(warm_dir / "eval_before.json", run_dir / "eval_before.json")
 
 
-def _train_once(config_path: Path, overrides: list[str], run_dir: Path, outputs: list[Path]) -> tuple[float, bool]:
+def _train_once(
+    config_path: Path, overrides: list[str], run_dir: Path, outputs: list[Path]
+) -> tuple[float, bool]:
     """Train unless ``run_dir`` holds a finished run of this config (its seconds stamp and ``outputs``);
     returns (wall seconds of the run, reused)."""
     from agentrl.trainers import train
@@ -422,13 +551,19 @@ def _read_run(run_dir: Path, seed: int, seconds: float, reused: bool) -> dict[st
 
     records = sorted(read_metrics(run_dir / "metrics.jsonl"), key=lambda r: r["iteration"])
     summary = json.loads((run_dir / "summary.json").read_text())
-    side = {k: (_wins(summary[k]["success_rate"], summary[k]["episodes"]), int(summary[k]["episodes"])) for k in ("before", "after")}
+    side = {
+        k: (_wins(summary[k]["success_rate"], summary[k]["episodes"]), int(summary[k]["episodes"]))
+        for k in ("before", "after")
+    }
     return {
         "seed": seed,
         "run_dir": str(run_dir),
         "seconds": seconds,
         "reused": reused,
-        "iterations": [(int(r["iteration"]), _wins(r["success_rate"], int(r["episodes"])), int(r["episodes"])) for r in records],
+        "iterations": [
+            (int(r["iteration"]), _wins(r["success_rate"], int(r["episodes"])), int(r["episodes"]))
+            for r in records
+        ],
         "train_success": [float(r["success_rate"]) for r in records],
         **side,
     }
@@ -443,11 +578,15 @@ def _run_line(run: dict[str, Any]) -> str:
     train = run["train_success"]
     first, last = (train[0], train[-1]) if train else (math.nan, math.nan)
     (kb, nb), (ka, na) = run["before"], run["after"]
-    return (f"train success {first:.2f} -> {last:.2f}, eval {kb / max(nb, 1):.2f} -> {ka / max(na, 1):.2f}, "
-            f"{_clock(run['seconds'])}{' (reused)' if run['reused'] else ''}")  # fmt: skip
+    return (
+        f"train success {first:.2f} -> {last:.2f}, eval {kb / max(nb, 1):.2f} -> {ka / max(na, 1):.2f}, "
+        f"{_clock(run['seconds'])}{' (reused)' if run['reused'] else ''}"
+    )
 
 
-def _summarise(overrides: list[str], start: str, runs: list[dict[str, Any]], iterations: int) -> dict[str, Any]:
+def _summarise(
+    overrides: list[str], start: str, runs: list[dict[str, Any]], iterations: int
+) -> dict[str, Any]:
     curve = []
     for it in range(iterations):
         parts = [(k, n) for r in runs for (i, k, n) in r["iterations"] if i == it]
@@ -475,14 +614,24 @@ def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> 
     for name, rs in runs.items():
         rs = [r for r in rs if r["seed"] in base]
         gains = [_frac(r["after"]) - _frac(r["before"]) for r in rs]
-        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "gain": _iv(t_mean(gains)) if rs else None, "gain_per_seed": gains}
+        entry: dict[str, Any] = {
+            "seeds": [r["seed"] for r in rs],
+            "gain": _iv(t_mean(gains)) if rs else None,
+            "gain_per_seed": gains,
+        }
         if name != baseline and rs:
             diffs = [_frac(r["after"]) - _frac(base[r["seed"]]["after"]) for r in rs]
             iv = t_mean(diffs)
             se = [math.sqrt(_var(r["after"]) + _var(base[r["seed"]]["after"])) for r in rs]
             sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-            entry.update(diff=_iv(iv), diff_per_seed=diffs, sd=sd, eval_se=sum(se) / len(se),
-                         resolved=bool(iv.low > 0 or iv.high < 0), seeds_for_3pt=seeds_needed(sd))  # fmt: skip
+            entry.update(
+                diff=_iv(iv),
+                diff_per_seed=diffs,
+                sd=sd,
+                eval_se=sum(se) / len(se),
+                resolved=bool(iv.low > 0 or iv.high < 0),
+                seeds_for_3pt=seeds_needed(sd),
+            )
         out[name] = entry
     return out
 
@@ -505,7 +654,11 @@ def ranking(families: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     names = list(dict.fromkeys(n for f in families.values() for n in f["paired"]))
     for name in names:
-        parts = [f["paired"][name] for f in families.values() if name in f["paired"] and "diff" in f["paired"][name]]
+        parts = [
+            f["paired"][name]
+            for f in families.values()
+            if name in f["paired"] and "diff" in f["paired"][name]
+        ]
         if not parts:
             continue
         k = len(parts)
@@ -513,12 +666,25 @@ def ranking(families: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         var_terms = [(p["sd"] ** 2 / len(p["diff_per_seed"])) / k**2 for p in parts]
         if all(math.isfinite(v) for v in var_terms) and all(len(p["diff_per_seed"]) > 1 for p in parts):
             var = sum(var_terms)
-            df = var**2 / sum(v**2 / (len(p["diff_per_seed"]) - 1) for v, p in zip(var_terms, parts)) if var > 0 else 1.0
+            df = (
+                var**2 / sum(v**2 / (len(p["diff_per_seed"]) - 1) for v, p in zip(var_terms, parts))
+                if var > 0
+                else 1.0
+            )
             half = t95(max(1, int(df))) * math.sqrt(var)
             low, high = mean - half, mean + half
         else:
             low, high = -math.inf, math.inf
-        rows.append({"method": name, "mean": mean, "ci_low": low, "ci_high": high, "families": k, "resolved": bool(low > 0 or high < 0)})
+        rows.append(
+            {
+                "method": name,
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "families": k,
+                "resolved": bool(low > 0 or high < 0),
+            }
+        )
     return sorted(rows, key=lambda r: -r["mean"])
 
 
@@ -564,13 +730,21 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         f"are compared **paired**: per seed, a method's held-out success after RL minus {baseline}'s, then the mean over "
         "seeds with a 95% Student-t interval (it covers training randomness, not only evaluation noise). Resolved: the "
         "interval excludes 0. Brackets in the method tables: 95% Wilson intervals over episodes, pooled over seeds"
-        + (f"; overrides: {' '.join(result['overrides'])}" if result["overrides"] else "") + ".",
+        + (f"; overrides: {' '.join(result['overrides'])}" if result["overrides"] else "")
+        + ".",
     ]
     if result["ranking"]:
-        lines += ["", f"## Ranking (mean over families of the paired difference to {baseline}, points)", "",
-                  "| rank | method | difference to " + baseline + " | resolved |", "| --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            f"## Ranking (mean over families of the paired difference to {baseline}, points)",
+            "",
+            "| rank | method | difference to " + baseline + " | resolved |",
+            "| --- | --- | --- | --- |",
+        ]
         for i, r in enumerate(result["ranking"], start=1):
-            lines.append(f"| {i} | {r['method']} | {_pts(r['mean'], r['ci_low'], r['ci_high'])} | {'yes' if r['resolved'] else 'no'} |")
+            lines.append(
+                f"| {i} | {r['method']} | {_pts(r['mean'], r['ci_low'], r['ci_high'])} | {'yes' if r['resolved'] else 'no'} |"
+            )
     for fam, f in result["families"].items():
         iters = f["iterations"]
         lines += [
@@ -578,14 +752,21 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
             f"## {fam}",
             "",
             f"{iters} iterations of {f['episodes_per_iteration']} sampled episodes; held-out evaluation: {f['eval_episodes']} "
-            "episodes per seed, " + ("greedy" if f["eval_temperature"] == 0 else f"sampled at temperature {f['eval_temperature']:g}, seeded")
+            "episodes per seed, "
+            + (
+                "greedy"
+                if f["eval_temperature"] == 0
+                else f"sampled at temperature {f['eval_temperature']:g}, seeded"
+            )
             + f". Base config: {f['config']} ({f['base_config']}).",
             "",
         ]
         paired = f["paired"]
         if paired:
-            lines += [f"| method | after RL minus {baseline} (points) | per seed | resolved | seeds for ±3 points | gain after−before (points) |",
-                      "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            lines += [
+                f"| method | after RL minus {baseline} (points) | per seed | resolved | seeds for ±3 points | gain after−before (points) |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
             order = sorted(paired, key=lambda n: -(paired[n]["diff"]["mean"] if "diff" in paired[n] else 0.0))
             for name in order:
                 p = paired[name]
@@ -597,11 +778,16 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
                 d = p["diff"]
                 per = ", ".join(f"{100 * x:+.1f}" for x in p["diff_per_seed"])
                 need = "—" if p["seeds_for_3pt"] is None else str(p["seeds_for_3pt"])
-                lines.append(f"| {name} | {_pts(d['mean'], d['ci_low'], d['ci_high'])} | {per} | {'yes' if p['resolved'] else 'no'} | {need} | {gain} |")
+                lines.append(
+                    f"| {name} | {_pts(d['mean'], d['ci_low'], d['ci_high'])} | {per} | {'yes' if p['resolved'] else 'no'} | {need} | {gain} |"
+                )
             se = [p["eval_se"] for p in paired.values() if "eval_se" in p]
             if se:
-                lines += ["", f"Evaluation noise alone: a paired difference has a standard error of ~{100 * sum(se) / len(se):.1f} points per seed; "
-                          "the rest of the spread over seeds is training randomness."]  # fmt: skip
+                lines += [
+                    "",
+                    f"Evaluation noise alone: a paired difference has a standard error of ~{100 * sum(se) / len(se):.1f} points per seed; "
+                    "the rest of the spread over seeds is training randomness.",
+                ]
             lines.append("")
         lines += [
             f"| method | starts from | train success, iteration 0 | train success, iteration {iters - 1} | eval before | eval after | seconds |",
@@ -609,17 +795,31 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         ]
         for name, m in f["methods"].items():
             curve = m["iterations"]
-            lines.append(f"| {name} | {m['start']} | {_rate(curve[0] if curve else None)} | {_rate(curve[-1] if curve else None)} | "
-                         f"{_rate(m['eval_before'])} | {_rate(m['eval_after'])} | {m['seconds']:.0f} |")  # fmt: skip
-        extra = {n: [o for o in m["overrides"] if not o.startswith("algorithm.estimator=") and o != "algorithm.options={}"]
-                 for n, m in f["methods"].items()}  # fmt: skip
+            lines.append(
+                f"| {name} | {m['start']} | {_rate(curve[0] if curve else None)} | {_rate(curve[-1] if curve else None)} | "
+                f"{_rate(m['eval_before'])} | {_rate(m['eval_after'])} | {m['seconds']:.0f} |"
+            )
+        extra = {
+            n: [
+                o
+                for o in m["overrides"]
+                if not o.startswith("algorithm.estimator=") and o != "algorithm.options={}"
+            ]
+            for n, m in f["methods"].items()
+        }
         notes = [f"{n}: `{' '.join(o)}`" for n, o in extra.items() if o]
-        lines += ["", "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + "."]
+        lines += [
+            "",
+            "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + ".",
+        ]
     if result["warm_starts"]:
         warm = "; ".join(f"{k} {w['seconds']:.0f} s" for k, w in result["warm_starts"].items())
         lines += ["", f"Warm starts (tiny model + SFT + the shared evaluation before RL): {warm}."]
-    lines += ["", f"Compute: {result['compute_seconds'] / 60:.1f} min of training and evaluation in all, {result['jobs']} run(s) at a time "
-              f"(a rerun that reuses finished runs counts their original time); this invocation took {result['seconds'] / 60:.1f} min."]  # fmt: skip
+    lines += [
+        "",
+        f"Compute: {result['compute_seconds'] / 60:.1f} min of training and evaluation in all, {result['jobs']} run(s) at a time "
+        f"(a rerun that reuses finished runs counts their original time); this invocation took {result['seconds'] / 60:.1f} min.",
+    ]
     if plot:
         lines += ["", f"![paired differences and learning curves]({plot})"]
     return "\n".join(lines) + "\n"
@@ -650,7 +850,9 @@ def learning_plot(result: dict[str, Any], path: str | Path) -> bool:
                 continue
             xs = [p["iteration"] for p in pts]
             ax.plot(xs, [p["success_rate"] for p in pts], marker="o", ms=3, color=colours(k), label=name)
-            ax.fill_between(xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=colours(k), alpha=0.12)
+            ax.fill_between(
+                xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=colours(k), alpha=0.12
+            )
         ax.set_xlabel("iteration")
         ax.set_ylabel("train success (95% CI)")
         ax.set_title(f"{fam}: training rollouts")
@@ -669,9 +871,16 @@ def learning_plot(result: dict[str, Any], path: str | Path) -> bool:
             d = paired[name]["diff"] if "diff" in paired[name] else paired[name]["gain"]
             mean, low, high = 100 * d["mean"], 100 * d["ci_low"], 100 * d["ci_high"]
             err = [[mean - low], [high - mean]] if math.isfinite(low) else None
-            ax2.errorbar([k], [mean], yerr=err, fmt="o", color=colours(list(methods).index(name)), capsize=3, ms=5)
-            ax2.plot([k] * len(paired[name].get("diff_per_seed", [])), [100 * x for x in paired[name].get("diff_per_seed", [])],
-                     "x", color="#9aa5b1", ms=4)  # fmt: skip
+            ax2.errorbar(
+                [k], [mean], yerr=err, fmt="o", color=colours(list(methods).index(name)), capsize=3, ms=5
+            )
+            ax2.plot(
+                [k] * len(paired[name].get("diff_per_seed", [])),
+                [100 * x for x in paired[name].get("diff_per_seed", [])],
+                "x",
+                color="#9aa5b1",
+                ms=4,
+            )
         ax2.axhline(0, color="black", lw=0.8)
         ax2.set_xticks(list(range(len(names))))
         ax2.set_xticklabels(names, rotation=40, ha="right")

@@ -45,7 +45,9 @@ def naive_gigpo(
         if episode_stats == "trajectories":
             pool = [traj.outcome for traj in trajs]
         else:
-            pool = [traj.outcome - invalid_penalty * (not step.valid) for traj in trajs for step in traj.steps]
+            pool = [
+                traj.outcome - invalid_penalty * (not step.valid) for traj in trajs for step in traj.steps
+            ]
         ep_mean, ep_std = _mean_std(pool)
 
         step_return: dict[tuple[str, int], float] = {}

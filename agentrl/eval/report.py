@@ -113,7 +113,9 @@ def _apply_report_json(figs: EvalFigures, report: dict[str, Any]) -> None:
         figs.success = success
     per_type = report.get("per_type")
     if isinstance(per_type, dict) and per_type:
-        figs.per_type = {str(k): iv for k, v in per_type.items() if isinstance(v, dict) and (iv := _interval_from(v))}
+        figs.per_type = {
+            str(k): iv for k, v in per_type.items() if isinstance(v, dict) and (iv := _interval_from(v))
+        }
     steps = finite(report.get("mean_steps"))
     if steps is not None and not (figs.mean_steps and math.isclose(steps, figs.mean_steps.value)):
         figs.mean_steps = Interval(steps, math.nan, math.nan, figs.mean_steps.n if figs.mean_steps else 0)
@@ -198,7 +200,9 @@ def _png(fig: Any, canvas_cls: Any) -> bytes:
     return buf.getvalue()
 
 
-def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str, first_is_total: bool = False) -> bytes:
+def _rate_bars(
+    plotting: Any, labels: list[str], ivs: list[Interval], title: str, first_is_total: bool = False
+) -> bytes:
     """Success-rate bars with asymmetric 95% CI error bars; a leading total bar is drawn grey."""
     figure_cls, canvas_cls = plotting
     fig = figure_cls(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.6))
@@ -208,10 +212,14 @@ def _rate_bars(plotting: Any, labels: list[str], ivs: list[Interval], title: str
     colours = ["#9aa5b1" if first_is_total and k == 0 else "#4c78a8" for k in range(len(labels))]
     ax.bar(x, values, color=colours, yerr=[lows, highs], capsize=4, ecolor="#333")
     for xi, v, iv in zip(x, values, ivs):
-        ax.text(xi, min(1.02, v + highs[xi] + 0.02), f"{v:.2f}\nn={iv.n}", ha="center", va="bottom", fontsize=8)
+        ax.text(
+            xi, min(1.02, v + highs[xi] + 0.02), f"{v:.2f}\nn={iv.n}", ha="center", va="bottom", fontsize=8
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(
-        [_short(lbl) for lbl in labels], rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center"
+        [_short(lbl) for lbl in labels],
+        rotation=30 if len(labels) > 3 else 0,
+        ha="right" if len(labels) > 3 else "center",
     )
     ax.set_ylim(0, 1.18)
     ax.set_ylabel("success rate (95% CI)")
@@ -228,7 +236,9 @@ def _bar_geometry(ivs: list[Interval]) -> tuple[list[float], list[float], list[f
     return values, lows, highs
 
 
-def _paired_rate_bars(plotting: Any, labels: list[str], sides: dict[str, list[Interval | None]], title: str) -> bytes:
+def _paired_rate_bars(
+    plotting: Any, labels: list[str], sides: dict[str, list[Interval | None]], title: str
+) -> bytes:
     """A before bar and an after bar per label, each with its own 95% CI and n (no pooled bar)."""
     figure_cls, canvas_cls = plotting
     fig = figure_cls(figsize=(max(4.0, 1.4 * len(labels) + 2), 3.6))
@@ -243,7 +253,9 @@ def _paired_rate_bars(plotting: Any, labels: list[str], sides: dict[str, list[In
             ax.text(xi, min(1.02, v + h + 0.02), f"{v:.2f}\nn={iv.n}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(range(len(labels))))
     ax.set_xticklabels(
-        [_short(lbl) for lbl in labels], rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center"
+        [_short(lbl) for lbl in labels],
+        rotation=30 if len(labels) > 3 else 0,
+        ha="right" if len(labels) > 3 else "center",
     )
     ax.set_ylim(0, 1.25)
     ax.set_ylabel("success rate (95% CI)")
@@ -259,7 +271,9 @@ def _short(label: str, limit: int = 28) -> str:
     return label.replace("$", r"\$")
 
 
-def _curves(plotting: Any, xs: list[float], series: dict[str, list[float | None]], band: tuple[list, list] | None) -> bytes:
+def _curves(
+    plotting: Any, xs: list[float], series: dict[str, list[float | None]], band: tuple[list, list] | None
+) -> bytes:
     """One panel per metric against iteration; success_rate gets its CI band when metrics carry one."""
     figure_cls, canvas_cls = plotting
     from matplotlib.ticker import MaxNLocator
@@ -271,13 +285,24 @@ def _curves(plotting: Any, xs: list[float], series: dict[str, list[float | None]
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
         pts = [(x, y) for x, y in zip(xs, series[name]) if y is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 40 else None, ms=3, color="#4c78a8")
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o" if len(pts) < 40 else None,
+            ms=3,
+            color="#4c78a8",
+        )
         if name == "success_rate" and band is not None:
             lo, hi = band
             keep = [(x, a, b) for x, a, b in zip(xs, lo, hi) if a is not None and b is not None]
             if keep:
                 ax.fill_between(
-                    [p[0] for p in keep], [p[1] for p in keep], [p[2] for p in keep], alpha=0.25, color="#4c78a8", label="95% CI"
+                    [p[0] for p in keep],
+                    [p[1] for p in keep],
+                    [p[2] for p in keep],
+                    alpha=0.25,
+                    color="#4c78a8",
+                    label="95% CI",
                 )
                 ax.legend(fontsize=8)
         ax.set_title(name)
@@ -302,7 +327,14 @@ def _evaluation_section(figs: EvalFigures, plotting: Any) -> list[Block]:
     rows = [["success rate", _f(s.value), _ci(s) + " (Wilson)", f"{s.n} episodes"]]
     if figs.mean_steps is not None:
         m = figs.mean_steps
-        rows.append(["mean steps", _f(m.value, 2), _ci(m) + (" (bootstrap)" if not math.isnan(m.low) else ""), str(m.n or "—")])
+        rows.append(
+            [
+                "mean steps",
+                _f(m.value, 2),
+                _ci(m) + (" (bootstrap)" if not math.isnan(m.low) else ""),
+                str(m.n or "—"),
+            ]
+        )
     if figs.outcome is not None:
         o = figs.outcome
         rows.append(["mean outcome", _f(o.value), _ci(o) + " (bootstrap)", str(o.n)])
@@ -336,15 +368,26 @@ def _training_section(records: list[dict[str, Any]], rollout_files: int, plottin
         return []
     xs = [finite(r.get("iteration")) for r in records]
     x_vals = [float(k) if x is None else x for k, x in enumerate(xs)]
-    numeric = [k for r in records for k, v in r.items() if finite(v) is not None and k != "iteration" and k not in CI_KEYS]
+    numeric = [
+        k
+        for r in records
+        for k, v in r.items()
+        if finite(v) is not None and k != "iteration" and k not in CI_KEYS
+    ]
     names = [k for k in CURVE_KEYS if k in numeric] + sorted({k for k in numeric if k not in CURVE_KEYS})
     names = list(dict.fromkeys(names))
     out: list[Block] = [
         Heading(2, "Training"),
-        Para(f"{len(records)} iterations in metrics.jsonl (iteration {_f(x_vals[0], 0)} to {_f(x_vals[-1], 0)})."),
+        Para(
+            f"{len(records)} iterations in metrics.jsonl (iteration {_f(x_vals[0], 0)} to {_f(x_vals[-1], 0)})."
+        ),
     ]
     if rollout_files:
-        out.append(Para(f"Rollouts of {rollout_files} iterations are saved in trajectories/ (agentrl view shows them)."))
+        out.append(
+            Para(
+                f"Rollouts of {rollout_files} iterations are saved in trajectories/ (agentrl view shows them)."
+            )
+        )
     rows = []
     for name in names:
         vals = [finite(r.get(name)) for r in records]
@@ -420,7 +463,9 @@ def _before_after_section(
     keys = [
         k
         for k in dict.fromkeys(list(b_given) + list(a_given))
-        if k not in CI_KEYS and k != "success_rate" and (finite(b_given.get(k)) is not None or finite(a_given.get(k)) is not None)
+        if k not in CI_KEYS
+        and k != "success_rate"
+        and (finite(b_given.get(k)) is not None or finite(a_given.get(k)) is not None)
     ]
     rows = [["success rate", _rate_text(bi), _rate_text(ai), _change(bi and bi.value, ai and ai.value)]]
     for k in keys:
@@ -428,12 +473,19 @@ def _before_after_section(
         rows.append([k, _g(b), _g(a), _change(b, a)])
     if figs:
         side = [figs.get(k, EvalFigures()) for k in SIDES]
-        for name, pair, digits in (("mean steps", [f.mean_steps for f in side], 2), ("mean outcome", [f.outcome for f in side], 3)):
+        for name, pair, digits in (
+            ("mean steps", [f.mean_steps for f in side], 2),
+            ("mean outcome", [f.outcome for f in side], 3),
+        ):
             if any(pair):
-                rows.append([name, *(_with_ci(iv, digits) for iv in pair), _change(*(iv and iv.value for iv in pair))])
+                rows.append(
+                    [name, *(_with_ci(iv, digits) for iv in pair), _change(*(iv and iv.value for iv in pair))]
+                )
         invalid = [f.invalid_rate for f in side]
         if any(v is not None for v in invalid):
-            cells = [_f(f.invalid_rate) + (f" ({f.invalid_detail})" if f.invalid_detail else "") for f in side]
+            cells = [
+                _f(f.invalid_rate) + (f" ({f.invalid_detail})" if f.invalid_detail else "") for f in side
+            ]
             rows.append(["invalid-action rate", *cells, _change(*invalid)])
     out.append(Table(["measure", "before", "after", "change"], rows))
     extra = [f"{k} {_scalar_text(v)}" for k, v in summary.items() if k not in SIDES and _scalar_text(v)]
@@ -454,17 +506,27 @@ def _before_after_section(
         table_rows = []
         for t in types:
             b, a = per_type["before"].get(t), per_type["after"].get(t)
-            cells = [c for iv in (b, a) for c in ((str(iv.n), _f(iv.value), _ci(iv)) if iv else ("—", "—", "—"))]
+            cells = [
+                c for iv in (b, a) for c in ((str(iv.n), _f(iv.value), _ci(iv)) if iv else ("—", "—", "—"))
+            ]
             table_rows.append([t, *cells, _change(b and b.value, a and a.value)])
-        header = ["task type"] + [f"{k}: {c}" for k in SIDES for c in ("episodes", "success rate", "95% CI")] + ["change"]
+        header = (
+            ["task type"]
+            + [f"{k}: {c}" for k in SIDES for c in ("episodes", "success rate", "95% CI")]
+            + ["change"]
+        )
         out.append(Table(header, table_rows))
         if plotting is not None:
             out.append(
                 Image(
                     "per_type_before_after",
                     "success rate per task type before and after training, each with its 95% Wilson interval",
-                    _paired_rate_bars(plotting, types, {k: [per_type[k].get(t) for t in types] for k in SIDES},
-                                      "Success by task type, before / after"),  # fmt: skip
+                    _paired_rate_bars(
+                        plotting,
+                        types,
+                        {k: [per_type[k].get(t) for t in types] for k in SIDES},
+                        "Success by task type, before / after",
+                    ),
                 )
             )
     return out
@@ -474,7 +536,9 @@ def _headline(iv: Interval | None) -> str:
     """One side of the headline: rate, interval and episode count."""
     if iv is None:
         return "not evaluated yet"
-    return f"success rate {_with_ci(iv)}" + (f" over {iv.n} episodes" if iv.n else " (episode count not recorded)")
+    return f"success rate {_with_ci(iv)}" + (
+        f" over {iv.n} episodes" if iv.n else " (episode count not recorded)"
+    )
 
 
 def _verdict(before: Interval, after: Interval) -> str:
@@ -488,7 +552,9 @@ def _verdict(before: Interval, after: Interval) -> str:
 
 
 def _change(before: float | None, after: float | None) -> str:
-    return "—" if before is None or after is None else ("+" if after - before >= 0 else "") + _g(after - before)
+    return (
+        "—" if before is None or after is None else ("+" if after - before >= 0 else "") + _g(after - before)
+    )
 
 
 def _with_ci(iv: Interval | None, digits: int = 3) -> str:
@@ -538,7 +604,9 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
 
     figs = episode_figures(trajectories)
     if sources:
-        figs.sources = [f"{len(trajectories)} episodes in " + ", ".join(str(s.path.relative_to(root)) for s in sources)]
+        figs.sources = [
+            f"{len(trajectories)} episodes in " + ", ".join(str(s.path.relative_to(root)) for s in sources)
+        ]
     report, err = read_json_object(root / "report.json")
     if err:
         problems.append(err)
@@ -556,13 +624,17 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
     before_after = bool(side_sources) or summary is not None or eval_before is not None
 
     title = f"agentrl report — {root.resolve().name}"
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [Heading(1, title), Para(f"Run directory {root.resolve()}, written {now}.")]
     if plotting is None:
         blocks.append(
             Para(
                 "Plots were not drawn: "
-                + ("matplotlib is not installed (pip install matplotlib)." if plots else "plots were turned off.")
+                + (
+                    "matplotlib is not installed (pip install matplotlib)."
+                    if plots
+                    else "plots were turned off."
+                )
             )
         )
     if before_after:  # the headline of a training run
@@ -639,7 +711,9 @@ def render_html(title: str, blocks: list[Block]) -> str:
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(b, Image):
             data = base64.b64encode(b.png).decode("ascii")
-            parts.append(f"<figure><img id='plot-{e(b.name)}' alt='{e(b.alt)}' src='data:image/png;base64,{data}'></figure>")
+            parts.append(
+                f"<figure><img id='plot-{e(b.name)}' alt='{e(b.alt)}' src='data:image/png;base64,{data}'></figure>"
+            )
         elif isinstance(b, Code):
             parts.append(f"<pre>{e(b.text)}</pre>")
     return (

@@ -16,8 +16,33 @@ import numpy as np
 
 from agentrl.types import Step, StepBatch, Trajectory
 
-PLACES = ["cabinet", "countertop", "drawer", "fridge", "microwave", "shelf", "sinkbasin", "stoveburner", "table", "toaster"]
-OBJECTS = ["apple", "bowl", "bread", "cup", "egg", "knife", "lettuce", "mug", "pan", "plate", "potato", "spoon", "tomato"]
+PLACES = [
+    "cabinet",
+    "countertop",
+    "drawer",
+    "fridge",
+    "microwave",
+    "shelf",
+    "sinkbasin",
+    "stoveburner",
+    "table",
+    "toaster",
+]
+OBJECTS = [
+    "apple",
+    "bowl",
+    "bread",
+    "cup",
+    "egg",
+    "knife",
+    "lettuce",
+    "mug",
+    "pan",
+    "plate",
+    "potato",
+    "spoon",
+    "tomato",
+]
 VERBS = ["take", "put", "open", "close", "heat", "cool", "clean", "examine"]
 SUBGOALS = ["find the target", "pick it up", "go to the appliance", "use the appliance", "put it in place"]
 
@@ -42,7 +67,13 @@ def _task_graph(rng: np.random.Generator) -> tuple[list[str], list[str], list[li
         variant = f"You arrive at {place}. On the {place}, you see {things[0]}, {things[1]}, and {things[2]}."
         texts.append(text)
         variants.append(variant)
-        exits.append([f"{VERBS[rng.integers(len(VERBS))]} {OBJECTS[seen[e % 3]]} {e + 1}" for e in range(EXITS_PER_STATE - 1)] + ["go to the next place"])
+        exits.append(
+            [
+                f"{VERBS[rng.integers(len(VERBS))]} {OBJECTS[seen[e % 3]]} {e + 1}"
+                for e in range(EXITS_PER_STATE - 1)
+            ]
+            + ["go to the next place"]
+        )
     targets = rng.integers(STATES_PER_TASK, size=(STATES_PER_TASK, EXITS_PER_STATE))
     return texts, variants, exits, targets
 
@@ -56,7 +87,9 @@ def synthetic_trajectories(P: int, n: int = 8, max_steps: int = 50, seed: int = 
     for p in range(P):
         texts, variants, exits, targets = _task_graph(rng)
         success = rng.random(n) < SUCCESS_RATE
-        lengths = np.where(success, rng.integers(min(MIN_SUCCESS_STEPS, max_steps), max_steps + 1, size=n), max_steps)
+        lengths = np.where(
+            success, rng.integers(min(MIN_SUCCESS_STEPS, max_steps), max_steps + 1, size=n), max_steps
+        )
         for i in range(n):
             length = int(lengths[i])
             invalid = rng.random(length) < INVALID_RATE

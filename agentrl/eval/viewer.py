@@ -28,7 +28,15 @@ from agentrl.eval.rundir import TrajectorySource, check_run_dir, finite, read_so
 from agentrl.serving import ServerThread
 from agentrl.types import StepBatch, Trajectory
 
-__all__ = ["CreditColumns", "RunSnapshot", "RunView", "create_app", "credit_columns", "serve_viewer", "start_viewer"]
+__all__ = [
+    "CreditColumns",
+    "RunSnapshot",
+    "RunView",
+    "create_app",
+    "credit_columns",
+    "serve_viewer",
+    "start_viewer",
+]
 
 PAGE_SIZE = 200
 
@@ -56,7 +64,11 @@ class CreditColumns:
 
 def _critic_values(trajectories: list[Trajectory]) -> np.ndarray | None:
     """Per-row critic values from ``Step.info["value"]``, when every step of the batch has one."""
-    values = [finite(s.info.get("value")) if isinstance(s.info, dict) else None for t in trajectories for s in t.steps]
+    values = [
+        finite(s.info.get("value")) if isinstance(s.info, dict) else None
+        for t in trajectories
+        for s in t.steps
+    ]
     if not values or any(v is None for v in values):
         return None
     return np.array(values, dtype=np.float64)
@@ -78,7 +90,9 @@ def credit_columns(trajectories: list[Trajectory], methods: list[str] | None = N
         cfg: dict[str, Any] = {}
         if "values" in info.inputs:
             if values is None and all(getattr(batch, f) is not None for f in info.fields):
-                out.skipped[name] = "critic method: not every step of this file has a critic value (Step.info['value'])"
+                out.skipped[name] = (
+                    "critic method: not every step of this file has a critic value (Step.info['value'])"
+                )
                 continue
             cfg["values"] = values
         other = [i for i in info.inputs if i != "values"]
@@ -213,7 +227,9 @@ def adv_colour(value: float, scale: float) -> str:
 
 def _bad_lines_html(view: RunSnapshot) -> str:
     items = [
-        f"<li>{_e(view.rel(src.path))} line {n}: {_e(why)}</li>" if n else f"<li>{_e(view.rel(src.path))}: {_e(why)}</li>"
+        f"<li>{_e(view.rel(src.path))} line {n}: {_e(why)}</li>"
+        if n
+        else f"<li>{_e(view.rel(src.path))}: {_e(why)}</li>"
         for src in view.sources
         for n, why in src.bad_lines
     ]
@@ -253,9 +269,7 @@ def render_index(view: RunSnapshot, task: str = "", success: str = "", page: int
         "<button type='submit' id='filter'>Filter</button> <a href='/'>clear</a></form>"
     )
     if not view.sources:
-        listing = (
-            f"<p id='empty'>No trajectory files in {_e(view.run_dir)} (looked for trajectories*.jsonl and eval/*.jsonl).</p>"
-        )
+        listing = f"<p id='empty'>No trajectory files in {_e(view.run_dir)} (looked for trajectories*.jsonl and eval/*.jsonl).</p>"
     else:
         rows = "".join(
             f"<tr class='episode'><td class='num'><a href='/episode/{ep.id}'>{ep.id}</a></td>"
@@ -291,7 +305,10 @@ def _prompt_html(prompt: str | list[dict[str, Any]] | None) -> str:
     if isinstance(prompt, str):
         text = prompt
     else:
-        text = "\n\n".join(f"[{m.get('role', '?')}]\n{m.get('content', '')}" if isinstance(m, dict) else str(m) for m in prompt)
+        text = "\n\n".join(
+            f"[{m.get('role', '?')}]\n{m.get('content', '')}" if isinstance(m, dict) else str(m)
+            for m in prompt
+        )
     return f"<details class='prompt'><summary>prompt</summary><pre>{_e(text)}</pre></details>"
 
 
@@ -415,14 +432,18 @@ def create_app(run_dir: str | Path) -> Any:
     return app
 
 
-def start_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Callable[[], None]]:
+def start_viewer(
+    run_dir: str | Path, host: str = "127.0.0.1", port: int = 0
+) -> tuple[str, Callable[[], None]]:
     """Serve ``run_dir`` in a background thread; returns (url, stop). For tests and notebooks."""
     server = ServerThread(create_app(run_dir), host, port)
     server.start()
     return server.url + "/", server.stop
 
 
-def serve_viewer(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, open_browser: bool = False) -> None:
+def serve_viewer(
+    run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, open_browser: bool = False
+) -> None:
     """Serve ``run_dir`` until interrupted (Ctrl-C); prints the URL (port 0 picks a free port)."""
     server = ServerThread(create_app(run_dir), host, port)
     server.listen()  # before the URL is printed: a client that connects at once waits instead of being refused

@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agentrl.policies.base import POLICIES, Generation, Messages, Policy, SamplingParams, make_policy, register_policy
+from agentrl.policies.base import (
+    POLICIES,
+    Generation,
+    Messages,
+    Policy,
+    SamplingParams,
+    make_policy,
+    register_policy,
+)
 
 __all__ = ["POLICIES", "Generation", "Messages", "Policy", "SamplingParams", "make_policy", "register_policy"]
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from agentrl.registry import Registry
 
-__all__ = ["Messages", "SamplingParams", "Generation", "Policy", "POLICIES", "register_policy", "make_policy"]
+__all__ = ["POLICIES", "Generation", "Messages", "Policy", "SamplingParams", "make_policy", "register_policy"]
 
 Messages = list[dict[str, Any]]
 
@@ -35,7 +35,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and self.temperature >= 0
+        ):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
@@ -89,7 +93,9 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     return POLICIES.get(name)(**kwargs)
 
 
-def check_prompts(prompt_ids: Sequence[Sequence[int]], params: SamplingParams, limit: int | None, limit_name: str) -> None:
+def check_prompts(
+    prompt_ids: Sequence[Sequence[int]], params: SamplingParams, limit: int | None, limit_name: str
+) -> None:
     """Refuse a call before sampling: params of the wrong type, an empty prompt, or one that with
     ``max_new_tokens`` would not fit in ``limit`` positions (``limit_name`` says whose limit)."""
     if not isinstance(params, SamplingParams):

@@ -26,7 +26,7 @@ from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
 
-__all__ = ["LoraSettings", "HFPolicy", "pick_device"]
+__all__ = ["HFPolicy", "LoraSettings", "pick_device"]
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -48,7 +48,9 @@ class LoraSettings:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.target_modules, str) or not self.target_modules:
-            raise ValueError(f"LoRA target_modules must be a non-empty list of module names, got {self.target_modules!r}")
+            raise ValueError(
+                f"LoRA target_modules must be a non-empty list of module names, got {self.target_modules!r}"
+            )
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
     @classmethod
@@ -58,16 +60,22 @@ class LoraSettings:
             return value
         unknown = set(value) - {"r", "alpha", "dropout", "target_modules"}
         if unknown:
-            raise ValueError(f"unknown LoRA setting(s) {sorted(unknown)}; known: r, alpha, dropout, target_modules")
+            raise ValueError(
+                f"unknown LoRA setting(s) {sorted(unknown)}; known: r, alpha, dropout, target_modules"
+            )
         return cls(**value)
 
     def to_peft(self) -> Any:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=list(self.target_modules), task_type="CAUSAL_LM", bias="none",
-        )  # fmt: skip
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
+            bias="none",
+        )
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -88,10 +96,14 @@ class _StopOnText:
         self.tokenizer, self.stop, self.prompt_width = tokenizer, tuple(stop), prompt_width
         self.tail = 4 * max(len(s) for s in stop) + 4  # a character is at most 4 byte-level tokens
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(
+            [any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _ChosenLogprobs:
@@ -132,10 +144,20 @@ class HFPolicy:
     where the hub is reachable). ``model`` is the peft model when LoRA is on.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, chat_template: str | None = None,
-                 max_batch_size: int = 64, logprob_chunk_size: int = 512, merge_for_sampling: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        chat_template: str | None = None,
+        max_batch_size: int = 64,
+        logprob_chunk_size: int = 512,
+        merge_for_sampling: bool = True,
+    ) -> None:
         if max_batch_size < 1 or logprob_chunk_size < 1:
-            raise ValueError(f"max_batch_size and logprob_chunk_size must be >= 1, got {max_batch_size} and {logprob_chunk_size}")
+            raise ValueError(
+                f"max_batch_size and logprob_chunk_size must be >= 1, got {max_batch_size} and {logprob_chunk_size}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -149,7 +171,9 @@ class HFPolicy:
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
         if not eos_ids:
-            raise ValueError("neither the tokenizer nor the model's generation config names an end-of-sequence token")
+            raise ValueError(
+                "neither the tokenizer nor the model's generation config names an end-of-sequence token"
+            )
         self.eos_token_ids = sorted(eos_ids)
         pad = tokenizer.pad_token_id
         if pad is None:
@@ -179,7 +203,11 @@ class HFPolicy:
 
         if lora is not None and adapter is not None:
             raise ValueError("pass either lora= (a new adapter) or adapter= (a saved one), not both")
-        if isinstance(path, (str, os.PathLike)) and Path(path).exists() and not (Path(path) / "config.json").exists():
+        if (
+            isinstance(path, (str, os.PathLike))
+            and Path(path).exists()
+            and not (Path(path) / "config.json").exists()
+        ):
             raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
         dev = pick_device(device)
         if dtype is None:
@@ -199,8 +227,14 @@ class HFPolicy:
 
             model = PeftModel.from_pretrained(model, os.fspath(adapter), is_trainable=True).to(dev)
         model.eval()
-        return cls(model, tokenizer, chat_template=chat_template, max_batch_size=max_batch_size,
-                   logprob_chunk_size=logprob_chunk_size, merge_for_sampling=merge_for_sampling)  # fmt: skip
+        return cls(
+            model,
+            tokenizer,
+            chat_template=chat_template,
+            max_batch_size=max_batch_size,
+            logprob_chunk_size=logprob_chunk_size,
+            merge_for_sampling=merge_for_sampling,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -213,7 +247,9 @@ class HFPolicy:
     # ------------------------------------------------------------------ prompts
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Chat template with the generation prompt, tokenised without extra special tokens."""
-        text = render_chat(self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template)
+        text = render_chat(
+            self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template
+        )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +268,9 @@ class HFPolicy:
         """Sample one response per chat prompt (see ``generate_from_ids``)."""
         return self.generate_from_ids([self.prompt_ids(m) for m in prompts], params)
 
-    def generate_from_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def generate_from_ids(
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[Generation]:
         """Sample one response per prompt given as token ids, ``max_batch_size`` prompts at a time.
 
         With ``params.seed`` the call is reproducible and leaves the global RNG untouched.
@@ -251,14 +289,22 @@ class HFPolicy:
     def _generation_config(self, params: SamplingParams) -> Any:
         from transformers import GenerationConfig
 
-        common = dict(max_new_tokens=params.max_new_tokens, eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
-                      bos_token_id=None)  # fmt: skip
+        common = {
+            "max_new_tokens": params.max_new_tokens,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": None,
+        }
         if params.temperature == 0:
             return GenerationConfig(do_sample=False, **common)
-        return GenerationConfig(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, **common)
+        return GenerationConfig(
+            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, **common
+        )
 
     @torch.no_grad()
-    def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def _generate_batch(
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[Generation]:
         ids, mask = self.left_pad(prompt_ids)
         width = ids.shape[1]
         was_training = self.model.training
@@ -267,9 +313,12 @@ class HFPolicy:
             stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
             chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
             seqs = self._sampling_model().generate(
-                input_ids=ids, attention_mask=mask, generation_config=self._generation_config(params),
-                stopping_criteria=stopping, logits_processor=[chosen],
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=self._generation_config(params),
+                stopping_criteria=stopping,
+                logits_processor=[chosen],
+            )
             step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
             lps = [row[: len(r)] for row, (r, _) in zip(step_logprobs, responses)]
@@ -277,9 +326,12 @@ class HFPolicy:
             self.model.train(was_training)
         return [
             Generation(
-                prompt_ids=list(p), response_ids=r, logprobs=lp,
-                text=self.tokenizer.decode(r, skip_special_tokens=True), finish_reason=reason,
-            )  # fmt: skip
+                prompt_ids=list(p),
+                response_ids=r,
+                logprobs=lp,
+                text=self.tokenizer.decode(r, skip_special_tokens=True),
+                finish_reason=reason,
+            )
             for p, (r, reason), lp in zip(prompt_ids, responses, lps)
         ]
 
@@ -298,7 +350,9 @@ class HFPolicy:
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(generated) if t in eos), None)
         upto = generated if end is None else generated[: end - 1]
-        if params.stop and any(s in self.tokenizer.decode(upto, skip_special_tokens=True) for s in params.stop):
+        if params.stop and any(
+            s in self.tokenizer.decode(upto, skip_special_tokens=True) for s in params.stop
+        ):
             for i in range(len(upto)):
                 text = self.tokenizer.decode(upto[: i + 1], skip_special_tokens=True)
                 if any(s in text for s in params.stop):
@@ -308,15 +362,28 @@ class HFPolicy:
         return generated, "length"
 
     # ------------------------------------------------------------------ scoring
-    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, *,
-                 temperature: float = 1.0, with_entropy: bool = False, return_hidden: bool = False,
-                 chunk_size: int | None = None) -> TokenLogprobs:  # fmt: skip
+    def logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        return_hidden: bool = False,
+        chunk_size: int | None = None,
+    ) -> TokenLogprobs:
         """Chunked per-token log-probs under the current weights (adapter on), differentiable."""
         return token_logprobs(
-            self.model, input_ids.to(self.device), attention_mask.to(self.device), response_mask.to(self.device),
-            chunk_size=chunk_size or self.logprob_chunk_size, temperature=temperature, with_entropy=with_entropy,
+            self.model,
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            response_mask.to(self.device),
+            chunk_size=chunk_size or self.logprob_chunk_size,
+            temperature=temperature,
+            with_entropy=with_entropy,
             return_hidden=return_hidden,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ adapter
     def _require_adapter(self, what: str) -> None:
@@ -356,7 +423,9 @@ class HFPolicy:
             if key == "target_modules":
                 want, have = set(want or ()), set(have or ())
             if want != have:
-                raise ValueError(f"adapter in {directory} has {key}={want!r}, this policy's adapter has {have!r}")
+                raise ValueError(
+                    f"adapter in {directory} has {key}={want!r}, this policy's adapter has {have!r}"
+                )
         weights = load_peft_weights(os.fspath(directory), device=str(self.device))
         result = set_peft_model_state_dict(self.model, weights)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
@@ -367,13 +436,22 @@ class HFPolicy:
         """The settings of the current adapter (for checkpoints and logs)."""
         self._require_adapter("lora_settings()")
         cfg = self.model.peft_config["default"]
-        return LoraSettings(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=tuple(sorted(cfg.target_modules)))
+        return LoraSettings(
+            r=cfg.r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=tuple(sorted(cfg.target_modules)),
+        )
 
     def describe(self) -> dict[str, Any]:
         """Model size and adapter settings, JSON-serialisable."""
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
-        info: dict[str, Any] = {"parameters": total, "trainable_parameters": trainable, "device": str(self.device)}
+        info: dict[str, Any] = {
+            "parameters": total,
+            "trainable_parameters": trainable,
+            "device": str(self.device),
+        }
         if self.has_adapter:
             info["lora"] = asdict(self.lora_settings())
         return info

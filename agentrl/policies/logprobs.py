@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["TokenLogprobs", "PackedBatch", "pack_samples", "split_causal_lm", "position_ids_from_mask", "token_logprobs"]
+__all__ = [
+    "PackedBatch",
+    "TokenLogprobs",
+    "pack_samples",
+    "position_ids_from_mask",
+    "split_causal_lm",
+    "token_logprobs",
+]
 
 
 @dataclass
@@ -47,15 +54,23 @@ class PackedBatch:
         return [values_BT[b][self.response_mask[b]] for b in range(values_BT.shape[0])]
 
 
-def pack_samples(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_token_id: int,
-                 device: torch.device | str | None = None) -> PackedBatch:  # fmt: skip
+def pack_samples(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pad_token_id: int,
+    device: torch.device | str | None = None,
+) -> PackedBatch:
     """Left-pad (prompt + response) samples into tensors the scorer takes."""
     if len(prompt_ids) != len(response_ids) or not prompt_ids:
-        raise ValueError(f"need the same non-zero number of prompts and responses, got {len(prompt_ids)} and {len(response_ids)}")
+        raise ValueError(
+            f"need the same non-zero number of prompts and responses, got {len(prompt_ids)} and {len(response_ids)}"
+        )
     lengths = [(len(p), len(r)) for p, r in zip(prompt_ids, response_ids)]
-    for i, (n_p, n_r) in enumerate(lengths):
+    for i, (n_p, _n_r) in enumerate(lengths):
         if n_p == 0:
-            raise ValueError(f"sample {i} has an empty prompt: its first response token would have no context")
+            raise ValueError(
+                f"sample {i} has an empty prompt: its first response token would have no context"
+            )
     width = max(n_p + n_r for n_p, n_r in lengths)
     ids = torch.full((len(lengths), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(lengths), width), dtype=torch.long)
@@ -86,8 +101,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _chunk_stats(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                 softcap: float | None, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _chunk_stats(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    softcap: float | None,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
@@ -118,7 +139,11 @@ def token_logprobs(
     scored. Equal to ``log_softmax(model(...).logits / temperature)`` gathered at the next
     tokens, computed ``chunk_size`` scored tokens at a time.
     """
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or response_mask.shape != input_ids.shape:
+    if (
+        input_ids.dim() != 2
+        or attention_mask.shape != input_ids.shape
+        or response_mask.shape != input_ids.shape
+    ):
         raise ValueError(
             f"input_ids, attention_mask and response_mask must share one [B, T] shape, got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(response_mask.shape)}"
@@ -134,7 +159,10 @@ def token_logprobs(
         raise ValueError("response_mask marks padding (positions where attention_mask is 0)")
     body, head, config = split_causal_lm(model)
     hidden = body(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
     ).last_hidden_state
     scored = response_mask[:, 1:]
     hidden_M = hidden[:, :-1][scored]
@@ -142,7 +170,14 @@ def token_logprobs(
     softcap = getattr(config, "final_logit_softcapping", None)
     logps, ents = [], []
     for s in range(0, hidden_M.shape[0], chunk_size):
-        args = (head, hidden_M[s : s + chunk_size], targets_M[s : s + chunk_size], temperature, softcap, with_entropy)
+        args = (
+            head,
+            hidden_M[s : s + chunk_size],
+            targets_M[s : s + chunk_size],
+            temperature,
+            softcap,
+            with_entropy,
+        )
         if torch.is_grad_enabled() and hidden_M.requires_grad:
             lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:

@@ -25,7 +25,9 @@ class MergedCopy:
         from peft.tuners.lora import LoraLayer
 
         self.peft_model = peft_model
-        self.layers = {name: module for name, module in peft_model.named_modules() if isinstance(module, LoraLayer)}
+        self.layers = {
+            name: module for name, module in peft_model.named_modules() if isinstance(module, LoraLayer)
+        }
         if not self.layers:
             raise ValueError("the model has no LoRA layers to merge")
         prefix = "base_model.model."
@@ -37,9 +39,14 @@ class MergedCopy:
 
     def _state(self) -> tuple[Any, ...]:
         """What the merged weights depend on: adapter weight versions, active adapters, on/off."""
-        return tuple((tuple(layer.active_adapters), bool(layer.disable_adapters),
-                      *(p._version for n, p in layer.named_parameters() if "lora_" in n))
-                     for layer in self.layers.values())  # fmt: skip
+        return tuple(
+            (
+                tuple(layer.active_adapters),
+                bool(layer.disable_adapters),
+                *(p._version for n, p in layer.named_parameters() if "lora_" in n),
+            )
+            for layer in self.layers.values()
+        )
 
     @torch.no_grad()
     def current(self) -> Any:

@@ -64,9 +64,20 @@ class OpenAIPolicy:
     is sent with seed ``seed + i``, so identical prompts (a group's first turn) still differ.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 8, retries: int = 3,
-                 timeout: float = 600.0, backoff_s: float = 0.5, tokenizer: str | os.PathLike[str] | Any | None = None,
-                 chat_template: str | None = None, require_token_ids: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        concurrency: int = 8,
+        retries: int = 3,
+        timeout: float = 600.0,
+        backoff_s: float = 0.5,
+        tokenizer: str | os.PathLike[str] | Any | None = None,
+        chat_template: str | None = None,
+        require_token_ids: bool = True,
+    ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not model:
@@ -79,11 +90,18 @@ class OpenAIPolicy:
         self.root = root.removesuffix("/v1")
         self.model = model
         self.api_key = api_key
-        self.concurrency, self.retries, self.timeout, self.backoff_s = concurrency, retries, timeout, backoff_s
+        self.concurrency, self.retries, self.timeout, self.backoff_s = (
+            concurrency,
+            retries,
+            timeout,
+            backoff_s,
+        )
         self.chat_template = chat_template
         self.require_token_ids = require_token_ids
         self.loaded_adapters: set[str] = set()
-        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # the backoff wait; tests swap it to see the delays
+        self.sleep: Callable[[float], Awaitable[Any]] = (
+            asyncio.sleep
+        )  # the backoff wait; tests swap it to see the delays
         self._tokenizer: Any = tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
@@ -116,11 +134,15 @@ class OpenAIPolicy:
                     return response
                 message = _error_message(response)
                 if response.status_code != 429 and response.status_code < 500:
-                    raise OpenAIServerError(f"{self.root}{path} answered {response.status_code}: {message}", response.status_code)
+                    raise OpenAIServerError(
+                        f"{self.root}{path} answered {response.status_code}: {message}", response.status_code
+                    )
                 last = f"HTTP {response.status_code}: {message}"
             if attempt < self.retries:
                 await self.sleep(self.backoff_s * 2**attempt)
-        raise OpenAIServerError(f"{self.root}{path} failed after {self.retries + 1} attempt(s); last error: {last}")
+        raise OpenAIServerError(
+            f"{self.root}{path} failed after {self.retries + 1} attempt(s); last error: {last}"
+        )
 
     def _run(self, coro: Any) -> Any:
         """Run a coroutine from sync code, also when the caller is inside an event loop."""
@@ -145,15 +167,21 @@ class OpenAIPolicy:
 
             async def one(i: int, messages: Messages) -> Generation:
                 async with gate:
-                    response = await self._post(client, "/v1/chat/completions", self._payload(messages, params, i))
+                    response = await self._post(
+                        client, "/v1/chat/completions", self._payload(messages, params, i)
+                    )
                 try:
                     body = response.json()
                 except ValueError:
                     text = response.text[:300]
-                    raise OpenAIServerError(f"prompt {i}: {self.root} answered with a body that is not JSON: {text!r}") from None
+                    raise OpenAIServerError(
+                        f"prompt {i}: {self.root} answered with a body that is not JSON: {text!r}"
+                    ) from None
                 return self._generation(body, i)
 
-            results = await asyncio.gather(*(one(i, m) for i, m in enumerate(prompts)), return_exceptions=True)
+            results = await asyncio.gather(
+                *(one(i, m) for i, m in enumerate(prompts)), return_exceptions=True
+            )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -161,9 +189,14 @@ class OpenAIPolicy:
 
     def _payload(self, messages: Messages, params: SamplingParams, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.model, "messages": list(messages), "temperature": params.temperature, "top_p": params.top_p,
-            "max_tokens": params.max_new_tokens, "n": 1, "logprobs": True,
-        }  # fmt: skip
+            "model": self.model,
+            "messages": list(messages),
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+            "n": 1,
+            "logprobs": True,
+        }
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
@@ -179,27 +212,45 @@ class OpenAIPolicy:
             text = choice["message"]["content"] or ""
             finish = choice.get("finish_reason")
         except (KeyError, IndexError, TypeError):
-            raise OpenAIServerError(f"prompt {index}: {self.root} answered without choices[0].message.content: {str(body)[:300]}") from None
+            raise OpenAIServerError(
+                f"prompt {index}: {self.root} answered without choices[0].message.content: {str(body)[:300]}"
+            ) from None
         content = (choice.get("logprobs") or {}).get("content") or []
         logprobs = [float(t["logprob"]) for t in content]
         prompt_ids, response_ids = body.get("prompt_token_ids"), choice.get("token_ids")
         reason: Literal["stop", "length"] = "length" if finish == "length" else "stop"
         if prompt_ids is None or response_ids is None:
             if self.require_token_ids:
-                missing = [n for n, v in (("prompt_token_ids", prompt_ids), ("choices[0].token_ids", response_ids)) if v is None]
+                missing = [
+                    n
+                    for n, v in (("prompt_token_ids", prompt_ids), ("choices[0].token_ids", response_ids))
+                    if v is None
+                ]
                 raise MissingTokenIdsError(
                     f"{self.root} returned no {' and no '.join(missing)}: training needs the token ids of every prompt and "
                     "response. Use a server that honours return_token_ids (vLLM >= 0.10.2, agentrl serve), or pass "
                     "require_token_ids=False for sampling only"
                 )
-            return Generation(prompt_ids=[], response_ids=[], logprobs=logprobs, text=text, finish_reason=reason,
-                              info={"sampling_only": True, "finish_reason": finish})  # fmt: skip
+            return Generation(
+                prompt_ids=[],
+                response_ids=[],
+                logprobs=logprobs,
+                text=text,
+                finish_reason=reason,
+                info={"sampling_only": True, "finish_reason": finish},
+            )
         if len(logprobs) != len(response_ids):
             raise OpenAIServerError(
                 f"prompt {index}: {len(response_ids)} response token ids but {len(logprobs)} log-probs from {self.root}"
             )
-        return Generation(prompt_ids=list(prompt_ids), response_ids=list(response_ids), logprobs=logprobs, text=text,
-                          finish_reason=reason, info={"model": self.model})  # fmt: skip
+        return Generation(
+            prompt_ids=list(prompt_ids),
+            response_ids=list(response_ids),
+            logprobs=logprobs,
+            text=text,
+            finish_reason=reason,
+            info={"model": self.model},
+        )
 
     # ------------------------------------------------------------------ prompts
     def prompt_ids(self, messages: Messages) -> list[int]:
@@ -207,7 +258,9 @@ class OpenAIPolicy:
         if self._tokenizer is not None:
             from agentrl.agents.prompts import render_chat
 
-            text = render_chat(self._tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template)
+            text = render_chat(
+                self._tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template
+            )
             return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
         async def ask() -> list[int]:
@@ -224,7 +277,9 @@ class OpenAIPolicy:
         one of that name) and sample with ``model=name`` from now on."""
         directory = Path(adapter_dir).resolve()
         if not (directory / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_dir} holds no adapter (no adapter_config.json); save it with save_adapter first")
+            raise FileNotFoundError(
+                f"{adapter_dir} holds no adapter (no adapter_config.json); save it with save_adapter first"
+            )
         if not name:
             raise ValueError("name must be a non-empty adapter name")
         self._run(self._sync_adapter(os.fspath(directory), name))
@@ -276,8 +331,12 @@ class OpenAIPolicy:
         try:
             response = httpx.get(f"{self.root}/v1/models", headers=self._headers(), timeout=self.timeout)
         except httpx.TransportError as e:
-            raise OpenAIServerError(f"{self.root}/v1/models could not be reached: {type(e).__name__}: {e}") from None
+            raise OpenAIServerError(
+                f"{self.root}/v1/models could not be reached: {type(e).__name__}: {e}"
+            ) from None
         if response.status_code >= 400:
             message = _error_message(response)
-            raise OpenAIServerError(f"{self.root}/v1/models answered {response.status_code}: {message}", response.status_code)
+            raise OpenAIServerError(
+                f"{self.root}/v1/models answered {response.status_code}: {message}", response.status_code
+            )
         return [m["id"] for m in response.json()["data"]]

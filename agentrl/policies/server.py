@@ -48,8 +48,15 @@ log = logging.getLogger(__name__)
 class APIError(Exception):
     """A request the server refuses, answered as OpenAI error JSON with ``status``."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -75,8 +82,11 @@ class ChatMessage(_Request):
         if isinstance(content, list):
             for i, part in enumerate(content):
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise APIError(400, f"content part {i} is not a text part ({{'type': 'text', 'text': ...}}); only text is supported",
-                                   param="messages")  # fmt: skip
+                    raise APIError(
+                        400,
+                        f"content part {i} is not a text part ({{'type': 'text', 'text': ...}}); only text is supported",
+                        param="messages",
+                    )
             content = "".join(part["text"] for part in content)
         return {**(self.model_extra or {}), "role": self.role, "content": content}
 
@@ -123,7 +133,9 @@ class UnloadAdapterRequest(_Request):
 def _validation_error(e: ValidationError) -> APIError:
     first = e.errors()[0]
     param = ".".join(str(p) for p in first.get("loc", ())) or None
-    message = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:5])
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:5]
+    )
     return APIError(400, message, param=param)
 
 
@@ -137,7 +149,9 @@ class Engine:
 
     def __init__(self, policy: Any, served_model_name: str, model_path: str = "") -> None:
         if policy.has_adapter:
-            raise ValueError("serve a base model and load adapters by name (adapter=/load_lora_adapter), not a policy with a LoRA built in")
+            raise ValueError(
+                "serve a base model and load adapters by name (adapter=/load_lora_adapter), not a policy with a LoRA built in"
+            )
         self.policy = policy
         self.name = served_model_name
         self.model_path = model_path
@@ -151,7 +165,12 @@ class Engine:
         if name in self.adapters:
             return name
         known = ", ".join([self.name, *self.adapters])
-        raise APIError(404, f"The model `{name}` does not exist. Served models: {known}", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model `{name}` does not exist. Served models: {known}",
+            param="model",
+            code="model_not_found",
+        )
 
     def _activate(self, adapter: str | None) -> None:
         model = self.policy.model
@@ -167,17 +186,30 @@ class Engine:
         from agentrl.agents.prompts import render_chat
 
         pol = self.policy
-        text = render_chat(pol.tokenizer, messages, add_generation_prompt=add_generation_prompt, chat_template=pol.chat_template)
+        text = render_chat(
+            pol.tokenizer,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=pol.chat_template,
+        )
         return list(pol.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, adapter: str | None, prompt_ids: list[list[int]], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, adapter: str | None, prompt_ids: list[list[int]], params: SamplingParams
+    ) -> list[Generation]:
         if adapter is not None and adapter not in self.adapters:  # unloaded while the request waited
-            raise APIError(404, f"The model `{adapter}` does not exist any more (its adapter was unloaded)", param="model",
-                           code="model_not_found")  # fmt: skip
+            raise APIError(
+                404,
+                f"The model `{adapter}` does not exist any more (its adapter was unloaded)",
+                param="model",
+                code="model_not_found",
+            )
         self._activate(adapter)
         return self.policy.generate_from_ids(prompt_ids, params)
 
-    def top_logprobs(self, adapter: str | None, gens: list[Generation], k: int, temperature: float) -> list[list[list[tuple[int, float]]]]:
+    def top_logprobs(
+        self, adapter: str | None, gens: list[Generation], k: int, temperature: float
+    ) -> list[list[list[tuple[int, float]]]]:
         """Per choice, per response token: the ``k`` most likely (id, log-prob) at that position."""
         import torch
 
@@ -193,8 +225,12 @@ class Engine:
                     continue
                 batch = pack_samples([g.prompt_ids], [g.response_ids], pol.pad_token_id, pol.device)
                 body, head, _ = split_causal_lm(pol.model)
-                hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=position_ids_from_mask(batch.attention_mask), use_cache=False).last_hidden_state  # fmt: skip
+                hidden = body(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=position_ids_from_mask(batch.attention_mask),
+                    use_cache=False,
+                ).last_hidden_state
                 hidden_R = hidden[0, len(g.prompt_ids) - 1 : -1]
                 rows: list[list[tuple[int, float]]] = []
                 for s in range(0, hidden_R.shape[0], pol.logprob_chunk_size):
@@ -206,32 +242,56 @@ class Engine:
 
     def load_adapter(self, name: str, path: str) -> None:
         if name == self.name:
-            raise APIError(400, f"lora_name {name!r} is the base model's name; choose another", param="lora_name")
+            raise APIError(
+                400, f"lora_name {name!r} is the base model's name; choose another", param="lora_name"
+            )
         if name in self.adapters:
-            raise APIError(400, f"The lora adapter '{name}' has already been loaded. Unload it first.", param="lora_name")
+            raise APIError(
+                400, f"The lora adapter '{name}' has already been loaded. Unload it first.", param="lora_name"
+            )
         directory = Path(path)
         if not (directory / "adapter_config.json").is_file():
-            raise APIError(400, f"lora_path {path!r} holds no adapter (no adapter_config.json)", param="lora_path")
+            raise APIError(
+                400, f"lora_path {path!r} holds no adapter (no adapter_config.json)", param="lora_path"
+            )
         try:
             self.policy.model.load_adapter(os.fspath(directory), adapter_name=name)
         except Exception as e:  # a broken or mismatched adapter is the caller's problem, not the server's
             if name in getattr(self.policy.model, "peft_config", {}):
                 self.policy.model.delete_adapter(name)
-            raise APIError(400, f"could not load the adapter in {path!r}: {type(e).__name__}: {e}", param="lora_path") from None
+            raise APIError(
+                400, f"could not load the adapter in {path!r}: {type(e).__name__}: {e}", param="lora_path"
+            ) from None
         self.policy.model.eval()
         self.adapters[name] = os.fspath(directory)
 
     def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
-            raise APIError(404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code="lora_not_found")
+            raise APIError(
+                404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code="lora_not_found"
+            )
         self._activate(name)
         self.policy.model.delete_adapter(name)
         del self.adapters[name]
 
     def model_cards(self) -> list[dict[str, Any]]:
-        base = {"id": self.name, "object": "model", "created": self.created, "owned_by": "agentrl", "root": self.model_path, "parent": None}
+        base = {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "agentrl",
+            "root": self.model_path,
+            "parent": None,
+        }
         return [base] + [
-            {"id": n, "object": "model", "created": self.created, "owned_by": "agentrl", "root": p, "parent": self.name}
+            {
+                "id": n,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "agentrl",
+                "root": p,
+                "parent": self.name,
+            }
             for n, p in self.adapters.items()
         ]
 
@@ -260,7 +320,9 @@ class Batcher:
         """Run ``fn(*args)`` on the model thread (serialised with generation)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def generate(self, adapter: str | None, prompt_ids: list[int], n: int, params: SamplingParams) -> list[Generation]:
+    async def generate(
+        self, adapter: str | None, prompt_ids: list[int], n: int, params: SamplingParams
+    ) -> list[Generation]:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -280,7 +342,7 @@ class Batcher:
             while sum(len(j.prompt_ids) for j in jobs) < self.max_batch_size:
                 try:
                     jobs.append(await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0)))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             groups: dict[tuple[Any, ...], list[_Job]] = {}
             for job in jobs:
@@ -289,13 +351,15 @@ class Batcher:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Job]) -> None:
-        live = [j for j in group if not j.future.done()]  # a request cancelled while it waited (shutdown) is skipped
+        live = [
+            j for j in group if not j.future.done()
+        ]  # a request cancelled while it waited (shutdown) is skipped
         if not live:
             return
         prompts = [p for j in live for p in j.prompt_ids]
         try:
             gens = await self.run_on_model(self.engine.generate, live[0].adapter, prompts, live[0].params)
-        except Exception as e:  # noqa: BLE001 - handed to every request of the batch
+        except Exception as e:
             for j in live:
                 if not j.future.done():
                     j.future.set_exception(e)
@@ -311,7 +375,11 @@ class Batcher:
 # ---------------------------------------------------------------------------------------------- responses
 def _byte_level_table() -> dict[str, int]:
     """Byte-level BPE's printable stand-in character for each byte (GPT-2's convention), inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {chr(b): b for b in printable}
     extra = 0
     for b in range(256):
@@ -328,7 +396,12 @@ def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any
     """OpenAI's per-token entry; ``bytes`` are the token's own bytes even when it splits a character."""
     text = tokenizer.decode([token_id])
     piece = tokenizer.convert_ids_to_tokens(token_id)
-    if isinstance(piece, str) and piece and all(c in _BYTE_OF_CHAR for c in piece) and tokenizer.convert_tokens_to_string([piece]) != piece:
+    if (
+        isinstance(piece, str)
+        and piece
+        and all(c in _BYTE_OF_CHAR for c in piece)
+        and tokenizer.convert_tokens_to_string([piece]) != piece
+    ):
         raw = [_BYTE_OF_CHAR[c] for c in piece]
     else:
         raw = list(text.encode("utf-8"))
@@ -341,27 +414,46 @@ def _strip_stop(text: str, stops: tuple[str, ...]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def _choice(tokenizer: Any, index: int, gen: Generation, req: ChatCompletionRequest, params: SamplingParams,
-            top: list[list[tuple[int, float]]] | None) -> dict[str, Any]:  # fmt: skip
+def _choice(
+    tokenizer: Any,
+    index: int,
+    gen: Generation,
+    req: ChatCompletionRequest,
+    params: SamplingParams,
+    top: list[list[tuple[int, float]]] | None,
+) -> dict[str, Any]:
     text = gen.text if req.include_stop_str_in_output else _strip_stop(gen.text, params.stop)
     logprobs = None
     if req.logprobs:
         content = []
         for t, (tid, lp) in enumerate(zip(gen.response_ids, gen.logprobs)):
             entry = _token_entry(tokenizer, tid, lp)
-            entry["top_logprobs"] = [_token_entry(tokenizer, i, v) for i, v in top[t]] if top is not None else []
+            entry["top_logprobs"] = (
+                [_token_entry(tokenizer, i, v) for i, v in top[t]] if top is not None else []
+            )
             content.append(entry)
         logprobs = {"content": content}
     return {
-        "index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-        "finish_reason": gen.finish_reason, "token_ids": gen.response_ids,
-    }  # fmt: skip
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": logprobs,
+        "finish_reason": gen.finish_reason,
+        "token_ids": gen.response_ids,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api_key: str | None = None,
-               max_batch_size: int = 32, batch_wait_s: float = 0.005, default_max_tokens: int = 256,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:  # fmt: skip
+def create_app(
+    policy: Any,
+    served_model_name: str,
+    *,
+    model_path: str = "",
+    api_key: str | None = None,
+    max_batch_size: int = 32,
+    batch_wait_s: float = 0.005,
+    default_max_tokens: int = 256,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Any:
     """The FastAPI app serving ``policy`` (an ``HFPolicy`` without an adapter) as ``served_model_name``.
 
     ``app.state.engine`` holds the model and adapters, ``app.state.batcher.batch_sizes`` the size
@@ -439,14 +531,21 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
     async def chat_completions(request: Request) -> dict[str, Any]:
         req = await parse(request, ChatCompletionRequest)
         if req.stream:
-            raise APIError(400, "stream=true is not supported by agentrl serve; send stream=false", param="stream")
+            raise APIError(
+                400, "stream=true is not supported by agentrl serve; send stream=false", param="stream"
+            )
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         adapter = engine.check_model(req.model)
         max_tokens = req.max_completion_tokens or req.max_tokens or default_max_tokens
         try:
-            params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_tokens, seed=req.seed,
-                                    stop=tuple(req.stop or ()))  # fmt: skip
+            params = SamplingParams(
+                temperature=req.temperature,
+                top_p=req.top_p,
+                max_new_tokens=max_tokens,
+                seed=req.seed,
+                stop=tuple(req.stop or ()),
+            )
         except ValueError as e:
             raise APIError(400, str(e)) from None
         messages = [m.as_dict() for m in req.messages]
@@ -457,22 +556,32 @@ def create_app(policy: Any, served_model_name: str, *, model_path: str = "", api
             raise APIError(400, str(e), param="messages") from None
         top = None
         if req.logprobs and req.top_logprobs:
-            top = await batcher.run_on_model(engine.top_logprobs, adapter, gens, req.top_logprobs, req.temperature or 1.0)
+            top = await batcher.run_on_model(
+                engine.top_logprobs, adapter, gens, req.top_logprobs, req.temperature or 1.0
+            )
         completion_tokens = sum(len(g.response_ids) for g in gens)
 
         def choices() -> list[dict[str, Any]]:
-            return [_choice(policy.tokenizer, i, g, req, params, top[i] if top else None) for i, g in enumerate(gens)]
+            return [
+                _choice(policy.tokenizer, i, g, req, params, top[i] if top else None)
+                for i, g in enumerate(gens)
+            ]
 
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.model or engine.name,
-            "choices": await batcher.run_on_model(choices),  # the tokenizer is only ever used on the model thread
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt_ids) + completion_tokens},
+            "choices": await batcher.run_on_model(
+                choices
+            ),  # the tokenizer is only ever used on the model thread
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(prompt_ids) + completion_tokens,
+            },
             "prompt_token_ids": prompt_ids,
-        }  # fmt: skip
+        }
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(request: Request) -> Any:
@@ -498,16 +607,32 @@ def _adapter_spec(adapter: str | os.PathLike[str]) -> tuple[str, str]:
     return Path(text).resolve().name, text
 
 
-def build_app(model_path: str | os.PathLike[str], *, adapter: str | os.PathLike[str] | None = None,
-              served_model_name: str | None = None, max_batch_size: int = 32, api_key: str | None = None,
-              device: str | None = None, **app_kwargs: Any) -> Any:  # fmt: skip
+def build_app(
+    model_path: str | os.PathLike[str],
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    served_model_name: str | None = None,
+    max_batch_size: int = 32,
+    api_key: str | None = None,
+    device: str | None = None,
+    **app_kwargs: Any,
+) -> Any:
     """Load the model at ``model_path`` (and ``adapter``, as ``name=path`` or a path) and build the app."""
     from agentrl.policies.hf import HFPolicy
 
     # adapters come and go by name here, so sampling runs on the peft model itself, not a merged copy
-    policy = HFPolicy.from_pretrained(model_path, device=device, max_batch_size=max_batch_size, merge_for_sampling=False)
+    policy = HFPolicy.from_pretrained(
+        model_path, device=device, max_batch_size=max_batch_size, merge_for_sampling=False
+    )
     name = served_model_name or os.fspath(model_path)
-    app = create_app(policy, name, model_path=os.fspath(model_path), api_key=api_key, max_batch_size=max_batch_size, **app_kwargs)
+    app = create_app(
+        policy,
+        name,
+        model_path=os.fspath(model_path),
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        **app_kwargs,
+    )
     if adapter is not None:
         lora_name, lora_path = _adapter_spec(adapter)
         try:
@@ -517,9 +642,16 @@ def build_app(model_path: str | os.PathLike[str], *, adapter: str | os.PathLike[
     return app
 
 
-def serve(model_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, adapter: str | os.PathLike[str] | None = None,
-          served_model_name: str | None = None, max_batch_size: int = 32, api_key: str | None = None,
-          device: str | None = None) -> None:  # fmt: skip
+def serve(
+    model_path: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    adapter: str | os.PathLike[str] | None = None,
+    served_model_name: str | None = None,
+    max_batch_size: int = 32,
+    api_key: str | None = None,
+    device: str | None = None,
+) -> None:
     """Serve the model at ``model_path`` until interrupted (blocking). The model is named
     ``served_model_name`` (default: ``model_path``) in requests; ``adapter`` (``name=path`` or a
     path) is loaded at start."""
@@ -527,8 +659,14 @@ def serve(model_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an api key: anyone who can reach the port can use the model", host)
-    app = build_app(model_path, adapter=adapter, served_model_name=served_model_name, max_batch_size=max_batch_size,
-                    api_key=api_key, device=device)  # fmt: skip
+    app = build_app(
+        model_path,
+        adapter=adapter,
+        served_model_name=served_model_name,
+        max_batch_size=max_batch_size,
+        api_key=api_key,
+        device=device,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "SPECIAL_TOKENS",
-    "FORMAT_TOKENS",
     "CHATML_TEMPLATE",
-    "format_corpus",
-    "env_corpus",
-    "train_tokenizer",
-    "tiny_qwen2_config",
+    "FORMAT_TOKENS",
+    "SPECIAL_TOKENS",
     "build_tiny_model",
+    "env_corpus",
+    "format_corpus",
+    "tiny_qwen2_config",
+    "train_tokenizer",
 ]
 
 PAD_TOKEN = "<|endoftext|>"
@@ -29,15 +29,21 @@ SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
 # The tags of every response format are single tokens: tiny models learn the format fast and
 # span boundaries fall on token boundaries.
 FORMAT_TOKENS = (
-    "<think>", "</think>", "<action>", "</action>", "<switch>", "</switch>",
-    "<subgoal>", "</subgoal>", "<tool_call>", "</tool_call>",
-)  # fmt: skip
+    "<think>",
+    "</think>",
+    "<action>",
+    "</action>",
+    "<switch>",
+    "</switch>",
+    "<subgoal>",
+    "</subgoal>",
+    "<tool_call>",
+    "</tool_call>",
+)
 
 # Qwen2's normalisation (NFC) and pre-tokenisation: transformers rebuilds a Qwen2 model's tokenizer
 # with these on load, so the tokenizer is trained with them and loads back unchanged.
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 # ChatML, as Qwen2.5 writes it, without tool-schema rendering: a small template for the tiny tokenizer.
 CHATML_TEMPLATE = (
@@ -89,7 +95,16 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
 
     Byte-level means any text round-trips, including characters never seen in the corpus.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     texts = [t for t in corpus_texts if isinstance(t, str) and t]
@@ -97,13 +112,17 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
         raise ValueError("corpus_texts is empty: the tokenizer needs some text to learn merges from")
     n_base = 256 + len(SPECIAL_TOKENS) + len(FORMAT_TOKENS)
     if vocab_size < n_base:
-        raise ValueError(f"vocab_size must be >= {n_base} (256 bytes + special and format tokens), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be >= {n_base} (256 bytes + special and format tokens), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(FORMAT_TOKENS),
@@ -124,14 +143,25 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
     )
 
 
-def tiny_qwen2_config(vocab_size: int, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                      intermediate: int | None = None, max_positions: int = 2048, pad_token_id: int | None = None,
-                      eos_token_id: int | None = None) -> Any:  # fmt: skip
+def tiny_qwen2_config(
+    vocab_size: int,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 2048,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> Any:
     """A Qwen2 config of the given size (tied embeddings keep the parameter count small)."""
     from transformers import Qwen2Config
 
     if hidden % heads or heads % kv_heads:
-        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads}), and heads by kv_heads ({kv_heads})")
+        raise ValueError(
+            f"hidden ({hidden}) must be divisible by heads ({heads}), and heads by kv_heads ({kv_heads})"
+        )
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -171,13 +201,23 @@ def build_tiny_model(
     out = Path(out_dir)
     tokenizer = train_tokenizer([*corpus_texts, *format_corpus()], vocab_size=vocab_size)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    config = tiny_qwen2_config(len(tokenizer), layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
-                               intermediate=intermediate, max_positions=max_positions, pad_token_id=pad_id,
-                               eos_token_id=eos_id)  # fmt: skip
+    config = tiny_qwen2_config(
+        len(tokenizer),
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        max_positions=max_positions,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -52,16 +52,22 @@ def _vllm_api() -> tuple[Any, Any]:
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.lora.request import LoRARequest
     except ImportError as e:
-        raise VLLMNotInstalledError(f"the vllm policy needs vLLM, which cannot be imported here ({e}); {INSTALL_HINT}") from e
+        raise VLLMNotInstalledError(
+            f"the vllm policy needs vLLM, which cannot be imported here ({e}); {INSTALL_HINT}"
+        ) from e
     return VLLMSamplingParams, LoRARequest
 
 
 def sampling_kwargs(params: SamplingParams, index: int, eos_token_ids: Sequence[int]) -> dict[str, Any]:
     """The ``vllm.SamplingParams`` arguments for prompt ``index`` of a call with ``params``."""
     kwargs: dict[str, Any] = {
-        "n": 1, "temperature": float(params.temperature), "top_p": float(params.top_p),
-        "max_tokens": params.max_new_tokens, "logprobs": 0, "stop_token_ids": list(eos_token_ids),
-    }  # fmt: skip
+        "n": 1,
+        "temperature": float(params.temperature),
+        "top_p": float(params.top_p),
+        "max_tokens": params.max_new_tokens,
+        "logprobs": 0,
+        "stop_token_ids": list(eos_token_ids),
+    }
     if params.seed is not None:
         kwargs["seed"] = params.seed + index
     if params.stop:
@@ -70,7 +76,9 @@ def sampling_kwargs(params: SamplingParams, index: int, eos_token_ids: Sequence[
     return kwargs
 
 
-def to_generation(output: Any, tokenizer: Any, index: int, info: Mapping[str, Any] | None = None) -> Generation:
+def to_generation(
+    output: Any, tokenizer: Any, index: int, info: Mapping[str, Any] | None = None
+) -> Generation:
     """One vLLM ``RequestOutput`` (n=1) as a ``Generation``.
 
     The sampled token's log-prob is read from each position's ``{token_id: Logprob}`` map (vLLM's
@@ -82,12 +90,16 @@ def to_generation(output: Any, tokenizer: Any, index: int, info: Mapping[str, An
     completion = output.outputs[0]
     reason = completion.finish_reason
     if reason not in ("stop", "length"):
-        raise RuntimeError(f"prompt {index}: vLLM finished the request with finish_reason={reason!r} (expected stop or length)")
+        raise RuntimeError(
+            f"prompt {index}: vLLM finished the request with finish_reason={reason!r} (expected stop or length)"
+        )
     response_ids = [int(t) for t in completion.token_ids]
     if completion.logprobs is None:
         raise RuntimeError(f"prompt {index}: vLLM returned no log-probs; the request must set logprobs=0")
     if len(completion.logprobs) != len(response_ids):
-        raise RuntimeError(f"prompt {index}: {len(response_ids)} response token ids but {len(completion.logprobs)} log-prob positions")
+        raise RuntimeError(
+            f"prompt {index}: {len(response_ids)} response token ids but {len(completion.logprobs)} log-prob positions"
+        )
     logprobs = []
     for pos, token in enumerate(response_ids):
         entry = completion.logprobs[pos]
@@ -95,10 +107,13 @@ def to_generation(output: Any, tokenizer: Any, index: int, info: Mapping[str, An
             raise RuntimeError(f"prompt {index}: no log-prob for the sampled token {token} at position {pos}")
         logprobs.append(float(entry[token].logprob))
     return Generation(
-        prompt_ids=[int(t) for t in output.prompt_token_ids], response_ids=response_ids, logprobs=logprobs,
-        text=tokenizer.decode(response_ids, skip_special_tokens=True), finish_reason=reason,
+        prompt_ids=[int(t) for t in output.prompt_token_ids],
+        response_ids=response_ids,
+        logprobs=logprobs,
+        text=tokenizer.decode(response_ids, skip_special_tokens=True),
+        finish_reason=reason,
         info={"stop_reason": completion.stop_reason, **(info or {})},
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +139,9 @@ class AdapterVersions:
         """The new version for ``adapter_dir`` and the one it replaces (None at the first sync)."""
         directory = Path(adapter_dir).resolve()
         if not (directory / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_dir} holds no adapter (no adapter_config.json); save it with save_pretrained first")
+            raise FileNotFoundError(
+                f"{adapter_dir} holds no adapter (no adapter_config.json); save it with save_pretrained first"
+            )
         self._last_id += 1  # vLLM requires ids > 0
         previous = self.current
         self.current = AdapterVersion(f"{self.prefix}-v{self._last_id}", self._last_id, os.fspath(directory))
@@ -138,8 +155,15 @@ class VLLMPolicy:
     after a training step) switches sampling to a saved peft adapter.
     """
 
-    def __init__(self, llm: Any, tokenizer: Any, *, chat_template: str | None = None,
-                 eos_token_ids: Sequence[int] | None = None, adapter_prefix: str = "agentrl") -> None:  # fmt: skip
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        *,
+        chat_template: str | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        adapter_prefix: str = "agentrl",
+    ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -175,13 +199,17 @@ class VLLMPolicy:
         """
         _vllm_api()
         from transformers import AutoTokenizer, GenerationConfig
-
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(
-            model=os.fspath(path), enable_lora=True, max_loras=1, max_lora_rank=max_lora_rank,
-            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
-        )  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "model": os.fspath(path),
+            "enable_lora": True,
+            "max_loras": 1,
+            "max_lora_rank": max_lora_rank,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "dtype": dtype,
+            "seed": seed,
+        }
         if logprobs_mode is not None:
             kwargs["logprobs_mode"] = logprobs_mode
         if max_model_len is not None:
@@ -201,11 +229,15 @@ class VLLMPolicy:
     # ------------------------------------------------------------------ prompts
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Chat template with the generation prompt, tokenised without extra special tokens (as ``hf``)."""
-        text = render_chat(self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template)
+        text = render_chat(
+            self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template
+        )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _max_model_len(self) -> int | None:
-        config = getattr(self.llm, "model_config", None) or getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        config = getattr(self.llm, "model_config", None) or getattr(
+            getattr(self.llm, "llm_engine", None), "model_config", None
+        )
         return getattr(config, "max_model_len", None)
 
     # ------------------------------------------------------------------ sampling
@@ -213,7 +245,9 @@ class VLLMPolicy:
         """Sample one response per chat prompt (see ``generate_from_ids``)."""
         return self.generate_from_ids([self.prompt_ids(m) for m in prompts], params)
 
-    def generate_from_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def generate_from_ids(
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[Generation]:
         """Sample one response per prompt given as token ids, all in one ``LLM.generate`` call."""
         limit = self._max_model_len()
         check_prompts(prompt_ids, params, limit, f"the engine's max_model_len={limit}")
@@ -222,12 +256,20 @@ class VLLMPolicy:
         vllm_sampling_params, _ = _vllm_api()
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in p]} for p in prompt_ids],
-            [vllm_sampling_params(**sampling_kwargs(params, i, self.eos_token_ids)) for i in range(len(prompt_ids))],
-            use_tqdm=False, lora_request=self.lora_request,
-        )  # fmt: skip
+            [
+                vllm_sampling_params(**sampling_kwargs(params, i, self.eos_token_ids))
+                for i in range(len(prompt_ids))
+            ],
+            use_tqdm=False,
+            lora_request=self.lora_request,
+        )
         if len(outputs) != len(prompt_ids):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompt_ids)} prompts")
-        adapter = {"adapter": self.adapters.current.name if self.lora_request is not None and self.adapters.current else None}
+        adapter = {
+            "adapter": self.adapters.current.name
+            if self.lora_request is not None and self.adapters.current
+            else None
+        }
         return [to_generation(out, self.tokenizer, i, adapter) for i, out in enumerate(outputs)]
 
     # ------------------------------------------------------------------ adapters

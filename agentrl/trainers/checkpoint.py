@@ -24,7 +24,11 @@ PREFIX = "iter-"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.random.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -38,7 +42,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any], keep: int = 2, dist: Dist = SINGLE) -> Path:
+def save_checkpoint(
+    run_dir: Path, iteration: int, learner, state: dict[str, Any], keep: int = 2, dist: Dist = SINGLE
+) -> Path:
     """Write ``checkpoints/iter-NNNNNN`` (next iteration = ``iteration``): the adapter, the optimiser and
     value head, RNG states and ``state`` (JSON). Written to a temporary directory first and renamed,
     so a partial checkpoint is never read; only the ``keep`` newest are kept."""
@@ -57,11 +63,14 @@ def save_checkpoint(run_dir: Path, iteration: int, learner, state: dict[str, Any
         dist.barrier()
         return final
     learner.policy.save_adapter(tmp / "adapter")
-    torch.save({
-        "optimizer": learner.optimizer.state_dict(),
-        "value_head": learner.value_head.state_dict() if learner.value_head is not None else None,
-        "rng": rng_state(),
-    }, tmp / "trainer.pt")  # fmt: skip
+    torch.save(
+        {
+            "optimizer": learner.optimizer.state_dict(),
+            "value_head": learner.value_head.state_dict() if learner.value_head is not None else None,
+            "rng": rng_state(),
+        },
+        tmp / "trainer.pt",
+    )
     (tmp / "state.json").write_text(json.dumps({**state, "iteration": iteration}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -22,15 +22,41 @@ from agentrl.types import write_trajectories
 __all__ = ["evaluate"]
 
 
-def evaluate(policy: Policy, envs: Any, task_ids: Sequence[str], *, episodes_per_task: int, max_turns: int,
-             builder: PromptBuilder, temperature: float, max_new_tokens: int, seed: int,
-             episodes_path: str | os.PathLike[str] | None = None, dist: Dist = SINGLE) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    policy: Policy,
+    envs: Any,
+    task_ids: Sequence[str],
+    *,
+    episodes_per_task: int,
+    max_turns: int,
+    builder: PromptBuilder,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    episodes_path: str | os.PathLike[str] | None = None,
+    dist: Dist = SINGLE,
+) -> dict[str, Any]:
     """Play every held-out task ``episodes_per_task`` times; success rate, its CI and mean reward.
     ``episodes_path``: also write the episodes there (JSONL, for ``agentrl view``; rank 0 writes)."""
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=rank_seed(seed, dist.rank))
+    params = SamplingParams(
+        temperature=temperature, max_new_tokens=max_new_tokens, seed=rank_seed(seed, dist.rank)
+    )
     index = dist.share(range(len(task_ids)))
-    groups = rollout(policy, envs, [task_ids[i] for i in index], episodes_per_task, max_turns=max_turns, params=params,
-                     builder=builder, seeds=[seed + i for i in index], id_prefix=f"eval-r{dist.rank}-" if dist.active else "eval-") if index else []  # fmt: skip
+    groups = (
+        rollout(
+            policy,
+            envs,
+            [task_ids[i] for i in index],
+            episodes_per_task,
+            max_turns=max_turns,
+            params=params,
+            builder=builder,
+            seeds=[seed + i for i in index],
+            id_prefix=f"eval-r{dist.rank}-" if dist.active else "eval-",
+        )
+        if index
+        else []
+    )
     trajs = [t for g in dist.gather(groups) for t in g]
     if episodes_path is not None and dist.main:
         Path(episodes_path).parent.mkdir(parents=True, exist_ok=True)

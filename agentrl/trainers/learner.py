@@ -103,19 +103,39 @@ def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
 class Learner:
     """Owns the optimiser (LoRA parameters + optional value head) for one policy."""
 
-    def __init__(self, policy, settings: UpdateSettings, *, lr: float, critic_lr: float | None = None,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 value_heads: Sequence[str] = (), dist: Dist = SINGLE) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy,
+        settings: UpdateSettings,
+        *,
+        lr: float,
+        critic_lr: float | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        value_heads: Sequence[str] = (),
+        dist: Dist = SINGLE,
+    ) -> None:
         self.policy, self.settings, self.dist = policy, settings, dist
         self.params = policy.trainable_parameters()
         if not self.params:
-            raise ValueError("the policy has no trainable parameters; build it with a LoRA adapter (lora=...)")
+            raise ValueError(
+                "the policy has no trainable parameters; build it with a LoRA adapter (lora=...)"
+            )
         groups = [{"params": self.params, "lr": lr}]
         self.value_head: ValueHead | None = None
         if value_heads:
-            hidden = policy.model.config.hidden_size if not hasattr(policy.model, "get_base_model") else policy.model.get_base_model().config.hidden_size
+            hidden = (
+                policy.model.config.hidden_size
+                if not hasattr(policy.model, "get_base_model")
+                else policy.model.get_base_model().config.hidden_size
+            )
             self.value_head = ValueHead(hidden, value_heads)
-            groups.append({"params": list(self.value_head.parameters()), "lr": critic_lr if critic_lr is not None else lr})
+            groups.append(
+                {
+                    "params": list(self.value_head.parameters()),
+                    "lr": critic_lr if critic_lr is not None else lr,
+                }
+            )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
         dist.broadcast_params([p for g in groups for p in g["params"]])
 
@@ -125,44 +145,77 @@ class Learner:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, samples: TokenSamples, rows: Sequence[int] | np.ndarray | None = None, *, reference: bool = False,
-              entropy: bool = False, features: bool = False) -> Scores:  # fmt: skip
+    def score(
+        self,
+        samples: TokenSamples,
+        rows: Sequence[int] | np.ndarray | None = None,
+        *,
+        reference: bool = False,
+        entropy: bool = False,
+        features: bool = False,
+    ) -> Scores:
         """Log-probs of the samples' responses under the current weights (and the reference).
 
         With several processes each scores its share of ``rows``; every process gets all scores."""
         rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
         if not self.dist.active:
             return self._score(samples, rows, reference, entropy, features)
-        mine = self._score(samples, np.asarray(self.dist.share(rows), dtype=np.int64), reference, entropy, features)
-        per_row = [(mine.logp[i], mine.ref_logp[i] if reference else None, mine.entropy[i] if entropy else None,
-                    {h: f[i] for h, f in mine.features.items()}) for i in range(len(mine.rows))]  # fmt: skip
+        mine = self._score(
+            samples, np.asarray(self.dist.share(rows), dtype=np.int64), reference, entropy, features
+        )
+        per_row = [
+            (
+                mine.logp[i],
+                mine.ref_logp[i] if reference else None,
+                mine.entropy[i] if entropy else None,
+                {h: f[i] for h, f in mine.features.items()},
+            )
+            for i in range(len(mine.rows))
+        ]
         every = self.dist.gather(per_row)
-        out = Scores(rows=rows, logp=[r[0] for r in every], ref_logp=[r[1] for r in every] if reference else None,
-                     entropy=[r[2] for r in every] if entropy else None)  # fmt: skip
+        out = Scores(
+            rows=rows,
+            logp=[r[0] for r in every],
+            ref_logp=[r[1] for r in every] if reference else None,
+            entropy=[r[2] for r in every] if entropy else None,
+        )
         if features and every:
             out.features = {h: torch.stack([r[3][h] for r in every]) for h in samples.value_offset}
         return out
 
-    def _score(self, samples: TokenSamples, rows: np.ndarray, reference: bool, entropy: bool, features: bool) -> Scores:
+    def _score(
+        self, samples: TokenSamples, rows: np.ndarray, reference: bool, entropy: bool, features: bool
+    ) -> Scores:
         out = Scores(rows=rows, logp=[], ref_logp=[] if reference else None, entropy=[] if entropy else None)
         feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
         self.policy.model.eval()
         for chunk in _chunks(rows, self.settings.micro_batch_size):
             packed, _ = collate(samples, chunk, self.policy.pad_token_id, self.device)
-            lp = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
-                                      temperature=self.settings.temperature, with_entropy=entropy,
-                                      return_hidden=features)  # fmt: skip
+            lp = self.policy.logprobs(
+                packed.input_ids,
+                packed.attention_mask,
+                packed.response_mask,
+                temperature=self.settings.temperature,
+                with_entropy=entropy,
+                return_hidden=features,
+            )
             out.logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
             if entropy:
                 out.entropy.extend(t.cpu() for t in packed.responses(lp.entropy))
             if features:
-                got = gather_features(lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in feats})
+                got = gather_features(
+                    lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in feats}
+                )
                 for h, f in got.items():
                     feats[h].append(f)
             if reference:
                 with self.policy.adapter_disabled():
-                    ref = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
-                                               temperature=self.settings.temperature)  # fmt: skip
+                    ref = self.policy.logprobs(
+                        packed.input_ids,
+                        packed.attention_mask,
+                        packed.response_mask,
+                        temperature=self.settings.temperature,
+                    )
                 out.ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
         out.features = {h: torch.cat(f) for h, f in feats.items() if f}
         return out
@@ -174,9 +227,16 @@ class Learner:
         return self.value_head.values(scores.features)
 
     # ------------------------------------------------------------------ update
-    def update(self, samples: TokenSamples, scores: Scores, token_adv: Sequence[np.ndarray], token_mask: Sequence[np.ndarray],
-               *, value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-               rng: np.random.Generator) -> dict[str, float]:  # fmt: skip
+    def update(
+        self,
+        samples: TokenSamples,
+        scores: Scores,
+        token_adv: Sequence[np.ndarray],
+        token_mask: Sequence[np.ndarray],
+        *,
+        value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        rng: np.random.Generator,
+    ) -> dict[str, float]:
         """PPO epochs over ``scores.rows`` (token arrays aligned with them); returns mean statistics.
 
         ``value_targets[head] = (target per scored row, rows where it applies)`` fits the value head
@@ -208,11 +268,28 @@ class Learner:
         stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
         for micro in _chunks(np.asarray(self.dist.share(mb), dtype=np.int64), s.micro_batch_size):
             per_token = batch.per_token(micro, reference=bool(s.kl_coef))
-            packed, t = collate(batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token)
-            lp = self.policy.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask,
-                                      temperature=s.temperature, with_entropy=bool(s.entropy_coef))  # fmt: skip
-            out = loss_fn(LossInput(logp=lp.logprobs, old_logp=t["old"], adv=t["adv"], mask=t["mask"], n_tokens=n_tokens,
-                                    n_seqs=n_seqs, clip_low=s.clip_low, clip_high=s.clip_high))  # fmt: skip
+            packed, t = collate(
+                batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token
+            )
+            lp = self.policy.logprobs(
+                packed.input_ids,
+                packed.attention_mask,
+                packed.response_mask,
+                temperature=s.temperature,
+                with_entropy=bool(s.entropy_coef),
+            )
+            out = loss_fn(
+                LossInput(
+                    logp=lp.logprobs,
+                    old_logp=t["old"],
+                    adv=t["adv"],
+                    mask=t["mask"],
+                    n_tokens=n_tokens,
+                    n_seqs=n_seqs,
+                    clip_low=s.clip_low,
+                    clip_high=s.clip_high,
+                )
+            )
             loss = out.loss
             if "ref" in t:
                 kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
@@ -236,7 +313,9 @@ class Learner:
         self.optimizer.step()
         return stats
 
-    def _value_loss(self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    def _value_loss(
+        self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> float:
         """0.5 * mean squared error per head over the rows where its target applies (backward included)."""
         pred = self.value_head({h: f[mb] for h, f in scores.features.items()})
         terms = []

@@ -60,9 +60,14 @@ from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 __all__ = ["Trainer", "run_sft", "train"]
 
 
-def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
-          overrides: Iterable[str] = (), *, stop_after: int | None = None,
-          progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+def train(
+    config_path: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    stop_after: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """Train from a YAML config with ``key=value`` overrides; returns the run directory.
 
     ``out_dir`` defaults to the config's ``out_dir``. A run directory that already holds a
@@ -73,14 +78,20 @@ def train(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike
     return Trainer.from_config(config_path, out_dir, overrides).run(stop_after=stop_after, progress=progress)
 
 
-def run_sft(config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
-            overrides: Iterable[str] = (), progress: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+def run_sft(
+    config_path: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """``agentrl sft``: only the SFT warm start of a train config (run even when ``sft.enabled`` is
     false); returns the merged model's directory, ``<run dir>/sft-model``."""
     trainer = Trainer.from_config(config_path, out_dir, overrides)
     get_expert(trainer.cfg.env.name)  # an env without an expert fails here, before any model is built
     if progress is not None and not trainer.cfg.sft.enabled:
-        progress("sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)")
+        progress(
+            "sft: the config has sft.enabled: false; running the warm start anyway (asked for by agentrl sft)"
+        )
     return trainer.run_sft(progress)
 
 
@@ -95,8 +106,10 @@ def _versions() -> dict[str, str]:
 
 
 def _rate(result: dict[str, Any]) -> str:
-    return (f"success {100 * result['success_rate']:.1f}% (95% CI {100 * result['ci_low']:.1f}-{100 * result['ci_high']:.1f}%) "
-            f"over {result['episodes']} episodes")  # fmt: skip
+    return (
+        f"success {100 * result['success_rate']:.1f}% (95% CI {100 * result['ci_low']:.1f}-{100 * result['ci_high']:.1f}%) "
+        f"over {result['episodes']} episodes"
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -136,8 +149,12 @@ class Trainer:
         self.say: Callable[[str], None] = lambda line: None
 
     @classmethod
-    def from_config(cls, config_path: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None = None,
-                    overrides: Iterable[str] = ()) -> Trainer:  # fmt: skip
+    def from_config(
+        cls,
+        config_path: str | os.PathLike[str] | None,
+        out_dir: str | os.PathLike[str] | None = None,
+        overrides: Iterable[str] = (),
+    ) -> Trainer:
         """The trainer of a YAML config with ``key=value`` overrides, writing to ``out_dir`` (default: the config's)."""
         cfg = load_config(config_path, list(overrides))
         run_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
@@ -166,15 +183,23 @@ class Trainer:
         if not self.dist.main:
             return
         (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        info = {"seed": self.cfg.seed, "versions": _versions(), "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "torch_threads": torch.get_num_threads(), "processes": self.dist.world}  # fmt: skip
+        info = {
+            "seed": self.cfg.seed,
+            "versions": _versions(),
+            "argv": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "torch_threads": torch.get_num_threads(),
+            "processes": self.dist.world,
+        }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=1))
 
     def builder(self) -> PromptBuilder:
         r = self.cfg.rollout
         if r.prompt == "chat":
             return ChatPrompt(response_format=r.response_format, system_prompt=r.system_prompt)
-        return StepPrompt(history_k=r.history_k, response_format=r.response_format, system_prompt=r.system_prompt)
+        return StepPrompt(
+            history_k=r.history_k, response_format=r.response_format, system_prompt=r.system_prompt
+        )
 
     def task_ids(self, env: Any, start: int, count: int, what: str) -> list[str]:
         ids = list(env.task_ids())
@@ -195,12 +220,25 @@ class Trainer:
         tiny = self.cfg.model.tiny
         out = self.run_dir / "tiny-model"
         if self.dist.main and not (out / "config.json").exists():
-            tasks = self.task_ids(env, self.cfg.env.train_tasks.start, min(tiny.corpus_tasks, self.cfg.env.train_tasks.count), "model.tiny.corpus_tasks")
+            tasks = self.task_ids(
+                env,
+                self.cfg.env.train_tasks.start,
+                min(tiny.corpus_tasks, self.cfg.env.train_tasks.count),
+                "model.tiny.corpus_tasks",
+            )
             corpus = env_corpus(env, tasks, steps_per_task=10, seed=tiny.seed)
             tmp = self.run_dir / ".tmp-tiny-model"
             shutil.rmtree(tmp, ignore_errors=True)
-            build_tiny_model(tmp, corpus, vocab_size=tiny.vocab_size, layers=tiny.layers, hidden=tiny.hidden,
-                             heads=tiny.heads, kv_heads=tiny.kv_heads, seed=tiny.seed)  # fmt: skip
+            build_tiny_model(
+                tmp,
+                corpus,
+                vocab_size=tiny.vocab_size,
+                layers=tiny.layers,
+                hidden=tiny.hidden,
+                heads=tiny.heads,
+                kv_heads=tiny.kv_heads,
+                seed=tiny.seed,
+            )
             os.replace(tmp, out)
         self.dist.barrier()
         return out
@@ -222,7 +260,9 @@ class Trainer:
         tasks = self.task_ids(env, s.tasks.start, s.tasks.count, "sft.tasks")
         demo_env = expert_env(self.cfg.env.name, self.cfg.env.kwargs, env)
         try:
-            demos = expert_demonstrations(self.cfg.env.name, demo_env, tasks, self.builder(), seed=self.cfg.seed)
+            demos = expert_demonstrations(
+                self.cfg.env.name, demo_env, tasks, self.builder(), seed=self.cfg.seed
+            )
         finally:
             if demo_env is not env:
                 demo_env.close()
@@ -245,11 +285,24 @@ class Trainer:
             record = {**record, "sft_seconds": time.time() - t0}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            say(f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)")
+            say(
+                f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)"
+            )
 
-        stats = sft_train(model, tokenizer, demos, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=self.cfg.seed,
-                          chunk_size=self.cfg.model.logprob_chunk_size, log=log if self.dist.main else None, dist=self.dist,
-                          lr_schedule=s.lr_schedule, warmup_ratio=s.warmup_ratio)  # fmt: skip
+        stats = sft_train(
+            model,
+            tokenizer,
+            demos,
+            epochs=s.epochs,
+            lr=s.lr,
+            batch_size=s.batch_size,
+            seed=self.cfg.seed,
+            chunk_size=self.cfg.model.logprob_chunk_size,
+            log=log if self.dist.main else None,
+            dist=self.dist,
+            lr_schedule=s.lr_schedule,
+            warmup_ratio=s.warmup_ratio,
+        )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
             self.dist.barrier()
@@ -277,8 +330,10 @@ class Trainer:
         if (self.run_dir / "sft-model" / "config.json").exists():
             diff = self._sections_changed(("seed", "model", "lora", "env", "rollout", "sft"))
             if diff:
-                raise ConfigError(f"{self.run_dir} holds an sft-model made with a different config (sections differ: "
-                                  f"{', '.join(diff)}); choose another output directory")  # fmt: skip
+                raise ConfigError(
+                    f"{self.run_dir} holds an sft-model made with a different config (sections differ: "
+                    f"{', '.join(diff)}); choose another output directory"
+                )
         self._check_resume()
         self.dist.barrier()  # every process has read the old config.yaml before rank 0 rewrites it
         progress = progress if self.dist.main else None
@@ -301,9 +356,19 @@ class Trainer:
         """Evaluate the current policy on the held-out tasks; episodes go to ``eval/<name>.jsonl``."""
         e = self.cfg.eval
         t0 = time.time()
-        result = evaluate(self.policy, self.eval_envs, self.eval_tasks, episodes_per_task=e.episodes_per_task, max_turns=e.max_turns or self.cfg.rollout.max_turns,
-                          builder=self.builder(), temperature=e.temperature, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                          seed=eval_seed(self.cfg.seed), episodes_path=self.run_dir / "eval" / f"{name}.jsonl", dist=self.dist)  # fmt: skip
+        result = evaluate(
+            self.policy,
+            self.eval_envs,
+            self.eval_tasks,
+            episodes_per_task=e.episodes_per_task,
+            max_turns=e.max_turns or self.cfg.rollout.max_turns,
+            builder=self.builder(),
+            temperature=e.temperature,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            seed=eval_seed(self.cfg.seed),
+            episodes_path=self.run_dir / "eval" / f"{name}.jsonl",
+            dist=self.dist,
+        )
         result["seconds"] = time.time() - t0
         return result
 
@@ -319,39 +384,77 @@ class Trainer:
         dist.barrier()  # every process has read the old config.yaml before rank 0 rewrites it
         self.say = say = progress if progress is not None and dist.main else (lambda line: None)
         if dist.active:
-            say(f"data-parallel over {dist.world} processes ({dist.device.type}); rank 0 writes {self.run_dir}")
+            say(
+                f"data-parallel over {dist.world} processes ({dist.device.type}); rank 0 writes {self.run_dir}"
+            )
         self._write_run_files()
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
         seed_everything(cfg.seed)
         self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
-        self.train_tasks = self.task_ids(self.envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks")
+        self.train_tasks = self.task_ids(
+            self.envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks"
+        )
         self.eval_envs = self.envs
-        if cfg.eval.enabled and cfg.eval.env_kwargs:  # e.g. {split: valid_unseen}: held-out tasks of another split
-            self.eval_envs = [make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs}) for _ in range(cfg.env.num_envs)]
-        self.eval_tasks = self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks") if cfg.eval.enabled else []
-        if cfg.model.path is None and not (self.run_dir / "tiny-model" / "config.json").exists() and dist.main:
+        if (
+            cfg.eval.enabled and cfg.eval.env_kwargs
+        ):  # e.g. {split: valid_unseen}: held-out tasks of another split
+            self.eval_envs = [
+                make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs})
+                for _ in range(cfg.env.num_envs)
+            ]
+        self.eval_tasks = (
+            self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks")
+            if cfg.eval.enabled
+            else []
+        )
+        if (
+            cfg.model.path is None
+            and not (self.run_dir / "tiny-model" / "config.json").exists()
+            and dist.main
+        ):
             say("building the tiny model (tokenizer trained on env text, random-init Qwen2)")
         model_path = self._model_path(self.envs[0])
         if cfg.sft.enabled:
             model_path = self._sft(model_path, self.envs[0], say)
         seed_everything(cfg.seed)
         self.policy = HFPolicy.from_pretrained(
-            model_path, lora=LoraSettings.coerce(cfg.lora.model_dump()), device=dist.device if dist.active else cfg.model.device,
+            model_path,
+            lora=LoraSettings.coerce(cfg.lora.model_dump()),
+            device=dist.device if dist.active else cfg.model.device,
             dtype=cfg.model.dtype,
-            max_batch_size=cfg.model.max_batch_size, logprob_chunk_size=cfg.model.logprob_chunk_size,
+            max_batch_size=cfg.model.max_batch_size,
+            logprob_chunk_size=cfg.model.logprob_chunk_size,
             merge_for_sampling=cfg.model.merge_lora_for_sampling,
-        )  # fmt: skip
+        )
         if cfg.model.gradient_checkpointing:
-            self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.policy.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         a = cfg.algorithm
         settings = UpdateSettings(
-            loss=a.resolved_loss, clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
-            value_coef=a.value_coef, epochs=a.epochs, minibatch_size=a.minibatch_size, micro_batch_size=a.micro_batch_size,
-            max_grad_norm=cfg.optim.max_grad_norm, temperature=cfg.rollout.temperature,
-        )  # fmt: skip
-        self.learner = Learner(self.policy, settings, lr=cfg.optim.lr, critic_lr=cfg.optim.critic_lr, weight_decay=cfg.optim.weight_decay,
-                               betas=cfg.optim.betas, value_heads=value_heads_for(a.estimator), dist=dist)  # fmt: skip
+            loss=a.resolved_loss,
+            clip_low=a.clip_low,
+            clip_high=a.clip_high,
+            kl_coef=a.kl_coef,
+            entropy_coef=a.entropy_coef,
+            value_coef=a.value_coef,
+            epochs=a.epochs,
+            minibatch_size=a.minibatch_size,
+            micro_batch_size=a.micro_batch_size,
+            max_grad_norm=cfg.optim.max_grad_norm,
+            temperature=cfg.rollout.temperature,
+        )
+        self.learner = Learner(
+            self.policy,
+            settings,
+            lr=cfg.optim.lr,
+            critic_lr=cfg.optim.critic_lr,
+            weight_decay=cfg.optim.weight_decay,
+            betas=cfg.optim.betas,
+            value_heads=value_heads_for(a.estimator),
+            dist=dist,
+        )
         self.sampler = self._sampler(self.policy)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
 
@@ -367,8 +470,12 @@ class Trainer:
                 start = int(load_checkpoint(ckpt, self.learner, dist)["iteration"])
             if cfg.eval.enabled and not before_path.exists():
                 if start > 0:
-                    raise RuntimeError(f"{self.run_dir} resumes at iteration {start} but has no eval_before.json")
-                say(f"evaluating the starting policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+                    raise RuntimeError(
+                        f"{self.run_dir} resumes at iteration {start} but has no eval_before.json"
+                    )
+                say(
+                    f"evaluating the starting policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes"
+                )
                 before = self._evaluate("before")
                 if dist.main:
                     before_path.write_text(json.dumps(before, indent=1))
@@ -384,11 +491,19 @@ class Trainer:
                 record = self.iteration(it)
                 if self.metrics is not None:
                     self.metrics.write(record)
-                say(f"iteration {it + 1}/{cfg.optim.iterations}: success {record['success_rate']:.2f} reward {record['reward_mean']:.2f} "
-                    f"kl {record.get('kl', 0.0):.4f} ({record['time_iteration']:.1f} s; {time.time() - t_run:.0f} s so far)")  # fmt: skip
+                say(
+                    f"iteration {it + 1}/{cfg.optim.iterations}: success {record['success_rate']:.2f} reward {record['reward_mean']:.2f} "
+                    f"kl {record.get('kl', 0.0):.4f} ({record['time_iteration']:.1f} s; {time.time() - t_run:.0f} s so far)"
+                )
                 if (it + 1) % cfg.logging.checkpoint_every == 0 or it + 1 == cfg.optim.iterations:
-                    save_checkpoint(self.run_dir, it + 1, self.learner, {"last_metrics": record, "processes": dist.world},
-                                    keep=cfg.logging.keep_checkpoints, dist=dist)  # fmt: skip
+                    save_checkpoint(
+                        self.run_dir,
+                        it + 1,
+                        self.learner,
+                        {"last_metrics": record, "processes": dist.world},
+                        keep=cfg.logging.keep_checkpoints,
+                        dist=dist,
+                    )
             self._sync_adapter()
         finally:
             if self.metrics is not None:
@@ -408,21 +523,33 @@ class Trainer:
         cfg, dist, say = self.cfg, self.dist, self.say
         dist.barrier()  # rank 0 has written eval_before.json
         before = json.loads(before_path.read_text())
-        if cfg.optim.iterations == 0:  # no update: the same policy, tasks and seeds would give the same episodes again
+        if (
+            cfg.optim.iterations == 0
+        ):  # no update: the same policy, tasks and seeds would give the same episodes again
             after = before
             if dist.main and (self.run_dir / "eval" / "before.jsonl").exists():
                 shutil.copyfile(self.run_dir / "eval" / "before.jsonl", self.run_dir / "eval" / "after.jsonl")
         else:
-            say(f"evaluating the trained policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes")
+            say(
+                f"evaluating the trained policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes"
+            )
             after = self._evaluate("after")
         dist.barrier()
-        summary = {"before": before, "after": after, "estimator": cfg.algorithm.estimator, "iterations": cfg.optim.iterations,
-                   "improvement": after["success_rate"] - before["success_rate"],
-                   "significant": after["ci_low"] > before["ci_high"]}  # fmt: skip
+        summary = {
+            "before": before,
+            "after": after,
+            "estimator": cfg.algorithm.estimator,
+            "iterations": cfg.optim.iterations,
+            "improvement": after["success_rate"] - before["success_rate"],
+            "significant": after["ci_low"] > before["ci_high"],
+        }
         if dist.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         say(f"before RL: {_rate(before)}")
-        say(f"after RL:  {_rate(after)}" + ("  (gain beyond both 95% intervals)" if summary["significant"] else ""))
+        say(
+            f"after RL:  {_rate(after)}"
+            + ("  (gain beyond both 95% intervals)" if summary["significant"] else "")
+        )
 
     def _sampler(self, policy: HFPolicy) -> Any:
         """What rollouts sample from: the in-process policy, or an OpenAI-compatible server."""
@@ -431,7 +558,9 @@ class Trainer:
             return policy
         from agentrl.policies.openai import OpenAIPolicy
 
-        return OpenAIPolicy.connect(server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer)
+        return OpenAIPolicy.connect(
+            server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer
+        )
 
     def _sync_adapter(self) -> None:
         """Give a server sampler the current LoRA weights: save the adapter, load it there by name
@@ -454,18 +583,36 @@ class Trainer:
         rng = derive_rng(cfg.seed, it)
         picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
         seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
-        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                                seed=stream_seed(cfg.seed, it, rank=dist.rank))  # fmt: skip
+        params = SamplingParams(
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_new_tokens=r.max_new_tokens,
+            seed=stream_seed(cfg.seed, it, rank=dist.rank),
+        )
         mine = dist.share(range(r.groups))
-        groups = rollout(self.sampler, self.envs, [train_tasks[picks[g]] for g in mine], r.group_size, max_turns=r.max_turns,
-                         params=params, builder=self.builder(), seeds=[seeds[g] for g in mine],
-                         id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-") if mine else []  # fmt: skip
+        groups = (
+            rollout(
+                self.sampler,
+                self.envs,
+                [train_tasks[picks[g]] for g in mine],
+                r.group_size,
+                max_turns=r.max_turns,
+                params=params,
+                builder=self.builder(),
+                seeds=[seeds[g] for g in mine],
+                id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-",
+            )
+            if mine
+            else []
+        )
         groups = dist.gather(groups)
         t_rollout = time.time() - t_start
         fill_turn_rewards(groups, r.turn_reward)
         if cfg.logging.save_trajectories and dist.main:
             (self.run_dir / "trajectories").mkdir(exist_ok=True)
-            write_trajectories(self.run_dir / "trajectories" / f"iter-{it:06d}.jsonl", [t for g in groups for t in g])
+            write_trajectories(
+                self.run_dir / "trajectories" / f"iter-{it:06d}.jsonl", [t for g in groups for t in g]
+            )
         trajs = [t for g in groups for t in g]
         steps = steps_in_row_order(groups)
         generated = sum(len(s.response_ids or ()) for s in steps)
@@ -484,18 +631,33 @@ class Trainer:
         if len(batch):
             a = cfg.algorithm
             info = estimator_info(a.estimator)
-            samples = build_samples(steps, tokenizer=self.policy.tokenizer, parts=bool(info.spans),
-                                    response_format=r.response_format, value_heads=info.value_heads)  # fmt: skip
+            samples = build_samples(
+                steps,
+                tokenizer=self.policy.tokenizer,
+                parts=bool(info.spans),
+                response_format=r.response_format,
+                value_heads=info.value_heads,
+            )
             update_rng = derive_rng(cfg.seed, it, 1)
-            result = run_update(self.learner, batch, samples, a.estimator, dict(a.options), rng=update_rng, seed=cfg.seed + it,
-                                order=a.seeupo_order)  # fmt: skip
+            result = run_update(
+                self.learner,
+                batch,
+                samples,
+                a.estimator,
+                dict(a.options),
+                rng=update_rng,
+                seed=cfg.seed + it,
+                order=a.seeupo_order,
+            )
             record.update(result.stats)
         t_end = time.time()
-        record.update({
-            "tokens_generated": generated,
-            "tokens_per_s": generated / max(t_rollout, 1e-9),
-            "time_rollout": t_rollout,
-            "time_update": t_end - t_update,
-            "time_iteration": t_end - t_start,
-        })  # fmt: skip
+        record.update(
+            {
+                "tokens_generated": generated,
+                "tokens_per_s": generated / max(t_rollout, 1e-9),
+                "time_rollout": t_rollout,
+                "time_update": t_end - t_update,
+                "time_iteration": t_end - t_start,
+            }
+        )
         return record

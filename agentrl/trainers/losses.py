@@ -60,7 +60,9 @@ def sequence_means(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     return (x_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1.0)
 
 
-def _clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _clipped_objective(
+    ratio: torch.Tensor, adv: torch.Tensor, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(-min(r A, clip(r, 1-low, 1+high) A), 1 where the clipped term was chosen)."""
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - low, 1.0 + high) * adv
@@ -73,7 +75,11 @@ def ppo_token_mean(x: LossInput) -> LossOutput:
     ratio = torch.exp(x.logp - x.old_logp)
     pg, clipped = _clipped_objective(ratio, x.adv, x.clip_low, x.clip_high)
     n = max(x.n_tokens, 1.0)
-    return LossOutput(masked_sum(pg, x.mask) / n, masked_sum(clipped, x.mask).detach() / n, masked_sum(ratio, x.mask).detach() / n)
+    return LossOutput(
+        masked_sum(pg, x.mask) / n,
+        masked_sum(clipped, x.mask).detach() / n,
+        masked_sum(ratio, x.mask).detach() / n,
+    )
 
 
 @register_loss("ppo_seq_mean_token_mean")
@@ -98,7 +104,11 @@ def gspo(x: LossInput) -> LossOutput:
     has_tokens = (x.mask.sum(-1) > 0).float()
     pg, clipped = _clipped_objective(s, adv, x.clip_low, x.clip_high)
     n = max(x.n_seqs, 1.0)
-    return LossOutput((pg * has_tokens).sum() / n, (clipped * has_tokens).sum().detach() / n, (s * has_tokens).sum().detach() / n)
+    return LossOutput(
+        (pg * has_tokens).sum() / n,
+        (clipped * has_tokens).sum().detach() / n,
+        (s * has_tokens).sum().detach() / n,
+    )
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

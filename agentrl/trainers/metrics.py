@@ -106,15 +106,29 @@ class _WandbSink:
 
     name, module, package = "wandb", "wandb", "wandb"
 
-    def __init__(self, settings: LoggingConfig.Wandb, run_dir: Path, config: Mapping[str, Any] | None,
-                 previous: Mapping[str, Any] | None, key: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: LoggingConfig.Wandb,
+        run_dir: Path,
+        config: Mapping[str, Any] | None,
+        previous: Mapping[str, Any] | None,
+        key: dict[str, Any],
+    ) -> None:
         wandb = _require(self.module, self.package, self.name)
         resume_id = previous.get("id") if previous and previous.get("key") == key else None
         self.run = wandb.init(
-            project=settings.project, entity=settings.entity, mode=settings.mode, name=settings.name or run_dir.name,
-            tags=list(settings.tags) or None, dir=str(run_dir), config=dict(config) if config is not None else None,
-            id=resume_id, resume="allow" if resume_id else None, reinit="create_new", allow_val_change=bool(resume_id),
-        )  # fmt: skip
+            project=settings.project,
+            entity=settings.entity,
+            mode=settings.mode,
+            name=settings.name or run_dir.name,
+            tags=list(settings.tags) or None,
+            dir=str(run_dir),
+            config=dict(config) if config is not None else None,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="create_new",
+            allow_val_change=bool(resume_id),
+        )
         self.state = {"id": self.run.id, "key": key}
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -132,8 +146,14 @@ class _MlflowSink:
     PARAM_MAX = 500  # the value limit of older MLflow servers (newer allow 6000)
     BATCH = 100  # params per log_batch call that every MLflow server accepts
 
-    def __init__(self, settings: LoggingConfig.Mlflow, run_dir: Path, config: Mapping[str, Any] | None,
-                 previous: Mapping[str, Any] | None, key: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: LoggingConfig.Mlflow,
+        run_dir: Path,
+        config: Mapping[str, Any] | None,
+        previous: Mapping[str, Any] | None,
+        key: dict[str, Any],
+    ) -> None:
         _require(self.module, self.package, self.name)
         from mlflow.entities import Metric, Param
         from mlflow.exceptions import MlflowException
@@ -158,9 +178,16 @@ class _MlflowSink:
                     f"MLflow experiment {settings.experiment!r} at {self.client.tracking_uri} is deleted; restore it or set "
                     "logging.mlflow.experiment to another name"
                 )
-            exp_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(settings.experiment)
-            run = self.client.create_run(exp_id, run_name=settings.run_name or run_dir.name,
-                                         tags={"agentrl.run_dir": str(run_dir.resolve())})  # fmt: skip
+            exp_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self.client.create_experiment(settings.experiment)
+            )
+            run = self.client.create_run(
+                exp_id,
+                run_name=settings.run_name or run_dir.name,
+                tags={"agentrl.run_dir": str(run_dir.resolve())},
+            )
             self.run_id = run.info.run_id
             params = [Param(k, v[: self.PARAM_MAX]) for k, v in _flatten(config or {}).items()]
             for s in range(0, len(params), self.BATCH):
@@ -185,8 +212,15 @@ class MetricsWriter:
     start here, so a missing package or a bad tracking URI fails before any training.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb: LoggingConfig.Wandb | None = None,
-                 mlflow: LoggingConfig.Mlflow | None = None, config: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = True,
+        wandb: LoggingConfig.Wandb | None = None,
+        mlflow: LoggingConfig.Mlflow | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -200,7 +234,9 @@ class MetricsWriter:
                 self._tb_class = SummaryWriter
             except ImportError:
                 self._tb_class = None
-        wanted = [(cls, s) for cls, s in ((_WandbSink, wandb), (_MlflowSink, mlflow)) if s is not None and s.enabled]
+        wanted = [
+            (cls, s) for cls, s in ((_WandbSink, wandb), (_MlflowSink, mlflow)) if s is not None and s.enabled
+        ]
         for cls, _ in wanted:  # every missing package is named before any run starts
             _require(cls.module, cls.package, cls.name)
         state_path = self.run_dir / STATE_FILE
@@ -222,7 +258,13 @@ class MetricsWriter:
     def from_config(cls, run_dir: str | Path, cfg: TrainConfig) -> MetricsWriter:
         """The writer a training config asks for (``cfg.logging``), recording the resolved config."""
         log = cfg.logging
-        return cls(run_dir, tensorboard=log.tensorboard, wandb=log.wandb, mlflow=log.mlflow, config=cfg.model_dump(mode="json"))
+        return cls(
+            run_dir,
+            tensorboard=log.tensorboard,
+            wandb=log.wandb,
+            mlflow=log.mlflow,
+            config=cfg.model_dump(mode="json"),
+        )
 
     def _tensorboard(self) -> Any:
         """The TensorBoard writer, opened on first use (with ``purge_step`` after a rewind)."""
@@ -289,7 +331,9 @@ class MetricsWriter:
         self._closed = True
         if status is None:
             kind = sys.exc_info()[0]
-            status = "finished" if kind is None else "killed" if issubclass(kind, KeyboardInterrupt) else "failed"
+            status = (
+                "finished" if kind is None else "killed" if issubclass(kind, KeyboardInterrupt) else "failed"
+            )
         if self.tb is not None:
             self.tb.close()
             self.tb = None

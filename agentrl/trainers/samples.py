@@ -51,8 +51,14 @@ class TokenSamples:
         return len(self.prompt_ids)
 
 
-def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool = False,
-                  response_format: str = "hiper", value_heads: Mapping[str, ValueHeadSpec] | Sequence[str] = ()) -> TokenSamples:  # fmt: skip
+def build_samples(
+    steps: Sequence[Step],
+    *,
+    tokenizer: Any = None,
+    parts: bool = False,
+    response_format: str = "hiper",
+    value_heads: Mapping[str, ValueHeadSpec] | Sequence[str] = (),
+) -> TokenSamples:
     """Samples from steps that kept their token ids (rollout does).
 
     ``parts``: locate the response parts of ``response_format`` (HiPER: switch/subgoal/action tokens;
@@ -63,7 +69,9 @@ def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool =
     prompts, responses = [], []
     for k, s in enumerate(steps):
         if s.prompt_ids is None or s.response_ids is None:
-            raise ValueError(f"step row {k} has no token ids; training needs steps recorded by rollout (prompt_ids, response_ids)")
+            raise ValueError(
+                f"step row {k} has no token ids; training needs steps recorded by rollout (prompt_ids, response_ids)"
+            )
         if not s.prompt_ids:
             raise ValueError(f"step row {k} has an empty prompt")
         prompts.append([int(i) for i in s.prompt_ids])
@@ -75,7 +83,7 @@ def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool =
         for s, ids in zip(steps, responses):
             parsed = parse_response(s.response, response_format)
             part_masks.append(response_token_masks(tokenizer, ids, parsed) if parsed.valid else {})
-    heads = value_heads if isinstance(value_heads, Mapping) else {h: None for h in value_heads}
+    heads = value_heads if isinstance(value_heads, Mapping) else dict.fromkeys(value_heads)
     offsets: dict[str, np.ndarray] = {}
     for head, spec in heads.items():
         off = np.full(len(steps), -1, dtype=np.int64)
@@ -88,8 +96,13 @@ def build_samples(steps: Sequence[Step], *, tokenizer: Any = None, parts: bool =
     return TokenSamples(prompts, responses, part_masks, offsets)
 
 
-def token_advantages(samples: TokenSamples, adv: Advantages, rows: Sequence[int] | np.ndarray | None = None,
-                     *, spans: Sequence[str] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+def token_advantages(
+    samples: TokenSamples,
+    adv: Advantages,
+    rows: Sequence[int] | np.ndarray | None = None,
+    *,
+    spans: Sequence[str] = (),
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(advantage per response token, trained-token mask) for each sample in ``rows`` (default all).
 
     ``adv`` holds one entry per batch row. Without ``spans`` the row's ``adv.step`` goes to every
@@ -124,18 +137,35 @@ def token_advantages(samples: TokenSamples, adv: Advantages, rows: Sequence[int]
     return out_adv, out_mask
 
 
-def collate(samples: TokenSamples, rows: Sequence[int] | np.ndarray, pad_token_id: int, device: torch.device | str,
-            per_token: dict[str, Sequence[np.ndarray | torch.Tensor]] | None = None) -> tuple[PackedBatch, dict[str, torch.Tensor]]:  # fmt: skip
+def collate(
+    samples: TokenSamples,
+    rows: Sequence[int] | np.ndarray,
+    pad_token_id: int,
+    device: torch.device | str,
+    per_token: dict[str, Sequence[np.ndarray | torch.Tensor]] | None = None,
+) -> tuple[PackedBatch, dict[str, torch.Tensor]]:
     """Pack the samples of ``rows`` (left padding) and place per-token arrays (aligned with ``rows``)
     on their response positions of a ``[B, T]`` float32 tensor (0 elsewhere)."""
     rows = [int(r) for r in rows]
-    packed = pack_samples([samples.prompt_ids[r] for r in rows], [samples.response_ids[r] for r in rows], pad_token_id, device)
+    packed = pack_samples(
+        [samples.prompt_ids[r] for r in rows], [samples.response_ids[r] for r in rows], pad_token_id, device
+    )
     placed: dict[str, torch.Tensor] = {}
     for name, arrays in (per_token or {}).items():
         if len(arrays) != len(rows):
             raise ValueError(f"per-token array {name!r} has {len(arrays)} entries for {len(rows)} samples")
-        flat = torch.cat([torch.as_tensor(np.asarray(a, dtype=np.float32)) if not isinstance(a, torch.Tensor) else a.float().cpu()
-                          for a in arrays]) if arrays else torch.zeros(0)  # fmt: skip
+        flat = (
+            torch.cat(
+                [
+                    torch.as_tensor(np.asarray(a, dtype=np.float32))
+                    if not isinstance(a, torch.Tensor)
+                    else a.float().cpu()
+                    for a in arrays
+                ]
+            )
+            if arrays
+            else torch.zeros(0)
+        )
         out = torch.zeros(packed.input_ids.shape, dtype=torch.float32)
         out[packed.response_mask.cpu()] = flat
         placed[name] = out.to(device)

@@ -26,7 +26,14 @@ from agentrl.trainers.samples import TokenSamples, token_advantages
 from agentrl.trainers.values import value_targets
 from agentrl.types import StepBatch
 
-__all__ = ["SCHEDULES", "UpdateResult", "register_schedule", "run_update", "standard_update", "turn_slot_update"]
+__all__ = [
+    "SCHEDULES",
+    "UpdateResult",
+    "register_schedule",
+    "run_update",
+    "standard_update",
+    "turn_slot_update",
+]
 
 
 @dataclass
@@ -46,8 +53,17 @@ def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
     return SCHEDULES.decorator(name)
 
 
-def run_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
-               rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
+def run_update(
+    learner: Learner,
+    batch: StepBatch,
+    samples: TokenSamples,
+    estimator: str,
+    options: dict[str, Any],
+    *,
+    rng: np.random.Generator,
+    seed: int = 0,
+    order: str = "reverse",
+) -> UpdateResult:
     """One iteration's update through the estimator's schedule. ``rng`` draws minibatches; ``seed`` and
     ``order`` are for schedules that walk turn slots (the slot order, and its draw when "random")."""
     schedule = SCHEDULES.get(estimator_info(estimator).schedule)
@@ -71,13 +87,27 @@ def _kl_mean(scores: Scores) -> float:
 
 def _adv_stats(adv: Advantages) -> dict[str, float]:
     a = adv.step
-    return {"adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_min": float(a.min()), "adv_max": float(a.max()),
-            "adv_zero_frac": float(np.mean(a == 0.0))}  # fmt: skip
+    return {
+        "adv_mean": float(a.mean()),
+        "adv_std": float(a.std()),
+        "adv_min": float(a.min()),
+        "adv_max": float(a.max()),
+        "adv_zero_frac": float(np.mean(a == 0.0)),
+    }
 
 
 @register_schedule("standard")
-def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
-                    rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
+def standard_update(
+    learner: Learner,
+    batch: StepBatch,
+    samples: TokenSamples,
+    estimator: str,
+    options: dict[str, Any],
+    *,
+    rng: np.random.Generator,
+    seed: int = 0,
+    order: str = "reverse",
+) -> UpdateResult:
     """Score, estimate (with critic values when needed), route credit to tokens, update once
     (``seed`` and ``order`` are unused: there are no slots)."""
     info = estimator_info(estimator)
@@ -98,8 +128,17 @@ def standard_update(learner: Learner, batch: StepBatch, samples: TokenSamples, e
 
 
 @register_schedule("turn_slots")
-def turn_slot_update(learner: Learner, batch: StepBatch, samples: TokenSamples, estimator: str, options: dict[str, Any], *,
-                     rng: np.random.Generator, seed: int = 0, order: str = "reverse") -> UpdateResult:  # fmt: skip
+def turn_slot_update(
+    learner: Learner,
+    batch: StepBatch,
+    samples: TokenSamples,
+    estimator: str,
+    options: dict[str, Any],
+    *,
+    rng: np.random.Generator,
+    seed: int = 0,
+    order: str = "reverse",
+) -> UpdateResult:
     """SeeUPO (credit.md): for each turn slot t in ``order``, recompute old log-probs of B_t, take the
     per-turn advantages times the current M_i, update once, then ``M_i = clip(M_i * rho_i)`` with
     rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update.
@@ -117,7 +156,9 @@ def turn_slot_update(learner: Learner, batch: StepBatch, samples: TokenSamples, 
         token_mask = [np.ones(len(samples.response_ids[r]), dtype=bool) for r in rows]
         stats = learner.update(samples, scores, token_adv, token_mask, rng=rng)
         after = learner.score(samples, rows)
-        mean_log_ratio = np.array([float((a - b).mean()) if a.numel() else 0.0 for a, b in zip(after.logp, scores.logp)])
+        mean_log_ratio = np.array(
+            [float((a - b).mean()) if a.numel() else 0.0 for a, b in zip(after.logp, scores.logp)]
+        )
         corrections = update_corrections(corrections, batch.traj_id[rows], mean_log_ratio)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v

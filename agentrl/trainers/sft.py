@@ -25,8 +25,9 @@ from agentrl.trainers.experts import EXPERTS, ExpertTurn, expert_env, get_expert
 __all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "sft_train"]
 
 
-def render_response(action: str, response_format: str, turn: int, goal_hint: str = "reach the goal",
-                    think: str | None = None) -> str:  # fmt: skip
+def render_response(
+    action: str, response_format: str, turn: int, goal_hint: str = "reach the goal", think: str | None = None
+) -> str:
     """The expert's answer in a response format (HiPER: one subgoal, ``goal_hint``, for the whole episode).
 
     ``tool_call``: the action as it is (``<tool_call>`` text for tool envs, else a final answer).
@@ -52,8 +53,9 @@ class Demonstration:
     success: bool = False
 
 
-def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], builder: StepPrompt | ChatPrompt,
-                          *, seed: int = 0) -> list[Demonstration]:  # fmt: skip
+def expert_demonstrations(
+    env_name: str, env: Any, task_ids: Sequence[str], builder: StepPrompt | ChatPrompt, *, seed: int = 0
+) -> list[Demonstration]:
     """Play the env's expert on each task (reset seed ``seed + n``) and record (prompt, response) per step.
 
     ``env`` must be able to play the expert (``expert_env`` makes one). A rendered response that
@@ -85,8 +87,10 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
             response = render_response(turn.action, fmt, len(episode), expert.subgoal, think=turn.think)
             parsed = parse_response(response, fmt)
             if not parsed.valid:
-                raise ValueError(f"{env_name} expert's turn {len(episode)} on task {task_id!r} does not parse in format "
-                                 f"{fmt!r} ({parsed.reason}): {response!r}")  # fmt: skip
+                raise ValueError(
+                    f"{env_name} expert's turn {len(episode)} on task {task_id!r} does not parse in format "
+                    f"{fmt!r} ({parsed.reason}): {response!r}"
+                )
             episode.append(Demonstration(messages, response, task_id=str(task_id), turn=len(episode)))
             if fmt == "hiper":
                 subgoal = expert.subgoal
@@ -104,10 +108,22 @@ def expert_demonstrations(env_name: str, env: Any, task_ids: Sequence[str], buil
     return demos
 
 
-def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epochs: int, lr: float, batch_size: int,
-              seed: int, chat_template: str | None = None, chunk_size: int = 512,
-              log: Callable[[dict[str, float]], None] | None = None, dist: Dist = SINGLE,
-              lr_schedule: str = "constant", warmup_ratio: float = 0.0) -> dict[str, float]:  # fmt: skip
+def sft_train(
+    model: Any,
+    tokenizer: Any,
+    demos: Sequence[Demonstration],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    chat_template: str | None = None,
+    chunk_size: int = 512,
+    log: Callable[[dict[str, float]], None] | None = None,
+    dist: Dist = SINGLE,
+    lr_schedule: str = "constant",
+    warmup_ratio: float = 0.0,
+) -> dict[str, float]:
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
     ``lr_schedule``: ``"constant"``, or ``"cosine"`` (decay to 0 over all steps, after a linear warm-up
@@ -124,9 +140,17 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
     if not demos:
         raise ValueError("no expert demonstrations to train on")
     eos = tokenizer.eos_token_id
-    prompts = [tokenizer(render_chat(tokenizer, d.messages, add_generation_prompt=True, chat_template=chat_template),
-                         add_special_tokens=False)["input_ids"] for d in demos]  # fmt: skip
-    responses = [tokenizer(d.response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else []) for d in demos]
+    prompts = [
+        tokenizer(
+            render_chat(tokenizer, d.messages, add_generation_prompt=True, chat_template=chat_template),
+            add_special_tokens=False,
+        )["input_ids"]
+        for d in demos
+    ]
+    responses = [
+        tokenizer(d.response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        for d in demos
+    ]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -148,7 +172,13 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
             mine = dist.share(rows)
             if mine:
                 packed = pack_samples([prompts[r] for r in mine], [responses[r] for r in mine], pad, device)
-                lp = token_logprobs(model, packed.input_ids, packed.attention_mask, packed.response_mask, chunk_size=chunk_size)
+                lp = token_logprobs(
+                    model,
+                    packed.input_ids,
+                    packed.attention_mask,
+                    packed.response_mask,
+                    chunk_size=chunk_size,
+                )
                 nll = -(lp.logprobs * packed.response_mask).sum() / n_tokens
                 nll.backward()
                 loss = float(nll.detach())
@@ -158,9 +188,19 @@ def sft_train(model: Any, tokenizer: Any, demos: Sequence[Demonstration], *, epo
             scheduler.step()
             losses.append(dist.sum_stats({"loss": loss})["loss"])
         if log is not None:
-            log({"sft_epoch": float(epoch), "sft_loss": float(np.mean(losses[-max(1, len(demos) // batch_size) :]))})
+            log(
+                {
+                    "sft_epoch": float(epoch),
+                    "sft_loss": float(np.mean(losses[-max(1, len(demos) // batch_size) :])),
+                }
+            )
     model.eval()
-    return {"sft_loss_first": losses[0], "sft_loss_last": losses[-1], "sft_samples": float(len(demos)), "sft_steps": float(len(losses))}
+    return {
+        "sft_loss_first": losses[0],
+        "sft_loss_last": losses[-1],
+        "sft_samples": float(len(demos)),
+        "sft_steps": float(len(losses)),
+    }
 
 
 def lr_factor(schedule: str, total_steps: int, warmup_ratio: float = 0.0) -> Callable[[int], float]:

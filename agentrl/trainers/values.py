@@ -45,7 +45,9 @@ class ValueHead(torch.nn.Module):
             return {h: v.double().numpy() for h, v in self(features).items()}
 
 
-def gather_features(hidden_BTH: torch.Tensor, response_mask_BT: torch.Tensor, offsets: dict[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+def gather_features(
+    hidden_BTH: torch.Tensor, response_mask_BT: torch.Tensor, offsets: dict[str, Sequence[int]]
+) -> dict[str, torch.Tensor]:
     """Hidden state per row at ``response start + offset`` (offset -1: the last prompt token), per head."""
     width = response_mask_BT.shape[1]
     start = width - response_mask_BT.long().sum(-1)  # responses sit at the right end (left padding)
@@ -57,10 +59,17 @@ def gather_features(hidden_BTH: torch.Tensor, response_mask_BT: torch.Tensor, of
     return out
 
 
-def value_targets(adv: Advantages, heads: Mapping[str, ValueHeadSpec]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def value_targets(
+    adv: Advantages, heads: Mapping[str, ValueHeadSpec]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(target, rows where it applies) per head, read from the estimator's extras and masks as its
     ``ValueHeadSpec`` says (e.g. GAE: ``returns`` = A + V everywhere; HiPER's V_H: segment starts only)."""
     n = adv.step.shape[0]
     everywhere = np.ones(n, dtype=bool)
-    return {head: (adv.extras[spec.target], adv.masks.get(spec.applies, everywhere) if spec.applies else everywhere)
-            for head, spec in heads.items()}  # fmt: skip
+    return {
+        head: (
+            adv.extras[spec.target],
+            adv.masks.get(spec.applies, everywhere) if spec.applies else everywhere,
+        )
+        for head, spec in heads.items()
+    }

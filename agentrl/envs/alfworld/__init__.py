@@ -10,4 +10,13 @@ from agentrl.envs.alfworld.expert import Expert, ExpertGaveUp, expert_trajectori
 from agentrl.envs.alfworld.generate import ensure_default_games, generate_games
 from agentrl.envs.alfworld.scenes import TASK_TYPES
 
-__all__ = ["ALFWorldEnv", "Expert", "ExpertGaveUp", "TASK_TYPES", "ensure_default_games", "expert_trajectories", "generate_games", "solve"]
+__all__ = [
+    "TASK_TYPES",
+    "ALFWorldEnv",
+    "Expert",
+    "ExpertGaveUp",
+    "ensure_default_games",
+    "expert_trajectories",
+    "generate_games",
+    "solve",
+]

@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--per-type", type=int, default=DEFAULT_PER_TYPE, help="games per task type and split")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
-    gen.add_argument("--task-types", nargs="+", default=list(TASK_TYPES), choices=list(TASK_TYPES), metavar="TYPE", help="only these task types (default: all six)")
+    gen.add_argument(
+        "--task-types",
+        nargs="+",
+        default=list(TASK_TYPES),
+        choices=list(TASK_TYPES),
+        metavar="TYPE",
+        help="only these task types (default: all six)",
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     play = sub.add_parser("play", help="play a game in the terminal")
     play.add_argument("--split", default="valid_seen")
@@ -52,9 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "play":
         return _play(args)
     summary = generate_games(
-        args.out, per_type=args.per_type, seed=args.seed, splits=tuple(args.splits), progress=not args.quiet, task_types=tuple(args.task_types)
+        args.out,
+        per_type=args.per_type,
+        seed=args.seed,
+        splits=tuple(args.splits),
+        progress=not args.quiet,
+        task_types=tuple(args.task_types),
     )
-    json.dump({s: {k: e[k] for k in ("counts", "games", "seconds")} for s, e in summary["splits"].items()}, sys.stdout, indent=2)
+    json.dump(
+        {s: {k: e[k] for k in ("counts", "games", "seconds")} for s, e in summary["splits"].items()},
+        sys.stdout,
+        indent=2,
+    )
     print()
     return 0
 

@@ -34,8 +34,12 @@ class GameEngine:
             return
         self._set_speed()
         if self._env is None:
-            infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=self.facts, extras=["gamefile"])
-            self._env = textworld.start(game_file, infos, wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
+            infos = textworld.EnvInfos(
+                won=True, admissible_commands=True, facts=self.facts, extras=["gamefile"]
+            )
+            self._env = textworld.start(
+                game_file, infos, wrappers=[AlfredDemangler(shuffle=False), AlfredInfos]
+            )
         else:
             self._env.load(game_file)
         self.game_file = game_file

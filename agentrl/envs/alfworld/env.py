@@ -88,10 +88,14 @@ class ALFWorldEnv(AgentEnv):
         self.data_dir = resolve_data_dir(data_dir, self.split)
         self.folder = paths.split_dir(self.data_dir, self.split)
         if not os.path.isdir(self.folder):
-            raise FileNotFoundError(f"no ALFWorld split folder {self.folder} (expected <data_dir>/json_2.1.1/{self.split})")
+            raise FileNotFoundError(
+                f"no ALFWorld split folder {self.folder} (expected <data_dir>/json_2.1.1/{self.split})"
+            )
         self.games = paths.collect_games(self.folder, tuple(task_types) if task_types is not None else None)
         if not self.games:
-            raise FileNotFoundError(f"no solvable ALFWorld games (game.tw-pddl + traj_data.json) under {self.folder}")
+            raise FileNotFoundError(
+                f"no solvable ALFWorld games (game.tw-pddl + traj_data.json) under {self.folder}"
+            )
         self._ids = [os.path.relpath(os.path.dirname(g), self.folder) for g in self.games]
         self._index = {tid: i for i, tid in enumerate(self._ids)}
         self.reward_won = float(reward_won)
@@ -118,14 +122,18 @@ class ALFWorldEnv(AgentEnv):
         with open(os.path.join(os.path.dirname(game_file), "traj_data.json"), encoding="utf-8") as f:
             return json.load(f)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         options = options or {}
         task_id = options.get("task_id")
         if task_id is None:
             task_id = self._ids[int(self.np_random.integers(len(self._ids)))]
         if task_id not in self._index:
-            raise ValueError(f"unknown ALFWorld task_id {task_id!r} in {self.folder} ({len(self._ids)} games; see task_ids())")
+            raise ValueError(
+                f"unknown ALFWorld task_id {task_id!r} in {self.folder} ({len(self._ids)} games; see task_ids())"
+            )
         game_file = self.games[self._index[task_id]]
         if game_file != self._engine.game_file:
             self._traj = self._traj_data(game_file)

@@ -109,7 +109,9 @@ def expert_trajectories(env: Any, task_ids: Sequence[str] | None = None, seed: i
     ``response``), the env's reward and validity, and ``info["task_type"]``.
     """
     if not getattr(env, "has_expert", False):
-        raise ValueError("expert_trajectories needs an env made with expert=True, e.g. make('alfworld', expert=True)")
+        raise ValueError(
+            "expert_trajectories needs an env made with expert=True, e.g. make('alfworld', expert=True)"
+        )
     out = []
     for task_id in task_ids if task_ids is not None else env.task_ids():
         obs, info = env.reset(seed=seed, options={"task_id": task_id})
@@ -119,11 +121,27 @@ def expert_trajectories(env: Any, task_ids: Sequence[str] | None = None, seed: i
             action = info["expert_action"] or "look"  # the expert gave up: let the episode run out
             next_obs, reward, terminated, truncated, next_info = env.step(action)
             steps.append(
-                Step(obs=obs, response=action, action=action, reward=float(reward), valid=bool(next_info["valid"]),
-                     state_key=info["state_key"], info={"task_type": info["task_type"]})
+                Step(
+                    obs=obs,
+                    response=action,
+                    action=action,
+                    reward=float(reward),
+                    valid=bool(next_info["valid"]),
+                    state_key=info["state_key"],
+                    info={"task_type": info["task_type"]},
+                )
             )
             obs, info = next_obs, next_info
-        out.append(Trajectory(task_id=task_id, group_id=task_id, traj_id=f"{task_id}#expert{seed}", steps=steps,
-                              terminated=terminated, truncated=truncated, success=bool(info["success"]),
-                              info={"task_type": info["task_type"], "task": info["task"], "policy": "handcoded-expert"}))
+        out.append(
+            Trajectory(
+                task_id=task_id,
+                group_id=task_id,
+                traj_id=f"{task_id}#expert{seed}",
+                steps=steps,
+                terminated=terminated,
+                truncated=truncated,
+                success=bool(info["success"]),
+                info={"task_type": info["task_type"], "task": info["task"], "policy": "handcoded-expert"},
+            )
+        )
     return out

@@ -72,7 +72,12 @@ def _write_game(folder: str, task: Task, verdict: Verdict | None) -> str:
     os.makedirs(folder, exist_ok=True)
     game_file = os.path.join(folder, "game.tw-pddl")
     with open(game_file, "w", encoding="utf-8") as f:
-        json.dump(game_json(task, verdict.walkthrough if verdict else None, solvable=bool(verdict and verdict.solvable)), f)
+        json.dump(
+            game_json(
+                task, verdict.walkthrough if verdict else None, solvable=bool(verdict and verdict.solvable)
+            ),
+            f,
+        )
     with open(os.path.join(folder, "traj_data.json"), "w", encoding="utf-8") as f:
         json.dump(traj_data(task), f, indent=2)
     return game_file
@@ -92,11 +97,21 @@ def _check_out_dir(out_dir: str, splits: Sequence[str]) -> None:
         d = os.path.join(out_dir, paths.DATA_FOLDER, split)
         if os.path.isdir(d) and os.listdir(d):
             if not ours:
-                raise FileExistsError(f"{d} already holds games that agentrl did not generate; choose an empty --out folder")
+                raise FileExistsError(
+                    f"{d} already holds games that agentrl did not generate; choose an empty --out folder"
+                )
             shutil.rmtree(d)
 
 
-def _generate_split(split: str, per_type: int, seed: int, task_types: Sequence[str], staging: str, progress: bool, workers: int) -> tuple[dict[str, list[tuple[Task, Verdict]]], list[dict[str, str]]]:
+def _generate_split(
+    split: str,
+    per_type: int,
+    seed: int,
+    task_types: Sequence[str],
+    staging: str,
+    progress: bool,
+    workers: int,
+) -> tuple[dict[str, list[tuple[Task, Verdict]]], list[dict[str, str]]]:
     """Validated games of one split; depends only on (seed, split, task type), not on other splits."""
     rngs = {tt: random.Random(f"agentrl-alfworld/{seed}/{split}/{tt}") for tt in task_types}
     kept: dict[str, list[tuple[Task, Verdict]]] = {tt: [] for tt in task_types}
@@ -116,15 +131,23 @@ def _generate_split(split: str, per_type: int, seed: int, task_types: Sequence[s
                 seen.add(sig)
                 folder = os.path.join(staging, split, task.task_dir, task.trial)
                 candidates.append((tt, task, _write_game(folder, task, None)))
-        bar = _Progress(len(candidates), f"alfworld {split}: validating games" + (f" (round {round_ + 1})" if round_ else ""), progress)
-        verdicts = validate_games([c[2] for c in candidates], workers=workers, on_verdict=lambda _v: bar.update())
+        bar = _Progress(
+            len(candidates),
+            f"alfworld {split}: validating games" + (f" (round {round_ + 1})" if round_ else ""),
+            progress,
+        )
+        verdicts = validate_games(
+            [c[2] for c in candidates], workers=workers, on_verdict=lambda _v, update=bar.update: update()
+        )
         bar.close()
         for tt, task, game_file in candidates:
             v = verdicts[game_file]
             if v.solvable and len(kept[tt]) < per_type:
                 kept[tt].append((task, v))
             elif not v.solvable:
-                dropped.append({"split": split, "task_type": tt, "game": f"{task.task_dir}/{task.trial}", "why": v.error})
+                dropped.append(
+                    {"split": split, "task_type": tt, "game": f"{task.task_dir}/{task.trial}", "why": v.error}
+                )
     return kept, dropped
 
 
@@ -162,18 +185,29 @@ def generate_games(
         shutil.rmtree(staging, ignore_errors=True)
         kept, dropped = _generate_split(split, per_type, seed, task_types, staging, progress, workers)
         shutil.rmtree(staging, ignore_errors=True)
-        for tt, games in kept.items():
+        for _tt, games in kept.items():
             for task, verdict in games:
-                _write_game(os.path.join(out_dir, paths.DATA_FOLDER, split, task.task_dir, task.trial), task, verdict)
+                _write_game(
+                    os.path.join(out_dir, paths.DATA_FOLDER, split, task.task_dir, task.trial), task, verdict
+                )
         counts = {tt: len(games) for tt, games in kept.items()}
         short += [f"{split}/{tt}: {n}" for tt, n in counts.items() if n < per_type]
-        entry = {"seed": seed, "per_type": per_type, "counts": counts, "games": sum(counts.values()), "dropped": dropped, "seconds": round(time.time() - t0, 2)}
+        entry = {
+            "seed": seed,
+            "per_type": per_type,
+            "counts": counts,
+            "games": sum(counts.values()),
+            "dropped": dropped,
+            "seconds": round(time.time() - t0, 2),
+        }
         summary["splits"][split] = manifest["splits"][split] = entry
         with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
     summary["games"] = sum(e["games"] for e in summary["splits"].values())
     if short:
-        raise RuntimeError(f"could not generate {per_type} solvable games for {short} in {MAX_ROUNDS} rounds (see {MANIFEST})")
+        raise RuntimeError(
+            f"could not generate {per_type} solvable games for {short} in {MAX_ROUNDS} rounds (see {MANIFEST})"
+        )
     return summary
 
 
@@ -188,15 +222,26 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_default_games(split: str, per_type: int = DEFAULT_PER_TYPE, seed: int = 0, progress: bool = True) -> str:
+def ensure_default_games(
+    split: str, per_type: int = DEFAULT_PER_TYPE, seed: int = 0, progress: bool = True
+) -> str:
     """The cached default games of ``split``, generated on first use (one process at a time); returns the dir."""
     split = paths.canonical_split(split)
     out_dir = paths.default_generated_dir()
     with _locked(out_dir + ".lock"):
         entry = (_read_manifest(out_dir) or {}).get("splits", {}).get(split)
-        if entry and entry["seed"] == seed and entry["per_type"] == per_type and entry["games"] == per_type * len(S.TASK_TYPES):
+        if (
+            entry
+            and entry["seed"] == seed
+            and entry["per_type"] == per_type
+            and entry["games"] == per_type * len(S.TASK_TYPES)
+        ):
             return out_dir
         if progress:
-            print(f"alfworld: generating the default {split} games into {out_dir} (once)", file=sys.stderr, flush=True)
+            print(
+                f"alfworld: generating the default {split} games into {out_dir} (once)",
+                file=sys.stderr,
+                flush=True,
+            )
         generate_games(out_dir, per_type=per_type, seed=seed, splits=(split,), progress=progress)
     return out_dir

@@ -30,7 +30,9 @@ def default_generated_dir() -> str:
 def canonical_split(split: str) -> str:
     name = SPLIT_ALIASES.get(split, split)
     if name not in SPLITS:
-        raise ValueError(f"unknown ALFWorld split {split!r}; choose one of {list(SPLITS) + list(SPLIT_ALIASES)}")
+        raise ValueError(
+            f"unknown ALFWorld split {split!r}; choose one of {list(SPLITS) + list(SPLIT_ALIASES)}"
+        )
     return name
 
 

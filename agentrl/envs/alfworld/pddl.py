@@ -59,7 +59,13 @@ class Task:
 
 def mangle(thor_id: str) -> str:
     """AI2-THOR id -> PDDL name, as in ALFWorld's data ("Apple|-01.75|..." -> "Apple_bar__minus_01_dot_75...")."""
-    return thor_id.replace("|", "_bar_").replace("-", "_minus_").replace("+", "_plus_").replace(".", "_dot_").replace(",", "_comma_")
+    return (
+        thor_id.replace("|", "_bar_")
+        .replace("-", "_minus_")
+        .replace("+", "_plus_")
+        .replace(".", "_dot_")
+        .replace(",", "_comma_")
+    )
 
 
 def _loc(location: str) -> str:
@@ -84,7 +90,10 @@ def task_templates(task_type: str) -> list[str]:
 
 def fill_template(template: str, task: Task) -> str:
     return template.format(
-        obj=task.object_target.lower(), recep=task.parent_target.lower(), toggle=task.toggle_target.lower(), mrecep=""
+        obj=task.object_target.lower(),
+        recep=task.parent_target.lower(),
+        toggle=task.toggle_target.lower(),
+        mrecep="",
     )
 
 
@@ -132,9 +141,11 @@ def problem_text(task: Task) -> str:
             if S.can_contain(rc, oc):
                 init.append(f"(canContain {rc}Type {oc}Type)")
 
-    goal = glib.gdict[task.task_type]["pddl"].format(
-        obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep=""
-    ).replace("#", "-")
+    goal = (
+        glib.gdict[task.task_type]["pddl"]
+        .format(obj=task.object_target, recep=task.parent_target, toggle=task.toggle_target, mrecep="")
+        .replace("#", "-")
+    )
     lines = [f"(define (problem plan_{task.trial})", "(:domain alfred)", "(:objects"]
     lines += ["        " + d for d in decl]
     lines += ["        )", "", "(:init", ""]

@@ -53,7 +53,7 @@ def _candidate_pairs(task_type: str, scene: S.Scene) -> list[tuple[str, str]]:
         if task_type in STATE_OK and obj not in STATE_OK[task_type]:
             continue
         for recep in sorted(receps):
-            if recep == appliance or recep == "BathtubBasin" and appliance == "SinkBasin":
+            if recep == appliance or (recep == "BathtubBasin" and appliance == "SinkBasin"):
                 continue
             if S.can_contain(recep, obj) and starts_somewhere(obj, recep):
                 pairs.append((obj, recep))
@@ -63,7 +63,9 @@ def _candidate_pairs(task_type: str, scene: S.Scene) -> list[tuple[str, str]]:
 def _object_id(cls: str, recep: S.Receptacle, rng: random.Random, used: set[str]) -> str:
     base = [float(v) for v in recep.thor_id.split("|")[1:4]]
     while True:
-        coords = [v + rng.uniform(-0.3, 0.3) if i != 1 else v + rng.uniform(0.0, 0.2) for i, v in enumerate(base)]
+        coords = [
+            v + rng.uniform(-0.3, 0.3) if i != 1 else v + rng.uniform(0.0, 0.2) for i, v in enumerate(base)
+        ]
         thor_id = cls + "".join(f"|{c:+06.2f}" for c in coords)
         if thor_id not in used:
             used.add(thor_id)
@@ -95,7 +97,11 @@ def sample_task(task_type: str, scene: S.Scene, rng: random.Random) -> Task:
             continue
         if cls not in S.PICKUPABLE:
             continue
-        spots = [r for r in scene.receptacles if S.can_contain(r.cls, cls) and not (cls == obj_target and r.cls == parent)]
+        spots = [
+            r
+            for r in scene.receptacles
+            if S.can_contain(r.cls, cls) and not (cls == obj_target and r.cls == parent)
+        ]
         if not spots:
             continue
         low = 2 if (cls == obj_target and task_type == "pick_two_obj_and_place") else 1
@@ -105,9 +111,7 @@ def sample_task(task_type: str, scene: S.Scene, rng: random.Random) -> Task:
 
     task = Task(task_type, scene, objects, obj_target, parent, toggle)
     task.task_desc = fill_template(rng.choice(task_templates(task_type)), task)
-    task.trial = "trial_T2019{:02d}{:02d}_{:02d}{:02d}{:02d}_{:06d}".format(
-        rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999_999)
-    )
+    task.trial = f"trial_T2019{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}_{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}{rng.randint(0, 59):02d}_{rng.randint(0, 999_999):06d}"
     return task
 
 
@@ -126,7 +130,9 @@ def sample_tasks(task_type: str, scene_nums: Sequence[int], n: int, rng: random.
     while len(tasks) < n:
         attempts += 1
         if attempts > 50 * n + 100:
-            raise NoTaskError(f"could only sample {len(tasks)} of {n} {task_type} tasks on scenes {list(scene_nums)}")
+            raise NoTaskError(
+                f"could only sample {len(tasks)} of {n} {task_type} tasks on scenes {list(scene_nums)}"
+            )
         try:
             tasks.append(sample_task(task_type, rng.choice(scenes), rng))
         except NoTaskError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import alfworld.gen.constants as C
 
@@ -29,8 +29,22 @@ MOVABLE_RECEPTACLES: frozenset[str] = frozenset(C.MOVABLE_RECEPTACLES)
 STATIC_RECEPTACLES: frozenset[str] = frozenset(C.VAL_RECEPTACLE_OBJECTS) - MOVABLE_RECEPTACLES
 LAMPS: tuple[str, ...] = ("DeskLamp", "FloorLamp")
 # Receptacles a lamp may stand on (lamps are toggled where they stand, so they need one).
-LAMP_RECEPTACLES: tuple[str, ...] = ("Desk", "SideTable", "Dresser", "Shelf", "CoffeeTable", "TVStand", "ArmChair", "Sofa", "Bed", "DiningTable", "CounterTop")
-PICKUPABLE: frozenset[str] = frozenset(o for objs in C.VAL_RECEPTACLE_OBJECTS.values() for o in objs if not o.endswith("Sliced"))
+LAMP_RECEPTACLES: tuple[str, ...] = (
+    "Desk",
+    "SideTable",
+    "Dresser",
+    "Shelf",
+    "CoffeeTable",
+    "TVStand",
+    "ArmChair",
+    "Sofa",
+    "Bed",
+    "DiningTable",
+    "CounterTop",
+)
+PICKUPABLE: frozenset[str] = frozenset(
+    o for objs in C.VAL_RECEPTACLE_OBJECTS.values() for o in objs if not o.endswith("Sliced")
+)
 CLEANABLE: frozenset[str] = frozenset(C.VAL_ACTION_OBJECTS["Cleanable"])
 HEATABLE: frozenset[str] = frozenset(C.VAL_ACTION_OBJECTS["Heatable"])
 COOLABLE: frozenset[str] = frozenset(C.VAL_ACTION_OBJECTS["Coolable"])
@@ -97,7 +111,7 @@ def _location(pose: list[float]) -> tuple[int, int, int, int]:
     return round(x / 0.25), round(z / 0.25), round(rotation / 90) % 4, int(horizon)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_scene(num: int) -> Scene:
     """Receptacles (one location each, as the text engine needs) and object classes of a floor plan."""
     base = os.path.join(layouts_dir(), f"FloorPlan{num}")
@@ -107,7 +121,9 @@ def load_scene(num: int) -> Scene:
         with open(base + "-objects.json", encoding="utf-8") as f:
             classes = tuple(json.load(f))
     except FileNotFoundError as e:
-        raise ValueError(f"FloorPlan{num} is not among the layouts shipped with alfworld ({layouts_dir()})") from e
+        raise ValueError(
+            f"FloorPlan{num} is not among the layouts shipped with alfworld ({layouts_dir()})"
+        ) from e
 
     taken: set[tuple[int, int, int, int]] = set()
 

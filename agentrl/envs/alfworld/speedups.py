@@ -166,7 +166,12 @@ class _PristineState:
 
     def __call__(self, downward_lib: Any, pddl_problem: str, logic: Any) -> Any:
         pending, self.pending = self.pending, None
-        if pending is not None and pending[0] is downward_lib and pending[1] is pddl_problem and pending[2] is logic:
+        if (
+            pending is not None
+            and pending[0] is downward_lib
+            and pending[1] is pddl_problem
+            and pending[2] is logic
+        ):
             return pending[3]
         return self.cls(downward_lib, pddl_problem, logic)
 
@@ -206,7 +211,9 @@ def _memo_translator(translate: Callable[..., Any]) -> Callable[..., Any]:
     memory: OrderedDict[str, Any] = OrderedDict()
 
     def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
-        key = hashlib.sha256(f"{fast_downward.__file__}\0{optimize}\0{domain}\0{problem}".encode()).hexdigest()
+        key = hashlib.sha256(
+            f"{fast_downward.__file__}\0{optimize}\0{domain}\0{problem}".encode()
+        ).hexdigest()
         if key in memory:
             memory.move_to_end(key)
             return memory[key]

@@ -43,9 +43,19 @@ def _worker_main() -> None:
             continue
         try:
             won, actions = solve(game_file, max_steps=max_steps, engine=engine)
-            verdict = {"game_file": game_file, "solvable": won, "walkthrough": actions if won else [], "error": "" if won else "expert did not win"}
-        except Exception as e:  # noqa: BLE001 - any failure means "drop this game"
-            verdict = {"game_file": game_file, "solvable": False, "walkthrough": [], "error": f"{type(e).__name__}: {e}"}
+            verdict = {
+                "game_file": game_file,
+                "solvable": won,
+                "walkthrough": actions if won else [],
+                "error": "" if won else "expert did not win",
+            }
+        except Exception as e:
+            verdict = {
+                "game_file": game_file,
+                "solvable": False,
+                "walkthrough": [],
+                "error": f"{type(e).__name__}: {e}",
+            }
         results.write(json.dumps(verdict) + "\n")
         results.flush()
 
@@ -91,7 +101,11 @@ def _run_chunk(games: list[str], max_steps: int, on_verdict: Callable[[Verdict],
 
 
 def validate_games(
-    games: Sequence[str], *, workers: int = 2, max_steps: int = 50, on_verdict: Callable[[Verdict], None] | None = None
+    games: Sequence[str],
+    *,
+    workers: int = 2,
+    max_steps: int = 50,
+    on_verdict: Callable[[Verdict], None] | None = None,
 ) -> dict[str, Verdict]:
     """Verdict per game file, from ``workers`` child processes; ``on_verdict`` sees each as it lands."""
     results: dict[str, Verdict] = {}
@@ -104,7 +118,9 @@ def validate_games(
                 on_verdict(v)
 
     chunks = [list(games[i::workers]) for i in range(max(1, workers))]
-    threads = [threading.Thread(target=_run_chunk, args=(c, max_steps, record), daemon=True) for c in chunks if c]
+    threads = [
+        threading.Thread(target=_run_chunk, args=(c, max_steps, record), daemon=True) for c in chunks if c
+    ]
     for t in threads:
         t.start()
     for t in threads:

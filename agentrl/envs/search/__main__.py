@@ -9,10 +9,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentrl.envs.search", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve POST /retrieve (Search-R1 API) over a corpus or a generated world")
+    serve = sub.add_parser(
+        "serve", help="serve POST /retrieve (Search-R1 API) over a corpus or a generated world"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8200)
-    serve.add_argument("--corpus", default=None, help="Search-R1 corpus JSONL ({id, contents}); default: generated world")
+    serve.add_argument(
+        "--corpus", default=None, help="Search-R1 corpus JSONL ({id, contents}); default: generated world"
+    )
     serve.add_argument("--world", default="synthetic", choices=("synthetic", "countryinfo"))
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--num-docs", type=int, default=10_000)
@@ -27,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from agentrl.envs.search.server import serve_retriever
 
-        serve_retriever(args.host, args.port, corpus_path=args.corpus, world=args.world, seed=args.seed,
-                        num_docs=args.num_docs, token=args.token)
+        serve_retriever(
+            args.host,
+            args.port,
+            corpus_path=args.corpus,
+            world=args.world,
+            seed=args.seed,
+            num_docs=args.num_docs,
+            token=args.token,
+        )
         return 0
     if args.world == "synthetic":
         from agentrl.envs.search.world import generate_world

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Doc", "Hop", "Question", "SearchDataError", "load_corpus", "load_qa", "write_corpus", "write_qa",
-           "doc_contents", "split_contents"]
+__all__ = [
+    "Doc",
+    "Hop",
+    "Question",
+    "SearchDataError",
+    "doc_contents",
+    "load_corpus",
+    "load_qa",
+    "split_contents",
+    "write_corpus",
+    "write_qa",
+]
 
 
 class SearchDataError(ValueError):
@@ -108,7 +118,11 @@ def _answers(value: Any, where: str) -> tuple[str, ...]:
         value = value.tolist()
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(a, (str, int, float)) for a in value):
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(a, (str, int, float)) for a in value)
+    ):
         raise SearchDataError(f"{where}: 'golden_answers' must be a non-empty list of strings, got {value!r}")
     return tuple(str(a) for a in value)
 
@@ -119,7 +133,13 @@ def _question(row: dict[str, Any], index: int, where: str) -> Question:
         raise SearchDataError(f"{where}: 'question' must be a non-empty string")
     answers = _answers(row.get("golden_answers"), where)
     hops = [Hop(h["question"], h["answer"], h.get("doc_id")) for h in row.get("decomposition") or []]
-    return Question(str(row.get("id", index)), text.strip(), answers, int(row.get("hops") or max(1, len(hops))), tuple(hops))
+    return Question(
+        str(row.get("id", index)),
+        text.strip(),
+        answers,
+        int(row.get("hops") or max(1, len(hops))),
+        tuple(hops),
+    )
 
 
 def load_qa(path: str | Path) -> list[Question]:
@@ -156,8 +176,15 @@ def write_corpus(docs: Sequence[Doc], path: str | Path) -> Path:
 
 
 def _row(q: Question) -> dict[str, Any]:
-    return {"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers), "hops": q.hops,
-            "decomposition": [{"question": h.question, "answer": h.answer, "doc_id": h.doc_id} for h in q.decomposition]}
+    return {
+        "id": q.id,
+        "question": q.question,
+        "golden_answers": list(q.golden_answers),
+        "hops": q.hops,
+        "decomposition": [
+            {"question": h.question, "answer": h.answer, "doc_id": h.doc_id} for h in q.decomposition
+        ],
+    }
 
 
 def write_qa(questions: Sequence[Question], path: str | Path) -> Path:

@@ -26,7 +26,14 @@ from agentrl.envs.search.data import Doc, Question, SearchDataError, load_corpus
 from agentrl.envs.search.metrics import contains_answer, exact_match, f1_score
 from agentrl.envs.search.retriever import BM25Retriever, Hit, RemoteRetriever, Retriever, check_topk
 
-__all__ = ["SearchEnv", "SearchAction", "parse_search_action", "format_information", "PROMPT_TEMPLATE", "oracle_actions"]
+__all__ = [
+    "PROMPT_TEMPLATE",
+    "SearchAction",
+    "SearchEnv",
+    "format_information",
+    "oracle_actions",
+    "parse_search_action",
+]
 
 PROMPT_TEMPLATE = (
     "Answer the question below. Reason inside <think> and </think> whenever you get new information. "
@@ -60,7 +67,9 @@ def parse_search_action(text: str, max_query_chars: int = 1000) -> SearchAction:
     if not content:
         return SearchAction("invalid", "", f"empty <{kind}> element")
     if kind == "search" and len(content) > max_query_chars:
-        return SearchAction("invalid", "", f"the query has {len(content)} characters; the limit is {max_query_chars}")
+        return SearchAction(
+            "invalid", "", f"the query has {len(content)} characters; the limit is {max_query_chars}"
+        )
     return SearchAction(kind, content)
 
 
@@ -76,7 +85,9 @@ def oracle_actions(question: Question) -> list[str]:
     actions = [f"<think>I need to find out: {h.question}</think><search>{h.question}</search>" for h in hops]
     if not hops:
         actions.append(f"<think>Let me look this up.</think><search>{question.question}</search>")
-    return actions + [f"<think>The answer is {question.golden_answers[0]}.</think><answer>{question.golden_answers[0]}</answer>"]
+    return actions + [
+        f"<think>The answer is {question.golden_answers[0]}.</think><answer>{question.golden_answers[0]}</answer>"
+    ]
 
 
 _RETRIEVERS: OrderedDict[tuple[Any, ...], BM25Retriever] = OrderedDict()
@@ -100,23 +111,37 @@ def _loaded(corpus: str, mtime: float) -> tuple[Doc, ...]:
     return tuple(load_corpus(corpus))
 
 
-def _data(world: str, seed: int, num_docs: int, num_train: int, num_test: int, data_dir: str | None,
-          corpus_path: str | None, qa_path: str | None, split: str, need_docs: bool) -> tuple[BM25Retriever | None, list[Question]]:
+def _data(
+    world: str,
+    seed: int,
+    num_docs: int,
+    num_train: int,
+    num_test: int,
+    data_dir: str | None,
+    corpus_path: str | None,
+    qa_path: str | None,
+    split: str,
+    need_docs: bool,
+) -> tuple[BM25Retriever | None, list[Question]]:
     """(the shared in-process index, or None when ``need_docs`` is False; questions of ``split``).
 
     With a retrieval server (``need_docs=False``) a file corpus is not read at all: only the server needs it.
     """
     data_dir = data_dir if data_dir is not None else os.environ.get("SEARCH_DATA") or None
     if data_dir is not None and qa_path is None:
-        found = [p for p in (Path(data_dir) / f"{split}.jsonl", Path(data_dir) / f"{split}.parquet") if p.is_file()]
+        found = [
+            p for p in (Path(data_dir) / f"{split}.jsonl", Path(data_dir) / f"{split}.parquet") if p.is_file()
+        ]
         if not found:
             raise SearchDataError(f"{data_dir} has no {split}.jsonl or {split}.parquet")
         qa_path = str(found[0])
         corpus_path = corpus_path or str(Path(data_dir) / "corpus.jsonl")
     if corpus_path is not None or qa_path is not None:
         if qa_path is None or (corpus_path is None and need_docs):
-            raise ValueError("pass both corpus_path and qa_path (or data_dir), or neither; "
-                             "qa_path alone is enough with a retriever_url")
+            raise ValueError(
+                "pass both corpus_path and qa_path (or data_dir), or neither; "
+                "qa_path alone is enough with a retriever_url"
+            )
         if not need_docs:
             return None, load_qa(qa_path)
         path = str(Path(str(corpus_path)).resolve())
@@ -140,18 +165,43 @@ def _data(world: str, seed: int, num_docs: int, num_train: int, num_test: int, d
 class SearchEnv(AgentEnv):
     """``make("search", split="train"|"test")``: multi-hop QA with a search engine (Search-R1 protocol)."""
 
-    def __init__(self, split: str = "train", *, world: str = "synthetic", seed: int = 0, num_docs: int = 10_000,
-                 num_train: int = 3000, num_test: int = 500, data_dir: str | None = None,
-                 corpus_path: str | None = None, qa_path: str | None = None, retriever_url: str | None = None,
-                 retriever_token: str | None = None, topk: int = 3, max_turns: int = 6,
-                 execution_weight: float = 0.5, found_weight: float = 0.5, max_query_chars: int = 1000,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        world: str = "synthetic",
+        seed: int = 0,
+        num_docs: int = 10_000,
+        num_train: int = 3000,
+        num_test: int = 500,
+        data_dir: str | None = None,
+        corpus_path: str | None = None,
+        qa_path: str | None = None,
+        retriever_url: str | None = None,
+        retriever_token: str | None = None,
+        topk: int = 3,
+        max_turns: int = 6,
+        execution_weight: float = 0.5,
+        found_weight: float = 0.5,
+        max_query_chars: int = 1000,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.topk = check_topk(topk)
-        index, questions = _data(world, seed, num_docs, num_train, num_test, data_dir, corpus_path, qa_path, split,
-                                 need_docs=retriever_url is None)
+        index, questions = _data(
+            world,
+            seed,
+            num_docs,
+            num_train,
+            num_test,
+            data_dir,
+            corpus_path,
+            qa_path,
+            split,
+            need_docs=retriever_url is None,
+        )
         self.split, self.max_turns, self.max_query_chars = split, max_turns, max_query_chars
         self.execution_weight, self.found_weight = float(execution_weight), float(found_weight)
         self.questions = {q.id: q for q in questions}
@@ -170,18 +220,24 @@ class SearchEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return self._ids
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
         if task_id is None:
             task_id = self._ids[int(self.np_random.integers(len(self._ids)))]
         if task_id not in self.questions:
-            raise ValueError(f"unknown task_id {task_id!r} for split {self.split!r} (ids look like {self._ids[0]!r})")
+            raise ValueError(
+                f"unknown task_id {task_id!r} for split {self.split!r} (ids look like {self._ids[0]!r})"
+            )
         self.question = self.questions[task_id]
         self._t, self._done = 0, False
         self._last_obs = PROMPT_TEMPLATE.format(question=self.question.question)
         self._state = self._last_obs
-        q = self.question.question  # ``task``: step-wise prompts keep it in view after the first observation scrolls out
+        q = (
+            self.question.question
+        )  # ``task``: step-wise prompts keep it in view after the first observation scrolls out
         return self._last_obs, {"state_key": self._state, "task_id": task_id, "question": q, "task": q}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -191,7 +247,11 @@ class SearchEnv(AgentEnv):
         act = parse_search_action(action, self.max_query_chars)
         self._t += 1
         reward, terminated, turn_reward = 0.0, False, 0.0
-        info: dict[str, Any] = {"valid": act.kind != "invalid", "success": False, "tool_call": act.kind == "search"}
+        info: dict[str, Any] = {
+            "valid": act.kind != "invalid",
+            "success": False,
+            "tool_call": act.kind == "search",
+        }
         if act.kind == "search":
             hits = self.retriever.batch_search([act.content], self.topk)[0]
             obs = format_information(hits)

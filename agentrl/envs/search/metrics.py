@@ -7,7 +7,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["normalize_answer", "exact_match", "f1_score", "contains_answer"]
+__all__ = ["contains_answer", "exact_match", "f1_score", "normalize_answer"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -36,18 +36,35 @@ def _countries() -> list[dict[str, Any]]:
     for c in countryinfo.all_countries():
         info = c.info()
         capital, name = info.get("capital"), info.get("name")
-        if not (isinstance(capital, str) and capital and isinstance(name, str) and info.get("region") and info.get("subregion")):
+        if not (
+            isinstance(capital, str)
+            and capital
+            and isinstance(name, str)
+            and info.get("region")
+            and info.get("subregion")
+        ):
             continue
-        rows.append({"name": name, "capital": capital, "region": info["region"], "subregion": info["subregion"],
-                     "demonym": info.get("demonym") or "", "currency": (info.get("currencies") or [""])[0],
-                     "borders": list(info.get("borders") or []), "alpha3": info.get("ISO", {}).get("alpha3", ""),
-                     "population": info.get("population")})
+        rows.append(
+            {
+                "name": name,
+                "capital": capital,
+                "region": info["region"],
+                "subregion": info["subregion"],
+                "demonym": info.get("demonym") or "",
+                "currency": (info.get("currencies") or [""])[0],
+                "borders": list(info.get("borders") or []),
+                "alpha3": info.get("ISO", {}).get("alpha3", ""),
+                "population": info.get("population"),
+            }
+        )
     capitals = [r["capital"] for r in rows]
     return sorted((r for r in rows if capitals.count(r["capital"]) == 1), key=lambda r: r["name"])
 
 
 def _text(r: dict[str, Any], names: dict[str, str]) -> str:
-    parts = [f"{r['name']} is a country in {r['subregion']}, part of the region {r['region']}. Its capital is {r['capital']}."]
+    parts = [
+        f"{r['name']} is a country in {r['subregion']}, part of the region {r['region']}. Its capital is {r['capital']}."
+    ]
     if r["currency"]:
         parts.append(f"The currency code of {r['name']} is {r['currency']}.")
     if r["demonym"]:
@@ -70,14 +87,25 @@ def countryinfo_world(seed: int = 0) -> World:
     for i, r in enumerate(rows):
         for key, template in _FACTS:
             if r[key]:
-                made.append((template.format(x=r["name"]), r[key], (Hop(template.format(x=r["name"]), r[key], f"c{i}"),)))
+                made.append(
+                    (
+                        template.format(x=r["name"]),
+                        r[key],
+                        (Hop(template.format(x=r["name"]), r[key], f"c{i}"),),
+                    )
+                )
                 if key not in ("capital",):
                     first = Hop(_VIA_CAPITAL.format(x=r["capital"]), r["name"], f"c{i}")
-                    made.append((template.format(x=_PHRASE.format(x=r["capital"])), r[key], (first, made[-1][2][0])))
+                    made.append(
+                        (template.format(x=_PHRASE.format(x=r["capital"])), r[key], (first, made[-1][2][0]))
+                    )
     random.Random(seed).shuffle(made)
     n_test = round(TEST_SHARE * len(made))
     splits = {
-        split: tuple(Question(f"{split}-{j}", text, (answer,), len(chain), chain) for j, (text, answer, chain) in enumerate(part))
+        split: tuple(
+            Question(f"{split}-{j}", text, (answer,), len(chain), chain)
+            for j, (text, answer, chain) in enumerate(part)
+        )
         for split, part in (("test", made[:n_test]), ("train", made[n_test:]))
     }
     return World(docs, MappingProxyType(splits), f"countryinfo-{seed}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from agentrl.envs.search.data import Doc, split_contents
 
-__all__ = ["Hit", "Retriever", "BM25Retriever", "RemoteRetriever", "RetrieverError", "MAX_TOPK", "check_topk"]
+__all__ = ["MAX_TOPK", "BM25Retriever", "Hit", "RemoteRetriever", "Retriever", "RetrieverError", "check_topk"]
 
 MAX_TOPK = 100
 _TOKEN = re.compile(r"\w+")
@@ -48,8 +48,15 @@ class BM25Retriever:
     """bm25s over a list of docs; the numba backend compiles the scorer (fastest on CPU; "auto" uses it when
     numba is installed, else numpy)."""
 
-    def __init__(self, docs: Sequence[Doc], *, k1: float = 0.9, b: float = 0.4, backend: str = "auto",
-                 cache_size: int = 16_384) -> None:
+    def __init__(
+        self,
+        docs: Sequence[Doc],
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        backend: str = "auto",
+        cache_size: int = 16_384,
+    ) -> None:
         import bm25s
         import Stemmer
         from bm25s.stopwords import STOPWORDS_EN
@@ -94,7 +101,9 @@ class BM25Retriever:
             n = min(topk, len(scores))
             top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
             cut = scores[top].min()
-            pool = np.flatnonzero(scores >= cut)  # every doc tied with the k-th, so ties break by corpus order
+            pool = np.flatnonzero(
+                scores >= cut
+            )  # every doc tied with the k-th, so ties break by corpus order
             order = pool[np.lexsort((pool, -scores[pool]))][:n]
             hits = [Hit(self.docs[i], float(scores[i])) for i in order if scores[i] > 0]
         with self._lock:
@@ -122,14 +131,20 @@ class RemoteRetriever:
 
         topk = check_topk(topk)
         try:
-            resp = self._client.post("/retrieve", json={"queries": list(queries), "topk": topk, "return_scores": True})
+            resp = self._client.post(
+                "/retrieve", json={"queries": list(queries), "topk": topk, "return_scores": True}
+            )
         except httpx.HTTPError as e:
             raise RetrieverError(f"retrieval server {self.url} unreachable: {e}") from e
         if resp.status_code != 200:
-            raise RetrieverError(f"retrieval server {self.url} answered {resp.status_code}: {resp.text[:300]}")
+            raise RetrieverError(
+                f"retrieval server {self.url} answered {resp.status_code}: {resp.text[:300]}"
+            )
         result = resp.json().get("result")
         if not isinstance(result, list) or len(result) != len(queries):
-            raise RetrieverError(f"retrieval server {self.url} returned {type(result).__name__} for {len(queries)} queries")
+            raise RetrieverError(
+                f"retrieval server {self.url} returned {type(result).__name__} for {len(queries)} queries"
+            )
         out = []
         for hits in result:
             row = []

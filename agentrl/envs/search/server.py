@@ -11,11 +11,11 @@ size) and answered with a clear error; an optional bearer token guards ``/retrie
 from collections.abc import Sequence
 from typing import Any
 
-from agentrl.serving import MAX_BODY_BYTES, BodyError, read_json_request
 from agentrl.envs.search.data import Doc
 from agentrl.envs.search.retriever import MAX_TOPK, BM25Retriever
+from agentrl.serving import MAX_BODY_BYTES, BodyError, read_json_request
 
-__all__ = ["create_retrieval_app", "serve_retriever", "build_retriever", "MAX_QUERIES", "MAX_QUERY_CHARS"]
+__all__ = ["MAX_QUERIES", "MAX_QUERY_CHARS", "build_retriever", "create_retrieval_app", "serve_retriever"]
 
 MAX_QUERIES = 256
 MAX_QUERY_CHARS = 2000
@@ -45,7 +45,9 @@ def _check_request(body: dict[str, Any]) -> tuple[list[str], int, bool] | str:
     return queries, topk, scores
 
 
-def create_retrieval_app(retriever: BM25Retriever, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+def create_retrieval_app(
+    retriever: BM25Retriever, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> Any:
     """The FastAPI app answering ``/retrieve`` from ``retriever``."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -74,14 +76,17 @@ def create_retrieval_app(retriever: BM25Retriever, *, token: str | None = None, 
         out = []
         for hits in results:
             docs = [{"id": h.doc.id, "contents": h.doc.contents} for h in hits]
-            out.append([{"document": d, "score": h.score} for d, h in zip(docs, hits)] if with_scores else docs)
+            out.append(
+                [{"document": d, "score": h.score} for d, h in zip(docs, hits)] if with_scores else docs
+            )
         return {"result": out}
 
     return app
 
 
-def build_retriever(corpus_path: str | None = None, *, world: str = "synthetic", seed: int = 0,
-                    num_docs: int = 10_000) -> BM25Retriever:
+def build_retriever(
+    corpus_path: str | None = None, *, world: str = "synthetic", seed: int = 0, num_docs: int = 10_000
+) -> BM25Retriever:
     """A BM25 index over a Search-R1 corpus file, or over a generated world's documents."""
     docs: Sequence[Doc]
     if corpus_path is not None:
@@ -101,10 +106,20 @@ def build_retriever(corpus_path: str | None = None, *, world: str = "synthetic",
     return BM25Retriever(docs)
 
 
-def serve_retriever(host: str = "127.0.0.1", port: int = 8200, *, corpus_path: str | None = None, world: str = "synthetic",
-                    seed: int = 0, num_docs: int = 10_000, token: str | None = None) -> None:
+def serve_retriever(
+    host: str = "127.0.0.1",
+    port: int = 8200,
+    *,
+    corpus_path: str | None = None,
+    world: str = "synthetic",
+    seed: int = 0,
+    num_docs: int = 10_000,
+    token: str | None = None,
+) -> None:
     """Index the corpus (or the generated world) and serve ``/retrieve`` until interrupted."""
     import uvicorn
 
-    app = create_retrieval_app(build_retriever(corpus_path, world=world, seed=seed, num_docs=num_docs), token=token)
+    app = create_retrieval_app(
+        build_retriever(corpus_path, world=world, seed=seed, num_docs=num_docs), token=token
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -19,20 +19,76 @@ from typing import Any
 
 from agentrl.envs.search.data import Doc, Hop, Question, write_corpus, write_qa
 
-__all__ = ["World", "Relation", "RELATIONS", "generate_world", "DEFAULT_NUM_DOCS"]
+__all__ = ["DEFAULT_NUM_DOCS", "RELATIONS", "Relation", "World", "generate_world"]
 
 DEFAULT_NUM_DOCS = 10_000
 DEFAULT_TRAIN, DEFAULT_TEST = 3000, 500
 HOP_WEIGHTS = (0.4, 0.35, 0.25)  # share of 1-, 2- and 3-hop questions
 
-_ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "tr",
-           "v", "vr", "z", "th", "sh", "qu", "y", "w")
+_ONSETS = (
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "vr",
+    "z",
+    "th",
+    "sh",
+    "qu",
+    "y",
+    "w",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou", "y")
 _CODAS = ("", "", "n", "r", "l", "s", "th", "rd", "nd", "x", "m", "sk")
-OCCUPATIONS = ("painter", "engineer", "botanist", "composer", "surgeon", "architect", "novelist", "astronomer",
-               "chemist", "sculptor", "economist", "poet", "cartographer", "linguist", "pilot", "historian")
-INDUSTRIES = ("shipping", "textile", "software", "mining", "publishing", "aerospace", "brewing", "insurance",
-              "robotics", "pharmaceutical", "glassware", "railway")
+OCCUPATIONS = (
+    "painter",
+    "engineer",
+    "botanist",
+    "composer",
+    "surgeon",
+    "architect",
+    "novelist",
+    "astronomer",
+    "chemist",
+    "sculptor",
+    "economist",
+    "poet",
+    "cartographer",
+    "linguist",
+    "pilot",
+    "historian",
+)
+INDUSTRIES = (
+    "shipping",
+    "textile",
+    "software",
+    "mining",
+    "publishing",
+    "aerospace",
+    "brewing",
+    "insurance",
+    "robotics",
+    "pharmaceutical",
+    "glassware",
+    "railway",
+)
 CONTINENTS = ("Aurelia", "Borvania", "Caldessa", "Dunmarch", "Estoria", "Fennmoor")
 CURRENCY_UNITS = ("mark", "crown", "florin", "dinar", "thaler", "sol", "real", "pound")
 COMPANY_SUFFIXES = ("Industries", "Works", "Holdings", "Group", "Company", "Labs", "Partners")
@@ -57,11 +113,23 @@ class Relation:
 RELATIONS: tuple[Relation, ...] = (
     Relation("born_in", "person", "city", "Where was {x} born?", "the birthplace of {x}"),
     Relation("employer", "person", "company", "Which company does {x} work for?", "the employer of {x}"),
-    Relation("alma_mater", "person", "university", "Which university did {x} attend?", "the university {x} attended"),
+    Relation(
+        "alma_mater",
+        "person",
+        "university",
+        "Which university did {x} attend?",
+        "the university {x} attended",
+    ),
     Relation("birth_year", "person", None, "In what year was {x} born?"),
     Relation("occupation", "person", None, "What is the occupation of {x}?"),
     Relation("founder", "company", "person", "Who founded {x}?", "the founder of {x}"),
-    Relation("headquarters", "company", "city", "In which city is {x} headquartered?", "the headquarters city of {x}"),
+    Relation(
+        "headquarters",
+        "company",
+        "city",
+        "In which city is {x} headquartered?",
+        "the headquarters city of {x}",
+    ),
     Relation("industry", "company", None, "What industry is {x} in?"),
     Relation("founded", "company", None, "In what year was {x} founded?"),
     Relation("city_of", "university", "city", "In which city is {x} located?", "the home city of {x}"),
@@ -130,7 +198,9 @@ def _counts(num_docs: int) -> dict[str, int]:
     return counts
 
 
-def _entities(rng: random.Random, counts: Mapping[str, int]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def _entities(
+    rng: random.Random, counts: Mapping[str, int]
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """(entity -> type, entity -> {relation: value}) for a fresh world."""
     names = _Names(rng)
     kind: dict[str, str] = {}
@@ -140,32 +210,64 @@ def _entities(rng: random.Random, counts: Mapping[str, int]) -> tuple[dict[str, 
         kind[name], facts[name] = t, dict(rel)
         return name
 
-    countries = [add("country", names.unique(lambda: names.word(rng.randint(2, 3)) + rng.choice(("ia", "land", "mark", "stan", ""))))
-                 for _ in range(counts["country"])]
+    countries = [
+        add(
+            "country",
+            names.unique(
+                lambda: names.word(rng.randint(2, 3)) + rng.choice(("ia", "land", "mark", "stan", ""))
+            ),
+        )
+        for _ in range(counts["country"])
+    ]
     for c in countries:
         stem = names.unique(lambda: names.word(2))
-        facts[c].update(currency=f"{stem.lower()} {rng.choice(CURRENCY_UNITS)}", language=names.unique(lambda: names.word(2) + "ish"),
-                        continent=rng.choice(CONTINENTS))
+        facts[c].update(
+            currency=f"{stem.lower()} {rng.choice(CURRENCY_UNITS)}",
+            language=names.unique(lambda: names.word(2) + "ish"),
+            continent=rng.choice(CONTINENTS),
+        )
     cities = []
     for i in range(counts["city"]):
-        country = countries[i] if i < len(countries) else rng.choice(countries)  # every country gets a city: its capital
+        country = (
+            countries[i] if i < len(countries) else rng.choice(countries)
+        )  # every country gets a city: its capital
         river = names.unique(lambda: names.word(2))
-        cities.append(add("city", names.unique(lambda: names.word(rng.randint(2, 3))), country=country, river=river))
+        cities.append(
+            add("city", names.unique(lambda: names.word(rng.randint(2, 3))), country=country, river=river)
+        )
         if i < len(countries):
             facts[country]["capital"] = cities[-1]
     for _ in range(counts["university"]):
         city = rng.choice(cities)
         form = rng.choice(UNIVERSITY_FORMS)
-        add("university", names.unique(lambda form=form: form.format(names.word(2))), city_of=city,
-            established=str(rng.randint(1500, 1990)))
+        add(
+            "university",
+            names.unique(lambda form=form: form.format(names.word(2))),
+            city_of=city,
+            established=str(rng.randint(1500, 1990)),
+        )
     firsts = sorted({names.word(rng.randint(1, 2)) for _ in range(400)})
-    people = [add("person", names.unique(lambda: f"{rng.choice(firsts)} {names.word(rng.randint(2, 3))}"),
-                  occupation=rng.choice(OCCUPATIONS), birth_year=str(rng.randint(1900, 2000)), born_in=rng.choice(cities))
-              for _ in range(counts["person"])]
-    companies = [add("company", names.unique(lambda: f"{names.word(2)} {rng.choice(COMPANY_SUFFIXES)}"),
-                     founder=rng.choice(people), headquarters=rng.choice(cities), industry=rng.choice(INDUSTRIES),
-                     founded=str(rng.randint(1850, 2020)))
-                 for _ in range(counts["company"])]
+    people = [
+        add(
+            "person",
+            names.unique(lambda: f"{rng.choice(firsts)} {names.word(rng.randint(2, 3))}"),
+            occupation=rng.choice(OCCUPATIONS),
+            birth_year=str(rng.randint(1900, 2000)),
+            born_in=rng.choice(cities),
+        )
+        for _ in range(counts["person"])
+    ]
+    companies = [
+        add(
+            "company",
+            names.unique(lambda: f"{names.word(2)} {rng.choice(COMPANY_SUFFIXES)}"),
+            founder=rng.choice(people),
+            headquarters=rng.choice(cities),
+            industry=rng.choice(INDUSTRIES),
+            founded=str(rng.randint(1850, 2020)),
+        )
+        for _ in range(counts["company"])
+    ]
     universities = [e for e, t in kind.items() if t == "university"]
     for p in people:
         facts[p].update(employer=rng.choice(companies), alma_mater=rng.choice(universities))
@@ -174,42 +276,62 @@ def _entities(rng: random.Random, counts: Mapping[str, int]) -> tuple[dict[str, 
 
 def _entity_text(t: str, name: str, f: Mapping[str, str]) -> str:
     if t == "person":
-        return (f"{name} is a {f['occupation']} born in {f['birth_year']} in {f['born_in']}. "
-                f"{name} studied at {f['alma_mater']} and works for {f['employer']}.")
+        return (
+            f"{name} is a {f['occupation']} born in {f['birth_year']} in {f['born_in']}. "
+            f"{name} studied at {f['alma_mater']} and works for {f['employer']}."
+        )
     if t == "company":
-        return (f"{name} is a {f['industry']} company founded in {f['founded']} by {f['founder']}. "
-                f"{name} is headquartered in {f['headquarters']}.")
+        return (
+            f"{name} is a {f['industry']} company founded in {f['founded']} by {f['founder']}. "
+            f"{name} is headquartered in {f['headquarters']}."
+        )
     if t == "city":
         return f"{name} is a city located in {f['country']}. The {f['river']} river flows through {name}."
     if t == "university":
         return f"{name} is a university located in {f['city_of']}, established in {f['established']}."
-    return (f"{name} is a country on the continent of {f['continent']}. The capital of {name} is {f['capital']}. "
-            f"The currency of {name} is the {f['currency']}, and its official language is {f['language']}.")
+    return (
+        f"{name} is a country on the continent of {f['continent']}. The capital of {name} is {f['capital']}. "
+        f"The currency of {name} is the {f['currency']}, and its official language is {f['language']}."
+    )
 
 
 def _distractor(rng: random.Random, i: int, by_type: Mapping[str, Sequence[str]]) -> Doc:
     a, b = rng.sample(by_type["person"], 2)
     city, company = rng.choice(by_type["city"]), rng.choice(by_type["company"])
     year = rng.randint(1900, 2020)
-    text = rng.choice((
-        f"{a} and {b} met at a festival in {city} in {year}. The festival was sponsored by {company}.",
-        f"In {year}, {company} held a conference in {city}; the speakers included {a} and {b}.",
-        f"A {year} review compared the work of {a} with that of {b}, both admirers of {city}.",
-    ))
+    text = rng.choice(
+        (
+            f"{a} and {b} met at a festival in {city} in {year}. The festival was sponsored by {company}.",
+            f"In {year}, {company} held a conference in {city}; the speakers included {a} and {b}.",
+            f"A {year} review compared the work of {a} with that of {b}, both admirers of {city}.",
+        )
+    )
     return Doc(f"x{i}", f"Notes {i}", text)
 
 
-def _question(rng: random.Random, hops: int, by_type: Mapping[str, Sequence[str]], kind: Mapping[str, str],
-              facts: Mapping[str, Mapping[str, str]], doc_of: Mapping[str, str]) -> tuple[str, str, tuple[Hop, ...]] | None:
+def _question(
+    rng: random.Random,
+    hops: int,
+    by_type: Mapping[str, Sequence[str]],
+    kind: Mapping[str, str],
+    facts: Mapping[str, Mapping[str, str]],
+    doc_of: Mapping[str, str],
+) -> tuple[str, str, tuple[Hop, ...]] | None:
     """A random chain of ``hops`` relations; None when the walk comes back to an entity it visited."""
-    start_types = [t for t in ENTITY_TYPES if any(r.range for r in _BY_DOMAIN[t])] if hops > 1 else list(ENTITY_TYPES)
+    start_types = (
+        [t for t in ENTITY_TYPES if any(r.range for r in _BY_DOMAIN[t])] if hops > 1 else list(ENTITY_TYPES)
+    )
     subject = rng.choice(by_type[rng.choice(start_types)])
     seen: set[str] = {subject}
     rels: list[Relation] = []
     chain: list[Hop] = []
     current = subject
     for h in range(hops):
-        options = _BY_DOMAIN[kind[current]] if h == hops - 1 else tuple(r for r in _BY_DOMAIN[kind[current]] if r.range)
+        options = (
+            _BY_DOMAIN[kind[current]]
+            if h == hops - 1
+            else tuple(r for r in _BY_DOMAIN[kind[current]] if r.range)
+        )
         rel = rng.choice(options)
         value = facts[current][rel.name]
         if value in seen:
@@ -227,8 +349,12 @@ def _question(rng: random.Random, hops: int, by_type: Mapping[str, Sequence[str]
 
 
 @lru_cache(maxsize=8)
-def generate_world(seed: int = 0, num_docs: int = DEFAULT_NUM_DOCS, num_train: int = DEFAULT_TRAIN,
-                   num_test: int = DEFAULT_TEST) -> World:
+def generate_world(
+    seed: int = 0,
+    num_docs: int = DEFAULT_NUM_DOCS,
+    num_train: int = DEFAULT_TRAIN,
+    num_test: int = DEFAULT_TEST,
+) -> World:
     """The synthetic world of ``seed``: ``num_docs`` documents, train/test questions (test texts unseen in train)."""
     if num_docs < 100:
         raise ValueError(f"num_docs must be >= 100, got {num_docs}")
@@ -261,10 +387,15 @@ def generate_world(seed: int = 0, num_docs: int = DEFAULT_NUM_DOCS, num_train: i
         seen.add(q[0])
         made.append(q)
     if len(made) < wanted:
-        raise ValueError(f"could not draw {wanted} distinct questions from {num_docs} documents; ask for fewer")
+        raise ValueError(
+            f"could not draw {wanted} distinct questions from {num_docs} documents; ask for fewer"
+        )
     test, train = made[:num_test], made[num_test:]
     splits = {
-        split: tuple(Question(f"{split}-{i}", text, (answer,), len(chain), chain) for i, (text, answer, chain) in enumerate(rows))
+        split: tuple(
+            Question(f"{split}-{i}", text, (answer,), len(chain), chain)
+            for i, (text, answer, chain) in enumerate(rows)
+        )
         for split, rows in (("train", train), ("test", test))
     }
     frozen_facts = MappingProxyType({k: MappingProxyType(v) for k, v in facts.items()})

@@ -8,5 +8,16 @@ from agentrl.envs.tools.builtin import builtin_tool_env, make_tasks
 from agentrl.envs.tools.env import CallRecord, Episode, ToolEnv, ToolTask, solution_action
 from agentrl.envs.tools.schema import Tool, ToolArgumentError, tool
 
-__all__ = ["BFCLMultiTurnEnv", "CallRecord", "Episode", "Tool", "ToolArgumentError", "ToolEnv", "ToolTask",
-           "builtin_tool_env", "make_tasks", "solution_action", "tool"]
+__all__ = [
+    "BFCLMultiTurnEnv",
+    "CallRecord",
+    "Episode",
+    "Tool",
+    "ToolArgumentError",
+    "ToolEnv",
+    "ToolTask",
+    "builtin_tool_env",
+    "make_tasks",
+    "solution_action",
+    "tool",
+]

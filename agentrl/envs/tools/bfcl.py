@@ -32,13 +32,27 @@ from agentrl.agents.formats import ToolCall, parse_tool_calls
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.tools.env import format_tool_response
 
-__all__ = ["BFCLMultiTurnEnv", "CATEGORIES", "load_entries", "bfcl_tool_schema", "parse_call", "ground_truth_actions"]
+__all__ = [
+    "CATEGORIES",
+    "BFCLMultiTurnEnv",
+    "bfcl_tool_schema",
+    "ground_truth_actions",
+    "load_entries",
+    "parse_call",
+]
 
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 MAXIMUM_STEP_LIMIT = 20
 ADDED_FUNCTIONS_MESSAGE = "I have updated some more functions you can choose from. What about now?"
-_TYPES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "str": "string", "bool": "boolean",
-          "list": "array"}
+_TYPES = {
+    "dict": "object",
+    "float": "number",
+    "tuple": "array",
+    "int": "integer",
+    "str": "string",
+    "bool": "boolean",
+    "list": "array",
+}
 
 
 def _package() -> Any:
@@ -65,15 +79,25 @@ def load_entries(category: str = "multi_turn_base") -> tuple[dict[str, Any], ...
     root = Path(_package().__file__).parent / "data"
     from bfcl_eval.constants.executable_backend_config import MULTI_TURN_FUNC_DOC_FILE_MAPPING
 
-    answers = {row["id"]: row["ground_truth"] for row in _read_jsonl(root / "possible_answer" / f"BFCL_v4_{category}.json")}
+    answers = {
+        row["id"]: row["ground_truth"]
+        for row in _read_jsonl(root / "possible_answer" / f"BFCL_v4_{category}.json")
+    }
     entries = []
     for entry in _read_jsonl(root / f"BFCL_v4_{category}.json"):
-        docs = [d for cls in entry["involved_classes"]
-                for d in _read_jsonl(root / "multi_turn_func_doc" / MULTI_TURN_FUNC_DOC_FILE_MAPPING[cls])]
+        docs = [
+            d
+            for cls in entry["involved_classes"]
+            for d in _read_jsonl(root / "multi_turn_func_doc" / MULTI_TURN_FUNC_DOC_FILE_MAPPING[cls])
+        ]
         held_back = {int(t): names for t, names in (entry.get("missed_function") or {}).items()}
         hidden = {n for names in held_back.values() for n in names}
-        entry = dict(entry, ground_truth=answers[entry["id"]], function=[d for d in docs if d["name"] not in hidden],
-                     missed_function={t: [d for d in docs if d["name"] in names] for t, names in held_back.items()})
+        entry = dict(
+            entry,
+            ground_truth=answers[entry["id"]],
+            function=[d for d in docs if d["name"] not in hidden],
+            missed_function={t: [d for d in docs if d["name"] in names] for t, names in held_back.items()},
+        )
         entries.append(entry)
     return tuple(entries)
 
@@ -93,8 +117,14 @@ def _convert_schema(schema: Any) -> Any:
 
 def bfcl_tool_schema(doc: dict[str, Any]) -> dict[str, Any]:
     """A BFCL function doc as an OpenAI tool schema."""
-    return {"type": "function", "function": {"name": doc["name"], "description": doc.get("description", ""),
-                                             "parameters": _convert_schema(doc["parameters"])}}
+    return {
+        "type": "function",
+        "function": {
+            "name": doc["name"],
+            "description": doc.get("description", ""),
+            "parameters": _convert_schema(doc["parameters"]),
+        },
+    }
 
 
 def parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
@@ -104,7 +134,11 @@ def parse_call(text: str) -> tuple[str, list[Any], dict[str, Any]]:
         raise ValueError(f"not a plain function call: {text!r}")
     if any(k.arg is None for k in node.keywords):
         raise ValueError(f"**kwargs are not supported in a ground-truth call: {text!r}")
-    return node.func.id, [ast.literal_eval(a) for a in node.args], {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
+    return (
+        node.func.id,
+        [ast.literal_eval(a) for a in node.args],
+        {str(k.arg): ast.literal_eval(k.value) for k in node.keywords},
+    )
 
 
 def _result_text(value: Any) -> str:
@@ -131,7 +165,9 @@ class _APIs:
         for name in entry["involved_classes"]:
             instance = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[name]), name)()
             if name not in STATELESS_CLASSES:
-                instance._load_scenario(copy.deepcopy(entry["initial_config"].get(name, {})), long_context=long_context)
+                instance._load_scenario(
+                    copy.deepcopy(entry["initial_config"].get(name, {})), long_context=long_context
+                )
             self.instances[name] = instance
             for method_name, method in inspect.getmembers(instance, predicate=inspect.ismethod):
                 if not method_name.startswith("_"):
@@ -140,7 +176,7 @@ class _APIs:
     def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
         try:
             return _result_text(self.methods[name](*args, **kwargs))
-        except Exception as e:  # noqa: BLE001 - BFCL reports errors as the call's result
+        except Exception as e:
             return f"Error during execution: {e}"
 
 
@@ -172,8 +208,13 @@ def ground_truth_actions(entry: dict[str, Any]) -> list[list[str]]:
 class BFCLMultiTurnEnv(AgentEnv):
     """``make("bfcl", category="multi_turn_base")``: BFCL v4 multi-turn entries, scored by BFCL's checks."""
 
-    def __init__(self, category: str = "multi_turn_base", *, max_steps_per_turn: int = MAXIMUM_STEP_LIMIT,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        category: str = "multi_turn_base",
+        *,
+        max_steps_per_turn: int = MAXIMUM_STEP_LIMIT,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps_per_turn < 1:
             raise ValueError(f"max_steps_per_turn must be >= 1, got {max_steps_per_turn}")
@@ -195,7 +236,9 @@ class BFCLMultiTurnEnv(AgentEnv):
     def _tools(self) -> list[dict[str, Any]]:
         return [bfcl_tool_schema(d) for d in self.functions]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
         ids = list(self.entries)
@@ -212,8 +255,12 @@ class BFCLMultiTurnEnv(AgentEnv):
         self._done = False
         self._last_obs = self._user_message(0)
         # ``task``: the first user turn, which step-wise prompts keep in view after it scrolls out of the history
-        return self._last_obs, {"state_key": f"{task_id}#0\n{self._last_obs}", "task_id": task_id, "tools": self._tools(),
-                                "task": self._last_obs}
+        return self._last_obs, {
+            "state_key": f"{task_id}#0\n{self._last_obs}",
+            "task_id": task_id,
+            "tools": self._tools(),
+            "task": self._last_obs,
+        }
 
     def _run(self, call: ToolCall) -> tuple[bool, str]:
         if call.name not in self.model.methods:  # as in BFCL, any public method of an involved class runs
@@ -231,12 +278,18 @@ class BFCLMultiTurnEnv(AgentEnv):
         truth_results = [self.truth.call(*parse_call(c)) for c in truth_calls]
         if not truth_calls:
             if self._turn_calls:
-                return {"valid": False, "error_type": "multi_turn:irrelevance_error:decoder_success",
-                        "error_message": f"Model outputs valid function calls when it should not for turn {self.turn}."}
+                return {
+                    "valid": False,
+                    "error_type": "multi_turn:irrelevance_error:decoder_success",
+                    "error_message": f"Model outputs valid function calls when it should not for turn {self.turn}.",
+                }
             return {"valid": True}
         if not self._turn_calls:
-            return {"valid": False, "error_type": "multi_turn:empty_turn_model_response",
-                    "error_message": f"Model response list is empty for turn {self.turn}"}
+            return {
+                "valid": False,
+                "error_type": "multi_turn:empty_turn_model_response",
+                "error_message": f"Model response list is empty for turn {self.turn}",
+            }
         result = state_checker(self.model.instances, self.truth.instances)
         if not result["valid"]:
             return result
@@ -248,9 +301,18 @@ class BFCLMultiTurnEnv(AgentEnv):
         parsed = parse_tool_calls(action) if isinstance(action, str) else None
         self._turn_steps += 1
         reward, terminated, truncated, turn_reward = 0.0, False, False, 0.0
-        info: dict[str, Any] = {"task_id": self.entry["id"], "turn": self.turn, "tool_call": False, "success": False}
+        info: dict[str, Any] = {
+            "task_id": self.entry["id"],
+            "turn": self.turn,
+            "tool_call": False,
+            "success": False,
+        }
         if parsed is None or not parsed.valid:
-            reason = parsed.reason if parsed is not None else f"the action must be text, got {type(action).__name__}"
+            reason = (
+                parsed.reason
+                if parsed is not None
+                else f"the action must be text, got {type(action).__name__}"
+            )
             obs = f"Error: could not read your function call: {reason}"
             info.update(valid=False, reason=reason)
         elif parsed.tool_calls:
@@ -259,14 +321,23 @@ class BFCLMultiTurnEnv(AgentEnv):
             self._turn_calls += len(results)
             self.all_model_results.extend(results)
             obs = "\n".join(format_tool_response(c.name, r) for c, r in zip(parsed.tool_calls, results))
-            info.update(valid=all(ok for ok, _ in outcomes), tool_call=True, tool_messages=[
-                {"role": "tool", "tool_call_id": c.id or f"call_{i}", "name": c.name, "content": r}
-                for i, (c, r) in enumerate(zip(parsed.tool_calls, results))])
+            info.update(
+                valid=all(ok for ok, _ in outcomes),
+                tool_call=True,
+                tool_messages=[
+                    {"role": "tool", "tool_call_id": c.id or f"call_{i}", "name": c.name, "content": r}
+                    for i, (c, r) in enumerate(zip(parsed.tool_calls, results))
+                ],
+            )
         else:
             check = self._check_turn()
             turn_reward = float(check["valid"])
             if not check["valid"] and self.failure is None:
-                self.failure = {"turn": self.turn, "error_type": check.get("error_type"), "error_message": check.get("error_message")}
+                self.failure = {
+                    "turn": self.turn,
+                    "error_type": check.get("error_type"),
+                    "error_message": check.get("error_message"),
+                }
             info.update(valid=True, turn_check=check.get("error_type") or "ok")
             self.turn += 1
             self._turn_steps, self._turn_calls = 0, 0
@@ -280,8 +351,11 @@ class BFCLMultiTurnEnv(AgentEnv):
                 info["tools"] = self._tools()
         if not terminated and self._turn_steps >= self.max_steps_per_turn:
             truncated = True
-            info["failure"] = {"turn": self.turn, "error_type": "step_limit",
-                               "error_message": f"more than {self.max_steps_per_turn} responses in turn {self.turn}"}
+            info["failure"] = {
+                "turn": self.turn,
+                "error_type": "step_limit",
+                "error_message": f"more than {self.max_steps_per_turn} responses in turn {self.turn}",
+            }
         self._done = terminated or truncated
         self._last_obs = obs
         info.update(state_key=f"{self.entry['id']}#{self.turn}\n{obs}", turn_reward=turn_reward)

@@ -16,8 +16,16 @@ from typing import Any, Literal
 from agentrl.envs.tools.env import Episode, Solution, ToolEnv, ToolTask
 from agentrl.envs.tools.schema import Tool, tool
 
-__all__ = ["SUITES", "builtin_tool_env", "make_tasks", "CALCULATOR_TOOLS", "UNIT_TOOLS", "STORE_TOOLS", "builtin_reward",
-           "last_number"]
+__all__ = [
+    "CALCULATOR_TOOLS",
+    "STORE_TOOLS",
+    "SUITES",
+    "UNIT_TOOLS",
+    "builtin_reward",
+    "builtin_tool_env",
+    "last_number",
+    "make_tasks",
+]
 
 SUITES = ("calculator", "units", "store")
 SPLITS = ("train", "test")
@@ -80,8 +88,11 @@ def divide(a: float, b: float) -> float:
 
 
 CALCULATOR_TOOLS = (add, subtract, multiply, divide)
-_OPS = {"add": (lambda a, b: a + b, "plus"), "subtract": (lambda a, b: a - b, "minus"),
-        "multiply": (lambda a, b: a * b, "times")}
+_OPS = {
+    "add": (lambda a, b: a + b, "plus"),
+    "subtract": (lambda a, b: a - b, "minus"),
+    "multiply": (lambda a, b: a * b, "times"),
+}
 
 
 def _calculator_task(rng: random.Random, task_id: str) -> ToolTask:
@@ -103,11 +114,15 @@ _TEMPS = ("celsius", "fahrenheit", "kelvin")
 
 
 def _to_kelvin(value: float, unit: str) -> float:
-    return {"celsius": value + 273.15, "fahrenheit": (value - 32.0) * 5.0 / 9.0 + 273.15, "kelvin": value}[unit]
+    return {"celsius": value + 273.15, "fahrenheit": (value - 32.0) * 5.0 / 9.0 + 273.15, "kelvin": value}[
+        unit
+    ]
 
 
 def _from_kelvin(value: float, unit: str) -> float:
-    return {"celsius": value - 273.15, "fahrenheit": (value - 273.15) * 9.0 / 5.0 + 32.0, "kelvin": value}[unit]
+    return {"celsius": value - 273.15, "fahrenheit": (value - 273.15) * 9.0 / 5.0 + 32.0, "kelvin": value}[
+        unit
+    ]
 
 
 @tool
@@ -131,13 +146,18 @@ UNIT_TOOLS = (convert,)
 
 
 def _units_task(rng: random.Random, task_id: str) -> ToolTask:
-    table = rng.choice((_LENGTH, _MASS, {t: 0.0 for t in _TEMPS}))
+    table = rng.choice((_LENGTH, _MASS, dict.fromkeys(_TEMPS, 0.0)))
     src, dst = rng.sample(sorted(table), 2)
     value = round(rng.uniform(1, 500), 1)
     result = round(convert(value, src, dst), 2)
     prompt = f"Convert {value} {src} to {dst}. Reply with the number rounded to 2 decimals."
-    return ToolTask(task_id, prompt, answer=result, solution=((("convert", {"value": value, "from_unit": src, "to_unit": dst}),),),
-                    final=f"{result:.2f}")
+    return ToolTask(
+        task_id,
+        prompt,
+        answer=result,
+        solution=((("convert", {"value": value, "from_unit": src, "to_unit": dst}),),),
+        final=f"{result:.2f}",
+    )
 
 
 # ----------------------------------------------------------------------------- store
@@ -148,9 +168,16 @@ def _catalogue(seed: int = 0, num_products: int = 240) -> dict[str, dict[str, An
     from agentrl.envs.webshop.catalogue import generate_catalogue
 
     items = generate_catalogue(seed=seed, num_products=num_products)["items"]
-    return {p["asin"]: {"product_id": p["asin"], "name": p["name"], "type": p["query"],
-                        "price": float(p["pricing"].split("-")[0].strip().lstrip("$")),
-                        "description": p["full_description"]} for p in items}
+    return {
+        p["asin"]: {
+            "product_id": p["asin"],
+            "name": p["name"],
+            "type": p["query"],
+            "price": float(p["pricing"].split("-")[0].strip().lstrip("$")),
+            "description": p["full_description"],
+        }
+        for p in items
+    }
 
 
 def _words(text: str) -> set[str]:
@@ -169,7 +196,10 @@ def search_products(query: str, max_results: int = 10) -> list[dict[str, Any]]:
     if not wanted:
         raise ValueError("the query has no words")
     hits = [p for p in _catalogue().values() if wanted <= _words(f"{p['name']} {p['type']}")]
-    return [{"product_id": p["product_id"], "name": p["name"], "price": p["price"]} for p in hits[: max(1, min(max_results, 50))]]
+    return [
+        {"product_id": p["product_id"], "name": p["name"], "price": p["price"]}
+        for p in hits[: max(1, min(max_results, 50))]
+    ]
 
 
 @tool
@@ -241,12 +271,23 @@ def _store_task(rng: random.Random, task_id: str, group: tuple[str, str, list[di
     cheapest = min(products, key=lambda p: p["price"])
     qty = rng.randint(1, 4)
     total = round(cheapest["price"] * qty, 2)
-    prompt = (f"Buy {qty} unit(s) of the cheapest {ptype} made by {brand}, check out, "
-              "then reply with the total you paid.")
-    solution: Solution = ((("search_products", {"query": f"{brand} {ptype}"}),),
-                (("add_to_cart", {"product_id": cheapest["product_id"], "quantity": qty}),), (("checkout", {}),))
-    return ToolTask(task_id, prompt, answer={"items": {cheapest["product_id"]: qty}, "total": total},
-                    state={"cart": {}, "orders": []}, solution=solution, final=f"I paid ${total:.2f}.")
+    prompt = (
+        f"Buy {qty} unit(s) of the cheapest {ptype} made by {brand}, check out, "
+        "then reply with the total you paid."
+    )
+    solution: Solution = (
+        (("search_products", {"query": f"{brand} {ptype}"}),),
+        (("add_to_cart", {"product_id": cheapest["product_id"], "quantity": qty}),),
+        (("checkout", {}),),
+    )
+    return ToolTask(
+        task_id,
+        prompt,
+        answer={"items": {cheapest["product_id"]: qty}, "total": total},
+        state={"cart": {}, "orders": []},
+        solution=solution,
+        final=f"I paid ${total:.2f}.",
+    )
 
 
 # ----------------------------------------------------------------------------- tasks and reward
@@ -288,7 +329,9 @@ def _tools_of(suites: Sequence[str]) -> list[Tool]:
     return [t for s in suites for t in by_suite[s]]
 
 
-def builtin_tool_env(suite: str = "all", split: str = "train", num_tasks: int = 50, seed: int = 0, **kwargs: Any) -> ToolEnv:
+def builtin_tool_env(
+    suite: str = "all", split: str = "train", num_tasks: int = 50, seed: int = 0, **kwargs: Any
+) -> ToolEnv:
     """``make("tools", suite="calculator"|"units"|"store"|"all", split=...)``: the built-in tool tasks."""
     suites = list(SUITES) if suite == "all" else [suite]
     tasks = [t for s in suites for t in make_tasks(s, split, num_tasks, seed)]

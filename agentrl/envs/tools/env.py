@@ -27,7 +27,16 @@ from agentrl.agents.formats import ToolCall, parse_tool_calls
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.tools.schema import Tool, ToolArgumentError, tool
 
-__all__ = ["ToolTask", "Episode", "CallRecord", "ToolEnv", "Reward", "Solution", "format_tool_response", "solution_action"]
+__all__ = [
+    "CallRecord",
+    "Episode",
+    "Reward",
+    "Solution",
+    "ToolEnv",
+    "ToolTask",
+    "format_tool_response",
+    "solution_action",
+]
 
 MAX_CALLS_PER_TURN = 8
 Solution = tuple[tuple[tuple[str, Mapping[str, Any]], ...], ...]  # turns of (tool name, arguments) calls
@@ -67,13 +76,19 @@ Reward = Callable[[ToolTask, Episode], float]
 
 
 def format_tool_response(name: str, content: str) -> str:
-    return "<tool_response>" + json.dumps({"name": name, "content": content}, ensure_ascii=False) + "</tool_response>"
+    return (
+        "<tool_response>"
+        + json.dumps({"name": name, "content": content}, ensure_ascii=False)
+        + "</tool_response>"
+    )
 
 
 def solution_action(calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """A turn of expert calls written as ``<tool_call>`` text."""
-    return "\n".join("<tool_call>" + json.dumps({"name": n, "arguments": dict(a)}, ensure_ascii=False) + "</tool_call>"
-                     for n, a in calls)
+    return "\n".join(
+        "<tool_call>" + json.dumps({"name": n, "arguments": dict(a)}, ensure_ascii=False) + "</tool_call>"
+        for n, a in calls
+    )
 
 
 def _as_text(value: Any) -> str:
@@ -90,14 +105,14 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
     if timeout is None:
         try:
             return True, fn()
-        except Exception as e:  # noqa: BLE001 - reported to the model
+        except Exception as e:
             return True, e
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - reported to the model
+        except BaseException as e:
             box["value"] = e
 
     worker = threading.Thread(target=target, daemon=True, name="agentrl-tool-call")
@@ -111,16 +126,27 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
 class ToolEnv(AgentEnv):
     """An env from tools, tasks and a reward: ``ToolEnv(tools=[add, mul], tasks=[...], reward=fn)``."""
 
-    def __init__(self, tools: Sequence[Tool | Callable[..., Any]], tasks: Sequence[ToolTask], reward: Reward, *,
-                 max_turns: int = 8, call_timeout: float | None = 5.0, max_result_chars: int = 4000,
-                 success_threshold: float = 1.0, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        tools: Sequence[Tool | Callable[..., Any]],
+        tasks: Sequence[ToolTask],
+        reward: Reward,
+        *,
+        max_turns: int = 8,
+        call_timeout: float | None = 5.0,
+        max_result_chars: int = 4000,
+        success_threshold: float = 1.0,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         if call_timeout is not None and call_timeout <= 0:
             raise ValueError(f"call_timeout must be > 0 seconds or None, got {call_timeout}")
         if not callable(reward):
-            raise TypeError(f"reward must be a function (task, episode) -> float, got {type(reward).__name__}")
+            raise TypeError(
+                f"reward must be a function (task, episode) -> float, got {type(reward).__name__}"
+            )
         self.tools: dict[str, Tool] = {}
         for t in tools:
             t = t if isinstance(t, Tool) else tool(t)
@@ -150,7 +176,9 @@ class ToolEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return list(self.tasks)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
         ids = list(self.tasks)
@@ -163,13 +191,22 @@ class ToolEnv(AgentEnv):
         self._t, self._done = 0, False
         self._last_obs = self.task.prompt
         # ``task``: the request, which step-wise prompts keep in view after the first observation scrolls out
-        return self._last_obs, {"state_key": f"{task_id}\n{self._last_obs}", "task_id": task_id, "tools": self.schemas,
-                                "task": self.task.prompt}
+        return self._last_obs, {
+            "state_key": f"{task_id}\n{self._last_obs}",
+            "task_id": task_id,
+            "tools": self.schemas,
+            "task": self.task.prompt,
+        }
 
     def _call(self, call: ToolCall) -> CallRecord:
         t = self.tools.get(call.name)
         if t is None:
-            return CallRecord(call.name, call.arguments, False, f"Error: unknown tool {call.name!r}; available tools: {sorted(self.tools)}")
+            return CallRecord(
+                call.name,
+                call.arguments,
+                False,
+                f"Error: unknown tool {call.name!r}; available tools: {sorted(self.tools)}",
+            )
         try:
             t.check_arguments(call.arguments)
         except ToolArgumentError as e:
@@ -177,9 +214,19 @@ class ToolEnv(AgentEnv):
         work = copy.deepcopy(self.episode.state) if t.wants_state else None
         finished, value = _run_with_timeout(lambda: t.invoke(call.arguments, work), self.call_timeout)
         if not finished:
-            return CallRecord(call.name, call.arguments, False, f"Error: tool {call.name!r} did not return within {self.call_timeout} s")
+            return CallRecord(
+                call.name,
+                call.arguments,
+                False,
+                f"Error: tool {call.name!r} did not return within {self.call_timeout} s",
+            )
         if isinstance(value, BaseException):
-            return CallRecord(call.name, call.arguments, False, f"Error: tool {call.name!r} raised {type(value).__name__}: {value}")
+            return CallRecord(
+                call.name,
+                call.arguments,
+                False,
+                f"Error: tool {call.name!r} raised {type(value).__name__}: {value}",
+            )
         if t.wants_state:
             self.episode.state = work  # only a call that returned changes the state
         text = _as_text(value)
@@ -195,22 +242,44 @@ class ToolEnv(AgentEnv):
         reward, terminated, turn_reward = 0.0, False, 0.0
         info: dict[str, Any] = {"task_id": self.task.id, "tool_call": False}
         if parsed is None or not parsed.valid:
-            reason = parsed.reason if parsed is not None else f"the action must be text, got {type(action).__name__}"
+            reason = (
+                parsed.reason
+                if parsed is not None
+                else f"the action must be text, got {type(action).__name__}"
+            )
             obs = f"Error: could not read your tool call: {reason}"
             info.update(valid=False, success=False, reason=reason)
         elif parsed.tool_calls:
             calls = parsed.tool_calls
             records = [self._call(c) for c in calls[:MAX_CALLS_PER_TURN]]
             if len(calls) > MAX_CALLS_PER_TURN:
-                records.append(CallRecord("", {}, False, f"Error: at most {MAX_CALLS_PER_TURN} calls per turn; "
-                                                         f"{len(calls) - MAX_CALLS_PER_TURN} were not run"))
+                records.append(
+                    CallRecord(
+                        "",
+                        {},
+                        False,
+                        f"Error: at most {MAX_CALLS_PER_TURN} calls per turn; "
+                        f"{len(calls) - MAX_CALLS_PER_TURN} were not run",
+                    )
+                )
             self.episode.calls.extend(records)
             obs = "\n".join(format_tool_response(r.name, r.content) for r in records)
             ok = all(r.ok for r in records)
             turn_reward = float(ok)
-            info.update(valid=ok, success=False, tool_call=True, tool_messages=[
-                {"role": "tool", "tool_call_id": c.id or f"call_{i}", "name": r.name, "content": r.content}
-                for i, (c, r) in enumerate(zip(calls, records))])
+            info.update(
+                valid=ok,
+                success=False,
+                tool_call=True,
+                tool_messages=[
+                    {
+                        "role": "tool",
+                        "tool_call_id": c.id or f"call_{i}",
+                        "name": r.name,
+                        "content": r.content,
+                    }
+                    for i, (c, r) in enumerate(zip(calls, records))
+                ],
+            )
         else:
             self.episode.answer = parsed.action
             reward = float(self.reward_fn(self.task, self.episode))

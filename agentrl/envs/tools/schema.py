@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Tool", "tool", "ToolArgumentError", "STATE_PARAM"]
+__all__ = ["STATE_PARAM", "Tool", "ToolArgumentError", "tool"]
 
 STATE_PARAM = "state"
 _SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
@@ -52,9 +52,15 @@ def _json_schema(ann: Any, where: str) -> dict[str, Any]:
     if origin in (dict, Mapping) or ann is dict:
         if args and args[0] is not str:
             raise TypeError(f"{where}: dict keys must be str for a JSON tool schema, got {args[0]!r}")
-        return {"type": "object", "additionalProperties": _json_schema(args[1], where)} if args else {"type": "object"}
-    raise TypeError(f"{where}: annotation {ann!r} has no JSON schema; use str, int, float, bool, list[...], dict[str, ...], "
-                    "Literal[...], an Enum or Optional[...]")
+        return (
+            {"type": "object", "additionalProperties": _json_schema(args[1], where)}
+            if args
+            else {"type": "object"}
+        )
+    raise TypeError(
+        f"{where}: annotation {ann!r} has no JSON schema; use str, int, float, bool, list[...], dict[str, ...], "
+        "Literal[...], an Enum or Optional[...]"
+    )
 
 
 def _literal_schema(values: list[Any]) -> dict[str, Any]:
@@ -67,8 +73,11 @@ def _literal_schema(values: list[Any]) -> dict[str, Any]:
 
 def _conform(value: Any, ann: Any, path: str, tool_name: str) -> Any:
     """``value`` checked against ``ann`` (ints are accepted for floats and converted); raises ToolArgumentError."""
+
     def fail(expected: str) -> ToolArgumentError:
-        return ToolArgumentError(f"argument '{path}' of {tool_name!r} must be {expected}, got {type(value).__name__} {_short(value)}")
+        return ToolArgumentError(
+            f"argument '{path}' of {tool_name!r} must be {expected}, got {type(value).__name__} {_short(value)}"
+        )
 
     if ann is Any:
         return value
@@ -124,7 +133,9 @@ def _conform(value: Any, ann: Any, path: str, tool_name: str) -> Any:
 
 
 def _describe(ann: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}.get(ann, str(ann))
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}.get(
+        ann, str(ann)
+    )
 
 
 def _short(value: Any) -> str:
@@ -172,16 +183,26 @@ class Tool:
     @property
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-calling schema (``{"type": "function", "function": {...}}``)."""
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": dict(self.parameters)}}
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
 
     def check_arguments(self, arguments: Any) -> dict[str, Any]:
         """The arguments converted to the annotated types, or ToolArgumentError naming what is wrong."""
         if not isinstance(arguments, dict):
-            raise ToolArgumentError(f"arguments of {self.name!r} must be a JSON object, got {type(arguments).__name__}")
+            raise ToolArgumentError(
+                f"arguments of {self.name!r} must be a JSON object, got {type(arguments).__name__}"
+            )
         unknown = sorted(set(arguments) - set(self.annotations))
         if unknown:
-            raise ToolArgumentError(f"{self.name!r} has no parameter(s) {unknown}; it takes {sorted(self.annotations)}")
+            raise ToolArgumentError(
+                f"{self.name!r} has no parameter(s) {unknown}; it takes {sorted(self.annotations)}"
+            )
         missing = [p for p in self.required if p not in arguments]
         if missing:
             raise ToolArgumentError(f"{self.name!r} is missing required argument(s) {missing}")
@@ -231,18 +252,28 @@ def _make_tool(fn: Callable[..., Any], name: str | None, description: str | None
         props[p.name] = schema
         annotations[p.name] = hints[p.name]
     parameters = {"type": "object", "properties": props, "required": required}
-    return Tool(fn, tool_name, description if description is not None else summary, parameters, annotations,
-                tuple(required), wants_state)
+    return Tool(
+        fn,
+        tool_name,
+        description if description is not None else summary,
+        parameters,
+        annotations,
+        tuple(required),
+        wants_state,
+    )
 
 
 @typing.overload
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @typing.overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
-def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
-         description: str | None = None) -> Tool | Callable[[Callable[..., Any]], Tool]:
+def tool(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Decorator: ``@tool`` or ``@tool(name=..., description=...)`` turns a typed function into a Tool."""
     if fn is not None:
         return _make_tool(fn, name, description)

@@ -12,8 +12,21 @@ from agentrl.envs.webshop.loader import Shop, WebShopDataError, load_files, load
 from agentrl.envs.webshop.reward import RewardConfig, get_reward
 from agentrl.envs.webshop.text_env import WebShopEnv
 
-__all__ = ["RewardConfig", "ServerThread", "Shop", "WebShopBrowserEnv", "WebShopDataError", "WebShopEnv", "create_app", "generate_catalogue",
-           "get_reward", "load_files", "load_shop", "serve", "write_catalogue"]
+__all__ = [
+    "RewardConfig",
+    "ServerThread",
+    "Shop",
+    "WebShopBrowserEnv",
+    "WebShopDataError",
+    "WebShopEnv",
+    "create_app",
+    "generate_catalogue",
+    "get_reward",
+    "load_files",
+    "load_shop",
+    "serve",
+    "write_catalogue",
+]
 
 _SITE_NAMES = ("ServerThread", "create_app", "serve")
 

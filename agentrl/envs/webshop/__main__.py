@@ -14,14 +14,20 @@ def _play(split: str, task: str | None, data_dir: str | None, num_products: int 
     obs, info = env.reset(seed=seed, options={"task_id": task} if task is not None else None)
     print(f"[task {info['task_id']}]\n{obs}")
     while True:
-        print("actions:", ", ".join(info["admissible_actions"][:15]) + (" ..." if len(info["admissible_actions"]) > 15 else ""))
+        print(
+            "actions:",
+            ", ".join(info["admissible_actions"][:15])
+            + (" ..." if len(info["admissible_actions"]) > 15 else ""),
+        )
         action = input("> ").strip()
         if not action:
             return
         obs, reward, terminated, truncated, info = env.step(action)
         print(("" if info["valid"] else "(invalid action: nothing happened)\n") + obs)
         if terminated or truncated:
-            print(f"reward {reward:.4f}  success {info['success']}" + ("  (out of steps)" if truncated else ""))
+            print(
+                f"reward {reward:.4f}  success {info['success']}" + ("  (out of steps)" if truncated else "")
+            )
             return
 
 
@@ -38,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=3000)
 
-    gen = sub.add_parser("generate", help="write items_shuffle_N.json, items_ins_v2_N.json, items_human_ins.json, reviews.json")
+    gen = sub.add_parser(
+        "generate", help="write items_shuffle_N.json, items_ins_v2_N.json, items_human_ins.json, reviews.json"
+    )
     gen.add_argument("out_dir")
     gen.add_argument("--num-products", type=int, default=1000)
     gen.add_argument("--goals-per-product", type=int, default=3)
@@ -51,13 +59,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "serve":
         from agentrl.envs.webshop.site import serve as run_server
 
-        run_server(host=args.host, port=args.port, split=args.split, num_products=args.num_products,
-                   data_dir=args.data_dir, seed=args.seed)
+        run_server(
+            host=args.host,
+            port=args.port,
+            split=args.split,
+            num_products=args.num_products,
+            data_dir=args.data_dir,
+            seed=args.seed,
+        )
     elif args.command == "generate":
         from agentrl.envs.webshop.catalogue import write_catalogue
 
-        for path in write_catalogue(args.out_dir, seed=args.seed, num_products=args.num_products,
-                                    goals_per_product=args.goals_per_product):
+        for path in write_catalogue(
+            args.out_dir,
+            seed=args.seed,
+            num_products=args.num_products,
+            goals_per_product=args.goals_per_product,
+        ):
             print(path)
     else:
         _play(args.split, args.task, args.data_dir, args.num_products, args.seed)

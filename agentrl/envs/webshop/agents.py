@@ -20,11 +20,15 @@ def oracle_actions(shop: Shop, goal_idx: int) -> list[str]:
     keywords = product["Title"].lower().strip()
     hits = shop.search.search(keywords)
     if asin not in hits:
-        raise LookupError(f"goal {goal_idx}: product {asin} is not among the top {len(hits)} hits for its own name")
+        raise LookupError(
+            f"goal {goal_idx}: product {asin} is not among the top {len(hits)} hits for its own name"
+        )
     actions = [f"search[{keywords}]"]
     actions += ["click[next >]"] * (hits.index(asin) // PRODUCT_WINDOW)
     actions.append(f"click[{asin.lower()}]")
-    for value in goal["goal_options"] if isinstance(goal["goal_options"], list) else goal["goal_options"].values():
+    for value in (
+        goal["goal_options"] if isinstance(goal["goal_options"], list) else goal["goal_options"].values()
+    ):
         if any(value in values for values in product["options"].values()):
             actions.append(f"click[{value}]")
     actions.append("click[buy now]")

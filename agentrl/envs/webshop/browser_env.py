@@ -29,8 +29,16 @@ from agentrl.envs.webshop.reward import RewardConfig
 from agentrl.envs.webshop.text_env import DEFAULT_MAX_STEPS, instruction_keywords, shop_from_args
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 # One pass over the DOM: visible text, clickable labels (buttons first, then options, as the text
 # env orders them), the search box, selected options, and the outcome once bought.
@@ -74,7 +82,8 @@ class _SharedBrowser:
             if not os.path.exists(executable_path):
                 raise FileNotFoundError(
                     f"Chromium not found at {executable_path}; install Debian's package (apt-get install -y chromium) "
-                    "or set WEBSHOP_CHROMIUM to its path")
+                    "or set WEBSHOP_CHROMIUM to its path"
+                )
             from playwright.sync_api import sync_playwright
 
             driver = sync_playwright().start()
@@ -115,10 +124,21 @@ def css_string(text: str) -> str:
 class WebShopBrowserEnv(AgentEnv):
     """WebShop in a real browser (``make("webshop-browser", split=...)``)."""
 
-    def __init__(self, split: str = "test", *, base_url: str | None = None, data_dir: str | None = None,
-                 num_products: int | None = None, seed: int = 0, goals: str = "human",
-                 max_steps: int = DEFAULT_MAX_STEPS, executable_path: str | None = None, timeout_ms: int = 15_000,
-                 reward_config: RewardConfig | Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "test",
+        *,
+        base_url: str | None = None,
+        data_dir: str | None = None,
+        num_products: int | None = None,
+        seed: int = 0,
+        goals: str = "human",
+        max_steps: int = DEFAULT_MAX_STEPS,
+        executable_path: str | None = None,
+        timeout_ms: int = 15_000,
+        reward_config: RewardConfig | Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -130,8 +150,14 @@ class WebShopBrowserEnv(AgentEnv):
         if base_url is None:
             from agentrl.envs.webshop.site import ServerThread, create_app
 
-            app = create_app(split, data_dir=data_dir, num_products=num_products, seed=seed, goals=goals,
-                             reward_config=reward_config)
+            app = create_app(
+                split,
+                data_dir=data_dir,
+                num_products=num_products,
+                seed=seed,
+                goals=goals,
+                reward_config=reward_config,
+            )
             self._server = ServerThread(app).start()
             base_url = self._server.url
         self.base_url = base_url.rstrip("/")
@@ -148,7 +174,9 @@ class WebShopBrowserEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return [str(i) for i in self._goal_ids]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         idx = pick_goal(self._goal_ids, self.split, (options or {}).get("task_id"), self.np_random)
         self._context.clear_cookies()
@@ -172,8 +200,10 @@ class WebShopBrowserEnv(AgentEnv):
         keywords = instruction_keywords(self.shop.goals[self._goal_idx]["instruction_text"])
         admissible = [f"search[{keywords}]"] if view["has_search"] else []
         admissible += [f"click[{x}]" for x in dict.fromkeys(view["buttons"] + view["radios"])]
-        return {"state_key": selected_key(view["text"], [tuple(x) for x in view["selected"]]),
-                "admissible_actions": admissible}
+        return {
+            "state_key": selected_key(view["text"], [tuple(x) for x in view["selected"]]),
+            "admissible_actions": admissible,
+        }
 
     def _perform(self, verb: str, arg: str) -> bool:
         """Do the action in the browser when the current page allows it; False (and nothing done) otherwise."""

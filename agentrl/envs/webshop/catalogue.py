@@ -55,87 +55,266 @@ class ProductType:
 # Attribute pools per department. Within a pool no attribute is a substring of another and no two
 # share all tokens (tests check both), so a distractor that lacks one really lacks it.
 ATTRIBUTE_POOLS: dict[str, tuple[str, ...]] = {
-    "fashion": ("machine washable", "moisture wicking", "relaxed fit", "breathable fabric", "tagless collar",
-                "wrinkle resistant", "quick drying", "soft touch"),
-    "footwear": ("non slip", "arch support", "memory foam insole", "ankle protection", "cushioned heel",
-                 "wide toe box", "shock absorbing", "lace up"),
-    "electronics": ("fast charging", "long battery life", "noise cancelling", "high definition", "plug and play",
-                    "dual band", "voice control", "compact design"),
-    "kitchen": ("dishwasher safe", "bpa free", "easy to clean", "keep warm function", "leak proof",
-                "cool touch handle", "fast boiling", "large capacity"),
-    "home": ("easy assembly", "space saving", "heavy duty", "modern design", "energy efficient",
-             "living room", "non toxic", "eco friendly"),
-    "sports": ("lightweight", "water resistant", "easy to carry", "anti slip", "durable construction",
-               "adjustable strap", "high density", "foldable"),
-    "beauty": ("long lasting", "cruelty free", "paraben free", "travel size", "sensitive skin", "gift set",
-               "natural ingredients", "dermatologist tested"),
-    "accessories": ("gift box", "scratch resistant", "uv protection", "classic design", "lightweight frame",
-                    "adjustable fit", "sapphire glass", "unisex style"),
-    "office": ("acid free paper", "lay flat binding", "gift idea", "premium quality", "thick pages",
-               "family game night", "recycled material", "educational"),
+    "fashion": (
+        "machine washable",
+        "moisture wicking",
+        "relaxed fit",
+        "breathable fabric",
+        "tagless collar",
+        "wrinkle resistant",
+        "quick drying",
+        "soft touch",
+    ),
+    "footwear": (
+        "non slip",
+        "arch support",
+        "memory foam insole",
+        "ankle protection",
+        "cushioned heel",
+        "wide toe box",
+        "shock absorbing",
+        "lace up",
+    ),
+    "electronics": (
+        "fast charging",
+        "long battery life",
+        "noise cancelling",
+        "high definition",
+        "plug and play",
+        "dual band",
+        "voice control",
+        "compact design",
+    ),
+    "kitchen": (
+        "dishwasher safe",
+        "bpa free",
+        "easy to clean",
+        "keep warm function",
+        "leak proof",
+        "cool touch handle",
+        "fast boiling",
+        "large capacity",
+    ),
+    "home": (
+        "easy assembly",
+        "space saving",
+        "heavy duty",
+        "modern design",
+        "energy efficient",
+        "living room",
+        "non toxic",
+        "eco friendly",
+    ),
+    "sports": (
+        "lightweight",
+        "water resistant",
+        "easy to carry",
+        "anti slip",
+        "durable construction",
+        "adjustable strap",
+        "high density",
+        "foldable",
+    ),
+    "beauty": (
+        "long lasting",
+        "cruelty free",
+        "paraben free",
+        "travel size",
+        "sensitive skin",
+        "gift set",
+        "natural ingredients",
+        "dermatologist tested",
+    ),
+    "accessories": (
+        "gift box",
+        "scratch resistant",
+        "uv protection",
+        "classic design",
+        "lightweight frame",
+        "adjustable fit",
+        "sapphire glass",
+        "unisex style",
+    ),
+    "office": (
+        "acid free paper",
+        "lay flat binding",
+        "gift idea",
+        "premium quality",
+        "thick pages",
+        "family game night",
+        "recycled material",
+        "educational",
+    ),
 }
 
 CATEGORY_OF_DEPARTMENT = {
-    "fashion": "fashion", "footwear": "fashion", "accessories": "fashion", "electronics": "electronics",
-    "kitchen": "food", "home": "furniture", "sports": "sports", "beauty": "beauty", "office": "office",
+    "fashion": "fashion",
+    "footwear": "fashion",
+    "accessories": "fashion",
+    "electronics": "electronics",
+    "kitchen": "food",
+    "home": "furniture",
+    "sports": "sports",
+    "beauty": "beauty",
+    "office": "office",
 }
 
-PRODUCT_TYPES: tuple[ProductType, ...] = tuple(ProductType(n, d, c) for n, d, c in (
-    ("T-Shirt", "fashion", "Clothing, Shoes & Jewelry › Men › Clothing › Shirts › T-Shirts"),
-    ("Laptop", "electronics", "Electronics › Computers & Accessories › Computers & Tablets › Laptops"),
-    ("Running Shoes", "footwear", "Clothing, Shoes & Jewelry › Men › Shoes › Athletic › Running"),
-    ("Smartphone", "electronics", "Electronics › Cell Phones & Accessories › Cell Phones"),
-    ("Backpack", "sports", "Sports & Outdoors › Outdoor Recreation › Camping & Hiking › Backpacks"),
-    ("Coffee Maker", "kitchen", "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Coffee Makers"),
-    ("Water Bottle", "kitchen", "Sports & Outdoors › Sports & Fitness › Accessories › Water Bottles"),
-    ("Desk Lamp", "home", "Tools & Home Improvement › Lighting & Ceiling Fans › Lamps & Shades › Desk Lamps"),
-    ("Notebook", "office", "Office Products › Office & School Supplies › Paper › Notebooks"),
-    ("Sunglasses", "accessories", "Clothing, Shoes & Jewelry › Men › Accessories › Sunglasses & Eyewear"),
-    ("Wristwatch", "accessories", "Clothing, Shoes & Jewelry › Men › Watches › Wrist Watches"),
-    ("Electric Toothbrush", "beauty", "Beauty & Personal Care › Oral Care › Toothbrushes › Electric Toothbrushes"),
-    ("Yoga Mat", "sports", "Sports & Outdoors › Sports & Fitness › Exercise & Fitness › Yoga › Mats"),
-    ("Bluetooth Speaker", "electronics", "Electronics › Portable Audio & Video › Portable Speakers & Docks"),
-    ("Gaming Mouse", "electronics", "Electronics › Computers & Accessories › Computer Accessories › Mice"),
-    ("Action Camera", "electronics", "Electronics › Camera & Photo › Video › Action Cameras"),
-    ("Garden Hose", "home", "Patio, Lawn & Garden › Watering Equipment › Garden Hoses"),
-    ("Hiking Boots", "footwear", "Clothing, Shoes & Jewelry › Men › Shoes › Outdoor › Hiking & Trekking"),
-    ("Tablet", "electronics", "Electronics › Computers & Accessories › Computers & Tablets › Tablets"),
-    ("E-Reader", "electronics", "Electronics › eBook Readers & Accessories › eBook Readers"),
-    ("Portable Charger", "electronics", "Electronics › Cell Phones & Accessories › Chargers & Power Adapters"),
-    ("Indoor Security Camera", "electronics", "Electronics › Camera & Photo › Surveillance Cameras › Dome Cameras"),
-    ("Electric Kettle", "kitchen", "Home & Kitchen › Kitchen & Dining › Small Appliances › Electric Kettles"),
-    ("Mechanical Keyboard", "electronics", "Electronics › Computers & Accessories › Computer Accessories › Keyboards"),
-    ("Wireless Earbuds", "electronics", "Electronics › Headphones, Earbuds & Accessories › Earbud Headphones"),
-    ("Smart Thermostat", "home", "Tools & Home Improvement › Heating, Cooling & Air Quality › Thermostats"),
-    ("Fleece Jacket", "fashion", "Clothing, Shoes & Jewelry › Women › Clothing › Coats, Jackets & Vests › Fleece"),
-    ("Wall Clock", "home", "Home & Kitchen › Home Décor Products › Clocks › Wall Clocks"),
-    ("Dumbbell Set", "sports", "Sports & Outdoors › Sports & Fitness › Exercise & Fitness › Strength Training › Dumbbells"),
-    ("Pet Bed", "home", "Pet Supplies › Dogs › Beds & Furniture › Beds"),
-    ("Espresso Machine", "kitchen", "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Espresso Machines"),
-    ("Cycling Helmet", "sports", "Sports & Outdoors › Outdoor Recreation › Cycling › Helmets"),
-    ("LED Light Bulb", "home", "Tools & Home Improvement › Light Bulbs › LED Bulbs"),
-    ("Digital Camera", "electronics", "Electronics › Camera & Photo › Digital Cameras › Mirrorless Cameras"),
-    ("Bookshelf", "home", "Home & Kitchen › Furniture › Living Room Furniture › Bookcases"),
-    ("Bicycle", "sports", "Sports & Outdoors › Outdoor Recreation › Cycling › Bikes"),
-    ("Sneakers", "footwear", "Clothing, Shoes & Jewelry › Women › Shoes › Fashion Sneakers"),
-    ("Office Chair", "home", "Home & Kitchen › Furniture › Home Office Furniture › Home Office Chairs"),
-    ("Smart Watch", "electronics", "Electronics › Wearable Technology › Smartwatches"),
-    ("Tea Kettle", "kitchen", "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Tea Kettles"),
-    ("Luggage Set", "sports", "Clothing, Shoes & Jewelry › Luggage & Travel Gear › Luggage › Luggage Sets"),
-    ("Patio Umbrella", "home", "Patio, Lawn & Garden › Patio Furniture & Accessories › Umbrellas & Shade"),
-    ("Air Purifier", "home", "Home & Kitchen › Heating, Cooling & Air Quality › Air Purifiers"),
-    ("Makeup Kit", "beauty", "Beauty & Personal Care › Makeup › Makeup Sets"),
-    ("Skateboard", "sports", "Sports & Outdoors › Sports › Skates, Skateboards & Scooters › Skateboards"),
-    ("Jigsaw Puzzle", "office", "Toys & Games › Puzzles › Jigsaw Puzzles"),
-    ("Grill", "kitchen", "Patio, Lawn & Garden › Grills & Outdoor Cooking › Grills"),
-    ("Headphones", "electronics", "Electronics › Headphones, Earbuds & Accessories › Over-Ear Headphones"),
-    ("Vacuum Cleaner", "home", "Home & Kitchen › Vacuums & Floor Care › Vacuums"),
-    ("Perfume", "beauty", "Beauty & Personal Care › Fragrance › Eau de Parfum"),
-))
+PRODUCT_TYPES: tuple[ProductType, ...] = tuple(
+    ProductType(n, d, c)
+    for n, d, c in (
+        ("T-Shirt", "fashion", "Clothing, Shoes & Jewelry › Men › Clothing › Shirts › T-Shirts"),
+        ("Laptop", "electronics", "Electronics › Computers & Accessories › Computers & Tablets › Laptops"),
+        ("Running Shoes", "footwear", "Clothing, Shoes & Jewelry › Men › Shoes › Athletic › Running"),
+        ("Smartphone", "electronics", "Electronics › Cell Phones & Accessories › Cell Phones"),
+        ("Backpack", "sports", "Sports & Outdoors › Outdoor Recreation › Camping & Hiking › Backpacks"),
+        (
+            "Coffee Maker",
+            "kitchen",
+            "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Coffee Makers",
+        ),
+        ("Water Bottle", "kitchen", "Sports & Outdoors › Sports & Fitness › Accessories › Water Bottles"),
+        (
+            "Desk Lamp",
+            "home",
+            "Tools & Home Improvement › Lighting & Ceiling Fans › Lamps & Shades › Desk Lamps",
+        ),
+        ("Notebook", "office", "Office Products › Office & School Supplies › Paper › Notebooks"),
+        ("Sunglasses", "accessories", "Clothing, Shoes & Jewelry › Men › Accessories › Sunglasses & Eyewear"),
+        ("Wristwatch", "accessories", "Clothing, Shoes & Jewelry › Men › Watches › Wrist Watches"),
+        (
+            "Electric Toothbrush",
+            "beauty",
+            "Beauty & Personal Care › Oral Care › Toothbrushes › Electric Toothbrushes",
+        ),
+        ("Yoga Mat", "sports", "Sports & Outdoors › Sports & Fitness › Exercise & Fitness › Yoga › Mats"),
+        (
+            "Bluetooth Speaker",
+            "electronics",
+            "Electronics › Portable Audio & Video › Portable Speakers & Docks",
+        ),
+        (
+            "Gaming Mouse",
+            "electronics",
+            "Electronics › Computers & Accessories › Computer Accessories › Mice",
+        ),
+        ("Action Camera", "electronics", "Electronics › Camera & Photo › Video › Action Cameras"),
+        ("Garden Hose", "home", "Patio, Lawn & Garden › Watering Equipment › Garden Hoses"),
+        ("Hiking Boots", "footwear", "Clothing, Shoes & Jewelry › Men › Shoes › Outdoor › Hiking & Trekking"),
+        ("Tablet", "electronics", "Electronics › Computers & Accessories › Computers & Tablets › Tablets"),
+        ("E-Reader", "electronics", "Electronics › eBook Readers & Accessories › eBook Readers"),
+        (
+            "Portable Charger",
+            "electronics",
+            "Electronics › Cell Phones & Accessories › Chargers & Power Adapters",
+        ),
+        (
+            "Indoor Security Camera",
+            "electronics",
+            "Electronics › Camera & Photo › Surveillance Cameras › Dome Cameras",
+        ),
+        (
+            "Electric Kettle",
+            "kitchen",
+            "Home & Kitchen › Kitchen & Dining › Small Appliances › Electric Kettles",
+        ),
+        (
+            "Mechanical Keyboard",
+            "electronics",
+            "Electronics › Computers & Accessories › Computer Accessories › Keyboards",
+        ),
+        (
+            "Wireless Earbuds",
+            "electronics",
+            "Electronics › Headphones, Earbuds & Accessories › Earbud Headphones",
+        ),
+        (
+            "Smart Thermostat",
+            "home",
+            "Tools & Home Improvement › Heating, Cooling & Air Quality › Thermostats",
+        ),
+        (
+            "Fleece Jacket",
+            "fashion",
+            "Clothing, Shoes & Jewelry › Women › Clothing › Coats, Jackets & Vests › Fleece",
+        ),
+        ("Wall Clock", "home", "Home & Kitchen › Home Décor Products › Clocks › Wall Clocks"),
+        (
+            "Dumbbell Set",
+            "sports",
+            "Sports & Outdoors › Sports & Fitness › Exercise & Fitness › Strength Training › Dumbbells",
+        ),
+        ("Pet Bed", "home", "Pet Supplies › Dogs › Beds & Furniture › Beds"),
+        (
+            "Espresso Machine",
+            "kitchen",
+            "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Espresso Machines",
+        ),
+        ("Cycling Helmet", "sports", "Sports & Outdoors › Outdoor Recreation › Cycling › Helmets"),
+        ("LED Light Bulb", "home", "Tools & Home Improvement › Light Bulbs › LED Bulbs"),
+        (
+            "Digital Camera",
+            "electronics",
+            "Electronics › Camera & Photo › Digital Cameras › Mirrorless Cameras",
+        ),
+        ("Bookshelf", "home", "Home & Kitchen › Furniture › Living Room Furniture › Bookcases"),
+        ("Bicycle", "sports", "Sports & Outdoors › Outdoor Recreation › Cycling › Bikes"),
+        ("Sneakers", "footwear", "Clothing, Shoes & Jewelry › Women › Shoes › Fashion Sneakers"),
+        ("Office Chair", "home", "Home & Kitchen › Furniture › Home Office Furniture › Home Office Chairs"),
+        ("Smart Watch", "electronics", "Electronics › Wearable Technology › Smartwatches"),
+        ("Tea Kettle", "kitchen", "Home & Kitchen › Kitchen & Dining › Coffee, Tea & Espresso › Tea Kettles"),
+        (
+            "Luggage Set",
+            "sports",
+            "Clothing, Shoes & Jewelry › Luggage & Travel Gear › Luggage › Luggage Sets",
+        ),
+        (
+            "Patio Umbrella",
+            "home",
+            "Patio, Lawn & Garden › Patio Furniture & Accessories › Umbrellas & Shade",
+        ),
+        ("Air Purifier", "home", "Home & Kitchen › Heating, Cooling & Air Quality › Air Purifiers"),
+        ("Makeup Kit", "beauty", "Beauty & Personal Care › Makeup › Makeup Sets"),
+        ("Skateboard", "sports", "Sports & Outdoors › Sports › Skates, Skateboards & Scooters › Skateboards"),
+        ("Jigsaw Puzzle", "office", "Toys & Games › Puzzles › Jigsaw Puzzles"),
+        ("Grill", "kitchen", "Patio, Lawn & Garden › Grills & Outdoor Cooking › Grills"),
+        (
+            "Headphones",
+            "electronics",
+            "Electronics › Headphones, Earbuds & Accessories › Over-Ear Headphones",
+        ),
+        ("Vacuum Cleaner", "home", "Home & Kitchen › Vacuums & Floor Care › Vacuums"),
+        ("Perfume", "beauty", "Beauty & Personal Care › Fragrance › Eau de Parfum"),
+    )
+)
 
-BRANDS = ("Norvik", "Alderon", "Brightwell", "Castora", "Dunmore", "Everline", "Fjordan", "Glenhaven", "Halvard",
-          "Ironpeak", "Juniperlane", "Kestrel", "Lumora", "Marlowe", "Northcrest", "Oakridge", "Pellucid", "Quillon",
-          "Redwater", "Solstra", "Tidewell", "Umbria", "Velmora", "Westbrook", "Yarrowby", "Zephra")
+BRANDS = (
+    "Norvik",
+    "Alderon",
+    "Brightwell",
+    "Castora",
+    "Dunmore",
+    "Everline",
+    "Fjordan",
+    "Glenhaven",
+    "Halvard",
+    "Ironpeak",
+    "Juniperlane",
+    "Kestrel",
+    "Lumora",
+    "Marlowe",
+    "Northcrest",
+    "Oakridge",
+    "Pellucid",
+    "Quillon",
+    "Redwater",
+    "Solstra",
+    "Tidewell",
+    "Umbria",
+    "Velmora",
+    "Westbrook",
+    "Yarrowby",
+    "Zephra",
+)
 
 # Filler sentences for descriptions and bullets; they name no attribute of any pool (tests check).
 DESCRIPTION_OPENINGS = (
@@ -158,8 +337,19 @@ INSTRUCTION_TEMPLATES = (
     "i'm looking for {a_type}{type}, {attrs}{opts}",
 )
 ASIN_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-RESERVED_LABELS = frozenset({"search", "back to search", "next >", "< prev", "description", "features", "reviews",
-                             "buy now", "attributes"})
+RESERVED_LABELS = frozenset(
+    {
+        "search",
+        "back to search",
+        "next >",
+        "< prev",
+        "description",
+        "features",
+        "reviews",
+        "buy now",
+        "attributes",
+    }
+)
 
 
 @lru_cache(maxsize=1)
@@ -189,7 +379,7 @@ def _is_plural(type_name: str) -> bool:
 
 
 def _article(next_word: str, plural: bool) -> str:
-    """"a " / "an " before a singular noun phrase, nothing before a plural one ("hiking boots")."""
+    """ "a " / "an " before a singular noun phrase, nothing before a plural one ("hiking boots")."""
     if plural:
         return ""
     return "an " if next_word[0] in "aeiou" else "a "
@@ -235,13 +425,25 @@ class _Builder:
         low, high = self.seeds[ptype.name]["price"]
         return round(self.rng.uniform(0.8 * low, 1.1 * high)) - 0.01
 
-    def product(self, ptype: ProductType, brand: str, attributes: list[str], options: dict[str, list[str]],
-                price: float, ranged: bool) -> tuple[dict[str, Any], list[str]]:
+    def product(
+        self,
+        ptype: ProductType,
+        brand: str,
+        attributes: list[str],
+        options: dict[str, list[str]],
+        price: float,
+        ranged: bool,
+    ) -> tuple[dict[str, Any], list[str]]:
         """One product in the items_shuffle schema (and its attributes)."""
         type_name = ptype.name
         head, *rest = attributes
-        name = f"{brand} {head.title()} {type_name}" + (f" with {_join([a.title() for a in rest])}" if rest else "")
-        bullets = [f"{a.capitalize()}: a {type_name.lower()} detail you will notice from day one." for a in attributes]
+        name = f"{brand} {head.title()} {type_name}" + (
+            f" with {_join([a.title() for a in rest])}" if rest else ""
+        )
+        bullets = [
+            f"{a.capitalize()}: a {type_name.lower()} detail you will notice from day one."
+            for a in attributes
+        ]
         opening = self.rng.choice(DESCRIPTION_OPENINGS).format(brand=brand, type=type_name.lower())
         description = f"{opening} It is {_join(attributes)}. {self.rng.choice(DESCRIPTION_CLOSINGS)}"
         pricing = _price_text(price)
@@ -253,7 +455,9 @@ class _Builder:
             "full_description": description,
             "small_description": bullets,
             "pricing": pricing,
-            "customization_options": {g: [{"value": v, "image": None} for v in vals] for g, vals in options.items()},
+            "customization_options": {
+                g: [{"value": v, "image": None} for v in vals] for g, vals in options.items()
+            },
             "category": CATEGORY_OF_DEPARTMENT[ptype.department],
             "query": type_name.lower(),
             "product_category": ptype.product_category,
@@ -279,9 +483,12 @@ class _Builder:
                 attrs[self.rng.randrange(len(attrs))] = self.rng.choice(spare)
             elif kind == "options" and opts:
                 group = self.rng.choice(sorted(opts))
-                all_values = [v for v in self.seeds[ptype.name]["options"][group]
-                              if v not in {x for g, vs in opts.items() if g != group for x in vs}
-                              and v not in RESERVED_LABELS]
+                all_values = [
+                    v
+                    for v in self.seeds[ptype.name]["options"][group]
+                    if v not in {x for g, vs in opts.items() if g != group for x in vs}
+                    and v not in RESERVED_LABELS
+                ]
                 fresh = [v for v in all_values if v not in opts[group]]
                 keep = self.rng.sample(opts[group], k=max(1, len(opts[group]) - 1))
                 opts[group] = keep + fresh[:1] if fresh else keep
@@ -297,37 +504,51 @@ class _Builder:
         plural = _is_plural(type_name)
         seen: set[str] = set()
         while len(out) < self.goals_per_product:
-            attrs = self.rng.sample(attributes, k=self.rng.randint(min(2, len(attributes)), min(3, len(attributes))))
+            attrs = self.rng.sample(
+                attributes, k=self.rng.randint(min(2, len(attributes)), min(3, len(attributes)))
+            )
             groups = list(product["customization_options"])
             chosen = self.rng.sample(groups, k=self.rng.randint(min(1, len(groups)), min(2, len(groups))))
             picks = [(g, self.rng.choice(product["customization_options"][g])["value"]) for g in chosen]
             opts = " with " + " and ".join(f"{g} {v}" for g, v in picks) if picks else ""
             instruction = self.rng.choice(INSTRUCTION_TEMPLATES).format(
-                a_type=_article(type_name, plural), a_attrs=_article(attrs[0], plural), type=type_name,
-                attrs=_join(attrs), opts=opts, is_="are" if plural else "is")
+                a_type=_article(type_name, plural),
+                a_attrs=_article(attrs[0], plural),
+                type=type_name,
+                attrs=_join(attrs),
+                opts=opts,
+                is_="are" if plural else "is",
+            )
             if instruction in seen and len(seen) < 20:
                 continue
             seen.add(instruction)
-            out.append({
-                "asin": product["asin"],
-                "instruction": instruction,
-                "instruction_attributes": attrs,
-                "instruction_options": [v for _, v in picks],
-            })
+            out.append(
+                {
+                    "asin": product["asin"],
+                    "instruction": instruction,
+                    "instruction_attributes": attrs,
+                    "instruction_options": [v for _, v in picks],
+                }
+            )
         return out
 
 
-def generate_catalogue(seed: int = 0, num_products: int = 1000, goals_per_product: int = 3,
-                       family_size: int = 4) -> dict[str, Any]:
+def generate_catalogue(
+    seed: int = 0, num_products: int = 1000, goals_per_product: int = 3, family_size: int = 4
+) -> dict[str, Any]:
     """Build products and goals in the original schema: ``{"items", "attributes", "human_ins", "reviews"}``.
 
     Products are shuffled (the original ``items_shuffle`` files are) so that ``num_products``
     prefixes of a bigger catalogue stay a fair sample.
     """
     if num_products < len(PRODUCT_TYPES):
-        raise ValueError(f"num_products must be >= {len(PRODUCT_TYPES)} (one per product type), got {num_products}")
+        raise ValueError(
+            f"num_products must be >= {len(PRODUCT_TYPES)} (one per product type), got {num_products}"
+        )
     if goals_per_product < 1 or family_size < 1:
-        raise ValueError(f"goals_per_product and family_size must be >= 1, got {goals_per_product}, {family_size}")
+        raise ValueError(
+            f"goals_per_product and family_size must be >= 1, got {goals_per_product}, {family_size}"
+        )
     builder = _Builder(seed, goals_per_product)
     made: list[tuple[dict[str, Any], list[str]]] = []
     n_types = len(PRODUCT_TYPES)
@@ -340,8 +561,10 @@ def generate_catalogue(seed: int = 0, num_products: int = 1000, goals_per_produc
             done += len(family)
     builder.rng.shuffle(made)
     items = [p for p, _ in made]
-    attributes = {p["asin"]: {"attributes": attrs, "instruction": None, "instruction_attributes": None}
-                  for p, attrs in made}
+    attributes = {
+        p["asin"]: {"attributes": attrs, "instruction": None, "instruction_attributes": None}
+        for p, attrs in made
+    }
     human_ins = {p["asin"]: builder.goals(p, attrs) for p, attrs in made}
     for asin, goals in human_ins.items():
         attributes[asin]["instruction"] = goals[0]["instruction"]
@@ -350,12 +573,19 @@ def generate_catalogue(seed: int = 0, num_products: int = 1000, goals_per_produc
     return {"items": items, "attributes": attributes, "human_ins": human_ins, "reviews": reviews}
 
 
-def write_catalogue(out_dir: str | Path, seed: int = 0, num_products: int = 1000, goals_per_product: int = 3) -> list[Path]:
+def write_catalogue(
+    out_dir: str | Path, seed: int = 0, num_products: int = 1000, goals_per_product: int = 3
+) -> list[Path]:
     """Write the four original-schema files into ``out_dir``; returns their paths."""
     data = generate_catalogue(seed, num_products, goals_per_product)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / items_file(num_products), out / attrs_file(num_products), out / HUMAN_INS_FILE, out / REVIEWS_FILE]
+    paths = [
+        out / items_file(num_products),
+        out / attrs_file(num_products),
+        out / HUMAN_INS_FILE,
+        out / REVIEWS_FILE,
+    ]
     for path, key in zip(paths, ("items", "attributes", "human_ins", "reviews"), strict=True):
         path.write_text(json.dumps(data[key], indent=1, ensure_ascii=False), encoding="utf-8")
     return paths

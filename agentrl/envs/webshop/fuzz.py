@@ -37,7 +37,7 @@ from functools import lru_cache
 FUZZ_VARIANTS = ("thefuzz-0.19", "thefuzz-0.20", "agentrl")
 
 # thefuzz's "ascii dammit": code points 128..255 are deleted, not transliterated
-_LATIN1_DELETE = {i: None for i in range(128, 256)}
+_LATIN1_DELETE = dict.fromkeys(range(128, 256))
 _NON_WORD = re.compile(r"\W")
 
 
@@ -52,7 +52,7 @@ def _ratio(a: str, b: str) -> int:
         return 100
     if not a or not b:
         return 0
-    return int(round(100 * SequenceMatcher(None, a, b).ratio()))
+    return round(100 * SequenceMatcher(None, a, b).ratio())
 
 
 def _token_set_parts(p1: str, p2: str) -> tuple[str, str, str]:
@@ -81,7 +81,7 @@ def token_set_ratio_020(s1: str, s2: str) -> int:
 
     p1 = default_process(str(s1).translate(_LATIN1_DELETE))
     p2 = default_process(str(s2).translate(_LATIN1_DELETE))
-    return int(round(fuzz.token_set_ratio(p1, p2)))
+    return round(fuzz.token_set_ratio(p1, p2))
 
 
 def token_set_ratio_agentrl(s1: str, s2: str) -> float:

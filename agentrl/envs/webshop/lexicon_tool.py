@@ -56,7 +56,10 @@ def tag_names(names: Sequence[str], model: str) -> tuple[dict[str, list[tuple[st
     import spacy
 
     nlp = spacy.load(model)
-    tagged = {name: [(t.text, t.pos_) for t in doc] for name, doc in zip(names, nlp.pipe(names, batch_size=256), strict=True)}
+    tagged = {
+        name: [(t.text, t.pos_) for t in doc]
+        for name, doc in zip(names, nlp.pipe(names, batch_size=256), strict=True)
+    }
     meta = nlp.meta
     return tagged, f"spaCy {spacy.__version__}, {meta.get('lang')}_{meta.get('name')} {meta.get('version')}"
 
@@ -65,9 +68,11 @@ def build(model: str, catalogues: str, out: Path, window: int) -> dict[str, Any]
     cats = parse_catalogues(catalogues)
     names = catalogue_names(cats)
     tagged, source = tag_names(names, model)
-    about = (f"Noun contexts derived from {source} (loaded as {Path(model).name!r}) tags of {len(names)} distinct product names "
-             f"of agentrl's generated WebShop catalogues {catalogues} (seed:num_products); built by "
-             f"python -m agentrl.envs.webshop.lexicon_tool build.")
+    about = (
+        f"Noun contexts derived from {source} (loaded as {Path(model).name!r}) tags of {len(names)} distinct product names "
+        f"of agentrl's generated WebShop catalogues {catalogues} (seed:num_products); built by "
+        f"python -m agentrl.envs.webshop.lexicon_tool build."
+    )
     lexicon = build_lexicon(tagged, window=window, about=about)
     out.write_text(lexicon_module_text(lexicon), encoding="utf-8")
     return {"names": len(names), "contexts": len(lexicon["contexts"]), "out": str(out), "source": source}
@@ -102,22 +107,39 @@ def measure(model: str, seed: int, num_products: int, candidate: RewardConfig) -
                 examples.setdefault((ref, got), (gk[0], pk[0]))
                 abs_diff += w * abs(ref - got)
                 max_diff = max(max_diff, abs(ref - got))
-    return {"catalogue": {"seed": seed, "num_products": num_products, "goals": len(shop.goals),
-                          "products": len(shop.products)},
-            "pairs": total, "equal": equal, "share_equal": equal / total, "mean_abs_diff": abs_diff / total,
-            "max_abs_diff": max_diff, "unknown_tokens": sorted(unknown),
-            "disagreements": [{"original": r, "candidate": c, "pairs": n, "example": examples[(r, c)]}
-                              for (r, c), n in by_value.most_common()],
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "catalogue": {
+            "seed": seed,
+            "num_products": num_products,
+            "goals": len(shop.goals),
+            "products": len(shop.products),
+        },
+        "pairs": total,
+        "equal": equal,
+        "share_equal": equal / total,
+        "mean_abs_diff": abs_diff / total,
+        "max_abs_diff": max_diff,
+        "unknown_tokens": sorted(unknown),
+        "disagreements": [
+            {"original": r, "candidate": c, "pairs": n, "example": examples[(r, c)]}
+            for (r, c), n in by_value.most_common()
+        ],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m agentrl.envs.webshop.lexicon_tool", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m agentrl.envs.webshop.lexicon_tool",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="tag generated names with spaCy and write the noun lexicon")
     b.add_argument("--model", required=True, help="spaCy model: package name or directory")
-    b.add_argument("--catalogues", default=DEFAULT_CATALOGUES, help="SEEDS:NUM_PRODUCTS,... (default %(default)s)")
+    b.add_argument(
+        "--catalogues", default=DEFAULT_CATALOGUES, help="SEEDS:NUM_PRODUCTS,... (default %(default)s)"
+    )
     b.add_argument("--window", type=int, default=2, help="context tokens on each side (default 2)")
     b.add_argument("--out", type=Path, default=Path(__file__).parent / LEXICON_MODULE)
     m = sub.add_parser("measure", help="r_type agreement with the original's on every (goal, product) pair")

@@ -63,8 +63,10 @@ class Shop:
         lo, hi = SPLITS[split]
         hi = len(self.goals) if hi is None else min(hi, len(self.goals))
         if hi <= lo:
-            raise ValueError(f"split {split!r} needs goals [{lo}, {SPLITS[split][1]}) "
-                             f"but this catalogue has {len(self.goals)} goals")
+            raise ValueError(
+                f"split {split!r} needs goals [{lo}, {SPLITS[split][1]}) "
+                f"but this catalogue has {len(self.goals)} goals"
+            )
         return range(lo, hi)
 
 
@@ -78,8 +80,10 @@ def pick_goal(goal_ids: range, split: str, task_id: Any, rng: np.random.Generato
         return goal_ids[int(rng.integers(len(goal_ids)))]
     text = str(task_id)
     if not (text.isascii() and text.isdigit()) or int(text) not in goal_ids:
-        raise ValueError(f"WebShop task_id {task_id!r} is not in split {split!r}: it must be a goal index in "
-                         f"{goal_ids.start}..{goal_ids.stop - 1}")
+        raise ValueError(
+            f"WebShop task_id {task_id!r} is not in split {split!r}: it must be a goal index in "
+            f"{goal_ids.start}..{goal_ids.stop - 1}"
+        )
     return int(text)
 
 
@@ -87,7 +91,9 @@ def _parse_pricing(pricing: Any, asin: str) -> tuple[list[float], str]:
     if not pricing:
         return [100.0], "$100.0"
     if not isinstance(pricing, str):
-        raise WebShopDataError(f"product {asin}: 'pricing' must be a string like '$12.99' or '$12.99 - $15.99', got {pricing!r}")
+        raise WebShopDataError(
+            f"product {asin}: 'pricing' must be a string like '$12.99' or '$12.99 - $15.99', got {pricing!r}"
+        )
     try:
         values = [float(Decimal(re.sub(r"[^\d.]", "", part))) for part in pricing.split("$")[1:]]
     except ArithmeticError as e:
@@ -99,8 +105,16 @@ def _parse_pricing(pricing: Any, asin: str) -> tuple[list[float], str]:
     return values[:2], f"${values[0]} to ${values[1]}"
 
 
-REQUIRED_PRODUCT_KEYS = ("asin", "name", "full_description", "small_description", "customization_options",
-                         "category", "query", "product_category")
+REQUIRED_PRODUCT_KEYS = (
+    "asin",
+    "name",
+    "full_description",
+    "small_description",
+    "customization_options",
+    "category",
+    "query",
+    "product_category",
+)
 
 
 def _reviews_by_asin(reviews: Sequence[Mapping[str, Any]] | None) -> tuple[dict[str, list], dict[str, Any]]:
@@ -113,7 +127,9 @@ def _reviews_by_asin(reviews: Sequence[Mapping[str, Any]] | None) -> tuple[dict[
     ratings: dict[str, Any] = {}
     for i, entry in enumerate(reviews):
         if not isinstance(entry, Mapping) or "asin" not in entry:
-            raise WebShopDataError(f"reviews entry {i} must be an object with 'asin', 'reviews' and 'average_rating'")
+            raise WebShopDataError(
+                f"reviews entry {i} must be an object with 'asin', 'reviews' and 'average_rating'"
+            )
         by_asin[str(entry["asin"])] = list(entry.get("reviews") or [])
         ratings[str(entry["asin"])] = entry.get("average_rating", "N.A.")
     return by_asin, ratings
@@ -128,13 +144,19 @@ def _review(raw: Any) -> dict[str, Any]:
     return r
 
 
-def process_products(items: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any],
-                     human_ins: Mapping[str, Any] | None, num_products: int | None = None,
-                     reviews: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+def process_products(
+    items: Sequence[Mapping[str, Any]],
+    attributes: Mapping[str, Any],
+    human_ins: Mapping[str, Any] | None,
+    num_products: int | None = None,
+    reviews: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Original ``load_products``: normalise fields, options and prices; attach attributes, instructions, reviews."""
     all_reviews, all_ratings = _reviews_by_asin(reviews)
     if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
-        raise WebShopDataError(f"the items file must hold a JSON list of products, got {type(items).__name__}")
+        raise WebShopDataError(
+            f"the items file must hold a JSON list of products, got {type(items).__name__}"
+        )
     products: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, raw in enumerate(items[:num_products] if num_products is not None else items):
@@ -195,13 +217,26 @@ def _price_bound(price: float, rng: random.Random) -> tuple[float, str]:
     return upper, f", and price lower than {upper:.2f} dollars"
 
 
-def _goal(p: Mapping[str, Any], instruction: str, attributes: list[str], options: Any, upper: float) -> dict[str, Any]:
-    return {"asin": p["asin"], "category": p["category"], "query": p["query"], "name": p["name"],
-            "product_category": p["product_category"], "instruction_text": instruction, "attributes": attributes,
-            "price_upper": upper, "goal_options": options, "weight": 1.0}
+def _goal(
+    p: Mapping[str, Any], instruction: str, attributes: list[str], options: Any, upper: float
+) -> dict[str, Any]:
+    return {
+        "asin": p["asin"],
+        "category": p["category"],
+        "query": p["query"],
+        "name": p["name"],
+        "product_category": p["product_category"],
+        "instruction_text": instruction,
+        "attributes": attributes,
+        "price_upper": upper,
+        "goal_options": options,
+        "weight": 1.0,
+    }
 
 
-def human_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, float], rng: random.Random) -> list[dict[str, Any]]:
+def human_goals(
+    products: Sequence[Mapping[str, Any]], prices: Mapping[str, float], rng: random.Random
+) -> list[dict[str, Any]]:
     """Original ``get_human_goals``: one goal per written instruction with attributes, plus a price bound."""
     goals = []
     for p in products:
@@ -210,13 +245,21 @@ def human_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, floa
             if not attributes:
                 continue
             upper, price_text = _price_bound(prices[p["asin"]], rng)
-            goals.append(_goal(p, ins["instruction"].strip(".") + price_text, attributes,
-                               list(ins.get("instruction_options") or []), upper))
+            goals.append(
+                _goal(
+                    p,
+                    ins["instruction"].strip(".") + price_text,
+                    attributes,
+                    list(ins.get("instruction_options") or []),
+                    upper,
+                )
+            )
     return goals
 
 
-def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, float],
-                    rng: random.Random) -> list[dict[str, Any]]:
+def synthetic_goals(
+    products: Sequence[Mapping[str, Any]], prices: Mapping[str, float], rng: random.Random
+) -> list[dict[str, Any]]:
     """Original ``get_synthetic_goals``: every option combination of every product with an instruction."""
     goals = []
     counts: dict[str, int] = {}
@@ -232,7 +275,9 @@ def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, 
             chosen = dict(zip(names, combo, strict=True))
             option_text = ", and ".join(f"{k}: {v}" for k, v in chosen.items())
             option_text = " with " + option_text if option_text else ""
-            goals.append(_goal(p, f"{p['instruction_text']}{option_text}{price_text}", attributes, chosen, upper))
+            goals.append(
+                _goal(p, f"{p['instruction_text']}{option_text}{price_text}", attributes, chosen, upper)
+            )
             for a in attributes:
                 counts[a] = counts.get(a, 0) + 1
     for g in goals:
@@ -240,9 +285,15 @@ def synthetic_goals(products: Sequence[Mapping[str, Any]], prices: Mapping[str, 
     return goals
 
 
-def build_shop(items: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any], human_ins: Mapping[str, Any] | None,
-               *, seed: int = GOAL_SEED, num_products: int | None = None,
-               reviews: Sequence[Mapping[str, Any]] | None = None) -> Shop:
+def build_shop(
+    items: Sequence[Mapping[str, Any]],
+    attributes: Mapping[str, Any],
+    human_ins: Mapping[str, Any] | None,
+    *,
+    seed: int = GOAL_SEED,
+    num_products: int | None = None,
+    reviews: Sequence[Mapping[str, Any]] | None = None,
+) -> Shop:
     """Process raw files into a Shop; ``human_ins=None`` uses synthetic goals (one per option combination).
 
     ``seed`` seeds the prices, the price bounds and the goal shuffle (default: the original's 233).
@@ -250,7 +301,11 @@ def build_shop(items: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any]
     products = process_products(items, attributes, human_ins, num_products, reviews)
     rng = random.Random(seed)
     prices = product_prices(products, rng)
-    goals = human_goals(products, prices, rng) if human_ins is not None else synthetic_goals(products, prices, rng)
+    goals = (
+        human_goals(products, prices, rng)
+        if human_ins is not None
+        else synthetic_goals(products, prices, rng)
+    )
     if not goals:
         raise WebShopDataError("no goal could be built: no product has an instruction with attributes")
     random.Random(seed).shuffle(goals)
@@ -274,8 +329,9 @@ def _pick(data_dir: Path, pattern: str, preferred: str | None) -> Path:
     return found[0]
 
 
-def load_files(data_dir: str | Path, *, num_products: int | None = None, goals: str = "human",
-               seed: int = GOAL_SEED) -> Shop:
+def load_files(
+    data_dir: str | Path, *, num_products: int | None = None, goals: str = "human", seed: int = GOAL_SEED
+) -> Shop:
     """Load the original files (``items_shuffle*.json``, ``items_ins_v2*.json``, ``items_human_ins.json``,
     and ``reviews.json`` when present; the original requires it, agentrl shows no reviews without it)."""
     root = Path(data_dir)
@@ -292,8 +348,13 @@ def load_files(data_dir: str | Path, *, num_products: int | None = None, goals: 
 
 
 @lru_cache(maxsize=8)
-def load_shop(data_dir: str | None = None, num_products: int | None = None, seed: int = 0,
-              goals: str = "human", goals_per_product: int = 3) -> Shop:
+def load_shop(
+    data_dir: str | None = None,
+    num_products: int | None = None,
+    seed: int = 0,
+    goals: str = "human",
+    goals_per_product: int = 3,
+) -> Shop:
     """The shop for an env (cached per process): the user's files when ``data_dir`` is set, else generated.
 
     ``seed`` picks the generated catalogue; prices, price bounds and the goal order always use the
@@ -303,5 +364,9 @@ def load_shop(data_dir: str | None = None, num_products: int | None = None, seed
         return load_files(data_dir, num_products=num_products, goals=goals)
     n = 1000 if num_products is None else num_products
     data = generate_catalogue(seed=seed, num_products=n, goals_per_product=goals_per_product)
-    return build_shop(data["items"], data["attributes"], data["human_ins"] if goals == "human" else None,
-                      reviews=data["reviews"])
+    return build_shop(
+        data["items"],
+        data["attributes"],
+        data["human_ins"] if goals == "human" else None,
+        reviews=data["reviews"],
+    )

@@ -47,31 +47,239 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 
 # ---- agentrl's earlier heuristic ---------------------------------------------------------------
 _STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was were will with "
-    "without your you our we i me my he she they them his her their".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "will",
+        "with",
+        "without",
+        "your",
+        "you",
+        "our",
+        "we",
+        "i",
+        "me",
+        "my",
+        "he",
+        "she",
+        "they",
+        "them",
+        "his",
+        "her",
+        "their",
+    ]
 )
 # the colour words are agentrl's earlier list (this heuristic is kept as it was)
 _HEURISTIC_COLOURS = frozenset(
-    "alabaster apricot aqua ash asphalt azure banana beige black blue blush bordeaux bronze brown burgundy camel "
-    "camo caramel champagne charcoal cheetah chestnut chocolate christmas coffee cognac copper coral cranberry "
-    "cream crystal dark denim eggplant elephant espresso fuchsia gold granite grape graphite grass gray green grey "
-    "heather indigo ivory ivy khaki lavender lemon leopard light lilac lime magenta maroon mauve merlot midnight "
-    "mint mocha multicolor mushroom mustard natural navy nude olive orange peach pewter pink plum purple rainbow "
-    "red rose royal rust sand sapphire seashell silver skull slate steel stone stripe tan taupe teal tiger "
-    "turquoise violet walnut wheat white wine yellow".split()
+    [
+        "alabaster",
+        "apricot",
+        "aqua",
+        "ash",
+        "asphalt",
+        "azure",
+        "banana",
+        "beige",
+        "black",
+        "blue",
+        "blush",
+        "bordeaux",
+        "bronze",
+        "brown",
+        "burgundy",
+        "camel",
+        "camo",
+        "caramel",
+        "champagne",
+        "charcoal",
+        "cheetah",
+        "chestnut",
+        "chocolate",
+        "christmas",
+        "coffee",
+        "cognac",
+        "copper",
+        "coral",
+        "cranberry",
+        "cream",
+        "crystal",
+        "dark",
+        "denim",
+        "eggplant",
+        "elephant",
+        "espresso",
+        "fuchsia",
+        "gold",
+        "granite",
+        "grape",
+        "graphite",
+        "grass",
+        "gray",
+        "green",
+        "grey",
+        "heather",
+        "indigo",
+        "ivory",
+        "ivy",
+        "khaki",
+        "lavender",
+        "lemon",
+        "leopard",
+        "light",
+        "lilac",
+        "lime",
+        "magenta",
+        "maroon",
+        "mauve",
+        "merlot",
+        "midnight",
+        "mint",
+        "mocha",
+        "multicolor",
+        "mushroom",
+        "mustard",
+        "natural",
+        "navy",
+        "nude",
+        "olive",
+        "orange",
+        "peach",
+        "pewter",
+        "pink",
+        "plum",
+        "purple",
+        "rainbow",
+        "red",
+        "rose",
+        "royal",
+        "rust",
+        "sand",
+        "sapphire",
+        "seashell",
+        "silver",
+        "skull",
+        "slate",
+        "steel",
+        "stone",
+        "stripe",
+        "tan",
+        "taupe",
+        "teal",
+        "tiger",
+        "turquoise",
+        "violet",
+        "walnut",
+        "wheat",
+        "white",
+        "wine",
+        "yellow",
+    ]
 )
-_ADJECTIVES = frozenset(
-    "new small large big high low long short soft hard light heavy quick fast slow easy free wide thick thin "
-    "compact modern classic premium natural smart digital electric portable wireless mini extra super ultra best "
-    "great good cute durable non anti dual double single multi full half top bottom real pure fresh warm cool "
-    "hot cold dark bright clear quiet professional original simple basic deluxe standard open".split()
-) | _HEURISTIC_COLOURS
+_ADJECTIVES = (
+    frozenset(
+        [
+            "new",
+            "small",
+            "large",
+            "big",
+            "high",
+            "low",
+            "long",
+            "short",
+            "soft",
+            "hard",
+            "light",
+            "heavy",
+            "quick",
+            "fast",
+            "slow",
+            "easy",
+            "free",
+            "wide",
+            "thick",
+            "thin",
+            "compact",
+            "modern",
+            "classic",
+            "premium",
+            "natural",
+            "smart",
+            "digital",
+            "electric",
+            "portable",
+            "wireless",
+            "mini",
+            "extra",
+            "super",
+            "ultra",
+            "best",
+            "great",
+            "good",
+            "cute",
+            "durable",
+            "non",
+            "anti",
+            "dual",
+            "double",
+            "single",
+            "multi",
+            "full",
+            "half",
+            "top",
+            "bottom",
+            "real",
+            "pure",
+            "fresh",
+            "warm",
+            "cool",
+            "hot",
+            "cold",
+            "dark",
+            "bright",
+            "clear",
+            "quiet",
+            "professional",
+            "original",
+            "simple",
+            "basic",
+            "deluxe",
+            "standard",
+            "open",
+        ]
+    )
+    | _HEURISTIC_COLOURS
+)
 _ADJECTIVE_SUFFIXES = ("able", "ible", "ful", "ous", "ive", "less", "ish", "ly")
 _WORD = re.compile(r"[a-z][a-z0-9']*")
 
 
 def _heuristic_is_noun(word: str) -> bool:
-    return not (len(word) < 2 or word in _STOPWORDS or word in _ADJECTIVES or word.endswith(_ADJECTIVE_SUFFIXES))
+    return not (
+        len(word) < 2 or word in _STOPWORDS or word in _ADJECTIVES or word.endswith(_ADJECTIVE_SUFFIXES)
+    )
 
 
 def heuristic_nouns(name: str) -> tuple[str, ...]:
@@ -100,11 +308,12 @@ def _padded(tokens: Sequence[str], window: int) -> list[str]:
 
 def context_key(padded: Sequence[str], i: int, left: int, right: int) -> str:
     """Lexicon key of the token at ``padded[i]`` seen with ``left``/``right`` neighbours."""
-    return f"{left}{right} " + " ".join(padded[i - left: i + right + 1])
+    return f"{left}{right} " + " ".join(padded[i - left : i + right + 1])
 
 
-def build_lexicon(tagged: Mapping[str, Sequence[Sequence[str]]], window: int = 2,
-                  about: str = "") -> dict[str, Any]:
+def build_lexicon(
+    tagged: Mapping[str, Sequence[Sequence[str]]], window: int = 2, about: str = ""
+) -> dict[str, Any]:
     """A pruned context lexicon from tagged names ``{name: [(token_text, pos), ...]}``.
 
     A context is kept only where its majority label differs, for some occurrence, from what the
@@ -133,7 +342,7 @@ def build_lexicon(tagged: Mapping[str, Sequence[Sequence[str]]], window: int = 2
     kept: dict[str, bool] = {}
     for level_index in range(len(levels) - 1, -1, -1):  # general to specific
         left, right = levels[level_index]
-        narrower = levels[level_index + 1:]
+        narrower = levels[level_index + 1 :]
         needed: set[str] = set()
         for padded, i, _ in occurrences:
             key = context_key(padded, i, left, right)
@@ -152,8 +361,12 @@ def build_lexicon(tagged: Mapping[str, Sequence[Sequence[str]]], window: int = 2
                 needed.add(key)
         for key in needed:
             kept[key] = label(key)
-    return {"about": about, "window": window, "noun_pos": list(NOUN_POS),
-            "contexts": {k: int(v) for k, v in sorted(kept.items())}}
+    return {
+        "about": about,
+        "window": window,
+        "noun_pos": list(NOUN_POS),
+        "contexts": {k: int(v) for k, v in sorted(kept.items())},
+    }
 
 
 class ContextLexicon:
@@ -189,17 +402,21 @@ class ContextLexicon:
 
 def lexicon_module_text(lexicon: Mapping[str, Any]) -> str:
     """The source of ``noun_lexicon_data.py`` holding ``lexicon`` (as ``build_lexicon`` returns it)."""
-    lines = ['"""Noun context lexicon for the WebShop reward (see ``nouns.py``); generated, do not edit.',
-             "",
-             "Regenerate: python -m agentrl.envs.webshop.lexicon_tool build --model <spaCy model>",
-             '"""',
-             "",
-             f"ABOUT = {json.dumps(lexicon['about'], ensure_ascii=False)}",
-             f"WINDOW = {int(lexicon['window'])}",
-             f"NOUN_POS = {tuple(lexicon['noun_pos'])!r}",
-             "# key: '<left><right> <tokens>' (the token with <left>/<right> neighbours); value: 1 = noun",
-             "CONTEXTS = {"]
-    lines += [f"    {json.dumps(k, ensure_ascii=False)}: {int(v)}," for k, v in sorted(lexicon["contexts"].items())]
+    lines = [
+        '"""Noun context lexicon for the WebShop reward (see ``nouns.py``); generated, do not edit.',
+        "",
+        "Regenerate: python -m agentrl.envs.webshop.lexicon_tool build --model <spaCy model>",
+        '"""',
+        "",
+        f"ABOUT = {json.dumps(lexicon['about'], ensure_ascii=False)}",
+        f"WINDOW = {int(lexicon['window'])}",
+        f"NOUN_POS = {tuple(lexicon['noun_pos'])!r}",
+        "# key: '<left><right> <tokens>' (the token with <left>/<right> neighbours); value: 1 = noun",
+        "CONTEXTS = {",
+    ]
+    lines += [
+        f"    {json.dumps(k, ensure_ascii=False)}: {int(v)}," for k, v in sorted(lexicon["contexts"].items())
+    ]
     lines += ["}", ""]
     return "\n".join(lines)
 
@@ -217,7 +434,9 @@ def _spacy_pipeline(model: str) -> Any:
     try:
         import spacy
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("RewardConfig(nouns='spacy:...') needs spaCy: pip install spacy, plus the model") from e
+        raise ImportError(
+            "RewardConfig(nouns='spacy:...') needs spaCy: pip install spacy, plus the model"
+        ) from e
     return spacy.load(model)
 
 
@@ -230,9 +449,11 @@ def check_tagger(spec: str) -> None:
     """Raise ValueError unless ``spec`` names a tagger: "lexicon", "heuristic" or "spacy:<model>"."""
     if spec in ("lexicon", "heuristic"):
         return
-    if spec.startswith("spacy:") and spec[len("spacy:"):]:
+    if spec.startswith("spacy:") and spec[len("spacy:") :]:
         return
-    raise ValueError(f"unknown noun tagger {spec!r}; choose 'lexicon', 'heuristic' or 'spacy:<model name or path>'")
+    raise ValueError(
+        f"unknown noun tagger {spec!r}; choose 'lexicon', 'heuristic' or 'spacy:<model name or path>'"
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -243,7 +464,7 @@ def noun_list(name: str, tagger: str = "lexicon") -> tuple[str, ...]:
     if tagger == "heuristic":
         return heuristic_nouns(name)
     check_tagger(tagger)
-    return spacy_nouns(name, tagger[len("spacy:"):])
+    return spacy_nouns(name, tagger[len("spacy:") :])
 
 
 def unknown_tokens(names: Iterable[str], lexicon: ContextLexicon | None = None) -> set[str]:

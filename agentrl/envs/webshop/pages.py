@@ -98,11 +98,37 @@ def parse_action(action: str) -> tuple[str, str] | None:
 
 # The original done page as its text env shows it (the hidden debug fields are text nodes too;
 # the text env passes no goal, so they read "None" or stay empty).
-DONE_HEAD = ("Thank you for shopping with us!", "Your code:", "None", "(Paste it in your MTurk interface.)",
-             "Purchased", "asin")
-DONE_MIDDLE = ("attrs", "None", "category", "None", "query", "None", "product category", "None", "Target", "asin",
-               "options", "attrs", "price upper", "instuction text", "category", "product category", "query", "Goal",
-               "None", "Reward", "Your score (min 0.0, max 1.0)")
+DONE_HEAD = (
+    "Thank you for shopping with us!",
+    "Your code:",
+    "None",
+    "(Paste it in your MTurk interface.)",
+    "Purchased",
+    "asin",
+)
+DONE_MIDDLE = (
+    "attrs",
+    "None",
+    "category",
+    "None",
+    "query",
+    "None",
+    "product category",
+    "None",
+    "Target",
+    "asin",
+    "options",
+    "attrs",
+    "price upper",
+    "instuction text",
+    "category",
+    "product category",
+    "query",
+    "Goal",
+    "None",
+    "Reward",
+    "Your score (min 0.0, max 1.0)",
+)
 
 
 def options_json(options: dict[str, str]) -> str:
@@ -155,10 +181,15 @@ class PageMachine:
             out.append(Element("button", "< Prev", "< prev"))
         if page * PRODUCT_WINDOW < len(hits):
             out.append(Element("button", "Next >", "next >"))
-        for asin in hits[(page - 1) * PRODUCT_WINDOW: page * PRODUCT_WINDOW]:
+        for asin in hits[(page - 1) * PRODUCT_WINDOW : page * PRODUCT_WINDOW]:
             p = self.shop.by_asin[asin]
-            out.extend((Element("product", asin, asin.lower()), Element("text", p["Title"]),
-                        Element("text", p["Price"])))
+            out.extend(
+                (
+                    Element("product", asin, asin.lower()),
+                    Element("text", p["Title"]),
+                    Element("text", p["Price"]),
+                )
+            )
         body = tuple(out)
         if len(self._results_cache) > 20_000:
             self._results_cache.clear()
@@ -171,8 +202,11 @@ class PageMachine:
         for group, values in p["options"].items():
             opts.append(Element("option_name", group))
             opts.extend(Element("option", v, v, group, options.get(group) == v) for v in values)
-        tail = [Element("text", p["Title"]), Element("text", f"Price: {p['Price']}"),
-                Element("text", f"Rating: {p['Rating']}")]
+        tail = [
+            Element("text", p["Title"]),
+            Element("text", f"Price: {p['Price']}"),
+            Element("text", f"Rating: {p['Rating']}"),
+        ]
         tail.extend(Element("button", name, name.lower()) for name in SUB_PAGES)
         tail.append(Element("button", "Buy Now", "buy now"))
         return (*opts, *tail)
@@ -186,13 +220,25 @@ class PageMachine:
         else:
             # the original review page (web_agent_site/templates/review_page.html) shows, per review,
             # '"title"', the score and the body, and nothing at all when there are no reviews
-            texts = [x for r in p["Reviews"] for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), str(r.get("body", "")))]
+            texts = [
+                x
+                for r in p["Reviews"]
+                for x in (f'"{r.get("title", "")}"', str(r.get("score", "")), str(r.get("body", "")))
+            ]
         return tuple(Element("text", t) for t in texts)
 
     def _done_body(self, session: Session) -> tuple[Element, ...]:
         asin, options = session.bought or ("", ())
-        texts = [*DONE_HEAD, asin, "options", options_json(dict(options)), *DONE_MIDDLE, str(session.reward),
-                 "Reward Details", "None"]
+        texts = [
+            *DONE_HEAD,
+            asin,
+            "options",
+            options_json(dict(options)),
+            *DONE_MIDDLE,
+            str(session.reward),
+            "Reward Details",
+            "None",
+        ]
         return tuple(Element("text", t) for t in texts)
 
     # ---- transitions -----------------------------------------------------------------------
@@ -242,7 +288,9 @@ class PageMachine:
     def _buy(self, session: Session) -> StepResult:
         s = session.state
         product = self.shop.by_asin[s.asin]
-        reward, info = get_reward(product, session.goal, self.shop.prices[s.asin], dict(s.options), self.reward_config)
+        reward, info = get_reward(
+            product, session.goal, self.shop.prices[s.asin], dict(s.options), self.reward_config
+        )
         session.reward, session.reward_info, session.done = float(reward), info, True
         session.bought = (s.asin, s.options)
         session.state = PageState("done", asin=s.asin, options=s.options)
@@ -268,7 +316,9 @@ def selected_key(text: str, selected: list[tuple[str, str]]) -> str:
 
 def _page(elements: tuple[Element, ...], has_search: bool = False) -> Page:
     # strings are shown stripped and empty ones not at all (as text nodes of the HTML page are read)
-    elements = tuple(e if e.text == e.text.strip() else replace(e, text=e.text.strip()) for e in elements if e.text.strip())
+    elements = tuple(
+        e if e.text == e.text.strip() else replace(e, text=e.text.strip()) for e in elements if e.text.strip()
+    )
     clickables: dict[str, Element] = {}
     for e in elements:
         if e.kind in ("button", "product"):

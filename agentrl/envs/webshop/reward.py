@@ -36,21 +36,116 @@ MATCH_THRESHOLD = 85
 # The original's COLOR_SET (web_agent_site/engine/normalize.py), in its order: the first colour
 # contained in the text wins, as a substring ("dark blue" -> "blue"; "stonewash" -> "ash").
 COLOR_SET = (
-    "alabaster", "apricot", "aqua", "ash", "asphalt", "azure", "banana", "beige", "black", "blue", "blush",
-    "bordeaux", "bronze", "brown", "burgundy", "camel", "camo", "caramel", "champagne", "charcoal", "cheetah",
-    "chestnut", "chocolate", "christmas", "coffee", "cognac", "copper", "coral", "cranberry", "cream", "crystal",
-    "dark", "denim", "eggplant", "elephant", "espresso", "fuchsia", "gold", "granite", "grape", "graphite",
-    "grass", "gray", "green", "grey", "heather", "indigo", "ivory", "ivy", "khaki", "lavender", "lemon",
-    "leopard", "light", "lilac", "lime", "magenta", "maroon", "mauve", "merlot", "midnight", "mint", "mocha",
-    "multicolor", "mushroom", "mustard", "natural", "navy", "nude", "olive", "orange", "peach", "pewter", "pink",
-    "plum", "purple", "rainbow", "red", "rose", "royal", "rust", "sand", "sapphire", "seashell", "silver",
-    "skull", "slate", "steel", "stone", "stonewash", "sunflower", "tan", "taupe", "teal", "tiger", "turquoise",
-    "violet", "walnut", "wheat", "white", "wine", "yellow",
+    "alabaster",
+    "apricot",
+    "aqua",
+    "ash",
+    "asphalt",
+    "azure",
+    "banana",
+    "beige",
+    "black",
+    "blue",
+    "blush",
+    "bordeaux",
+    "bronze",
+    "brown",
+    "burgundy",
+    "camel",
+    "camo",
+    "caramel",
+    "champagne",
+    "charcoal",
+    "cheetah",
+    "chestnut",
+    "chocolate",
+    "christmas",
+    "coffee",
+    "cognac",
+    "copper",
+    "coral",
+    "cranberry",
+    "cream",
+    "crystal",
+    "dark",
+    "denim",
+    "eggplant",
+    "elephant",
+    "espresso",
+    "fuchsia",
+    "gold",
+    "granite",
+    "grape",
+    "graphite",
+    "grass",
+    "gray",
+    "green",
+    "grey",
+    "heather",
+    "indigo",
+    "ivory",
+    "ivy",
+    "khaki",
+    "lavender",
+    "lemon",
+    "leopard",
+    "light",
+    "lilac",
+    "lime",
+    "magenta",
+    "maroon",
+    "mauve",
+    "merlot",
+    "midnight",
+    "mint",
+    "mocha",
+    "multicolor",
+    "mushroom",
+    "mustard",
+    "natural",
+    "navy",
+    "nude",
+    "olive",
+    "orange",
+    "peach",
+    "pewter",
+    "pink",
+    "plum",
+    "purple",
+    "rainbow",
+    "red",
+    "rose",
+    "royal",
+    "rust",
+    "sand",
+    "sapphire",
+    "seashell",
+    "silver",
+    "skull",
+    "slate",
+    "steel",
+    "stone",
+    "stonewash",
+    "sunflower",
+    "tan",
+    "taupe",
+    "teal",
+    "tiger",
+    "turquoise",
+    "violet",
+    "walnut",
+    "wheat",
+    "white",
+    "wine",
+    "yellow",
 )
 # agentrl's earlier list: the original's without "stonewash" and "sunflower", with "stripe" ("colours='agentrl'")
 AGENTRL_COLOR_SET = tuple(c for c in COLOR_SET if c not in ("stonewash", "sunflower"))
-AGENTRL_COLOR_SET = AGENTRL_COLOR_SET[:AGENTRL_COLOR_SET.index("stone") + 1] + ("stripe",) + \
-    AGENTRL_COLOR_SET[AGENTRL_COLOR_SET.index("stone") + 1:]
+AGENTRL_COLOR_SET = (
+    AGENTRL_COLOR_SET[: AGENTRL_COLOR_SET.index("stone") + 1]
+    + ("stripe",)
+    + AGENTRL_COLOR_SET[AGENTRL_COLOR_SET.index("stone") + 1 :]
+)
 COLOUR_LISTS = {"webshop": COLOR_SET, "agentrl": AGENTRL_COLOR_SET}
 TITLE_DENOMINATORS = ("list", "set")
 
@@ -77,7 +172,9 @@ class RewardConfig:
     def __post_init__(self) -> None:
         check_tagger(self.nouns)
         if self.title_denominator not in TITLE_DENOMINATORS:
-            raise ValueError(f"title_denominator must be one of {TITLE_DENOMINATORS}, got {self.title_denominator!r}")
+            raise ValueError(
+                f"title_denominator must be one of {TITLE_DENOMINATORS}, got {self.title_denominator!r}"
+            )
         if self.fuzz not in FUZZ_VARIANTS:
             raise ValueError(f"fuzz must be one of {FUZZ_VARIANTS}, got {self.fuzz!r}")
         if self.colours not in COLOUR_LISTS:
@@ -98,9 +195,13 @@ class RewardConfig:
         if isinstance(value, Mapping):
             unknown = set(value) - set(asdict(DEFAULT_CONFIG))
             if unknown:
-                raise ValueError(f"unknown reward option(s) {sorted(unknown)}; known: {sorted(asdict(DEFAULT_CONFIG))}")
+                raise ValueError(
+                    f"unknown reward option(s) {sorted(unknown)}; known: {sorted(asdict(DEFAULT_CONFIG))}"
+                )
             return cls(**value)
-        raise TypeError(f"reward config must be a RewardConfig, a mapping or None, got {type(value).__name__}")
+        raise TypeError(
+            f"reward config must be a RewardConfig, a mapping or None, got {type(value).__name__}"
+        )
 
 
 DEFAULT_CONFIG = RewardConfig()
@@ -134,8 +235,9 @@ def title_score(bought_name: str, goal_name: str, config: RewardConfig = DEFAULT
     return len(set(bought) & set(desired)) / denominator
 
 
-def type_reward(product: Mapping[str, Any], goal: Mapping[str, Any],
-                config: RewardConfig = DEFAULT_CONFIG) -> dict[str, Any]:
+def type_reward(
+    product: Mapping[str, Any], goal: Mapping[str, Any], config: RewardConfig = DEFAULT_CONFIG
+) -> dict[str, Any]:
     """r_type and its parts: query match, category match (>= 2 shared levels), title noun overlap."""
     query_match = product["query"] == goal["query"]
     bought_levels = {x.strip() for x in product["product_category"].split("›")}
@@ -147,26 +249,36 @@ def type_reward(product: Mapping[str, Any], goal: Mapping[str, Any],
         r_type = 0.1
     if score == 0.0:
         r_type = 0.0
-    return {"r_type": r_type, "query_match": query_match, "category_match": category_match, "title_score": score}
+    return {
+        "r_type": r_type,
+        "query_match": query_match,
+        "category_match": category_match,
+        "title_score": score,
+    }
 
 
-def attribute_matches(product: Mapping[str, Any], goal_attributes: Sequence[str],
-                      config: RewardConfig = DEFAULT_CONFIG) -> int:
+def attribute_matches(
+    product: Mapping[str, Any], goal_attributes: Sequence[str], config: RewardConfig = DEFAULT_CONFIG
+) -> int:
     """How many goal attributes the product has (fuzzy on its attributes, else a substring of its text)."""
     title = product["Title"].lower()
     bullets = " ".join(product["BulletPoints"]).lower()
     description = product["Description"].lower()
     n = 0
     for wanted in goal_attributes:
-        if any(fuzzy_score(have, wanted, config.fuzz) > MATCH_THRESHOLD for have in product["Attributes"]):
-            n += 1
-        elif wanted in title or wanted in bullets or wanted in description:
+        if (
+            any(fuzzy_score(have, wanted, config.fuzz) > MATCH_THRESHOLD for have in product["Attributes"])
+            or wanted in title
+            or wanted in bullets
+            or wanted in description
+        ):
             n += 1
     return n
 
 
-def option_matches(bought_options: Iterable[str], goal_options: Iterable[str],
-                   config: RewardConfig = DEFAULT_CONFIG) -> int:
+def option_matches(
+    bought_options: Iterable[str], goal_options: Iterable[str], config: RewardConfig = DEFAULT_CONFIG
+) -> int:
     """How many goal option values are matched by a bought option value (colour-normalised, fuzzy)."""
     bought = [normalize_color(o, config.colours) for o in bought_options]
     n = 0
@@ -182,8 +294,13 @@ def goal_option_values(goal: Mapping[str, Any]) -> list[str]:
     return list(options.values()) if isinstance(options, Mapping) else list(options)
 
 
-def get_reward(product: Mapping[str, Any], goal: Mapping[str, Any], price: float, options: Mapping[str, str],
-               config: RewardConfig | Mapping[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+def get_reward(
+    product: Mapping[str, Any],
+    goal: Mapping[str, Any],
+    price: float,
+    options: Mapping[str, str],
+    config: RewardConfig | Mapping[str, Any] | None = None,
+) -> tuple[float, dict[str, Any]]:
     """The original WebShop reward of buying ``product`` at ``price`` with ``options`` for ``goal``.
 
     Returns the reward and its parts (``r_type``, ``r_att``, ``r_option``, ``r_price`` and weights).

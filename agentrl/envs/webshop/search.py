@@ -27,13 +27,22 @@ def product_document(product: Mapping[str, Any]) -> str:
     """The searchable text of one product, as the original index built it."""
     option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in product["options"].items())
     bullets = product["BulletPoints"]
-    return " ".join([product["Title"], product["Description"], bullets[0] if bullets else "", option_text]).lower()
+    return " ".join(
+        [product["Title"], product["Description"], bullets[0] if bullets else "", option_text]
+    ).lower()
 
 
 class SearchEngine:
     """BM25 over the catalogue; ``search(keywords)`` returns asins, best first (memoised)."""
 
-    def __init__(self, products: Sequence[Mapping[str, Any]], *, k1: float = 0.9, b: float = 0.4, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        products: Sequence[Mapping[str, Any]],
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        cache_size: int = 4096,
+    ) -> None:
         self._stemmer = Stemmer.Stemmer("english")
         self.asins = [p["asin"] for p in products]
         corpus = [self.tokenize(product_document(p)) or [""] for p in products]

@@ -52,7 +52,7 @@ def _csp_hash(text: str) -> str:
 # Script and style are inlined (one request per page) and allowed by hash only: nothing else runs.
 SECURITY_HEADERS = {
     "Content-Security-Policy": f"default-src 'none'; script-src {_csp_hash(SCRIPT)}; style-src {_csp_hash(STYLE)}; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -103,22 +103,28 @@ def render_html(page: Page, session: Session, sid: str, selected: list[tuple[str
         elif el.kind == "text":
             parts.append(f"<p>{_e(el.text)}</p>")
         elif el.kind == "search":
-            parts.append(f'<form method="post" action="/s/{sid}/search" class="search">'
-                         f'<input type="text" id="search_input" name="search_query" maxlength="{MAX_FIELD_CHARS}" '
-                         f'placeholder="Search..." autocomplete="off" required>'
-                         f'<button type="submit" id="search_btn" class="btn">{_e(el.text)}</button></form>')
+            parts.append(
+                f'<form method="post" action="/s/{sid}/search" class="search">'
+                f'<input type="text" id="search_input" name="search_query" maxlength="{MAX_FIELD_CHARS}" '
+                f'placeholder="Search..." autocomplete="off" required>'
+                f'<button type="submit" id="search_btn" class="btn">{_e(el.text)}</button></form>'
+            )
         elif el.kind in ("button", "product"):
             css = "product-link" if el.kind == "product" else "btn"
-            parts.append(f'<form method="post" action="{click}"><button type="submit" name="label" '
-                         f'value="{_e(el.label)}"{_data_label(el, page)} class="{css}">{_e(el.text)}</button></form>')
+            parts.append(
+                f'<form method="post" action="{click}"><button type="submit" name="label" '
+                f'value="{_e(el.label)}"{_data_label(el, page)} class="{css}">{_e(el.text)}</button></form>'
+            )
         elif el.kind == "option_name":
             j = i + 1
             radios = []
             while j < len(elements) and elements[j].kind == "option":
                 radios.append(_radio(elements[j], page))
                 j += 1
-            parts.append(f'<p class="option-name">{_e(el.text)}</p><form method="post" action="{click}" '
-                         f'class="options">{"".join(radios)}</form>')
+            parts.append(
+                f'<p class="option-name">{_e(el.text)}</p><form method="post" action="{click}" '
+                f'class="options">{"".join(radios)}</form>'
+            )
             i = j
             continue
         i += 1
@@ -129,8 +135,10 @@ def render_html(page: Page, session: Session, sid: str, selected: list[tuple[str
     if session.done:
         parts.append(f'<div id="outcome" data-reward="{session.reward!r}" data-done="1" hidden></div>')
     body = "".join(parts)
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>WebShop</title>'
-            f'<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>')
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>WebShop</title>'
+        f"<style>{STYLE}</style></head><body><main>{body}</main><script>{SCRIPT}</script></body></html>"
+    )
 
 
 def _data_label(el: Element, page: Page) -> str:
@@ -140,14 +148,23 @@ def _data_label(el: Element, page: Page) -> str:
 
 def _radio(el: Element, page: Page) -> str:
     checked = " checked" if el.checked else ""
-    return (f'<label class="option"><input type="radio" name="label" value="{_e(el.label)}" data-group="{_e(el.group)}"'
-            f'{_data_label(el, page)}{checked}>'
-            f'{_e(el.text)}</label>')
+    return (
+        f'<label class="option"><input type="radio" name="label" value="{_e(el.label)}" data-group="{_e(el.group)}"'
+        f"{_data_label(el, page)}{checked}>"
+        f"{_e(el.text)}</label>"
+    )
 
 
-def create_app(split: str = "test", *, data_dir: str | None = None, num_products: int | None = None, seed: int = 0,
-               goals: str = "human", max_sessions: int = 10_000,
-               reward_config: RewardConfig | Mapping[str, Any] | None = None) -> FastAPI:
+def create_app(
+    split: str = "test",
+    *,
+    data_dir: str | None = None,
+    num_products: int | None = None,
+    seed: int = 0,
+    goals: str = "human",
+    max_sessions: int = 10_000,
+    reward_config: RewardConfig | Mapping[str, Any] | None = None,
+) -> FastAPI:
     """The FastAPI app serving one shop; goals are drawn from ``split`` (``/?goal=N`` picks one)."""
     shop = shop_from_args(data_dir, num_products, seed, goals)
     goal_ids = shop.split_indices(split)
@@ -161,7 +178,9 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
     async def guard(request: Request, call_next: Any) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return PlainTextResponse(f"request body too large (limit {MAX_BODY_BYTES} bytes)", status_code=413)
+            return PlainTextResponse(
+                f"request body too large (limit {MAX_BODY_BYTES} bytes)", status_code=413
+            )
         response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
@@ -177,7 +196,9 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                return PlainTextResponse(f"request body too large (limit {MAX_BODY_BYTES} bytes)", status_code=413)
+                return PlainTextResponse(
+                    f"request body too large (limit {MAX_BODY_BYTES} bytes)", status_code=413
+                )
         try:
             fields = parse_qs(body.decode("utf-8"), max_num_fields=8, strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
@@ -191,8 +212,10 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
         elif goal.isdigit() and int(goal) in goal_ids:
             idx = int(goal)
         else:
-            return PlainTextResponse(f"goal must be an integer in [{goal_ids.start}, {goal_ids.stop}) for split {split!r}",
-                                     status_code=400)
+            return PlainTextResponse(
+                f"goal must be an integer in [{goal_ids.start}, {goal_ids.stop}) for split {split!r}",
+                status_code=400,
+            )
         return RedirectResponse(f"/s/{store.create(idx)}", status_code=303)
 
     @app.get("/s/{sid}")
@@ -210,9 +233,16 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
             return not_found()
         with store.lock:
             page = machine.render(session)
-            return JSONResponse({"observation": page.text(), "done": session.done, "reward": session.reward,
-                                 "goal": session.goal_idx, "clickables": list(page.clickables),
-                                 "has_search": page.has_search})
+            return JSONResponse(
+                {
+                    "observation": page.text(),
+                    "done": session.done,
+                    "reward": session.reward,
+                    "goal": session.goal_idx,
+                    "clickables": list(page.clickables),
+                    "has_search": page.has_search,
+                }
+            )
 
     async def act(request: Request, sid: str, field: str, verb: str) -> Response:
         session = store.get(sid)
@@ -225,7 +255,9 @@ def create_app(split: str = "test", *, data_dir: str | None = None, num_products
             machine.step(session, f"{verb}[{form.get(field, '')}]")
             if "text/html" in request.headers.get("accept", ""):
                 # browsers get the new page at once (one round trip less than post/redirect/get)
-                return HTMLResponse(render_html(machine.render(session), session, sid, machine.selected(session)))
+                return HTMLResponse(
+                    render_html(machine.render(session), session, sid, machine.selected(session))
+                )
         return RedirectResponse(f"/s/{sid}", status_code=303)
 
     @app.post("/s/{sid}/click")
@@ -245,13 +277,20 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
+        self._sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )  # asyncio sets TCP_NODELAY only then
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                h11_max_incomplete_event_size=16 * 1024)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            h11_max_incomplete_event_size=16 * 1024,
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
@@ -276,8 +315,15 @@ class ServerThread:
         self.stop()
 
 
-def serve(host: str = "127.0.0.1", port: int = 3000, split: str = "test", num_products: int | None = None,
-          data_dir: str | None = None, seed: int = 0, goals: str = "human") -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    split: str = "test",
+    num_products: int | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    goals: str = "human",
+) -> None:
     """Serve the shop until interrupted; open http://HOST:PORT/ (or /?goal=N) in a browser."""
     import uvicorn
 

@@ -38,9 +38,18 @@ def shop_from_args(data_dir: str | None, num_products: int | None, seed: int, go
 class WebShopEnv(AgentEnv):
     """Text WebShop (``make("webshop", split="test"|"eval"|"train")``)."""
 
-    def __init__(self, split: str = "test", *, data_dir: str | None = None, num_products: int | None = None,
-                 seed: int = 0, goals: str = "human", max_steps: int = DEFAULT_MAX_STEPS,
-                 reward_config: RewardConfig | Mapping[str, Any] | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "test",
+        *,
+        data_dir: str | None = None,
+        num_products: int | None = None,
+        seed: int = 0,
+        goals: str = "human",
+        max_steps: int = DEFAULT_MAX_STEPS,
+        reward_config: RewardConfig | Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -56,7 +65,9 @@ class WebShopEnv(AgentEnv):
     def task_ids(self) -> Sequence[str]:
         return [str(i) for i in self._goal_ids]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
         idx = pick_goal(self._goal_ids, self.split, (options or {}).get("task_id"), self.np_random)
         self.session = self.machine.new_session(idx)
@@ -72,8 +83,9 @@ class WebShopEnv(AgentEnv):
         self._last_obs = obs
         info = {
             "state_key": self.machine.state_key(self.session, self._page),
-            "admissible_actions": [] if self.session.done else self._page.admissible(
-                instruction_keywords(self.session.goal["instruction_text"])),
+            "admissible_actions": []
+            if self.session.done
+            else self._page.admissible(instruction_keywords(self.session.goal["instruction_text"])),
         }
         return obs, info
 
