@@ -274,6 +274,14 @@ class StepBatch:
     switch: np.ndarray | None = None  # bool[R], info["switch"] == "SWITCH" (HiPER)
     subgoal: np.ndarray | None = None  # object[R], info["subgoal"] (HiPER)
 
+    def column(self, name: str) -> np.ndarray:
+        """An optional column that must be present (``state_key``, ``turn_reward``, ...): estimators
+        read their declared inputs through this, so a batch without one fails by name."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"this StepBatch has no {name!r} column: no step provided it")
+        return value
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_trajectories(cls, trajectories: Iterable[Trajectory | TrajectoryGroup]) -> StepBatch:

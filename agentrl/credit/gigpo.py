@@ -82,7 +82,7 @@ def similarity_anchor_groups(batch: StepBatch, threshold: float) -> tuple[np.nda
     """
     if batch.state_text is None:
         raise MissingInputError("similarity anchors need StepBatch.state_text (the Step.state_key texts)")
-    exact, n_exact = factorize(batch.group_idx, batch.state_key)
+    exact, n_exact = factorize(batch.group_idx, batch.column("state_key"))
     rep_row = np.zeros(n_exact, np.int64)
     rep_row[exact] = np.arange(len(batch))
     texts = batch.state_text[rep_row]
@@ -120,7 +120,7 @@ def similarity_anchor_groups(batch: StepBatch, threshold: float) -> tuple[np.nda
 def anchor_groups(batch: StepBatch, anchors: str, similarity_threshold: float) -> tuple[np.ndarray, int]:
     """Rows of one task group acting on the same (or, with similarity, a near-identical) state."""
     if anchors == "exact":
-        return factorize(batch.group_idx, batch.state_key)
+        return factorize(batch.group_idx, batch.column("state_key"))
     return similarity_anchor_groups(batch, similarity_threshold)
 
 

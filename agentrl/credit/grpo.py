@@ -41,6 +41,7 @@ def episode_advantage(
     check_choice("mode", mode, ("mean_std", "mean", "median"))
     check_choice("episode_stats", episode_stats, EPISODE_STATS)
     n_groups, g = batch.num_groups, batch.group_idx
+    penalty: np.ndarray | float
     if episode_stats == "trajectories":
         x, penalty = batch.outcome, invalid_penalty * (~batch.valid)
         stat_x, stat_g = lay.per_traj(batch.outcome), lay.per_traj(g)

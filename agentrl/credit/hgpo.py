@@ -26,13 +26,13 @@ def context_levels(batch: StepBatch, lay: Layout, n_levels: int) -> list[tuple[n
     refined by the row's own state. Keys are built from ids and turn order, never positions
     across trajectories.
     """
-    code, n_codes = factorize(batch.group_idx, batch.state_key)
+    code, n_codes = factorize(batch.group_idx, batch.column("state_key"))
     levels = [(code, n_codes)]
     for k in range(2, n_levels + 1):
         rows = np.flatnonzero(lay.pos >= k - 1)
         if rows.size == 0:
             break
-        sub, n_codes = factorize(code[rows - 1], batch.state_key[rows])
+        sub, n_codes = factorize(code[rows - 1], batch.column("state_key")[rows])
         code = np.full(len(batch), -1, np.int64)
         code[rows] = sub
         levels.append((code, n_codes))

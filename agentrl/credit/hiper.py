@@ -76,7 +76,7 @@ def shaped_rewards(
       previous turn's (keeping while rewriting the subgoal is an unannounced switch); t=0 has no
       previous subgoal and is never penalised, in both versions.
     """
-    keep_tag = ~batch.switch
+    keep_tag = ~batch.column("switch")
     counted = keep_tag & (lay.pos > 0) if keep_penalty_skip_first else keep_tag
     n_turns = lay.lengths - 1 if keep_penalty_skip_first else lay.lengths
     n_keep = np.bincount(lay.slot, weights=counted, minlength=lay.n_traj)
@@ -85,8 +85,8 @@ def shaped_rewards(
     per_keep = np.divide(keep_penalty * frac_keep, n_keep, out=np.zeros(lay.n_traj), where=applies)
     keep = ~starts  # t >= 1 and not SWITCH
     prev_subgoal = np.empty_like(batch.subgoal)
-    prev_subgoal[1:] = batch.subgoal[:-1]
-    prev_subgoal[lay.first] = batch.subgoal[lay.first]
+    prev_subgoal[1:] = batch.column("subgoal")[:-1]
+    prev_subgoal[lay.first] = batch.column("subgoal")[lay.first]
     changed = keep & (batch.subgoal != prev_subgoal)
     return (
         batch.reward

@@ -33,7 +33,7 @@ def prefix_edges(batch: StepBatch, lay: Layout) -> tuple[np.ndarray, int]:
     for p in range(bounds.size - 1):
         rows = by_pos[bounds[p] : bounds[p + 1]]
         parent = batch.group_idx[rows] if p == 0 else edge[rows - 1]
-        sub, n_sub = factorize(parent, batch.state_key[rows], batch.action_key[rows])
+        sub, n_sub = factorize(parent, batch.column("state_key")[rows], batch.action_key[rows])
         edge[rows] = sub + n_edges
         n_edges += n_sub
     return edge, n_edges
@@ -41,7 +41,7 @@ def prefix_edges(batch: StepBatch, lay: Layout) -> tuple[np.ndarray, int]:
 
 def state_action_edges(batch: StepBatch) -> tuple[np.ndarray, int]:
     """Edge codes of the re-converging graph: same task group, state and normalised action, any turn."""
-    return factorize(batch.group_idx, batch.state_key, batch.action_key)
+    return factorize(batch.group_idx, batch.column("state_key"), batch.action_key)
 
 
 def edge_mean(edge: np.ndarray, n_edges: int, traj_idx: np.ndarray, traj_adv: np.ndarray) -> np.ndarray:

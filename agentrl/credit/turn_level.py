@@ -82,8 +82,8 @@ def mt_grpo(
     adv_outcome_traj = _norm_traj(outcome_traj, g_traj, batch.num_groups, mode, eps)
     if variant == "k_turn":
         g_turn, n_g_turn = factorize(batch.group_idx, batch.turn)
-        mean, std, _ = group_mean_std(batch.turn_reward, g_turn, n_g_turn, ddof=1)
-        adv_turn = normalize(batch.turn_reward, mean[g_turn], std[g_turn], mode, eps)
+        mean, std, _ = group_mean_std(batch.column("turn_reward"), g_turn, n_g_turn, ddof=1)
+        adv_turn = normalize(batch.column("turn_reward"), mean[g_turn], std[g_turn], mode, eps)
         return Advantages(step=adv_outcome_traj[lay.slot] + lam * adv_turn)
 
     if batch.tool_call is None:
