@@ -232,7 +232,7 @@ def envs_generate(
         raise typer.BadParameter(f"no generator for {name!r}; available: alfworld")
     from agentrl.envs.alfworld import generate_games
 
-    kwargs = {"splits": split} if split else {}
+    kwargs: dict[str, Any] = {"splits": split} if split else {}
     summary = generate_games(out, per_type=per_type, seed=seed, progress=True, **kwargs)
     typer.echo(f"wrote games to {out}: {summary}")
 

@@ -122,11 +122,15 @@ class Dist:
 def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
     import torch
 
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    grads = [p.grad for p in params]
+    if any(g is None for g in grads):
+        raise ValueError("every parameter in a gradient bucket needs a gradient before the all-reduce")
+    flat = torch.cat([g.reshape(-1) for g in grads if g is not None])
     torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
     offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+    for p, g in zip(params, grads):
+        assert g is not None
+        g.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
 
 

@@ -17,7 +17,7 @@ import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
@@ -143,7 +143,7 @@ class Episode:
         self.error, self.truncated = error, True
 
     def trajectory(self) -> Trajectory:
-        info = {"seed": self.seed}
+        info: dict[str, Any] = {"seed": self.seed}
         if self.error is not None:
             info["error"] = self.error
         return Trajectory(
@@ -321,16 +321,18 @@ def rollout(
             params if params.seed is None else dataclasses.replace(params, seed=call_seed(params.seed, calls))
         )
         calls += 1
-        gens = _generate(policy, [messages[k] for k in ok], call_params) if ok else []
+        prompts = [cast(Messages, messages[k]) for k in ok]
+        gens = _generate(policy, prompts, call_params) if ok else []
         gen_of: dict[int, Generation | BaseException] = dict(zip(ok, gens))
-        stepping = []
+        stepping: list[tuple[int, Generation, Messages]] = []
         for k, i in enumerate(slots):
-            ep, gen = active[i], gen_of.get(k, messages[k])
+            ep, msgs = active[i], messages[k]
+            gen = msgs if isinstance(msgs, BaseException) else gen_of[k]  # a failed prompt fails the slot
             if isinstance(gen, BaseException):
                 ep.finish_with_error(f"policy failed: {_error_text(gen)}")
                 del active[i]
                 continue
-            stepping.append((i, gen, messages[k]))
+            stepping.append((i, gen, cast(Messages, msgs)))
         actions = [parse_response(gen.text, fmt).action for _, gen, _ in stepping]
         results = batch.step_each(actions, [i for i, _, _ in stepping]) if stepping else []
         for (i, gen, msgs), res in zip(stepping, results):

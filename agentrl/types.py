@@ -68,7 +68,8 @@ class Trajectory:
     steps: list[Step] = field(default_factory=list)
     terminated: bool = False
     truncated: bool = False
-    outcome: float | None = None
+    # None when built means "the sum of step rewards", filled in by __post_init__: a float after
+    outcome: float = None  # type: ignore[assignment]
     success: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 

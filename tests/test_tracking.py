@@ -12,6 +12,7 @@ import json
 import math
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,20 @@ def _wandb_records(path: Path) -> list[Any]:
 
 
 def _wandb_run(run_dir: Path, run_id: str) -> dict[str, Any]:
-    """History (step -> values), config and exit code of every local run dir of ``run_id``, oldest first."""
+    """History (step -> values), config and exit code of every local run dir of ``run_id``, oldest first.
+
+    W&B's service process writes the run file; on a loaded machine its last records (the exit
+    record) can land shortly after ``finish()`` returns, so a file without one is read again for
+    up to 30 s before its exit code counts as missing."""
     runs = []
     for d in sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}")):
+        records = _wandb_records(d / f"run-{run_id}.wandb")
+        deadline = time.monotonic() + 30
+        while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            records = _wandb_records(d / f"run-{run_id}.wandb")
         history, config, exit_code = {}, {}, None
-        for rec in _wandb_records(d / f"run-{run_id}.wandb"):
+        for rec in records:
             kind = rec.WhichOneof("record_type")
             if kind == "history":
                 items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 from gymnasium.spaces import Text
@@ -50,7 +50,7 @@ class FreeText(Text):
 class AgentEnv(gym.Env[str, str]):
     """Base class of every agentrl environment (see the module docstring for the contract)."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"]}  # noqa: RUF012 (gymnasium declares it an instance attribute)
 
     def __init__(self, render_mode: str | None = None, max_text_length: int = 100_000) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -66,7 +66,7 @@ class AgentEnv(gym.Env[str, str]):
         """Ids accepted by ``reset(options={"task_id": ...})``; empty when tasks are not enumerable."""
         return ()
 
-    def render(self) -> str | None:  # type: ignore[override]
+    def render(self) -> str | None:
         if self.render_mode == "ansi":
             return self._last_obs
         return None

@@ -343,7 +343,8 @@ def generate_layout(
     bypass_free = [e for e in grid if e not in tree and not set(_tree_path(tree, *sorted(e))) & set(doors)]
     edges = tree | set(rng.sample(bypass_free, min(size - 1, len(bypass_free))))
     door_colours = rng.sample(COLOURS[:colours], n_doors)
-    keys, before = {}, set()
+    keys: dict[str, Cell] = {}
+    before: set[Cell] = set()
     for i, colour in enumerate(door_colours):
         reach = set(_bfs(start, edges - set(doors[i:])))
         region = sorted(reach - before - {start}) or [start]
@@ -498,6 +499,7 @@ def exact_values(
     if not np.isfinite(turn_weight):
         raise ValueError(f"turn_weight must be finite, got {turn_weight}")
     depth_S: np.ndarray | None = None
+    states: Sequence[State] | Sequence[Progress]
     if turn_weight == 0.0:
         states, rows = _state_rows(layout, slip)
         plain: list[State] = list(states)

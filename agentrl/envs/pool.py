@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 BACKENDS = ("process", "inprocess", "ray")
 
@@ -91,6 +91,7 @@ def _worker_main(conn: Connection) -> None:
             break
         if msg[0] == "close":
             break
+        reply: tuple[Any, ...]
         try:
             if msg[0] == "reset":
                 reply = env.reset(seed=msg[1], options=msg[2])
@@ -356,7 +357,7 @@ class EnvPool:
             for conn in ready:
                 i = waiting.pop(conn)
                 try:
-                    status, payload = conn.recv()
+                    status, payload = cast(Connection, conn).recv()
                     out[i] = (status, payload, False)
                 except (EOFError, OSError):
                     out[i] = ("error", self._death_note(i), True)

@@ -34,7 +34,10 @@ from agentrl.types import StepBatch
 HEADS = ("high", "low", "switch")
 TARGET_S = {128: 0.1, 1024: 1.0}
 TARGETED = ("gigpo", "hgpo", "salt")
-VARIANTS = {"gigpo": [{"anchors": "similarity"}], "salt": [{"merge": "state_action"}]}
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "gigpo": [{"anchors": "similarity"}],
+    "salt": [{"merge": "state_action"}],
+}
 TIME_BUDGET_S = 10.0
 
 
@@ -98,7 +101,7 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
     target = TARGET_S.get(P)
     echo(
         f"\nP={P}: {rows} rows, {batch.num_trajectories} trajectories, success {batch.summary()['success_rate']:.2f}, "
-        f"invalid {batch.summary()['invalid_rate']:.2f}, {np.unique(batch.state_key).size} distinct states"
+        f"invalid {batch.summary()['invalid_rate']:.2f}, {np.unique(batch.column('state_key')).size} distinct states"
     )
     echo(f"{'estimator':<34}{'median s':>10}{'rows/s':>14}{'runs':>6}  target")
     echo(
@@ -108,7 +111,7 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
 
     gigpo_s = None
     for name in available_estimators():
-        for options in [{}] + VARIANTS.get(name, []):
+        for options in [{}, *VARIANTS.get(name, [])]:
             try:
                 kwargs = {**estimator_kwargs(name, batch, seed), **options}
                 estimate(name, batch, **kwargs)

@@ -378,7 +378,7 @@ def credit_learning(
         left = f", ~{_clock((total - done) * fresh_seconds / fresh / jobs)} left" if fresh else ""
         say(f"[{done}/{total}] {job.label}: {_run_line(run)}; {elapsed}{left}")
 
-    fam_results = {}
+    fam_results: dict[str, dict[str, Any]] = {}
     for plan in plans:
         per = {n: sorted(runs[plan.family][n], key=lambda r: seeds.index(r["seed"])) for n in plan.names}
         fam_results[plan.family] = {
@@ -397,7 +397,7 @@ def credit_learning(
             },
             "paired": paired_differences(per, baseline) if baseline in per else {},
         }
-    result = {
+    result: dict[str, Any] = {
         "families": fam_results,
         "overrides": list(overrides),
         "seeds": list(seeds),

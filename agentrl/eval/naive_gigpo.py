@@ -7,7 +7,7 @@ faster that is, and a test checks both agree. Exact anchors only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from agentrl.types import Trajectory
 
@@ -51,8 +51,8 @@ def naive_gigpo(
         ep_mean, ep_std = _mean_std(pool)
 
         step_return: dict[tuple[str, int], float] = {}
-        anchor_of: dict[tuple[str, int], object] = {}
-        anchor_members: dict[object, list[float]] = {}
+        anchor_of: dict[tuple[str, int], Hashable] = {}
+        anchor_members: dict[Hashable, list[float]] = {}
         for traj in trajs:
             running = 0.0
             for t in range(len(traj.steps) - 1, -1, -1):
@@ -60,7 +60,7 @@ def naive_gigpo(
                 running = step.reward + gamma * running
                 value = running - invalid_penalty * (not step.valid)
                 key = (traj.traj_id, t)
-                anchor = step.state_key if step.state_key is not None else ("no state", key)
+                anchor: Hashable = step.state_key if step.state_key is not None else ("no state", key)
                 step_return[key] = value
                 anchor_of[key] = anchor
                 anchor_members.setdefault(anchor, []).append(value)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -70,7 +70,7 @@ class LoraSettings:
 
         return LoraConfig(
             r=self.r,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int; scaling = alpha / r takes a float
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             task_type="CAUSAL_LM",
@@ -101,8 +101,11 @@ class _StopOnText:
     ) -> torch.BoolTensor:
         tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor(
-            [any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device
+        return cast(
+            torch.BoolTensor,
+            torch.tensor(
+                [any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device
+            ),
         )
 
 
@@ -217,7 +220,8 @@ class HFPolicy:
                 raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
             dtype = getattr(torch, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = model.to(dev)
         if lora is not None:
             from peft import get_peft_model
 
@@ -345,7 +349,9 @@ class HFPolicy:
             self._merged = MergedCopy(self.model)
         return self._merged.current()
 
-    def _cut(self, generated: list[int], params: SamplingParams) -> tuple[list[int], str]:
+    def _cut(
+        self, generated: list[int], params: SamplingParams
+    ) -> tuple[list[int], Literal["stop", "length"]]:
         """The response up to and including its end-of-turn token or stop string."""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(generated) if t in eos), None)

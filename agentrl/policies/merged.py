@@ -25,7 +25,7 @@ class MergedCopy:
         from peft.tuners.lora import LoraLayer
 
         self.peft_model = peft_model
-        self.layers = {
+        self.layers: dict[str, Any] = {  # peft's LoraLayer is a mixin of torch modules
             name: module for name, module in peft_model.named_modules() if isinstance(module, LoraLayer)
         }
         if not self.layers:

@@ -161,13 +161,14 @@ class Learner:
         if not self.dist.active:
             return self._score(samples, rows, reference, entropy, features)
         mine = self._score(
-            samples, np.asarray(self.dist.share(rows), dtype=np.int64), reference, entropy, features
+            samples, np.asarray(self.dist.share(rows.tolist()), dtype=np.int64), reference, entropy, features
         )
+        mine_ref, mine_entropy = mine.ref_logp or [], mine.entropy or []
         per_row = [
             (
                 mine.logp[i],
-                mine.ref_logp[i] if reference else None,
-                mine.entropy[i] if entropy else None,
+                mine_ref[i] if reference else None,
+                mine_entropy[i] if entropy else None,
                 {h: f[i] for h, f in mine.features.items()},
             )
             for i in range(len(mine.rows))
@@ -176,8 +177,8 @@ class Learner:
         out = Scores(
             rows=rows,
             logp=[r[0] for r in every],
-            ref_logp=[r[1] for r in every] if reference else None,
-            entropy=[r[2] for r in every] if entropy else None,
+            ref_logp=[r[1] for r in every if r[1] is not None] if reference else None,
+            entropy=[r[2] for r in every if r[2] is not None] if entropy else None,
         )
         if features and every:
             out.features = {h: torch.stack([r[3][h] for r in every]) for h in samples.value_offset}
@@ -186,7 +187,9 @@ class Learner:
     def _score(
         self, samples: TokenSamples, rows: np.ndarray, reference: bool, entropy: bool, features: bool
     ) -> Scores:
-        out = Scores(rows=rows, logp=[], ref_logp=[] if reference else None, entropy=[] if entropy else None)
+        logp: list[torch.Tensor] = []
+        ref_logp: list[torch.Tensor] = []
+        entropies: list[torch.Tensor] = []
         feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
         self.policy.model.eval()
         for chunk in _chunks(rows, self.settings.micro_batch_size):
@@ -199,9 +202,9 @@ class Learner:
                 with_entropy=entropy,
                 return_hidden=features,
             )
-            out.logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
+            logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
             if entropy:
-                out.entropy.extend(t.cpu() for t in packed.responses(lp.entropy))
+                entropies.extend(t.cpu() for t in packed.responses(lp.entropy))
             if features:
                 got = gather_features(
                     lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in feats}
@@ -216,9 +219,14 @@ class Learner:
                         packed.response_mask,
                         temperature=self.settings.temperature,
                     )
-                out.ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
-        out.features = {h: torch.cat(f) for h, f in feats.items() if f}
-        return out
+                ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
+        return Scores(
+            rows=rows,
+            logp=logp,
+            ref_logp=ref_logp if reference else None,
+            entropy=entropies if entropy else None,
+            features={h: torch.cat(f) for h, f in feats.items() if f},
+        )
 
     def values(self, scores: Scores) -> dict[str, np.ndarray]:
         """Value-head predictions per head for the scored rows."""
@@ -266,7 +274,7 @@ class Learner:
         n_seqs = float(len(mb))
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
-        for micro in _chunks(np.asarray(self.dist.share(mb), dtype=np.int64), s.micro_batch_size):
+        for micro in _chunks(np.asarray(self.dist.share(mb.tolist()), dtype=np.int64), s.micro_batch_size):
             per_token = batch.per_token(micro, reference=bool(s.kl_coef))
             packed, t = collate(
                 batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token
@@ -317,6 +325,8 @@ class Learner:
         self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]
     ) -> float:
         """0.5 * mean squared error per head over the rows where its target applies (backward included)."""
+        if self.value_head is None:
+            raise RuntimeError("a value loss needs the value head the estimator declares")
         pred = self.value_head({h: f[mb] for h, f in scores.features.items()})
         terms = []
         for head, (target, applies) in value_targets.items():

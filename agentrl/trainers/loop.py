@@ -270,7 +270,8 @@ class Trainer:
         say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert)")
         tokenizer = AutoTokenizer.from_pretrained(base)
         seed_everything(self.cfg.seed)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self._device())
+        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = model.to(self._device())
         if not s.full_finetune:
             from peft import get_peft_model
 
@@ -350,7 +351,9 @@ class Trainer:
     def _device(self) -> torch.device:
         from agentrl.policies.hf import pick_device
 
-        return self.dist.device if self.dist.active else pick_device(self.cfg.model.device)
+        if self.dist.active and self.dist.device is not None:
+            return self.dist.device
+        return pick_device(self.cfg.model.device)
 
     def _evaluate(self, name: str) -> dict[str, Any]:
         """Evaluate the current policy on the held-out tasks; episodes go to ``eval/<name>.jsonl``."""
@@ -385,7 +388,7 @@ class Trainer:
         self.say = say = progress if progress is not None and dist.main else (lambda line: None)
         if dist.active:
             say(
-                f"data-parallel over {dist.world} processes ({dist.device.type}); rank 0 writes {self.run_dir}"
+                f"data-parallel over {dist.world} processes ({getattr(dist.device, 'type', 'cpu')}); rank 0 writes {self.run_dir}"
             )
         self._write_run_files()
         if cfg.model.torch_threads:

@@ -162,16 +162,16 @@ class _MlflowSink:
         self._metric = Metric
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         key = {**key, "tracking_uri": self.client.tracking_uri}
-        self.run_id = None
+        run_id: str | None = None
         if previous and previous.get("key") == key:
             try:
                 run = self.client.get_run(previous["run_id"])
             except MlflowException:
                 run = None
             if run is not None and run.info.lifecycle_stage == "active":
-                self.run_id = run.info.run_id
-                self.client.update_run(self.run_id, status="RUNNING")
-        if self.run_id is None:
+                run_id = run.info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+        if run_id is None:
             experiment = self.client.get_experiment_by_name(settings.experiment)
             if experiment is not None and experiment.lifecycle_stage != "active":
                 raise ValueError(
@@ -188,10 +188,11 @@ class _MlflowSink:
                 run_name=settings.run_name or run_dir.name,
                 tags={"agentrl.run_dir": str(run_dir.resolve())},
             )
-            self.run_id = run.info.run_id
+            run_id = run.info.run_id
             params = [Param(k, v[: self.PARAM_MAX]) for k, v in _flatten(config or {}).items()]
             for s in range(0, len(params), self.BATCH):
-                self.client.log_batch(self.run_id, params=params[s : s + self.BATCH])
+                self.client.log_batch(run_id, params=params[s : s + self.BATCH])
+        self.run_id: str = run_id
         self.state = {"run_id": self.run_id, "key": key}
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -234,7 +235,7 @@ class MetricsWriter:
                 self._tb_class = SummaryWriter
             except ImportError:
                 self._tb_class = None
-        wanted = [
+        wanted: list[tuple[Any, Any]] = [
             (cls, s) for cls, s in ((_WandbSink, wandb), (_MlflowSink, mlflow)) if s is not None and s.enabled
         ]
         for cls, _ in wanted:  # every missing package is named before any run starts
@@ -315,8 +316,8 @@ class MetricsWriter:
         if not errors:
             return
         if sys.exc_info()[0] is not None:
-            for name, e in errors:
-                warnings.warn(f"closing the {name} run failed: {e}", RuntimeWarning, stacklevel=3)
+            for name, err in errors:
+                warnings.warn(f"closing the {name} run failed: {err}", RuntimeWarning, stacklevel=3)
             return
         raise RuntimeError(f"closing the {errors[0][0]} run failed: {errors[0][1]}") from errors[0][1]
 

@@ -142,7 +142,7 @@ def collate(
     rows: Sequence[int] | np.ndarray,
     pad_token_id: int,
     device: torch.device | str,
-    per_token: dict[str, Sequence[np.ndarray | torch.Tensor]] | None = None,
+    per_token: Mapping[str, Sequence[np.ndarray | torch.Tensor]] | None = None,
 ) -> tuple[PackedBatch, dict[str, torch.Tensor]]:
     """Pack the samples of ``rows`` (left padding) and place per-token arrays (aligned with ``rows``)
     on their response positions of a ``[B, T]`` float32 tensor (0 elsewhere)."""

@@ -70,7 +70,8 @@ def expert_demonstrations(
         task = str(info.get("task", ""))
         tools = info.get("tools")
         history: list[tuple[str, str]] = []
-        observations, responses = [obs], []
+        observations: list[str] = [obs]
+        responses: list[str] = []
         subgoal = None
         episode: list[Demonstration] = []
         done = False
@@ -169,7 +170,7 @@ def sft_train(
             n_tokens = max(sum(len(responses[r]) for r in rows), 1)
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
-            mine = dist.share(rows)
+            mine: list[int] = dist.share(rows.tolist())
             if mine:
                 packed = pack_samples([prompts[r] for r in mine], [responses[r] for r in mine], pad, device)
                 lp = token_logprobs(

@@ -83,7 +83,7 @@ def _write_game(folder: str, task: Task, verdict: Verdict | None) -> str:
     return game_file
 
 
-def _read_manifest(out_dir: str) -> dict[str, Any] | None:
+def _read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
             return json.load(f)
@@ -91,7 +91,7 @@ def _read_manifest(out_dir: str) -> dict[str, Any] | None:
         return None
 
 
-def _check_out_dir(out_dir: str, splits: Sequence[str]) -> None:
+def _check_out_dir(out_dir: str | os.PathLike[str], splits: Sequence[str]) -> None:
     ours = _read_manifest(out_dir) is not None
     for split in splits:
         d = os.path.join(out_dir, paths.DATA_FOLDER, split)
@@ -136,8 +136,10 @@ def _generate_split(
             f"alfworld {split}: validating games" + (f" (round {round_ + 1})" if round_ else ""),
             progress,
         )
-        verdicts = validate_games(
-            [c[2] for c in candidates], workers=workers, on_verdict=lambda _v, update=bar.update: update()
+        verdicts = validate_games(  # the callback runs inside this call, with this round's bar
+            [c[2] for c in candidates],
+            workers=workers,
+            on_verdict=lambda _v: bar.update(),  # noqa: B023
         )
         bar.close()
         for tt, task, game_file in candidates:

@@ -273,7 +273,7 @@ def enable() -> None:
     textgen._parse_and_convert = _memo_symbols(_ORIGINALS["textgen_parse"])
     tw_logic._parse_and_convert = _memo_logic(_ORIGINALS["logic_parse"])
     textgen.copy_context = _shallow_copy_context
-    Rule.parse_conjunctive_query = staticmethod(_memo_query(Rule.parse_conjunctive_query))  # type: ignore[method-assign]
+    Rule.parse_conjunctive_query = staticmethod(_memo_query(Rule.parse_conjunctive_query))
     tw_logic.Atom.get_fact = _memo_get_fact(_ORIGINALS["get_fact"])
     textgen.deepcopy = _symbol_deepcopy
     pristine = _PristineState(_ORIGINALS["state_cls"])
@@ -290,7 +290,7 @@ def disable() -> None:
     textgen._parse_and_convert = _ORIGINALS["textgen_parse"]
     tw_logic._parse_and_convert = _ORIGINALS["logic_parse"]
     textgen.copy_context = _ORIGINALS["copy_context"]
-    Rule.parse_conjunctive_query = _ORIGINALS["query"]  # type: ignore[method-assign]
+    Rule.parse_conjunctive_query = _ORIGINALS["query"]
     tw_logic.Atom.get_fact = _ORIGINALS["get_fact"]
     textgen.deepcopy = _ORIGINALS["deepcopy"]
     tw_logic.PddlState = _ORIGINALS["state_cls"]

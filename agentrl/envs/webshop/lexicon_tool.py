@@ -36,7 +36,7 @@ DEFAULT_CATALOGUES = "0-45:1000,100:3000"
 
 def parse_catalogues(spec: str) -> list[tuple[int, int]]:
     """``"0-2:1000,100:3000"`` -> [(0, 1000), (1, 1000), (2, 1000), (100, 3000)] (seed, num_products)."""
-    out = []
+    out: list[tuple[int, int]] = []
     for part in spec.split(","):
         seeds, _, size = part.strip().partition(":")
         lo, _, hi = seeds.partition("-")

@@ -295,7 +295,7 @@ def tokenize(name: str) -> list[str]:
 
 def context_levels(window: int) -> list[tuple[int, int]]:
     """(left, right) context widths, most specific first: (2,2), (2,1), (1,2), (1,1), (1,0), (0,1), (0,0) for 2."""
-    out = []
+    out: list[tuple[int, int]] = []
     for k in range(window, 0, -1):
         out.extend(((k, k), (k, k - 1), (k - 1, k)))
     out.append((0, 0))
