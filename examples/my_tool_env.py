@@ -19,14 +19,8 @@ def get_temperature(city: str) -> float:
 
 
 PAIRS = [("Oslo", "Lima"), ("Lima", "Cairo"), ("Cairo", "Oslo")]
-TASKS = [
-    ToolTask(
-        id=f"{a}-{b}",
-        prompt=f"Which is warmer today, {a} or {b}? Reply with the city only.",
-        answer=max(a, b, key=TEMPERATURES.get),
-    )
-    for a, b in PAIRS
-]
+PROMPT = "Which is warmer today, {} or {}? Reply with the city only."
+TASKS = [ToolTask(f"{a}-{b}", PROMPT.format(a, b), answer=max(a, b, key=TEMPERATURES.get)) for a, b in PAIRS]
 
 
 def reward(task: ToolTask, episode: Episode) -> float:
