@@ -5,9 +5,9 @@
 Runs ``agentrl train configs/quickstart.yaml seed=S`` for each seed (extra ``key=value`` overrides
 are passed to every run), each in ``OUT/seed-S`` (an existing complete run is read, not rerun; a
 killed one resumes), then prints one row per seed (before and after RL with 95% intervals, whether
-the gain lies beyond both intervals, wall minutes) and the range over seeds: the figures the README
-quotes. Also written to ``OUT/seeds.json``. Exit status 1 when some seed's gain is not beyond both
-intervals, so the script can gate a config change.
+the gain lies beyond both intervals, wall minutes) and the range over seeds: the figures README.md and
+docs/benchmarks.md quote. Also written to ``OUT/seeds.json``. Exit status 1 when some seed's gain is
+not beyond both intervals, so the script can gate a config change.
 """
 
 from __future__ import annotations

@@ -353,10 +353,10 @@ def test_make_tools_by_name():
     assert list(env.task_ids()) == [f"units-train-{i}" for i in range(4)]
 
 
-# ----------------------------------------------------------------------------- README example
+# ----------------------------------------------------------------------------- docs/envs.md example
 
 
-def test_readme_example_runs_verbatim_and_trains_the_right_behaviour():
+def test_docs_example_runs_verbatim_and_trains_the_right_behaviour():
     lines = EXAMPLE.read_text().splitlines()
     assert len(lines) <= 40
     runpy.run_path(str(EXAMPLE), run_name="__main__")  # runs check_env itself

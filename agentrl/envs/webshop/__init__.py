@@ -1,7 +1,7 @@
 """WebShop, faithful and offline: generated catalogue, original reward, text env, HTML site, browser env.
 
 ``make("webshop", split="test")`` is the text env; ``make("webshop-browser", ...)`` drives the same
-pages served as HTML in a real Chromium. See the WebShop section of README.md.
+pages served as HTML in a real Chromium. See the WebShop section of docs/envs.md.
 """
 
 from typing import Any
