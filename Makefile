@@ -10,7 +10,7 @@ LOCK ?= requirements.lock
 TORCH_WHEELS ?= /opt/wheels
 TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: install test test-fast chromium lock bench demo
+.PHONY: install test test-fast lint format chromium lock bench demo
 
 # A venv with uv in it; uv then installs everything else from the lock.
 $(UV):
@@ -48,6 +48,17 @@ test: install chromium
 # The quick loop: everything but the tests marked slow.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Formatting, lint and types, as CI checks them (config: [tool.ruff] and [tool.mypy] in pyproject.toml).
+lint: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# Rewrite the tree the way `make lint` wants it (formatting and the safe lint fixes).
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 bench: install
 	$(PY) bench/credit_speed.py

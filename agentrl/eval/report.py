@@ -467,7 +467,7 @@ def _before_after_section(
         and k != "success_rate"
         and (finite(b_given.get(k)) is not None or finite(a_given.get(k)) is not None)
     ]
-    rows = [["success rate", _rate_text(bi), _rate_text(ai), _change(bi and bi.value, ai and ai.value)]]
+    rows = [["success rate", _rate_text(bi), _rate_text(ai), _change(_value(bi), _value(ai))]]
     for k in keys:
         b, a = finite(b_given.get(k)), finite(a_given.get(k))
         rows.append([k, _g(b), _g(a), _change(b, a)])
@@ -479,7 +479,7 @@ def _before_after_section(
         ):
             if any(pair):
                 rows.append(
-                    [name, *(_with_ci(iv, digits) for iv in pair), _change(*(iv and iv.value for iv in pair))]
+                    [name, *(_with_ci(iv, digits) for iv in pair), _change(*(_value(iv) for iv in pair))]
                 )
         invalid = [f.invalid_rate for f in side]
         if any(v is not None for v in invalid):
@@ -505,11 +505,13 @@ def _before_after_section(
         out.append(Heading(3, "Per task type, before and after"))
         table_rows = []
         for t in types:
-            b, a = per_type["before"].get(t), per_type["after"].get(t)
+            b_iv, a_iv = per_type["before"].get(t), per_type["after"].get(t)
             cells = [
-                c for iv in (b, a) for c in ((str(iv.n), _f(iv.value), _ci(iv)) if iv else ("—", "—", "—"))
+                c
+                for iv in (b_iv, a_iv)
+                for c in ((str(iv.n), _f(iv.value), _ci(iv)) if iv else ("—", "—", "—"))
             ]
-            table_rows.append([t, *cells, _change(b and b.value, a and a.value)])
+            table_rows.append([t, *cells, _change(_value(b_iv), _value(a_iv))])
         header = (
             ["task type"]
             + [f"{k}: {c}" for k in SIDES for c in ("episodes", "success rate", "95% CI")]
@@ -549,6 +551,10 @@ def _verdict(before: Interval, after: Interval) -> str:
     if after.low > before.high:
         return f"a gain beyond both 95% intervals ({bounds})"
     return f"not a gain beyond both 95% intervals ({bounds})"
+
+
+def _value(iv: Interval | None) -> float | None:
+    return None if iv is None else iv.value
 
 
 def _change(before: float | None, after: float | None) -> str:
