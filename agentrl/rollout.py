@@ -203,7 +203,7 @@ def _record_step(
     }
     if parsed.reason:
         info["parse_error"] = parsed.reason
-    if fmt == "hiper":  # a malformed HiPER turn keeps the current subgoal, so every row has both columns
+    if get_format(fmt).subgoals:  # a malformed turn keeps the current subgoal: every row has both columns
         info.setdefault("switch", "KEEP")
         info.setdefault("subgoal", ep.subgoal or "")
     step = Step(

@@ -384,12 +384,23 @@ def parse_openai_message(message: Mapping[str, Any]) -> ParsedResponse:
 
 @dataclass(frozen=True)
 class ResponseFormat:
-    """A named format: the instructions that ask for it and the parser that reads it."""
+    """A named format: the instructions that ask for it, the parser that reads it, and what the rest
+    of agentrl must know about it (declared here so prompts, rollout and the benchmark never test
+    a format's name).
+
+    ``subgoals``: responses carry a planner subgoal with a SWITCH/KEEP tag; prompts show the current
+    subgoal and every step records ``info["switch"]``/``info["subgoal"]``. ``fields``: the
+    ``StepBatch`` columns steps in this format provide. ``min_new_tokens``: the smallest generation
+    budget a well-formed response fits in (0: no floor).
+    """
 
     name: str
     instructions: str
     parse: Callable[[str], ParsedResponse]
     stop: tuple[str, ...] = ()  # strings after which generation may stop
+    subgoals: bool = False
+    fields: tuple[str, ...] = ()
+    min_new_tokens: int = 0
 
 
 RESPONSE_FORMATS: Registry[ResponseFormat] = Registry("response format")
@@ -410,6 +421,7 @@ RESPONSE_FORMATS.register(
         'To call a tool, write <tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call> '
         "(one element per call). When you have the final answer, write it as plain text.",
         parse_tool_calls,
+        fields=("tool_call",),
     ),
 )
 RESPONSE_FORMATS.register(
@@ -420,6 +432,9 @@ RESPONSE_FORMATS.register(
         "then the subgoal inside <subgoal>...</subgoal>, then exactly one action inside <action>...</action>.",
         parse_hiper,
         stop=("</action>",),
+        subgoals=True,
+        fields=("switch", "subgoal"),
+        min_new_tokens=24,  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
     ),
 )
 

@@ -122,7 +122,7 @@ class StepPrompt:
             for n, (obs, act) in enumerate(shown, start=first):
                 lines.append(f"[Observation {n}]\n{obs}\n[Action {n}] {act}")
         lines.append(f"Current observation:\n{observation}")
-        if self.response_format == "hiper":
+        if get_format(self.response_format).subgoals:
             lines.append(f"Current subgoal: {subgoal if subgoal else 'None'}")
         actions = _actions_line(admissible_actions) if self.show_admissible else None
         if actions:

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from agentrl.agents import get_format
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
 from agentrl.credit import available_estimators, estimator_info
 from agentrl.stats import t95, t_mean, wilson
@@ -140,23 +141,21 @@ FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
 BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
 
-HIPER_MIN_NEW_TOKENS = (
-    24  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
-)
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
-# rollout.turn_reward=valid, HiPER's tags from its response format; tool calls only in that format.
-_TRAINER_FIELDS = {"state_key", "turn_reward", "switch", "subgoal"}
+# rollout.turn_reward=valid; the response format adds its own (HiPER's tags, tool calls).
+_TRAINER_FIELDS = {"state_key", "turn_reward"}
 _TRAINER_INPUTS = {"values"}  # value heads for critic estimators
 
 Progress = Callable[[str], None]
 
 
 def trainable_estimators(response_format: str = "think_action") -> list[str]:
-    """Registered estimators whose fields and inputs the trainer can supply (all built-in ones)."""
-    fields = _TRAINER_FIELDS | ({"tool_call"} if response_format == "tool_call" else set())
+    """Registered estimators whose fields and inputs the trainer can supply (all built-in ones): an
+    estimator that declares its own response format runs in it, the others in ``response_format``."""
     out = []
     for name in available_estimators():
         info = estimator_info(name)
+        fields = _TRAINER_FIELDS | set(get_format(info.response_format or response_format).fields)
         if set(info.fields) <= fields and set(info.inputs) <= _TRAINER_INPUTS:
             out.append(name)
     return out
@@ -169,8 +168,9 @@ def method_overrides(estimator: str, base: TrainConfig) -> list[str]:
     out = [f"algorithm.estimator={estimator}", "algorithm.options={}"]
     if info.response_format is not None:
         out.append(f"rollout.response_format={info.response_format}")
-        if info.response_format == "hiper":
-            out.append(f"rollout.max_new_tokens={max(base.rollout.max_new_tokens, HIPER_MIN_NEW_TOKENS)}")
+        floor = get_format(info.response_format).min_new_tokens
+        if floor > base.rollout.max_new_tokens:
+            out.append(f"rollout.max_new_tokens={floor}")
     elif base.rollout.response_format != "tool_call" and "tool_call" in info.options_if_missing:
         options = info.options_if_missing["tool_call"]
         out.append("algorithm.options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}")
