@@ -238,3 +238,19 @@ def test_g_ra_fidelity_on_the_maze_targets_outcome_plus_turn():
     # measured corr 0.17-0.19 and sign 0.57-0.63 over seeds 0-2: one value per trajectory is a coarse
     # estimate of Q - V, but it points the right way
     assert by["g_ra"].corr > 0.1 and by["g_ra"].sign > 0.5
+
+
+@pytest.mark.parametrize("name", ["mt_grpo", "mt_ppo"])
+def test_turn_level_estimators_take_the_gate_as_an_option(name):
+    """``gate`` on mt_grpo / mt_ppo equals the estimator on the gated batch; ``none`` changes nothing."""
+    trajs = [
+        traj("a", [0.5, 0.5], 1.0),  # gate open: outcome 1 >= 1
+        traj("b", [1.0, 0.0], 0.0),  # gate shut: its turn rewards are dropped
+        traj("c", [0.0, 1.0], 1.0),
+    ]
+    batch = StepBatch.from_trajectories(trajs)
+    extra = {"values": np.linspace(0.1, 0.6, len(batch))} if name == "mt_ppo" else {"variant": "k_turn"}
+    gated = estimate(name, batch, gate="outcome", gate_threshold=1.0, **extra).step
+    assert np.allclose(gated, estimate(name, gated_batch(batch), **extra).step)
+    assert not np.allclose(gated, estimate(name, batch, **extra).step)
+    assert np.allclose(estimate(name, batch, gate="none", **extra).step, estimate(name, batch, **extra).step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from agentrl.credit.base import FIELD_HINTS, Advantages, MissingInputError, ValueHeadSpec, register_estimator
+from agentrl.credit.g_ra import gated_batch
 from agentrl.credit.gae import gae_advantages, gae_result, last_rows, row_values
 from agentrl.credit.ops import MODES, Layout, check_choice, factorize, group_mean_std, layout, normalize
 from agentrl.types import StepBatch
@@ -53,6 +54,8 @@ def mt_grpo(
     lam: float = 1.0,
     eps: float = 1e-4,
     mode: str = "mean_std",
+    gate: str = "none",
+    gate_threshold: float = 1.0,
 ) -> Advantages:
     """Outcome advantage plus a turn-reward advantage for the turns that earned it.
 
@@ -73,7 +76,11 @@ def mt_grpo(
     simply absent from G_t; a lone row normalises to 0).
 
     Defaults: lam 1.0, eps 1e-4, unbiased std; ``mode="mean"`` drops the division by the std.
+    ``gate`` (``outcome`` with ``gate_threshold`` / ``success``; default ``none``): G-RA's gated
+    reward accumulation (``agentrl.credit.g_ra``): turn rewards count only on trajectories whose gate
+    is open.
     """
+    batch = gated_batch(batch, gate=gate, threshold=gate_threshold) if gate != "none" else batch
     check_choice("variant", variant, VARIANTS)
     check_choice("mode", mode, MODES)
     lay = layout(batch)
@@ -118,11 +125,15 @@ def mt_ppo(
     bootstrap_truncated: bool = False,
     whiten: bool = False,
     invalid_penalty: float = 0.1,
+    gate: str = "none",
+    gate_threshold: float = 1.0,
 ) -> Advantages:
     """GAE over turns with ``r_t = turn_reward_t``, plus the outcome added on the last row.
 
     Same options and defaults as ``gae`` (gamma 1.0, lam 1.0); ``extras["returns"]`` = A + V.
+    ``gate``/``gate_threshold``: G-RA's gate on the turn rewards, as in ``mt_grpo``.
     """
+    batch = gated_batch(batch, gate=gate, threshold=gate_threshold) if gate != "none" else batch
     value = row_values("mt_ppo", values)
     lay = layout(batch)
     reward = batch.turn_reward + batch.outcome * last_rows(lay)
