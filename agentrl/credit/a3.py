@@ -28,9 +28,9 @@ Per group g (the N trajectories of one task), with R_i the trajectory's outcome:
    Then bounded like the backbone within the group: ``tanh((x - med)/s)`` (lower median, MAD).
    ``trie_rows="first"`` (default, the code): x is the trie term of the trajectory's first row in
    batch order, broadcast to all its rows (``_trie_residual_backbone_style``), so the term is
-   trajectory-level; here the first row is turn 0. ``trie_rows="per_turn"`` [ours, the abstract's
-   "turn-level" residuals]: each row keeps its own trie term, bounded with the median/MAD of the
-   rows of its (group, turn) cell.
+   trajectory-level; here the first row is turn 0 (estimators see rows by trajectory and turn).
+   ``trie_rows="per_turn"`` [ours, the abstract's "turn-level" residuals]: each row keeps its own
+   trie term, bounded with the median/MAD of the rows of its (group, turn) cell.
 3. Tree decision gain: rows of one group at one turn share a *state bucket* when connected
    (union-find) by pairs whose time-weighted Hamming distance of past cluster vectors
    ``sum_{t<k} decay^t/(sum_{t<k} decay^t + 1e-9) * sum_s w'_s [lab_s(i,t) != lab_s(j,t)]`` is <=
@@ -48,10 +48,11 @@ Per group g (the N trajectories of one task), with R_i the trajectory's outcome:
 Defaults ("v7" config): scopes (1, 2, 3, -1) with weights 0.25 each, min_count 2, w_trie 0.65,
 w_tree 1.0 (v0: 0.5 / 1.5), adv_bound 1.1, support_prior 0.1, decision_gamma 0.9, tree_tau 0.05,
 time_decay 0.84, eps 1e-6. Training: GSPO sequence-ratio loss (``compute_policy_loss_A3_algo``),
-registered here as the default loss ``gspo``; the run used clip 0.1 (a trainer setting, not an
-estimator option), group size 4, KL 0.01 (low_var_kl), grad-clip 0.5, lr 5e-7. Invalid actions
-are not penalised (the A3 launch script sets ``use_invalid_action_penalty=False``): an invalid
-action's text clusters like any other; truncated episodes are scored by their outcome alone.
+registered here as the default loss ``gspo`` (theirs also caps the mean log-ratio at 10 before
+the exp, ours does not); the run used clip 0.1 (a trainer setting, not an estimator option),
+group size 4, KL 0.01 (low_var_kl), grad-clip 0.5, lr 5e-7. Invalid actions are not penalised
+(the A3 launch script sets ``use_invalid_action_penalty=False``): an invalid action's text
+clusters like any other; truncated episodes are scored by their outcome alone.
 
 Action clustering, the one place agentrl differs in kind: the authors parse bash commands and
 cluster on a distance = token Levenshtein between AST "intent" signatures / max length, in [0, 1].
@@ -63,9 +64,9 @@ agentrl's actions are env text actions, so ``clusters`` offers
   length -- the authors' distance with words in place of AST intent tokens.
 Both go through the same fixed-count single-linkage cut.
 
-Deliberate differences from the released code (all invisible on its single-process path):
-the code lists a group's trajectories in Python ``set`` order (hash-seeded, so tie-breaking in
-the cut changes from process to process); we use the batch's trajectory order. The released
+Deliberate differences from the released code: it lists a group's trajectories in Python
+``set`` order (hash-seeded, so tie-breaking in the cut changes from process to process); we use
+the batch's trajectory order. The released
 pipeline computes the advantage on each data-parallel rank's share of the batch after verl's
 length balancing (``fsdp_workers.update_actor``), where "first row in batch order" is whichever
 row of the trajectory came first there; the rollout's own order (trajectory-major, by turn)
