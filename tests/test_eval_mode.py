@@ -332,6 +332,7 @@ def _fake_run(root, *overrides):
 
 def test_eval_config_reads_a_run_and_lets_options_win(tmp_path):
     from agentrl.agents import PromptSettings
+    from agentrl.config import dump_config, load_config
     from agentrl.eval.evaluate import eval_config
     from agentrl.seeding import eval_seed
 
@@ -382,6 +383,15 @@ def test_eval_config_reads_a_run_and_lets_options_win(tmp_path):
     plain = eval_config(f"hf:{_fake_run(tmp_path / 'plain', 'rollout.history_k=1', 'sft.enabled=true')}")
     assert plain.policy == f"hf:{tmp_path / 'plain' / 'sft-model'}" and plain.spec.prompt.history_k == 1
     assert (plain.spec.task_start, plain.spec.task_count, plain.spec.seed) == (0, 50, 0)
+    # agentrl sft's run directory: its sft-model (no checkpoint), prompted as the demonstrations were
+    sft_run = tmp_path / "sft"
+    (sft_run / "sft-model").mkdir(parents=True)
+    (sft_run / "sft-model" / "config.json").write_text("{}")
+    (sft_run / "config.yaml").write_text(dump_config(load_config(None, ["rollout.prompt=chat"])))
+    cfg = eval_config(f"hf:{sft_run}")
+    assert (
+        cfg.policy == f"hf:{sft_run / 'sft-model'}" and cfg.adapter is None and cfg.spec.prompt.kind == "chat"
+    )
     # a model directory is no run; without a run the env must be given
     assert eval_config("hf:/models/base", env="maze").run is None
     with pytest.raises(ValueError, match="--env is needed"):

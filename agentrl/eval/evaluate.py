@@ -225,8 +225,8 @@ def _evaluate(
             progress=progress,
         )
     finally:
-        for e in envs:
-            e.close()
+        for each in envs:
+            each.close()
     report.update(env=cfg.env, policy=cfg.policy, adapter=cfg.adapter, run=cfg.run, processes=dist.world)
     if not dist.main:
         return report

@@ -129,9 +129,9 @@ def read_eval_report(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 @dataclass(frozen=True)
 class TrainingRun:
     """A training run as ``agentrl eval`` evaluates it: its resolved config, the model its LoRA
-    was trained on (``sft-model`` after a warm start, ``tiny-model`` on the tiny path, else
-    ``model.path``) and the checkpoint whose adapter is evaluated (None: no iteration was saved,
-    so the policy is the model it started from)."""
+    was trained on (``sft-model`` after a warm start, or the only model of an ``agentrl sft`` run;
+    ``tiny-model`` on the tiny path, else ``model.path``) and the checkpoint whose adapter is
+    evaluated (None: no iteration was saved, so the policy is the model it started from)."""
 
     run_dir: Path
     config: TrainConfig
@@ -173,7 +173,8 @@ def find_training_run(path: str | Path) -> TrainingRun | None:
     except yaml.YAMLError as e:
         raise ConfigError(f"{saved} is not valid YAML: {e}") from None
     cfg = config_from_dict(data if isinstance(data, dict) else {}, f" {saved}")
-    if cfg.sft.enabled:
+    sft_only = checkpoint is None and (run_dir / "sft-model" / "config.json").is_file()  # agentrl sft's run
+    if cfg.sft.enabled or sft_only:
         base = str(run_dir / "sft-model")
     elif cfg.model.path is None:
         base = str(run_dir / "tiny-model")
