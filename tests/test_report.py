@@ -397,3 +397,17 @@ def test_read_eval_report_gives_todays_names(tmp_path):
     (tmp_path / "both.json").write_text(json.dumps(both))
     assert read_eval_report(tmp_path / "both.json")[0]["reward_mean"] == 0.5
     assert read_eval_report(tmp_path / "absent.json") == (None, None)
+
+
+def test_before_after_rows_of_episode_figures_are_not_repeated(tmp_path):
+    """summary.json's reward_mean / turns_mean / invalid_rate are drawn once, from the episodes, with
+    intervals; a one-round evaluation has no seed spread to show."""
+    trainer_run(tmp_path, before_wins=(1, 2), after_wins=(6, 2))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for side in ("before", "after"):
+        summary[side].update(invalid_rate=0.0, per_seed={"0": summary[side]["success_rate"]}, seed_std=0.0)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    for key in ("reward_mean", "turns_mean", "invalid_rate", "seed_std"):
+        assert f"| {key} |" not in md and f"| {key.replace('_', chr(92) + '_')} |" not in md, key
+    assert "| mean steps | 3.00" in md and "| mean outcome | 0.300" in md and "| errors | 0 | 0 | +0 |" in md

@@ -48,15 +48,9 @@ CURVE_KEYS = ("success_rate", "reward_mean", "kl", "entropy")
 EXTRA_CURVE_KEYS = ("invalid_rate", "turns_mean", "tokens_per_s", "loss")
 CI_KEYS = ("ci_low", "ci_high", "success_rate_ci_low", "success_rate_ci_high")
 MAX_PANELS = 8
-SIDES = ("before", "after")
-# evaluation keys (today's and older names) the before/after table computes from the episodes
-SHOWN_FROM_EPISODES = {
-    "turns_mean",
-    "mean_steps",
-    "reward_mean",
-    "outcome_mean",
-    "invalid_rate",
-}  # a training run's two evaluations: eval/before.jsonl, eval/after.jsonl
+SIDES = ("before", "after")  # a training run's two evaluations: eval/before.jsonl, eval/after.jsonl
+# summary keys (today's and older names) whose rows the before/after table draws from the episodes
+SHOWN_FROM_EPISODES = frozenset(("turns_mean", "mean_steps", "reward_mean", "outcome_mean", "invalid_rate"))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -450,9 +444,9 @@ def _before_after_section(
     out.append(Para("Sources: " + "; ".join(sources) + "."))
 
     b_given, a_given = given["before"], given["after"]
-    shown = SHOWN_FROM_EPISODES if figs else set()  # their rows below, with intervals, per side
+    shown = set(SHOWN_FROM_EPISODES) if figs else set()  # their rows below, with intervals, per side
     if all(len(g.get("per_seed") or ()) <= 1 for g in (b_given, a_given)):
-        shown = shown | {"seed_std"}  # one round: no spread over seeds to show
+        shown.add("seed_std")  # one round: no spread over seeds to show
     keys = [
         k
         for k in dict.fromkeys(list(b_given) + list(a_given))
