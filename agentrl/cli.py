@@ -272,56 +272,94 @@ def webshop_serve(
 
 @app.command("eval")
 def eval_command(
-    env: str = typer.Option(..., help="registered env, e.g. alfworld, webshop, maze"),
     policy: str = typer.Option(
         ...,
-        help="hf:PATH (a local model directory), vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
+        help="hf:PATH (a local model directory, or a training run: its directory, a checkpoint or its adapter), "
+        "vllm:PATH (the same, sampled by vLLM on a CUDA GPU), "
         "openai:URL (an OpenAI-compatible server; key from $OPENAI_API_KEY or $AGENTRL_API_KEY), random, or expert",
+    ),
+    out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
+    env: str | None = typer.Option(
+        None, help="registered env, e.g. alfworld, webshop, maze (default for a training run: the run's)"
     ),
     model: str | None = typer.Option(
         None, help="openai: the served model or adapter name (default: the first listed)"
     ),
-    out: Path = typer.Option(..., help="output directory (report.json, report.md/html, eval/episodes.jsonl)"),
-    episodes: int = typer.Option(50, help="tasks played per seed (the env's first N task ids)"),
-    seeds: int = typer.Option(1, help="number of seeds; every task is played once per seed"),
+    episodes: int | None = typer.Option(
+        None, help="tasks played per seed (default 50; a training run: its eval.tasks.count)"
+    ),
+    task_start: int | None = typer.Option(
+        None, help="index of the first task (default 0; a training run: its eval.tasks.start)"
+    ),
+    episodes_per_task: int | None = typer.Option(
+        None, help="episodes of each task per seed (default 1; a training run: its eval.episodes_per_task)"
+    ),
+    seeds: int | None = typer.Option(
+        None, help="number of seeds; every task is played once per seed (default 1)"
+    ),
     split: str | None = typer.Option(None, help="env split (same as -o split=...)"),
     option: list[str] = typer.Option(
-        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable; over a training run's)"
     ),
-    adapter: Path | None = typer.Option(None, help="hf: a LoRA adapter directory to load"),
-    max_turns: int = typer.Option(50, help="turns per episode"),
-    temperature: float = typer.Option(0.0, help="hf: sampling temperature (0 = greedy)"),
-    max_new_tokens: int = typer.Option(256, help="hf: tokens per response"),
-    history_k: int = typer.Option(2, help="hf: (observation, action) pairs shown in the prompt"),
-    response_format: str = typer.Option("think_action", help="hf: think_action, tool_call or hiper"),
-    num_envs: int = typer.Option(4, help="hf: envs stepped in lockstep"),
+    adapter: Path | None = typer.Option(
+        None,
+        help="hf/vllm: a LoRA adapter directory to load (a training run's checkpoint: its settings apply)",
+    ),
+    max_turns: int | None = typer.Option(None, help="turns per episode (default 50)"),
+    temperature: float | None = typer.Option(
+        None, help="model policies: sampling temperature (default 0 = greedy)"
+    ),
+    max_new_tokens: int | None = typer.Option(None, help="model policies: tokens per response (default 256)"),
+    prompt: str | None = typer.Option(
+        None,
+        help="model policies: step (the last --history-k steps) or chat (the whole episode); default step",
+    ),
+    history_k: int | None = typer.Option(
+        None, help="model policies: (observation, action) pairs shown in step prompts (default 2)"
+    ),
+    response_format: str | None = typer.Option(
+        None, help="model policies: think_action, tool_call or hiper (default think_action)"
+    ),
+    num_envs: int | None = typer.Option(None, help="model policies: envs stepped in lockstep (default 4)"),
     system_prompt: str | None = typer.Option(
         None, help="model policies: the system prompt training used (rollout.system_prompt)"
     ),
 ) -> None:
-    """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report."""
-    from agentrl.eval.evaluate import EvalConfig, evaluate
+    """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report.
+
+    A training run's checkpoint is evaluated on the prompts, decoding and held-out tasks its own
+    evaluation used (its config.yaml); options given here override them."""
+    from agentrl.eval.evaluate import eval_config, evaluate
 
     env_kwargs = parse_kv(option)
     if split is not None:
         env_kwargs["split"] = split
     try:
-        cfg = EvalConfig(
+        cfg = eval_config(
+            policy,
             env=env,
-            policy=policy,
-            episodes=episodes,
-            seeds=seeds,
             env_kwargs=env_kwargs,
-            max_turns=max_turns,
             adapter=str(adapter) if adapter else None,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            history_k=history_k,
-            response_format=response_format,
             num_envs=num_envs,
             model=model,
-            system_prompt=system_prompt,
+            prompt={
+                "kind": prompt,
+                "history_k": history_k,
+                "response_format": response_format,
+                "system_prompt": system_prompt,
+            },
+            task_start=task_start,
+            task_count=episodes,
+            episodes_per_task=episodes_per_task,
+            seeds=seeds,
+            max_turns=max_turns,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
+        if cfg.run is not None:
+            _main_process_echo(
+                f"evaluating {cfg.adapter or cfg.policy} with the settings of the training run {cfg.run}"
+            )
         report = evaluate(cfg, out, progress=lambda msg: typer.echo(msg, err=True))
     except (ValueError, KeyError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,6 +21,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from agentrl.agents import PromptSettings
+    from agentrl.evaluation import EvalSpec
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
 
@@ -132,6 +136,17 @@ class RolloutConfig(Section):
             raise ValueError(f"unknown response format {v!r}; allowed: {', '.join(RESPONSE_FORMATS.names())}")
         return v
 
+    def prompt_settings(self) -> PromptSettings:
+        """The prompt settings rollouts (and the run's evaluations) build their prompts from."""
+        from agentrl.agents import PromptSettings
+
+        return PromptSettings(
+            kind=self.prompt,
+            history_k=self.history_k,
+            response_format=self.response_format,
+            system_prompt=self.system_prompt,
+        )
+
 
 class AlgorithmConfig(Section):
     estimator: str = "grpo"
@@ -210,7 +225,8 @@ class SFTConfig(Section):
 
 
 class EvalConfig(Section):
-    """Before/after evaluation on held-out tasks (summary.json)."""
+    """Before/after evaluation on held-out tasks (summary.json). What it plays is
+    ``TrainConfig.eval_spec()``: these settings with the rollout's prompts and ``max_new_tokens``."""
 
     enabled: bool = False
     tasks: TaskRange = TaskRange(start=900, count=100)
@@ -274,6 +290,30 @@ class TrainConfig(Section):
                 f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}"
             )
         return self
+
+    def eval_spec(self) -> EvalSpec:
+        """What this run's before/after evaluation plays (``agentrl eval`` on the run's checkpoints
+        starts from it too): the eval tasks, one round seeded ``eval_seed(seed)``, the eval
+        temperature and turns (default: the rollout's), the rollout's prompts and ``max_new_tokens``."""
+        from agentrl.evaluation import EvalSpec
+        from agentrl.seeding import eval_seed
+
+        e, r = self.eval, self.rollout
+        return EvalSpec(
+            task_start=e.tasks.start,
+            task_count=e.tasks.count,
+            episodes_per_task=e.episodes_per_task,
+            seed=eval_seed(self.seed),
+            seeds=1,
+            max_turns=e.max_turns or r.max_turns,
+            temperature=e.temperature,
+            max_new_tokens=r.max_new_tokens,
+            prompt=r.prompt_settings(),
+        )
+
+    def eval_env_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the evaluation envs: ``env.kwargs`` with ``eval.env_kwargs`` over them."""
+        return {**self.env.kwargs, **self.eval.env_kwargs}
 
 
 # ----------------------------------------------------------------------------- errors

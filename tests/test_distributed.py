@@ -379,7 +379,7 @@ def test_eval_on_two_processes_plays_the_single_process_episodes(model_dir, tmp_
     assert two.stdout.count("success ") == 1
     reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")]
     assert reports[0]["processes"] == 1 and reports[1]["processes"] == 2
-    for key in ("success_rate", "ci_low", "ci_high", "episodes", "per_seed", "invalid_rate", "mean_steps"):
+    for key in ("success_rate", "ci_low", "ci_high", "episodes", "per_seed", "invalid_rate", "turns_mean"):
         assert reports[1][key] == reports[0][key], key
     assert reports[1]["episodes"] == 14
 

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rollout",),
     ("credit",),
     ("distributed",),
+    ("evaluation",),  # the one evaluator: training's before/after evaluation and agentrl eval
     ("trainers", "config"),  # the training config names losses, estimators, envs and formats
     ("eval",),
     ("cli", "__main__"),

@@ -246,7 +246,7 @@ def test_training_run_layout(tmp_path):
 
 def trainer_run(root, before_wins, after_wins):
     """A run directory as the trainer leaves it with evaluation on: eval/before.jsonl and
-    eval/after.jsonl, eval_before.json, summary.json (figures as ``trainers.evaluation.evaluate``
+    eval/after.jsonl, eval_before.json, summary.json (figures as ``agentrl.evaluation.evaluate``
     computes them) and metrics.jsonl. Each side plays 6 'pick' and 4 'heat' episodes of 3 steps;
     ``*_wins`` = (pick successes, heat successes); one 'before' episode has an invalid step."""
     (root / "eval").mkdir()
@@ -357,3 +357,57 @@ def test_a_gain_beyond_both_intervals_and_a_run_still_training(tmp_path):
     assert f"{headline} After training: not evaluated yet." in md
     assert "Sources: before from eval_before.json, 10 episodes in eval/before.jsonl; after: none yet." in md
     assert "Difference" not in md and "## Evaluation" not in md
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("reward_mean", "reward_mean_ci", "turns_mean", "turns_mean_ci"),  # today's report.json
+        ("outcome_mean", "outcome_ci", "mean_steps", "mean_steps_ci"),  # agentrl eval's before one evaluator
+    ],
+)
+def test_report_json_means_are_read_under_either_name(tmp_path, names):
+    reward, reward_ci, turns, turns_ci = names
+    (tmp_path / "report.json").write_text(
+        json.dumps(
+            {
+                "success_rate": 0.5,
+                "episodes": 16,
+                reward: 0.4,
+                reward_ci: {"value": 0.4, "ci_low": 0.2, "ci_high": 0.6},
+                turns: 4.5,
+                turns_ci: {"value": 4.5, "ci_low": 4.0, "ci_high": 5.0},
+            }
+        )
+    )
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    assert "| mean steps | 4.50 | 4.000 – 5.000 (bootstrap) | 16 |" in md
+    assert "| mean outcome | 0.400 | 0.200 – 0.600 (bootstrap) | 16 |" in md
+
+
+def test_read_eval_report_gives_todays_names(tmp_path):
+    from agentrl.eval.rundir import read_eval_report
+
+    (tmp_path / "report.json").write_text(json.dumps({"outcome_mean": 0.25, "mean_steps": 3.0, "errors": 1}))
+    assert read_eval_report(tmp_path / "report.json") == (
+        {"reward_mean": 0.25, "turns_mean": 3.0, "errors": 1},
+        None,
+    )
+    both = {"reward_mean": 0.5, "outcome_mean": 0.25}  # today's name wins when a file has both
+    (tmp_path / "both.json").write_text(json.dumps(both))
+    assert read_eval_report(tmp_path / "both.json")[0]["reward_mean"] == 0.5
+    assert read_eval_report(tmp_path / "absent.json") == (None, None)
+
+
+def test_before_after_rows_of_episode_figures_are_not_repeated(tmp_path):
+    """summary.json's reward_mean / turns_mean / invalid_rate are drawn once, from the episodes, with
+    intervals; a one-round evaluation has no seed spread to show."""
+    trainer_run(tmp_path, before_wins=(1, 2), after_wins=(6, 2))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for side in ("before", "after"):
+        summary[side].update(invalid_rate=0.0, per_seed={"0": summary[side]["success_rate"]}, seed_std=0.0)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path, plots=False)["markdown"].read_text()
+    for key in ("reward_mean", "turns_mean", "invalid_rate", "seed_std"):
+        assert f"| {key} |" not in md and f"| {key.replace('_', chr(92) + '_')} |" not in md, key
+    assert "| mean steps | 3.00" in md and "| mean outcome | 0.300" in md and "| errors | 0 | 0 | +0 |" in md

@@ -29,6 +29,7 @@ __all__ = [
     "ChatPrompt",
     "ChatTokens",
     "Message",
+    "PromptSettings",
     "StepPrompt",
     "render_chat",
     "tokenize_chat",
@@ -261,3 +262,30 @@ def tokenize_chat(
         idx = np.flatnonzero(inside)
         token_spans.append((int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0))
     return ChatTokens(input_ids=ids, loss_mask=loss_mask, assistant_spans=tuple(token_spans), text=full)
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """How prompts are built, as plain settings: training (``rollout.prompt``, ``history_k``,
+    ``response_format``, ``system_prompt``) and evaluation build their prompts from these, so a
+    policy is evaluated on the prompts it was trained on.
+
+    ``kind``: "step" (``StepPrompt``) or "chat" (``ChatPrompt``, which shows the whole history and
+    ignores ``history_k``)."""
+
+    kind: str = "step"
+    history_k: int = 2
+    response_format: str = "think_action"
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("step", "chat"):
+            raise ValueError(f"prompt kind must be 'step' or 'chat', got {self.kind!r}")
+        self.builder()  # checks history_k and the response format
+
+    def builder(self) -> StepPrompt | ChatPrompt:
+        if self.kind == "chat":
+            return ChatPrompt(response_format=self.response_format, system_prompt=self.system_prompt)
+        return StepPrompt(
+            history_k=self.history_k, response_format=self.response_format, system_prompt=self.system_prompt
+        )

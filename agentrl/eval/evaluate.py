@@ -1,11 +1,17 @@
 """Evaluation-only mode: play a policy on an env's tasks and report success with honest intervals.
 
-``agentrl eval`` plays ``episodes`` tasks under each of ``seeds`` seeds with one of:
-``hf:PATH`` (a local model directory, optionally with a LoRA adapter), ``random`` (uniform over
-admissible actions) or ``expert`` (the env's ``info["expert_action"]``, for envs built with
-``expert=True``: ALFWorld, maze). It writes the episodes (``eval/episodes.jsonl``), ``report.json``
-(success rate with a 95% Wilson interval, per task type, per seed, mean steps and outcome with
-bootstrap intervals, invalid-action rate) and the Markdown + HTML report.
+``agentrl eval`` plays an ``EvalSpec`` (``agentrl.evaluation``, the evaluator training uses for its
+before/after evaluation) with one of: ``hf:PATH`` (a local model directory, optionally with a LoRA
+adapter), ``vllm:PATH``, ``openai:URL``, ``random`` (uniform over admissible actions) or ``expert``
+(the env's ``info["expert_action"]``, for envs built with ``expert=True``: ALFWorld, maze). It
+writes the episodes (``eval/episodes.jsonl``), ``report.json`` (the evaluator's report: success
+rate with a 95% Wilson interval, per task type, per seed, mean turns and reward with bootstrap
+intervals, invalid-action rate; the settings played) and the Markdown + HTML report.
+
+A training run's checkpoint (``hf:RUN``, ``hf:RUN/checkpoints/iter-N``, its ``adapter``, or
+``--adapter`` pointing there) is evaluated as the run evaluated itself: the model its LoRA was
+trained on, its prompts (prompt kind, ``history_k``, response format, system prompt), decoding,
+env settings and held-out tasks and seeds (``TrainConfig.eval_spec``); options given explicitly win.
 
 Launched on several processes (``torchrun``/``accelerate launch``), an ``hf:`` evaluation is
 data-parallel: each process plays its share of the tasks (with the seeds one process would give
@@ -14,54 +20,51 @@ them) on its own GPU, and rank 0 writes the report over all episodes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agentrl.distributed import SINGLE, Dist, init_distributed, launched_processes
-from agentrl.envs import AgentEnv, make
-from agentrl.eval.report import episode_figures, write_report
-from agentrl.seeding import rank_seed, stream_seed
-from agentrl.stats import Interval, wilson
-from agentrl.types import Step, Trajectory, write_trajectories
+from agentrl.envs import make
+from agentrl.eval.report import write_report
+from agentrl.eval.rundir import TrainingRun, find_training_run
+from agentrl.evaluation import SCRIPTED, EvalSpec, select_tasks
+from agentrl.evaluation import evaluate as play_and_summarize
 
-SCRIPTED = ("random", "expert")
+__all__ = ["MODEL_POLICIES", "SCRIPTED", "EvalConfig", "eval_config", "evaluate"]
+
 MODEL_POLICIES = ("hf", "vllm", "openai")
+RUN_POLICIES = ("hf", "vllm")  # the policies that can load a training run's base model and adapter
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What ``evaluate`` plays. ``policy``: "hf:PATH", "vllm:PATH", "openai:URL", "random" or "expert".
+    """What ``evaluate`` plays: ``policy`` ("hf:PATH", "vllm:PATH", "openai:URL", "random" or
+    "expert") on ``env`` built with ``env_kwargs``, playing ``spec``.
 
     ``model``: for openai:URL, the served model (default: the first the server lists); the API key
-    comes from ``$OPENAI_API_KEY``.
+    comes from ``$OPENAI_API_KEY``. ``policy_options``: more keyword arguments for the hf policy
+    (a training run's dtype, batch size, LoRA merging). ``run``: the training run directory these
+    settings were read from (``eval_config``), recorded in report.json.
     """
 
     env: str
     policy: str
-    episodes: int = 50
-    seeds: int = 1
+    spec: EvalSpec = field(default_factory=EvalSpec)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    max_turns: int = 50
     adapter: str | None = None
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    history_k: int = 2
-    response_format: str = "think_action"
     num_envs: int = 4
     model: str | None = None
-    system_prompt: str | None = None
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.seeds < 1 or self.max_turns < 1 or self.num_envs < 1:
-            raise ValueError("episodes, seeds, max_turns and num_envs must be >= 1")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
         kind, _, arg = self.policy.partition(":")
         if (
             kind not in (*SCRIPTED, *MODEL_POLICIES)
@@ -81,67 +84,73 @@ class EvalConfig:
             )
 
 
-def _tasks(env: AgentEnv, n: int) -> list[str | None]:
-    """The first ``n`` task ids of the env (cycled when it has fewer), or None: task from the seed."""
-    ids = list(env.task_ids())
-    if not ids:
-        return [None] * n
-    return [ids[k % len(ids)] for k in range(n)]
+def eval_config(
+    policy: str,
+    *,
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    adapter: str | None = None,
+    num_envs: int | None = None,
+    model: str | None = None,
+    prompt: dict[str, Any] | None = None,
+    **spec: Any,
+) -> EvalConfig:
+    """The config of ``agentrl eval`` from its options (None: not given).
 
-
-def _play_scripted(
-    env: AgentEnv,
-    kind: str,
-    task_id: str | None,
-    seed: int,
-    max_turns: int,
-    rng: np.random.Generator,
-    traj_id: str,
-) -> Trajectory:
-    options = {"task_id": task_id} if task_id is not None else None
-    obs, info = env.reset(seed=seed, options=options)
-    task = str(info.get("task_id", task_id if task_id is not None else f"seed-{seed}"))
-    steps: list[Step] = []
-    terminated = truncated = False
-    while not (terminated or truncated) and len(steps) < max_turns:
-        if kind == "random":
-            actions = info.get("admissible_actions")
-            if not actions:
-                raise ValueError(
-                    "the random policy needs info['admissible_actions'], which this env does not give"
-                )
-            action = str(actions[int(rng.integers(len(actions)))])
-        else:
-            if "expert_action" not in info:
-                raise ValueError(
-                    "the expert policy needs info['expert_action']: build the env with expert=True (ALFWorld, maze)"
-                )
-            action = info["expert_action"]
-            if action is None:
-                break
-        next_obs, reward, terminated, truncated, next_info = env.step(action)
-        steps.append(
-            Step(
-                obs=obs,
-                response=action,
-                action=action,
-                reward=float(reward),
-                valid=bool(next_info.get("valid", True)),
-                state_key=info.get("state_key"),
-                turn_reward=next_info.get("turn_reward"),
+    Each setting is the option given, else — when the hf:/vllm: policy or ``adapter`` is a
+    training run (its directory, a checkpoint or a checkpoint's adapter) — what the run's own
+    evaluation used (``TrainConfig.eval_spec``, ``eval_env_kwargs``, ``env.num_envs``; its base
+    model and the checkpoint's adapter; the tasks and seeds only when the run had ``eval.enabled``),
+    else the default. ``env_kwargs`` are merged over the run's; ``prompt``: PromptSettings fields;
+    ``spec``: other EvalSpec fields."""
+    kind, _, arg = policy.partition(":")
+    run: TrainingRun | None = None
+    if kind in RUN_POLICIES and arg:
+        run = find_training_run(arg)
+        if run is not None:
+            policy = f"{kind}:{run.base_model}"
+            adapter = adapter or (str(run.adapter) if run.adapter else None)
+    if run is None and adapter and kind in RUN_POLICIES:
+        run = find_training_run(adapter)
+        if run is not None:
+            if run.adapter is None:
+                raise ValueError(f"--adapter {adapter}: the training run {run.run_dir} has no checkpoint yet")
+            adapter = str(run.adapter)
+    base = EvalSpec()
+    if run is not None:
+        run_spec = run.config.eval_spec()
+        if run.config.eval.enabled:
+            base = run_spec
+        else:  # a run without a held-out evaluation: its prompts and decoding, agentrl eval's tasks and seeds
+            base = dataclasses.replace(
+                run_spec,
+                task_start=base.task_start,
+                task_count=base.task_count,
+                episodes_per_task=base.episodes_per_task,
+                seed=base.seed,
             )
-        )
-        obs, info = next_obs, next_info
-    traj_info = {"task_type": info["task_type"]} if "task_type" in info else {}
-    return Trajectory(
-        task,
-        traj_id,
-        traj_id,
-        steps,
-        terminated=bool(terminated),
-        truncated=not terminated,
-        success=bool(info.get("success", False)),
-        info=traj_info,
+    given_prompt = {k: v for k, v in (prompt or {}).items() if v is not None}
+    given = {k: v for k, v in spec.items() if v is not None}
+    resolved = dataclasses.replace(base, prompt=dataclasses.replace(base.prompt, **given_prompt), **given)
+    options: dict[str, Any] = {}
+    if run is not None and kind == "hf":
+        m = run.config.model
+        options = {"max_batch_size": m.max_batch_size, "merge_for_sampling": m.merge_lora_for_sampling}
+        if m.dtype:
+            options["dtype"] = m.dtype
+    env = env or (run.config.env.name if run is not None else None)
+    if env is None:
+        raise ValueError("--env is needed (it is read from the run only when the policy is a training run)")
+    return EvalConfig(
+        env=env,
+        policy=policy,
+        spec=resolved,
+        env_kwargs={**(run.config.eval_env_kwargs() if run is not None else {}), **(env_kwargs or {})},
+        adapter=adapter,
+        num_envs=num_envs or (run.config.env.num_envs if run is not None else 4),
+        model=model,
+        policy_options=options,
+        run=str(run.run_dir) if run is not None else None,
     )
 
 
@@ -154,89 +163,11 @@ def _load_policy(cfg: EvalConfig, dist: Dist = SINGLE) -> Any:
 
         return OpenAIPolicy.connect(arg, cfg.model, require_token_ids=False)
     kwargs: dict[str, Any] = {"adapter": cfg.adapter} if cfg.adapter else {}
+    if kind == "hf":
+        kwargs.update(cfg.policy_options)
     if dist.active:
         kwargs["device"] = dist.device
     return make_policy(kind, path=arg, **kwargs)
-
-
-def _play_policy(
-    cfg: EvalConfig,
-    policy: Any,
-    env_kwargs: dict[str, Any],
-    tasks: list[str | None],
-    seed: int,
-    dist: Dist = SINGLE,
-) -> list[Trajectory]:
-    from agentrl.agents import StepPrompt
-    from agentrl.policies.base import SamplingParams
-    from agentrl.rollout import rollout
-
-    if any(t is None for t in tasks):
-        raise ValueError(
-            f"env {cfg.env!r} does not list its tasks (task_ids() is empty); policy evaluation needs task ids"
-        )
-    mine = dist.share(range(len(tasks)))
-    envs = [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, max(len(mine), 1)))]
-    params = SamplingParams(
-        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=rank_seed(seed, dist.rank)
-    )
-    builder = StepPrompt(
-        history_k=cfg.history_k, response_format=cfg.response_format, system_prompt=cfg.system_prompt
-    )
-    try:
-        groups = (
-            rollout(
-                policy,
-                envs,
-                [str(tasks[k]) for k in mine],
-                1,
-                max_turns=cfg.max_turns,
-                params=params,
-                builder=builder,
-                seeds=[stream_seed(seed, k) for k in mine],
-                id_prefix=f"s{seed}-r{dist.rank}-" if dist.active else f"s{seed}-",
-            )
-            if mine
-            else []
-        )
-    finally:
-        for env in envs:
-            env.close()
-    return [t for g in dist.gather(groups) for t in g]
-
-
-def _interval(iv: Interval | None) -> dict[str, float] | None:
-    return None if iv is None else {"value": iv.value, "ci_low": iv.low, "ci_high": iv.high}
-
-
-def summarize(
-    trajectories: list[Trajectory], seeds: dict[int, list[Trajectory]] | None = None
-) -> dict[str, Any]:
-    """report.json: success rate with its 95% Wilson interval, per task type and per seed, mean
-    steps and mean outcome with bootstrap intervals, invalid-action rate, episodes with errors."""
-    figs = episode_figures(trajectories)
-    success = figs.success or wilson(0, 0)
-    report: dict[str, Any] = {
-        "success_rate": success.value if success.n else 0.0,
-        "ci_low": success.low,
-        "ci_high": success.high,
-        "episodes": success.n,
-        "per_type": {
-            k: {"success_rate": v.value, "ci_low": v.low, "ci_high": v.high, "episodes": v.n}
-            for k, v in figs.per_type.items()
-        },
-        "mean_steps": figs.mean_steps.value if figs.mean_steps else None,
-        "mean_steps_ci": _interval(figs.mean_steps),
-        "outcome_mean": figs.outcome.value if figs.outcome else None,
-        "outcome_ci": _interval(figs.outcome),
-        "invalid_rate": figs.invalid_rate,
-        "errors": sum("error" in t.info for t in trajectories),
-    }
-    if seeds:
-        rates = {str(s): float(np.mean([t.success for t in ts])) for s, ts in seeds.items() if ts}
-        report["per_seed"] = rates
-        report["seed_std"] = float(np.std(list(rates.values()), ddof=1)) if len(rates) > 1 else 0.0
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
 
 
 def evaluate(
@@ -271,34 +202,34 @@ def _evaluate(
                 "info['expert_action'] when built with expert=True (alfworld, maze)"
             ) from None
         raise ValueError(f"cannot build env {cfg.env!r} with {env_kwargs}: {e}") from None
-    tasks = _tasks(env, cfg.episodes)
-    start = time.perf_counter()
-    by_seed: dict[int, list[Trajectory]] = {}
-    policy = _load_policy(cfg, dist) if kind in MODEL_POLICIES else None
-    for seed in range(cfg.seeds):
+    envs = [env]
+    try:
+        tasks = select_tasks(env, cfg.spec)
         if kind in SCRIPTED:
-            rng = np.random.default_rng(seed)
-            trajs = []
-            for k, task in enumerate(tasks):
-                trajs.append(
-                    _play_scripted(env, kind, task, stream_seed(seed, k), cfg.max_turns, rng, f"s{seed}-{k}")
-                )
-                if progress and (k + 1) % max(1, len(tasks) // 10) == 0:
-                    progress(f"seed {seed}: {k + 1}/{len(tasks)} episodes")
+            policy: Any = kind
         else:
-            trajs = _play_policy(cfg, policy, env_kwargs, tasks, seed, dist)
-            if progress:
-                progress(f"seed {seed}: {len(trajs)} episodes")
-        by_seed[seed] = trajs
-    env.close()
-    trajectories = [t for ts in by_seed.values() for t in ts]
-    report = summarize(trajectories, by_seed)
-    report.update(
-        env=cfg.env, policy=cfg.policy, seconds=round(time.perf_counter() - start, 3), processes=dist.world
-    )
+            if any(t is None for t in tasks):
+                raise ValueError(
+                    f"env {cfg.env!r} does not list its tasks (task_ids() is empty); policy evaluation needs task ids"
+                )
+            mine = len(dist.share(range(len(tasks))))
+            envs += [make(cfg.env, **env_kwargs) for _ in range(min(cfg.num_envs, max(mine, 1)) - 1)]
+            policy = _load_policy(cfg, dist)
+        report = play_and_summarize(
+            policy,
+            envs,
+            tasks,
+            cfg.spec,
+            dist=dist,
+            episodes_path=out / "eval" / "episodes.jsonl",
+            progress=progress,
+        )
+    finally:
+        for each in envs:
+            each.close()
+    report.update(env=cfg.env, policy=cfg.policy, adapter=cfg.adapter, run=cfg.run, processes=dist.world)
     if not dist.main:
         return report
-    write_trajectories(out / "eval" / "episodes.jsonl", trajectories)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "eval_config.json").write_text(
         json.dumps(

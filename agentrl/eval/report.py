@@ -25,9 +25,7 @@ import html
 import io
 import math
 import re
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +33,14 @@ from agentrl.eval.rundir import (
     TrajectorySource,
     check_run_dir,
     finite,
+    read_eval_report,
     read_json_object,
     read_records,
     read_sources,
-    task_type,
     trajectory_files,
 )
-from agentrl.stats import Interval, bootstrap_mean, wilson
-from agentrl.types import Trajectory
+from agentrl.evaluation import EvalFigures, episode_figures
+from agentrl.stats import Interval, wilson
 
 __all__ = ["EvalFigures", "build_report", "episode_figures", "render_html", "render_markdown", "write_report"]
 
@@ -51,45 +49,11 @@ EXTRA_CURVE_KEYS = ("invalid_rate", "turns_mean", "tokens_per_s", "loss")
 CI_KEYS = ("ci_low", "ci_high", "success_rate_ci_low", "success_rate_ci_high")
 MAX_PANELS = 8
 SIDES = ("before", "after")  # a training run's two evaluations: eval/before.jsonl, eval/after.jsonl
+# summary keys (today's and older names) whose rows the before/after table draws from the episodes
+SHOWN_FROM_EPISODES = frozenset(("turns_mean", "mean_steps", "reward_mean", "outcome_mean", "invalid_rate"))
 
 
 # ----------------------------------------------------------------------------- figures
-
-
-@dataclass
-class EvalFigures:
-    """The evaluation numbers of a run and where they came from."""
-
-    success: Interval | None = None
-    per_type: dict[str, Interval] = field(default_factory=dict)
-    mean_steps: Interval | None = None
-    outcome: Interval | None = None
-    invalid_rate: float | None = None
-    invalid_detail: str = ""
-    sources: list[str] = field(default_factory=list)
-
-
-def episode_figures(trajectories: Sequence[Trajectory]) -> EvalFigures:
-    """Success (Wilson), per type (Wilson), mean steps and outcome (bootstrap), invalid-action rate."""
-    figs = EvalFigures()
-    if not trajectories:
-        return figs
-    n = len(trajectories)
-    figs.success = wilson(sum(bool(t.success) for t in trajectories), n)
-    by_type: dict[str, list[bool]] = defaultdict(list)
-    for t in trajectories:
-        by_type[task_type(t)].append(bool(t.success))
-    figs.per_type = {k: wilson(sum(v), len(v)) for k, v in sorted(by_type.items())}
-    figs.mean_steps = bootstrap_mean([len(t.steps) for t in trajectories])
-    outcomes = [finite(t.outcome) for t in trajectories]
-    if all(o is not None for o in outcomes):
-        figs.outcome = bootstrap_mean([o for o in outcomes if o is not None])
-    steps = sum(len(t.steps) for t in trajectories)
-    invalid = sum(not s.valid for t in trajectories for s in t.steps)
-    if steps:
-        figs.invalid_rate = invalid / steps
-        figs.invalid_detail = f"{invalid} of {steps} steps"
-    return figs
 
 
 def _interval_from(entry: dict[str, Any], episodes: int | None = None) -> Interval | None:
@@ -106,8 +70,22 @@ def _interval_from(entry: dict[str, Any], episodes: int | None = None) -> Interv
     return Interval(rate, math.nan if low is None else low, math.nan if high is None else high, int(n or 0))
 
 
+def _mean_from(report: dict[str, Any], key: str, counted: Interval | None) -> Interval | None:
+    """A mean of report.json (``key``, its interval ``key_ci``) unless the episodes give the same
+    mean, whose bootstrap interval is then kept; None in report.json keeps the episodes' figure."""
+    value = finite(report.get(key))
+    if value is None or (counted is not None and math.isclose(value, counted.value)):
+        return counted
+    ci = report.get(f"{key}_ci")
+    ci = ci if isinstance(ci, dict) else {}
+    low, high = finite(ci.get("ci_low")), finite(ci.get("ci_high"))
+    n = counted.n if counted is not None else int(finite(report.get("episodes")) or 0)
+    return Interval(value, math.nan if low is None else low, math.nan if high is None else high, n)
+
+
 def _apply_report_json(figs: EvalFigures, report: dict[str, Any]) -> None:
-    """report.json's figures win over those computed from the episodes, key by key."""
+    """report.json's figures win over those computed from the episodes, key by key (a report
+    written under older key names is read with today's: ``read_eval_report``)."""
     success = _interval_from(report, figs.success.n if figs.success else None)
     if success is not None:
         figs.success = success
@@ -116,9 +94,8 @@ def _apply_report_json(figs: EvalFigures, report: dict[str, Any]) -> None:
         figs.per_type = {
             str(k): iv for k, v in per_type.items() if isinstance(v, dict) and (iv := _interval_from(v))
         }
-    steps = finite(report.get("mean_steps"))
-    if steps is not None and not (figs.mean_steps and math.isclose(steps, figs.mean_steps.value)):
-        figs.mean_steps = Interval(steps, math.nan, math.nan, figs.mean_steps.n if figs.mean_steps else 0)
+    figs.mean_steps = _mean_from(report, "turns_mean", figs.mean_steps)
+    figs.outcome = _mean_from(report, "reward_mean", figs.outcome)
     rate = finite(report.get("invalid_rate"))
     if rate is not None:
         figs.invalid_rate, figs.invalid_detail = rate, "from report.json"
@@ -337,7 +314,14 @@ def _evaluation_section(figs: EvalFigures, plotting: Any) -> list[Block]:
         )
     if figs.outcome is not None:
         o = figs.outcome
-        rows.append(["mean outcome", _f(o.value), _ci(o) + " (bootstrap)", str(o.n)])
+        rows.append(
+            [
+                "mean outcome",
+                _f(o.value),
+                _ci(o) + (" (bootstrap)" if not math.isnan(o.low) else ""),
+                str(o.n or "—"),
+            ]
+        )
     if figs.invalid_rate is not None:
         rows.append(["invalid-action rate", _f(figs.invalid_rate), "—", figs.invalid_detail])
     out.append(Table(["measure", "value", "95% CI", "n"], rows))
@@ -460,10 +444,14 @@ def _before_after_section(
     out.append(Para("Sources: " + "; ".join(sources) + "."))
 
     b_given, a_given = given["before"], given["after"]
+    shown = set(SHOWN_FROM_EPISODES) if figs else set()  # their rows below, with intervals, per side
+    if all(len(g.get("per_seed") or ()) <= 1 for g in (b_given, a_given)):
+        shown.add("seed_std")  # one round: no spread over seeds to show
     keys = [
         k
         for k in dict.fromkeys(list(b_given) + list(a_given))
         if k not in CI_KEYS
+        and k not in shown
         and k != "success_rate"
         and (finite(b_given.get(k)) is not None or finite(a_given.get(k)) is not None)
     ]
@@ -613,7 +601,7 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
         figs.sources = [
             f"{len(trajectories)} episodes in " + ", ".join(str(s.path.relative_to(root)) for s in sources)
         ]
-    report, err = read_json_object(root / "report.json")
+    report, err = read_eval_report(root / "report.json")
     if err:
         problems.append(err)
     if report is not None:
@@ -624,7 +612,7 @@ def build_report(run_dir: str | Path, *, plots: bool = True) -> tuple[str, list[
     summary, err = read_json_object(root / "summary.json")
     if err:
         problems.append(err)
-    eval_before, err = read_json_object(root / "eval_before.json")
+    eval_before, err = read_eval_report(root / "eval_before.json")
     if err:
         problems.append(err)
     before_after = bool(side_sources) or summary is not None or eval_before is not None

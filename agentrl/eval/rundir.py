@@ -11,17 +11,25 @@ and line number instead of hiding the rest.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from agentrl.evaluation import current_names, finite, task_type
 from agentrl.types import Trajectory, TrajectoryFileError, read_trajectories
 
+if TYPE_CHECKING:
+    from agentrl.config import TrainConfig
+
 __all__ = [
+    "TrainingRun",
     "TrajectorySource",
     "check_run_dir",
+    "find_training_run",
     "finite",
+    "read_eval_report",
     "read_json_object",
     "read_records",
     "read_sources",
@@ -110,23 +118,66 @@ def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return obj, None
 
 
-def task_type(traj: Trajectory) -> str:
-    """The task family of an episode, for per-type figures.
-
-    ``info["task_type"]`` of the trajectory or of its first step when an env recorded it (ALFWorld
-    does); else the ALFRED-style prefix of the task id before the first "-" (``pick_and_place_simple-
-    Apple-...``); else "all".
-    """
-    for info in [traj.info] + ([traj.steps[0].info] if traj.steps else []):
-        value = info.get("task_type") if isinstance(info, dict) else None
-        if isinstance(value, str) and value:
-            return value
-    head = traj.task_id.split("/", 1)[0]
-    return head.split("-", 1)[0] if "-" in head else "all"
+def read_eval_report(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``read_json_object`` for an evaluation report (``report.json``, ``eval_before.json``), with
+    keys an older agentrl wrote under other names (``outcome_mean``, ``mean_steps``) read under
+    today's (``reward_mean``, ``turns_mean``)."""
+    obj, err = read_json_object(path)
+    return (None if obj is None else current_names(obj)), err
 
 
-def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training run as ``agentrl eval`` evaluates it: its resolved config, the model its LoRA
+    was trained on (``sft-model`` after a warm start, or the only model of an ``agentrl sft`` run;
+    ``tiny-model`` on the tiny path, else ``model.path``) and the checkpoint whose adapter is
+    evaluated (None: no iteration was saved, so the policy is the model it started from)."""
+
+    run_dir: Path
+    config: TrainConfig
+    base_model: str
+    checkpoint: Path | None
+
+    @property
+    def adapter(self) -> Path | None:
+        return None if self.checkpoint is None else self.checkpoint / "adapter"
+
+
+def find_training_run(path: str | Path) -> TrainingRun | None:
+    """The training run ``path`` belongs to: a run directory (its newest complete checkpoint), a
+    checkpoint ``RUN/checkpoints/iter-N`` or its ``adapter``; None for anything else (a model directory)."""
+    from agentrl.config import ConfigError, config_from_dict
+    from agentrl.trainers.checkpoint import latest_checkpoint
+
+    p = Path(path)
+    if not p.is_dir():
         return None
-    return float(value) if math.isfinite(value) else None
+    if p.name == "adapter" and (p.parent / "state.json").is_file():
+        checkpoint: Path | None = p.parent
+    elif (p / "adapter").is_dir() and (p / "state.json").is_file():
+        checkpoint = p
+    elif (p / "config.yaml").is_file() and not (p / "config.json").exists():
+        checkpoint = latest_checkpoint(p)
+        run_dir = p
+    else:
+        return None
+    if checkpoint is not None:
+        if checkpoint.parent.name != "checkpoints":
+            return None
+        run_dir = checkpoint.parent.parent
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        data = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{saved} is not valid YAML: {e}") from None
+    cfg = config_from_dict(data if isinstance(data, dict) else {}, f" {saved}")
+    sft_only = checkpoint is None and (run_dir / "sft-model" / "config.json").is_file()  # agentrl sft's run
+    if cfg.sft.enabled or sft_only:
+        base = str(run_dir / "sft-model")
+    elif cfg.model.path is None:
+        base = str(run_dir / "tiny-model")
+    else:
+        base = cfg.model.path
+    return TrainingRun(run_dir, cfg, base, checkpoint)

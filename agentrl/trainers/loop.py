@@ -33,21 +33,20 @@ import numpy as np
 import torch
 import yaml
 
-from agentrl.agents import ChatPrompt, StepPrompt
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
 from agentrl.credit import estimator_info
 from agentrl.distributed import SINGLE, init_distributed
 from agentrl.envs import make
+from agentrl.evaluation import evaluate
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import PromptBuilder, rollout
-from agentrl.seeding import derive_rng, eval_seed, stream_seed
+from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from agentrl.trainers.evaluation import evaluate
 from agentrl.trainers.experts import get_expert
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
@@ -194,12 +193,7 @@ class Trainer:
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=1))
 
     def builder(self) -> PromptBuilder:
-        r = self.cfg.rollout
-        if r.prompt == "chat":
-            return ChatPrompt(response_format=r.response_format, system_prompt=r.system_prompt)
-        return StepPrompt(
-            history_k=r.history_k, response_format=r.response_format, system_prompt=r.system_prompt
-        )
+        return self.cfg.rollout.prompt_settings().builder()
 
     def task_ids(self, env: Any, start: int, count: int, what: str) -> list[str]:
         ids = list(env.task_ids())
@@ -356,24 +350,17 @@ class Trainer:
         return pick_device(self.cfg.model.device)
 
     def _evaluate(self, name: str) -> dict[str, Any]:
-        """Evaluate the current policy on the held-out tasks; episodes go to ``eval/<name>.jsonl``."""
-        e = self.cfg.eval
-        t0 = time.time()
-        result = evaluate(
+        """Evaluate the current policy on the held-out tasks (``agentrl.evaluation``, as ``agentrl eval``
+        does); episodes go to ``eval/<name>.jsonl``."""
+        return evaluate(
             self.policy,
             self.eval_envs,
             self.eval_tasks,
-            episodes_per_task=e.episodes_per_task,
-            max_turns=e.max_turns or self.cfg.rollout.max_turns,
-            builder=self.builder(),
-            temperature=e.temperature,
-            max_new_tokens=self.cfg.rollout.max_new_tokens,
-            seed=eval_seed(self.cfg.seed),
-            episodes_path=self.run_dir / "eval" / f"{name}.jsonl",
+            self.cfg.eval_spec(),
             dist=self.dist,
+            episodes_path=self.run_dir / "eval" / f"{name}.jsonl",
+            id_prefix="eval-",
         )
-        result["seconds"] = time.time() - t0
-        return result
 
     # ------------------------------------------------------------------ run
     def setup(self, progress: Callable[[str], None] | None = None) -> None:
@@ -402,10 +389,7 @@ class Trainer:
         if (
             cfg.eval.enabled and cfg.eval.env_kwargs
         ):  # e.g. {split: valid_unseen}: held-out tasks of another split
-            self.eval_envs = [
-                make(cfg.env.name, **{**cfg.env.kwargs, **cfg.eval.env_kwargs})
-                for _ in range(cfg.env.num_envs)
-            ]
+            self.eval_envs = [make(cfg.env.name, **cfg.eval_env_kwargs()) for _ in range(cfg.env.num_envs)]
         self.eval_tasks = (
             self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks")
             if cfg.eval.enabled
