@@ -185,7 +185,7 @@ class AlgorithmConfig(Section):
         from agentrl.credit import estimator_info
 
         info = estimator_info(self.estimator)
-        allowed = sorted(set(info.options) - {"values", "correction"})
+        allowed = sorted(set(info.options) - {"values", "correction"} - set(info.row_inputs))
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
             raise ValueError(

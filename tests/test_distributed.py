@@ -245,6 +245,25 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
 
 
 @pytest.mark.slow
+def test_a_stateful_estimator_keeps_one_state_on_both_ranks(model_dir, tmp_path):
+    """SPO's tracker is updated on every rank from the gathered batch; the trainer checks after every
+    iteration that the ranks hold the same state (an error otherwise) and rank 0 checkpoints it."""
+    run = _launch(
+        model_dir,
+        tmp_path / "run",
+        **{"algorithm.estimator": "spo", "optim.iterations": "2", "eval.enabled": "false"},
+    )
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    assert [r["episodes"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [6, 6]
+    state = json.loads(
+        (tmp_path / "run" / "checkpoints" / "iter-000002" / "estimator_state.json").read_text()
+    )
+    # 3 groups (3 tasks) per iteration; each visit of a task: alpha + beta <- 0.875 (alpha + beta) + 1
+    assert 3 <= len(state["tasks"]) <= 6 and all(a + b > 1.0 for a, b in state["tasks"].values())
+
+
+@pytest.mark.slow
 def test_sft_on_two_processes_builds_one_tiny_model_and_takes_the_single_process_steps(tmp_path):
     """``agentrl sft`` under torchrun: rank 0 builds the tiny model, both ranks train on shares of
     every batch (5 demonstrations: 3 + 2), and the merged model equals the 1-process one."""

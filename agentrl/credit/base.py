@@ -7,10 +7,16 @@ read these traits and never compare estimator names. ``estimate`` checks those, 
 options by name, hands the function a canonical batch (rows grouped by trajectory, ordered by
 turn) and maps the results back to the caller's row order, so estimators never see positions
 that differ from ids.
+
+A stateful estimator (``stateful=True``) also keeps something across calls, e.g. a per-task
+baseline: it takes a keyword ``state``, a JSON-serialisable dict owned by the caller, which it
+reads and updates. A trainer keeps one such dict per run, passes it on every iteration and
+checkpoints it; a caller that passes none (benchmarks, one-off calls) gets a fresh one per call.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +108,8 @@ class EstimatorInfo:
     loss: the policy loss used when the config names none.
     response_format: the rollout response format the method needs (None: any).
     options_if_missing: options to train with when a StepBatch field is unavailable (field -> options).
+    stateful: the function takes a keyword ``state`` (a JSON-serialisable dict, updated in place) that
+    the trainer keeps across iterations and saves in every checkpoint (see the module doc).
     """
 
     name: str
@@ -118,6 +126,7 @@ class EstimatorInfo:
     loss: str = "ppo_token_mean"
     response_format: str | None = None
     options_if_missing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stateful: bool = False
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -143,6 +152,7 @@ def register_estimator(
     loss: str = "ppo_token_mean",
     response_format: str | None = None,
     options_if_missing: Mapping[str, Mapping[str, Any]] | None = None,
+    stateful: bool = False,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -151,12 +161,18 @@ def register_estimator(
     row_inputs: keyword arguments that hold per-row arrays (or dicts of them); ``estimate``
     reorders them together with the batch.
     The other keywords are the trainer's traits (``EstimatorInfo``); a critic (``value_heads``)
-    goes with the ``values`` input.
+    goes with the ``values`` input. ``stateful``: ``fn`` takes a keyword-only ``state`` (not an
+    option); it runs under a schedule that calls it once per iteration.
     """
     heads = dict(value_heads or {})
     if bool(heads) != ("values" in inputs):
         raise ValueError(
             f"estimator {name!r}: value_heads and the input 'values' go together (a critic feeds its values)"
+        )
+    if stateful and schedule == "turn_slots":
+        raise ValueError(
+            f"estimator {name!r}: a stateful estimator cannot use the turn_slots schedule, which calls "
+            "the estimator once per turn slot and would update the state several times an iteration"
         )
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
@@ -166,6 +182,11 @@ def register_estimator(
             for p in list(sig.parameters.values())[1:]
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
+        if stateful != ("state" in options):
+            raise ValueError(
+                f"estimator {name!r}: stateful=True and a keyword-only parameter 'state' go together"
+            )
+        options.pop("state", None)
         ESTIMATORS.register(
             name,
             EstimatorInfo(
@@ -183,6 +204,7 @@ def register_estimator(
                 loss=loss,
                 response_format=response_format,
                 options_if_missing={k: dict(v) for k, v in (options_if_missing or {}).items()},
+                stateful=stateful,
             ),
         )
         return fn
@@ -225,8 +247,17 @@ def _permute_input(value: Any, perm: np.ndarray) -> Any:
 
 
 def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
-    """Run estimator ``name`` on ``batch``; returns advantages in the batch's row order."""
+    """Run estimator ``name`` on ``batch``; returns advantages in the batch's row order.
+
+    A stateful estimator's ``state`` (keyword; a fresh dict when absent or None) is updated in place
+    only when the call succeeds: the estimator works on a copy, so a failed call leaves it as it was.
+    """
     info = ESTIMATORS.get(name)
+    state = cfg.pop("state", None)
+    if state is not None and not info.stateful:
+        raise ValueError(f"estimator {name!r} is not stateful; it takes no state")
+    if state is not None and not isinstance(state, dict):
+        raise TypeError(f"state of estimator {name!r} must be a dict, got {type(state).__name__}")
     missing = [f for f in info.fields if getattr(batch, f) is None]
     if missing:
         hints = "; ".join(f"StepBatch.{f}: {FIELD_HINTS.get(f, 'provide it')}" for f in missing)
@@ -244,6 +275,9 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
             cfg[key] = _prepare_row_input(key, cfg[key], n)
     if n == 0:
         return Advantages(step=np.zeros(0))
+    work: dict[str, Any] | None = None
+    if info.stateful:
+        cfg["state"] = work = {} if state is None else copy.deepcopy(state)
     if batch.is_canonical():
         adv = info.fn(batch, **cfg)
     else:
@@ -257,4 +291,7 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
             raise RuntimeError(f"estimator {name!r} returned {key} with shape {arr.shape}, expected ({n},)")
         if arr.dtype != bool and not np.all(np.isfinite(arr)):
             raise RuntimeError(f"estimator {name!r} produced NaN or inf in {key}")
+    if state is not None and work is not None:
+        state.clear()
+        state.update(work)
     return adv

@@ -2,7 +2,11 @@
 atomically, so a run killed at any moment resumes from the last complete checkpoint exactly.
 
 With several processes rank 0 writes the checkpoint and every process adds its own RNG states
-(``rng-rank<R>.pt``): each process's random stream continues where it stopped."""
+(``rng-rank<R>.pt``): each process's random stream continues where it stopped.
+
+A stateful estimator's state (``credit.base``) is saved as ``estimator_state.json``. After each
+iteration the trainer keeps the state as JSON gives it back (``settle_estimator_state``), so a
+resumed run reads exactly what an uninterrupted one goes on with."""
 
 from __future__ import annotations
 
@@ -18,9 +22,19 @@ import torch
 
 from agentrl.distributed import SINGLE, Dist
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "ESTIMATOR_STATE",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_estimator_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "settle_estimator_state",
+]
 
 PREFIX = "iter-"
+ESTIMATOR_STATE = "estimator_state.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,11 +57,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, iteration: int, learner, state: dict[str, Any], keep: int = 2, dist: Dist = SINGLE
+    run_dir: Path,
+    iteration: int,
+    learner,
+    state: dict[str, Any],
+    keep: int = 2,
+    dist: Dist = SINGLE,
+    estimator_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoints/iter-NNNNNN`` (next iteration = ``iteration``): the adapter, the optimiser and
-    value head, RNG states and ``state`` (JSON). Written to a temporary directory first and renamed,
-    so a partial checkpoint is never read; only the ``keep`` newest are kept."""
+    value head, RNG states, ``state`` (JSON) and a stateful estimator's ``estimator_state``. Written to
+    a temporary directory first and renamed, so a partial checkpoint is never read; only the ``keep``
+    newest are kept."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{iteration:06d}"
@@ -71,6 +92,8 @@ def save_checkpoint(
         },
         tmp / "trainer.pt",
     )
+    if estimator_state is not None:
+        (tmp / ESTIMATOR_STATE).write_text(estimator_state_json(estimator_state))
     (tmp / "state.json").write_text(json.dumps({**state, "iteration": iteration}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -100,3 +123,61 @@ def load_checkpoint(path: Path, learner, dist: Dist = SINGLE) -> dict[str, Any]:
     own = path / f"rng-rank{dist.rank}.pt"
     set_rng_state(torch.load(own, weights_only=False) if dist.active and own.exists() else saved["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def estimator_state_json(state: dict[str, Any]) -> str:
+    """The state as strict JSON; a ValueError says when it is not (e.g. a NaN, a tuple key, an array)."""
+    try:
+        return json.dumps(state, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "an estimator's state must be JSON: dicts with string keys, lists, strings, finite numbers, "
+            f"booleans and None ({e})"
+        ) from None
+
+
+def settle_estimator_state(state: dict[str, Any], dist: Dist = SINGLE) -> dict[str, Any]:
+    """The state as a checkpoint gives it back (a JSON round trip: tuples become lists, and so on).
+
+    Every process estimates on the same gathered batch, so every process must hold the same state;
+    with several processes this is checked, and a difference is an error rather than a silent drift."""
+    text = estimator_state_json(state)
+    if dist.active:
+        texts = dist.gather([text])
+        differ = [rank for rank, other in enumerate(texts) if other != texts[0]]
+        if differ:
+            raise RuntimeError(
+                f"the estimator state differs between rank 0 and rank(s) {differ}: the estimator is not "
+                "deterministic on the gathered batch"
+            )
+    return json.loads(text)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def load_estimator_state(path: Path, estimator: str) -> dict[str, Any]:
+    """The state a stateful estimator had when checkpoint ``path`` was written.
+
+    A missing or unreadable file is an error naming the checkpoint: starting again from an empty
+    state would silently change the advantages of a resumed run."""
+    file = Path(path) / ESTIMATOR_STATE
+    if not file.exists():
+        raise ValueError(
+            f"checkpoint {path} has no {ESTIMATOR_STATE}, but estimator {estimator!r} keeps state across "
+            "iterations; resume from a checkpoint written by a run of this estimator, or use a new run directory"
+        )
+    try:
+        state = json.loads(file.read_text(), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {path}: {ESTIMATOR_STATE} of estimator {estimator!r} is corrupt ({e}); "
+            "resume from an earlier checkpoint (delete this one) or use a new run directory"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"checkpoint {path}: {ESTIMATOR_STATE} of estimator {estimator!r} is corrupt (a JSON object is "
+            f"expected, found {type(state).__name__}); resume from an earlier checkpoint or use a new run directory"
+        )
+    return state

@@ -45,7 +45,9 @@ from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_estimator_state,
     save_checkpoint,
+    settle_estimator_state,
 )
 from agentrl.trainers.experts import get_expert
 from agentrl.trainers.learner import Learner, UpdateSettings
@@ -146,6 +148,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = SINGLE
         self.say: Callable[[str], None] = lambda line: None
+        self.estimator_state: dict[str, Any] | None = None  # a stateful estimator's, kept across iterations
 
     @classmethod
     def from_config(
@@ -453,8 +456,12 @@ class Trainer:
         try:
             start = 0
             ckpt = latest_checkpoint(self.run_dir)
+            stateful = estimator_info(cfg.algorithm.estimator).stateful
+            self.estimator_state = {} if stateful else None
             if ckpt is not None:
                 start = int(load_checkpoint(ckpt, self.learner, dist)["iteration"])
+                if stateful:
+                    self.estimator_state = load_estimator_state(ckpt, cfg.algorithm.estimator)
             if cfg.eval.enabled and not before_path.exists():
                 if start > 0:
                     raise RuntimeError(
@@ -490,6 +497,7 @@ class Trainer:
                         {"last_metrics": record, "processes": dist.world},
                         keep=cfg.logging.keep_checkpoints,
                         dist=dist,
+                        estimator_state=self.estimator_state,
                     )
             self._sync_adapter()
         finally:
@@ -626,16 +634,21 @@ class Trainer:
                 value_heads=info.value_heads,
             )
             update_rng = derive_rng(cfg.seed, it, 1)
+            options = dict(a.options)
+            if info.stateful:  # updated in place by the estimator, then kept as a checkpoint keeps it
+                options["state"] = self.estimator_state if self.estimator_state is not None else {}
             result = run_update(
                 self.learner,
                 batch,
                 samples,
                 a.estimator,
-                dict(a.options),
+                options,
                 rng=update_rng,
                 seed=cfg.seed + it,
                 order=a.seeupo_order,
             )
+            if info.stateful:
+                self.estimator_state = settle_estimator_state(options["state"], dist)
             record.update(result.stats)
         t_end = time.time()
         record.update(
