@@ -76,6 +76,12 @@ def tiny_run(model_dir, **extra) -> list[str]:
 ESTIMATOR_EXTRAS = {
     "hiper": {"rollout.response_format": "hiper"},
     "mt_grpo": {"algorithm.options": "{variant: k_turn}"},
+    # HDPO counts tool turns, which the maze has none of: the calculator tool env instead
+    "hdpo": {
+        "env.name": "tools",
+        "env.kwargs": "{suite: calculator, num_tasks: 20}",
+        "rollout.response_format": "tool_call",
+    },
 }
 
 
