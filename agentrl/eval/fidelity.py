@@ -13,8 +13,8 @@ registered estimator scores them, and we report per estimator and group size:
 
 Targets. The maze runs with ``turn_rewards`` and ``subgoals`` on (``agentrl.envs.maze.MazeEnv``):
 each step also carries a verifiable turn reward (a key, a locked door or a room reached for the
-first time) and the planner's HiPER tags (``switch``/``subgoal``), so all registered estimators
-run. Each is compared with the exact advantage of the return it estimates (column ``target``):
+first time) and the planner's HiPER tags (``switch``/``subgoal``), so every registered estimator
+runs except those that count tool calls (HDPO: the maze has none; listed as skipped). Each is compared with the exact advantage of the return it estimates (column ``target``):
 
 - ``outcome+turn``: estimators that read turn rewards (those declaring the ``turn_reward`` field:
   MT-GRPO, MT-PPO) against Q - V of outcome + turn rewards (``exact_values(turn_weight=1)``, over

@@ -150,8 +150,9 @@ Progress = Callable[[str], None]
 
 
 def trainable_estimators(response_format: str = "think_action") -> list[str]:
-    """Registered estimators whose fields and inputs the trainer can supply (all built-in ones): an
-    estimator that declares its own response format runs in it, the others in ``response_format``."""
+    """Registered estimators whose fields and inputs the trainer can supply in ``response_format``
+    (HDPO needs a tool env's ``tool_call``); an estimator that declares its own response format runs
+    in it."""
     out = []
     for name in available_estimators():
         info = estimator_info(name)
