@@ -303,6 +303,8 @@ class DemoPolicy:
             StepPrompt(history_k=2, response_format="tool_call"),
         ),
         ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
+        ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=2)),
+        ("maze", {"size": 3, "num_tasks": 10}, ChatPrompt(response_format="hiper")),
         ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
         (
             "tools",
