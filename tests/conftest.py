@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +13,7 @@ import agentrl.credit
 import agentrl.trainers.experts
 import agentrl.trainers.schedule  # noqa: F401  (its registries exist before any test registers into them)
 from agentrl.envs.maze import MazeEnv
-from agentrl.policies.tiny import build_tiny_model, env_corpus
+from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 from agentrl.registry import all_registries
 
 
@@ -24,9 +27,52 @@ def registrations_undone():
 
 
 @pytest.fixture(scope="session")
-def served_model_dir(tmp_path_factory):
-    """A tiny maze model (2 layers, hidden 64) for the server and openai-policy tests."""
-    corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=2, hidden=64, seed=0
-    )
+def tiny_model(tmp_path_factory) -> Callable[..., Path]:
+    """Factory of tiny maze models, each built once per session: ``tiny_model(**options) -> model dir``.
+
+    The tokenizer learns from ``steps_per_task`` random steps of each of the first ``tasks`` tasks
+    of ``MazeEnv(**maze)`` (plus ``format_corpus()`` when ``formats``); the rest goes to
+    ``build_tiny_model`` (default: vocabulary 384, 2 layers, hidden 64, seed 0). Test files that
+    ask for the same options share one directory; no test writes into it.
+    """
+    built: dict[tuple[Any, ...], Path] = {}
+
+    def make(
+        *,
+        maze: Mapping[str, Any] | None = None,
+        tasks: int = 8,
+        steps_per_task: int = 6,
+        formats: bool = False,
+        **model: Any,
+    ) -> Path:
+        model = {"vocab_size": 384, "layers": 2, "hidden": 64, "seed": 0, **model}
+        key = (
+            tuple(sorted((maze or {}).items())),
+            tasks,
+            steps_per_task,
+            formats,
+            tuple(sorted(model.items())),
+        )
+        if key not in built:
+            env = MazeEnv(**(maze or {}))
+            corpus = env_corpus(
+                env, [f"maze-{i}" for i in range(tasks)], steps_per_task=steps_per_task, seed=0
+            )
+            if formats:
+                corpus += format_corpus()
+            built[key] = build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, **model)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(tiny_model):
+    """A tiny maze model (2 layers, hidden 64) for the server, openai-policy and policy tests."""
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def small_maze_model_dir(tiny_model):
+    """A smaller model (1 layer, hidden 32) on 2-room mazes, for the trainer and distributed tests."""
+    return tiny_model(maze={"size": 2, "n_doors": 1, "num_tasks": 50}, tasks=10, layers=1, hidden=32)
