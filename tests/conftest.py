@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import pytest
 
-import agentrl.credit
-import agentrl.trainers.experts
-import agentrl.trainers.schedule  # noqa: F401  (its registries exist before any test registers into them)
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 from agentrl.registry import all_registries
+from tests.registry_check import REGISTRY_MODULES, leftovers, registration_state
+
+for _module in REGISTRY_MODULES:  # every registry exists before any test registers into it
+    importlib.import_module(_module)
 
 
 @pytest.fixture(autouse=True)
 def registrations_undone():
-    """Whatever a test registers (estimators, losses, schedules, envs, formats, ...) is gone after it."""
+    """Whatever a test registers (estimators, losses, schedules, envs, formats, ...) is gone after it,
+    gymnasium ids of registered envs included; a registration still there afterwards fails the test."""
+    before = registration_state()
+    gym_specs = dict(gym.registry)
     with ExitStack() as stack:
         for registry in all_registries():
             stack.enter_context(registry.scoped())
         yield
+    for gid in set(gym.registry) - set(gym_specs):
+        del gym.registry[gid]
+    gym.registry.update(gym_specs)
+    left = leftovers(before, registration_state())
+    assert not left, "the test left registrations behind: " + "; ".join(left)
 
 
 @pytest.fixture(scope="session")

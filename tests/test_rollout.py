@@ -238,7 +238,7 @@ def test_a_pool_worker_failure_truncates_only_its_episode(policy):
     from agentrl.envs import register_env
     from agentrl.envs.pool import EnvPool
 
-    register_env("test-crash-maze", CrashOnSecondStep, overwrite=True)
+    register_env("test-crash-maze", CrashOnSecondStep)
     env = MazeEnv()
     scripted = PlanPolicy(policy.tokenizer, env, "maze-7")
     with EnvPool("test-crash-maze", 2, backend="inprocess") as pool:

@@ -118,7 +118,7 @@ class FlakyMaze(MazeEnv):
 
 
 def test_malformed_output_and_a_crashing_env_do_not_stop_training(model_dir, tmp_path):
-    register_env("test-flaky-maze", FlakyMaze, overwrite=True)
+    register_env("test-flaky-maze", FlakyMaze)
     overrides = tiny_run(
         model_dir,
         **{
