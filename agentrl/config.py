@@ -25,6 +25,7 @@ from pydantic import (
 if TYPE_CHECKING:
     from agentrl.agents import PromptSettings
     from agentrl.evaluation import EvalSpec
+from agentrl.policies.lora import LoraSettings
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
 
@@ -61,13 +62,6 @@ class ModelConfig(Section):
     merge_lora_for_sampling: bool = (
         True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
     )
-
-
-class LoraConfig(Section):
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TaskRange(Section):
@@ -271,7 +265,7 @@ class TrainConfig(Section):
     seed: int = 0
     out_dir: str = "runs/run"
     model: ModelConfig = ModelConfig()
-    lora: LoraConfig = LoraConfig()
+    lora: LoraSettings = LoraSettings()  # the hf policy's own type: its fields are declared once, there
     env: EnvConfig = EnvConfig()
     rollout: RolloutConfig = RolloutConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()

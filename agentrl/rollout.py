@@ -142,6 +142,36 @@ class Episode:
     def finish_with_error(self, error: str) -> None:
         self.error, self.truncated = error, True
 
+    def start(self, obs: Any, info: dict[str, Any] | None) -> None:
+        """Take the env's reset answer (task and tools from its info)."""
+        self.obs, self.info = str(obs), dict(info or {})
+        self.task = str(self.info.get("task", ""))
+        self.tools = list(self.info["tools"]) if self.info.get("tools") is not None else None
+        self.observations.append(self.obs)
+
+    def prompt(self, builder: PromptBuilder) -> Messages:
+        """The messages ``builder`` gives for the next turn (SFT demonstrations are built with it too)."""
+        actions = self.info.get("admissible_actions")
+        if isinstance(builder, ChatPrompt):
+            return builder.build(
+                self.task, self.observations, [s.response for s in self.steps], actions, tools=self.tools
+            )
+        history = [(s.obs, s.action or s.response) for s in self.steps]
+        return builder.build(self.task, self.obs, history, actions, subgoal=self.subgoal, tools=self.tools)
+
+    def add_step(self, step: Step) -> None:
+        """Append a turn; a HiPER turn's ``info["subgoal"]`` becomes the current subgoal (if not empty)."""
+        self.steps.append(step)
+        if "subgoal" in step.info:
+            self.subgoal = step.info["subgoal"] or self.subgoal
+
+    def observe(self, obs: Any, info: dict[str, Any]) -> None:
+        """Take the env's answer to a step: the next observation and info (its ``tools`` replace them)."""
+        self.obs, self.info = str(obs), info
+        if info.get("tools") is not None:
+            self.tools = list(info["tools"])
+        self.observations.append(self.obs)
+
     def trajectory(self) -> Trajectory:
         info: dict[str, Any] = {"seed": self.seed}
         if self.error is not None:
@@ -156,16 +186,6 @@ class Episode:
             success=self.success,
             info=info,
         )
-
-
-def _prompt(builder: PromptBuilder, ep: Episode) -> Messages:
-    actions = ep.info.get("admissible_actions")
-    if isinstance(builder, ChatPrompt):
-        return builder.build(
-            ep.task, ep.observations, [s.response for s in ep.steps], actions, tools=ep.tools
-        )
-    history = [(s.obs, s.action or s.response) for s in ep.steps]
-    return builder.build(ep.task, ep.obs, history, actions, subgoal=ep.subgoal, tools=ep.tools)
 
 
 def _generate(
@@ -218,9 +238,7 @@ def _record_step(
         response_logprobs=[float(x) for x in gen.logprobs],
         info=info,
     )
-    ep.steps.append(step)
-    if "subgoal" in info:
-        ep.subgoal = info["subgoal"] or ep.subgoal
+    ep.add_step(step)
     if isinstance(result, BaseException):
         info["error"] = _error_text(result)
         step.valid = False
@@ -239,10 +257,7 @@ def _record_step(
         info["error"] = str(env_info["error"])
         ep.finish_with_error(info["error"])
         return
-    ep.obs, ep.info = str(obs), env_info
-    if env_info.get("tools") is not None:
-        ep.tools = list(env_info["tools"])
-    ep.observations.append(ep.obs)
+    ep.observe(obs, env_info)
     ep.terminated, ep.truncated = (
         bool(terminated),
         bool(truncated) or (not terminated and len(ep.steps) >= max_turns),
@@ -302,10 +317,7 @@ def rollout(
                 if isinstance(res, BaseException):
                     ep.finish_with_error(f"reset failed: {_error_text(res)}")
                     continue
-                ep.obs, ep.info = str(res[0]), dict(res[1] or {})
-                ep.task = str(ep.info.get("task", ""))
-                ep.tools = list(ep.info["tools"]) if ep.info.get("tools") is not None else None
-                ep.observations.append(ep.obs)
+                ep.start(res[0], res[1])
                 active[i] = ep
         if not active:
             continue
@@ -313,7 +325,7 @@ def rollout(
         messages: list[Messages | BaseException] = []
         for i in slots:
             try:
-                messages.append(_prompt(builder, active[i]))
+                messages.append(active[i].prompt(builder))
             except Exception as e:
                 messages.append(e)
         ok = [k for k, m in enumerate(messages) if not isinstance(m, BaseException)]

@@ -1,7 +1,8 @@
 """HTTP pieces every agentrl server shares (env server, policy server, retrieval server, viewer).
 
-``ServerThread``: uvicorn in a daemon thread on a socket bound and listening before it starts, so
-port 0 gets a free port without a race and the port is known (``.port``, ``.url``) at once.
+``ServerThread``: uvicorn on a socket bound before it starts, so port 0 gets a free port without a
+race and the port is known (``.port``, ``.url``) at once; ``start`` runs it in a daemon thread (tests,
+notebooks, the browser env), ``serve_forever`` in the calling thread (the command-line servers).
 ``check_bearer`` and ``read_json_request``: the bearer-token check and capped JSON-body preamble of
 every POST route. Servers sit above this module; it imports no other part of agentrl.
 
@@ -85,12 +86,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerThread:
-    """A uvicorn server for ``app`` in a daemon thread, on a socket bound before it starts.
+    """A uvicorn server for ``app`` on a socket bound before it starts: in a daemon thread (``start``,
+    or ``with``) or in the calling thread (``serve_forever``).
 
     ``port`` 0 (or None) takes a free port; ``.port`` and ``.url`` report the bound one. The socket
     listens from ``listen``/``start`` on (before that, connections are refused: a server built but not
     started is down); connections made after that but before uvicorn's loop runs wait in the listen queue.
-    ``uvicorn_options`` go to ``uvicorn.Config`` (e.g. ``h11_max_incomplete_event_size``).
+    ``uvicorn_options`` go to ``uvicorn.Config`` (e.g. ``log_level``, ``access_log``).
     """
 
     def __init__(
@@ -98,11 +100,15 @@ class ServerThread:
     ) -> None:
         import uvicorn
 
-        self.sock = socket.socket(
-            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )  # asyncio sets TCP_NODELAY only then
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only then
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port or 0))
+        try:
+            self.sock.bind((host, port or 0))
+        except OSError as e:
+            self.sock.close()
+            raise OSError(e.errno, f"cannot bind {host}:{port or 0} ({e.strerror})") from None
         self._listening = False
         self.host, self.port = self.sock.getsockname()[:2]
         config = uvicorn.Config(
@@ -115,7 +121,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def listen(self) -> None:
         """Accept connections into the listen queue from now on (``start``/``serve_forever`` do it;

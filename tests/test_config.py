@@ -45,7 +45,7 @@ def test_overrides_set_nested_keys_with_yaml_values():
     )
     assert cfg.algorithm.estimator == "seeupo" and cfg.algorithm.resolved_loss == "gspo"
     assert cfg.optim.lr == 3e-4 and cfg.env.kwargs == {"size": 4} and cfg.eval.enabled is True
-    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.rollout.system_prompt == "go now"
+    assert cfg.lora.target_modules == ("q_proj", "v_proj") and cfg.rollout.system_prompt == "go now"
     assert load_config(None).algorithm.resolved_loss == "ppo_token_mean"
 
 
@@ -88,6 +88,31 @@ def test_wrong_types_and_values_name_the_key():
     assert load_config(
         None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]
     ).algorithm.options == {"omega": 2}
+
+
+def test_lora_section_is_the_policys_settings_type(tmp_path):
+    """The config's lora section is the hf policy's LoraSettings: same fields, defaults and checks."""
+    from agentrl.policies.hf import LoraSettings
+
+    cfg = load_config(None, ["lora.r=4", "lora.alpha=8"])
+    assert isinstance(cfg.lora, LoraSettings) and cfg.lora == LoraSettings(r=4, alpha=8)
+    assert load_config(None).lora == LoraSettings()
+    with pytest.raises(ConfigError, match=r"lora.r: LoRA r must be an int >= 1 \(got 0\)"):
+        load_config(None, ["lora.r=0"])
+    with pytest.raises(ConfigError, match=r"lora.dropout: LoRA dropout must be in \[0, 1\)"):
+        load_config(None, ["lora.dropout=1.0"])
+    with pytest.raises(ConfigError, match=r"lora.target_modules: LoRA target_modules must be a non-empty"):
+        load_config(None, ["lora.target_modules=[]"])
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'lora.rank'.*allowed: alpha, dropout, r, target_modules"
+    ):
+        load_config(None, ["lora.rank=4"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora:\n  r: 4\n  rank: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'lora.rank'; allowed: alpha, dropout, r, target_modules"
+    ):
+        load_config(bad)
 
 
 def test_bad_files_and_override_syntax(tmp_path):

@@ -17,8 +17,6 @@ import pytest
 import torch
 
 from agentrl.distributed import SINGLE, Dist
-from agentrl.envs.maze import MazeEnv
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.trainers.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("dist_update_worker.py")
@@ -26,12 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    env = MazeEnv(size=2, n_doors=1, num_tasks=50)
-    corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
-    )
+def model_dir(small_maze_model_dir):
+    return small_maze_model_dir
 
 
 def _free_port() -> str:

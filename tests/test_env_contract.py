@@ -84,17 +84,14 @@ def test_registry_make_and_gymnasium_ids():
     assert gym_id("alfworld") == "agentrl/ALFWorld-v0"
     assert gym_id("maze") == "agentrl/Maze-v0"
     assert {"maze", "alfworld", "webshop", "webshop-browser"} <= set(list_envs())
-    register_env("test-count", CountEnv)
-    try:
-        env = make("test-count", target=2)
-        assert isinstance(env, CountEnv) and env.target == 2
-        genv = gym.make("agentrl/TestCount-v0", target=2)
-        obs, info = genv.reset(seed=1)
-        assert obs == "n is 0" and info["state_key"] == "n=0"
-        with pytest.raises(ValueError, match="already registered"):
-            register_env("test-count", CountEnv)
-    finally:
-        del gym.registry["agentrl/TestCount-v0"]
+    register_env("test-count", CountEnv)  # undone after the test, gymnasium id included (conftest)
+    env = make("test-count", target=2)
+    assert isinstance(env, CountEnv) and env.target == 2
+    genv = gym.make("agentrl/TestCount-v0", target=2)
+    obs, info = genv.reset(seed=1)
+    assert obs == "n is 0" and info["state_key"] == "n=0"
+    with pytest.raises(ValueError, match="already registered"):
+        register_env("test-count", CountEnv)
     with pytest.raises(KeyError, match="unknown env 'nope'; available: .*maze"):
         make("nope")
 

@@ -96,18 +96,9 @@ def test_bad_input_fails_clearly(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_hf_policy_on_a_tiny_model(tmp_path):
+def test_hf_policy_on_a_tiny_model(tmp_path, tiny_model):
     """A real (tiny, random-init) transformer plays the maze through the rollout path."""
-    from agentrl.envs import make
-    from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
-
-    env = make("maze")
-    path = build_tiny_model(
-        tmp_path / "model",
-        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
-        vocab_size=300,
-        seed=0,
-    )
+    path = tiny_model(tasks=5, steps_per_task=10, formats=True, vocab_size=300)
     cfg = EvalConfig(
         env="maze",
         policy=f"hf:{path}",
@@ -122,19 +113,11 @@ def test_hf_policy_on_a_tiny_model(tmp_path):
     assert 0.0 <= report["invalid_rate"] <= 1.0
 
 
-def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path):
+def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path, tiny_model):
     """``--policy openai:URL`` through ``agentrl serve`` on 127.0.0.1 plays the same greedy episodes as hf:PATH."""
-    from agentrl.envs import make
     from agentrl.policies.server import PolicyServer
-    from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
 
-    env = make("maze")
-    path = build_tiny_model(
-        tmp_path / "model",
-        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
-        vocab_size=300,
-        seed=0,
-    )
+    path = tiny_model(tasks=5, steps_per_task=10, formats=True, vocab_size=300)
     common = {
         "env": "maze",
         "spec": EvalSpec(task_count=3, seeds=1, max_turns=2, max_new_tokens=8),
@@ -155,18 +138,9 @@ def test_openai_policy_against_a_real_server_equals_the_hf_policy(tmp_path):
     assert remote["success_rate"] == local["success_rate"] and remote["episodes"] == 3
 
 
-def test_the_system_prompt_reaches_the_model(tmp_path):
+def test_the_system_prompt_reaches_the_model(tmp_path, tiny_model):
     """``--system-prompt``: evaluation prompts can match training's ``rollout.system_prompt``."""
-    from agentrl.envs import make
-    from agentrl.policies.tiny import build_tiny_model, env_corpus, format_corpus
-
-    env = make("maze")
-    path = build_tiny_model(
-        tmp_path / "model",
-        env_corpus(env, list(env.task_ids())[:5]) + format_corpus(),
-        vocab_size=300,
-        seed=0,
-    )
+    path = tiny_model(tasks=5, steps_per_task=10, formats=True, vocab_size=300)
     result = runner.invoke(
         app,
         [

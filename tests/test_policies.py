@@ -21,10 +21,8 @@ def maze_corpus(n_tasks: int = 8) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), maze_corpus(), vocab_size=384, layers=2, hidden=64, seed=0
-    )
+def model_dir(served_model_dir):
+    return served_model_dir  # maze_corpus(), vocabulary 384, 2 layers, hidden 64
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ from agentrl.agents import ChatPrompt, StepPrompt
 from agentrl.envs.maze import MazeEnv, describe, outcomes, solve
 from agentrl.policies import Generation, SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.rollout import ListEnvs, as_env_batch, rollout
 from agentrl.types import StepBatch
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(8)], steps_per_task=6, seed=0)
-    path = build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
-    )
+def policy(tiny_model):
+    path = tiny_model(layers=1, hidden=32)
     return HFPolicy.from_pretrained(path, lora=LoraSettings(r=2, alpha=4), device="cpu")
 
 
@@ -242,7 +238,7 @@ def test_a_pool_worker_failure_truncates_only_its_episode(policy):
     from agentrl.envs import register_env
     from agentrl.envs.pool import EnvPool
 
-    register_env("test-crash-maze", CrashOnSecondStep, overwrite=True)
+    register_env("test-crash-maze", CrashOnSecondStep)
     env = MazeEnv()
     scripted = PlanPolicy(policy.tokenizer, env, "maze-7")
     with EnvPool("test-crash-maze", 2, backend="inprocess") as pool:

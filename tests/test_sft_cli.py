@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -303,6 +303,8 @@ class DemoPolicy:
             StepPrompt(history_k=2, response_format="tool_call"),
         ),
         ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=1, response_format="hiper")),
+        ("maze", {"size": 3, "num_tasks": 10}, StepPrompt(history_k=2)),
+        ("maze", {"size": 3, "num_tasks": 10}, ChatPrompt(response_format="hiper")),
         ("search", {"split": "train", "num_docs": 2000, "num_train": 50, "num_test": 10}, ChatPrompt()),
         (
             "tools",
@@ -381,12 +383,11 @@ def test_lr_schedules_warm_up_then_hold_or_decay() -> None:
 
 
 def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Callable[..., Path]
 ) -> None:
     """The optimiser's steps follow the schedule: warm-up below the peak, the peak, almost 0 at the end."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agentrl.policies.tiny import build_tiny_model, env_corpus
     from agentrl.trainers.sft import sft_train
 
     kwargs = {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}
@@ -394,9 +395,8 @@ def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(
     demos = expert_demonstrations(
         "maze", expert_env("maze", kwargs), [f"maze-{i}" for i in range(4)], builder, seed=0
     )
-    corpus = env_corpus(make("maze", **kwargs), ["maze-0", "maze-1"])
-    model_dir = build_tiny_model(
-        tmp_path / "m", corpus, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1
+    model_dir = tiny_model(
+        maze=kwargs, tasks=2, steps_per_task=10, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1
     )
     model, tokenizer = (
         AutoModelForCausalLM.from_pretrained(model_dir),

@@ -27,7 +27,6 @@ from agentrl.envs import register_env
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.rollout import rollout
 from agentrl.trainers import train
 from agentrl.trainers.learner import Learner, UpdateSettings
@@ -39,12 +38,8 @@ from agentrl.types import Step, StepBatch, read_trajectories
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    env = MazeEnv(size=2, n_doors=1, num_tasks=50)
-    corpus = env_corpus(env, [f"maze-{i}" for i in range(10)], steps_per_task=6, seed=0)
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
-    )
+def model_dir(small_maze_model_dir):
+    return small_maze_model_dir
 
 
 def tiny_run(model_dir, **extra) -> list[str]:
@@ -129,7 +124,7 @@ class FlakyMaze(MazeEnv):
 
 
 def test_malformed_output_and_a_crashing_env_do_not_stop_training(model_dir, tmp_path):
-    register_env("test-flaky-maze", FlakyMaze, overwrite=True)
+    register_env("test-flaky-maze", FlakyMaze)
     overrides = tiny_run(
         model_dir,
         **{

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,9 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 from agentrl.agents.prompts import render_chat
-from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams, make_policy
-from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.policies.vllm import (
     AdapterVersions,
     VLLMNotInstalledError,
@@ -36,11 +35,8 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = env_corpus(MazeEnv(), [f"maze-{i}" for i in range(4)], steps_per_task=4, seed=0)
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), corpus, vocab_size=384, layers=1, hidden=32, seed=0
-    )
+def model_dir(tiny_model: Callable[..., Path]) -> Path:
+    return tiny_model(tasks=4, steps_per_task=4, layers=1, hidden=32)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Prompt builders: what the policy sees at each turn.
 
-Two ways to show history (DESIGN.md, "Policies and rollout"):
+Two ways to show history:
 
 - ``StepPrompt`` (the default): a fresh two-message prompt per step holding the task, the last
   ``history_k`` (observation, action) pairs, the current observation and the admissible actions.

@@ -12,9 +12,11 @@ Sources. The official code is modelscope/AgentEvolver, branch ``seeupo``,
 ``beyondagent/module/trainer/ba_ray_trainer.py``; a later copy of it (``seeupo_v2``) differs on
 episodes that end before the last turn slot (option ``ended``). Neither the ``seeupo`` branch nor
 the ``seeupo_v2`` copy is in the code index this was written from (AgentEvolver's stored versions
-of that file contain no SeeUPO code), so both behaviours follow the issue-13 comparison of the two
-(credit.md, SeeUPO). Correction factors are keyed by trajectory id: the official code reorders the
-turn batches while carrying M row-aligned, which pairs M with the wrong trajectory.
+of that file contain no SeeUPO code), so both behaviours are written from a description of how the
+two copies differ, not from their code: ``ended="keep"`` (the official code) counts ended
+trajectories in later turns' statistics, ``"drop"`` (``seeupo_v2``) only live ones. Correction
+factors are keyed by trajectory id: the official code reorders the turn batches while carrying M
+row-aligned, which pairs M with the wrong trajectory.
 """
 
 from __future__ import annotations

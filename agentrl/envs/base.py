@@ -1,6 +1,6 @@
 """AgentEnv: a gymnasium.Env whose observations and actions are text.
 
-Contract (DESIGN.md): ``reset(seed=None, options={"task_id": ...}) -> (obs, info)`` and
+Contract (every env keeps it): ``reset(seed=None, options={"task_id": ...}) -> (obs, info)`` and
 ``step(action) -> (obs, reward, terminated, truncated, info)``. ``info`` always carries
 ``state_key`` (the raw observation without history or scaffolding), and after a step also
 ``valid`` and ``success``; envs with a finite action set add ``admissible_actions``; envs with

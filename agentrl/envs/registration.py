@@ -11,13 +11,13 @@ from agentrl.envs.base import AgentEnv
 from agentrl.registry import Registry
 
 ENVS: Registry[Callable[..., AgentEnv]] = Registry("env")
-_GYM_NAMES: dict[str, str] = {}
+GYM_NAMES: Registry[str] = Registry("gymnasium name")  # env name -> the <name> of agentrl/<name>-v0
 
 
 def gym_id(name: str) -> str:
     """gymnasium id of a registered env: "maze" -> "agentrl/Maze-v0" (or its registered gym_name)."""
     camel = "".join(part.capitalize() for part in name.replace("_", "-").split("-"))
-    return f"agentrl/{_GYM_NAMES.get(name, camel)}-v0"
+    return f"agentrl/{GYM_NAMES.get(name) if name in GYM_NAMES else camel}-v0"
 
 
 def register_env(
@@ -30,7 +30,7 @@ def register_env(
     """
     ENVS.register(name, _lazy(factory) if isinstance(factory, str) else factory, overwrite=overwrite)
     if gym_name:
-        _GYM_NAMES[name] = gym_name
+        GYM_NAMES.register(name, gym_name, overwrite=True)
     gid = gym_id(name)
     if gid in gym.registry and overwrite:
         del gym.registry[gid]

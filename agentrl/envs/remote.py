@@ -219,16 +219,9 @@ def serve_env(
     **env_kwargs: Any,
 ) -> None:
     """Serve the registered env ``name`` (built with ``env_kwargs``) until interrupted."""
-    import uvicorn
-
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
-    uvicorn.run(
-        create_app(name, env_kwargs, token=token, max_envs=max_envs),
-        host=host,
-        port=port,
-        log_level="warning",
-    )
+    ServerThread(create_app(name, env_kwargs, token=token, max_envs=max_envs), host, port).serve_forever()
 
 
 class RemoteEnv(AgentEnv):

@@ -2,7 +2,7 @@
 
 A policy turns a batch of chat prompts into responses. Every backend returns the prompt and
 response token ids with the sampling log-probs, so the trainer can recompute log-probs from ids
-whatever produced them (DESIGN.md, "Policies and rollout").
+whatever produced them (in-process transformers, vLLM or an OpenAI-compatible server).
 """
 
 from __future__ import annotations

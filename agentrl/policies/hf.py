@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -25,57 +24,9 @@ import torch
 from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
+from agentrl.policies.lora import LoraSettings
 
 __all__ = ["HFPolicy", "LoraSettings", "pick_device"]
-
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters (peft ``LoraConfig``): rank, alpha, dropout and the modules it wraps."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"LoRA r must be an int >= 1, got {self.r!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, str) or not self.target_modules:
-            raise ValueError(
-                f"LoRA target_modules must be a non-empty list of module names, got {self.target_modules!r}"
-            )
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-
-    @classmethod
-    def coerce(cls, value: LoraSettings | Mapping[str, Any]) -> LoraSettings:
-        """Accept settings or a plain dict (from a YAML config); unknown keys are named."""
-        if isinstance(value, LoraSettings):
-            return value
-        unknown = set(value) - {"r", "alpha", "dropout", "target_modules"}
-        if unknown:
-            raise ValueError(
-                f"unknown LoRA setting(s) {sorted(unknown)}; known: r, alpha, dropout, target_modules"
-            )
-        return cls(**value)
-
-    def to_peft(self) -> Any:
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int; scaling = alpha / r takes a float
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            task_type="CAUSAL_LM",
-            bias="none",
-        )
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -459,5 +410,5 @@ class HFPolicy:
             "device": str(self.device),
         }
         if self.has_adapter:
-            info["lora"] = asdict(self.lora_settings())
+            info["lora"] = self.lora_settings().model_dump()
         return info

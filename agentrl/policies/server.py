@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentrl.policies.base import Generation, SamplingParams
+from agentrl.serving import BodyError, ServerThread, check_bearer, read_json_body
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "APIError", "Engine", "PolicyServer", "create_app", "serve"]
 
@@ -463,8 +464,6 @@ def create_app(
     from fastapi.responses import JSONResponse, PlainTextResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from agentrl.serving import BodyError, check_bearer, read_json_body
-
     if max_batch_size < 1 or default_max_tokens < 1 or max_body_bytes < 1:
         raise ValueError("max_batch_size, default_max_tokens and max_body_bytes must be >= 1")
     engine = Engine(policy, served_model_name, model_path)
@@ -655,8 +654,6 @@ def serve(
     """Serve the model at ``model_path`` until interrupted (blocking). The model is named
     ``served_model_name`` (default: ``model_path``) in requests; ``adapter`` (``name=path`` or a
     path) is loaded at start."""
-    import uvicorn
-
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an api key: anyone who can reach the port can use the model", host)
     app = build_app(
@@ -667,7 +664,7 @@ def serve(
         api_key=api_key,
         device=device,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    ServerThread(app, host, port).serve_forever()
 
 
 class PolicyServer:
@@ -678,8 +675,6 @@ class PolicyServer:
     """
 
     def __init__(self, model_path: str | os.PathLike[str], *, port: int | None = None, **kwargs: Any) -> None:
-        from agentrl.serving import ServerThread
-
         self.app = build_app(model_path, **kwargs)
         self.model_name: str = self.app.state.engine.name
         self._thread = ServerThread(self.app, port=port)

@@ -1,6 +1,6 @@
 """Tiny models without the hub: a byte-level BPE tokenizer trained on env text and a random-init Qwen2.
 
-Tests and the CPU quickstart never download (DESIGN.md, "Tiny models, no hub"). ``build_tiny_model``
+Tests and the CPU quickstart never download a model or tokenizer. ``build_tiny_model``
 writes a directory that loads through ``AutoTokenizer`` / ``AutoModelForCausalLM.from_pretrained``
 exactly like a real model, so every code path that takes a model path is exercised for real.
 """

@@ -39,7 +39,7 @@ from agentrl.distributed import SINGLE, init_distributed
 from agentrl.envs import make
 from agentrl.evaluation import evaluate
 from agentrl.policies.base import SamplingParams
-from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.policies.hf import HFPolicy
 from agentrl.rollout import PromptBuilder, rollout
 from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
@@ -272,7 +272,7 @@ class Trainer:
         if not s.full_finetune:
             from peft import get_peft_model
 
-            model = get_peft_model(model, LoraSettings.coerce(self.cfg.lora.model_dump()).to_peft())
+            model = get_peft_model(model, self.cfg.lora.to_peft())
         if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         t0 = time.time()
@@ -410,7 +410,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.policy = HFPolicy.from_pretrained(
             model_path,
-            lora=LoraSettings.coerce(cfg.lora.model_dump()),
+            lora=cfg.lora,
             device=dist.device if dist.active else cfg.model.device,
             dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size,

@@ -3,8 +3,9 @@
 Every env with an oracle has an expert (``agentrl.trainers.experts``: maze, alfworld, webshop,
 search, tools, bfcl). Each expert turn becomes one sample: the prompt the builder gives at that
 point of the episode and the response in the rollout's response format (followed by the
-end-of-turn token in training). The response is parsed back with the format's parser and the
-parsed action is what the env receives and what the history shows, as in rollout.
+end-of-turn token in training). The episode state and the prompt come from rollout's own
+``Episode`` (``start``/``prompt``/``add_step``/``observe``), and the response is parsed back with
+the format's parser, so the env receives and the history shows what rollout would.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from agentrl.agents import ChatPrompt, StepPrompt, parse_response
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.logprobs import pack_samples, token_logprobs
+from agentrl.rollout import Episode
 from agentrl.trainers.experts import EXPERTS, ExpertTurn, expert_env, get_expert
+from agentrl.types import Step
 
 __all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "render_response", "sft_train"]
 
@@ -65,26 +68,18 @@ def expert_demonstrations(
     demos: list[Demonstration] = []
     fmt = builder.response_format
     for n, task_id in enumerate(task_ids):
-        obs, info = env.reset(seed=seed + n, options={"task_id": task_id})
+        # the rollout's own episode state and prompt builder, so each prompt is the one rollout shows
+        ep = Episode(str(task_id), "", "", seed + n)
+        ep.start(*env.reset(seed=seed + n, options={"task_id": task_id}))
         policy = expert.start(env, task_id)
-        task = str(info.get("task", ""))
-        tools = info.get("tools")
-        history: list[tuple[str, str]] = []
-        observations: list[str] = [obs]
-        responses: list[str] = []
-        subgoal = None
         episode: list[Demonstration] = []
         done = False
         while not done:
-            turn = policy(obs, info)
+            turn = policy(ep.obs, ep.info)
             if turn is None:
                 break
             turn = turn if isinstance(turn, ExpertTurn) else ExpertTurn(str(turn))
-            actions = info.get("admissible_actions")
-            if isinstance(builder, ChatPrompt):
-                messages = builder.build(task, observations, responses, actions, tools=tools)
-            else:
-                messages = builder.build(task, obs, history, actions, subgoal=subgoal, tools=tools)
+            messages = ep.prompt(builder)
             response = render_response(turn.action, fmt, len(episode), expert.subgoal, think=turn.think)
             parsed = parse_response(response, fmt)
             if not parsed.valid:
@@ -93,16 +88,13 @@ def expert_demonstrations(
                     f"{fmt!r} ({parsed.reason}): {response!r}"
                 )
             episode.append(Demonstration(messages, response, task_id=str(task_id), turn=len(episode)))
-            if fmt == "hiper":
-                subgoal = expert.subgoal
-            history.append((obs, parsed.action))
-            responses.append(response)
+            ep.add_step(
+                Step(obs=ep.obs, response=response, action=parsed.action, info=parsed.step_info(ep.subgoal))
+            )
             obs, _, terminated, truncated, info = env.step(parsed.action)
-            if info.get("tools") is not None:  # BFCL adds functions mid-episode; rollout follows them too
-                tools = info["tools"]
-            observations.append(obs)
+            ep.observe(obs, dict(info or {}))
             done = terminated or truncated
-        won = bool(info.get("success", False))
+        won = bool(ep.info.get("success", False))
         for d in episode:
             d.success = won
         demos.extend(episode)

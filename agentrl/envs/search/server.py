@@ -13,7 +13,7 @@ from typing import Any
 
 from agentrl.envs.search.data import Doc
 from agentrl.envs.search.retriever import MAX_TOPK, BM25Retriever
-from agentrl.serving import MAX_BODY_BYTES, BodyError, read_json_request
+from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
 
 __all__ = ["MAX_QUERIES", "MAX_QUERY_CHARS", "build_retriever", "create_retrieval_app", "serve_retriever"]
 
@@ -117,9 +117,7 @@ def serve_retriever(
     token: str | None = None,
 ) -> None:
     """Index the corpus (or the generated world) and serve ``/retrieve`` until interrupted."""
-    import uvicorn
-
     app = create_retrieval_app(
         build_retriever(corpus_path, world=world, seed=seed, num_docs=num_docs), token=token
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    ServerThread(app, host, port).serve_forever()

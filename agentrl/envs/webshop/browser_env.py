@@ -148,7 +148,8 @@ class WebShopBrowserEnv(AgentEnv):
         self._goal_ids = self.shop.split_indices(split)
         self._server = None
         if base_url is None:
-            from agentrl.envs.webshop.site import ServerThread, create_app
+            from agentrl.envs.webshop.site import create_app
+            from agentrl.serving import ServerThread
 
             app = create_app(
                 split,

@@ -18,9 +18,7 @@ import hashlib
 import html
 import re
 import secrets
-import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +30,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from agentrl.envs.webshop.pages import Element, Page, PageMachine, Session
 from agentrl.envs.webshop.reward import RewardConfig
 from agentrl.envs.webshop.text_env import shop_from_args
+from agentrl.serving import ServerThread
+
+# ServerThread is the shared one (agentrl.serving), named here too: serve the site in a thread (tests)
 
 MAX_BODY_BYTES = 4096
 MAX_FIELD_CHARS = 1000
@@ -271,50 +272,6 @@ def create_app(
     return app
 
 
-class ServerThread:
-    """A real uvicorn server for the app on a free 127.0.0.1 port, in a daemon thread (tests, browser env)."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self._sock = socket.socket(
-            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )  # asyncio sets TCP_NODELAY only then
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            h11_max_incomplete_event_size=16 * 1024,
-        )
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-
-    def start(self, timeout: float = 20.0) -> ServerThread:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the WebShop server on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
 def serve(
     host: str = "127.0.0.1",
     port: int = 3000,
@@ -325,7 +282,8 @@ def serve(
     goals: str = "human",
 ) -> None:
     """Serve the shop until interrupted; open http://HOST:PORT/ (or /?goal=N) in a browser."""
-    import uvicorn
-
     app = create_app(split, data_dir=data_dir, num_products=num_products, seed=seed, goals=goals)
-    uvicorn.run(app, host=host, port=port, log_level="info", h11_max_incomplete_event_size=16 * 1024)
+    server = ServerThread(app, host, port, log_level="info", access_log=True)
+    server.listen()  # before the URL is printed: a browser opened at once waits instead of being refused
+    print(f"WebShop site at {server.url}/ (Ctrl-C to stop)", flush=True)
+    server.serve_forever()
