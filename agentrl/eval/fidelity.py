@@ -49,6 +49,7 @@ OUTCOME, OUTCOME_TURN = "outcome", "outcome+turn"
 FAIR_OPTIONS: dict[str, dict[str, object]] = {
     "mt_grpo": {"variant": "k_turn"},  # two_phase needs tool calls; the maze has none
     "hiper": {"shaping": False, "bootstrap_truncated": False},  # the return is the outcome; finite horizon
+    "matchtir": {"outcome_weight": 1.0},  # its answer turn scores the outcome; the maze's is the episode's
 }
 
 

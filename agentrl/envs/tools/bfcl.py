@@ -14,6 +14,18 @@ ground truth's results must appear among the model's results so far); a turn who
 is empty must have no calls (BFCL's irrelevance check). Reward 1.0 at the end when every turn
 passed, else 0; ``turn_reward`` is 1/0 per finished turn. More than 20 responses in one turn
 (BFCL's MAXIMUM_STEP_LIMIT) truncates the episode, which fails it, as in BFCL.
+
+``turn_rewards="matchtir"`` (for the ``matchtir`` estimator) scores every response, not only the
+one that closes a user turn, by MatchTIR's bipartite match (``agentrl.envs.tools.matchtir``): a
+response with calls earns the mean reward of its calls, matched together with the calls made
+earlier in the same user turn against that turn's ground-truth calls (MatchTIR matches all calls
+of an episode against one question's gold list; a BFCL user turn is such a question). A response
+earns its reward when it is made, so earlier calls of the turn are re-matched, not frozen; a turn
+whose calls all come in one response (the ground-truth replay) is matched exactly as in MatchTIR.
+BFCL has no gold final answer for MatchTIR's answer F1, so the response that closes a user turn
+earns BFCL's turn check (``closing_reward="check"``, 1/0) or 0 (``"zero"``, MatchTIR's reward for a
+turn with neither calls nor answer); an unreadable response earns 0. ``info["call_rewards"]``
+holds the rewards of the response's calls. Reward and episode outcome are unchanged.
 """
 
 from __future__ import annotations
@@ -31,18 +43,22 @@ from typing import Any
 from agentrl.agents.formats import ToolCall, parse_tool_calls
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.tools.env import format_tool_response
+from agentrl.envs.tools.matchtir import MatchReward, json_value
 
 __all__ = [
     "CATEGORIES",
     "BFCLMultiTurnEnv",
     "bfcl_tool_schema",
     "ground_truth_actions",
+    "ground_truth_calls",
     "load_entries",
     "parse_call",
 ]
 
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 MAXIMUM_STEP_LIMIT = 20
+TURN_REWARDS = ("check", "matchtir")
+CLOSING_REWARDS = ("check", "zero")
 ADDED_FUNCTIONS_MESSAGE = "I have updated some more functions you can choose from. What about now?"
 _TYPES = {
     "dict": "object",
@@ -190,36 +206,72 @@ def _parameter_names(entry: dict[str, Any], method: str) -> list[str]:
     raise ValueError(f"no involved class of {entry['id']} has a method {method!r}")
 
 
-def ground_truth_actions(entry: dict[str, Any]) -> list[list[str]]:
-    """Per user turn, the responses that replay the ground truth: one response with all its calls
-    (positional arguments named after the method's parameters), then "Done." to end the turn."""
+def ground_truth_calls(entry: dict[str, Any]) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Per user turn, the ground-truth calls as (name, keyword arguments), positional arguments
+    named after the method's parameters."""
     turns = []
     for calls in entry["ground_truth"]:
         items = []
         for text in calls:
             name, args, kwargs = parse_call(text)
             named = dict(zip(_parameter_names(entry, name), args)) if args else {}
-            items.append({"name": name, "arguments": {**named, **kwargs}})
-        action = "\n".join(f"<tool_call>{json.dumps(i)}</tool_call>" for i in items)
-        turns.append(([action] if items else []) + ["Done."])
+            items.append((name, {**named, **kwargs}))
+        turns.append(items)
+    return turns
+
+
+def ground_truth_actions(entry: dict[str, Any]) -> list[list[str]]:
+    """Per user turn, the responses that replay the ground truth: one response with all its calls
+    (positional arguments named after the method's parameters), then "Done." to end the turn."""
+    turns = []
+    for calls in ground_truth_calls(entry):
+        action = "\n".join(
+            f"<tool_call>{json.dumps({'name': n, 'arguments': a})}</tool_call>" for n, a in calls
+        )
+        turns.append(([action] if calls else []) + ["Done."])
     return turns
 
 
 class BFCLMultiTurnEnv(AgentEnv):
-    """``make("bfcl", category="multi_turn_base")``: BFCL v4 multi-turn entries, scored by BFCL's checks."""
+    """``make("bfcl", category="multi_turn_base")``: BFCL v4 multi-turn entries, scored by BFCL's checks.
+
+    ``turn_rewards``: "check" (BFCL's 1/0 on the response closing each user turn) or "matchtir"
+    (MatchTIR's matched call rewards on every response; see the module docstring). ``matching``,
+    ``unmatched_penalty``, ``sinkhorn_reg``, ``soft_normalise``: ``MatchReward``'s options;
+    ``closing_reward``: what the closing response earns under "matchtir".
+    """
 
     def __init__(
         self,
         category: str = "multi_turn_base",
         *,
         max_steps_per_turn: int = MAXIMUM_STEP_LIMIT,
+        turn_rewards: str = "check",
+        matching: str = "greedy",
+        unmatched_penalty: float = 0.0,
+        sinkhorn_reg: float = 0.1,
+        soft_normalise: bool = False,
+        closing_reward: str = "check",
         render_mode: str | None = None,
     ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps_per_turn < 1:
             raise ValueError(f"max_steps_per_turn must be >= 1, got {max_steps_per_turn}")
+        for name, value, allowed in (
+            ("turn_rewards", turn_rewards, TURN_REWARDS),
+            ("closing_reward", closing_reward, CLOSING_REWARDS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")
+        self.matcher = (
+            MatchReward(matching, unmatched_penalty, sinkhorn_reg, soft_normalise)
+            if turn_rewards == "matchtir"
+            else None
+        )
+        self.closing_reward = closing_reward
         self.category, self.max_steps_per_turn = category, max_steps_per_turn
         self.entries = {e["id"]: e for e in load_entries(category)}
+        self._gold: dict[str, list[list[tuple[str, dict[str, Any]]]]] = {}
         self.entry: dict[str, Any] | None = None
         self._done = True
 
@@ -250,6 +302,12 @@ class BFCLMultiTurnEnv(AgentEnv):
         self.model, self.truth = _APIs(self.entry), _APIs(self.entry)
         self.functions = list(self.entry["function"])
         self.turn, self._turn_steps, self._turn_calls = 0, 0, 0
+        self._turn_preds: list[tuple[str, dict[str, Any]]] = []  # this user turn's calls, for matchtir
+        if self.matcher is not None and task_id not in self._gold:
+            self._gold[task_id] = [
+                [(n, {k: json_value(v) for k, v in a.items()}) for n, a in calls]
+                for calls in ground_truth_calls(self.entry)
+            ]
         self.all_model_results: list[str] = []
         self.failure: dict[str, Any] | None = None
         self._done = False
@@ -329,9 +387,19 @@ class BFCLMultiTurnEnv(AgentEnv):
                     for i, (c, r) in enumerate(zip(parsed.tool_calls, results))
                 ],
             )
+            if self.matcher is not None:
+                new = [(c.name, dict(c.arguments)) for c in parsed.tool_calls]
+                self._turn_preds.extend(new)
+                gold = self._gold[self.entry["id"]][self.turn]
+                rewards = self.matcher.call_rewards(self._turn_preds, gold)[-len(new) :]
+                turn_reward = float(rewards.mean())
+                info["call_rewards"] = [float(r) for r in rewards]
         else:
             check = self._check_turn()
             turn_reward = float(check["valid"])
+            if self.matcher is not None and self.closing_reward == "zero":
+                turn_reward = 0.0
+            self._turn_preds = []
             if not check["valid"] and self.failure is None:
                 self.failure = {
                     "turn": self.turn,
