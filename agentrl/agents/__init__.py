@@ -2,6 +2,7 @@
 
 from agentrl.agents.formats import (
     RESPONSE_FORMATS,
+    ExpertAnswer,
     ParsedResponse,
     ResponseFormat,
     Span,
@@ -30,6 +31,7 @@ __all__ = [
     "RESPONSE_FORMATS",
     "ChatPrompt",
     "ChatTokens",
+    "ExpertAnswer",
     "Message",
     "ParsedResponse",
     "PromptSettings",

@@ -27,6 +27,7 @@ from agentrl.registry import Registry
 
 __all__ = [
     "RESPONSE_FORMATS",
+    "ExpertAnswer",
     "ParsedResponse",
     "ResponseFormat",
     "Span",
@@ -383,6 +384,32 @@ def parse_openai_message(message: Mapping[str, Any]) -> ParsedResponse:
 
 
 @dataclass(frozen=True)
+class ExpertAnswer:
+    """What an expert answers at one turn, for ``ResponseFormat.render``: the action, the turn, the
+    planner subgoal (formats with ``subgoals``) and an optional thought."""
+
+    action: str
+    turn: int = 0
+    subgoal: str = "reach the goal"
+    think: str | None = None
+
+
+def _render_think_action(a: ExpertAnswer) -> str:
+    return (f"<think>{a.think}</think>" if a.think else "") + f"<action>{a.action}</action>"
+
+
+def _render_hiper(a: ExpertAnswer) -> str:
+    """One subgoal for the whole episode: SWITCH to it at turn 0, KEEP it after."""
+    switch = "SWITCH" if a.turn == 0 else "KEEP"
+    return f"<switch>{switch}</switch><subgoal>{a.subgoal}</subgoal><action>{a.action}</action>"
+
+
+def _render_tool_call(a: ExpertAnswer) -> str:
+    """The action as it is: ``<tool_call>`` text for tool envs, else a final answer."""
+    return a.action
+
+
+@dataclass(frozen=True)
 class ResponseFormat:
     """A named format: the instructions that ask for it, the parser that reads it, and what the rest
     of agentrl must know about it (declared here so prompts, rollout and the benchmark never test
@@ -391,7 +418,8 @@ class ResponseFormat:
     ``subgoals``: responses carry a planner subgoal with a SWITCH/KEEP tag; prompts show the current
     subgoal and every step records ``info["switch"]``/``info["subgoal"]``. ``fields``: the
     ``StepBatch`` columns steps in this format provide. ``min_new_tokens``: the smallest generation
-    budget a well-formed response fits in (0: no floor).
+    budget a well-formed response fits in (0: no floor). ``render``: writes an expert's answer in the
+    format (SFT demonstrations); None when experts cannot answer in it.
     """
 
     name: str
@@ -401,6 +429,7 @@ class ResponseFormat:
     subgoals: bool = False
     fields: tuple[str, ...] = ()
     min_new_tokens: int = 0
+    render: Callable[[ExpertAnswer], str] | None = None  # an expert's answer as a response (SFT targets)
 
 
 RESPONSE_FORMATS: Registry[ResponseFormat] = Registry("response format")
@@ -412,6 +441,7 @@ RESPONSE_FORMATS.register(
         "Think briefly inside <think>...</think>, then give exactly one action inside <action>...</action>.",
         parse_think_action,
         stop=("</action>",),
+        render=_render_think_action,
     ),
 )
 RESPONSE_FORMATS.register(
@@ -422,6 +452,7 @@ RESPONSE_FORMATS.register(
         "(one element per call). When you have the final answer, write it as plain text.",
         parse_tool_calls,
         fields=("tool_call",),
+        render=_render_tool_call,
     ),
 )
 RESPONSE_FORMATS.register(
@@ -435,6 +466,7 @@ RESPONSE_FORMATS.register(
         subgoals=True,
         fields=("switch", "subgoal"),
         min_new_tokens=24,  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
+        render=_render_hiper,
     ),
 )
 

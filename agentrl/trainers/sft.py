@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.agents import ChatPrompt, StepPrompt, parse_response
+from agentrl.agents import RESPONSE_FORMATS, ChatPrompt, ExpertAnswer, StepPrompt, parse_response
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.logprobs import pack_samples, token_logprobs
 from agentrl.rollout import Episode
@@ -31,18 +31,12 @@ __all__ = ["EXPERTS", "Demonstration", "expert_demonstrations", "expert_env", "r
 def render_response(
     action: str, response_format: str, turn: int, goal_hint: str = "reach the goal", think: str | None = None
 ) -> str:
-    """The expert's answer in a response format (HiPER: one subgoal, ``goal_hint``, for the whole episode).
-
-    ``tool_call``: the action as it is (``<tool_call>`` text for tool envs, else a final answer).
-    """
-    if response_format == "think_action":
-        return (f"<think>{think}</think>" if think else "") + f"<action>{action}</action>"
-    if response_format == "hiper":
-        switch = "SWITCH" if turn == 0 else "KEEP"
-        return f"<switch>{switch}</switch><subgoal>{goal_hint}</subgoal><action>{action}</action>"
-    if response_format == "tool_call":
-        return action
-    raise ValueError(f"no expert rendering for response format {response_format!r}")
+    """The expert's answer written by the response format's ``render`` (HiPER: one subgoal,
+    ``goal_hint``, for the whole episode; ``tool_call``: the action as it is)."""
+    render = RESPONSE_FORMATS.get(response_format).render if response_format in RESPONSE_FORMATS else None
+    if render is None:
+        raise ValueError(f"no expert rendering for response format {response_format!r}")
+    return render(ExpertAnswer(action, turn=turn, subgoal=goal_hint, think=think))
 
 
 @dataclass
