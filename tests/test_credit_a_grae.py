@@ -12,30 +12,11 @@ import pytest
 
 from agentrl.credit import estimate, estimator_info
 from agentrl.eval.synthetic_rollouts import synthetic_trajectories
-from agentrl.types import Step, StepBatch, Trajectory
+from agentrl.types import StepBatch, Trajectory
+from tests.credit_helpers import batch_of, traj
+from tests.credit_helpers import per_valid_traj as per_traj
 
 EPS = 1e-6
-
-
-def traj(
-    group: str, i: int, outcome: float, n_steps: int = 2, invalid_at: int | None = None, **kw
-) -> Trajectory:
-    steps = [Step(obs=f"o{t}", action="a", valid=t != invalid_at) for t in range(n_steps)]
-    steps[-1].reward = outcome
-    kw.setdefault("terminated", True)
-    return Trajectory(task_id=group, group_id=group, traj_id=f"{group}/{i}", steps=steps, **kw)
-
-
-def batch_of(groups: dict[str, list[float]]) -> StepBatch:
-    return StepBatch.from_trajectories([traj(g, i, r) for g, rs in groups.items() for i, r in enumerate(rs)])
-
-
-def per_traj(b: StepBatch, adv: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tid, a, valid in zip(b.traj_id, adv, b.valid):
-        if valid:
-            assert out.setdefault(tid, a) == a, "valid rows of a trajectory share its advantage"
-    return out
 
 
 # A: p = 1/2 ; B: p = 1/4 ; C: all fail (p = 0) ; D: all succeed (p = 1)  ->  p_bar = 1.75/4 = 0.4375

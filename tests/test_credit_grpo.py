@@ -7,12 +7,7 @@ import pytest
 
 from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
 from agentrl.types import Step, StepBatch, Trajectory
-
-
-def traj(group: str, i: int, outcome: float, n_steps: int = 2, invalid_at: int | None = None) -> Trajectory:
-    steps = [Step(obs=f"o{t}", action="a", valid=t != invalid_at, state_key=f"s{t}") for t in range(n_steps)]
-    steps[-1].reward = outcome
-    return Trajectory(task_id=group, group_id=group, traj_id=f"{group}/{i}", steps=steps, terminated=True)
+from tests.credit_helpers import per_traj, traj
 
 
 def group_batch() -> StepBatch:
@@ -21,13 +16,6 @@ def group_batch() -> StepBatch:
     trajs += [traj("B", i, r, n_steps=1 + i) for i, r in enumerate([3.0, 5.0, 10.0])]
     trajs += [traj("C", 0, 2.0)]
     return StepBatch.from_trajectories(trajs)
-
-
-def per_traj(b: StepBatch, adv: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tid, a in zip(b.traj_id, adv):
-        assert out.setdefault(tid, a) == a, "trajectory-level advantage must be equal on all rows"
-    return out
 
 
 def test_grpo_mean_std_by_hand():

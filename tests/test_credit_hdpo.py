@@ -18,6 +18,7 @@ from agentrl.eval.fidelity import credit_fidelity, fidelity_markdown
 from agentrl.eval.learning import credit_learning, trainable_estimators
 from agentrl.eval.synthetic_rollouts import synthetic_trajectories
 from agentrl.types import Step, StepBatch, Trajectory
+from tests.credit_helpers import per_traj
 
 EPS = 1e-6
 
@@ -41,13 +42,6 @@ def traj(
     steps[-1].reward = float(success) if outcome is None else outcome
     kw.setdefault("terminated", True)
     return Trajectory(group, group, f"{group}/{i}", steps, success=success, **kw)
-
-
-def per_traj(b: StepBatch, adv: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tid, a in zip(b.traj_id, adv):
-        assert out.setdefault(tid, a) == a, "every row of a trajectory carries its advantage"
-    return out
 
 
 def hand_batch() -> StepBatch:

@@ -9,26 +9,11 @@ import pytest
 
 from agentrl.credit import estimate, estimator_info
 from agentrl.eval.synthetic_rollouts import synthetic_trajectories
-from agentrl.types import Step, StepBatch, Trajectory
+from agentrl.types import StepBatch, Trajectory
+from tests.credit_helpers import per_valid_traj as per_traj
+from tests.credit_helpers import traj
 
 EPS = 1e-6
-
-
-def traj(
-    group: str, i: int, outcome: float, n_steps: int = 2, invalid_at: int | None = None, **kw
-) -> Trajectory:
-    steps = [Step(obs=f"o{t}", action="a", valid=t != invalid_at) for t in range(n_steps)]
-    steps[-1].reward = outcome
-    kw.setdefault("terminated", True)
-    return Trajectory(task_id=group, group_id=group, traj_id=f"{group}/{i}", steps=steps, **kw)
-
-
-def per_traj(b: StepBatch, adv: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tid, a, valid in zip(b.traj_id, adv, b.valid):
-        if valid:
-            assert out.setdefault(tid, a) == a, "valid rows of a trajectory share its advantage"
-    return out
 
 
 def hand_batch() -> StepBatch:
