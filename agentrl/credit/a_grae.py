@@ -33,7 +33,7 @@ Where we depart from that code, with the code's behaviour named:
   ablation or to feed a schedule over training progress. The trainer hands the same options to every
   iteration, so a per-iteration schedule would need trainer support that does not exist.
 
-Invalid actions: ``c_inv`` is subtracted from the invalid row at the end (credit.md), as in ``grpo``.
+Invalid actions: ``c_inv`` is subtracted from the invalid row at the end, as in ``grpo``.
 """
 
 from __future__ import annotations

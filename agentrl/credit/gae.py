@@ -1,7 +1,7 @@
 """GAE/PPO at step level: one critic value per turn, advantages by the GAE recursion.
 
 ``delta_t = r_t + gamma*V_{t+1}*(1-done_t) - V_t`` and ``A_t = delta_t + gamma*lam*(1-done_t)*A_{t+1}``
-(credit.md, GRPO family). The value after a trajectory's last row is 0; a truncated trajectory
+(Schulman et al. 2016, at turn level). The value after a trajectory's last row is 0; a truncated trajectory
 may instead bootstrap from its last row's own value (``bootstrap_truncated``), since the episode
 did not really end there. The helpers here are shared with MT-PPO (turn_level.py).
 """

@@ -1,7 +1,7 @@
 """Group baselines on the trajectory outcome: GRPO (mean_std / mean / median), RLOO, REINFORCE++.
 
 Every row of trajectory i gets the same advantage, except that the invalid-action penalty
-``c_inv`` is subtracted from the score of the row whose action was invalid (credit.md).
+``c_inv`` is subtracted from the score of the row whose action was invalid.
 """
 
 from __future__ import annotations

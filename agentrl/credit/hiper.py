@@ -4,7 +4,7 @@ Every response is ``<switch>KEEP|SWITCH</switch><subgoal>...</subgoal><action>..
 A segment (one subgoal) starts at t=0 and on every SWITCH. Three critic heads give three
 signals: the executor's action advantage A^L (GAE inside a segment with V_L), the planner's
 subgoal advantage A^H (GAE across segments with V_H) and the switch advantage A^T (segment
-return minus V_T), each routed to its own part of the response (credit.md, HiPER).
+return minus V_T), each routed to its own part of the response.
 
 Sources. The authors' code is JonP07/HiPER-agent: ``hiper_hae/core_hae.py`` (``HAEConfig``,
 ``compute_hae_advantage``) and ``hiper_hae/hier_mask.py`` in the current version;

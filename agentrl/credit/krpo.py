@@ -26,7 +26,7 @@ estimator state (``{"tasks": {task_id: [x, P]}}``) instead of a fresh one per gr
 a task's groups feed the filter one after the other, in batch order. The authors' behaviour is the
 default (``persist=False``), which neither reads nor writes the state.
 
-Invalid actions: ``c_inv`` is subtracted from the invalid row at the end (credit.md), as in ``grpo``.
+Invalid actions: ``c_inv`` is subtracted from the invalid row at the end, as in ``grpo``.
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ is every turn of every trajectory of the group: all positions pooled, unlike MT-
 pools and GiGPO's per-state anchors. For self-play batches, ``roles`` takes a role id per row (e.g.
 the seat); rows of different roles never share a pool.
 
-Options and where they follow the sources (paper default, the code's behaviour as an option, as
-credit.md asks):
+Options and where they follow the sources (paper default, the code's behaviour as an option):
 - ``gamma`` 1.0 (the shipped configs' ``gamma: 1``) [code].
 - ``mode``: "mean_std" (the paper's (G - mu)/sigma, default) or "mean" (G - mu, the shipped
   configs' ``advantage_norm: mean``) [code].

@@ -28,7 +28,7 @@ Options and where they depart from that code:
   turn's reward, for envs whose turn rewards do not already score the final answer (MatchTIR's
   answer turn earns its F1 as a turn reward).
 - ``invalid_penalty`` [ours, default 0 = the code]: subtracted from invalid rows at the end
-  (credit.md's c_inv); MatchTIR's rewards already give an unreadable turn 0.
+  (the ``c_inv`` of ``grpo``); MatchTIR's rewards already give an unreadable turn 0.
 No row is special-cased for truncation (the code has no such case): a truncated trajectory simply
 has fewer turns.
 """

@@ -25,7 +25,7 @@ library's trainer has no group filter, so those groups train with advantage 0 an
 token mean. ``R_max`` is the environment's best outcome: 1 for success/failure envs; rewards above it
 get positive credit even in a group of equals (the formula assumes ``R <= R_max``).
 
-Invalid actions: ``c_inv`` is subtracted from the invalid row after normalising (credit.md), as in
+Invalid actions: ``c_inv`` is subtracted from the invalid row after normalising, as in
 ``grpo``; it is not part of the group statistics.
 """
 

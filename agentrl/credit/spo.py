@@ -9,7 +9,7 @@ iterations instead, so one rollout per task (``rollout.group_size: 1``) is enoug
     after use:  alpha <- rho alpha + r,   beta <- rho beta + (1 - r)
 
 The batch statistics are over trajectories (each once; unbiased std), and every row of a trajectory
-gets its advantage; ``c_inv`` is then subtracted from invalid rows (credit.md), as in ``grpo``.
+gets its advantage; ``c_inv`` is then subtracted from invalid rows, as in ``grpo``.
 
 Sources. Authors' code, verl-project/verl-recipe at 550d42f5, ``spo/spo_ray_trainer.py``
 (``RayPPOTrainer.fit`` and ``_get_spo_rho``); run script volcengine/verl ``recipe/spo/run_spo.sh``;

@@ -2,7 +2,7 @@
 
 Environments may emit a verifiable or judged ``turn_reward`` per step; these estimators combine
 it with the trajectory outcome so that early turns are credited for what they achieved
-themselves, not only for how the episode ended (credit.md, Turn-level rewards).
+themselves, not only for how the episode ended.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def turn_slot_update(
     seed: int = 0,
     order: str = "reverse",
 ) -> UpdateResult:
-    """SeeUPO (credit.md): for each turn slot t in ``order``, recompute old log-probs of B_t, take the
+    """SeeUPO: for each turn slot t in ``order``, recompute old log-probs of B_t, take the
     per-turn advantages times the current M_i, update once, then ``M_i = clip(M_i * rho_i)`` with
     rho_i from the mean token log-ratio of trajectory i's turn-t response before/after the update.
     ``options["ended"]`` (estimator option) decides whether ended trajectories count in the later
