@@ -3,8 +3,8 @@ declares (``EstimatorInfo.value_heads``; GAE/MT-PPO: one head, HiPER: V_H, V_L, 
 
 The head reads hidden states the scorer already computes (``return_hidden``), at one position per
 step row, and is fitted to the estimator's value targets. The features are detached: the critic
-never pushes the policy's LoRA weights, so its learning rate can differ freely (HiPER's critic
-lr 10x the actor's for HiPER).
+never pushes the policy's LoRA weights, so its learning rate can differ freely (HiPER's authors
+train theirs at 10x the actor's learning rate).
 """
 
 from __future__ import annotations
