@@ -356,6 +356,25 @@ def test_per_token_advantages_reach_the_loss_on_their_tokens(maze_batch):
         token_advantages(samples, estimate("test_tokens", batch), spans=("action",))
 
 
+def test_ktae_token_credit_varies_within_a_response_and_trains(maze_batch):
+    policy, groups = maze_batch
+    groups = copy.deepcopy(groups)
+    for g in groups:  # an untrained model fails everywhere: give the episodes different outcomes by hand
+        for t, outcome in zip(g, (1.0, 0.0, 0.5)):
+            t.outcome = outcome
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+    adv = estimate("ktae", batch)
+    token_adv, token_mask = token_advantages(samples, adv)
+    assert all(np.array_equal(a, t.astype(np.float32)) for a, t in zip(token_adv, adv.token))
+    assert all(m.all() for m in token_mask)
+    assert any(len(set(a.tolist())) > 1 for a in token_adv)  # not one value broadcast over the response
+    n = len(samples)
+    learner = Learner(policy, UpdateSettings(minibatch_size=n, micro_batch_size=n), lr=0.0)
+    result = standard_update(learner, batch, samples, "ktae", {}, rng=np.random.default_rng(0))
+    assert math.isfinite(result.stats["loss"]) and result.advantages.token is not None
+
+
 def test_an_estimator_registered_by_test_code_trains_with_its_own_critic_and_schedule(model_dir, tmp_path):
     """The trainer learns everything from the registration: a value head, a schedule, a default loss."""
     calls = []
