@@ -225,6 +225,17 @@ def test_matches_the_reference_loop_on_random_multi_turn_batches(seed):
     assert worst < 1e-12
 
 
+def test_huge_token_ids_take_the_lexsort_path_with_the_same_result(monkeypatch):
+    import agentrl.credit.ktae as ktae_module
+
+    trajs = group([[[1, 2], [7]], [[1, 2]], [[1, 3, 3]], [[3], []]], [1.0, 1.0, 0.0, 0.0])
+    trajs += group([[[2, 9]], [[9]], [[4]]], [1.0, 0.0, 0.0], gid="h")
+    b = StepBatch.from_trajectories(trajs)
+    packed = tokens(estimate("ktae", b))
+    monkeypatch.setattr(ktae_module, "PACK_LIMIT", 0)
+    assert tokens(estimate("ktae", b)) == packed
+
+
 @pytest.mark.slow
 def test_speed_on_a_realistic_batch_is_reported(capsys):
     """128 groups x 8 trajectories x 40 turns of 30 tokens: 41k rows, 1.2M tokens (time printed only)."""

@@ -57,6 +57,7 @@ K1, B = 2.0, 0.5  # BM25 constants of the source's compute_tf
 TF_EPS = 1e-5  # the source's guard in tf_c/(tf_w + 1e-5)
 COHEN_EPS = 1e-10  # the source's guard in a/(a + c + 1e-10)
 FISHER_RTOL = 1e-7  # ties in Fisher's two-sided test (as scipy.stats.fisher_exact)
+PACK_LIMIT = 2**62  # (group, token, trajectory) packed in one int64 below this, else a lexsort
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -216,7 +217,7 @@ def ktae(
 
     # One sort by (group, token, trajectory): runs of equal (group, token) are the tables, runs of
     # equal (group, token, trajectory) the distinct trajectories containing the token.
-    if g * vocab * n_traj < 2**62:
+    if g * vocab * n_traj < PACK_LIMIT:
         code = (traj_group[slot] * vocab + tok) * n_traj + slot
         order = np.argsort(code)
         sorted_code = code[order]
