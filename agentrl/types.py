@@ -274,6 +274,7 @@ class StepBatch:
     tool_call: np.ndarray | None = None  # bool[R], from info["tool_call"]: the env returned a tool result
     switch: np.ndarray | None = None  # bool[R], info["switch"] == "SWITCH" (HiPER)
     subgoal: np.ndarray | None = None  # object[R], info["subgoal"] (HiPER)
+    response_ids: np.ndarray | None = None  # object[R], int64 array per row: Step.response_ids (rollout)
 
     def column(self, name: str) -> np.ndarray:
         """An optional column that must be present (``state_key``, ``turn_reward``, ...): estimators
@@ -364,6 +365,13 @@ class StepBatch:
             subgoal = np.empty(n_rows, dtype=object)
             subgoal[:] = [str(s.info.get("subgoal") or "") for s in steps]
 
+        response_ids = None
+        if any(s.response_ids is not None for s in steps):
+            # Filled one by one: equal-length lists would otherwise become a 2-D array.
+            response_ids = np.empty(n_rows, dtype=object)
+            for r, s in enumerate(steps):
+                response_ids[r] = np.asarray(s.response_ids or (), dtype=np.int64)
+
         per_traj_group = np.array([group_index[t.group_id] for t in trajs], dtype=np.int64)
         per_traj_outcome = np.array([t.outcome for t in trajs], dtype=np.float64)
         per_traj_success = np.array([bool(t.success) for t in trajs], dtype=bool)
@@ -399,6 +407,7 @@ class StepBatch:
             tool_call=tool_call,
             switch=switch,
             subgoal=subgoal,
+            response_ids=response_ids,
         )
 
     # ------------------------------------------------------------------ views

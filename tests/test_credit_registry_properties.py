@@ -34,6 +34,7 @@ def batches(draw) -> tuple[list[Trajectory], np.random.Generator]:
                         reward=draw(REWARDS),
                         valid=draw(st.booleans()),
                         state_key=draw(st.sampled_from(["s0", "s1", "s2"])),
+                        response_ids=draw(st.lists(st.integers(0, 5), max_size=4)),
                         turn_reward=draw(st.sampled_from([0.0, 1.0, 0.5])),
                         info={
                             "tool_call": draw(st.booleans()),
@@ -80,11 +81,17 @@ def test_every_estimator_is_finite_deterministic_and_follows_ids(data):
             assert np.all(np.isfinite(arr.astype(np.float64))), (name, key)
         again = estimate(name, batch, **cfg)
         np.testing.assert_array_equal(adv.step, again.step, err_msg=name)
+        if adv.token is not None:
+            assert [len(a) for a in adv.token] == [len(t) for t in batch.response_ids], name
         shuffled_cfg = {
             k: ({h: v[perm] for h, v in val.items()} if isinstance(val, dict) else val[perm])
             for k, val in cfg.items()
         }
         moved = estimate(name, shuffled, **shuffled_cfg)
+        if adv.token is not None:  # per-token output follows the row ids too
+            by_id = dict(zip(zip(batch.traj_id, batch.turn.tolist()), adv.token))
+            for k, a in zip(zip(shuffled.traj_id, shuffled.turn.tolist()), moved.token):
+                np.testing.assert_allclose(a, by_id[k], rtol=1e-9, atol=1e-9, err_msg=name)
         want, got = keyed(batch, adv.step), keyed(shuffled, moved.step)
         for k in want:
             assert np.isclose(want[k], got[k], rtol=1e-9, atol=1e-9 * (1 + abs(want[k]))), (

@@ -95,11 +95,11 @@ def test_fidelity_ranks_step_level_methods_above_outcome_only():
 def test_fidelity_measures_all_estimators_including_turn_level_and_hiper():
     rows = credit_fidelity(tasks=6, group_sizes=(8,), resamples=4, seed=0)
     by = {r.estimator: r for r in rows}
-    # every registered estimator has a row (the built-in 20 at least; new ones add rows); all ran except
+    # every registered estimator has a row (the built-in 21 at least; new ones add rows); all ran except
     # those that count tool calls, which the maze has none of: skipped, with the reason
-    assert sorted(by) == sorted(available_estimators()) and len(by) >= 20
+    assert sorted(by) == sorted(available_estimators()) and len(by) >= 21
     needs_tools = {n for n in by if "tool_call" in estimator_info(n).fields}
-    assert "hdpo" in needs_tools and len(by) - len(needs_tools) >= 19
+    assert "hdpo" in needs_tools and len(by) - len(needs_tools) >= 20
     for r in rows:
         if r.estimator in needs_tools:
             assert r.rows == 0 and r.note.startswith("skipped:") and "tool_call" in r.note, r

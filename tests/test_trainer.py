@@ -30,6 +30,7 @@ from agentrl.policies.hf import HFPolicy, LoraSettings
 from agentrl.rollout import rollout
 from agentrl.trainers import train
 from agentrl.trainers.learner import Learner, UpdateSettings
+from agentrl.trainers.losses import LOSSES, register_loss
 from agentrl.trainers.metrics import read_metrics
 from agentrl.trainers.samples import build_samples, steps_in_row_order, token_advantages
 from agentrl.trainers.schedule import register_schedule, standard_update, turn_slot_update
@@ -307,6 +308,71 @@ def test_hiper_parts_get_their_own_advantages(maze_batch):
     assert token_adv[2].tolist() == pytest.approx([-0.7] * len(bad_ids)) and token_mask[2].all()
     assert samples.value_offset["low"].tolist() == [subgoal_end - 1, subgoal_end - 1, -1]
     assert samples.value_offset["high"].tolist() == [-1, -1, -1]
+
+
+def test_per_token_advantages_reach_the_loss_on_their_tokens(maze_batch):
+    """An estimator registered per_token (by test code) gets the rollout's token ids through the batch
+    and its token advantages reach the loss as given, position by position; a wrong length fails."""
+    policy, groups = maze_batch
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+
+    @register_estimator("test_tokens", fields=("response_ids",), per_token=True)
+    def tokens(b):
+        # row r, token t: 1000 * (r + 1) + t + 1, nonzero and distinct, so the loss input shows which
+        # token of which row it got
+        token = [1000.0 * (r + 1) + np.arange(len(ids)) + 1 for r, ids in enumerate(b.response_ids)]
+        return Advantages(step=np.zeros(len(b)), token=token)
+
+    seen = []
+
+    @register_loss("test_recording")
+    def recording(x):
+        seen.append((x.adv.detach().cpu().clone(), x.mask.detach().cpu().clone()))
+        return LOSSES.get("ppo_token_mean")(x)
+
+    n = len(samples)
+    learner = Learner(
+        policy, UpdateSettings(loss="test_recording", minibatch_size=n, micro_batch_size=n), lr=0.0
+    )
+    result = standard_update(learner, batch, samples, "test_tokens", {}, rng=np.random.default_rng(0))
+    assert len(seen) == 1 and result.stats["trained_tokens"] == sum(len(r) for r in samples.response_ids)
+    adv_BT, mask_BT = seen[0]
+    got = sorted(adv_BT[b][mask_BT[b] > 0].tolist() for b in range(adv_BT.shape[0]))
+    want = sorted(
+        [1000.0 * (r + 1) + t + 1 for t in range(len(ids))] for r, ids in enumerate(samples.response_ids)
+    )
+    assert got == want
+    assert torch.equal(adv_BT != 0, mask_BT > 0)  # nothing outside the response tokens
+    # response tokens sit at the end of each left-padded row
+    for b in range(adv_BT.shape[0]):
+        k = int(mask_BT[b].sum())
+        assert bool(mask_BT[b, adv_BT.shape[1] - k :].all())
+
+    short = Advantages(step=np.zeros(n), token=[np.zeros(max(len(r) - 1, 0)) for r in samples.response_ids])
+    with pytest.raises(ValueError, match="per-token advantages for a response of"):
+        token_advantages(samples, short)
+    with pytest.raises(ValueError, match="both per token and per span"):
+        token_advantages(samples, estimate("test_tokens", batch), spans=("action",))
+
+
+def test_ktae_token_credit_varies_within_a_response_and_trains(maze_batch):
+    policy, groups = maze_batch
+    groups = copy.deepcopy(groups)
+    for g in groups:  # an untrained model fails everywhere: give the episodes different outcomes by hand
+        for t, outcome in zip(g, (1.0, 0.0, 0.5)):
+            t.outcome = outcome
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+    adv = estimate("ktae", batch)
+    token_adv, token_mask = token_advantages(samples, adv)
+    assert all(np.array_equal(a, t.astype(np.float32)) for a, t in zip(token_adv, adv.token))
+    assert all(m.all() for m in token_mask)
+    assert any(len(set(a.tolist())) > 1 for a in token_adv)  # not one value broadcast over the response
+    n = len(samples)
+    learner = Learner(policy, UpdateSettings(minibatch_size=n, micro_batch_size=n), lr=0.0)
+    result = standard_update(learner, batch, samples, "ktae", {}, rng=np.random.default_rng(0))
+    assert math.isfinite(result.stats["loss"]) and result.advantages.token is not None
 
 
 def test_an_estimator_registered_by_test_code_trains_with_its_own_critic_and_schedule(model_dir, tmp_path):

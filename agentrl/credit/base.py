@@ -36,12 +36,16 @@ class Advantages:
     response (HiPER: "action", "subgoal", "switch"; MT-GRPO: "pre_tool"/"post_tool" are not
     needed, rows carry their turn's value). ``masks``: per-row booleans saying where a span is
     trained (absent = everywhere). ``extras``: other per-row outputs, e.g. value targets.
+    ``token``: one float array per row, aligned with that row's response token ids, for methods whose
+    credit differs from token to token (KTAE); the trainer uses it instead of broadcasting ``step``
+    (which still holds a per-row summary, for logs). Only estimators registered ``per_token`` set it.
     """
 
     step: np.ndarray
     spans: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    token: list[np.ndarray] | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"step": self.step}
@@ -58,11 +62,17 @@ class Advantages:
             out[perm] = a
             return out
 
+        token = None
+        if self.token is not None:
+            token = [np.zeros(0)] * len(self.token)
+            for i, row in zip(perm.tolist(), self.token):
+                token[i] = row
         return Advantages(
             step=back(self.step),
             spans={k: back(v) for k, v in self.spans.items()},
             masks={k: back(v) for k, v in self.masks.items()},
             extras={k: back(v) for k, v in self.extras.items()},
+            token=token,
         )
 
 
@@ -77,6 +87,7 @@ FIELD_HINTS = {
     "(tool envs report it as info['tool_call'], which the rollout copies)",
     "switch": "set Step.info['switch'] to 'KEEP' or 'SWITCH' (HiPER response format)",
     "subgoal": "set Step.info['subgoal'] to the parsed subgoal text (HiPER response format)",
+    "response_ids": "set Step.response_ids (the response's token ids; rollout records them)",
 }
 
 
@@ -110,6 +121,8 @@ class EstimatorInfo:
     options_if_missing: options to train with when a StepBatch field is unavailable (field -> options).
     stateful: the function takes a keyword ``state`` (a JSON-serialisable dict, updated in place) that
     the trainer keeps across iterations and saves in every checkpoint (see the module doc).
+    per_token: the estimator returns ``Advantages.token`` (one advantage per response token), which
+    the trainer trains on as given; it reads the token ids from the field ``response_ids``.
     """
 
     name: str
@@ -127,6 +140,7 @@ class EstimatorInfo:
     response_format: str | None = None
     options_if_missing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stateful: bool = False
+    per_token: bool = False
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -153,6 +167,7 @@ def register_estimator(
     response_format: str | None = None,
     options_if_missing: Mapping[str, Mapping[str, Any]] | None = None,
     stateful: bool = False,
+    per_token: bool = False,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -162,7 +177,8 @@ def register_estimator(
     reorders them together with the batch.
     The other keywords are the trainer's traits (``EstimatorInfo``); a critic (``value_heads``)
     goes with the ``values`` input. ``stateful``: ``fn`` takes a keyword-only ``state`` (not an
-    option); it runs under a schedule that calls it once per iteration.
+    option); it runs under a schedule that calls it once per iteration. ``per_token``: ``fn`` returns
+    ``Advantages.token`` aligned with the field ``response_ids`` (which it must list in ``fields``).
     """
     heads = dict(value_heads or {})
     if bool(heads) != ("values" in inputs):
@@ -173,6 +189,20 @@ def register_estimator(
         raise ValueError(
             f"estimator {name!r}: a stateful estimator cannot use the turn_slots schedule, which calls "
             "the estimator once per turn slot and would update the state several times an iteration"
+        )
+
+    if per_token and spans:
+        raise ValueError(
+            f"estimator {name!r}: per_token and spans both decide each token's advantage; declare one"
+        )
+    if per_token and "response_ids" not in fields:
+        raise ValueError(
+            f"estimator {name!r}: a per_token estimator aligns its output with the field 'response_ids'; "
+            "list it in fields"
+        )
+    if per_token and schedule != "standard":
+        raise ValueError(
+            f"estimator {name!r}: per_token advantages are trained by the 'standard' schedule only"
         )
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
@@ -205,6 +235,7 @@ def register_estimator(
                 response_format=response_format,
                 options_if_missing={k: dict(v) for k, v in (options_if_missing or {}).items()},
                 stateful=stateful,
+                per_token=per_token,
             ),
         )
         return fn
@@ -274,7 +305,7 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
         if key in cfg:
             cfg[key] = _prepare_row_input(key, cfg[key], n)
     if n == 0:
-        return Advantages(step=np.zeros(0))
+        return Advantages(step=np.zeros(0), token=[] if info.per_token else None)
     work: dict[str, Any] | None = None
     if info.stateful:
         cfg["state"] = work = {} if state is None else copy.deepcopy(state)
@@ -291,7 +322,36 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
             raise RuntimeError(f"estimator {name!r} returned {key} with shape {arr.shape}, expected ({n},)")
         if arr.dtype != bool and not np.all(np.isfinite(arr)):
             raise RuntimeError(f"estimator {name!r} produced NaN or inf in {key}")
+    _check_token(name, info, adv, batch)
     if state is not None and work is not None:
         state.clear()
         state.update(work)
     return adv
+
+
+def _check_token(name: str, info: EstimatorInfo, adv: Advantages, batch: StepBatch) -> None:
+    """Per-token output: present exactly for per_token estimators, one finite 1-D array per row whose
+    length is that row's number of response tokens."""
+    if adv.token is None:
+        if info.per_token:
+            raise RuntimeError(f"estimator {name!r} is registered per_token but returned no Advantages.token")
+        return
+    if not info.per_token:
+        raise RuntimeError(
+            f"estimator {name!r} returned Advantages.token but is not registered per_token=True"
+        )
+    n = len(batch)
+    if len(adv.token) != n:
+        raise RuntimeError(f"estimator {name!r} returned {len(adv.token)} per-token arrays for {n} rows")
+    ids = batch.column("response_ids")
+    got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in adv.token), np.int64, n)
+    want = np.fromiter((len(t) for t in ids), np.int64, n)
+    bad = np.flatnonzero(got != want)
+    if bad.size:
+        r = int(bad[0])
+        raise RuntimeError(
+            f"estimator {name!r}: row {r} has {want[r]} response tokens but per-token advantages of "
+            f"shape {adv.token[r].shape} ({bad.size} row(s) mismatched)"
+        )
+    if n and not np.all(np.isfinite(np.concatenate(adv.token))):
+        raise RuntimeError(f"estimator {name!r} produced NaN or inf in its per-token advantages")

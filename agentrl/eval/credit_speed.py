@@ -12,12 +12,15 @@ Targets are printed, not asserted: gigpo/hgpo/salt < 0.1 s at ~42k rows (P=128) 
 
 Estimators that need caller inputs get synthetic ones: a per-row array for each declared
 input, or for ``values`` a dict of per-row heads ("high", "low", "switch") when the estimator
-refuses an array (HiPER). An estimator that still fails is listed with its error.
+refuses an array (HiPER). Estimators that read response token ids (KTAE) get random ones,
+30 per row on average (``synthetic_response_ids``). An estimator that still fails is listed with
+its error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 import time
@@ -28,7 +31,7 @@ import numpy as np
 
 from agentrl.credit import available_estimators, estimate, estimator_info
 from agentrl.eval.naive_gigpo import naive_gigpo
-from agentrl.eval.synthetic_rollouts import synthetic_trajectories
+from agentrl.eval.synthetic_rollouts import synthetic_response_ids, synthetic_trajectories
 from agentrl.types import StepBatch
 
 HEADS = ("high", "low", "switch")
@@ -97,6 +100,8 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
     trajectories = synthetic_trajectories(P, seed=seed)
     build_s, build_runs = timed(lambda: StepBatch.from_trajectories(trajectories), max(1, repeats // 2))
     batch = StepBatch.from_trajectories(trajectories)
+    # token ids for the estimators that read them (KTAE), added after the build is timed
+    batch = dataclasses.replace(batch, response_ids=synthetic_response_ids(batch, seed=seed))
     rows = len(batch)
     target = TARGET_S.get(P)
     echo(

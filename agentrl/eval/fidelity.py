@@ -29,6 +29,10 @@ two-phase one needs tool calls, which the maze has none of); HiPER runs without 
 (its KEEP/invalid penalties are not part of the return) and without bootstrapping truncated
 episodes (the exact values are finite-horizon: V = 0 after the last step). An estimator that still
 needs an input the maze cannot give is listed as skipped with the reason.
+
+Token-level estimators (registered ``per_token``, e.g. KTAE) see each step's response as its action's
+words, one token id per word (``action_token_ids``), and are scored by the mean of a row's token
+advantages.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agentrl.credit import MissingInputError, available_estimators, estimate, estimator_info
+from agentrl.credit import Advantages, MissingInputError, available_estimators, estimate, estimator_info
 from agentrl.envs.maze import ExactValues, MazeEnv
-from agentrl.types import Step, StepBatch, Trajectory
+from agentrl.types import Step, StepBatch, Trajectory, stable_hash
 
 TablePolicy = Callable[[str, list[str]], Sequence[float]]
 OUTCOME, OUTCOME_TURN = "outcome", "outcome+turn"
@@ -51,6 +55,18 @@ FAIR_OPTIONS: dict[str, dict[str, object]] = {
     "hiper": {"shaping": False, "bootstrap_truncated": False},  # the return is the outcome; finite horizon
     "matchtir": {"outcome_weight": 1.0},  # its answer turn scores the outcome; the maze's is the episode's
 }
+
+
+def action_token_ids(action: str) -> list[int]:
+    """The action's words as token ids (a stable hash per word): what token-level estimators read."""
+    return [stable_hash(w) % 2**20 for w in action.split()]
+
+
+def row_credit(name: str, adv: Advantages) -> np.ndarray:
+    """One advantage per row: ``step``, or for a per-token estimator the mean over the row's tokens."""
+    if not estimator_info(name).per_token or adv.token is None:
+        return adv.step
+    return np.array([float(a.mean()) if len(a) else s for a, s in zip(adv.token, adv.step)])
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,7 @@ def sample_group(
                     valid=bool(info["valid"]),
                     state_key=key,
                     turn_reward=None if turn_reward is None else float(turn_reward),
+                    response_ids=action_token_ids(action),
                     info=truth,
                 )
             )
@@ -241,7 +258,7 @@ def credit_fidelity(
                     continue
                 try:
                     cfg = _inputs(name, true_value[targets[name]], gamma)
-                    est_by_name[name].append(estimate(name, batch, **cfg).step)
+                    est_by_name[name].append(row_credit(name, estimate(name, batch, **cfg)))
                 except MissingInputError as e:
                     skipped[name] = str(e)
         if progress:

@@ -142,8 +142,9 @@ BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
 
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
-# rollout.turn_reward=valid; the response format adds its own (HiPER's tags, tool calls).
-_TRAINER_FIELDS = {"state_key", "turn_reward"}
+# rollout.turn_reward=valid, response token ids from rollout; the response format adds its own
+# (HiPER's tags, tool calls).
+_TRAINER_FIELDS = {"state_key", "turn_reward", "response_ids"}
 _TRAINER_INPUTS = {"values"}  # value heads for critic estimators
 
 Progress = Callable[[str], None]

@@ -145,3 +145,19 @@ def synthetic_trajectories(P: int, n: int = 8, max_steps: int = 50, seed: int = 
 def synthetic_batch(P: int, n: int = 8, max_steps: int = 50, seed: int = 0) -> StepBatch:
     """The StepBatch of ``synthetic_trajectories(P, n, max_steps, seed)``."""
     return StepBatch.from_trajectories(synthetic_trajectories(P, n, max_steps, seed))
+
+
+def synthetic_response_ids(
+    batch: StepBatch, mean_tokens: int = 30, vocab: int = 4000, seed: int = 0
+) -> np.ndarray:
+    """A ``response_ids`` column for ``batch`` (object[R] of int64 arrays, mean_tokens/3 to
+    5*mean_tokens/3 random ids each), so estimators that read token ids (KTAE) can be timed."""
+    rng = np.random.default_rng(seed)
+    n = len(batch)
+    lengths = rng.integers(mean_tokens // 3, 5 * mean_tokens // 3 + 1, size=n)
+    flat = rng.integers(0, vocab, size=int(lengths.sum()))
+    out = np.empty(n, dtype=object)
+    ends = np.cumsum(lengths)
+    for r, (end, m) in enumerate(zip(ends.tolist(), lengths.tolist())):
+        out[r] = flat[end - m : end]
+    return out

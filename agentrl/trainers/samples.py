@@ -5,7 +5,8 @@ one advantage per row, broadcast to every response token. Estimators that declar
 one advantage to each part of the response (HiPER: switch, subgoal, action tokens, found with
 ``response_token_masks``); the other tokens of a well-formed response are not trained. A malformed
 response has no parts: all its tokens take the last span's advantage (HiPER: the action's, which
-carries the invalid-action penalty [ours]).
+carries the invalid-action penalty [ours]). Estimators registered ``per_token`` (KTAE) give one
+advantage per response token (``Advantages.token``), used as given on every token.
 """
 
 from __future__ import annotations
@@ -108,12 +109,25 @@ def token_advantages(
     ``adv`` holds one entry per batch row. Without ``spans`` the row's ``adv.step`` goes to every
     token. With them (HiPER: switch, subgoal, action) the tokens of part p take ``adv.spans[p]`` on
     rows where ``adv.masks[p]`` is set (absent: every row); a response without parts takes the last
-    span's advantage on every token.
+    span's advantage on every token. With ``adv.token`` (per-token estimators) row r's tokens take
+    ``adv.token[r]``, whose length must be the response's.
     """
     rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if adv.token is not None and spans:
+        raise ValueError("advantages are both per token and per span; an estimator declares one or the other")
     out_adv, out_mask = [], []
     for r in rows:
         n = len(samples.response_ids[r])
+        if adv.token is not None:
+            a = np.asarray(adv.token[r], dtype=np.float32)
+            if a.shape != (n,):
+                raise ValueError(
+                    f"row {int(r)}: {a.shape[0] if a.ndim == 1 else a.shape} per-token advantages for a "
+                    f"response of {n} tokens"
+                )
+            out_adv.append(a)
+            out_mask.append(np.ones(n, dtype=bool))
+            continue
         if not spans:
             out_adv.append(np.full(n, adv.step[r], dtype=np.float32))
             out_mask.append(np.ones(n, dtype=bool))
