@@ -46,6 +46,7 @@ class TinyModelConfig(Section):
     hidden: int = Field(64, ge=8)
     heads: int = Field(4, ge=1)
     kv_heads: int = Field(2, ge=1)
+    max_positions: int = Field(2048, ge=64)  # the context: BFCL's prompts (every API's schema) need ~8k
     corpus_tasks: int = Field(50, ge=1)
     seed: int = 0
 

@@ -1,12 +1,17 @@
 """The recipe grid configs/recipes/<env>/<method>.yaml: every file loads, carries the papers' defaults,
-agrees with its siblings, and one recipe per env trains an iteration on CPU with the tiny model."""
+agrees with its siblings, and one recipe per env trains an iteration on CPU with the tiny model.
+
+The grid: every env x the core methods, plus each method from the literature on the envs it fits
+(its card's "Fits"), and BFCL (grpo as the baseline of its tool-use methods)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agentrl.config import TrainConfig, load_config
@@ -17,7 +22,21 @@ from agentrl.trainers import train
 RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
 ENVS = ("alfworld", "webshop", "search", "tools")
 METHODS = ("grpo", "gigpo", "hgpo", "salt", "mt_grpo", "hiper", "seeupo")
+OUTCOME_AND_TURN = ("g_ra", "mars", "ngrpo", "a_grae", "krpo", "spo", "ktae")  # fit every env
+LITERATURE = {
+    "alfworld": ("a3", *OUTCOME_AND_TURN),
+    "webshop": ("a3", *OUTCOME_AND_TURN),
+    "search": ("hdpo", *OUTCOME_AND_TURN),
+    "tools": ("a3", "hdpo", *OUTCOME_AND_TURN),
+}
+BFCL = ("grpo", "a3", "hdpo", "matchtir")
+GRID = {
+    **{env: (*METHODS, *LITERATURE[env]) for env in ENVS},
+    "bfcl": BFCL,
+}
+CELLS = [(env, method) for env, methods in GRID.items() for method in methods]
 GAMMA_095 = ("gigpo", "hgpo")  # the papers' gamma 0.95; HiPER's script keeps verl's gamma 1
+GAMMA_OWN = {"hiper": 1.0, "mars": 1.0, "matchtir": 0.9}  # HiPER: verl's 1; MARS: 1; MatchTIR's code: 0.9
 
 
 def recipe(env: str, method: str) -> TrainConfig:
@@ -26,11 +45,10 @@ def recipe(env: str, method: str) -> TrainConfig:
 
 def test_the_grid_is_complete_and_nothing_else_is_there() -> None:
     found = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml"))
-    assert found == sorted(f"{e}/{m}.yaml" for e in ENVS for m in METHODS)
+    assert found == sorted(f"{e}/{m}.yaml" for e, m in CELLS)
 
 
-@pytest.mark.parametrize("env", ENVS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("env", "method"), CELLS)
 def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
     cfg = recipe(env, method)
     text = (RECIPES / env / f"{method}.yaml").read_text()
@@ -61,13 +79,15 @@ def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
     if method in GAMMA_095:
         assert cfg.algorithm.options["gamma"] == 0.95
     elif "gamma" in options:
-        assert method == "hiper" and cfg.algorithm.options["gamma"] == 1.0
+        assert cfg.algorithm.options["gamma"] == GAMMA_OWN[method]
     if method == "gigpo":
         assert cfg.algorithm.options["omega"] == 1.0
         assert cfg.algorithm.options["mode"] == ("mean" if env == "webshop" else "mean_std")
     if method == "hgpo":
         assert cfg.algorithm.options["history_length"] == cfg.rollout.history_k
-    expected_format = "hiper" if method == "hiper" else "tool_call" if env == "tools" else "think_action"
+    expected_format = (
+        "hiper" if method == "hiper" else "tool_call" if env in ("tools", "bfcl") else "think_action"
+    )
     assert cfg.rollout.response_format == expected_format
     if method == "seeupo":
         assert cfg.algorithm.resolved_loss == "gspo" and cfg.algorithm.kl_coef == 0.002
@@ -75,23 +95,25 @@ def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
         assert cfg.algorithm.kl_coef == 0.01
 
 
-@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("env", GRID)
 def test_recipes_of_an_env_differ_only_in_the_method(env: str) -> None:
     """Same model, env, prompt, budget and evaluation for every method: a fair comparison."""
     base = recipe(env, "grpo").model_dump(mode="json")
-    for method in METHODS[1:]:
+    for method in GRID[env][1:]:
         cfg = recipe(env, method).model_dump(mode="json")
         for section in ("seed", "model", "lora", "env", "optim", "sft", "eval", "logging"):
             assert cfg[section] == base[section], (method, section)
         rollout = {**cfg["rollout"], "response_format": base["rollout"]["response_format"]}
         assert rollout == base["rollout"], method
-    assert {recipe(env, m).out_dir for m in METHODS} == {f"runs/{env}-{m.replace('_', '-')}" for m in METHODS}
+    assert {recipe(env, m).out_dir for m in GRID[env]} == {
+        f"runs/{env}-{m.replace('_', '-')}" for m in GRID[env]
+    }
 
 
 def test_recipe_task_ranges_fit_the_envs_and_eval_is_held_out() -> None:
     """Train and eval ranges lie inside the split's task ids and do not overlap."""
-    expected = {"alfworld": 50, "webshop": 15, "search": 5, "tools": 8}
-    for env in ENVS:
+    expected = {"alfworld": 50, "webshop": 15, "search": 5, "tools": 8, "bfcl": 24}
+    for env in GRID:
         cfg = recipe(env, "grpo")
         assert cfg.rollout.max_turns == expected[env]
         train_end = cfg.env.train_tasks.start + cfg.env.train_tasks.count
@@ -108,6 +130,27 @@ def test_recipe_task_ranges_fit_the_envs_and_eval_is_held_out() -> None:
         assert train_end <= n_tasks
         if cfg.eval.enabled:
             assert cfg.eval.tasks.start + cfg.eval.tasks.count == n_tasks
+
+
+@pytest.mark.parametrize(("env", "method"), CELLS)
+def test_recipe_options_run_on_a_batch(env: str, method: str) -> None:
+    """The options' values (not only their names, which the config checks) are valid for the estimator:
+    it runs with them on a synthetic batch that carries every optional column."""
+    from agentrl.credit import estimate
+    from agentrl.eval.synthetic_rollouts import synthetic_batch, synthetic_response_ids
+
+    cfg = recipe(env, method)
+    batch = synthetic_batch(3, n=4, max_steps=6, seed=1)
+    if "response_ids" in estimator_info(method).fields:  # token ids for the per-token methods
+        batch = dataclasses.replace(batch, response_ids=synthetic_response_ids(batch, seed=1))
+    info = estimator_info(method)
+    options = dict(cfg.algorithm.options)
+    if info.stateful:
+        options["state"] = {}
+    if info.value_heads:  # an untrained critic: zeros from every head
+        options["values"] = info.critic_input({h: np.zeros(len(batch)) for h in info.value_heads})
+    adv = estimate(method, batch, **options)
+    assert adv.step.shape == (len(batch),) and np.isfinite(adv.step).all()
 
 
 # ----------------------------------------------------------------------------- one iteration on CPU
@@ -166,6 +209,8 @@ def one_iteration(env: str, method: str, run: Path, *extra: str) -> dict:
         pytest.param("webshop", "hiper", marks=pytest.mark.slow),  # ~15 s
         ("search", "mt_grpo"),
         ("tools", "seeupo"),
+        ("search", "hdpo"),
+        pytest.param("bfcl", "matchtir", marks=pytest.mark.slow),
     ],
 )
 def test_a_recipe_per_env_trains_one_iteration_on_cpu(
@@ -174,6 +219,8 @@ def test_a_recipe_per_env_trains_one_iteration_on_cpu(
     # the prompt lists every tool schema; the tiny model (2048 positions, a 320-token vocabulary, so
     # about a token per byte) holds one suite's schemas, not all three suites' (~3.2k characters)
     extra = ["env.kwargs.suite=calculator", "env.train_tasks.count=200"] if env == "tools" else []
+    if env == "bfcl":  # every API's schema: ~7.6k tokens at about a token per byte
+        extra = ["model.tiny.max_positions=8192"]
     one_iteration(env, method, tmp_path / "run", *extra)
     if recipe(env, method).eval.enabled:
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())

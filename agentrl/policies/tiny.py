@@ -200,6 +200,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     tokenizer = train_tokenizer([*corpus_texts, *format_corpus()], vocab_size=vocab_size)
+    tokenizer.model_max_length = max_positions
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = tiny_qwen2_config(
         len(tokenizer),

@@ -234,6 +234,7 @@ class Trainer:
                 hidden=tiny.hidden,
                 heads=tiny.heads,
                 kv_heads=tiny.kv_heads,
+                max_positions=tiny.max_positions,
                 seed=tiny.seed,
             )
             os.replace(tmp, out)
