@@ -204,7 +204,8 @@ def test_validation_drops_games_that_kill_the_planner(games_dir: Path, tmp_path:
 def test_check_env_passes(games_dir: Path) -> None:
     a = make("alfworld", split=SPLIT, data_dir=str(games_dir))
     b = make("alfworld", split=SPLIT, data_dir=str(games_dir))
-    check_env(a, other=b, task_id=_task_of(a, "pick_two_obj_and_place"))
+    report = check_env(a, other=b, task_id=_task_of(a, "pick_two_obj_and_place"))
+    assert report == {"resume": ("replay",)}  # the engine's state is not copied: resumed by replay
     b.close()
 
 

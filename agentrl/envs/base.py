@@ -7,15 +7,24 @@ Contract (every env keeps it): ``reset(seed=None, options={"task_id": ...}) -> (
 verifiable per-turn scores add ``turn_reward``. The same task and seed give an identical initial
 state and identical dynamics, which is what group resets rely on. A bad action never raises: it
 is a no-op with ``valid=False``.
+
+Resuming an episode from a prefix (branching rollouts): every env that keeps the contract can be
+*replayed* (the same seeded reset, then the prefix's actions; ``agentrl.envs.branching``). An env
+whose episode state is cheap to copy also declares ``snapshot_fields``, the attributes that hold
+it: ``snapshot()`` then copies them with the RNG's state, and ``restore()`` puts a copy back, so the
+episode continues exactly as it would have from the snapshot, at the cost of one copy.
 """
 
 from __future__ import annotations
 
+import copy
 import string
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.spaces import Text
 
 RESET_INFO_KEYS = ("state_key",)
@@ -47,10 +56,24 @@ class FreeText(Text):
         return f"FreeText({self.min_length}, {self.max_length})"
 
 
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """A copy of one env's episode state: ``env`` (the class name, checked on restore), the
+    ``snapshot_fields`` values, and the RNG's bit-generator state (None before the first reset)."""
+
+    env: str
+    fields: dict[str, Any]
+    rng: dict[str, Any] | None
+
+
 class AgentEnv(gym.Env[str, str]):
     """Base class of every agentrl environment (see the module docstring for the contract)."""
 
     metadata = {"render_modes": ["ansi"]}  # noqa: RUF012 (gymnasium declares it an instance attribute)
+    # attributes that hold the whole episode state (with the RNG): declared, snapshot() copies them;
+    # those also in snapshot_shared are never changed in place (a task's data) and are kept by reference
+    snapshot_fields: ClassVar[tuple[str, ...]] = ()
+    snapshot_shared: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, render_mode: str | None = None, max_text_length: int = 100_000) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -65,6 +88,43 @@ class AgentEnv(gym.Env[str, str]):
     def task_ids(self) -> Sequence[str]:
         """Ids accepted by ``reset(options={"task_id": ...})``; empty when tasks are not enumerable."""
         return ()
+
+    @property
+    def can_snapshot(self) -> bool:
+        """Whether ``snapshot``/``restore`` work here (else resume from a prefix by replaying it)."""
+        return bool(self.snapshot_fields)
+
+    def snapshot(self) -> EnvSnapshot:
+        """A deep copy of the episode state: ``restore`` it (any number of times) to continue from here."""
+        if not self.can_snapshot:
+            raise NotImplementedError(
+                f"{type(self).__name__} declares no snapshot_fields: resume its episodes by replay "
+                "(agentrl.envs.branching.resume(..., mode='replay'))"
+            )
+        rng = self._np_random
+        return EnvSnapshot(
+            env=type(self).__name__,
+            fields={name: self._copied(name, getattr(self, name)) for name in self.snapshot_fields},
+            rng=None if rng is None else dict(copy.deepcopy(rng.bit_generator.state)),
+        )
+
+    def _copied(self, name: str, value: Any) -> Any:
+        return value if name in self.snapshot_shared else copy.deepcopy(value)
+
+    def restore(self, snapshot: EnvSnapshot) -> None:
+        """Put a snapshot's episode state back (a copy of it: the snapshot stays reusable)."""
+        if not self.can_snapshot:
+            self.snapshot()  # raises the explanation
+        if not isinstance(snapshot, EnvSnapshot) or snapshot.env != type(self).__name__:
+            got = snapshot.env if isinstance(snapshot, EnvSnapshot) else type(snapshot).__name__
+            raise ValueError(f"{type(self).__name__}.restore needs one of its own snapshots, got {got!r}")
+        for name in self.snapshot_fields:
+            setattr(self, name, self._copied(name, snapshot.fields[name]))
+        if snapshot.rng is not None:
+            kind = snapshot.rng["bit_generator"]  # e.g. "PCG64", gymnasium's
+            if self._np_random is None or type(self._np_random.bit_generator).__name__ != kind:
+                self.np_random = np.random.Generator(getattr(np.random, kind)())
+            self.np_random.bit_generator.state = copy.deepcopy(snapshot.rng)
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":

@@ -2,7 +2,10 @@
 
 On top of ``gymnasium.utils.env_checker.check_env`` it verifies the info keys of the contract,
 that a reset with the same task and seed replays an identical episode (group resets), and that a
-nonsense action is a no-op with ``valid=False`` rather than an exception.
+nonsense action is a no-op with ``valid=False`` rather than an exception. It also resumes the
+episode from its middle, by replay (every env) and by snapshot/restore (envs that declare
+``snapshot_fields``, into this instance and into ``other``), and checks that the rest continues
+exactly as the original did: the observations, rewards, ends, infos and admissible actions.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 from agentrl.envs.base import RESET_INFO_KEYS, STEP_INFO_KEYS, AgentEnv
+from agentrl.envs.branching import BranchError, BranchPoint, Prefix, resume, supported_modes
 
 INVALID_ACTION = "\u00a7 definitely not an action \u00a7"
 
@@ -83,6 +87,55 @@ def _episode(
     return transcript, chosen
 
 
+def _continue(env: AgentEnv, actions: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        out.append((obs, float(reward), bool(terminated), bool(truncated), info))
+    return out
+
+
+def _check_resume(
+    env: AgentEnv,
+    other: AgentEnv | None,
+    seed: int,
+    options: dict[str, Any],
+    first: list[Any],
+    actions: list[str],
+) -> None:
+    """Resume at the episode's middle turn k by every mode the env offers; the rest must match."""
+    k = len(actions) // 2
+    prefix = Prefix(seed, copy.deepcopy(options), tuple(actions[:k]))
+    obs_k, info_k = first[k][0], first[k][-1]
+    rest = first[k + 1 :]
+    point = BranchPoint(prefix, obs_k, copy.deepcopy(info_k))
+    targets = [env] if other is None else [env, other]
+    for target in targets:
+        try:
+            obs, info, _ = resume(target, point, "replay")
+        except BranchError as e:
+            raise EnvCheckError(f"resume by replay at turn {k}: {e}") from e
+        _expect(obs == obs_k and info == info_k, f"resume by replay at turn {k}: a different state")
+        _expect(_continue(target, actions[k:]) == rest, f"resume by replay at turn {k}: the episode diverged")
+    if not env.can_snapshot:
+        return
+    env.reset(seed=seed, options=copy.deepcopy(options))
+    _continue(env, actions[:k])
+    try:
+        point = BranchPoint(prefix, obs_k, copy.deepcopy(info_k), env.snapshot())
+    except Exception as e:
+        raise EnvCheckError(f"snapshot() at turn {k} raised {type(e).__name__}: {e}") from e
+    _expect(_continue(env, actions[k:]) == rest, f"taking a snapshot at turn {k} changed the episode")
+    for target in targets:  # twice into the same instance: a snapshot stays reusable
+        for _ in range(2 if target is env else 1):
+            resume(target, point, "restore")
+            _expect(
+                _continue(target, actions[k:]) == rest,
+                f"resume by restore at turn {k}: the episode diverged from the original"
+                + (" (on the other instance)" if target is not env else ""),
+            )
+
+
 def check_env(
     env: AgentEnv,
     *,
@@ -91,11 +144,12 @@ def check_env(
     max_steps: int = 30,
     other: AgentEnv | None = None,
     skip_gymnasium: bool = False,
-) -> None:
-    """Raise EnvCheckError (an AssertionError) when ``env`` breaks the contract.
+) -> dict[str, Any]:
+    """Raise EnvCheckError (an AssertionError) when ``env`` breaks the contract; else report what
+    the env supports: ``{"resume": ("restore", "replay") or ("replay",)}``.
 
     ``other``: a second instance of the same env; the replayed episode must be identical there
-    too (what a pool of workers relies on).
+    too (what a pool of workers relies on), and a snapshot restores there too.
     """
     _expect(isinstance(env, AgentEnv), f"env must be an agentrl AgentEnv, got {type(env).__name__}")
     if not skip_gymnasium:
@@ -115,6 +169,8 @@ def check_env(
     if other is not None:
         theirs, _ = _episode(other, seed, options, max_steps, actions)
         _expect(first == theirs, "two instances of the env diverge on the same seed, task and actions")
+    if actions:
+        _check_resume(env, other, seed, options, first, actions)
 
     env.reset(seed=seed, options=copy.deepcopy(options))
     try:
@@ -132,3 +188,4 @@ def check_env(
 
     env.close()
     env.close()
+    return {"resume": tuple(supported_modes(env))}

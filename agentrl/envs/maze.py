@@ -110,6 +110,13 @@ class MazeLayout:
         ordered = {r: MappingProxyType({d: e[d] for d in DIRECTIONS if d in e}) for r, e in exits.items()}
         object.__setattr__(self, "exits", MappingProxyType(ordered))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from its fields (the read-only mappings do not pickle): env snapshots cross processes."""
+        return (MazeLayout, (self.rooms, self.passages, dict(self.keys), self.start, self.goal))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MazeLayout:
+        return self  # immutable
+
     @property
     def start_state(self) -> State:
         return (self.start, frozenset())
@@ -572,6 +579,18 @@ class MazeEnv(AgentEnv):
     for the next turn, ``subgoal`` (``subgoal_of`` the current state) and ``switch`` ("SWITCH" at
     reset and whenever the subgoal differs from the previous turn's, else "KEEP").
     """
+
+    snapshot_fields = (
+        "layout",
+        "task_id",
+        "state",
+        "_t",
+        "_done",
+        "progress",
+        "_doors",
+        "_subgoal",
+        "_last_obs",
+    )
 
     def __init__(
         self,

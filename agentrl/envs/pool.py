@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
+from agentrl.envs.base import EnvSnapshot
+
 BACKENDS = ("process", "inprocess", "ray")
 
 
@@ -69,9 +71,23 @@ def _set_limits(memory_limit_mb: int | None) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _apply(env: Any, msg: tuple[Any, ...]) -> Any:
+    """One pool command on an env: ("reset", seed, options) | ("step", action) | ("snapshot",) |
+    ("restore", snapshot)."""
+    if msg[0] == "reset":
+        return env.reset(seed=msg[1], options=msg[2])
+    if msg[0] == "step":
+        return tuple(env.step(msg[1]))
+    if msg[0] == "snapshot":
+        return env.snapshot()
+    if msg[0] == "restore":
+        return env.restore(msg[1])
+    raise ValueError(f"unknown pool command {msg[0]!r}")
+
+
 def _worker_main(conn: Connection) -> None:
-    """Serve one env over a socket: first (env_name, env_kwargs, memory_limit_mb), then
-    ("reset", seed, options) | ("step", action) | ("close",)."""
+    """Serve one env over a socket: first (env_name, env_kwargs, memory_limit_mb), then the
+    commands of ``_apply``, or ("close",)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us
     env_name = "?"
     try:
@@ -91,15 +107,8 @@ def _worker_main(conn: Connection) -> None:
             break
         if msg[0] == "close":
             break
-        reply: tuple[Any, ...]
         try:
-            if msg[0] == "reset":
-                reply = env.reset(seed=msg[1], options=msg[2])
-            elif msg[0] == "step":
-                reply = tuple(env.step(msg[1]))
-            else:
-                raise ValueError(f"unknown pool command {msg[0]!r}")
-            conn.send(("ok", reply))
+            conn.send(("ok", _apply(env, msg)))
         except BaseException as e:
             try:
                 conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"))
@@ -315,6 +324,28 @@ class EnvPool:
             results.append(_failed_step(payload, restarted=died))
         return results
 
+    def snapshot(self, indices: Sequence[int] | None = None) -> list[EnvSnapshot]:
+        """Snapshots of the selected envs' episodes (envs that declare ``snapshot_fields``)."""
+        idx = self._indices(indices)
+        out = self._call(idx, [("snapshot",)] * len(idx))
+        for i, (status, payload, died) in zip(idx, out):
+            if status != "ok":
+                if died:
+                    self._restart(i)
+                raise WorkerError(f"env {i} ({self.env_name}) could not take a snapshot: {payload}")
+        return [payload for _status, payload, _died in out]
+
+    def restore(self, snapshots: Sequence[EnvSnapshot], indices: Sequence[int] | None = None) -> None:
+        """Put the selected envs at the given snapshots (any env of the pool takes any snapshot)."""
+        idx = self._indices(indices)
+        snapshots = self._aligned("snapshots", snapshots, len(idx))
+        out = self._call(idx, [("restore", snap) for snap in snapshots])
+        for i, (status, payload, died) in zip(idx, out):
+            if status != "ok":
+                if died:
+                    self._restart(i)
+                raise WorkerError(f"env {i} ({self.env_name}) could not restore a snapshot: {payload}")
+
     def _call(self, idx: list[int], msgs: list[tuple[Any, ...]]) -> list[tuple[str, Any, bool]]:
         """(status, payload, worker_died) per env, the calls running concurrently."""
         if self.backend == "inprocess":
@@ -326,10 +357,9 @@ class EnvPool:
     @staticmethod
     def _local_call(env: Any, msg: tuple[Any, ...]) -> tuple[str, Any, bool]:
         try:
-            reply = env.reset(seed=msg[1], options=msg[2]) if msg[0] == "reset" else tuple(env.step(msg[1]))
-            return "ok", reply, False
-        except Exception as e:
-            return "error", f"{type(e).__name__}: {e}", True
+            return "ok", _apply(env, msg), False
+        except Exception as e:  # a failed reset or step leaves the env unusable; a refused snapshot does not
+            return "error", f"{type(e).__name__}: {e}", msg[0] in ("reset", "step")
 
     def _process_call(self, idx: list[int], msgs: list[tuple[Any, ...]]) -> list[tuple[str, Any, bool]]:
         out: dict[int, tuple[str, Any, bool]] = {}
@@ -421,9 +451,7 @@ class _RayEnv:
 
     def call(self, msg: tuple[Any, ...]) -> tuple[str, Any]:
         try:
-            if msg[0] == "reset":
-                return "ok", self.env.reset(seed=msg[1], options=msg[2])
-            return "ok", tuple(self.env.step(msg[1]))
+            return "ok", _apply(self.env, msg)
         except Exception as e:
             return "error", f"{type(e).__name__}: {e}"
 

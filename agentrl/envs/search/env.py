@@ -165,6 +165,9 @@ def _data(
 class SearchEnv(AgentEnv):
     """``make("search", split="train"|"test")``: multi-hop QA with a search engine (Search-R1 protocol)."""
 
+    snapshot_fields = ("question", "_t", "_done", "_last_obs", "_state")
+    snapshot_shared = ("question",)  # read-only task data
+
     def __init__(
         self,
         split: str = "train",

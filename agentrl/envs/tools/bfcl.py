@@ -241,6 +241,22 @@ class BFCLMultiTurnEnv(AgentEnv):
     ``closing_reward``: what the closing response earns under "matchtir".
     """
 
+    snapshot_fields = (
+        "entry",
+        "model",
+        "truth",
+        "functions",
+        "turn",
+        "_turn_steps",
+        "_turn_calls",
+        "_turn_preds",
+        "all_model_results",
+        "failure",
+        "_done",
+        "_last_obs",
+    )
+    snapshot_shared = ("entry",)  # read-only task data
+
     def __init__(
         self,
         category: str = "multi_turn_base",

@@ -126,6 +126,9 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
 class ToolEnv(AgentEnv):
     """An env from tools, tasks and a reward: ``ToolEnv(tools=[add, mul], tasks=[...], reward=fn)``."""
 
+    snapshot_fields = ("task", "episode", "_t", "_done", "_last_obs")
+    snapshot_shared = ("task",)  # read-only task data
+
     def __init__(
         self,
         tools: Sequence[Tool | Callable[..., Any]],

@@ -38,6 +38,8 @@ def shop_from_args(data_dir: str | None, num_products: int | None, seed: int, go
 class WebShopEnv(AgentEnv):
     """Text WebShop (``make("webshop", split="test"|"eval"|"train")``)."""
 
+    snapshot_fields = ("session", "_page", "_t", "_last_obs")
+
     def __init__(
         self,
         split: str = "test",
