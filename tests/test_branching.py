@@ -189,3 +189,34 @@ def test_pool_reports_an_env_that_cannot_snapshot_and_keeps_its_episode() -> Non
         with pytest.raises(WorkerError, match="could not take a snapshot: NotImplementedError"):
             pool.snapshot()
         assert pool.step(["b"])[0].obs == "2"  # the episode was not lost
+
+
+def test_remote_envs_snapshot_on_the_server_and_siblings_restore_them() -> None:
+    from agentrl.envs.remote import RemoteEnv, RemoteEnvError, ServerThread, create_app
+
+    kwargs = {"size": 3, "slip": 0.5}
+    with ServerThread(create_app("maze", kwargs, token="t", max_snapshots=2)) as server:
+        a, b = RemoteEnv(server.url, token="t"), RemoteEnv(server.url, token="t")
+        report = check_env(a, other=b, skip_gymnasium=True)  # closes a
+        assert report == {"resume": ("restore", "replay")}
+        a = RemoteEnv(server.url, token="t")
+        a.reset(seed=3, options={"task_id": "maze-1"})
+        a.step("north")
+        snap = a.snapshot()
+        assert set(snap.fields) == {"server", "id"}  # a handle: the state stays on the server
+        original = [a.step(x) for x in ("east", "south", "west")]
+        b.restore(snap)
+        assert [b.step(x) for x in ("east", "south", "west")] == original
+        a.snapshot(), a.snapshot()  # two newer snapshots push the first one out (max_snapshots=2)
+        with pytest.raises(ValueError, match="expired"):
+            b.restore(snap)
+        a.close(), b.close()
+    with ServerThread(create_app(Counter, token=None)) as server:
+        c = RemoteEnv(server.url)
+        assert not c.can_snapshot and check_env(c, skip_gymnasium=True) == {"resume": ("replay",)}
+        c = RemoteEnv(server.url)  # check_env closed the first
+        c._can_snapshot = True  # a client that thinks otherwise gets the server's refusal
+        c.reset(seed=0)
+        with pytest.raises(RemoteEnvError, match="501.*cannot snapshot"):
+            c.snapshot()
+        c.close()

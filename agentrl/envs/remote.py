@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.envs.base import AgentEnv
+from agentrl.envs.base import AgentEnv, EnvSnapshot
 from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
 
 # ServerThread is the shared one (agentrl.serving), named here too: serve an env app in a thread
@@ -71,8 +71,13 @@ def create_app(
     token: str | None = None,
     max_envs: int = 256,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_snapshots: int = 4096,
 ) -> Any:
-    """The FastAPI app serving one env (a registered name with ``env_kwargs``, or a zero-argument factory)."""
+    """The FastAPI app serving one env (a registered name with ``env_kwargs``, or a zero-argument factory).
+
+    Envs that can snapshot (``AgentEnv.snapshot_fields``) also answer ``/snapshot`` and
+    ``/restore``: snapshots stay on the server (the client holds an id), shared by every env of
+    the server so that siblings restore each other's; the oldest beyond ``max_snapshots`` expire."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -90,6 +95,7 @@ def create_app(
         raise ValueError(f"max_envs must be >= 1, got {max_envs}")
     envs: OrderedDict[str, _Slot] = OrderedDict()
     envs_lock = threading.Lock()
+    snapshots: OrderedDict[str, EnvSnapshot] = OrderedDict()
     pending = [0]
     app = FastAPI(title=f"agentrl env server ({label})", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -152,6 +158,7 @@ def create_app(
             "task_ids": [str(t) for t in env.task_ids()],
             "max_text_length": int(getattr(env.observation_space, "max_length", 100_000)),
             "env": label,
+            "can_snapshot": bool(env.can_snapshot),
         }
 
     def _reset(slot: _Slot, body: dict[str, Any]) -> Any:
@@ -192,6 +199,47 @@ def create_app(
         if isinstance(slot, JSONResponse):
             return slot
         return await run_in_threadpool(run, slot, "step", lambda: _step(slot, body["action"]))
+
+    def _snapshot(slot: _Slot) -> Any:
+        snap = slot.env.snapshot()
+        snapshot_id = secrets.token_urlsafe(18)
+        with envs_lock:
+            snapshots[snapshot_id] = snap
+            while len(snapshots) > max_snapshots:
+                snapshots.popitem(last=False)
+        return {"snapshot_id": snapshot_id}
+
+    def _restore(slot: _Slot, snapshot_id: Any) -> Any:
+        with envs_lock:
+            snap = snapshots.get(snapshot_id) if isinstance(snapshot_id, str) else None
+        if snap is None:
+            raise KeyError(
+                f"no snapshot {str(snapshot_id)[:64]!r} (unknown, or expired: the server keeps {max_snapshots})"
+            )
+        slot.env.restore(snap)
+        return {"restored": True}
+
+    @app.post("/snapshot")
+    async def snapshot(request: Request) -> Any:
+        body = await body_of(request, "env_id")
+        if isinstance(body, JSONResponse):
+            return body
+        slot = slot_of(body)
+        if isinstance(slot, JSONResponse):
+            return slot
+        if not slot.env.can_snapshot:
+            return error(501, f"{label} cannot snapshot its episodes; resume them by replay")
+        return await run_in_threadpool(run, slot, "snapshot", lambda: _snapshot(slot))
+
+    @app.post("/restore")
+    async def restore(request: Request) -> Any:
+        body = await body_of(request, "env_id", "snapshot_id")
+        if isinstance(body, JSONResponse):
+            return body
+        slot = slot_of(body)
+        if isinstance(slot, JSONResponse):
+            return slot
+        return await run_in_threadpool(run, slot, "restore", lambda: _restore(slot, body["snapshot_id"]))
 
     @app.post("/close")
     async def close(request: Request) -> Any:
@@ -239,6 +287,7 @@ class RemoteEnv(AgentEnv):
         created = self._post("/create", {})
         super().__init__(render_mode=render_mode, max_text_length=created["max_text_length"])
         self.env_id, self._task_ids = created["env_id"], list(created["task_ids"])
+        self._can_snapshot = bool(created.get("can_snapshot", False))  # older servers: replay only
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -274,6 +323,26 @@ class RemoteEnv(AgentEnv):
         out = self._post("/step", {"env_id": self.env_id, "action": action})
         self._last_obs = out["obs"]
         return out["obs"], out["reward"], out["terminated"], out["truncated"], out["info"]
+
+    @property
+    def can_snapshot(self) -> bool:
+        return self._can_snapshot
+
+    def snapshot(self) -> EnvSnapshot:
+        """A handle on a snapshot the server keeps (any env of the same server restores it)."""
+        if not self._can_snapshot:
+            raise NotImplementedError(f"the env served at {self.url} cannot snapshot: resume by replay")
+        out = self._post("/snapshot", {"env_id": self.env_id})
+        return EnvSnapshot(
+            env=type(self).__name__, fields={"server": self.url, "id": out["snapshot_id"]}, rng=None
+        )
+
+    def restore(self, snapshot: EnvSnapshot) -> None:
+        if not isinstance(snapshot, EnvSnapshot) or snapshot.env != type(self).__name__:
+            raise ValueError("RemoteEnv.restore needs a snapshot taken by a RemoteEnv")
+        if snapshot.fields.get("server") != self.url:
+            raise ValueError(f"the snapshot lives on {snapshot.fields.get('server')}, not on {self.url}")
+        self._post("/restore", {"env_id": self.env_id, "snapshot_id": snapshot.fields["id"]})
 
     def close(self) -> None:
         if self.env_id is not None:
