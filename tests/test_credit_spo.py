@@ -306,3 +306,43 @@ def test_spo_with_group_size_one_killed_mid_run_resumes_exactly(model_dir, tmp_p
     # 12 episodes over at most 3 tasks, one update kept per task and iteration: alpha + beta grows
     # from 1 towards 1 / (1 - 0.875) = 8 with each visit (0.875 (a + b) + 1)
     assert 1 <= len(tracker) <= 3 and all(1.0 < a + b < 8.0 for a, b in tracker.values())
+
+
+def test_prioritised_sampling_weights_follow_the_tracker():
+    """w = sqrt(p_hat (1 - p_hat)) + 0.05: 0.55 for a task never seen (p_hat 0.5); a task solved
+    19 times in 20 (alpha 9.5, beta 0.5 -> p_hat 0.95): sqrt(0.0475) + 0.05 = 0.26794."""
+    from types import SimpleNamespace
+
+    from agentrl.credit import estimator_info
+    from agentrl.trainers.loop import Trainer
+
+    weigh = estimator_info("spo").task_weights
+    state = {"tasks": {"a": [9.5, 0.5], "b": [0.5, 0.5]}}
+    w = weigh(state, ["a", "b", "new"], {})
+    np.testing.assert_allclose(w, [np.sqrt(0.95 * 0.05) + 0.05, 0.55, 0.55], rtol=1e-12)
+    assert state == {"tasks": {"a": [9.5, 0.5], "b": [0.5, 0.5]}}  # read, never written
+    assert weigh(state, ["a"], {"sampling": "uniform"}) is None
+    with pytest.raises(ValueError, match="sampling"):
+        weigh(state, ["a"], {"sampling": "thompson"})
+    with pytest.raises(ValueError, match="expected \\[alpha, beta\\]"):
+        weigh({"tasks": {"a": [1.0]}}, ["a"], {})
+
+    def probabilities(estimator, options, estimator_state):
+        trainer = SimpleNamespace(
+            cfg=SimpleNamespace(algorithm=SimpleNamespace(estimator=estimator, options=options)),
+            estimator_state=estimator_state,
+            train_tasks=["a", "b", "new"],
+        )
+        return Trainer._task_probabilities(trainer)
+
+    p = probabilities("spo", {}, state)
+    np.testing.assert_allclose(p, w / w.sum())
+    assert probabilities("spo", {"sampling": "uniform"}, state) is None
+    assert probabilities("grpo", {}, None) is None  # no sampler: the trainer's uniform draw, as before
+
+
+def test_a_task_sampler_needs_a_stateful_estimator():
+    from agentrl.credit import register_estimator
+
+    with pytest.raises(ValueError, match="declare stateful=True"):
+        register_estimator("test_sampler", task_weights=lambda state, ids, options: None)

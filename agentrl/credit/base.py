@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ class ValueHeadSpec:
     reads_after: str | None = None
 
 
+# (state, train task ids, options) -> a weight per task, or None for a uniform draw
+TaskWeights = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Any]], np.ndarray | None]
+
+
 @dataclass(frozen=True)
 class EstimatorInfo:
     """What the registry knows about an estimator, including what a trainer needs to train with it.
@@ -123,6 +127,9 @@ class EstimatorInfo:
     the trainer keeps across iterations and saves in every checkpoint (see the module doc).
     per_token: the estimator returns ``Advantages.token`` (one advantage per response token), which
     the trainer trains on as given; it reads the token ids from the field ``response_ids``.
+    task_weights: how a stateful estimator wants the iteration's tasks drawn:
+    ``task_weights(state, task_ids, options)`` gives a weight per train task (the trainer draws
+    with probabilities proportional to them), or None for the trainer's uniform draw.
     """
 
     name: str
@@ -141,6 +148,7 @@ class EstimatorInfo:
     options_if_missing: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stateful: bool = False
     per_token: bool = False
+    task_weights: TaskWeights | None = None
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -168,6 +176,7 @@ def register_estimator(
     options_if_missing: Mapping[str, Mapping[str, Any]] | None = None,
     stateful: bool = False,
     per_token: bool = False,
+    task_weights: TaskWeights | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -179,8 +188,13 @@ def register_estimator(
     goes with the ``values`` input. ``stateful``: ``fn`` takes a keyword-only ``state`` (not an
     option); it runs under a schedule that calls it once per iteration. ``per_token``: ``fn`` returns
     ``Advantages.token`` aligned with the field ``response_ids`` (which it must list in ``fields``).
+    ``task_weights``: a stateful estimator's task sampler (see ``EstimatorInfo``).
     """
     heads = dict(value_heads or {})
+    if task_weights is not None and not stateful:
+        raise ValueError(
+            f"estimator {name!r}: task_weights reads the estimator's state; declare stateful=True"
+        )
     if bool(heads) != ("values" in inputs):
         raise ValueError(
             f"estimator {name!r}: value_heads and the input 'values' go together (a critic feeds its values)"
@@ -236,6 +250,7 @@ def register_estimator(
                 options_if_missing={k: dict(v) for k, v in (options_if_missing or {}).items()},
                 stateful=stateful,
                 per_token=per_token,
+                task_weights=task_weights,
             ),
         )
         return fn

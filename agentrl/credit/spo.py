@@ -39,9 +39,14 @@ paper arXiv 2509.13232. From the code:
   This library's trainer does not supply ``drift`` (it would have to keep a response and its
   log-probs per task and rescore them every iteration), so it trains the constant mode.
 
-Not estimator-side: the authors draw each batch's prompts with probability proportional to
-``sqrt(p_hat (1 - p_hat)) + 0.05`` (prioritised sampling); that is a task-sampler change, not built
-here (the trainer draws tasks uniformly). Their offline initialisation from N_eff samples,
+Prioritised sampling (``sampling="prioritized"``, default, as the authors' ``fit``): the trainer
+draws each iteration's tasks with probability proportional to ``sqrt(p_hat (1 - p_hat)) + 0.05``
+(the estimator's ``task_weights``), so tasks the policy always or never solves come up less. The
+authors reweight within each data-loader batch (``np.random.choice(M, train_batch_size, p=w/sum w)``,
+with replacement only when the batch is smaller); the trainer here draws from the whole train split
+at once (with replacement only when it holds fewer tasks than ``rollout.groups``), the case of a
+loader batch that holds every prompt. ``sampling="uniform"`` [ours] keeps the trainer's uniform draw.
+Their offline initialisation from N_eff samples,
 ``alpha0 = N_init (sum s + 0.5) / (N_eff + 1)`` and ``beta0 = N_init (N_eff - sum s + 0.5) / (N_eff + 1)``
 with ``N_init = 1 / (1 - rho_min)``, can be had by seeding the state before training.
 
@@ -60,6 +65,8 @@ from agentrl.types import StepBatch
 
 RHO_MODES = ("constant", "kl")
 UPDATES = ("last", "sum")
+SAMPLINGS = ("prioritized", "uniform")
+EXPLORATION = 0.05  # the authors' EXPLORATION_EPSILON: every task keeps some weight
 INIT = 0.5  # alpha = beta = 0.5 for a task never seen (the code's offline_N = 0)
 PAPER = "Xu & Ding 2025, Single-stream Policy Optimization (SPO), arXiv 2509.13232"
 
@@ -95,7 +102,20 @@ def task_rho(
     return np.clip(np.exp2(-drift / drift_half), rho_min, rho_max)
 
 
-@register_estimator("spo", paper=PAPER, stateful=True, row_inputs=("drift",))
+def task_weights(state: Any, task_ids: Any, options: Any) -> np.ndarray | None:
+    """``sqrt(p_hat (1 - p_hat)) + 0.05`` per train task (p_hat 0.5 for a task never seen), or None
+    (a uniform draw) with ``sampling="uniform"``."""
+    sampling = options.get("sampling", "prioritized")
+    check_choice("sampling", sampling, SAMPLINGS)
+    if sampling == "uniform":
+        return None
+    tracker = tracker_of(dict(state))
+    ab = np.array([tracker.get(str(t), [INIT, INIT]) for t in task_ids], dtype=np.float64).reshape(-1, 2)
+    p_hat = ab[:, 0] / (ab[:, 0] + ab[:, 1])
+    return np.sqrt(p_hat * (1.0 - p_hat)) + EXPLORATION
+
+
+@register_estimator("spo", paper=PAPER, stateful=True, row_inputs=("drift",), task_weights=task_weights)
 def spo(
     batch: StepBatch,
     *,
@@ -111,9 +131,13 @@ def spo(
     max_reward: float = 1.0,
     eps: float = 1e-8,
     invalid_penalty: float = 0.1,
+    sampling: str = "prioritized",
 ) -> Advantages:
-    """Outcome minus a persistent per-task Beta baseline, z-scored over the batch; the tracker then learns."""
+    """Outcome minus a persistent per-task Beta baseline, z-scored over the batch; the tracker then learns.
+
+    ``sampling`` is read by the trainer's task draw (``task_weights``), not here."""
     check_choice("rho_mode", rho_mode, RHO_MODES)
+    check_choice("sampling", sampling, SAMPLINGS)
     check_choice("update", update, UPDATES)
     for name, value in (("rho", rho), ("rho_min", rho_min), ("rho_max", rho_max)):
         check_finite(name, value, 0.0, 1.0)

@@ -570,6 +570,22 @@ class Trainer:
             self.sampler.sync_adapter(directory, server.adapter_name)
         self.dist.barrier()
 
+    def _task_probabilities(self) -> np.ndarray | None:
+        """The estimator's draw over the train tasks (e.g. SPO's prioritised sampling); None: uniform."""
+        a = self.cfg.algorithm
+        weigh = estimator_info(a.estimator).task_weights
+        if weigh is None or self.estimator_state is None:
+            return None
+        w = weigh(self.estimator_state, self.train_tasks, a.options)
+        if w is None:
+            return None
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (len(self.train_tasks),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(
+                f"estimator {a.estimator!r}: task_weights must give a finite weight >= 0 per task"
+            )
+        return w / w.sum()
+
     def iteration(self, it: int) -> dict[str, Any]:
         """One rollout (from the sampler) + update; returns the metrics record.
 
@@ -577,7 +593,12 @@ class Trainer:
         cfg, r, dist, train_tasks = self.cfg, self.cfg.rollout, self.dist, self.train_tasks
         t_start = time.time()
         rng = derive_rng(cfg.seed, it)
-        picks = rng.choice(len(train_tasks), size=r.groups, replace=len(train_tasks) < r.groups)
+        picks = rng.choice(
+            len(train_tasks),
+            size=r.groups,
+            replace=len(train_tasks) < r.groups,
+            p=self._task_probabilities(),
+        )
         seeds = rng.integers(0, 2**31 - 1, size=r.groups).tolist()
         params = SamplingParams(
             temperature=r.temperature,
