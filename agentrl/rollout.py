@@ -13,18 +13,23 @@ is recorded as truncated with ``info["error"]``; the batch goes on.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+
 from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
+from agentrl.envs.base import EnvSnapshot
+from agentrl.envs.branching import BranchError, BranchPoint, Prefix, resume
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
 from agentrl.seeding import call_seed
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["Episode", "ListEnvs", "PromptBuilder", "as_env_batch", "rollout"]
+__all__ = ["Branching", "Episode", "ListEnvs", "PromptBuilder", "as_env_batch", "rollout"]
 
 PromptBuilder = StepPrompt | ChatPrompt
 Outcome = tuple[Any, ...]  # an env's (obs, info) or (obs, reward, terminated, truncated, info)
@@ -60,6 +65,31 @@ class ListEnvs:
         for i, a in zip(indices, actions):
             try:
                 out.append(tuple(self.envs[i].step(a)))
+            except Exception as e:
+                out.append(e)
+        return out
+
+    @property
+    def can_snapshot(self) -> bool:
+        return all(getattr(env, "can_snapshot", False) for env in self.envs)
+
+    def snapshot_each(self, indices: Sequence[int]) -> list[EnvSnapshot | None]:
+        out: list[EnvSnapshot | None] = []
+        for i in indices:
+            try:
+                out.append(self.envs[i].snapshot())
+            except Exception:  # the branch point resumes by replay instead
+                out.append(None)
+        return out
+
+    def resume_each(
+        self, indices: Sequence[int], points: Sequence[BranchPoint], mode: str
+    ) -> list[Outcome | BaseException]:
+        out: list[Outcome | BaseException] = []
+        for i, point in zip(indices, points):
+            try:
+                obs, info, _ = resume(self.envs[i], point, cast(Any, mode))
+                out.append((obs, info))
             except Exception as e:
                 out.append(e)
         return out
@@ -101,6 +131,49 @@ class _PoolEnvs:
     def step_each(self, actions: Sequence[str], indices: Sequence[int]) -> list[Outcome | BaseException]:
         return self._each(lambda a, i: self.pool.step(a, indices=i), len(indices), actions, indices)
 
+    @property
+    def can_snapshot(self) -> bool:
+        try:
+            return bool(getattr(self.pool, "can_snapshot", False))
+        except Exception:
+            return False
+
+    def snapshot_each(self, indices: Sequence[int]) -> list[EnvSnapshot | None]:
+        try:
+            return list(self.pool.snapshot(indices=list(indices)))
+        except Exception:  # the branch points resume by replay instead
+            return [None] * len(indices)
+
+    def resume_each(
+        self, indices: Sequence[int], points: Sequence[BranchPoint], mode: str
+    ) -> list[Outcome | BaseException]:
+        """Restore a snapshot where there is one (and ``mode`` allows), else replay the prefix
+        through the pool: the same reset, then its actions, checked against the recorded observation."""
+        out: list[Outcome | BaseException] = []
+        for i, point in zip(indices, points):
+            try:
+                if point.snapshot is not None and mode != "replay":
+                    self.pool.restore([point.snapshot], indices=[i])
+                    out.append((point.obs, copy.deepcopy(point.info)))
+                    continue
+                if mode == "restore":
+                    raise BranchError("cannot restore: the branch point has no snapshot")
+                ((obs, info),) = self.pool.reset(
+                    indices=[i], seeds=[point.prefix.seed], options=[copy.deepcopy(point.prefix.options)]
+                )
+                for action in point.prefix.actions:
+                    obs, _reward, _terminated, _truncated, info = tuple(
+                        self.pool.step([action], indices=[i])[0]
+                    )
+                if obs != point.obs:
+                    raise BranchError(
+                        f"replaying {point.turn} action(s) did not reach the recorded observation"
+                    )
+                out.append((obs, info))
+            except Exception as e:
+                out.append(e)
+        return out
+
 
 def as_env_batch(envs: Any) -> ListEnvs | _PoolEnvs:
     """Wrap a list of envs, or a pool with batched reset/step, for ``rollout``."""
@@ -138,6 +211,13 @@ class Episode:
     truncated: bool = False
     success: bool = False
     error: str | None = None
+    # tree rollouts: every turn's env info and snapshot are kept (branch points), and a branch
+    # starts from its parent's point instead of a reset
+    env_infos: list[dict[str, Any]] | None = None
+    snapshots: dict[int, EnvSnapshot] = field(default_factory=dict)
+    start_point: BranchPoint | None = None
+    parent_id: str | None = None
+    branch_turn: int | None = None
 
     def finish_with_error(self, error: str) -> None:
         self.error, self.truncated = error, True
@@ -148,6 +228,29 @@ class Episode:
         self.task = str(self.info.get("task", ""))
         self.tools = list(self.info["tools"]) if self.info.get("tools") is not None else None
         self.observations.append(self.obs)
+        if self.env_infos is not None:
+            self.env_infos.append(self.info)
+
+    def branch_point(self, turn: int) -> BranchPoint:
+        """Where this episode stood after ``turn`` actions (its snapshot there, when one was taken)."""
+        assert self.env_infos is not None, "branch points need an episode that kept its env infos"
+        prefix = Prefix(self.seed, {"task_id": self.task_id}, tuple(s.action for s in self.steps[:turn]))
+        return BranchPoint(prefix, self.observations[turn], self.env_infos[turn], self.snapshots.get(turn))
+
+    def fork(self, turn: int, traj_id: str) -> Episode:
+        """A new episode that continues this one after ``turn`` actions: its first steps are copies
+        (``info["copy_of"]`` names the sampled step), its env is resumed from ``start_point``."""
+        assert self.env_infos is not None and 0 < turn < len(self.steps) + 1
+        child = Episode(self.task_id, self.group_id, traj_id, self.seed, env_infos=[])
+        child.start(self.observations[0], self.env_infos[0])
+        for k in range(turn):
+            step = copy.deepcopy(self.steps[k])
+            step.info["copy_of"] = self.steps[k].info.get("copy_of", f"{self.traj_id}#{k}")
+            child.add_step(step)
+            child.observe(self.observations[k + 1], self.env_infos[k + 1])
+        child.start_point = self.branch_point(turn)
+        child.parent_id, child.branch_turn = self.traj_id, turn
+        return child
 
     def prompt(self, builder: PromptBuilder) -> Messages:
         """The messages ``builder`` gives for the next turn (SFT demonstrations are built with it too)."""
@@ -171,6 +274,8 @@ class Episode:
         if info.get("tools") is not None:
             self.tools = list(info["tools"])
         self.observations.append(self.obs)
+        if self.env_infos is not None:
+            self.env_infos.append(info)
 
     def trajectory(self) -> Trajectory:
         info: dict[str, Any] = {"seed": self.seed}
@@ -185,6 +290,8 @@ class Episode:
             truncated=self.truncated,
             success=self.success,
             info=info,
+            parent_id=self.parent_id,
+            branch_turn=self.branch_turn,
         )
 
 
@@ -264,6 +371,66 @@ def _record_step(
     )
 
 
+@dataclass(frozen=True)
+class Branching:
+    """Tree rollouts: the group's episodes (the roots) play first; then each root is continued
+    from ``points`` of its turns by ``width`` new episodes each (branches), which resume the env at
+    that turn (snapshot/restore where the env can, else replay; ``resume``) and copy the turns
+    before it (``Step.info["copy_of"]``; trained once, see ``StepBatch.node``).
+
+    at: "random" draws a root's branch turns uniformly from 1..len-1 (seeded), "fixed" uses ``turns``
+    (those shorter than the root). ``budget``: env steps per task, roots included; branch points are
+    taken in a random order while the branches' expected steps (the parent's steps after the point,
+    per branch) fit in what the roots left, so the sampled total can differ from it a little
+    (``None``: every drawn point)."""
+
+    width: int = 2
+    points: int = 1
+    at: str = "random"
+    turns: tuple[int, ...] = ()
+    budget: int | None = None
+    resume: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.points < 1:
+            raise ValueError(f"branching width and points must be >= 1, got {self.width} and {self.points}")
+        if self.at not in ("random", "fixed"):
+            raise ValueError(f"branching 'at' must be 'random' or 'fixed', got {self.at!r}")
+        if self.at == "fixed" and (not self.turns or min(self.turns) < 1):
+            raise ValueError(f"branching at fixed turns needs turns >= 1, got {self.turns!r}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"branching budget must be >= 1 env step, got {self.budget}")
+        if self.resume not in ("auto", "restore", "replay"):
+            raise ValueError(f"branching resume must be auto, restore or replay, got {self.resume!r}")
+
+
+def _branch_points(
+    roots: list[Episode], branching: Branching, rng: np.random.Generator
+) -> list[tuple[Episode, int]]:
+    """(root, turn) pairs to branch from, for one task's roots, within the budget."""
+    candidates: list[tuple[Episode, int]] = []
+    for ep in roots:
+        if ep.error is not None or ep.env_infos is None or len(ep.steps) < 2:
+            continue
+        turns = np.arange(1, len(ep.steps))
+        if branching.at == "fixed":
+            chosen = [t for t in branching.turns if t < len(ep.steps)][: branching.points]
+        else:
+            chosen = sorted(rng.choice(turns, size=min(branching.points, turns.size), replace=False).tolist())
+        candidates.extend((ep, int(t)) for t in chosen)
+    if branching.budget is None:
+        return candidates
+    left = branching.budget - sum(len(ep.steps) for ep in roots)
+    kept = []
+    for k in rng.permutation(len(candidates)).tolist():
+        ep, turn = candidates[k]
+        cost = branching.width * (len(ep.steps) - turn)
+        if cost <= left:
+            kept.append(candidates[k])
+            left -= cost
+    return sorted(kept, key=lambda c: (c[0].traj_id, c[1]))
+
+
 def rollout(
     policy: Policy,
     envs: Any,
@@ -275,6 +442,7 @@ def rollout(
     builder: PromptBuilder | None = None,
     seeds: Sequence[int] | None = None,
     id_prefix: str = "",
+    branching: Branching | None = None,
 ) -> list[TrajectoryGroup]:
     """Play ``group_size`` episodes of each task in ``tasks`` (one group per entry).
 
@@ -282,7 +450,8 @@ def rollout(
     set, is combined with a call counter, so a rollout is reproducible as a whole. Ids:
     ``{id_prefix}g{g}`` for groups, ``{id_prefix}g{g}-{n}`` for trajectories. The response format
     comes from ``builder`` (default ``StepPrompt()``); generation stops at the format's stop
-    strings unless ``params.stop`` names others.
+    strings unless ``params.stop`` names others. ``branching``: tree rollouts (``Branching``); the
+    branches join their root's group, with ids ``{parent}.b{turn}-{j}``.
     """
     if group_size < 1 or max_turns < 1:
         raise ValueError(f"group_size and max_turns must be >= 1, got {group_size} and {max_turns}")
@@ -296,29 +465,79 @@ def rollout(
     if not params.stop and get_format(fmt).stop:
         params = dataclasses.replace(params, stop=get_format(fmt).stop)
     batch = as_env_batch(envs)
-    pending = deque(
-        Episode(str(task), f"{id_prefix}g{g}", f"{id_prefix}g{g}-{n}", seeds[g])
+    snapshots = branching is not None and branching.resume != "replay" and batch.can_snapshot
+    episodes = [
+        Episode(
+            str(task),
+            f"{id_prefix}g{g}",
+            f"{id_prefix}g{g}-{n}",
+            seeds[g],
+            env_infos=None if branching is None else [],
+        )
         for g, task in enumerate(tasks)
         for n in range(group_size)
-    )
-    episodes = list(pending)
+    ]
+    calls = _play(policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots)
+    if branching is not None:
+        rng = np.random.default_rng([params.seed or 0, *seeds])
+        branches = []
+        for g in range(len(tasks)):
+            roots = episodes[g * group_size : (g + 1) * group_size]
+            for parent, turn in _branch_points(roots, branching, rng):
+                branches += [
+                    parent.fork(turn, f"{parent.traj_id}.b{turn}-{j}") for j in range(branching.width)
+                ]
+        _play(policy, batch, branches, builder, fmt, params, max_turns, calls, False, branching.resume)
+        episodes += branches
+    groups: dict[str, list[Trajectory]] = {}
+    for ep in episodes:
+        groups.setdefault(ep.group_id, []).append(ep.trajectory())
+    return [
+        TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs)
+        for gid, trajs in groups.items()
+    ]
+
+
+def _play(
+    policy: Policy,
+    batch: ListEnvs | _PoolEnvs,
+    episodes: list[Episode],
+    builder: PromptBuilder,
+    fmt: str,
+    params: SamplingParams,
+    max_turns: int,
+    calls: int,
+    snapshots: bool,
+    resume_mode: str = "auto",
+) -> int:
+    """Play the episodes to their ends in lockstep (a free env starts the next pending one: by a
+    reset, or by resuming a branch's start point); returns the policy-call counter after them.
+    ``snapshots``: keep every turn's env snapshot on the episode (branch points to restore)."""
+    pending = deque(episodes)
     active: dict[int, Episode] = {}
-    calls = 0
     while pending or active:
         free = [i for i in range(batch.num_envs) if i not in active][: len(pending)]
         starting = [(i, pending.popleft()) for i in free]
-        if starting:
-            results = batch.reset_each(
-                [i for i, _ in starting],
-                [ep.seed for _, ep in starting],
-                [{"task_id": ep.task_id} for _, ep in starting],
+        fresh = [(i, ep) for i, ep in starting if ep.start_point is None]
+        resumed = [(i, ep) for i, ep in starting if ep.start_point is not None]
+        results: list[Outcome | BaseException] = []
+        if fresh:
+            results += batch.reset_each(
+                [i for i, _ in fresh],
+                [ep.seed for _, ep in fresh],
+                [{"task_id": ep.task_id} for _, ep in fresh],
             )
-            for (i, ep), res in zip(starting, results):
-                if isinstance(res, BaseException):
-                    ep.finish_with_error(f"reset failed: {_error_text(res)}")
-                    continue
+        if resumed:
+            points = [cast(BranchPoint, ep.start_point) for _, ep in resumed]
+            results += batch.resume_each([i for i, _ in resumed], points, resume_mode)
+        for (i, ep), res in zip(fresh + resumed, results):
+            if isinstance(res, BaseException):
+                what = "reset" if ep.start_point is None else "resuming the branch point"
+                ep.finish_with_error(f"{what} failed: {_error_text(res)}")
+                continue
+            if ep.start_point is None:
                 ep.start(res[0], res[1])
-                active[i] = ep
+            active[i] = ep
         if not active:
             continue
         slots = sorted(active)
@@ -352,10 +571,9 @@ def rollout(
             _record_step(ep, msgs, gen, fmt, res, max_turns)
             if ep.terminated or ep.truncated:
                 del active[i]
-    groups: dict[str, list[Trajectory]] = {}
-    for ep in episodes:
-        groups.setdefault(ep.group_id, []).append(ep.trajectory())
-    return [
-        TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs)
-        for gid, trajs in groups.items()
-    ]
+        if snapshots:
+            live = [i for i, _, _ in stepping if i in active]
+            for i, snap in zip(live, batch.snapshot_each(live) if live else []):
+                if snap is not None:
+                    active[i].snapshots[len(active[i].steps)] = snap
+    return calls

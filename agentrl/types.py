@@ -41,7 +41,9 @@ class Step:
     counter): steps with equal keys are treated as the same state by GiGPO, HGPO and SALT.
     ``info`` must be JSON-serialisable; the keys ``tool_call`` (bool: the env answered this turn
     with a tool result), ``switch`` ("KEEP"/"SWITCH") and ``subgoal`` (str) become StepBatch
-    columns when present.
+    columns when present. In a branched trajectory the turns before its branch point are copies of
+    its parent's: ``info["copy_of"]`` ("<traj_id>#<turn>") names the step that was sampled, and the
+    StepBatch column ``node`` gives a step and its copies one id (trained once).
     """
 
     obs: str
@@ -60,7 +62,10 @@ class Step:
 
 @dataclass
 class Trajectory:
-    """One episode of one task. ``outcome`` defaults to the sum of step rewards."""
+    """One episode of one task. ``outcome`` defaults to the sum of step rewards.
+
+    A branched trajectory (tree rollouts) continued ``parent_id``'s episode from its turn
+    ``branch_turn``: its first ``branch_turn`` steps are copies of the parent's."""
 
     task_id: str
     group_id: str
@@ -72,6 +77,8 @@ class Trajectory:
     outcome: float = None  # type: ignore[assignment]
     success: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    branch_turn: int | None = None
 
     def __post_init__(self) -> None:
         if self.outcome is None:
@@ -243,6 +250,29 @@ class _Hasher:
         return h
 
 
+def _nodes(trajs: list[Trajectory], starts: np.ndarray) -> np.ndarray:
+    """The ``node`` column: a sampled step's row index, given to it and to every copy of it. A copy
+    whose original is not in the batch (nor the original's own original) stands for it."""
+    row_of = {
+        f"{t.traj_id}#{k}": int(starts[i]) + k for i, t in enumerate(trajs) for k in range(len(t.steps))
+    }
+    node = np.arange(sum(len(t.steps) for t in trajs), dtype=np.int64)
+    first_copy: dict[str, int] = {}
+    for i, t in enumerate(trajs):
+        for k, s in enumerate(t.steps):
+            ref = s.info.get("copy_of")
+            if ref is None:
+                continue
+            r = int(starts[i]) + k
+            if not isinstance(ref, str):
+                raise ValueError(
+                    f"trajectory {t.traj_id!r} step {k}: info['copy_of'] must be a str, got {ref!r}"
+                )
+            target = row_of.get(ref)
+            node[r] = target if target is not None else first_copy.setdefault(ref, r)
+    return node
+
+
 @dataclass(frozen=True, eq=False)
 class StepBatch:
     """Columnar view of many trajectories: numpy arrays with one entry per step row.
@@ -275,6 +305,8 @@ class StepBatch:
     switch: np.ndarray | None = None  # bool[R], info["switch"] == "SWITCH" (HiPER)
     subgoal: np.ndarray | None = None  # object[R], info["subgoal"] (HiPER)
     response_ids: np.ndarray | None = None  # object[R], int64 array per row: Step.response_ids (rollout)
+    # int64[R]: one id per sampled step, shared by its copies in branched trajectories (info["copy_of"])
+    node: np.ndarray | None = None
 
     def column(self, name: str) -> np.ndarray:
         """An optional column that must be present (``state_key``, ``turn_reward``, ...): estimators
@@ -372,6 +404,10 @@ class StepBatch:
             for r, s in enumerate(steps):
                 response_ids[r] = np.asarray(s.response_ids or (), dtype=np.int64)
 
+        node = None
+        if any("copy_of" in s.info for s in steps):
+            node = _nodes(trajs, starts)
+
         per_traj_group = np.array([group_index[t.group_id] for t in trajs], dtype=np.int64)
         per_traj_outcome = np.array([t.outcome for t in trajs], dtype=np.float64)
         per_traj_success = np.array([bool(t.success) for t in trajs], dtype=bool)
@@ -408,6 +444,7 @@ class StepBatch:
             switch=switch,
             subgoal=subgoal,
             response_ids=response_ids,
+            node=node,
         )
 
     # ------------------------------------------------------------------ views

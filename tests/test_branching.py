@@ -153,6 +153,7 @@ def test_pool_snapshots_travel_between_workers(backend: str) -> None:
         (_obs, info), _ = pool.reset(seeds=[5, 6], options=[{"task_id": "maze-1"}, {"task_id": "maze-2"}])
         action = info["admissible_actions"][0]
         pool.step([action], indices=[0])
+        assert pool.can_snapshot
         (snap,) = pool.snapshot(indices=[0])
         after = [pool.step([a], indices=[0])[0] for a in ("north", "south", "east", "west")]
         pool.restore([snap], indices=[1])  # the other worker continues worker 0's episode
@@ -186,6 +187,7 @@ def test_pool_reports_an_env_that_cannot_snapshot_and_keeps_its_episode() -> Non
     with EnvPool("test_counter", 1, backend="inprocess") as pool:
         pool.reset(seeds=[0])
         pool.step(["a"])
+        assert not pool.can_snapshot
         with pytest.raises(WorkerError, match="could not take a snapshot: NotImplementedError"):
             pool.snapshot()
         assert pool.step(["b"])[0].obs == "2"  # the episode was not lost

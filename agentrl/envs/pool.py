@@ -82,6 +82,8 @@ def _apply(env: Any, msg: tuple[Any, ...]) -> Any:
         return env.snapshot()
     if msg[0] == "restore":
         return env.restore(msg[1])
+    if msg[0] == "can_snapshot":
+        return bool(env.can_snapshot)
     raise ValueError(f"unknown pool command {msg[0]!r}")
 
 
@@ -205,6 +207,7 @@ class EnvPool:
         if env_name not in list_envs():
             raise ValueError(f"unknown env {env_name!r}; registered: {list_envs()}")
         self.env_name = env_name
+        self._can_snapshot: bool | None = None
         self.num_envs = num_envs
         self.env_kwargs = dict(env_kwargs or {})
         self.backend = backend
@@ -323,6 +326,18 @@ class EnvPool:
                 self._restart(i)
             results.append(_failed_step(payload, restarted=died))
         return results
+
+    @property
+    def can_snapshot(self) -> bool:
+        """Whether the pool's env snapshots its episodes (asked of a worker once)."""
+        if self._can_snapshot is None:
+            status, payload, died = self._call([0], [("can_snapshot",)])[0]
+            if status != "ok":
+                if died:
+                    self._restart(0)
+                raise WorkerError(f"env 0 ({self.env_name}) did not say whether it can snapshot: {payload}")
+            self._can_snapshot = bool(payload)
+        return self._can_snapshot
 
     def snapshot(self, indices: Sequence[int] | None = None) -> list[EnvSnapshot]:
         """Snapshots of the selected envs' episodes (envs that declare ``snapshot_fields``)."""
