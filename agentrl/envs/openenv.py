@@ -136,8 +136,8 @@ class OpenEnvEnv(AgentEnv):
     ``observation_field``: the observation field that is the text observation (default: the only
     string field, else the whole observation as JSON). ``admissible_field``: a list-of-strings field
     of legal actions, reported as ``info["admissible_actions"]`` (an action outside it is then
-    ``valid=False``). ``info["observation"]`` keeps the whole observation. ``success`` is
-    ``done and reward > 0``. An agentrl server (``--protocol openenv``) sends agentrl's own info,
+    ``valid=False``). ``info["observation"]`` keeps the whole observation. A reward of None counts
+    as 0, and ``success`` is ``done and reward > 0``. An agentrl server (``--protocol openenv``) sends agentrl's own info,
     truncation and task ids, and these options are not needed.
     """
 
@@ -181,8 +181,12 @@ class OpenEnvEnv(AgentEnv):
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
             raise OpenEnvError(f"cannot open an OpenEnv session at {self.url}: {e}") from e
-        self._task_ids, max_text_length = self._server_tasks()
-        super().__init__(render_mode=render_mode, max_text_length=max_text_length)
+        try:
+            self._task_ids, max_text_length = self._server_tasks()
+            super().__init__(render_mode=render_mode, max_text_length=max_text_length)
+        except BaseException:
+            self._ws.close()
+            raise
         self._admissible: list[str] | None = None
 
     def _server_tasks(self) -> tuple[list[str], int]:
