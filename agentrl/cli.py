@@ -249,7 +249,7 @@ def envs_serve(
     ),
     protocol: str = typer.Option(
         "agentrl",
-        help="agentrl (HTTP create/reset/step/close) or openenv (OpenEnv's WebSocket protocol, for its clients)",
+        help="agentrl (HTTP create/reset/step/close) or openenv (OpenEnv's WebSocket protocol, its clients)",
     ),
 ) -> None:
     """Serve an env over HTTP (create/reset/step/close); use it with make("remote", url=..., token=...).

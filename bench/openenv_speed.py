@@ -1,6 +1,6 @@
 """OpenEnv server speed: steps/s to concurrent clients, next to agentrl's own HTTP protocol.
 
-    .venv/bin/python bench/openenv_speed.py [--env maze] [-o size=3] [--clients 16] [--seconds 10] [--json out.json]
+    .venv/bin/python bench/openenv_speed.py [--env maze] [-o size=3] [--clients 16] [--seconds 10] [--json F]
 
 The same env is served twice by ``agentrl envs serve`` in its own process (127.0.0.1, a free port):
 ``--protocol agentrl`` (HTTP, one request per call) and ``--protocol openenv`` (one WebSocket per

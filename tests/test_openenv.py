@@ -1,4 +1,4 @@
-"""OpenEnv both ways, against the real openenv-core: its client on agentrl's server, agentrl's adapter on its server.
+"""OpenEnv both ways against the real openenv-core: its client on agentrl's server, agentrl's adapter on its.
 
 Every server binds 127.0.0.1 on a free port and stops when its test ends. Transcripts are compared
 as (text, info, reward, done, truncated) per turn, with the local env's info in JSON types.
@@ -28,7 +28,7 @@ from agentrl.serving import ServerThread, free_port
 from tests.test_alfworld import SPLIT, alf_cache, games_dir  # noqa: F401 - shared session fixtures
 
 # openenv-core 0.2's client opens its WebSocket the way websockets 17 deprecates (it still works)
-pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager")
 
 TOKEN = "open-s3same"
 SMALL_SEARCH = {"seed": 7, "num_docs": 400, "num_train": 200, "num_test": 50}
@@ -447,7 +447,7 @@ def test_openenv_core_server_errors_reach_the_adapter():
 
 
 def test_envs_serve_protocol_openenv_runs_a_real_server():
-    """`agentrl envs serve maze --protocol openenv` in a subprocess; openenv-core's client plays against it."""
+    """`agentrl envs serve maze --protocol openenv` in a subprocess; openenv-core's client plays on it."""
     port = free_port()
     cmd = [sys.executable, "-m", "agentrl.cli", "envs", "serve", "maze", "--protocol", "openenv"]
     cmd += ["--port", str(port), "--token", "t0k", "-o", "size=2"]

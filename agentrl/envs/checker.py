@@ -141,7 +141,8 @@ def check_env(
     replays = first == again
     _expect(
         replays or not group_resets,
-        f"group reset is not deterministic: replaying seed={seed} task={task_id!r} with the same actions diverged",
+        f"group reset is not deterministic: replaying seed={seed} task={task_id!r} "
+        "with the same actions diverged",
     )
     if other is not None:
         theirs, _ = _episode(other, seed, options, max_steps, actions)

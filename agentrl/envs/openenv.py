@@ -1,4 +1,4 @@
-"""OpenEnv both ways: an OpenEnv environment played as an AgentEnv, and any AgentEnv served to OpenEnv clients.
+"""OpenEnv both ways: an OpenEnv env played as an AgentEnv, and any AgentEnv served to OpenEnv clients.
 
 OpenEnv's session protocol is what its ``EnvClient`` speaks (and so TRL, SkyRL and torchforge through
 it): one WebSocket per client at ``/ws``, one env instance per connection. The client sends
@@ -121,6 +121,11 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (answers are read defensively)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _default_text(observation: dict[str, Any]) -> str:
     """The observation's text when no field is named: its only string field, else all of it as JSON."""
     strings = [v for v in observation.values() if isinstance(v, str)]
@@ -137,8 +142,8 @@ class OpenEnvEnv(AgentEnv):
     string field, else the whole observation as JSON). ``admissible_field``: a list-of-strings field
     of legal actions, reported as ``info["admissible_actions"]`` (an action outside it is then
     ``valid=False``). ``info["observation"]`` keeps the whole observation. A reward of None counts
-    as 0, and ``success`` is ``done and reward > 0``. An agentrl server (``--protocol openenv``) sends agentrl's own info,
-    truncation and task ids, and these options are not needed.
+    as 0, and ``success`` is ``done and reward > 0``. An agentrl server (``--protocol openenv``)
+    sends agentrl's own info, truncation and task ids, and these options are not needed.
     """
 
     def __init__(
@@ -168,17 +173,19 @@ class OpenEnvEnv(AgentEnv):
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ws: Any = None
-        # websockets 17 warns unless told to return the connection directly (older ones lack the flag)
-        direct = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+        self._admissible: list[str] | None = None  # the legal actions of the last observation
+        options: dict[str, Any] = {
+            "additional_headers": self._headers or None,
+            "open_timeout": connect_timeout,
+            "max_size": max_message_bytes,
+            "proxy": None if _is_loopback(_ws_url(url)) else True,
+        }
+        if (
+            "legacy" in inspect.signature(connect).parameters
+        ):  # websockets 17 warns unless told (older lack it)
+            options["legacy"] = True
         try:
-            self._ws = connect(
-                _ws_url(url) + "/ws",
-                additional_headers=self._headers or None,
-                open_timeout=connect_timeout,
-                max_size=max_message_bytes,
-                proxy=None if _is_loopback(_ws_url(url)) else True,
-                **direct,
-            )
+            self._ws = connect(_ws_url(url) + "/ws", **options)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
             raise OpenEnvError(f"cannot open an OpenEnv session at {self.url}: {e}") from e
         try:
@@ -187,7 +194,6 @@ class OpenEnvEnv(AgentEnv):
         except BaseException:
             self._ws.close()
             raise
-        self._admissible: list[str] | None = None
 
     def _server_tasks(self) -> tuple[list[str], int]:
         """Task ids and text limit from an agentrl server's ``GET /tasks``; none from other servers."""
@@ -227,7 +233,7 @@ class OpenEnvEnv(AgentEnv):
         if not isinstance(reply, dict):
             raise OpenEnvError(f"the OpenEnv server {self.url} sent a non-object answer: {reply!r:.200}")
         if reply.get("type") == "error":
-            data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+            data = _obj(reply.get("data"))
             text = f"{data.get('message', 'unknown error')} (code: {data.get('code', 'UNKNOWN')})"
             if data.get("errors"):
                 text += f": {data['errors']}"
@@ -242,8 +248,8 @@ class OpenEnvEnv(AgentEnv):
     def _result(
         self, reply: dict[str, Any], action: Any = None, *, step: bool
     ) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
-        obs = data.get("observation") if isinstance(data.get("observation"), dict) else {}
+        data = _obj(reply.get("data"))
+        obs = _obj(data.get("observation"))
         reward = data.get("reward")
         reward = float(reward) if isinstance(reward, (int, float)) else 0.0
         done = bool(data.get("done", False))
@@ -294,7 +300,7 @@ class OpenEnvEnv(AgentEnv):
     def state(self) -> dict[str, Any]:
         """The server's ``state`` of the session (episode id, step count, ...)."""
         reply = self._call({"type": "state"})
-        return reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        return _obj(reply.get("data"))
 
     def close(self) -> None:
         ws, self._ws = self._ws, None
@@ -551,7 +557,7 @@ def openenv_server(
     max_message_bytes: int = MAX_BODY_BYTES,
     **env_kwargs: Any,
 ) -> ServerThread:
-    """The server of ``serve_openenv``, built (port bound) but not started: ``.start()`` or ``.serve_forever()``."""
+    """The server of ``serve_openenv``, its port bound but not started (``.start()``, ``.serve_forever()``)."""
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
     app = create_openenv_app(
