@@ -247,15 +247,41 @@ def envs_serve(
     option: list[str] = typer.Option(
         [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
     ),
+    protocol: str = typer.Option(
+        "agentrl",
+        help="agentrl (HTTP create/reset/step/close) or openenv (OpenEnv's WebSocket protocol, its clients)",
+    ),
 ) -> None:
-    """Serve an env over HTTP (create/reset/step/close); use it with make("remote", url=..., token=...)."""
+    """Serve an env over HTTP (create/reset/step/close); use it with make("remote", url=..., token=...).
+
+    With --protocol openenv, OpenEnv clients (TRL, SkyRL, torchforge, ...) use it; see docs/envs.md."""
     from agentrl.envs import list_envs
     from agentrl.envs.remote import serve_env
 
     if name not in list_envs():
         raise typer.BadParameter(f"unknown env {name!r}; available: {', '.join(list_envs())}")
+    if protocol not in ("agentrl", "openenv"):
+        raise typer.BadParameter(f"--protocol must be agentrl or openenv, got {protocol!r}")
+    if protocol == "openenv":
+        _serve_openenv(name, host, port, token, max_envs, option)
+        return
     typer.echo(f"serving env {name!r} at http://{host}:{port} (Ctrl-C stops)", err=True)
     serve_env(name, host=host, port=port, token=token, max_envs=max_envs, **parse_kv(option))
+
+
+def _serve_openenv(
+    name: str, host: str, port: int, token: str | None, max_envs: int, option: list[str]
+) -> None:
+    """``agentrl envs serve NAME --protocol openenv``: the env to OpenEnv clients, over a WebSocket."""
+    from agentrl.envs.openenv import openenv_server
+
+    server = openenv_server(name, host=host, port=port, token=token, max_envs=max_envs, **parse_kv(option))
+    server.listen()  # clients that connect from now on wait in the queue, none is refused
+    typer.echo(
+        f"serving env {name!r} to OpenEnv clients at {server.url} (WebSocket {server.url}/ws; Ctrl-C stops)",
+        err=True,
+    )
+    server.serve_forever()
 
 
 @webshop_app.command("serve")

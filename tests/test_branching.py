@@ -42,7 +42,7 @@ def play(env: Any, info: dict[str, Any], rng: np.random.Generator, n: int) -> tu
 @pytest.mark.parametrize(("name", "kwargs"), SNAPSHOT_ENVS, ids=[n for n, _ in SNAPSHOT_ENVS])
 def test_check_env_verifies_restore_and_replay(name: str, kwargs: dict[str, Any]) -> None:
     report = check_env(make(name, **kwargs), other=make(name, **kwargs), skip_gymnasium=True)
-    assert report == {"resume": ("restore", "replay")}
+    assert report.resume == ("restore", "replay")
 
 
 def test_the_slipping_maze_continues_the_same_way_after_restore_and_replay_in_another_instance() -> None:
@@ -81,7 +81,7 @@ def test_env_without_snapshot_fields_offers_replay_only() -> None:
     assert not env.can_snapshot and supported_modes(env) == ("replay",)
     with pytest.raises(NotImplementedError, match="declares no snapshot_fields"):
         env.snapshot()
-    assert check_env(env, skip_gymnasium=True) == {"resume": ("replay",)}
+    assert check_env(env, skip_gymnasium=True).resume == ("replay",)
     point = BranchPoint(Prefix(0, {}, ("a", "b")), "2", {"state_key": "2"})
     with pytest.raises(BranchError, match="no snapshot"):
         resume(env, point, "restore")
@@ -200,7 +200,7 @@ def test_remote_envs_snapshot_on_the_server_and_siblings_restore_them() -> None:
     with ServerThread(create_app("maze", kwargs, token="t", max_snapshots=2)) as server:
         a, b = RemoteEnv(server.url, token="t"), RemoteEnv(server.url, token="t")
         report = check_env(a, other=b, skip_gymnasium=True)  # closes a
-        assert report == {"resume": ("restore", "replay")}
+        assert report.resume == ("restore", "replay")
         a = RemoteEnv(server.url, token="t")
         a.reset(seed=3, options={"task_id": "maze-1"})
         a.step("north")
@@ -215,7 +215,7 @@ def test_remote_envs_snapshot_on_the_server_and_siblings_restore_them() -> None:
         a.close(), b.close()
     with ServerThread(create_app(Counter, token=None)) as server:
         c = RemoteEnv(server.url)
-        assert not c.can_snapshot and check_env(c, skip_gymnasium=True) == {"resume": ("replay",)}
+        assert not c.can_snapshot and check_env(c, skip_gymnasium=True).resume == ("replay",)
         c = RemoteEnv(server.url)  # check_env closed the first
         c._can_snapshot = True  # a client that thinks otherwise gets the server's refusal
         c.reset(seed=0)

@@ -3,7 +3,17 @@
 import gymnasium as gym
 import pytest
 
-from agentrl.envs import AgentEnv, EnvCheckError, FreeText, check_env, gym_id, list_envs, make, register_env
+from agentrl.envs import (
+    AgentEnv,
+    EnvCheckError,
+    EnvSupport,
+    FreeText,
+    check_env,
+    gym_id,
+    list_envs,
+    make,
+    register_env,
+)
 
 
 class CountEnv(AgentEnv):
@@ -72,6 +82,20 @@ def test_check_env_passes_a_correct_env():
 def test_check_env_catches_contract_breaks(flaw, message):
     with pytest.raises(AssertionError, match=message):
         check_env(CountEnv(flaw=flaw), skip_gymnasium=flaw in ("raises", "no_state_key"))
+
+
+def test_check_env_says_what_the_env_supports():
+    assert check_env(CountEnv(), other=CountEnv()) == EnvSupport(
+        group_resets=True, admissible_actions=True, turn_reward=False, task_ids=True, resume=("replay",)
+    )
+    # an env that cannot replay a seed fails the default check, and is reported with group_resets=False
+    with pytest.raises(EnvCheckError, match="not deterministic"):
+        check_env(CountEnv(flaw="nondeterministic"), skip_gymnasium=True)
+    support = check_env(CountEnv(flaw="nondeterministic"), group_resets=False)
+    assert support == EnvSupport(  # without group resets, no replay: resume is empty
+        group_resets=False, admissible_actions=True, turn_reward=False, task_ids=True, resume=()
+    )
+    assert not check_env(CountEnv(), other=CountEnv(target=1), group_resets=False).group_resets
 
 
 def test_check_env_notices_instances_that_differ():

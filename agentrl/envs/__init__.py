@@ -1,7 +1,7 @@
 """Environments: the AgentEnv contract, the registry (``make``), ``check_env`` and the built-ins."""
 
 from agentrl.envs.base import AgentEnv, FreeText
-from agentrl.envs.checker import EnvCheckError, check_env
+from agentrl.envs.checker import EnvCheckError, EnvSupport, check_env
 from agentrl.envs.registration import gym_id, list_envs, make, register_env
 
 register_env("maze", "agentrl.envs.maze:MazeEnv")
@@ -12,10 +12,12 @@ register_env("search", "agentrl.envs.search:SearchEnv", gym_name="Search")
 register_env("tools", "agentrl.envs.tools:builtin_tool_env", gym_name="Tools")
 register_env("bfcl", "agentrl.envs.tools.bfcl:BFCLMultiTurnEnv", gym_name="BFCL")
 register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote")
+register_env("openenv", "agentrl.envs.openenv:OpenEnvEnv", gym_name="OpenEnv")
 
 __all__ = [
     "AgentEnv",
     "EnvCheckError",
+    "EnvSupport",
     "FreeText",
     "check_env",
     "gym_id",

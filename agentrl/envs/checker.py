@@ -3,19 +3,25 @@
 On top of ``gymnasium.utils.env_checker.check_env`` it verifies the info keys of the contract,
 that a reset with the same task and seed replays an identical episode (group resets), and that a
 nonsense action is a no-op with ``valid=False`` rather than an exception. It also resumes the
-episode from its middle, by replay (every env) and by snapshot/restore (envs that declare
-``snapshot_fields``, into this instance and into ``other``), and checks that the rest continues
-exactly as the original did: the observations, rewards, ends, infos and admissible actions.
+episode from its middle, by replay (every env that replays a seed) and by snapshot/restore (envs
+that declare ``snapshot_fields``, into this instance and into ``other``), and checks that the rest
+continues exactly as the original did: the observations, rewards, ends, infos and admissible
+actions. It returns what the env supports (``EnvSupport``); ``group_resets=False`` checks an env
+that cannot replay a seed (a remote env that ignores seeds) and reports ``group_resets`` instead
+of failing on it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gymnasium.utils import env_checker as gym_checker
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from gymnasium.utils.passive_env_checker import env_reset_passive_checker, env_step_passive_checker
 
 from agentrl.envs.base import RESET_INFO_KEYS, STEP_INFO_KEYS, AgentEnv
 from agentrl.envs.branching import BranchError, BranchPoint, Prefix, resume, supported_modes
@@ -25,6 +31,28 @@ INVALID_ACTION = "\u00a7 definitely not an action \u00a7"
 
 class EnvCheckError(AssertionError):
     """The env breaks the agentrl env contract; the message says which part."""
+
+
+@dataclass(frozen=True)
+class EnvSupport:
+    """What ``check_env`` found the env to support, beyond the contract every env keeps."""
+
+    group_resets: bool  # the same seed, task and actions replay the same episode (GRPO-style groups)
+    admissible_actions: bool  # info["admissible_actions"] lists the legal actions
+    turn_reward: bool  # info["turn_reward"] scores turns
+    task_ids: bool  # task_ids() enumerates the tasks
+    # how an episode resumes from a prefix: ("restore", "replay"), ("replay",), or () without group resets
+    resume: tuple[str, ...] = ()
+
+
+def _gym_checks_without_seeding(env: AgentEnv) -> None:
+    """gymnasium's checker less its seed-determinism parts, for an env that cannot replay a seed."""
+    gym_checker.check_action_space(env.action_space)
+    gym_checker.check_observation_space(env.observation_space)
+    gym_checker.check_reset_return_type(env)
+    gym_checker.check_reset_options(env)
+    env_reset_passive_checker(env)
+    env_step_passive_checker(env, env.action_space.sample())
 
 
 def _expect(cond: bool, msg: str) -> None:
@@ -144,16 +172,20 @@ def check_env(
     max_steps: int = 30,
     other: AgentEnv | None = None,
     skip_gymnasium: bool = False,
-) -> dict[str, Any]:
-    """Raise EnvCheckError (an AssertionError) when ``env`` breaks the contract; else report what
-    the env supports: ``{"resume": ("restore", "replay") or ("replay",)}``.
+    group_resets: bool = True,
+) -> EnvSupport:
+    """Raise EnvCheckError (an AssertionError) when ``env`` breaks the contract; else say what it supports.
 
     ``other``: a second instance of the same env; the replayed episode must be identical there
-    too (what a pool of workers relies on), and a snapshot restores there too.
+    too (what a pool of workers relies on), and a snapshot restores there too. ``group_resets=False``:
+    a replay that diverges is reported (``EnvSupport.group_resets``) rather than an error.
     """
     _expect(isinstance(env, AgentEnv), f"env must be an agentrl AgentEnv, got {type(env).__name__}")
     if not skip_gymnasium:
-        gym_check_env(env, skip_render_check=True, skip_close_check=True)
+        if group_resets:
+            gym_check_env(env, skip_render_check=True, skip_close_check=True)
+        else:
+            _gym_checks_without_seeding(env)
 
     if task_id is None:
         ids = list(env.task_ids())
@@ -162,15 +194,28 @@ def check_env(
 
     first, actions = _episode(env, seed, options, max_steps, None)
     again, _ = _episode(env, seed, options, max_steps, actions)
+    replays = first == again
     _expect(
-        first == again,
-        f"group reset is not deterministic: replaying seed={seed} task={task_id!r} with the same actions diverged",
+        replays or not group_resets,
+        f"group reset is not deterministic: replaying seed={seed} task={task_id!r} "
+        "with the same actions diverged",
     )
     if other is not None:
         theirs, _ = _episode(other, seed, options, max_steps, actions)
-        _expect(first == theirs, "two instances of the env diverge on the same seed, task and actions")
-    if actions:
+        replays = replays and first == theirs
+        _expect(
+            replays or not group_resets, "two instances of the env diverge on the same seed, task and actions"
+        )
+    if actions and replays:
         _check_resume(env, other, seed, options, first, actions)
+    infos = [step[-1] for step in first]
+    support = EnvSupport(
+        group_resets=replays,
+        admissible_actions=all("admissible_actions" in info for info in infos),
+        turn_reward=any(info.get("turn_reward") is not None for info in infos[1:]),
+        task_ids=task_id is not None,
+        resume=tuple(supported_modes(env)) if replays else (),
+    )
 
     env.reset(seed=seed, options=copy.deepcopy(options))
     try:
@@ -188,4 +233,4 @@ def check_env(
 
     env.close()
     env.close()
-    return {"resume": tuple(supported_modes(env))}
+    return support
