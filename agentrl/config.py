@@ -25,6 +25,7 @@ from pydantic import (
 if TYPE_CHECKING:
     from agentrl.agents import PromptSettings
     from agentrl.evaluation import EvalSpec
+    from agentrl.rollout import Branching
 from agentrl.policies.lora import LoraSettings
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "load_config"]
@@ -108,6 +109,37 @@ class RolloutServerConfig(Section):
         return v
 
 
+class BranchingConfig(Section):
+    """Tree rollouts (``agentrl.rollout.Branching``): off unless ``enabled``."""
+
+    enabled: bool = False
+    width: int = Field(2, ge=1)  # branches per branch point
+    points: int = Field(1, ge=1)  # branch points per root episode
+    at: Literal["random", "fixed"] = "random"
+    turns: list[int] = []  # with at: fixed
+    budget: int | None = Field(None, ge=1)  # env steps per task, roots included
+    resume: Literal["auto", "restore", "replay"] = "auto"
+
+    @model_validator(mode="after")
+    def _valid(self) -> BranchingConfig:
+        self.build()  # the rollout's own checks, at load time
+        return self
+
+    def build(self) -> Branching | None:
+        from agentrl.rollout import Branching
+
+        if not self.enabled:
+            return None
+        return Branching(
+            width=self.width,
+            points=self.points,
+            at=self.at,
+            turns=tuple(self.turns),
+            budget=self.budget,
+            resume=self.resume,
+        )
+
+
 class RolloutConfig(Section):
     groups: int = Field(4, ge=1)
     group_size: int = Field(4, ge=1)
@@ -121,6 +153,7 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(32, ge=1)
     turn_reward: Literal["env", "valid"] = "valid"
     server: RolloutServerConfig = RolloutServerConfig()
+    branching: BranchingConfig = BranchingConfig()
 
     @field_validator("response_format")
     @classmethod

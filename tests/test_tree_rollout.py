@@ -136,3 +136,43 @@ def test_fixed_turns_and_the_budget(policy) -> None:
 def test_bad_branching_settings_are_refused(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         Branching(**kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["spo_tree", "treepo"])
+def test_training_on_tree_rollouts(small_maze_model_dir, tmp_path, estimator: str) -> None:
+    """Two iterations with branching on: branches are counted, copies are not sampled steps, and the
+    shared steps are trained once (fewer trained tokens than rows' tokens)."""
+    import json
+
+    from agentrl.trainers import train
+    from tests.test_trainer import tiny_run
+
+    overrides = tiny_run(
+        small_maze_model_dir,
+        **{
+            "algorithm.estimator": estimator,
+            "rollout.max_turns": 4,
+            "rollout.branching.enabled": "true",
+            "rollout.branching.width": 2,
+        },
+    )
+    out = train(None, tmp_path / "run", overrides)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert r["episodes"] == 4 + r["branches"] and r["steps_sampled"] <= r["rows"]
+    assert any(r["branches"] > 0 and r["steps_sampled"] < r["rows"] for r in records)
+
+
+def test_branching_config_is_checked() -> None:
+    from agentrl.config import load_config
+
+    with pytest.raises(ValueError, match="turns >= 1"):
+        load_config(None, ["rollout.branching.enabled=true", "rollout.branching.at=fixed"])
+    cfg = load_config(
+        None,
+        ["rollout.branching.enabled=true", "rollout.branching.turns=[2, 3]", "rollout.branching.at=fixed"],
+    )
+    assert cfg.rollout.branching.build() == Branching(at="fixed", turns=(2, 3))
+    assert load_config(None, []).rollout.branching.build() is None

@@ -618,6 +618,7 @@ class Trainer:
                 builder=self.builder(),
                 seeds=[seeds[g] for g in mine],
                 id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-",
+                branching=r.branching.build(),
             )
             if mine
             else []
@@ -643,6 +644,9 @@ class Trainer:
             "episodes": len(trajs),
             "rows": len(steps),
         }
+        if r.branching.enabled:  # tree rollouts: branches, and the steps actually sampled (copies excluded)
+            record["branches"] = sum(t.parent_id is not None for t in trajs)
+            record["steps_sampled"] = sum("copy_of" not in s.info for s in steps)
         t_update = time.time()
         batch = StepBatch.from_trajectories(groups)
         if len(batch):

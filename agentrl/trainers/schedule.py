@@ -85,6 +85,40 @@ def _kl_mean(scores: Scores) -> float:
     return float(kl_k3(logp, ref).mean()) if logp.numel() else float("nan")
 
 
+def merge_copies(batch: StepBatch, adv: Advantages) -> tuple[Advantages, np.ndarray | None]:
+    """A sampled step and its copies in branched trajectories (``StepBatch.node``) are one sample:
+    each takes the mean of the advantages they got (so the copies agree), and only the first row of
+    each node is trained (the returned mask; None without copies)."""
+    if batch.node is None:
+        return adv, None
+    _, first, code = np.unique(batch.node, return_index=True, return_inverse=True)
+    if first.size == len(batch):
+        return adv, None
+    count = np.bincount(code).astype(np.float64)
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        return (np.bincount(code, weights=x) / count)[code]
+
+    token = None
+    if adv.token is not None:
+        token = list(adv.token)
+        for node in np.flatnonzero(count > 1):
+            rows = np.flatnonzero(code == node)
+            avg = np.mean([np.asarray(adv.token[r], dtype=np.float64) for r in rows], axis=0)
+            for r in rows:
+                token[r] = avg
+    merged = Advantages(
+        step=mean(adv.step),
+        spans={k: mean(v) for k, v in adv.spans.items()},
+        masks=adv.masks,
+        extras=adv.extras,
+        token=token,
+    )
+    trained = np.zeros(len(batch), dtype=bool)
+    trained[first] = True
+    return merged, trained
+
+
 def _adv_stats(adv: Advantages) -> dict[str, float]:
     a = adv.step
     return {
@@ -116,8 +150,10 @@ def standard_update(
     cfg = dict(options)
     if critic:
         cfg["values"] = info.critic_input(learner.values(scores))
-    adv = estimate(estimator, batch, **cfg)
+    adv, trained = merge_copies(batch, estimate(estimator, batch, **cfg))
     token_adv, token_mask = token_advantages(samples, adv, spans=info.spans)
+    if trained is not None:  # a step shared by several branches trains once
+        token_mask = [m if keep else np.zeros_like(m) for m, keep in zip(token_mask, trained)]
     targets = value_targets(adv, info.value_heads) if critic else None
     stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
     stats.update(_adv_stats(adv))
