@@ -456,7 +456,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
 def bench_credit(
     part: str = typer.Option(
         "all",
-        help="speed, fidelity, learning or all (all = speed + fidelity; learning trains every method on 2 families x 5 seeds)",
+        help="speed, fidelity, tree, learning or all (all = speed + fidelity; tree = tree rollouts against flat groups at equal env steps; learning trains every method on 2 families x 5 seeds)",
     ),
     sizes: str = typer.Option("16,128,1024", help="speed: comma-separated task counts P"),
     group_sizes: str = typer.Option("2,4,8,16", help="fidelity: comma-separated group sizes N"),
@@ -482,11 +482,28 @@ def bench_credit(
     ),
     baseline: str = typer.Option("grpo", help="learning: the method every other one is paired against"),
     jobs: int = typer.Option(2, min=1, help="learning: runs trained at once, one process each"),
+    roots: int = typer.Option(4, min=1, help="tree: root episodes per task"),
+    width: int = typer.Option(2, min=1, help="tree: branches per branch point"),
+    points: int = typer.Option(1, min=1, help="tree: branch points per root"),
 ) -> None:
     """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V, and
     learning (every method trains the same policy on the same tasks and seeds)."""
-    if part not in ("speed", "fidelity", "learning", "all"):
-        raise typer.BadParameter(f"--part must be speed, fidelity, learning or all, got {part!r}")
+    if part not in ("speed", "fidelity", "tree", "learning", "all"):
+        raise typer.BadParameter(f"--part must be speed, fidelity, tree, learning or all, got {part!r}")
+    if part == "tree":
+        from agentrl.eval.tree_fidelity import tree_fidelity, tree_fidelity_markdown
+
+        tree_rows = tree_fidelity(
+            tasks=tasks,
+            roots=roots,
+            width=width,
+            points=points,
+            flat_sizes=[int(n) for n in group_sizes.split(",")],
+            resamples=resamples,
+            seed=seed,
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
+        typer.echo(tree_fidelity_markdown(tree_rows))
     if part in ("speed", "all"):
         from agentrl.eval.credit_speed import credit_speed, parse_sizes
 

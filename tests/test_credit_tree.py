@@ -94,3 +94,33 @@ def test_a_shared_step_trains_once_with_the_mean_of_its_copies():
     assert trained.tolist() == [True, True, True, False, True, True, False, True, True, True]
     flat = StepBatch.from_trajectories([traj("a", "xy", 1.0)])
     assert merge_copies(flat, Advantages(step=np.zeros(2)))[1] is None
+
+
+def test_tree_fidelity_scores_each_sampled_step_once():
+    from agentrl.envs.maze import MazeEnv
+    from agentrl.eval.fidelity import improved_policy
+    from agentrl.eval.tree_fidelity import sample_tree_group, tree_fidelity
+
+    env = MazeEnv(size=3, n_doors=1, slip=0.1, max_steps=20)
+    policy = improved_policy(env, "maze-0", 0.95)
+    values = env.exact_values("maze-0", policy, 0.95)
+    trajs = sample_tree_group(env, "maze-0", "g", 3, 2, 1, policy, values, 0, np.random.default_rng(0))
+    roots = [t for t in trajs if t.parent_id is None]
+    assert len(roots) == 3 and len(trajs) == 3 + 2 * sum(len(t) >= 2 for t in roots)
+    for t in trajs:
+        if t.parent_id is not None:  # its copies are its parent's steps, with the same true advantage
+            parent = next(r for r in roots if r.traj_id == t.parent_id)
+            k = t.branch_turn
+            assert [s.action for s in t.steps[:k]] == [s.action for s in parent.steps[:k]]
+            assert [s.info["true_advantage"] for s in t.steps[:k]] == [
+                s.info["true_advantage"] for s in parent.steps[:k]
+            ]
+    rows = tree_fidelity(tasks=3, resamples=2, flat_sizes=(4,), estimators=("grpo", "treepo", "spo_tree"))
+    by = {(r.sampling, r.estimator): r for r in rows}
+    flat, tree = "flat N=4", "tree 4 roots, 1 x 2 branches"
+    assert by[(flat, "treepo")].corr == pytest.approx(
+        by[(flat, "grpo")].corr
+    )  # TreePO is GRPO on flat groups
+    assert by[(tree, "grpo")].rows == by[(tree, "treepo")].rows  # one sample per sampled step
+    assert by[(tree, "grpo")].env_steps * 3 * 2 == pytest.approx(by[(tree, "grpo")].rows)
+    assert by[(tree, "grpo")].env_steps > by[(flat, "grpo")].env_steps  # the branches cost steps
