@@ -704,19 +704,27 @@ def create_app(
                 for i in range(req.n)
             ]
             yield event(first, prompt_token_ids=prompt_ids)
+
+            def pending(events: list[tuple[Any, ...]]) -> list[str]:
+                """Chunks for the deltas waiting in the queue, one per choice (a slow reader gets fewer, longer ones)."""
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                joined: dict[int, str] = {}
+                for kind, *rest in events:
+                    if kind == "delta":
+                        joined[rest[0]] = joined.get(rest[0], "") + rest[1]
+                return [event([delta(i, text)]) for i, text in sorted(joined.items())]
+
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if not getter.done():
                     getter.cancel()
                     break
-                kind, *rest = getter.result()
-                if kind == "delta":
-                    yield event([delta(rest[0], rest[1])])
-            while not queue.empty():
-                kind, *rest = queue.get_nowait()
-                if kind == "delta":
-                    yield event([delta(rest[0], rest[1])])
+                for chunk in pending([getter.result()]):
+                    yield chunk
+            for chunk in pending([]):
+                yield chunk
             try:
                 gens = task.result()
                 top = None
