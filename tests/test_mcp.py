@@ -329,3 +329,32 @@ def test_serve_mcp_refuses_what_it_cannot_serve() -> None:
         tool_backend("no_such_module_here")
     with pytest.raises(ValueError, match="unknown task_id"):
         tool_backend("tools", task_id="nope", suite="calculator")
+
+
+def test_serve_mcp_serves_a_bfcl_entry_with_fresh_apis_per_session() -> None:
+    from agentrl.envs.tools.bfcl import ground_truth_calls, load_entries
+
+    entry = next(e for e in load_entries("multi_turn_base") if e["id"] == "multi_turn_base_0")
+    backend = tool_backend("bfcl", task_id="multi_turn_base_0")
+    with http_server(backend) as server:
+        env = MCPToolEnv(f"{server.url}/mcp", [ToolTask("t", "go")], lambda task, episode: 0.0)
+        try:
+            assert sorted(env.mcp_tools) == sorted(d["name"] for d in entry["function"])
+            for _ in range(2):  # the same calls succeed again in a new episode: the APIs start afresh
+                env.reset(seed=0)
+                for name, arguments in ground_truth_calls(entry)[0]:
+                    _, _, _, _, info = env.step(call(name, **arguments))
+                    assert info["valid"], info["tool_messages"]
+        finally:
+            env.close()
+
+
+def test_the_serve_mcp_command_refuses_a_bad_transport_or_name() -> None:
+    from typer.testing import CliRunner
+
+    from agentrl.cli import app
+
+    result = CliRunner().invoke(app, ["envs", "serve-mcp", "tools", "--transport", "carrier-pigeon"])
+    assert result.exit_code == 2 and "stdio or http" in result.output
+    result = CliRunner().invoke(app, ["envs", "serve-mcp", "maze"])
+    assert result.exit_code == 2 and "not a tool env" in result.output
