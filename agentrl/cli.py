@@ -282,6 +282,8 @@ def envs_serve_mcp(
 
     if transport not in ("stdio", "http"):
         raise typer.BadParameter(f"--transport must be stdio or http, got {transport!r}")
+    if token is not None and transport == "stdio":
+        raise typer.BadParameter("--token is checked on HTTP only; over stdio the client starts this process")
     try:
         serve_mcp(
             name,

@@ -184,6 +184,19 @@ def test_stdio_keeps_one_process_by_default_and_a_fresh_one_per_episode_when_ask
             env.close()
 
 
+def test_tools_keeps_only_the_named_tools(server_script: Path) -> None:
+    env = MCPToolEnv([sys.executable, str(server_script)], TASKS, number_reward, tools=["add", "count"])
+    try:
+        _, info = env.reset(seed=0)
+        assert [s["function"]["name"] for s in info["tools"]] == ["add", "count"]
+        _, _, _, _, info = env.step(call("fail", message="x"))
+        assert info["valid"] is False and "unknown tool 'fail'" in info["tool_messages"][0]["content"]
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match=r"no tool\(s\) \['nope'\]"):
+        MCPToolEnv([sys.executable, str(server_script)], TASKS, number_reward, tools=["nope"])
+
+
 def test_check_env_passes_on_stdio_and_http(stdio_env: MCPToolEnv, http_url: str) -> None:
     check_env(stdio_env)
     env = make("mcp", server=http_url, tasks=TASKS, reward=number_reward)
@@ -356,5 +369,9 @@ def test_the_serve_mcp_command_refuses_a_bad_transport_or_name() -> None:
 
     result = CliRunner().invoke(app, ["envs", "serve-mcp", "tools", "--transport", "carrier-pigeon"])
     assert result.exit_code == 2 and "stdio or http" in result.output
+    result = CliRunner().invoke(
+        app, ["envs", "serve-mcp", "tools", "--token", "t"], env={"AGENTRL_MCP_TOKEN": ""}
+    )
+    assert result.exit_code == 2 and "HTTP only" in result.output
     result = CliRunner().invoke(app, ["envs", "serve-mcp", "maze"])
     assert result.exit_code == 2 and "not a tool env" in result.output

@@ -2,7 +2,7 @@
 
 ``server`` is a stdio command line (a string split like a shell would, or a list) or a
 streamable-HTTP URL (``http://...``, with ``headers`` and/or a bearer ``token``). The server's
-tools, listed once when the env is made, become the prompt's tool list (``info["tools"]``, OpenAI
+tools, listed when the env is made (and again with each new session), become the prompt's tool list (``info["tools"]``, OpenAI
 function schemas whose ``parameters`` are the tools' input schemas); the model's calls go to the
 server through the official MCP Python SDK; prompts, parsing, tool messages, ``valid`` flags and
 rewards are ``ToolEnv``'s, with tasks and the reward function from the user as there.
@@ -17,8 +17,10 @@ episode opens a fresh MCP session when ``session_per_episode`` is True, the defa
 a session is cheap (a new ``Mcp-Session-Id``; a stateful server keeps state per session). Over
 stdio a session is a server process, so by default one process serves all of an env's episodes;
 pass ``session_per_episode=True`` for a stdio server that keeps state between calls (each reset
-then starts a new process). The SDK is async and the env is not: each env runs its client on its
-own event-loop thread, which ``close()`` stops after closing the session (and ending the process).
+then starts a new process). A stdio server gets the SDK's safe few environment variables (PATH,
+HOME, ...), ``PYTHONPATH`` and ``env=``. ``tools=`` keeps only the named tools. The SDK is async
+and the env is not: each env runs its client on its own event-loop thread, which ``close()`` stops
+after closing the session (and ending the process); a later ``reset`` starts them again.
 """
 
 from __future__ import annotations
@@ -450,7 +452,7 @@ def mcp_env(
         reward = _import(reward)
     if reward is None:
         raise TypeError("make('mcp') needs reward= (a function (task, episode) -> float)")
-    return MCPToolEnv(server, copy.copy(list(tasks)), reward, **kwargs)  # type: ignore[arg-type]
+    return MCPToolEnv(server, list(tasks), reward, **kwargs)  # type: ignore[arg-type]
 
 
 def _import(path: str) -> Any:

@@ -9,16 +9,19 @@ messages as the local env; an error comes back as a tool result with ``isError``
 
 State: every MCP session gets its own copy of the initial state (a ``ToolEnv``'s first task's
 ``state``, or the task picked with ``task_id``; for BFCL, fresh API instances of the entry), so an
-MCP client that opens a session per episode gets per-episode state. Over stdio the process is the
-session. HTTP binds 127.0.0.1 unless told otherwise (``/mcp``, streamable HTTP) and checks a bearer
+MCP client that opens a session per episode gets per-episode state. Over HTTP a session is an
+``Mcp-Session-Id`` (the states of the 1024 most recently used ones are kept); over stdio the process
+is the session. HTTP binds 127.0.0.1 unless told otherwise (``/mcp``, streamable HTTP) and checks a bearer
 token when one is given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -233,7 +236,12 @@ def serve_mcp(
     **env_kwargs: Any,
 ) -> None:
     """Serve ``name``'s tools over ``transport`` ("stdio" or "http") until stopped."""
-    backend = tool_backend(name, task_id, **env_kwargs)
+    if transport not in ("stdio", "http"):
+        raise ValueError(f"transport must be 'stdio' or 'http', got {transport!r}")
+    with contextlib.redirect_stdout(
+        sys.stderr
+    ):  # over stdio, stdout is the wire: nothing else may print there
+        backend = tool_backend(name, task_id, **env_kwargs)
     if transport == "stdio":
         from mcp.server.stdio import stdio_server
 
@@ -250,5 +258,3 @@ def serve_mcp(
         if on_ready is not None:
             on_ready(f"{thread.url}/mcp")
         thread.serve_forever()
-    else:
-        raise ValueError(f"transport must be 'stdio' or 'http', got {transport!r}")
