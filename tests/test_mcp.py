@@ -214,8 +214,8 @@ def test_unreachable_servers_raise_a_clear_error_when_the_env_is_made(tmp_path: 
     with pytest.raises(MCPConnectionError, match="cannot open an MCP session"):
         MCPToolEnv(f"http://127.0.0.1:{free_port()}/mcp", TASKS, number_reward, connect_timeout=5)
     broken = tmp_path / "broken.py"
-    broken.write_text("raise SystemExit(1)\n")
-    with pytest.raises(MCPConnectionError):
+    broken.write_text("raise SystemExit('no config file here')\n")
+    with pytest.raises(MCPConnectionError, match="the server's stderr ends: no config file here"):
         MCPToolEnv([sys.executable, str(broken)], TASKS, number_reward, connect_timeout=10)
     with pytest.raises(ValueError, match="headers and token are for HTTP"):
         MCPToolEnv("some-server --flag", TASKS, number_reward, token="t")

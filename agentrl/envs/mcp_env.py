@@ -31,6 +31,7 @@ import copy
 import os
 import shlex
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -105,6 +106,7 @@ class _Session:
         self.broken: str | None = None  # why the session stopped working, once it has
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Future[Any] | None = None
+        self._errlog: Any = None  # where a stdio server's stderr goes
 
     async def _transport(self, stack: contextlib.AsyncExitStack) -> tuple[Any, Any]:
         env = self.env
@@ -133,9 +135,8 @@ class _Session:
                 env={**extra, **(env.server_env or {})},
                 cwd=env.cwd,
             )
-            errlog = open(os.devnull, "w") if env.quiet else sys.stderr  # noqa: SIM115 (closed by the stack)
-            if env.quiet:
-                stack.callback(errlog.close)
+            # quiet: the server's stderr goes to a file whose end explains a server that failed to start
+            errlog = self._errlog = tempfile.TemporaryFile("w+") if env.quiet else sys.stderr  # noqa: SIM115
             streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         return streams[0], streams[1]
 
@@ -144,6 +145,7 @@ class _Session:
         from mcp.types import PaginatedRequestParams
 
         self._stop = asyncio.Event()
+        self._errlog = None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 read, write = await self._transport(stack)
@@ -164,11 +166,28 @@ class _Session:
         except BaseException as e:
             self.broken = self.broken or _reason(e)
             if not ready.done():
+                said = self._stderr_tail()
                 ready.set_exception(
-                    MCPConnectionError(f"cannot open an MCP session with {self.env.server}: {_reason(e)}")
+                    MCPConnectionError(
+                        f"cannot open an MCP session with {self.env.server}: {_reason(e)}"
+                        + (f"; the server's stderr ends: {said}" if said else "")
+                    )
                 )
             if not isinstance(e, Exception):
                 raise
+        finally:
+            if self._errlog is not None and self._errlog is not sys.stderr:
+                self._errlog.close()
+
+    def _stderr_tail(self, chars: int = 600) -> str:
+        errlog = self._errlog
+        if errlog is None or errlog is sys.stderr or errlog.closed:
+            return ""
+        with contextlib.suppress(OSError, ValueError):
+            errlog.flush()
+            errlog.seek(0)
+            return errlog.read()[-chars:].strip()
+        return ""
 
     def open(self) -> None:
         loop = self.loop
