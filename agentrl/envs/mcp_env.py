@@ -136,7 +136,8 @@ class _Session:
                 cwd=env.cwd,
             )
             # quiet: the server's stderr goes to a file whose end explains a server that failed to start
-            errlog = self._errlog = tempfile.TemporaryFile("w+") if env.quiet else sys.stderr  # noqa: SIM115
+            # (append mode, so that trim_stderr can empty it under a running server)
+            errlog = self._errlog = tempfile.TemporaryFile("a+") if env.quiet else sys.stderr  # noqa: SIM115
             streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         return streams[0], streams[1]
 
@@ -178,6 +179,13 @@ class _Session:
         finally:
             if self._errlog is not None and self._errlog is not sys.stderr:
                 self._errlog.close()
+
+    def trim_stderr(self) -> None:
+        """Empty the stderr file of a server that started, so a long run's logs do not pile up on disk."""
+        errlog = self._errlog
+        if errlog is not None and errlog is not sys.stderr and not errlog.closed:
+            with contextlib.suppress(OSError, ValueError):
+                errlog.truncate(0)
 
     def _stderr_tail(self, chars: int = 600) -> str:
         errlog = self._errlog
@@ -380,6 +388,8 @@ class MCPToolEnv(ToolEnv):
             self._session = None
             self._connect()
             self.restarts += int(broken)
+        elif session is not None:
+            session.trim_stderr()
         obs, info = super().reset(seed=seed, options=options)
         self.episode.state = None
         return obs, info
