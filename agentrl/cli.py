@@ -284,6 +284,49 @@ def _serve_openenv(
     server.serve_forever()
 
 
+# ----------------------------------------------------------------------------- MCP (envs serve-mcp)
+
+
+@envs_app.command("serve-mcp")
+def envs_serve_mcp(
+    name: str = typer.Argument(
+        ..., help="tool env (tools, bfcl) or module path pkg.mod[:attr] of @tool functions"
+    ),
+    transport: str = typer.Option("stdio", help="stdio (for a client that starts this command) or http"),
+    host: str = typer.Option("127.0.0.1", help="HTTP bind address (loopback by default)"),
+    port: int = typer.Option(8200, help="HTTP port"),
+    token: str | None = typer.Option(
+        None, envvar="AGENTRL_MCP_TOKEN", help="bearer token HTTP clients must send"
+    ),
+    task_id: str | None = typer.Option(None, help="task whose initial state each session starts from"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env constructor argument, key=value (repeatable)"
+    ),
+) -> None:
+    """Serve a tool env's tools over MCP (stdio or streamable HTTP at /mcp), for any MCP client."""
+    from agentrl.envs.mcp_server import serve_mcp
+
+    if transport not in ("stdio", "http"):
+        raise typer.BadParameter(f"--transport must be stdio or http, got {transport!r}")
+    if token is not None and transport == "stdio":
+        raise typer.BadParameter("--token is checked on HTTP only; over stdio the client starts this process")
+    try:
+        serve_mcp(
+            name,
+            transport=transport,
+            host=host,
+            port=port,
+            token=token,
+            task_id=task_id,
+            on_ready=lambda url: typer.echo(
+                f"serving MCP tools of {name!r} at {url} (Ctrl-C stops)", err=True
+            ),
+            **parse_kv(option),
+        )
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 @webshop_app.command("serve")
 def webshop_serve(
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),

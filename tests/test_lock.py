@@ -14,7 +14,19 @@ PINS = dict(
 
 def test_lock_pins_the_packages_the_project_needs():
     assert PINS["torch"] == "2.13.0+cpu"  # the CPU build: no CUDA dependencies can follow it
-    for name in ("transformers", "peft", "pytest", "uv", "bfcl-eval", "alfworld", "fastapi", "wandb"):
+    for name in (
+        "transformers",
+        "peft",
+        "pytest",
+        "uv",
+        "bfcl-eval",
+        "alfworld",
+        "fastapi",
+        "wandb",
+        "mcp",
+        "openenv-core",
+        "websockets",
+    ):
         assert name in PINS, f"{name} missing from requirements.lock"
     assert not any(n.startswith("nvidia-") for n in PINS), "a CUDA package crept into the CPU lock"
 

@@ -204,7 +204,16 @@ def test_tokenize_endpoint(server, local):
         ({"messages": HELLO, "logprobs": True, "top_logprobs": 99}, 400, "top_logprobs"),
         ({"messages": HELLO, "stop": [""]}, 400, "stop"),
         ({"messages": HELLO, "seed": 2**70}, 400, "seed"),
-        ({"messages": HELLO, "stream": True}, 400, "stream"),
+        (
+            {"messages": HELLO, "stream_options": {"include_usage": True}},
+            400,
+            "stream_options needs stream=true",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "go north " * 1500}], "max_tokens": 8, "stream": True},
+            400,
+            "exceeds the model's 2048 positions",
+        ),
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
         (
@@ -405,3 +414,84 @@ def test_a_seeded_request_gets_the_same_answer_whatever_runs_beside_it(server):
             return rs[3].json()["choices"][0]["token_ids"]
 
     assert asyncio.run(crowd()) == alone
+
+
+# ----------------------------------------------------------------------------- streaming (stream=true)
+
+
+def openai_client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def collect(stream):
+    """The chunks of a streamed completion, and per choice: the joined text, finish reason, last chunk."""
+    chunks = list(stream)
+    texts, finish, last = {}, {}, {}
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason is not None:
+                finish[ch.index], last[ch.index] = ch.finish_reason, ch
+    return chunks, texts, finish, last
+
+
+def test_streamed_answers_join_to_the_non_streamed_one_with_usage(server):
+    client = openai_client(server)
+    kwargs = {"model": NAME, "messages": HELLO, "temperature": 0, "max_tokens": 12}
+    whole = client.chat.completions.create(**kwargs)
+    chunks, texts, finish, last = collect(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
+    assert texts == {0: whole.choices[0].message.content}
+    assert finish == {0: whole.choices[0].finish_reason}
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert len({c.id for c in chunks}) == 1
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) >= 2  # the text arrives in pieces as it is sampled, not in one block
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == {
+        **whole.usage.model_dump(),
+    }
+    assert all(c.usage is None for c in chunks[:-1])
+    assert last[0].model_extra["token_ids"] == whole.choices[0].model_extra["token_ids"]
+    _, _, _, _ = collect(
+        client.chat.completions.create(**kwargs, stream=True)
+    )  # no usage asked: no usage chunk
+    plain = list(client.chat.completions.create(**kwargs, stream=True))
+    assert all(c.choices for c in plain) and all(getattr(c, "usage", None) is None for c in plain)
+
+
+def test_streaming_keeps_stop_strings_n_and_logprobs_as_the_non_streamed_answer(server):
+    client = openai_client(server)
+    base = {"model": NAME, "messages": HELLO, "temperature": 0, "max_tokens": 16}
+    whole = client.chat.completions.create(**base)
+    text = whole.choices[0].message.content
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert len(stop) == 3 and stop in text
+    for extra in ({"stop": [stop]}, {"n": 2}, {"logprobs": True, "top_logprobs": 2}):
+        want = client.chat.completions.create(**base, **extra)
+        _, texts, finish, last = collect(client.chat.completions.create(**base, **extra, stream=True))
+        assert texts == {c.index: c.message.content for c in want.choices}
+        assert finish == {c.index: c.finish_reason for c in want.choices}
+        if "logprobs" in extra:
+            got = last[0].logprobs.content
+            assert [t.token for t in got] == [t.token for t in want.choices[0].logprobs.content]
+            assert [t.logprob for t in got] == pytest.approx(
+                [t.logprob for t in want.choices[0].logprobs.content]
+            )
+            assert [len(t.top_logprobs) for t in got] == [2] * len(got)
+
+
+def test_a_streamed_request_needs_the_api_key_like_any_other(served_model_dir):
+    from openai import AuthenticationError, OpenAI
+
+    with PolicyServer(served_model_dir, served_model_name=NAME, device="cpu", api_key="k3y") as s:
+        bad = OpenAI(base_url=f"{s.url}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(AuthenticationError):
+            list(bad.chat.completions.create(model=NAME, messages=HELLO, max_tokens=3, stream=True))
+        good = OpenAI(base_url=f"{s.url}/v1", api_key="k3y", max_retries=0)
+        _, texts, _, _ = collect(
+            good.chat.completions.create(model=NAME, messages=HELLO, max_tokens=3, stream=True)
+        )
+        assert 0 in texts

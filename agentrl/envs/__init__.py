@@ -13,6 +13,7 @@ register_env("tools", "agentrl.envs.tools:builtin_tool_env", gym_name="Tools")
 register_env("bfcl", "agentrl.envs.tools.bfcl:BFCLMultiTurnEnv", gym_name="BFCL")
 register_env("remote", "agentrl.envs.remote:RemoteEnv", gym_name="Remote")
 register_env("openenv", "agentrl.envs.openenv:OpenEnvEnv", gym_name="OpenEnv")
+register_env("mcp", "agentrl.envs.mcp_env:mcp_env", gym_name="MCP")
 
 __all__ = [
     "AgentEnv",

@@ -224,11 +224,13 @@ class HFPolicy:
         return self.generate_from_ids([self.prompt_ids(m) for m in prompts], params)
 
     def generate_from_ids(
-        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, streamer: Any = None
     ) -> list[Generation]:
         """Sample one response per prompt given as token ids, ``max_batch_size`` prompts at a time.
 
-        With ``params.seed`` the call is reproducible and leaves the global RNG untouched.
+        With ``params.seed`` the call is reproducible and leaves the global RNG untouched. ``streamer``
+        (a transformers ``BaseStreamer``: ``put`` gets each batch's prompt ids, then every step's new
+        token per row; ``end`` after each batch) sees tokens as they are sampled, for streaming servers.
         """
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         check_prompts(prompt_ids, params, limit, f"the model's {limit} positions")
@@ -238,7 +240,7 @@ class HFPolicy:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             for s in range(0, len(prompt_ids), self.max_batch_size):
-                out.extend(self._generate_batch(prompt_ids[s : s + self.max_batch_size], params))
+                out.extend(self._generate_batch(prompt_ids[s : s + self.max_batch_size], params, streamer))
         return out
 
     def _generation_config(self, params: SamplingParams) -> Any:
@@ -258,7 +260,7 @@ class HFPolicy:
 
     @torch.no_grad()
     def _generate_batch(
-        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams
+        self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, streamer: Any = None
     ) -> list[Generation]:
         ids, mask = self.left_pad(prompt_ids)
         width = ids.shape[1]
@@ -273,6 +275,7 @@ class HFPolicy:
                 generation_config=self._generation_config(params),
                 stopping_criteria=stopping,
                 logits_processor=[chosen],
+                **({"streamer": streamer} if streamer is not None else {}),
             )
             step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]

@@ -2,7 +2,7 @@
 
 Endpoints (the subset of OpenAI's and vLLM's API the ``openai`` policy uses):
 ``GET /v1/models``; ``POST /v1/chat/completions`` (messages, model, temperature, top_p,
-max_tokens, n, seed, stop, logprobs/top_logprobs), which also returns the token ids the way
+max_tokens, n, seed, stop, logprobs/top_logprobs, stream/stream_options), which also returns the token ids the way
 vLLM's ``return_token_ids`` does (``prompt_token_ids`` at the top level, ``choices[i].token_ids``)
 so a trainer can recompute log-probs from ids; ``POST /v1/load_lora_adapter {lora_name,
 lora_path}`` and ``POST /v1/unload_lora_adapter {lora_name}`` (a loaded adapter is addressed as
@@ -16,6 +16,14 @@ another, so its answer depends only on itself. All model work (generation, adapt
 on one worker thread, in arrival order. Log-probs are those of the ``hf`` policy: of the sampled
 token at the sampling temperature (the model's own distribution at temperature 0 or 1).
 
+``stream=true`` answers with OpenAI's server-sent events as the tokens are sampled: a first chunk
+per choice with the assistant role (the first also carries ``prompt_token_ids``), chunks with text
+deltas, then per choice a chunk with ``finish_reason`` (and ``logprobs`` and ``token_ids`` of the
+whole choice, known only at the end), a last chunk with ``usage`` when ``stream_options.include_usage``
+asks for it, and ``data: [DONE]``. The deltas join to the text a non-streamed request returns; text
+that might still turn into a stop string is held back until it cannot. A streamed request is never
+batched with another.
+
 Bad requests get OpenAI-style error JSON (``{"error": {"message", "type", "param", "code"}}``) and
 a 4xx status; the server stays up. It binds 127.0.0.1 unless told otherwise; with ``api_key``
 every ``/v1`` call needs ``Authorization: Bearer <key>``.
@@ -24,10 +32,12 @@ every ``/v1`` call needs ``Authorization: Bearer <key>``.
 """
 
 import asyncio
+import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +102,10 @@ class ChatMessage(_Request):
         return {**(self.model_extra or {}), "role": self.role, "content": content}
 
 
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
@@ -106,6 +120,7 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     include_stop_str_in_output: bool = False
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
     @field_validator("stop")
     @classmethod
@@ -196,7 +211,7 @@ class Engine:
         return list(pol.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(
-        self, adapter: str | None, prompt_ids: list[list[int]], params: SamplingParams
+        self, adapter: str | None, prompt_ids: list[list[int]], params: SamplingParams, streamer: Any = None
     ) -> list[Generation]:
         if adapter is not None and adapter not in self.adapters:  # unloaded while the request waited
             raise APIError(
@@ -206,6 +221,8 @@ class Engine:
                 code="model_not_found",
             )
         self._activate(adapter)
+        if streamer is not None:
+            return self.policy.generate_from_ids(prompt_ids, params, streamer=streamer)
         return self.policy.generate_from_ids(prompt_ids, params)
 
     def top_logprobs(
@@ -305,6 +322,7 @@ class _Job:
     prompt_ids: list[list[int]]
     params: SamplingParams
     future: "asyncio.Future[list[Generation]]"
+    streamer: Any = None
 
 
 class Batcher:
@@ -322,15 +340,18 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def generate(
-        self, adapter: str | None, prompt_ids: list[int], n: int, params: SamplingParams
+        self, adapter: str | None, prompt_ids: list[int], n: int, params: SamplingParams, streamer: Any = None
     ) -> list[Generation]:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        # a seeded request only ever runs alone; greedy decoding ignores the seed
-        alone = secrets.token_hex(8) if params.seed is not None and params.temperature > 0 else None
+        # a seeded request only ever runs alone (greedy decoding ignores the seed), and so does a streamed one
+        seeded = params.seed is not None and params.temperature > 0
+        alone = secrets.token_hex(8) if seeded or streamer is not None else None
         key = (adapter, params.temperature, params.top_p, params.max_new_tokens, params.stop, alone)
-        job = _Job(key, adapter, [list(prompt_ids)] * n, params, asyncio.get_running_loop().create_future())
+        job = _Job(
+            key, adapter, [list(prompt_ids)] * n, params, asyncio.get_running_loop().create_future(), streamer
+        )
         await self._queue.put(job)
         return await job.future
 
@@ -359,7 +380,9 @@ class Batcher:
             return
         prompts = [p for j in live for p in j.prompt_ids]
         try:
-            gens = await self.run_on_model(self.engine.generate, live[0].adapter, prompts, live[0].params)
+            gens = await self.run_on_model(
+                self.engine.generate, live[0].adapter, prompts, live[0].params, live[0].streamer
+            )
         except Exception as e:
             for j in live:
                 if not j.future.done():
@@ -441,6 +464,53 @@ def _choice(
         "finish_reason": gen.finish_reason,
         "token_ids": gen.response_ids,
     }
+
+
+class _DeltaStreamer:
+    """A transformers streamer on the model thread: each step's tokens become text deltas on the event loop.
+
+    Events put on ``queue``: ``("start",)`` once the prompt is accepted, then ``("delta", choice, text)``.
+    Text is decoded from each choice's ids so far (on the model thread, where the tokenizer lives);
+    what could still become a stop string, or is half a character, is held back until it cannot.
+    """
+
+    def __init__(self, engine: Engine, n: int, stops: tuple[str, ...], keep_stop: bool, queue: Any) -> None:
+        self.tokenizer, self.eos = engine.policy.tokenizer, set(engine.policy.eos_token_ids)
+        self.stops, self.keep_stop = stops, keep_stop
+        self.hold = max((len(x) for x in stops), default=1) - 1
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.sent = [""] * n
+        self.finished = [False] * n
+        self.rows: range = range(0)
+        self.next_row = 0
+        self.loop, self.queue = asyncio.get_running_loop(), queue
+
+    def _emit(self, *event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def put(self, value: Any) -> None:
+        if value.dim() == 2:  # a batch's prompts: the rows that follow are these choices
+            if self.next_row == 0:
+                self._emit("start")
+            self.rows = range(self.next_row, self.next_row + value.shape[0])
+            self.next_row += value.shape[0]
+            return
+        for row, token in zip(self.rows, value.tolist()):
+            if self.finished[row]:
+                continue
+            self.ids[row].append(token)
+            self.finished[row] = token in self.eos
+            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            if not self.keep_stop:
+                text = _strip_stop(text, self.stops)
+            safe = text[: len(text) - self.hold] if self.hold and not self.finished[row] else text
+            safe = safe.rstrip("\ufffd")
+            if len(safe) > len(self.sent[row]) and safe.startswith(self.sent[row]):
+                self._emit("delta", row, safe[len(self.sent[row]) :])
+                self.sent[row] = safe
+
+    def end(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -527,12 +597,10 @@ def create_app(
         return {"tokens": ids, "count": len(ids), "max_model_len": limit}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> dict[str, Any]:
+    async def chat_completions(request: Request) -> Any:
         req = await parse(request, ChatCompletionRequest)
-        if req.stream:
-            raise APIError(
-                400, "stream=true is not supported by agentrl serve; send stream=false", param="stream"
-            )
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options needs stream=true", param="stream_options")
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         adapter = engine.check_model(req.model)
@@ -548,6 +616,8 @@ def create_app(
         except ValueError as e:
             raise APIError(400, str(e)) from None
         messages = [m.as_dict() for m in req.messages]
+        if req.stream:
+            return await stream(req, adapter, params, messages)
         try:
             prompt_ids = await batcher.run_on_model(engine.prompt_ids, messages)
             gens = await batcher.generate(adapter, prompt_ids, req.n, params)
@@ -581,6 +651,123 @@ def create_app(
             },
             "prompt_token_ids": prompt_ids,
         }
+
+    async def stream(
+        req: ChatCompletionRequest,
+        adapter: str | None,
+        params: SamplingParams,
+        messages: list[dict[str, Any]],
+    ) -> Any:
+        """The streamed answer: errors before the first token are 400s as usual, later ones an SSE error event."""
+        from fastapi.responses import StreamingResponse
+
+        queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        try:
+            prompt_ids = await batcher.run_on_model(engine.prompt_ids, messages)
+        except (ValueError, TypeError) as e:
+            raise APIError(400, str(e), param="messages") from None
+        streamer = _DeltaStreamer(engine, req.n, params.stop, req.include_stop_str_in_output, queue)
+        task = asyncio.ensure_future(batcher.generate(adapter, prompt_ids, req.n, params, streamer))
+        started = asyncio.ensure_future(queue.get())
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            try:
+                task.result()
+            except (ValueError, TypeError) as e:  # e.g. a prompt longer than the model's context
+                raise APIError(400, str(e), param="messages") from None
+        usage_asked = req.stream_options is not None and req.stream_options.include_usage
+        head = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": req.model or engine.name,
+        }
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            body = {**head, "choices": choices, **extra}
+            if usage_asked:
+                body.setdefault("usage", None)
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        def delta(index: int, content: str) -> dict[str, Any]:
+            return {"index": index, "delta": {"content": content}, "logprobs": None, "finish_reason": None}
+
+        async def events() -> AsyncIterator[str]:
+            first = [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                for i in range(req.n)
+            ]
+            yield event(first, prompt_token_ids=prompt_ids)
+
+            def pending(events: list[tuple[Any, ...]]) -> list[str]:
+                """Chunks for the deltas waiting in the queue, one per choice (a slow reader gets fewer, longer ones)."""
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                joined: dict[int, str] = {}
+                for kind, *rest in events:
+                    if kind == "delta":
+                        joined[rest[0]] = joined.get(rest[0], "") + rest[1]
+                return [event([delta(i, text)]) for i, text in sorted(joined.items())]
+
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                for chunk in pending([getter.result()]):
+                    yield chunk
+            for chunk in pending([]):
+                yield chunk
+            try:
+                gens = task.result()
+                top = None
+                if req.logprobs and req.top_logprobs:
+                    top = await batcher.run_on_model(
+                        engine.top_logprobs, adapter, gens, req.top_logprobs, req.temperature or 1.0
+                    )
+                choices = await batcher.run_on_model(
+                    lambda: [
+                        _choice(policy.tokenizer, i, g, req, params, top[i] if top else None)
+                        for i, g in enumerate(gens)
+                    ]
+                )
+            except Exception as e:
+                log.exception("streamed generation failed")
+                error = APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+                yield f"data: {json.dumps(error.body())}\n\n"
+                return
+            for i, choice in enumerate(choices):
+                text, sent = choice["message"]["content"], streamer.sent[i]
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield event([delta(i, text[len(sent) :])])
+                last = {
+                    "index": i,
+                    "delta": {},
+                    "logprobs": choice["logprobs"],
+                    "finish_reason": choice["finish_reason"],
+                    "token_ids": choice["token_ids"],
+                }
+                yield event([last])
+            if usage_asked:
+                completion_tokens = sum(len(g.response_ids) for g in gens)
+                usage = {
+                    "prompt_tokens": len(prompt_ids),
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": len(prompt_ids) + completion_tokens,
+                }
+                yield event([], usage=usage)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(request: Request) -> Any:

@@ -34,7 +34,9 @@ __all__ = [
     "Solution",
     "ToolEnv",
     "ToolTask",
+    "clip_result",
     "format_tool_response",
+    "index_tasks",
     "solution_action",
 ]
 
@@ -100,6 +102,25 @@ def _as_text(value: Any) -> str:
         return repr(value)
 
 
+def index_tasks(tasks: Sequence[ToolTask]) -> dict[str, ToolTask]:
+    """Tasks by id, checked: ToolTask objects, unique ids, at least one."""
+    out: dict[str, ToolTask] = {}
+    for task in tasks:
+        if not isinstance(task, ToolTask):
+            raise TypeError(f"tasks must be ToolTask objects, got {type(task).__name__}")
+        if task.id in out:
+            raise ValueError(f"duplicate task id {task.id!r}")
+        out[task.id] = task
+    if not out:
+        raise ValueError("ToolEnv needs at least one task")
+    return out
+
+
+def clip_result(text: str, limit: int) -> str:
+    """A tool result cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else text[:limit] + f"... [truncated, {len(text)} characters]"
+
+
 def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[bool, Any]:
     """(finished, result or exception); the call runs in a daemon thread so a hung tool cannot block us."""
     if timeout is None:
@@ -158,15 +179,7 @@ class ToolEnv(AgentEnv):
             self.tools[t.name] = t
         if not self.tools:
             raise ValueError("ToolEnv needs at least one tool")
-        self.tasks: dict[str, ToolTask] = {}
-        for task in tasks:
-            if not isinstance(task, ToolTask):
-                raise TypeError(f"tasks must be ToolTask objects, got {type(task).__name__}")
-            if task.id in self.tasks:
-                raise ValueError(f"duplicate task id {task.id!r}")
-            self.tasks[task.id] = task
-        if not self.tasks:
-            raise ValueError("ToolEnv needs at least one task")
+        self.tasks = index_tasks(tasks)
         self.reward_fn = reward
         self.max_turns, self.call_timeout, self.max_result_chars = max_turns, call_timeout, max_result_chars
         self.success_threshold = success_threshold
@@ -232,10 +245,9 @@ class ToolEnv(AgentEnv):
             )
         if t.wants_state:
             self.episode.state = work  # only a call that returned changes the state
-        text = _as_text(value)
-        if len(text) > self.max_result_chars:
-            text = text[: self.max_result_chars] + f"... [truncated, {len(text)} characters]"
-        return CallRecord(call.name, call.arguments, True, text)
+        return CallRecord(
+            call.name, call.arguments, True, clip_result(_as_text(value), self.max_result_chars)
+        )
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.task is None or self._done:
