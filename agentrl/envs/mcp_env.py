@@ -273,6 +273,10 @@ class _Session:
 class MCPToolEnv(ToolEnv):
     """A ToolEnv whose tools are an MCP server's (see the module docstring)."""
 
+    # the tools' state lives in the server, which a copy of this object cannot take along:
+    # episodes resume by replay only
+    snapshot_fields = ()
+
     def __init__(
         self,
         server: str | Sequence[str],
