@@ -389,17 +389,25 @@ def _prepare_token_stats(
     want = np.fromiter((len(t) for t in batch.column("response_ids")), np.int64, n)
     out: dict[str, list[np.ndarray]] = {}
     for stat in info.token_stats:
-        rows = [np.asarray(a, dtype=np.float64) for a in value[stat]]
+        rows = [
+            a if type(a) is np.ndarray and a.dtype == np.float64 else np.asarray(a, np.float64)
+            for a in value[stat]
+        ]
         if len(rows) != n:
             raise ValueError(f"token_stats[{stat!r}] has {len(rows)} arrays for {n} rows")
-        got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in rows), np.int64, n)
-        bad = np.flatnonzero(got != want)
-        if bad.size:
-            r = int(bad[0])
+        try:  # the quick check: 1-D rows of the right lengths concatenate into one 1-D array
+            got = np.fromiter(map(len, rows), np.int64, n)
+            flat = np.concatenate(rows) if n else np.zeros(0)
+            ok = flat.ndim == 1 and np.array_equal(got, want)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in rows), np.int64, n)
+            r = int(np.flatnonzero(got != want)[0])
             raise ValueError(
                 f"token_stats[{stat!r}]: row {r} has {want[r]} response tokens but shape {rows[r].shape}"
             )
-        if n and not np.all(np.isfinite(np.concatenate(rows))):
+        if not np.all(np.isfinite(flat)):
             raise ValueError(f"token_stats[{stat!r}] contains NaN or inf")
         out[stat] = rows
     return out
