@@ -52,7 +52,7 @@ def main(model_dir: str, out: str) -> None:
             p.grad = torch.full_like(p, float(dist.rank + 1))
     dist.sum_grads(loose, bucket_elements=7)  # two buckets
     results["loose_grads"] = [p.grad for p in loose]
-    for estimator in ("grpo", "gae", "seeupo"):
+    for estimator in ("grpo", "gae", "seeupo", "spa_rl", "ucas"):
         torch.manual_seed(1)
         policy = HFPolicy.from_pretrained(
             model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu"

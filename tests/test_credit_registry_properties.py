@@ -1,7 +1,8 @@
 """Properties every registered estimator must have, checked on random batches (hypothesis).
 
 This runs over ``available_estimators()``, so an estimator added later is covered without
-touching this file: inputs it declares (per-row values, HiPER's value heads) are synthesised.
+touching this file: inputs it declares (per-row values, a dict by head for several value heads,
+the learner's per-token statistics) are synthesised.
 """
 
 import numpy as np
@@ -55,11 +56,22 @@ def inputs_for(name: str, batch: StepBatch, rng: np.random.Generator) -> dict:
     info = estimator_info(name)
     cfg = {}
     for key in info.inputs:
-        if key == "values" and name == "hiper":
-            cfg[key] = {h: rng.normal(size=len(batch)) for h in ("high", "low", "switch")}
+        if key == "values" and len(info.value_heads) > 1:  # HiPER, SPA-RL
+            cfg[key] = {h: rng.normal(size=len(batch)) for h in info.value_heads}
+        elif key == "token_stats":  # UCAS: one array per row, aligned with its response tokens
+            cfg[key] = {s: [rng.normal(size=len(t)) for t in batch.response_ids] for s in info.token_stats}
         else:
             cfg[key] = rng.normal(size=len(batch))
     return cfg
+
+
+def permuted(val, perm: np.ndarray):
+    """A per-row input (array, dict of arrays, dict of per-row lists) in the rows' new order."""
+    if isinstance(val, dict):
+        return {h: permuted(v, perm) for h, v in val.items()}
+    if isinstance(val, list):
+        return [val[i] for i in perm]
+    return val[perm]
 
 
 def keyed(batch: StepBatch, arr: np.ndarray) -> dict:
@@ -83,10 +95,7 @@ def test_every_estimator_is_finite_deterministic_and_follows_ids(data):
         np.testing.assert_array_equal(adv.step, again.step, err_msg=name)
         if adv.token is not None:
             assert [len(a) for a in adv.token] == [len(t) for t in batch.response_ids], name
-        shuffled_cfg = {
-            k: ({h: v[perm] for h, v in val.items()} if isinstance(val, dict) else val[perm])
-            for k, val in cfg.items()
-        }
+        shuffled_cfg = {k: permuted(val, perm) for k, val in cfg.items()}
         moved = estimate(name, shuffled, **shuffled_cfg)
         if adv.token is not None:  # per-token output follows the row ids too
             by_id = dict(zip(zip(batch.traj_id, batch.turn.tolist()), adv.token))

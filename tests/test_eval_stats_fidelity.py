@@ -95,14 +95,20 @@ def test_fidelity_ranks_step_level_methods_above_outcome_only():
 def test_fidelity_measures_all_estimators_including_turn_level_and_hiper():
     rows = credit_fidelity(tasks=6, group_sizes=(8,), resamples=4, seed=0)
     by = {r.estimator: r for r in rows}
-    # every registered estimator has a row (the built-in 21 at least; new ones add rows); all ran except
-    # those that count tool calls, which the maze has none of: skipped, with the reason
-    assert sorted(by) == sorted(available_estimators()) and len(by) >= 21
+    # every registered estimator has a row (the built-in 23 at least; new ones add rows); all ran except
+    # those that count tool calls, which the maze has none of, and those that read the learner's token
+    # statistics (the maze's table policy has no logits): skipped, with the reason
+    assert sorted(by) == sorted(available_estimators()) and len(by) >= 23
     needs_tools = {n for n in by if "tool_call" in estimator_info(n).fields}
-    assert "hdpo" in needs_tools and len(by) - len(needs_tools) >= 20
+    needs_logits = {n for n in by if estimator_info(n).token_stats}
+    assert "hdpo" in needs_tools and "ucas" in needs_logits
+    assert len(by) - len(needs_tools) - len(needs_logits) >= 21
     for r in rows:
         if r.estimator in needs_tools:
             assert r.rows == 0 and r.note.startswith("skipped:") and "tool_call" in r.note, r
+            continue
+        if r.estimator in needs_logits:
+            assert r.rows == 0 and r.note.startswith("skipped:") and "token_stats" in r.note, r
             continue
         assert (
             np.isfinite([r.corr, r.sign, r.noise]).all() and r.rows > 100 and not r.note.startswith("skipped")
@@ -114,6 +120,8 @@ def test_fidelity_measures_all_estimators_including_turn_level_and_hiper():
         "hiper"
     ].target == "outcome"
     assert by["hiper"].note.startswith("exact V as critic (oracle)") and "shaping=False" in by["hiper"].note
+    # SPA-RL with its ideal progress head (the exact V's TD errors) is GAE's Monte-Carlo advantage
+    assert by["spa_rl"].note.startswith("ideal progress head") and by["spa_rl"].corr > 0.2, by["spa_rl"]
 
 
 def test_sampled_groups_carry_turn_rewards_tags_and_both_targets():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from agentrl.agents import StepPrompt
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.policies.logprobs import pack_samples, token_logprobs
+from agentrl.policies.logprobs import TOKEN_STATS, pack_samples, token_logprobs
 from agentrl.policies.tiny import FORMAT_TOKENS, build_tiny_model, env_corpus, format_corpus, train_tokenizer
 
 
@@ -287,6 +288,49 @@ def test_chunked_logprobs_equal_naive(policy, prompts, chunk_size):
     probs = torch.softmax(logits[:, :-1].float(), -1)
     naive_ent = -(probs * torch.log(probs)).sum(-1)
     assert torch.allclose(chunked.entropy[:, 1:][resp[:, 1:]], naive_ent[resp[:, 1:]], atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 1024])
+def test_token_stats_equal_the_full_logits_computation_and_cost_nothing_unasked(policy, prompts, chunk_size):
+    ids, mask, resp = batch_of(policy, prompts)
+    temperature = 0.7
+    with torch.no_grad():
+        got = token_logprobs(
+            policy.model,
+            ids,
+            mask,
+            resp,
+            chunk_size=chunk_size,
+            temperature=temperature,
+            token_stats=TOKEN_STATS,
+        )
+        plain = token_logprobs(policy.model, ids, mask, resp, chunk_size=chunk_size, temperature=temperature)
+        logits = (
+            policy.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            .logits[:, :-1]
+            .float()
+        )
+    assert plain.stats == {} and torch.equal(got.logprobs, plain.logprobs)
+    at = resp[:, 1:]
+    z = logits / temperature
+    chosen = logits.gather(-1, ids[:, 1:, None]).squeeze(-1)  # before temperature
+    certainty = torch.logsumexp(z, -1) - z.mean(-1)  # KL(U || p) + log V
+    probs = torch.softmax(z, -1)
+    entropy = -(probs * torch.log(probs)).sum(-1)
+    for name, want in (("chosen_logit", chosen), ("self_certainty", certainty), ("entropy", entropy)):
+        assert torch.allclose(got.stats[name][:, 1:][at], want[at], atol=1e-4), name
+        assert (got.stats[name][~resp] == 0).all()
+    v = logits.shape[-1]
+    kl_uniform = (-math.log(v) - torch.log_softmax(z, -1).mean(-1))[at]
+    assert torch.allclose(got.stats["self_certainty"][:, 1:][at] - math.log(v), kl_uniform, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown token statistics"):
+        token_logprobs(policy.model, ids, mask, resp, token_stats=("perplexity",))
+
+
+def test_token_stats_names_match_what_estimators_may_declare():
+    from agentrl.credit import TOKEN_STATS as DECLARABLE
+
+    assert set(TOKEN_STATS) == set(DECLARABLE)
 
 
 def test_output_layer_sees_at_most_chunk_size_tokens(policy, prompts):

@@ -97,7 +97,7 @@ def test_every_estimator_trains_two_iterations_on_the_maze(model_dir, tmp_path, 
             math.isfinite(r[k]) for k in ("loss", "kl", "entropy", "grad_norm", "adv_std", "tokens_per_s")
         )
         assert r["trained_tokens"] > 0
-        if estimator in ("gae", "mt_ppo", "hiper"):
+        if estimator_info(estimator).value_heads:  # gae, mt_ppo, hiper, spa_rl (its progress head too)
             assert math.isfinite(r["value_loss"])
         if estimator == "seeupo":
             assert r["seeupo_slots"] >= 1
@@ -373,6 +373,79 @@ def test_ktae_token_credit_varies_within_a_response_and_trains(maze_batch):
     learner = Learner(policy, UpdateSettings(minibatch_size=n, micro_batch_size=n), lr=0.0)
     result = standard_update(learner, batch, samples, "ktae", {}, rng=np.random.default_rng(0))
     assert math.isfinite(result.stats["loss"]) and result.advantages.token is not None
+
+
+def test_ucas_gets_the_token_statistics_of_the_scoring_pass_and_trains(maze_batch):
+    policy, groups = maze_batch
+    groups = copy.deepcopy(groups)
+    for g in groups:
+        for t, outcome in zip(g, (1.0, 0.0, 0.5)):
+            t.outcome = outcome
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+    n = len(samples)
+    learner = Learner(policy, UpdateSettings(minibatch_size=n, micro_batch_size=n), lr=0.0)
+    plain = learner.score(samples)
+    assert plain.token_stats == {}  # nothing computed unless asked
+    scores = learner.score(samples, token_stats=("self_certainty", "chosen_logit"))
+    for name in ("self_certainty", "chosen_logit"):
+        assert [len(t) for t in scores.token_stats[name]] == [len(r) for r in samples.response_ids]
+    assert all(torch.equal(a, b) for a, b in zip(scores.logp, plain.logp))
+    seen = {}
+
+    @register_estimator(
+        "test_sees_token_stats",
+        fields=("response_ids",),
+        inputs=("token_stats",),
+        per_token=True,
+        token_stats=("self_certainty", "chosen_logit"),
+    )
+    def spy(b, *, token_stats=None):
+        seen.update(token_stats)
+        return estimate("ucas", b, token_stats=token_stats)
+
+    result = standard_update(
+        learner, batch, samples, "test_sees_token_stats", {}, rng=np.random.default_rng(0)
+    )
+    for name in ("self_certainty", "chosen_logit"):
+        assert all(np.allclose(a, t.numpy()) for a, t in zip(seen[name], scores.token_stats[name]))
+    assert math.isfinite(result.stats["loss"]) and result.advantages.token is not None
+    result = standard_update(learner, batch, samples, "ucas", {}, rng=np.random.default_rng(0))
+    assert any(len(set(a.tolist())) > 1 for a in result.advantages.token if len(a) > 1)
+
+
+def test_spa_rl_fits_its_progress_head_on_trajectory_sums(maze_batch):
+    policy, groups = maze_batch
+    groups = copy.deepcopy(groups)
+    for g in groups:
+        for t, outcome in zip(g, (1.0, 0.0, 0.5)):
+            t.outcome = outcome
+    batch = StepBatch.from_trajectories(groups)
+    info = estimator_info("spa_rl")
+    samples = build_samples(steps_in_row_order(groups), value_heads=info.value_heads)
+    assert samples.value_offset["progress"].tolist() == [len(r) - 1 for r in samples.response_ids]
+    n = len(samples)
+    learner = Learner(
+        policy,
+        UpdateSettings(minibatch_size=n, micro_batch_size=n),
+        lr=0.0,
+        critic_lr=0.1,
+        value_heads=info.value_heads,
+    )
+    assert learner.value_head is not None and learner.value_head.heads == ("value", "progress")
+    result = standard_update(learner, batch, samples, "spa_rl", {}, rng=np.random.default_rng(0))
+    assert math.isfinite(result.stats["value_loss"]) and result.stats["value_loss"] > 0
+    # both heads started at zero; each moved (the progress head from sum-over-trajectory errors)
+    assert (learner.value_head.linear.weight.detach().abs().sum(dim=1) > 0).all()
+    # a second update lowers the progress head's trajectory-sum error
+    scores = learner.score(samples, features=True)
+    c = learner.values(scores)["progress"]
+    before = np.mean((np.bincount(batch.traj_idx, weights=c) - [t.outcome for g in groups for t in g]) ** 2)
+    for _ in range(20):
+        standard_update(learner, batch, samples, "spa_rl", {}, rng=np.random.default_rng(0))
+    c = learner.values(learner.score(samples, features=True))["progress"]
+    after = np.mean((np.bincount(batch.traj_idx, weights=c) - [t.outcome for g in groups for t in g]) ** 2)
+    assert after < before
 
 
 def test_an_estimator_registered_by_test_code_trains_with_its_own_critic_and_schedule(model_dir, tmp_path):

@@ -9,6 +9,8 @@ import pkgutil
 
 from agentrl.credit.base import (
     ESTIMATORS,
+    RESPONSE_END,
+    TOKEN_STATS,
     Advantages,
     EstimatorInfo,
     MissingInputError,
@@ -25,6 +27,8 @@ for _mod in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "ESTIMATORS",
+    "RESPONSE_END",
+    "TOKEN_STATS",
     "Advantages",
     "EstimatorInfo",
     "MissingInputError",

@@ -91,6 +91,11 @@ FIELD_HINTS = {
 }
 
 
+VALUE_FITS = ("row", "trajectory_sum")
+RESPONSE_END = "response"  # ``reads_after`` value: the response's own last token
+TOKEN_STATS = ("self_certainty", "chosen_logit", "entropy")
+
+
 @dataclass(frozen=True)
 class ValueHeadSpec:
     """One value head of a critic estimator: what it is fitted to and where it reads the response.
@@ -99,12 +104,22 @@ class ValueHeadSpec:
     applies: key of ``Advantages.masks`` marking the rows where the target applies (None: every row;
     a mask the estimator did not return also means every row).
     reads_after: response part (of the estimator's response format) whose last token's hidden state
-    the head reads; None, or a response without that part: the last prompt token.
+    the head reads; ``"response"`` (``RESPONSE_END``): the response's last token, whatever the format;
+    None, or a response without that part (or an empty response): the last prompt token.
+    fit: "row", each row's prediction regresses onto its own target; "trajectory_sum", the sum of
+    the predictions over a trajectory's rows (where the target applies) regresses onto the target,
+    read at the trajectory's first such row: the head learns per-step contributions that add up to
+    a trajectory-level quantity (SPA-RL's progress head: sum of c_t onto the outcome).
     """
 
     target: str
     applies: str | None = None
     reads_after: str | None = None
+    fit: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.fit not in VALUE_FITS:
+            raise ValueError(f"ValueHeadSpec.fit={self.fit!r}; choose one of {', '.join(VALUE_FITS)}")
 
 
 # (state, train task ids, options) -> a weight per task, or None for a uniform draw
@@ -130,6 +145,11 @@ class EstimatorInfo:
     task_weights: how a stateful estimator wants the iteration's tasks drawn:
     ``task_weights(state, task_ids, options)`` gives a weight per train task (the trainer draws
     with probabilities proportional to them), or None for the trainer's uniform draw.
+    token_stats: per-token learner outputs the estimator reads (names in ``TOKEN_STATS``: the
+    scoring policy's "self_certainty" logsumexp(z) - mean(z), the "chosen_logit" z of the sampled token
+    before temperature, the "entropy"; z the temperature-scaled logits). The trainer computes them in
+    the scoring pass that gives the old log-probs, only when declared, and passes the input
+    ``token_stats``: a dict by name of one float array per row, aligned with the field ``response_ids``.
     """
 
     name: str
@@ -149,6 +169,7 @@ class EstimatorInfo:
     stateful: bool = False
     per_token: bool = False
     task_weights: TaskWeights | None = None
+    token_stats: tuple[str, ...] = ()
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -177,6 +198,7 @@ def register_estimator(
     stateful: bool = False,
     per_token: bool = False,
     task_weights: TaskWeights | None = None,
+    token_stats: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -189,6 +211,8 @@ def register_estimator(
     option); it runs under a schedule that calls it once per iteration. ``per_token``: ``fn`` returns
     ``Advantages.token`` aligned with the field ``response_ids`` (which it must list in ``fields``).
     ``task_weights``: a stateful estimator's task sampler (see ``EstimatorInfo``).
+    ``token_stats``: the learner's per-token outputs ``fn`` reads from its input ``token_stats`` (which
+    it must list in ``inputs``), aligned with the field ``response_ids`` (listed in ``fields``).
     """
     heads = dict(value_heads or {})
     if task_weights is not None and not stateful:
@@ -217,6 +241,21 @@ def register_estimator(
     if per_token and schedule != "standard":
         raise ValueError(
             f"estimator {name!r}: per_token advantages are trained by the 'standard' schedule only"
+        )
+    stats = tuple(token_stats)
+    unknown_stats = sorted(set(stats) - set(TOKEN_STATS))
+    if unknown_stats:
+        raise ValueError(
+            f"estimator {name!r}: unknown token_stats {unknown_stats}; choose from {', '.join(TOKEN_STATS)}"
+        )
+    if bool(stats) != ("token_stats" in inputs):
+        raise ValueError(
+            f"estimator {name!r}: token_stats and the input 'token_stats' go together (the learner feeds them)"
+        )
+    if stats and ("response_ids" not in fields or schedule != "standard"):
+        raise ValueError(
+            f"estimator {name!r}: token_stats are aligned with the field 'response_ids' (list it in fields) "
+            "and are computed by the 'standard' schedule only"
         )
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
@@ -251,6 +290,7 @@ def register_estimator(
                 stateful=stateful,
                 per_token=per_token,
                 task_weights=task_weights,
+                token_stats=stats,
             ),
         )
         return fn
@@ -319,6 +359,8 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
     for key in info.row_inputs:
         if key in cfg:
             cfg[key] = _prepare_row_input(key, cfg[key], n)
+    if info.token_stats:
+        cfg["token_stats"] = _prepare_token_stats(name, info, cfg["token_stats"], batch)
     if n == 0:
         return Advantages(step=np.zeros(0), token=[] if info.per_token else None)
     work: dict[str, Any] | None = None
@@ -331,6 +373,8 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
         for key in info.row_inputs:
             if key in cfg:
                 cfg[key] = _permute_input(cfg[key], perm)
+        if info.token_stats:
+            cfg["token_stats"] = {k: [v[i] for i in perm.tolist()] for k, v in cfg["token_stats"].items()}
         adv = info.fn(batch.take(perm), **cfg).permuted(perm)
     for key, arr in adv.arrays().items():
         if arr.shape != (n,):
@@ -342,6 +386,46 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
         state.clear()
         state.update(work)
     return adv
+
+
+def _prepare_token_stats(
+    name: str, info: EstimatorInfo, value: Any, batch: StepBatch
+) -> dict[str, list[np.ndarray]]:
+    """The declared per-token statistics as float64 arrays, one per row with that row's number of
+    response tokens, all finite; other statistics the caller passed are dropped."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"input 'token_stats' of estimator {name!r} must be a dict by statistic name")
+    absent = [s for s in info.token_stats if s not in value]
+    if absent:
+        raise MissingInputError(
+            f"estimator {name!r} needs token_stats {absent} (the learner computes them when scoring)"
+        )
+    n = len(batch)
+    want = np.fromiter((len(t) for t in batch.column("response_ids")), np.int64, n)
+    out: dict[str, list[np.ndarray]] = {}
+    for stat in info.token_stats:
+        rows = [
+            a if type(a) is np.ndarray and a.dtype == np.float64 else np.asarray(a, np.float64)
+            for a in value[stat]
+        ]
+        if len(rows) != n:
+            raise ValueError(f"token_stats[{stat!r}] has {len(rows)} arrays for {n} rows")
+        try:  # the quick check: 1-D rows of the right lengths concatenate into one 1-D array
+            got = np.fromiter(map(len, rows), np.int64, n)
+            flat = np.concatenate(rows) if n else np.zeros(0)
+            ok = flat.ndim == 1 and np.array_equal(got, want)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in rows), np.int64, n)
+            r = int(np.flatnonzero(got != want)[0])
+            raise ValueError(
+                f"token_stats[{stat!r}]: row {r} has {want[r]} response tokens but shape {rows[r].shape}"
+            )
+        if not np.all(np.isfinite(flat)):
+            raise ValueError(f"token_stats[{stat!r}] contains NaN or inf")
+        out[stat] = rows
+    return out
 
 
 def _check_token(name: str, info: EstimatorInfo, adv: Advantages, batch: StepBatch) -> None:

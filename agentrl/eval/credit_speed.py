@@ -11,10 +11,11 @@ Targets are printed, not asserted: gigpo/hgpo/salt < 0.1 s at ~42k rows (P=128) 
 ~330k rows (P=1024); from_trajectories < 0.3 s at ~42k rows.
 
 Estimators that need caller inputs get synthetic ones: a per-row array for each declared
-input, or for ``values`` a dict of per-row heads ("high", "low", "switch") when the estimator
-refuses an array (HiPER). Estimators that read response token ids (KTAE) get random ones,
-30 per row on average (``synthetic_response_ids``). An estimator that still fails is listed with
-its error.
+input, or for ``values`` a dict of per-row arrays by the estimator's declared value heads when it
+refuses an array (HiPER, SPA-RL). Estimators that read response token ids (KTAE) get random ones,
+30 per row on average (``synthetic_response_ids``), and those that read the learner's token
+statistics (UCAS) random ones aligned with them (the learner's scoring pass is not timed). An
+estimator that still fails is listed with its error.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, int]:
     return statistics.median(times), len(times)
 
 
-def input_candidates(name: str, n_rows: int, rng: np.random.Generator) -> list[Any]:
-    """Synthetic values to try for a required caller input, in order of preference."""
+def input_candidates(
+    name: str, n_rows: int, rng: np.random.Generator, heads: Sequence[str] = HEADS
+) -> list[Any]:
+    """Synthetic values to try for a required caller input, in order of preference (``values``: one
+    array, then a dict over ``heads``, the estimator's declared value heads)."""
     row = rng.normal(0.0, 0.5, n_rows)
     if name == "values":
-        return [row, {head: rng.normal(0.0, 0.5, n_rows) for head in HEADS}]
+        return [row, {head: rng.normal(0.0, 0.5, n_rows) for head in heads}]
     return [row]
 
 
@@ -70,7 +74,12 @@ def estimator_kwargs(name: str, batch: StepBatch, seed: int) -> dict[str, Any]:
     probe = batch.take(np.arange(min(len(batch), 200)))
     for key in info.inputs:
         errors: list[Exception] = []
-        for candidate in input_candidates(key, len(batch), rng):
+        candidates = (
+            [synthetic_token_stats(batch, info.token_stats, rng)]
+            if key == "token_stats"
+            else input_candidates(key, len(batch), rng, tuple(info.value_heads) or HEADS)
+        )
+        for candidate in candidates:
             try:
                 estimate(name, probe, **{**kwargs, key: _head(candidate, len(probe))})
             except (TypeError, ValueError) as err:
@@ -81,6 +90,19 @@ def estimator_kwargs(name: str, batch: StepBatch, seed: int) -> dict[str, Any]:
         else:
             raise errors[-1]
     return kwargs
+
+
+def synthetic_token_stats(
+    batch: StepBatch, names: Sequence[str], rng: np.random.Generator
+) -> dict[str, list[np.ndarray]]:
+    """Random per-token statistics aligned with ``batch.response_ids``, one array per row and name."""
+    lengths = [len(t) for t in batch.column("response_ids")]
+    out = {}
+    for name in names:
+        flat = rng.normal(0.0, 1.0, int(sum(lengths)))
+        ends = np.cumsum(lengths).tolist()
+        out[name] = [flat[e - k : e] for e, k in zip(ends, lengths)]
+    return out
 
 
 def _head(value: Any, n: int) -> Any:

@@ -32,7 +32,12 @@ needs an input the maze cannot give is listed as skipped with the reason.
 
 Token-level estimators (registered ``per_token``, e.g. KTAE) see each step's response as its action's
 words, one token id per word (``action_token_ids``), and are scored by the mean of a row's token
-advantages.
+advantages. Estimators that read the learner's token statistics (``token_stats``, e.g. UCAS) are
+skipped: the maze's table policy has no logits.
+
+SPA-RL's progress head gets its ideal instead of V (``ORACLE_HEADS``): the TD error of the exact V,
+c_t = r_t + gamma V_{t+1} - V_t (V = 0 after the last step), whose discounted sum from t is the
+return minus V_t, and a zero critic (the expected remaining sum of c); grounding off.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from agentrl.credit import Advantages, MissingInputError, available_estimators, estimate, estimator_info
+from agentrl.credit.ops import layout, next_in_traj
 from agentrl.envs.maze import ExactValues, MazeEnv
 from agentrl.types import Step, StepBatch, Trajectory, stable_hash
 
@@ -54,6 +60,20 @@ FAIR_OPTIONS: dict[str, dict[str, object]] = {
     "mt_grpo": {"variant": "k_turn"},  # two_phase needs tool calls; the maze has none
     "hiper": {"shaping": False, "bootstrap_truncated": False},  # the return is the outcome; finite horizon
     "matchtir": {"outcome_weight": 1.0},  # its answer turn scores the outcome; the maze's is the episode's
+    "spa_rl": {"grounding": 0.0, "whiten": False},  # the return is the outcome; advantages unscaled
+}
+
+
+def ideal_progress(batch: StepBatch, true_value: np.ndarray, gamma: float) -> dict[str, np.ndarray]:
+    """SPA-RL's heads if its progress head were perfect: c_t = r_t + gamma V_{t+1} - V_t under the
+    exact V (0 after a trajectory's last row), and the critic of the shaped return, 0."""
+    lay = layout(batch)
+    progress = batch.reward + gamma * next_in_traj(lay, true_value) - true_value
+    return {"value": np.zeros(len(batch)), "progress": progress}
+
+
+ORACLE_HEADS: dict[str, Callable[[StepBatch, np.ndarray, float], dict[str, np.ndarray]]] = {
+    "spa_rl": ideal_progress
 }
 
 
@@ -169,8 +189,9 @@ def sample_group(
     return trajs
 
 
-def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object]:
-    """Options and caller inputs: gamma, ``FAIR_OPTIONS`` and the oracle critic (every HiPER head)."""
+def _inputs(name: str, true_value: np.ndarray, gamma: float, batch: StepBatch) -> dict[str, object]:
+    """Options and caller inputs: gamma, ``FAIR_OPTIONS`` and the oracle critic (every HiPER head;
+    SPA-RL's from ``ORACLE_HEADS``)."""
     info = estimator_info(name)
     cfg: dict[str, object] = dict(FAIR_OPTIONS.get(name, {}))
     if "gamma" in info.options:
@@ -178,6 +199,9 @@ def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object
     for key in info.inputs:
         if key != "values":
             raise MissingInputError(f"needs input {key!r}")
+        if name in ORACLE_HEADS:
+            cfg["values"] = ORACLE_HEADS[name](batch, true_value, gamma)
+            continue
         cfg["values"] = info.critic_input(
             dict.fromkeys(info.value_heads, true_value)
         )  # the oracle on every head
@@ -185,7 +209,10 @@ def _inputs(name: str, true_value: np.ndarray, gamma: float) -> dict[str, object
 
 
 def _note(name: str) -> str:
-    parts = ["exact V as critic (oracle)"] if "values" in estimator_info(name).inputs else []
+    if name in ORACLE_HEADS:
+        parts = ["ideal progress head: TD error of the exact V (oracle)"]
+    else:
+        parts = ["exact V as critic (oracle)"] if "values" in estimator_info(name).inputs else []
     parts += [f"{k}={v}" for k, v in FAIR_OPTIONS.get(name, {}).items()]
     return "; ".join(parts)
 
@@ -257,7 +284,7 @@ def credit_fidelity(
                 if name in skipped:
                     continue
                 try:
-                    cfg = _inputs(name, true_value[targets[name]], gamma)
+                    cfg = _inputs(name, true_value[targets[name]], gamma, batch)
                     est_by_name[name].append(row_credit(name, estimate(name, batch, **cfg)))
                 except MissingInputError as e:
                     skipped[name] = str(e)

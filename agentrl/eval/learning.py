@@ -145,7 +145,7 @@ DEFAULT_BASELINE = "grpo"
 # rollout.turn_reward=valid, response token ids from rollout; the response format adds its own
 # (HiPER's tags, tool calls).
 _TRAINER_FIELDS = {"state_key", "turn_reward", "response_ids"}
-_TRAINER_INPUTS = {"values"}  # value heads for critic estimators
+_TRAINER_INPUTS = {"values", "token_stats"}  # value heads; the scoring pass's per-token statistics
 
 Progress = Callable[[str], None]
 

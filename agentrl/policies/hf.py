@@ -332,8 +332,10 @@ class HFPolicy:
         with_entropy: bool = False,
         return_hidden: bool = False,
         chunk_size: int | None = None,
+        token_stats: Sequence[str] = (),
     ) -> TokenLogprobs:
-        """Chunked per-token log-probs under the current weights (adapter on), differentiable."""
+        """Chunked per-token log-probs under the current weights (adapter on), differentiable; with
+        ``token_stats`` (``logprobs.TOKEN_STATS``) also those statistics of the same logits."""
         return token_logprobs(
             self.model,
             input_ids.to(self.device),
@@ -343,6 +345,7 @@ class HFPolicy:
             temperature=temperature,
             with_entropy=with_entropy,
             return_hidden=return_hidden,
+            token_stats=token_stats,
         )
 
     # ------------------------------------------------------------------ adapter

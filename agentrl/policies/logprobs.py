@@ -12,20 +12,26 @@ full-logits computation at this length (it grows with T; chunks do not).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "TOKEN_STATS",
     "PackedBatch",
     "TokenLogprobs",
     "pack_samples",
     "position_ids_from_mask",
     "split_causal_lm",
     "token_logprobs",
+    "token_stats_from_logits",
 ]
+
+# Per-token statistics of the full-vocabulary logits that estimators may declare (the names of
+# ``agentrl.credit.TOKEN_STATS``); computed only when asked, in the same chunks as the log-probs.
+TOKEN_STATS = ("self_certainty", "chosen_logit", "entropy")
 
 
 @dataclass
@@ -34,11 +40,13 @@ class TokenLogprobs:
 
     ``entropy[b, t]``: entropy of the distribution that predicted position t (same mask), when asked.
     ``hidden``: the body's last hidden states, when asked (value heads share the forward pass).
+    ``stats``: the asked ``TOKEN_STATS`` by name (same mask; no gradient), see ``token_stats_from_logits``.
     """
 
     logprobs: torch.Tensor  # float32[B, T]
     entropy: torch.Tensor | None = None  # float32[B, T]
     hidden: torch.Tensor | None = None  # [B, T, H], model dtype
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # float32[B, T] each
 
 
 @dataclass
@@ -101,6 +109,37 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def token_stats_from_logits(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Per-token statistics of ``logits`` (float[M, V], the model's output after any softcap, before
+    temperature) at the positions predicting ``targets`` (int[M]), with z = logits / temperature:
+
+    - ``self_certainty``: logsumexp(z) - mean(z) = KL(U || p) + log V, how far p is from uniform
+      (Kang et al. 2025's self-certainty; UCAS's ``self_certainty_from_logits``);
+    - ``chosen_logit``: the logit of the target token before temperature (UCAS's ``actual_token_logits``);
+    - ``entropy``: H(p) of the distribution p = softmax(z).
+    """
+    unknown = sorted(set(names) - set(TOKEN_STATS))
+    if unknown:
+        raise ValueError(f"unknown token statistics {unknown}; choose from {', '.join(TOKEN_STATS)}")
+    with torch.no_grad():
+        raw = logits.detach().float()
+        z = raw / temperature if temperature != 1.0 else raw
+        lse = torch.logsumexp(z, dim=-1) if {"self_certainty", "entropy"} & set(names) else None
+        out = {}
+        for name in names:
+            if name == "chosen_logit":
+                out[name] = raw.gather(-1, targets[:, None]).squeeze(-1)
+            elif name == "self_certainty":
+                assert lse is not None
+                out[name] = lse - z.mean(-1)
+            else:
+                assert lse is not None
+                out[name] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    return out
+
+
 def _chunk_stats(
     head: torch.nn.Module,
     hidden: torch.Tensor,
@@ -108,10 +147,15 @@ def _chunk_stats(
     temperature: float,
     softcap: float | None,
     with_entropy: bool,
+    stats: dict[str, list[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (and entropies) of one chunk; ``stats``: lists to append its token statistics to."""
     logits = head(hidden).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
+    if stats:
+        for k, v in token_stats_from_logits(logits, targets, temperature, tuple(stats)).items():
+            stats[k].append(v)
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
@@ -132,12 +176,14 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     return_hidden: bool = False,
+    token_stats: Sequence[str] = (),
 ) -> TokenLogprobs:
     """Log-probs of the response tokens of a left- or right-padded batch, differentiable.
 
     ``response_mask[b, t]`` says which tokens to score; position 0 has no context and cannot be
     scored. Equal to ``log_softmax(model(...).logits / temperature)`` gathered at the next
-    tokens, computed ``chunk_size`` scored tokens at a time.
+    tokens, computed ``chunk_size`` scored tokens at a time. ``token_stats``: names of
+    ``TOKEN_STATS`` also computed from each chunk's logits (no gradient; ``TokenLogprobs.stats``).
     """
     if (
         input_ids.dim() != 2
@@ -169,6 +215,7 @@ def token_logprobs(
     targets_M = input_ids[:, 1:][scored]
     softcap = getattr(config, "final_logit_softcapping", None)
     logps, ents = [], []
+    stats: dict[str, list[torch.Tensor]] = {k: [] for k in token_stats}
     for s in range(0, hidden_M.shape[0], chunk_size):
         args = (
             head,
@@ -180,8 +227,11 @@ def token_logprobs(
         )
         if torch.is_grad_enabled() and hidden_M.requires_grad:
             lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False)
+            if stats:  # statistics carry no gradient: one more pass of the output layer, outside the graph
+                with torch.no_grad():
+                    _chunk_stats(*args, stats=stats)
         else:
-            lp, ent = _chunk_stats(*args)
+            lp, ent = _chunk_stats(*args, stats=stats)
         logps.append(lp)
         ents.append(ent)
     B, T = input_ids.shape
@@ -192,4 +242,10 @@ def token_logprobs(
     if with_entropy:
         entropy = hidden.new_zeros(B, T, dtype=torch.float32)
         entropy[:, 1:][scored] = torch.cat(ents) if ents else empty
-    return TokenLogprobs(logprobs=out, entropy=entropy, hidden=hidden if return_hidden else None)
+    placed = {}
+    for k, parts in stats.items():
+        placed[k] = hidden.new_zeros(B, T, dtype=torch.float32)
+        placed[k][:, 1:][scored] = torch.cat(parts) if parts else empty
+    return TokenLogprobs(
+        logprobs=out, entropy=entropy, hidden=hidden if return_hidden else None, stats=placed
+    )

@@ -51,13 +51,15 @@ class UpdateSettings:
 @dataclass
 class Scores:
     """Per sample (aligned with the rows scored): response-token log-probs under the current
-    weights and the reference, entropies, and value-head features per head."""
+    weights and the reference, entropies, value-head features per head, and the per-token
+    statistics an estimator declared (``EstimatorInfo.token_stats``) by name."""
 
     rows: np.ndarray
     logp: list[torch.Tensor]
     ref_logp: list[torch.Tensor] | None = None
     entropy: list[torch.Tensor] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_stats: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class TrainBatch:
     scores: Scores
     adv_T: Sequence[np.ndarray]
     mask_T: Sequence[np.ndarray]
-    value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    value_targets: dict[str, tuple[np.ndarray, ...]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores.rows)
@@ -153,15 +155,23 @@ class Learner:
         reference: bool = False,
         entropy: bool = False,
         features: bool = False,
+        token_stats: Sequence[str] = (),
     ) -> Scores:
-        """Log-probs of the samples' responses under the current weights (and the reference).
+        """Log-probs of the samples' responses under the current weights (and the reference), and the
+        per-token ``token_stats`` (``policies.logprobs.TOKEN_STATS``) from the same forward pass.
 
         With several processes each scores its share of ``rows``; every process gets all scores."""
         rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+        stats = tuple(token_stats)
         if not self.dist.active:
-            return self._score(samples, rows, reference, entropy, features)
+            return self._score(samples, rows, reference, entropy, features, stats)
         mine = self._score(
-            samples, np.asarray(self.dist.share(rows.tolist()), dtype=np.int64), reference, entropy, features
+            samples,
+            np.asarray(self.dist.share(rows.tolist()), dtype=np.int64),
+            reference,
+            entropy,
+            features,
+            stats,
         )
         mine_ref, mine_entropy = mine.ref_logp or [], mine.entropy or []
         per_row = [
@@ -170,6 +180,7 @@ class Learner:
                 mine_ref[i] if reference else None,
                 mine_entropy[i] if entropy else None,
                 {h: f[i] for h, f in mine.features.items()},
+                {k: v[i] for k, v in mine.token_stats.items()},
             )
             for i in range(len(mine.rows))
         ]
@@ -179,18 +190,26 @@ class Learner:
             logp=[r[0] for r in every],
             ref_logp=[r[1] for r in every if r[1] is not None] if reference else None,
             entropy=[r[2] for r in every if r[2] is not None] if entropy else None,
+            token_stats={k: [r[4][k] for r in every] for k in stats},
         )
         if features and every:
             out.features = {h: torch.stack([r[3][h] for r in every]) for h in samples.value_offset}
         return out
 
     def _score(
-        self, samples: TokenSamples, rows: np.ndarray, reference: bool, entropy: bool, features: bool
+        self,
+        samples: TokenSamples,
+        rows: np.ndarray,
+        reference: bool,
+        entropy: bool,
+        features: bool,
+        token_stats: tuple[str, ...] = (),
     ) -> Scores:
         logp: list[torch.Tensor] = []
         ref_logp: list[torch.Tensor] = []
         entropies: list[torch.Tensor] = []
         feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
+        stats: dict[str, list[torch.Tensor]] = {k: [] for k in token_stats}
         self.policy.model.eval()
         for chunk in _chunks(rows, self.settings.micro_batch_size):
             packed, _ = collate(samples, chunk, self.policy.pad_token_id, self.device)
@@ -201,8 +220,11 @@ class Learner:
                 temperature=self.settings.temperature,
                 with_entropy=entropy,
                 return_hidden=features,
+                **({"token_stats": token_stats} if token_stats else {}),
             )
             logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
+            for k in token_stats:
+                stats[k].extend(t.cpu() for t in packed.responses(lp.stats[k]))
             if entropy:
                 entropies.extend(t.cpu() for t in packed.responses(lp.entropy))
             if features:
@@ -226,6 +248,7 @@ class Learner:
             ref_logp=ref_logp if reference else None,
             entropy=entropies if entropy else None,
             features={h: torch.cat(f) for h, f in feats.items() if f},
+            token_stats=stats,
         )
 
     def values(self, scores: Scores) -> dict[str, np.ndarray]:
@@ -242,7 +265,7 @@ class Learner:
         token_adv: Sequence[np.ndarray],
         token_mask: Sequence[np.ndarray],
         *,
-        value_targets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        value_targets: dict[str, tuple[np.ndarray, ...]] | None = None,
         rng: np.random.Generator,
     ) -> dict[str, float]:
         """PPO epochs over ``scores.rows`` (token arrays aligned with them); returns mean statistics.
@@ -322,14 +345,27 @@ class Learner:
         return stats
 
     def _value_loss(
-        self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]
+        self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, ...]]
     ) -> float:
-        """0.5 * mean squared error per head over the rows where its target applies (backward included)."""
+        """0.5 * mean squared error per head over the rows where its target applies (backward included).
+
+        A head whose entry carries trajectory ids (``ValueHeadSpec.fit="trajectory_sum"``) is fitted
+        by the sum of its predictions over each trajectory's rows, for the trajectories whose first
+        row is in ``mb`` (each trajectory once per epoch; features of all rows are kept, detached)."""
         if self.value_head is None:
             raise RuntimeError("a value loss needs the value head the estimator declares")
         pred = self.value_head({h: f[mb] for h, f in scores.features.items()})
+        pred_all: dict[str, torch.Tensor] | None = None
         terms = []
-        for head, (target, applies) in value_targets.items():
+        for head, entry in value_targets.items():
+            target, applies = entry[0], entry[1]
+            if len(entry) > 2:
+                if pred_all is None:
+                    pred_all = self.value_head(dict(scores.features))
+                term = _trajectory_sum_loss(pred_all[head], target, applies, entry[2], mb)
+                if term is not None:
+                    terms.append(term)
+                continue
             use = torch.as_tensor(np.asarray(applies)[mb], dtype=torch.bool)
             if use.any():
                 y = torch.as_tensor(np.asarray(target)[mb], dtype=torch.float32)
@@ -340,3 +376,23 @@ class Learner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.value_head.parameters()), self.settings.max_grad_norm)
         return float(loss.detach())
+
+
+def _trajectory_sum_loss(
+    pred: torch.Tensor, target: np.ndarray, applies: np.ndarray, traj: np.ndarray, mb: np.ndarray
+) -> torch.Tensor | None:
+    """0.5 * mean over trajectories anchored in ``mb`` of (sum of the trajectory's predictions - target)^2;
+    a trajectory's rows are those where ``applies``, its anchor and target its first such row."""
+    rows = np.flatnonzero(np.asarray(applies, dtype=bool))
+    if not rows.size:
+        return None
+    _, first, inv = np.unique(np.asarray(traj)[rows], return_index=True, return_inverse=True)
+    anchored = np.isin(rows[first], mb)
+    if not anchored.any():
+        return None
+    sums = torch.zeros(first.shape[0], dtype=pred.dtype).index_add(
+        0, torch.as_tensor(inv.reshape(-1), dtype=torch.long), pred[torch.as_tensor(rows, dtype=torch.long)]
+    )
+    y = torch.as_tensor(np.asarray(target, dtype=np.float64)[rows[first]], dtype=pred.dtype)
+    keep = torch.as_tensor(anchored)
+    return 0.5 * ((sums - y)[keep] ** 2).mean()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agentrl.agents import parse_response, response_token_masks
-from agentrl.credit import Advantages, ValueHeadSpec
+from agentrl.credit import RESPONSE_END, Advantages, ValueHeadSpec
 from agentrl.policies.logprobs import PackedBatch, pack_samples
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
@@ -65,7 +65,8 @@ def build_samples(
     ``parts``: locate the response parts of ``response_format`` (HiPER: switch/subgoal/action tokens;
     needs ``tokenizer``). Value heads read the last prompt token, except a head whose spec names
     ``reads_after``: it reads the last token of that part (HiPER's V_L: right after ``</subgoal>``),
-    or the last prompt token when the response has no such part. Head names alone read the prompt.
+    or the last prompt token when the response has no such part; ``reads_after="response"``: the
+    response's last token (SPA-RL's progress head). Head names alone read the prompt.
     """
     prompts, responses = [], []
     for k, s in enumerate(steps):
@@ -89,7 +90,9 @@ def build_samples(
     for head, spec in heads.items():
         off = np.full(len(steps), -1, dtype=np.int64)
         after = spec.reads_after if spec is not None else None
-        if after is not None and part_masks:
+        if after == RESPONSE_END:
+            off = np.array([len(r) - 1 for r in responses], dtype=np.int64)  # empty: -1, the prompt
+        elif after is not None and part_masks:
             for k, m in enumerate(part_masks):
                 if after in m and m[after].any():
                     off[k] = int(np.flatnonzero(m[after])[-1])

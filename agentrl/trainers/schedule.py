@@ -4,8 +4,9 @@ in reverse order with correction factors keyed by trajectory id. A new schedule 
 registered with ``register_schedule``.
 
 Both score the samples first (old log-probs under the current weights, reference log-probs with
-the adapter off when KL is on, value features when the estimator has a critic), run the
-estimator, spread its credit over tokens and hand everything to the learner.
+the adapter off when KL is on, value features when the estimator has a critic, the per-token
+statistics it declares), run the estimator, spread its credit over tokens and hand everything to
+the learner.
 """
 
 from __future__ import annotations
@@ -146,15 +147,19 @@ def standard_update(
     (``seed`` and ``order`` are unused: there are no slots)."""
     info = estimator_info(estimator)
     critic = bool(info.value_heads)
-    scores = learner.score(samples, reference=True, entropy=True, features=critic)
+    scores = learner.score(
+        samples, reference=True, entropy=True, features=critic, token_stats=info.token_stats
+    )
     cfg = dict(options)
     if critic:
         cfg["values"] = info.critic_input(learner.values(scores))
+    if info.token_stats:
+        cfg["token_stats"] = {k: [t.double().numpy() for t in v] for k, v in scores.token_stats.items()}
     adv, trained = merge_copies(batch, estimate(estimator, batch, **cfg))
     token_adv, token_mask = token_advantages(samples, adv, spans=info.spans)
     if trained is not None:  # a step shared by several branches trains once
         token_mask = [m if keep else np.zeros_like(m) for m, keep in zip(token_mask, trained)]
-    targets = value_targets(adv, info.value_heads) if critic else None
+    targets = value_targets(adv, info.value_heads, traj=batch.traj_idx) if critic else None
     stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
     stats.update(_adv_stats(adv))
     stats["entropy"] = _entropy_mean(scores)

@@ -60,16 +60,23 @@ def gather_features(
 
 
 def value_targets(
-    adv: Advantages, heads: Mapping[str, ValueHeadSpec]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    adv: Advantages, heads: Mapping[str, ValueHeadSpec], traj: np.ndarray | None = None
+) -> dict[str, tuple[np.ndarray, ...]]:
     """(target, rows where it applies) per head, read from the estimator's extras and masks as its
-    ``ValueHeadSpec`` says (e.g. GAE: ``returns`` = A + V everywhere; HiPER's V_H: segment starts only)."""
+    ``ValueHeadSpec`` says (e.g. GAE: ``returns`` = A + V everywhere; HiPER's V_H: segment starts only).
+
+    A head fitted by ``fit="trajectory_sum"`` gets a third array, the trajectory of each row
+    (``traj``, e.g. ``StepBatch.traj_idx``, required then): its rows' predictions add up per trajectory.
+    """
     n = adv.step.shape[0]
     everywhere = np.ones(n, dtype=bool)
-    return {
-        head: (
-            adv.extras[spec.target],
-            adv.masks.get(spec.applies, everywhere) if spec.applies else everywhere,
-        )
-        for head, spec in heads.items()
-    }
+    out: dict[str, tuple[np.ndarray, ...]] = {}
+    for head, spec in heads.items():
+        applies = adv.masks.get(spec.applies, everywhere) if spec.applies else everywhere
+        if spec.fit == "row":
+            out[head] = (adv.extras[spec.target], applies)
+            continue
+        if traj is None or np.asarray(traj).shape != (n,):
+            raise ValueError(f"value head {head!r} is fitted per trajectory; pass one trajectory id per row")
+        out[head] = (adv.extras[spec.target], applies, np.asarray(traj))
+    return out

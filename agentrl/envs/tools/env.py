@@ -21,7 +21,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from agentrl.agents.formats import ToolCall, parse_tool_calls
 from agentrl.envs.base import AgentEnv
@@ -147,7 +147,7 @@ def _run_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
 class ToolEnv(AgentEnv):
     """An env from tools, tasks and a reward: ``ToolEnv(tools=[add, mul], tasks=[...], reward=fn)``."""
 
-    snapshot_fields = ("task", "episode", "_t", "_done", "_last_obs")
+    snapshot_fields: ClassVar[tuple[str, ...]] = ("task", "episode", "_t", "_done", "_last_obs")
     snapshot_shared = ("task",)  # read-only task data
 
     def __init__(
