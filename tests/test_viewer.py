@@ -299,3 +299,21 @@ def test_start_viewer_binds_loopback_and_stop_closes_it(tmp_path):
         stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
+
+
+def test_a_tree_group_shows_its_branches_and_copied_turns(tmp_path):
+    """Root a branched after turn 0 into b: b's first step is a copy (greyed), and the group table says
+    where b left a; the tree estimators have columns."""
+    root = traj("maze-1", "gt", "a", [0.0, 1.0], True)
+    branch = traj("maze-1", "gt", "a.b1-0", [0.0, 0.0], False)
+    branch.steps[0] = Step(**{**root.steps[0].__dict__, "info": {"copy_of": "a#0"}})
+    branch.parent_id, branch.branch_turn = "a", 1
+    write_trajectories(tmp_path / "trajectories.jsonl", [root, branch])
+    c = TestClient(create_app(tmp_path))
+    page = c.get("/episode/1").text
+    assert "<th>branch of</th>" in page and re.search(
+        r"<td class='branch'><a [^>]*>0</a> at turn 1</td>", page
+    )
+    assert page.count("<tr class='step copy'") == 1 and "copied from a#0" in page
+    assert "data-method='treepo'" in page and "data-method='spo_tree'" in page
+    assert "branch of" not in c.get("/episode/0").text.split("<h2>Steps")[1]  # the steps of a root: no copies

@@ -198,6 +198,7 @@ pre{margin:0;white-space:pre-wrap;word-break:break-word;max-height:16em;overflow
 .skipped{color:#555}
 .ok{color:#15803d;font-weight:600}.fail{color:#b91c1c;font-weight:600}
 form{margin:.6em 0}
+tr.copy td{opacity:.55}
 """
 
 
@@ -359,7 +360,12 @@ def render_episode(view: RunSnapshot, ep: Episode) -> str:
             cells += f"<td><pre class='info'>{_e(text)}</pre></td>"
         if start is not None:
             cells += "".join(_adv_cell(m, credit, start + k) for m in methods)
-        rows.append(f"<tr class='step'>{cells}</tr>")
+        copied = "copy_of" in s.info  # a branch's turn before its branch point: its parent's step
+        rows.append(
+            f"<tr class='step copy' title='copied from {_e(s.info['copy_of'])}'>{cells}</tr>"
+            if copied
+            else f"<tr class='step'>{cells}</tr>"
+        )
 
     notes = []
     if credit.error:
@@ -369,10 +375,21 @@ def render_episode(view: RunSnapshot, ep: Episode) -> str:
         notes.append(f"<div class='skipped' id='skipped'><p>Methods not shown:</p><ul>{items}</ul></div>")
 
     group = [e for e in view.episodes if e.source == ep.source and e.traj.group_id == t.group_id]
+    episode_of = {g.traj.traj_id: g.id for g in group}
+
+    def branch_cell(traj: Trajectory) -> str:
+        """Where a branched trajectory left its parent (tree rollouts): the parent's link and the turn."""
+        if traj.parent_id is None:
+            return "<td>root</td>" if tree else ""
+        parent = episode_of.get(traj.parent_id)
+        link = _episode_link(parent, current=False) if parent is not None else _e(traj.parent_id)
+        return f"<td class='branch'>{link} at turn {traj.branch_turn}</td>"
+
+    tree = any(g.traj.parent_id is not None for g in group)
     group_rows = "".join(
         f"<tr><td class='num'>{_episode_link(g.id, current=g.id == ep.id)}</td>"
         f"<td>{_e(g.traj.traj_id)}</td><td>{_success_html(g.traj)}</td><td class='num'>{_outcome_cell(g.traj)}</td>"
-        f"<td class='num'>{len(g.traj.steps)}</td></tr>"
+        f"<td class='num'>{len(g.traj.steps)}</td>{branch_cell(g.traj)}</tr>"
         for g in group
     )
     info = json.dumps(t.info, ensure_ascii=False, indent=1, default=str) if t.info else ""
@@ -388,8 +405,16 @@ def render_episode(view: RunSnapshot, ep: Episode) -> str:
     body = (
         f"<p><a href='/' id='back'>← all episodes</a></p><h1>Episode {ep.id}</h1>{summary}"
         f"<h2>Group {_e(t.group_id)} ({len(group)} episodes)</h2>"
-        f"<table id='group'><tr><th>#</th><th>trajectory</th><th>success</th><th>outcome</th><th>steps</th></tr>{group_rows}</table>"
-        f"<h2>Steps</h2><p>Advantages are computed on the fly from all groups in {_e(view.rel(src.path))} with each method's "
+        f"<table id='group'><tr><th>#</th><th>trajectory</th><th>success</th><th>outcome</th><th>steps</th>"
+        + ("<th>branch of</th>" if tree else "")
+        + f"</tr>{group_rows}</table>"
+        + (
+            "<p>A tree group: branches continue their parent's episode from a turn; their earlier turns (greyed "
+            "in the steps) are copies of the parent's, trained once.</p>"
+            if tree
+            else ""
+        )
+        + f"<h2>Steps</h2><p>Advantages are computed on the fly from all groups in {_e(view.rel(src.path))} with each method's "
         "defaults; colours are scaled per method (red negative, green positive, ± the method's largest |advantage|).</p>"
         f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{''.join(notes)}"
     )
