@@ -75,7 +75,9 @@ class EnvConfig(Section):
     name: str = "maze"
     kwargs: dict[str, Any] = {}
     train_tasks: TaskRange = TaskRange()
-    num_envs: int = Field(8, ge=1)
+    # envs stepped in lockstep; each turn one generate call answers all running episodes, so this is
+    # the sampling batch. None: one env per episode of an iteration (rollout.groups x group_size)
+    num_envs: int | None = Field(8, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -284,6 +286,13 @@ class TrainConfig(Section):
                 f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}"
             )
         return self
+
+    def env_count(self, groups: int | None = None) -> int:
+        """Envs to build: ``env.num_envs``, or when None one per episode of ``groups`` groups
+        (default all: the whole iteration samples in one batch per turn)."""
+        if self.env.num_envs is not None:
+            return self.env.num_envs
+        return max(1, (self.rollout.groups if groups is None else groups) * self.rollout.group_size)
 
     def eval_spec(self) -> EvalSpec:
         """What this run's before/after evaluation plays (``agentrl eval`` on the run's checkpoints

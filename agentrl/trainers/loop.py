@@ -384,7 +384,8 @@ class Trainer:
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
         seed_everything(cfg.seed)
-        self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
+        n_envs = cfg.env_count(len(dist.share(range(cfg.rollout.groups))))
+        self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(n_envs)]
         self.train_tasks = self.task_ids(
             self.envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks"
         )
@@ -392,7 +393,7 @@ class Trainer:
         if (
             cfg.eval.enabled and cfg.eval.env_kwargs
         ):  # e.g. {split: valid_unseen}: held-out tasks of another split
-            self.eval_envs = [make(cfg.env.name, **cfg.eval_env_kwargs()) for _ in range(cfg.env.num_envs)]
+            self.eval_envs = [make(cfg.env.name, **cfg.eval_env_kwargs()) for _ in range(n_envs)]
         self.eval_tasks = (
             self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks")
             if cfg.eval.enabled
