@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentrl.policies import SamplingParams
-from agentrl.policies.hf import HFPolicy, _StopOnText, stop_candidates
+from agentrl.policies.hf import HFPolicy, LoraSettings, _StopOnText, stop_candidates
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,88 @@ def test_rollout_asks_for_every_running_episode_at_once(policy):
     finally:
         del policy.generate
     assert widths[0] == 6
+
+
+# ----------------------------------------------------------------------------- merged sampler refresh
+
+
+def tiny_samples(pol: HFPolicy, n: int = 4):
+    from agentrl.trainers.samples import TokenSamples
+
+    prompts = [[10 + i, 11, 12, 13 + i][: 2 + i % 3] for i in range(n)]
+    responses = [[20 + i, 21, 22][: 1 + i % 3] for i in range(n)]
+    return TokenSamples(prompts, responses)
+
+
+def merged_matches_adapter(pol: HFPolicy) -> bool:
+    ids = torch.tensor([[10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        want = pol.model(input_ids=ids).logits
+        got = pol._sampling_model()(input_ids=ids).logits
+    return torch.allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_merged_sampler_follows_an_optimiser_step_that_keeps_version_counters(model_dir, fused):
+    import numpy as np
+
+    from agentrl.trainers.learner import Learner, UpdateSettings
+
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    learner = Learner(pol, UpdateSettings(minibatch_size=4, micro_batch_size=2), lr=0.05)
+    params = learner.params
+    if fused:  # fused AdamW writes the weights without bumping their version counters
+        learner.optimizer = torch.optim.AdamW(params, lr=0.05, fused=True)
+    else:  # an optimiser that writes through .data, which no version counter sees either
+
+        class DataSGD(torch.optim.SGD):
+            @torch.no_grad()
+            def step(self, closure=None):
+                for p in params:
+                    if p.grad is not None:
+                        p.data.add_(p.grad.sign(), alpha=-0.05)
+
+        learner.optimizer = DataSGD(params, lr=0.05)
+    pol._sampling_model()  # the merged copy exists, built from the zero-initialised adapter
+    assert merged_matches_adapter(pol)
+    samples = tiny_samples(pol)
+    scores = learner.score(samples)
+    versions = [p._version for p in params]
+    before = [p.detach().clone() for p in params]
+    adv = [
+        np.full(len(r), 1.0 if i % 2 else -1.0, dtype=np.float32) for i, r in enumerate(samples.response_ids)
+    ]
+    mask = [np.ones(len(r), dtype=bool) for r in samples.response_ids]
+    learner.update(samples, scores, adv, mask, rng=np.random.default_rng(0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))  # the step changed the adapter
+    assert [p._version for p in params] == versions  # ... unseen by the version counters
+    assert merged_matches_adapter(pol)  # the sampler follows it all the same
+    pol._merged.stale = False  # a counter-only check would have kept the first adapter:
+    with torch.no_grad():
+        for p in params:
+            p.data.mul_(0.5)
+    assert not merged_matches_adapter(pol)
+    pol.weights_changed()
+    assert merged_matches_adapter(pol)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_load_onto_the_cpu_whatever_wrote_them(model_dir, tmp_path, monkeypatch):
+    from agentrl.trainers.checkpoint import load_checkpoint, save_checkpoint
+    from agentrl.trainers.learner import Learner, UpdateSettings
+
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    learner = Learner(pol, UpdateSettings(), lr=0.01)
+    path = save_checkpoint(tmp_path, 1, learner, {})
+    seen = []
+    load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    assert load_checkpoint(path, learner)["iteration"] == 1
+    assert seen and all(m == "cpu" for m in seen)

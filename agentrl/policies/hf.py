@@ -384,6 +384,12 @@ class HFPolicy:
                 break
         return next(i for i in range(len(upto)) if self._has_stop(upto[: i + 1], stop))
 
+    def weights_changed(self) -> None:
+        """Say that the adapter weights were written (an optimiser step, a load): the sampling copy
+        is rebuilt before the next generate. Needed after any write a version counter does not see."""
+        if self._merged is not None:
+            self._merged.mark_stale()
+
     # ------------------------------------------------------------------ scoring
     def logprobs(
         self,
@@ -451,6 +457,7 @@ class HFPolicy:
                 )
         weights = load_peft_weights(os.fspath(directory), device=str(self.device))
         result = set_peft_model_state_dict(self.model, weights)
+        self.weights_changed()
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
             raise ValueError(f"adapter in {directory} has weights this model lacks: {unexpected[:5]}")

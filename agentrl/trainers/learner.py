@@ -138,6 +138,7 @@ class Learner:
             )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
         dist.broadcast_params([p for g in groups for p in g["params"]])
+        self._weights_changed()
 
     @property
     def device(self) -> torch.device:
@@ -319,7 +320,15 @@ class Learner:
         if self.value_head is not None and batch.value_targets:
             stats["value_loss"] = self._value_loss(batch.scores, mb, batch.value_targets)
         self.optimizer.step()
+        self._weights_changed()
         return stats
+
+    def _weights_changed(self) -> None:
+        """Tell the policy its adapter was written (its sampling copy refreshes on this, not on
+        tensor version counters, which a fused optimiser step leaves alone)."""
+        changed = getattr(self.policy, "weights_changed", None)
+        if changed is not None:
+            changed()
 
     def _value_loss(
         self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, np.ndarray]]
