@@ -238,3 +238,97 @@ def test_checkpoints_load_onto_the_cpu_whatever_wrote_them(model_dir, tmp_path, 
     monkeypatch.setattr(torch, "load", spy)
     assert load_checkpoint(path, learner)["iteration"] == 1
     assert seen and all(m == "cpu" for m in seen)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def lora_matmul_dtypes(pol: HFPolicy) -> list[torch.dtype]:
+    """Run the scorer once (with gradients) and return the output dtypes of the LoRA A matmuls."""
+    from agentrl.policies.logprobs import pack_samples
+
+    seen: list[torch.dtype] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+        for name, m in pol.model.named_modules()
+        if name.endswith("lora_A.default")
+    ]
+    packed = pack_samples([[10, 11, 12], [13]], [[20, 21], [22, 23, 24]], pol.pad_token_id)
+    try:
+        lp = pol.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask)
+        (-lp.logprobs.sum()).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert lp.logprobs.dtype == torch.float32  # log-softmax in float32 whatever the body ran in
+    grads = [p.grad for p in pol.trainable_parameters()]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)  # float32 master weights
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+    return seen
+
+
+def test_a_bf16_base_runs_its_lora_matmuls_in_bf16(model_dir):
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in pol.trainable_parameters()} == {torch.float32}  # peft keeps LoRA in float32
+    seen = lora_matmul_dtypes(pol)
+    assert seen and set(seen) == {torch.bfloat16}  # float32 without autocast
+
+
+def test_a_float32_model_gets_no_autocast(model_dir):
+    from agentrl.policies.precision import autocast_for, enable_tf32
+
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    assert set(lora_matmul_dtypes(pol)) == {torch.float32}
+    assert not torch.is_autocast_enabled("cpu")
+    with autocast_for(pol.model):
+        assert not torch.is_autocast_enabled("cpu")
+    precision = torch.get_float32_matmul_precision()
+    assert enable_tf32(torch.device("cpu")) is False and torch.get_float32_matmul_precision() == precision
+
+
+@pytest.mark.slow  # ~10 s: builds a tiny model, runs the SFT warm start in bf16
+def test_sft_honours_model_dtype(tmp_path):
+    import json
+
+    import yaml
+    from safetensors import safe_open
+
+    from agentrl.trainers.loop import run_sft
+
+    cfg = {
+        "seed": 0,
+        "model": {
+            "path": None,
+            "device": "cpu",
+            "dtype": "bfloat16",
+            "torch_threads": 1,
+            "tiny": {
+                "vocab_size": 320,
+                "layers": 1,
+                "hidden": 32,
+                "heads": 2,
+                "kv_heads": 1,
+                "corpus_tasks": 6,
+            },
+        },
+        "env": {
+            "name": "maze",
+            "kwargs": {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40},
+            "num_envs": 1,
+        },
+        "rollout": {"history_k": 1},
+        "sft": {"tasks": {"start": 0, "count": 4}, "epochs": 1, "batch_size": 4},
+        "logging": {"tensorboard": False},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
+    try:
+        out = run_sft(path, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+        assert names and {f.get_tensor(k).dtype for k in names} == {torch.bfloat16}

@@ -25,6 +25,7 @@ from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
 from agentrl.policies.lora import LoraSettings
+from agentrl.policies.precision import autocast_for, enable_tf32, resolve_dtype
 
 __all__ = ["HFPolicy", "LoraSettings", "pick_device"]
 
@@ -200,12 +201,8 @@ class HFPolicy:
         ):
             raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
         dev = pick_device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
-            dtype = getattr(torch, dtype)
+        dtype = resolve_dtype(dtype, dev)
+        enable_tf32(dev)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model = model.to(dev)
@@ -307,13 +304,15 @@ class HFPolicy:
                 else None
             )
             chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
-            seqs = self._sampling_model().generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=self._generation_config(params),
-                stopping_criteria=stopping,
-                logits_processor=[chosen],
-            )
+            sampler = self._sampling_model()
+            with autocast_for(sampler):  # sampling through the peft model (merge off): LoRA in bf16
+                seqs = sampler.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=self._generation_config(params),
+                    stopping_criteria=stopping,
+                    logits_processor=[chosen],
+                )
             step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
             lps = [row[: len(r)] for row, (r, _) in zip(step_logprobs, responses)]

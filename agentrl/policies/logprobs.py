@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from agentrl.policies.precision import autocast_for
+
 __all__ = [
     "PackedBatch",
     "TokenLogprobs",
@@ -109,7 +111,7 @@ def _chunk_stats(
     softcap: float | None,
     with_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden).float()
+    logits = head(hidden).float()  # outside autocast: float32 from here (log-softmax, entropy)
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     if temperature != 1.0:
@@ -158,12 +160,13 @@ def token_logprobs(
     if (response_mask & ~attention_mask.bool()).any():
         raise ValueError("response_mask marks padding (positions where attention_mask is 0)")
     body, head, config = split_causal_lm(model)
-    hidden = body(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    with autocast_for(model):  # a bf16 base: LoRA matmuls in bf16 too; nothing for a float32 model
+        hidden = body(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
     scored = response_mask[:, 1:]
     hidden_M = hidden[:, :-1][scored]
     targets_M = input_ids[:, 1:][scored]

@@ -18,6 +18,7 @@ MLflow run ids) when enabled, ``served-adapter/`` when rollouts are sampled by a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from agentrl.envs import make
 from agentrl.evaluation import evaluate
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
+from agentrl.policies.precision import HALF_DTYPES, enable_tf32, resolve_dtype
 from agentrl.rollout import PromptBuilder, rollout
 from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
@@ -267,8 +269,15 @@ class Trainer:
         say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert)")
         tokenizer = AutoTokenizer.from_pretrained(base)
         seed_everything(self.cfg.seed)
-        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = model.to(self._device())
+        device = self._device()
+        dtype = resolve_dtype(self.cfg.model.dtype, device)  # model.dtype, as the RL policy loads it
+        enable_tf32(device)
+        # LoRA: the base in model.dtype (the float32 adapter runs under bf16 autocast in the scorer).
+        # Full fine-tuning keeps float32 master weights and runs the forward under autocast instead.
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch.float32 if s.full_finetune else dtype
+        )
+        model = model.to(device)
         if not s.full_finetune:
             from peft import get_peft_model
 
@@ -287,26 +296,29 @@ class Trainer:
                 f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)"
             )
 
-        stats = sft_train(
-            model,
-            tokenizer,
-            demos,
-            epochs=s.epochs,
-            lr=s.lr,
-            batch_size=s.batch_size,
-            seed=self.cfg.seed,
-            chunk_size=self.cfg.model.logprob_chunk_size,
-            log=log if self.dist.main else None,
-            dist=self.dist,
-            lr_schedule=s.lr_schedule,
-            warmup_ratio=s.warmup_ratio,
-        )
+        mixed = s.full_finetune and dtype in HALF_DTYPES
+        with torch.autocast(device.type, dtype=dtype) if mixed else contextlib.nullcontext():
+            stats = sft_train(
+                model,
+                tokenizer,
+                demos,
+                epochs=s.epochs,
+                lr=s.lr,
+                batch_size=s.batch_size,
+                seed=self.cfg.seed,
+                chunk_size=self.cfg.model.logprob_chunk_size,
+                log=log if self.dist.main else None,
+                dist=self.dist,
+                lr_schedule=s.lr_schedule,
+                warmup_ratio=s.warmup_ratio,
+            )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
             self.dist.barrier()
             return out
         if not s.full_finetune:
             model = model.merge_and_unload()
+        model = model.to(dtype)  # saved in model.dtype, which the RL stage loads it in
         tmp = self.run_dir / ".tmp-sft-model"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
