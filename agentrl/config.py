@@ -157,6 +157,9 @@ class AlgorithmConfig(Section):
     minibatch_size: int = Field(64, ge=1)
     micro_batch_size: int = Field(16, ge=1)
     seeupo_order: Literal["reverse", "forward", "random"] = "reverse"
+    # old log-probs scored in the update's own micro-batches (identical first forward: the ratio at
+    # unchanged weights is exactly 1), in consecutive chunks, or auto: the former in bf16/fp16
+    old_logprobs: Literal["auto", "update_batches", "sequential"] = "auto"
 
     @field_validator("estimator")
     @classmethod

@@ -332,3 +332,85 @@ def test_sft_honours_model_dtype(tmp_path):
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         names = list(f.keys())
         assert names and {f.get_tensor(k).dtype for k in names} == {torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- old log-probs
+
+
+def ragged_samples(n: int = 12, seed: int = 0):
+    """Samples of varied prompt and response lengths, so micro-batches pad to different widths."""
+    from agentrl.trainers.samples import TokenSamples
+
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(5, 300) for _ in range(rng.randint(2, 14))] for _ in range(n)]
+    responses = [[rng.randrange(5, 300) for _ in range(rng.randint(1, 9))] for _ in range(n)]
+    return TokenSamples(prompts, responses)
+
+
+def gspo_ratios_at_unchanged_weights(pol: HFPolicy, old_logprobs: str) -> list[float]:
+    """Every GSPO sequence ratio of one update epoch (lr 0: the weights never move), as the loss sees it."""
+    import numpy as np
+
+    from agentrl.trainers.learner import Learner, UpdateSettings
+    from agentrl.trainers.losses import LOSSES, gspo, sequence_means
+
+    seen: list[float] = []
+
+    def recording(x):
+        seen.extend(torch.exp(sequence_means(x.logp - x.old_logp, x.mask)).detach().tolist())
+        return gspo(x)
+
+    LOSSES.register("test_recording_gspo", recording, overwrite=True)
+
+    settings = UpdateSettings(
+        loss="test_recording_gspo",
+        clip_low=3e-4,
+        clip_high=4e-4,
+        minibatch_size=6,
+        micro_batch_size=4,
+        old_logprobs=old_logprobs,
+    )
+    learner = Learner(pol, settings, lr=1e-30)
+    samples = ragged_samples()
+    rng = np.random.default_rng(7)
+    scores = learner.score(samples, layout=learner.update_layout(len(samples), rng))
+    adv = [np.full(len(r), 1.0 - 2 * (i % 2), dtype=np.float32) for i, r in enumerate(samples.response_ids)]
+    mask = [np.ones(len(r), dtype=bool) for r in samples.response_ids]
+    stats = learner.update(samples, scores, adv, mask, rng=rng)
+    assert len(seen) == len(samples)
+    if old_logprobs == "update_batches":
+        assert stats["clip_frac"] == 0.0
+    return seen
+
+
+def test_gspo_ratio_is_one_at_unchanged_weights_in_float32(model_dir):
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    ratios = gspo_ratios_at_unchanged_weights(pol, "update_batches")
+    assert max(abs(r - 1.0) for r in ratios) <= 1e-6
+    assert ratios == [1.0] * len(ratios)  # the same forward, bit for bit
+
+
+def test_gspo_ratio_is_one_at_unchanged_weights_in_bf16(model_dir):
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu", dtype="bfloat16")
+    assert gspo_ratios_at_unchanged_weights(pol, "auto") == [1.0] * 12  # auto: update batches in bf16
+    sequential = gspo_ratios_at_unchanged_weights(pol, "sequential")
+    assert max(abs(r - 1.0) for r in sequential) > 1e-6  # what scoring in other batches did
+
+
+def test_float32_scoring_keeps_consecutive_chunks_by_default(model_dir):
+    import numpy as np
+
+    from agentrl.trainers.learner import Learner, UpdateSettings
+
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    learner = Learner(pol, UpdateSettings(micro_batch_size=4), lr=0.01)
+    assert learner.update_layout(12, np.random.default_rng(0)) is None  # float32 results unchanged
+    samples = ragged_samples()
+    plain = learner.score(samples, reference=True, entropy=True)
+    layout = Learner(
+        pol, UpdateSettings(micro_batch_size=4, old_logprobs="update_batches"), lr=0.01
+    ).update_layout(12, np.random.default_rng(0))
+    assert sorted(int(i) for b in layout for i in b) == list(range(12))
+    other = learner.score(samples, reference=True, entropy=True, layout=layout)
+    for a, b in zip(plain.logp + plain.ref_logp + plain.entropy, other.logp + other.ref_logp + other.entropy):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # the same rows, in order

@@ -447,6 +447,7 @@ class Trainer:
             micro_batch_size=a.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm,
             temperature=cfg.rollout.temperature,
+            old_logprobs=a.old_logprobs,
         )
         self.learner = Learner(
             self.policy,
