@@ -122,6 +122,17 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(32, ge=1)
     turn_reward: Literal["env", "valid"] = "valid"
     server: RolloutServerConfig = RolloutServerConfig()
+    # what samples rollouts in-process: the trained hf model itself, or a vLLM engine on the same
+    # GPU (continuous batching; the adapter is pushed to it before every rollout). ``vllm``: keyword
+    # arguments of VLLMPolicy.from_pretrained / vllm.LLM (gpu_memory_utilization, enforce_eager, ...)
+    engine: Literal["hf", "vllm"] = "hf"
+    vllm: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> RolloutConfig:
+        if self.engine == "vllm" and self.server.url is not None:
+            raise ValueError("rollout.engine: vllm samples in-process; it cannot go with rollout.server.url")
+        return self
 
     @field_validator("response_format")
     @classmethod

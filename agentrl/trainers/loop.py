@@ -459,7 +459,7 @@ class Trainer:
             value_heads=value_heads_for(a.estimator),
             dist=dist,
         )
-        self.sampler = self._sampler(self.policy)
+        self.sampler = self._sampler(self.policy, model_path)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
 
     def train(self, stop_after: int | None = None) -> Path:
@@ -560,9 +560,23 @@ class Trainer:
             + ("  (gain beyond both 95% intervals)" if summary["significant"] else "")
         )
 
-    def _sampler(self, policy: HFPolicy) -> Any:
-        """What rollouts sample from: the in-process policy, or an OpenAI-compatible server."""
-        server = self.cfg.rollout.server
+    def _sampler(self, policy: HFPolicy, model_path: str | Path) -> Any:
+        """What rollouts sample from: the in-process policy, an in-process vLLM engine on the same
+        model (``rollout.engine: vllm``; its LoRA rank fits the trained adapter's), or an
+        OpenAI-compatible server."""
+        r = self.cfg.rollout
+        if r.engine == "vllm":
+            from agentrl.policies.vllm import VLLMPolicy, lora_rank_for
+
+            options = {
+                "max_lora_rank": lora_rank_for(self.cfg.lora.r),
+                "dtype": self.cfg.model.dtype or "auto",
+                "seed": self.cfg.seed + self.dist.rank,
+                "chat_template": policy.chat_template,
+                **r.vllm,
+            }
+            return VLLMPolicy.from_pretrained(os.fspath(model_path), **options)
+        server = r.server
         if server.url is None:
             return policy
         from agentrl.policies.openai import OpenAIPolicy
@@ -573,8 +587,12 @@ class Trainer:
 
     def _sync_adapter(self) -> None:
         """Give a server sampler the current LoRA weights: save the adapter, load it there by name
-        (rank 0 does it; every process samples from the server once it is done)."""
+        (rank 0 does it; every process samples from the server once it is done). An in-process vLLM
+        engine gets them the same way, from a directory of its own process."""
         if self.sampler is self.policy:
+            return
+        if self.cfg.rollout.engine == "vllm":  # every process has its own engine
+            self.sampler.push_adapter(self.policy, self.run_dir / "vllm-adapter" / f"rank{self.dist.rank}")
             return
         if self.dist.main:
             server = self.cfg.rollout.server
