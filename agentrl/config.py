@@ -62,6 +62,10 @@ class ModelConfig(Section):
     merge_lora_for_sampling: bool = (
         True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
     )
+    # score and train on the real tokens only, rows packed into one sequence (no compute on padding);
+    # worth it with attn_implementation: flash_attention_2 (varlen), not with SDPA's dense mask
+    packed_scoring: bool = False
+    attn_implementation: str | None = None  # transformers' (None: its default, SDPA)
 
 
 class TaskRange(Section):

@@ -414,3 +414,70 @@ def test_float32_scoring_keeps_consecutive_chunks_by_default(model_dir):
     other = learner.score(samples, reference=True, entropy=True, layout=layout)
     for a, b in zip(plain.logp + plain.ref_logp + plain.entropy, other.logp + other.ref_logp + other.entropy):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # the same rows, in order
+
+
+# ----------------------------------------------------------------------------- padding-free scoring
+
+
+def test_packed_scoring_equals_padded_scoring(model_dir):
+    from agentrl.policies.logprobs import pack_samples, token_logprobs
+
+    pol = HFPolicy.from_pretrained(model_dir, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    with torch.no_grad():
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    samples = ragged_samples(6, seed=2)
+    packed = pack_samples(samples.prompt_ids, samples.response_ids, pol.pad_token_id)
+    args = (pol.model, packed.input_ids, packed.attention_mask, packed.response_mask)
+    out, grads = {}, {}
+    seen_widths = []
+    body = pol.model.get_base_model().get_decoder()
+    hook = body.register_forward_pre_hook(
+        lambda mod, args, kw: seen_widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        for packed_mode in (False, True):
+            pol.model.zero_grad(set_to_none=True)
+            lp = token_logprobs(
+                *args, chunk_size=5, with_entropy=True, return_hidden=True, packed=packed_mode
+            )
+            (-(lp.logprobs * torch.arange(lp.logprobs.shape[1])).sum()).backward()
+            out[packed_mode] = lp
+            grads[packed_mode] = [p.grad.clone() for p in pol.trainable_parameters()]
+    finally:
+        hook.remove()
+    real = int(packed.attention_mask.sum())
+    assert seen_widths == [tuple(packed.input_ids.shape), (1, real)]  # no padding token went through
+    assert real < packed.input_ids.numel()
+    a, b = out[False], out[True]
+    torch.testing.assert_close(b.logprobs, a.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.entropy, a.entropy, atol=1e-5, rtol=0)
+    keep = packed.attention_mask.bool()
+    torch.testing.assert_close(b.hidden[keep], a.hidden[keep], atol=1e-4, rtol=0)
+    for ga, gb in zip(grads[False], grads[True]):
+        torch.testing.assert_close(gb, ga, atol=1e-4, rtol=1e-4)
+
+
+def test_the_policy_scores_packed_when_configured(model_dir):
+    from agentrl.policies.logprobs import pack_samples
+
+    pol = HFPolicy.from_pretrained(
+        model_dir,
+        lora=LoraSettings(r=4, alpha=8),
+        device="cpu",
+        packed_scoring=True,
+        attn_implementation="sdpa",
+    )
+    samples = ragged_samples(3, seed=4)
+    packed = pack_samples(samples.prompt_ids, samples.response_ids, pol.pad_token_id)
+    widths = []
+    body = pol.model.get_base_model().get_decoder()
+    hook = body.register_forward_pre_hook(
+        lambda mod, args, kw: widths.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        pol.logprobs(packed.input_ids, packed.attention_mask, packed.response_mask)
+    finally:
+        hook.remove()
+    assert widths == [1]

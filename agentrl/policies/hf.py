@@ -143,6 +143,7 @@ class HFPolicy:
         max_batch_size: int = 64,
         logprob_chunk_size: int = 512,
         merge_for_sampling: bool = True,
+        packed_scoring: bool = False,
     ) -> None:
         if max_batch_size < 1 or logprob_chunk_size < 1:
             raise ValueError(
@@ -154,6 +155,7 @@ class HFPolicy:
         self.max_batch_size = max_batch_size
         self.logprob_chunk_size = logprob_chunk_size
         self.merge_for_sampling = merge_for_sampling
+        self.packed_scoring = packed_scoring  # token_logprobs(packed=True): no compute on padding
         self._merged: Any = None
         self._stop_masks: dict[tuple[str, ...], torch.Tensor | None] = {}
         gen_cfg = getattr(model, "generation_config", None)
@@ -185,10 +187,14 @@ class HFPolicy:
         max_batch_size: int = 64,
         logprob_chunk_size: int = 512,
         merge_for_sampling: bool = True,
+        packed_scoring: bool = False,
+        attn_implementation: str | None = None,
     ) -> HFPolicy:
         """Load a model directory; add a fresh LoRA adapter (``lora``) or load a saved one (``adapter``).
 
-        ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
+        ``dtype`` defaults to float32 on CPU and bfloat16 on GPU. ``attn_implementation`` goes to
+        transformers (e.g. ``flash_attention_2``, with which ``packed_scoring`` scores rows without
+        padding at varlen cost).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -204,7 +210,8 @@ class HFPolicy:
         dtype = resolve_dtype(dtype, dev)
         enable_tf32(dev)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         model = model.to(dev)
         if lora is not None:
             from peft import get_peft_model
@@ -222,6 +229,7 @@ class HFPolicy:
             max_batch_size=max_batch_size,
             logprob_chunk_size=logprob_chunk_size,
             merge_for_sampling=merge_for_sampling,
+            packed_scoring=packed_scoring,
         )
 
     @property
@@ -411,6 +419,7 @@ class HFPolicy:
             temperature=temperature,
             with_entropy=with_entropy,
             return_hidden=return_hidden,
+            packed=self.packed_scoring,
         )
 
     # ------------------------------------------------------------------ adapter

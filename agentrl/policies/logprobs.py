@@ -134,12 +134,19 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     return_hidden: bool = False,
+    packed: bool = False,
 ) -> TokenLogprobs:
     """Log-probs of the response tokens of a left- or right-padded batch, differentiable.
 
     ``response_mask[b, t]`` says which tokens to score; position 0 has no context and cannot be
     scored. Equal to ``log_softmax(model(...).logits / temperature)`` gathered at the next
     tokens, computed ``chunk_size`` scored tokens at a time.
+
+    ``packed``: the body runs on the real tokens only, all rows concatenated into one sequence whose
+    position ids restart at each row (transformers then masks attention to each row's own tokens:
+    varlen kernels with ``attn_implementation="flash_attention_2"``, a block-diagonal mask with
+    SDPA or eager). No projection or MLP work is spent on padding. With SDPA the attention itself
+    is a dense N x N masked product over all N tokens, so packing pays only with flash attention.
     """
     if (
         input_ids.dim() != 2
@@ -160,13 +167,25 @@ def token_logprobs(
     if (response_mask & ~attention_mask.bool()).any():
         raise ValueError("response_mask marks padding (positions where attention_mask is 0)")
     body, head, config = split_causal_lm(model)
+    positions = position_ids_from_mask(attention_mask)
     with autocast_for(model):  # a bf16 base: LoRA matmuls in bf16 too; nothing for a float32 model
-        hidden = body(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
+        if packed:
+            keep = attention_mask.bool()
+            flat = body(
+                input_ids=input_ids[keep][None],
+                attention_mask=None,  # the restarting position ids delimit the rows
+                position_ids=positions[keep][None],
+                use_cache=False,
+            ).last_hidden_state[0]
+            hidden = flat.new_zeros(*input_ids.shape, flat.shape[-1])
+            hidden[keep] = flat
+        else:
+            hidden = body(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state
     scored = response_mask[:, 1:]
     hidden_M = hidden[:, :-1][scored]
     targets_M = input_ids[:, 1:][scored]

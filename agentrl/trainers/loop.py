@@ -274,8 +274,11 @@ class Trainer:
         enable_tf32(device)
         # LoRA: the base in model.dtype (the float32 adapter runs under bf16 autocast in the scorer).
         # Full fine-tuning keeps float32 master weights and runs the forward under autocast instead.
+        attn = self.cfg.model.attn_implementation
         model: Any = AutoModelForCausalLM.from_pretrained(
-            base, dtype=torch.float32 if s.full_finetune else dtype
+            base,
+            dtype=torch.float32 if s.full_finetune else dtype,
+            **({"attn_implementation": attn} if attn else {}),
         )
         model = model.to(device)
         if not s.full_finetune:
@@ -311,6 +314,7 @@ class Trainer:
                 dist=self.dist,
                 lr_schedule=s.lr_schedule,
                 warmup_ratio=s.warmup_ratio,
+                packed=self.cfg.model.packed_scoring,
             )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
@@ -429,6 +433,8 @@ class Trainer:
             max_batch_size=cfg.model.max_batch_size,
             logprob_chunk_size=cfg.model.logprob_chunk_size,
             merge_for_sampling=cfg.model.merge_lora_for_sampling,
+            packed_scoring=cfg.model.packed_scoring,
+            attn_implementation=cfg.model.attn_implementation,
         )
         if cfg.model.gradient_checkpointing:
             self.policy.model.gradient_checkpointing_enable(
