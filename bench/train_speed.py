@@ -47,7 +47,8 @@ QWEN_VOCAB = 151_936
 
 FLOPS_NOTE = (
     "model FLOPs of a frozen base + LoRA: forward 2*N_lin + 2*N_lora per token + causal attention "
-    "2*L*T^2*d per sequence + output layer 2*V*d per response token; update = forward + activation "
+    "2*L*T^2*d per sequence + output layer 2*V*d per response token; a step = scoring (a forward, and "
+    "a reference forward without LoRA) + update = forward + activation "
     "backward (same again) + LoRA weight gradients (2*N_lora per token), ~4N per token; "
     "gradient-checkpoint recomputation counted only in hfu"
 )
@@ -189,7 +190,7 @@ def measure_update(
     seq = prompt_len + response_len
     fwd = rows * forward_flops(shape, seq, response_len)
     lora_grads = rows * 2 * shape["lora"] * seq
-    score_flops = 2 * fwd  # policy + reference (adapter off: no LoRA work, counted anyway: small)
+    score_flops = 2 * fwd - rows * 2 * shape["lora"] * seq  # policy + reference (adapter off: no LoRA)
     update_flops = 2 * fwd + lora_grads
     recompute = (
         rows * (forward_flops(shape, seq, 0) + 2 * shape["vocab"] * shape["hidden"] * response_len)
