@@ -481,3 +481,28 @@ def test_the_policy_scores_packed_when_configured(model_dir):
     finally:
         hook.remove()
     assert widths == [1]
+
+
+@pytest.mark.parametrize("pack_rows", [False, True])
+def test_sft_packs_rows_only_when_asked(model_dir, pack_rows):
+    from transformers import AutoModelForCausalLM
+
+    from agentrl.trainers.sft import Demonstration, sft_train
+
+    pol = HFPolicy.from_pretrained(model_dir, device="cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    demos = [
+        Demonstration(
+            [{"role": "user", "content": "You are in the hall." * (1 + i)}], "<action>go north</action>"
+        )
+        for i in range(3)
+    ]
+    widths = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda mod, args, kw: widths.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        sft_train(model, pol.tokenizer, demos, epochs=1, lr=1e-3, batch_size=3, seed=0, pack_rows=pack_rows)
+    finally:
+        hook.remove()
+    assert widths == ([1] if pack_rows else [3])

@@ -314,7 +314,7 @@ class Trainer:
                 dist=self.dist,
                 lr_schedule=s.lr_schedule,
                 warmup_ratio=s.warmup_ratio,
-                packed=self.cfg.model.packed_scoring,
+                pack_rows=self.cfg.model.packed_scoring,
             )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:

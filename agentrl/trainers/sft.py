@@ -110,7 +110,7 @@ def sft_train(
     dist: Dist = SINGLE,
     lr_schedule: str = "constant",
     warmup_ratio: float = 0.0,
-    packed: bool = False,
+    pack_rows: bool = False,
 ) -> dict[str, float]:
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
@@ -122,7 +122,7 @@ def sft_train(
     Trains every parameter that requires grad (the whole model, or only a LoRA adapter). With
     several processes each runs its share of every batch and the gradients are summed (the loss is
     divided by the whole batch's token count), so the steps are the single-process ones.
-    ``packed``: rows packed without padding (``token_logprobs``).
+    ``pack_rows``: rows packed without padding (``token_logprobs(packed=True)``).
     """
     from agentrl.agents import render_chat
 
@@ -167,7 +167,7 @@ def sft_train(
                     packed.attention_mask,
                     packed.response_mask,
                     chunk_size=chunk_size,
-                    packed=packed,
+                    packed=pack_rows,
                 )
                 nll = -(lp.logprobs * packed.response_mask).sum() / n_tokens
                 nll.backward()
