@@ -64,6 +64,10 @@ class ModelConfig(Section):
     merge_lora_for_sampling: bool = (
         True  # sample on a LoRA-merged copy: faster decoding, one more copy of the weights
     )
+    # score and train on the real tokens only, rows packed into one sequence (no compute on padding);
+    # worth it with attn_implementation: flash_attention_2 (varlen), not with SDPA's dense mask
+    packed_scoring: bool = False
+    attn_implementation: str | None = None  # transformers' (None: its default, SDPA)
 
 
 class TaskRange(Section):
@@ -77,7 +81,9 @@ class EnvConfig(Section):
     name: str = "maze"
     kwargs: dict[str, Any] = {}
     train_tasks: TaskRange = TaskRange()
-    num_envs: int = Field(8, ge=1)
+    # envs stepped in lockstep; each turn one generate call answers all running episodes, so this is
+    # the sampling batch. None: one env per episode of an iteration (rollout.groups x group_size)
+    num_envs: int | None = Field(8, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -154,6 +160,17 @@ class RolloutConfig(Section):
     turn_reward: Literal["env", "valid"] = "valid"
     server: RolloutServerConfig = RolloutServerConfig()
     branching: BranchingConfig = BranchingConfig()
+    # what samples rollouts in-process: the trained hf model itself, or a vLLM engine on the same
+    # GPU (continuous batching; the adapter is pushed to it before every rollout). ``vllm``: keyword
+    # arguments of VLLMPolicy.from_pretrained / vllm.LLM (gpu_memory_utilization, enforce_eager, ...)
+    engine: Literal["hf", "vllm"] = "hf"
+    vllm: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> RolloutConfig:
+        if self.engine == "vllm" and self.server.url is not None:
+            raise ValueError("rollout.engine: vllm samples in-process; it cannot go with rollout.server.url")
+        return self
 
     @field_validator("response_format")
     @classmethod
@@ -189,6 +206,9 @@ class AlgorithmConfig(Section):
     minibatch_size: int = Field(64, ge=1)
     micro_batch_size: int = Field(16, ge=1)
     seeupo_order: Literal["reverse", "forward", "random"] = "reverse"
+    # old log-probs scored in the update's own micro-batches (identical first forward: the ratio at
+    # unchanged weights is exactly 1), in consecutive chunks, or auto: the former in bf16/fp16
+    old_logprobs: Literal["auto", "update_batches", "sequential"] = "auto"
 
     @field_validator("estimator")
     @classmethod
@@ -318,6 +338,13 @@ class TrainConfig(Section):
                 f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}"
             )
         return self
+
+    def env_count(self, groups: int | None = None) -> int:
+        """Envs to build: ``env.num_envs``, or when None one per episode of ``groups`` groups
+        (default all: the whole iteration samples in one batch per turn)."""
+        if self.env.num_envs is not None:
+            return self.env.num_envs
+        return max(1, (self.rollout.groups if groups is None else groups) * self.rollout.group_size)
 
     def eval_spec(self) -> EvalSpec:
         """What this run's before/after evaluation plays (``agentrl eval`` on the run's checkpoints

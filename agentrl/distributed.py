@@ -65,6 +65,16 @@ class Dist:
         total = sum(len(p) for p in parts)
         return [parts[i % self.world][i // self.world] for i in range(total)]
 
+    def gather_all(self, mine: Sequence[T]) -> list[T]:
+        """Every process's items, rank after rank (any number from each)."""
+        if not self.active:
+            return list(mine)
+        import torch
+
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, list(mine))
+        return [x for p in parts for x in p]
+
     def sum_grads(self, params: Sequence[torch.nn.Parameter], bucket_elements: int = 1 << 25) -> None:
         """Sum the gradients of ``params`` over processes (a process without one counts zeros), one
         all-reduce per bucket of up to ``bucket_elements`` values (a LoRA adapter is one bucket)."""

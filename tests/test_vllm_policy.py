@@ -373,3 +373,64 @@ def test_generate_refuses_prompts_past_the_engines_length(model_dir: Path, mock_
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         policy.generate_from_ids([[1, 2], []], SamplingParams(max_new_tokens=4))
     assert policy.generate([], SamplingParams()) == [] and not mock_vllm.instances[0].calls
+
+
+# ----------------------------------------------------------------------------- LoRA rank, training
+
+
+def test_max_lora_rank_fits_the_adapter(model_dir: Path, tmp_path: Path, mock_vllm: type[MockLLM]) -> None:
+    from agentrl.policies.hf import HFPolicy, LoraSettings
+    from agentrl.policies.vllm import lora_rank_for
+
+    assert [lora_rank_for(r) for r in (1, 8, 9, 64, 65, 300, 600)] == [8, 8, 16, 64, 128, 320, 600]
+    adapter = HFPolicy.from_pretrained(
+        model_dir, lora=LoraSettings(r=24, alpha=8), device="cpu"
+    ).save_adapter(tmp_path / "a")
+    VLLMPolicy.from_pretrained(model_dir, adapter=adapter)
+    VLLMPolicy.from_pretrained(model_dir)
+    assert [llm.kwargs["max_lora_rank"] for llm in mock_vllm.instances] == [32, 64]
+
+
+def test_training_samples_with_an_in_process_vllm_engine_when_asked(
+    small_maze_model_dir: Path, tmp_path: Path, mock_vllm: type[MockLLM]
+) -> None:
+    from agentrl.trainers import train
+
+    overrides = {
+        "model.path": str(small_maze_model_dir),
+        "model.device": "cpu",
+        "lora.r": 12,
+        "lora.alpha": 8,
+        "env.kwargs": "{size: 2, n_doors: 1, max_steps: 4, num_tasks: 50}",
+        "env.train_tasks.count": 20,
+        "env.num_envs": 4,
+        "rollout.groups": 2,
+        "rollout.group_size": 2,
+        "rollout.max_turns": 2,
+        "rollout.max_new_tokens": 6,
+        "rollout.engine": "vllm",
+        "rollout.vllm": "{gpu_memory_utilization: 0.3}",
+        "optim.iterations": 2,
+        "logging.tensorboard": "false",
+        "eval.enabled": "false",
+        "sft.enabled": "false",
+        "algorithm.minibatch_size": 4,
+        "algorithm.micro_batch_size": 2,
+    }
+    run = train(None, tmp_path / "run", [f"{k}={v}" for k, v in overrides.items()])
+    (llm,) = mock_vllm.instances
+    assert llm.kwargs["max_lora_rank"] == 16 and llm.kwargs["gpu_memory_utilization"] == 0.3
+    assert llm.kwargs["model"] == str(small_maze_model_dir)
+    assert llm.calls, "rollouts sampled from the engine"
+    names = [c["lora"].lora_name for c in llm.calls]
+    assert names[0] == "agentrl-v1" and names[-1] == "agentrl-v2"  # the adapter pushed each iteration
+    assert llm.llm_engine.removed == [1, 2]  # v3 (after the last update) replaced v2
+    assert (run / "vllm-adapter" / "rank0" / "adapter_config.json").is_file()
+    assert sum(1 for _ in (run / "metrics.jsonl").open()) == 2
+
+
+def test_vllm_engine_and_server_url_are_exclusive() -> None:
+    from agentrl.config import ConfigError, load_config
+
+    with pytest.raises((ConfigError, ValueError), match="cannot go with rollout.server.url"):
+        load_config(None, ["rollout.engine=vllm", "rollout.server.url=http://127.0.0.1:8000/v1"])

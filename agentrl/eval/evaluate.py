@@ -147,7 +147,7 @@ def eval_config(
         spec=resolved,
         env_kwargs={**(run.config.eval_env_kwargs() if run is not None else {}), **(env_kwargs or {})},
         adapter=adapter,
-        num_envs=num_envs or (run.config.env.num_envs if run is not None else 4),
+        num_envs=num_envs or (run.config.env_count() if run is not None else 4),
         model=model,
         policy_options=options,
         run=str(run.run_dir) if run is not None else None,

@@ -25,6 +25,7 @@ from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
 from agentrl.policies.lora import LoraSettings
+from agentrl.policies.precision import autocast_for, enable_tf32, resolve_dtype
 
 __all__ = ["HFPolicy", "LoraSettings", "pick_device"]
 
@@ -36,28 +37,63 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+def stop_candidates(tokenizer: Any, stop: Sequence[str], vocab_size: int) -> torch.Tensor | None:
+    """bool[vocab]: the tokens that can complete a stop string (their text holds its last character).
+
+    A stop string first appears in the response text at the step whose token holds its last
+    character, so only rows whose newest token is such a candidate need decoding. None (check every
+    row) where one token's text alone does not tell: a stop string ending in whitespace or a
+    non-ASCII character (tokenizers strip spaces and split multi-byte characters across tokens).
+    """
+    last = {s[-1] for s in stop if s}
+    if not last or any(not c.isascii() or c.isspace() for c in last):
+        return None
+    known = min(len(tokenizer), vocab_size)
+    texts = tokenizer.batch_decode([[i] for i in range(known)], skip_special_tokens=True)
+    mask = torch.ones(vocab_size, dtype=torch.bool)  # ids the tokenizer does not know: always checked
+    mask[:known] = torch.tensor([any(c in t for c in last) for t in texts], dtype=torch.bool)
+    return mask
+
+
 class _StopOnText:
     """Stops a row once its response text (never the prompt) contains a stop string.
 
     transformers' own ``stop_strings`` also match across the prompt/response boundary, which
-    OpenAI-style stop semantics do not. Only the last few tokens are decoded each step.
+    OpenAI-style stop semantics do not. Only the last few tokens are decoded, and only for rows
+    whose newest token is a stop candidate (``stop_candidates``, looked up on the device): the
+    host sees one small index tensor per step (``generate`` itself syncs every step to learn
+    whether all rows are done) and decodes a handful of rows, not the whole batch.
     """
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_width: int) -> None:
+    def __init__(
+        self, tokenizer: Any, stop: Sequence[str], prompt_width: int, candidates: torch.Tensor | None = None
+    ) -> None:
         self.tokenizer, self.stop, self.prompt_width = tokenizer, tuple(stop), prompt_width
         self.tail = 4 * max(len(s) for s in stop) + 4  # a character is at most 4 byte-level tokens
+        self.candidates = candidates
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if input_ids.shape[1] <= self.prompt_width:
+            return cast(torch.BoolTensor, done)
+        if self.candidates is None:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        else:
+            if self.candidates.device != input_ids.device:
+                self.candidates = self.candidates.to(input_ids.device)
+            last = input_ids[:, -1].clamp(0, self.candidates.shape[0] - 1)
+            rows = self.candidates[last].nonzero().squeeze(1)
+        picked = rows.tolist()
+        if not picked:
+            return cast(torch.BoolTensor, done)
+        tails = input_ids[rows, max(self.prompt_width, input_ids.shape[1] - self.tail) :].tolist()
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return cast(
-            torch.BoolTensor,
-            torch.tensor(
-                [any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device
-            ),
-        )
+        hit = [r for r, t in zip(picked, texts) if any(s in t for s in self.stop)]
+        if hit:
+            done[hit] = True
+        return cast(torch.BoolTensor, done)
 
 
 class _ChosenLogprobs:
@@ -107,6 +143,7 @@ class HFPolicy:
         max_batch_size: int = 64,
         logprob_chunk_size: int = 512,
         merge_for_sampling: bool = True,
+        packed_scoring: bool = False,
     ) -> None:
         if max_batch_size < 1 or logprob_chunk_size < 1:
             raise ValueError(
@@ -118,7 +155,9 @@ class HFPolicy:
         self.max_batch_size = max_batch_size
         self.logprob_chunk_size = logprob_chunk_size
         self.merge_for_sampling = merge_for_sampling
+        self.packed_scoring = packed_scoring  # token_logprobs(packed=True): no compute on padding
         self._merged: Any = None
+        self._stop_masks: dict[tuple[str, ...], torch.Tensor | None] = {}
         gen_cfg = getattr(model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -148,10 +187,14 @@ class HFPolicy:
         max_batch_size: int = 64,
         logprob_chunk_size: int = 512,
         merge_for_sampling: bool = True,
+        packed_scoring: bool = False,
+        attn_implementation: str | None = None,
     ) -> HFPolicy:
         """Load a model directory; add a fresh LoRA adapter (``lora``) or load a saved one (``adapter``).
 
-        ``dtype`` defaults to float32 on CPU and bfloat16 on GPU.
+        ``dtype`` defaults to float32 on CPU and bfloat16 on GPU. ``attn_implementation`` goes to
+        transformers (e.g. ``flash_attention_2``, with which ``packed_scoring`` scores rows without
+        padding at varlen cost).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -164,14 +207,11 @@ class HFPolicy:
         ):
             raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
         dev = pick_device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
-            dtype = getattr(torch, dtype)
+        dtype = resolve_dtype(dtype, dev)
+        enable_tf32(dev)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         model = model.to(dev)
         if lora is not None:
             from peft import get_peft_model
@@ -189,6 +229,7 @@ class HFPolicy:
             max_batch_size=max_batch_size,
             logprob_chunk_size=logprob_chunk_size,
             merge_for_sampling=merge_for_sampling,
+            packed_scoring=packed_scoring,
         )
 
     @property
@@ -267,16 +308,22 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling or scoring the samples
         try:
-            stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
-            chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
-            seqs = self._sampling_model().generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=self._generation_config(params),
-                stopping_criteria=stopping,
-                logits_processor=[chosen],
-                **({"streamer": streamer} if streamer is not None else {}),
+            stopping = (
+                [_StopOnText(self.tokenizer, params.stop, width, self._stop_candidates(params.stop))]
+                if params.stop
+                else None
             )
+            chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
+            sampler = self._sampling_model()
+            with autocast_for(sampler):  # sampling through the peft model (merge off): LoRA in bf16
+                seqs = sampler.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=self._generation_config(params),
+                    stopping_criteria=stopping,
+                    logits_processor=[chosen],
+                    **({"streamer": streamer} if streamer is not None else {}),
+                )
             step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
             lps = [row[: len(r)] for row, (r, _) in zip(step_logprobs, responses)]
@@ -303,23 +350,55 @@ class HFPolicy:
             self._merged = MergedCopy(self.model)
         return self._merged.current()
 
+    def _stop_candidates(self, stop: Sequence[str]) -> torch.Tensor | None:
+        """``stop_candidates`` for ``stop``, computed once per set of stop strings."""
+        key = tuple(stop)
+        if key not in self._stop_masks:
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or len(self.tokenizer)
+            self._stop_masks[key] = stop_candidates(self.tokenizer, key, max(int(vocab), len(self.tokenizer)))
+        return self._stop_masks[key]
+
+    def _has_stop(self, ids: list[int], stop: Sequence[str]) -> bool:
+        return any(s in self.tokenizer.decode(ids, skip_special_tokens=True) for s in stop)
+
     def _cut(
         self, generated: list[int], params: SamplingParams
     ) -> tuple[list[int], Literal["stop", "length"]]:
-        """The response up to and including its end-of-turn token or stop string."""
+        """The response up to and including its end-of-turn token or stop string.
+
+        The stop string ends at the first token i whose prefix text contains it. Only candidate
+        tokens (``stop_candidates``) are tried, each by decoding a short window ending there, and
+        the hit is confirmed on the prefix texts (i and i - 1 tokens): linear in the response
+        length. Should a tokenizer defeat the window, the prefix-by-prefix scan decides.
+        """
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(generated) if t in eos), None)
         upto = generated if end is None else generated[: end - 1]
-        if params.stop and any(
-            s in self.tokenizer.decode(upto, skip_special_tokens=True) for s in params.stop
-        ):
-            for i in range(len(upto)):
-                text = self.tokenizer.decode(upto[: i + 1], skip_special_tokens=True)
-                if any(s in text for s in params.stop):
-                    return upto[: i + 1], "stop"
+        if params.stop and self._has_stop(upto, params.stop):
+            first = self._first_stop(upto, params.stop)
+            return upto[: first + 1], "stop"
         if end is not None:
             return generated[:end], "stop"
         return generated, "length"
+
+    def _first_stop(self, upto: list[int], stop: Sequence[str]) -> int:
+        """Index of the token that completes the first stop string in ``upto`` (which holds one)."""
+        candidates = self._stop_candidates(stop)
+        window = 4 * max(len(s) for s in stop) + 4
+        for i, t in enumerate(upto):
+            if candidates is not None and not (t >= candidates.shape[0] or bool(candidates[t])):
+                continue
+            if self._has_stop(upto[max(0, i + 1 - window) : i + 1], stop):
+                if self._has_stop(upto[: i + 1], stop) and not self._has_stop(upto[:i], stop):
+                    return i
+                break
+        return next(i for i in range(len(upto)) if self._has_stop(upto[: i + 1], stop))
+
+    def weights_changed(self) -> None:
+        """Say that the adapter weights were written (an optimiser step, a load): the sampling copy
+        is rebuilt before the next generate. Needed after any write a version counter does not see."""
+        if self._merged is not None:
+            self._merged.mark_stale()
 
     # ------------------------------------------------------------------ scoring
     def logprobs(
@@ -346,6 +425,7 @@ class HFPolicy:
             with_entropy=with_entropy,
             return_hidden=return_hidden,
             token_stats=token_stats,
+            packed=self.packed_scoring,
         )
 
     # ------------------------------------------------------------------ adapter
@@ -391,6 +471,7 @@ class HFPolicy:
                 )
         weights = load_peft_weights(os.fspath(directory), device=str(self.device))
         result = set_peft_model_state_dict(self.model, weights)
+        self.weights_changed()
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
             raise ValueError(f"adapter in {directory} has weights this model lacks: {unexpected[:5]}")

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from agentrl.policies.precision import autocast_for
+
 __all__ = [
     "TOKEN_STATS",
     "PackedBatch",
@@ -150,7 +152,7 @@ def _chunk_stats(
     stats: dict[str, list[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs (and entropies) of one chunk; ``stats``: lists to append its token statistics to."""
-    logits = head(hidden).float()
+    logits = head(hidden).float()  # outside autocast: float32 from here (log-softmax, entropy)
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     if stats:
@@ -177,6 +179,7 @@ def token_logprobs(
     with_entropy: bool = False,
     return_hidden: bool = False,
     token_stats: Sequence[str] = (),
+    packed: bool = False,
 ) -> TokenLogprobs:
     """Log-probs of the response tokens of a left- or right-padded batch, differentiable.
 
@@ -184,6 +187,12 @@ def token_logprobs(
     scored. Equal to ``log_softmax(model(...).logits / temperature)`` gathered at the next
     tokens, computed ``chunk_size`` scored tokens at a time. ``token_stats``: names of
     ``TOKEN_STATS`` also computed from each chunk's logits (no gradient; ``TokenLogprobs.stats``).
+
+    ``packed``: the body runs on the real tokens only, all rows concatenated into one sequence whose
+    position ids restart at each row (transformers then masks attention to each row's own tokens:
+    varlen kernels with ``attn_implementation="flash_attention_2"``, a block-diagonal mask with
+    SDPA or eager). No projection or MLP work is spent on padding. With SDPA the attention itself
+    is a dense N x N masked product over all N tokens, so packing pays only with flash attention.
     """
     if (
         input_ids.dim() != 2
@@ -204,12 +213,25 @@ def token_logprobs(
     if (response_mask & ~attention_mask.bool()).any():
         raise ValueError("response_mask marks padding (positions where attention_mask is 0)")
     body, head, config = split_causal_lm(model)
-    hidden = body(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    positions = position_ids_from_mask(attention_mask)
+    with autocast_for(model):  # a bf16 base: LoRA matmuls in bf16 too; nothing for a float32 model
+        if packed:
+            keep = attention_mask.bool()
+            flat = body(
+                input_ids=input_ids[keep][None],
+                attention_mask=None,  # the restarting position ids delimit the rows
+                position_ids=positions[keep][None],
+                use_cache=False,
+            ).last_hidden_state[0]
+            hidden = flat.new_zeros(*input_ids.shape, flat.shape[-1])
+            hidden[keep] = flat
+        else:
+            hidden = body(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state
     scored = response_mask[:, 1:]
     hidden_M = hidden[:, :-1][scored]
     targets_M = input_ids[:, 1:][scored]

@@ -4,8 +4,10 @@ Generation through a peft model pays for two extra matmuls per adapted layer at 
 step. The copy is a plain model whose adapted weights hold ``W + scale * B @ A``: the same
 function, at the base model's cost. It is rebuilt from the untouched base weights, never merged
 into them and out again (that round trip drifts in bf16), and refreshed only when an adapter
-weight changed: the optimiser step and ``load_adapter`` write in place, which bumps the tensors'
-version counters.
+weight changed. Whoever writes the adapter says so (``mark_stale``: the learner after every
+optimiser step, ``load_adapter``): version counters alone cannot be trusted, since a fused or
+foreach optimiser, or a write through ``.data``, changes the weights without bumping them. They
+are still compared, so an ordinary in-place write (``copy_`` under ``no_grad``) is seen as well.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class MergedCopy:
         self.model.requires_grad_(False)
         self.targets = {name: self.model.get_submodule(name.removeprefix(prefix)) for name in self.layers}
         self._versions: tuple[Any, ...] | None = None
+        self.stale = True
+
+    def mark_stale(self) -> None:
+        """The adapter weights changed: rebuild the merged weights before the next use."""
+        self.stale = True
 
     def _state(self) -> tuple[Any, ...]:
         """What the merged weights depend on: adapter weight versions, active adapters, on/off."""
@@ -52,7 +59,7 @@ class MergedCopy:
     def current(self) -> Any:
         """The merged model for the adapter as it is now (refreshed when anything it depends on changed)."""
         state = self._state()
-        if state != self._versions:
+        if self.stale or state != self._versions:
             for name, layer in self.layers.items():
                 target = self.targets[name]
                 weight = layer.base_layer.weight.clone()
@@ -61,5 +68,5 @@ class MergedCopy:
                         if adapter in layer.lora_A:
                             weight += layer.get_delta_weight(adapter).to(weight.dtype)
                 target.weight.copy_(weight)
-            self._versions = state
+            self._versions, self.stale = state, False
         return self.model

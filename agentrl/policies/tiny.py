@@ -143,6 +143,65 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
     )
 
 
+def widen_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
+    """A copy of a byte-level BPE tokenizer from ``train_tokenizer`` grown to exactly ``vocab_size``
+    entries (e.g. Qwen2.5's 151,936), built locally: synthetic merges of byte-level characters
+    (every pair, then triples), ranked after the trained merges.
+
+    Benchmarks need the real vocabulary size (the output layer and the log-softmax over it are a
+    large share of a 1.5B model's work); a BPE trained on a small corpus stops at a few hundred.
+    """
+    import json
+
+    from tokenizers import Tokenizer, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    merges: list[Any] = data["model"]["merges"]
+    have = len(tokenizer)
+    if vocab_size < have:
+        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {have} entries")
+    taken = set(vocab) | {t["content"] for t in data["added_tokens"]}
+    next_id = 1 + max([*vocab.values(), *(t["id"] for t in data["added_tokens"])])
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    pairs: list[str] = []
+
+    def add(left: str, right: str) -> bool:
+        nonlocal next_id
+        if next_id >= vocab_size:
+            return False
+        token = left + right
+        if token in taken:
+            return True
+        taken.add(token)
+        vocab[token] = next_id
+        merges.append([left, right] if merges and isinstance(merges[0], list) else f"{left} {right}")
+        next_id += 1
+        if len(token) == 2:
+            pairs.append(token)
+        return True
+
+    full = all(add(a, b) for a in alphabet for b in alphabet)
+    if full:
+        for pair in list(pairs):
+            if not all(add(pair, c) for c in alphabet):
+                break
+    if next_id != vocab_size:
+        raise ValueError(f"could not grow the tokenizer to {vocab_size} entries (reached {next_id})")
+    grown = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+        chat_template=tokenizer.chat_template,
+        clean_up_tokenization_spaces=False,
+        model_max_length=tokenizer.model_max_length,
+    )
+    if len(grown) != vocab_size:
+        raise ValueError(f"the grown tokenizer has {len(grown)} entries, not {vocab_size}")
+    return grown
+
+
 def tiny_qwen2_config(
     vocab_size: int,
     *,
@@ -189,17 +248,23 @@ def build_tiny_model(
     intermediate: int | None = None,
     max_positions: int = 2048,
     seed: int = 0,
+    full_vocab: int | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """Train a tokenizer on ``corpus_texts`` (+ ``format_corpus()``), random-init a Qwen2, save both.
 
     Deterministic for a given corpus, size and seed. Returns ``out_dir``, a directory that
-    ``from_pretrained`` loads like any real model.
+    ``from_pretrained`` loads like any real model. ``full_vocab``: grow the trained tokenizer to
+    exactly this many entries (``widen_tokenizer``; 151,936 for a Qwen2.5-shaped benchmark model).
+    ``dtype`` (e.g. ``"bfloat16"``): the weights are saved in it (half the disk of a 1.5B model).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     out = Path(out_dir)
     tokenizer = train_tokenizer([*corpus_texts, *format_corpus()], vocab_size=vocab_size)
+    if full_vocab is not None:
+        tokenizer = widen_tokenizer(tokenizer, full_vocab)
     tokenizer.model_max_length = max_positions
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = tiny_qwen2_config(
@@ -219,6 +284,8 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None
     )
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

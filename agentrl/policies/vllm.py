@@ -28,6 +28,7 @@ How it maps onto vLLM:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,15 @@ from typing import Any, Literal
 from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
 
-__all__ = ["AdapterVersions", "VLLMNotInstalledError", "VLLMPolicy", "sampling_kwargs", "to_generation"]
+__all__ = [
+    "AdapterVersions",
+    "VLLMNotInstalledError",
+    "VLLMPolicy",
+    "adapter_rank",
+    "lora_rank_for",
+    "sampling_kwargs",
+    "to_generation",
+]
 
 INSTALL_HINT = "pip install 'agentrl[vllm]' on a Linux machine with a CUDA GPU"
 
@@ -148,6 +157,22 @@ class AdapterVersions:
         return self.current, previous
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def lora_rank_for(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``r``."""
+    return next((k for k in VLLM_LORA_RANKS if k >= r), r)
+
+
+def adapter_rank(adapter_dir: str | os.PathLike[str]) -> int:
+    """The rank ``r`` in a saved peft adapter's ``adapter_config.json``."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter (no adapter_config.json)")
+    return int(json.loads(config.read_text())["r"])
+
+
 class VLLMPolicy:
     """A ``vllm.LLM`` with LoRA enabled, sampling chat prompts with the current adapter (or the base model).
 
@@ -182,7 +207,7 @@ class VLLMPolicy:
         path: str | os.PathLike[str],
         *,
         adapter: str | os.PathLike[str] | None = None,
-        max_lora_rank: int = 16,
+        max_lora_rank: int | None = None,
         gpu_memory_utilization: float = 0.5,
         dtype: str = "auto",
         seed: int = 0,
@@ -194,13 +219,16 @@ class VLLMPolicy:
         """Start a vLLM engine on the model directory (LoRA on, one adapter at a time).
 
         ``gpu_memory_utilization`` defaults to half the GPU, leaving room for the trainer's own copy
-        of the model; ``max_lora_rank`` must be >= the adapter's ``r``. ``engine_kwargs`` go to
+        of the model; ``max_lora_rank`` must be >= the adapter's ``r`` (default: the rank of
+        ``adapter``, else 64, the recipes' rank, rounded up to a value vLLM accepts). ``engine_kwargs`` go to
         ``vllm.LLM`` (e.g. ``enforce_eager=True``, ``tensor_parallel_size=2``).
         """
         _vllm_api()
         from transformers import AutoTokenizer, GenerationConfig
         from vllm import LLM
 
+        if max_lora_rank is None:
+            max_lora_rank = lora_rank_for(adapter_rank(adapter) if adapter is not None else 64)
         kwargs: dict[str, Any] = {
             "model": os.fspath(path),
             "enable_lora": True,

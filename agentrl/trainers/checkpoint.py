@@ -52,8 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.random.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # the devices both runs see
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def save_checkpoint(
@@ -114,14 +115,20 @@ def load_checkpoint(path: Path, learner, dist: Dist = SINGLE) -> dict[str, Any]:
 
     A process without its own RNG file (the run had fewer processes) takes rank 0's states."""
     learner.policy.load_adapter(path / "adapter")
-    saved = torch.load(path / "trainer.pt", weights_only=False)
+    # on the CPU whatever device wrote it: the optimiser state follows its parameters on load, and
+    # RNG states must be CPU tensors (without this every rank would load onto the saving GPU)
+    saved = torch.load(path / "trainer.pt", weights_only=False, map_location="cpu")
     learner.optimizer.load_state_dict(saved["optimizer"])
     if learner.value_head is not None:
         if saved["value_head"] is None:
             raise ValueError(f"checkpoint {path} has no value head but this run's estimator needs one")
         learner.value_head.load_state_dict(saved["value_head"])
     own = path / f"rng-rank{dist.rank}.pt"
-    set_rng_state(torch.load(own, weights_only=False) if dist.active and own.exists() else saved["rng"])
+    set_rng_state(
+        torch.load(own, weights_only=False, map_location="cpu")
+        if dist.active and own.exists()
+        else saved["rng"]
+    )
     return json.loads((path / "state.json").read_text())
 
 

@@ -11,13 +11,16 @@ the step is the single-process one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from agentrl.distributed import SINGLE, Dist
+from agentrl.policies.precision import HALF_DTYPES, base_dtype
 from agentrl.trainers.losses import LOSSES, LossFn, LossInput, kl_k3, masked_sum
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
@@ -40,12 +43,25 @@ class UpdateSettings:
     micro_batch_size: int = 16
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    # old log-probs scored in the update's own micro-batches ("update_batches"), in consecutive
+    # chunks ("sequential"), or "auto": the former in a bf16/fp16 model, the latter in float32
+    old_logprobs: str = "auto"
 
     def __post_init__(self) -> None:
         LOSSES.get(self.loss)
+        if self.old_logprobs not in ("auto", "update_batches", "sequential"):
+            raise ValueError(
+                f"old_logprobs must be auto, update_batches or sequential, got {self.old_logprobs!r}"
+            )
         for name in ("epochs", "minibatch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# one row's scores: log-probs, reference log-probs, entropies, features per head, token statistics
+_RowScores = tuple[
+    torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]
+]
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Scores:
     entropy: list[torch.Tensor] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     token_stats: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    layout: list[np.ndarray] | None = None  # the micro-batches scored in, when not consecutive chunks
 
 
 @dataclass
@@ -139,13 +156,39 @@ class Learner:
                 }
             )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
+        half = base_dtype(policy.model) in HALF_DTYPES
+        self.old_in_update_batches = settings.old_logprobs == "update_batches" or (
+            settings.old_logprobs == "auto" and half
+        )
         dist.broadcast_params([p for g in groups for p in g["params"]])
+        self._weights_changed()
 
     @property
     def device(self) -> torch.device:
         return self.policy.device
 
     # ------------------------------------------------------------------ scoring
+    def update_layout(self, n: int, rng: np.random.Generator) -> list[np.ndarray] | None:
+        """The micro-batches (positions 0..n-1 into the scored rows) that this process's first update
+        epoch will train, drawn from a copy of ``rng`` (``update`` then draws the same permutation).
+
+        Scoring old log-probs in them makes the first forward of each update row identical to its
+        scoring forward: same rows, same padding, same kernels, so the ratio at unchanged weights is
+        exactly 1. In bf16 another batching moves token log-probs by ~1e-3 (far beyond GSPO's
+        3e-4 clip band); in float32 by ~1e-7. None when ``settings.old_logprobs`` (``auto``: in a
+        half-precision model only, so float32 results stay what they were) says sequential chunks.
+        """
+        if not self.old_in_update_batches:
+            return None
+        s = self.settings
+        perm = copy.deepcopy(rng).permutation(n)
+        layout: list[np.ndarray] = []
+        for mb in _chunks(perm, s.minibatch_size):
+            layout.extend(
+                _chunks(np.asarray(self.dist.share(mb.tolist()), dtype=np.int64), s.micro_batch_size)
+            )
+        return layout
+
     @torch.no_grad()
     def score(
         self,
@@ -156,62 +199,60 @@ class Learner:
         entropy: bool = False,
         features: bool = False,
         token_stats: Sequence[str] = (),
+        layout: Sequence[np.ndarray] | None = None,
     ) -> Scores:
         """Log-probs of the samples' responses under the current weights (and the reference), and the
         per-token ``token_stats`` (``policies.logprobs.TOKEN_STATS``) from the same forward pass.
 
-        With several processes each scores its share of ``rows``; every process gets all scores."""
+        ``layout``: the micro-batches to score in (positions into ``rows``; this process's, from
+        ``update_layout``); default: consecutive chunks of ``micro_batch_size``. With several
+        processes each scores its share; every process gets all scores."""
         rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
         stats = tuple(token_stats)
-        if not self.dist.active:
-            return self._score(samples, rows, reference, entropy, features, stats)
-        mine = self._score(
-            samples,
-            np.asarray(self.dist.share(rows.tolist()), dtype=np.int64),
-            reference,
-            entropy,
-            features,
-            stats,
-        )
-        mine_ref, mine_entropy = mine.ref_logp or [], mine.entropy or []
-        per_row = [
-            (
-                mine.logp[i],
-                mine_ref[i] if reference else None,
-                mine_entropy[i] if entropy else None,
-                {h: f[i] for h, f in mine.features.items()},
-                {k: v[i] for k, v in mine.token_stats.items()},
-            )
-            for i in range(len(mine.rows))
-        ]
-        every = self.dist.gather(per_row)
+        if layout is None:
+            positions = np.arange(len(rows))
+            if self.dist.active:
+                positions = np.asarray(self.dist.share(positions.tolist()), dtype=np.int64)
+            batches = _chunks(positions, self.settings.micro_batch_size)
+        else:
+            batches = [np.asarray(b, dtype=np.int64) for b in layout]
+        per_row = self._score(samples, rows, batches, reference, entropy, features, stats)
+        if self.dist.active:
+            per_row = dict(self.dist.gather_all(list(per_row.items())))
+        if sorted(per_row) != list(range(len(rows))):
+            raise ValueError(f"the scoring layout covers {len(per_row)} of {len(rows)} rows (each once)")
+        ordered = [per_row[i] for i in range(len(rows))]
         out = Scores(
             rows=rows,
-            logp=[r[0] for r in every],
-            ref_logp=[r[1] for r in every if r[1] is not None] if reference else None,
-            entropy=[r[2] for r in every if r[2] is not None] if entropy else None,
-            token_stats={k: [r[4][k] for r in every] for k in stats},
+            logp=[r[0] for r in ordered],
+            ref_logp=[cast(torch.Tensor, r[1]) for r in ordered] if reference else None,
+            entropy=[cast(torch.Tensor, r[2]) for r in ordered] if entropy else None,
+            token_stats={k: [r[4][k] for r in ordered] for k in stats},
+            layout=list(layout) if layout is not None else None,
         )
-        if features and every:
-            out.features = {h: torch.stack([r[3][h] for r in every]) for h in samples.value_offset}
+        if features and ordered:
+            out.features = {h: torch.stack([r[3][h] for r in ordered]) for h in samples.value_offset}
         return out
 
     def _score(
         self,
         samples: TokenSamples,
         rows: np.ndarray,
+        batches: Sequence[np.ndarray],
         reference: bool,
         entropy: bool,
         features: bool,
         token_stats: tuple[str, ...] = (),
-    ) -> Scores:
-        logp: list[torch.Tensor] = []
-        ref_logp: list[torch.Tensor] = []
-        entropies: list[torch.Tensor] = []
-        feats: dict[str, list[torch.Tensor]] = {h: [] for h in samples.value_offset} if features else {}
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in token_stats}
+    ) -> dict[int, _RowScores]:
+        """Per position into ``rows`` scored here: (log-probs, reference, entropies, features per head,
+        token statistics by name)."""
+        out: dict[int, _RowScores] = {}
+        heads = list(samples.value_offset) if features else []
         self.policy.model.eval()
-        for chunk in _chunks(rows, self.settings.micro_batch_size):
+        for batch in batches:
+            if not len(batch):
+                continue
+            chunk = rows[batch]
             packed, _ = collate(samples, chunk, self.policy.pad_token_id, self.device)
             lp = self.policy.logprobs(
                 packed.input_ids,
@@ -222,17 +263,17 @@ class Learner:
                 return_hidden=features,
                 **({"token_stats": token_stats} if token_stats else {}),
             )
-            logp.extend(t.cpu() for t in packed.responses(lp.logprobs))
-            for k in token_stats:
-                stats[k].extend(t.cpu() for t in packed.responses(lp.stats[k]))
-            if entropy:
-                entropies.extend(t.cpu() for t in packed.responses(lp.entropy))
-            if features:
-                got = gather_features(
-                    lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in feats}
+            logp = [t.cpu() for t in packed.responses(lp.logprobs)]
+            ents = [t.cpu() for t in packed.responses(lp.entropy)] if entropy else [None] * len(chunk)
+            stats = {k: [t.cpu() for t in packed.responses(lp.stats[k])] for k in token_stats}
+            feats = (
+                gather_features(
+                    lp.hidden, packed.response_mask, {h: samples.value_offset[h][chunk] for h in heads}
                 )
-                for h, f in got.items():
-                    feats[h].append(f)
+                if features
+                else {}
+            )
+            refs: list[torch.Tensor | None] = [None] * len(chunk)
             if reference:
                 with self.policy.adapter_disabled():
                     ref = self.policy.logprobs(
@@ -241,15 +282,16 @@ class Learner:
                         packed.response_mask,
                         temperature=self.settings.temperature,
                     )
-                ref_logp.extend(t.cpu() for t in packed.responses(ref.logprobs))
-        return Scores(
-            rows=rows,
-            logp=logp,
-            ref_logp=ref_logp if reference else None,
-            entropy=entropies if entropy else None,
-            features={h: torch.cat(f) for h, f in feats.items() if f},
-            token_stats=stats,
-        )
+                refs = [t.cpu() for t in packed.responses(ref.logprobs)]
+            for k, pos in enumerate(batch.tolist()):
+                out[pos] = (
+                    logp[k],
+                    refs[k],
+                    ents[k],
+                    {h: f[k] for h, f in feats.items()},
+                    {name: v[k] for name, v in stats.items()},
+                )
+        return out
 
     def values(self, scores: Scores) -> dict[str, np.ndarray]:
         """Value-head predictions per head for the scored rows."""
@@ -342,7 +384,15 @@ class Learner:
         if self.value_head is not None and batch.value_targets:
             stats["value_loss"] = self._value_loss(batch.scores, mb, batch.value_targets)
         self.optimizer.step()
+        self._weights_changed()
         return stats
+
+    def _weights_changed(self) -> None:
+        """Tell the policy its adapter was written (its sampling copy refreshes on this, not on
+        tensor version counters, which a fused optimiser step leaves alone)."""
+        changed = getattr(self.policy, "weights_changed", None)
+        if changed is not None:
+            changed()
 
     def _value_loss(
         self, scores: Scores, mb: np.ndarray, value_targets: dict[str, tuple[np.ndarray, ...]]

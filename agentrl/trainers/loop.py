@@ -18,6 +18,7 @@ MLflow run ids) when enabled, ``served-adapter/`` when rollouts are sampled by a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from agentrl.envs import make
 from agentrl.evaluation import evaluate
 from agentrl.policies.base import SamplingParams
 from agentrl.policies.hf import HFPolicy
+from agentrl.policies.precision import HALF_DTYPES, enable_tf32, resolve_dtype
 from agentrl.rollout import PromptBuilder, rollout
 from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
@@ -268,8 +270,18 @@ class Trainer:
         say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert)")
         tokenizer = AutoTokenizer.from_pretrained(base)
         seed_everything(self.cfg.seed)
-        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = model.to(self._device())
+        device = self._device()
+        dtype = resolve_dtype(self.cfg.model.dtype, device)  # model.dtype, as the RL policy loads it
+        enable_tf32(device)
+        # LoRA: the base in model.dtype (the float32 adapter runs under bf16 autocast in the scorer).
+        # Full fine-tuning keeps float32 master weights and runs the forward under autocast instead.
+        attn = self.cfg.model.attn_implementation
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            base,
+            dtype=torch.float32 if s.full_finetune else dtype,
+            **({"attn_implementation": attn} if attn else {}),
+        )
+        model = model.to(device)
         if not s.full_finetune:
             from peft import get_peft_model
 
@@ -288,26 +300,30 @@ class Trainer:
                 f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)"
             )
 
-        stats = sft_train(
-            model,
-            tokenizer,
-            demos,
-            epochs=s.epochs,
-            lr=s.lr,
-            batch_size=s.batch_size,
-            seed=self.cfg.seed,
-            chunk_size=self.cfg.model.logprob_chunk_size,
-            log=log if self.dist.main else None,
-            dist=self.dist,
-            lr_schedule=s.lr_schedule,
-            warmup_ratio=s.warmup_ratio,
-        )
+        mixed = s.full_finetune and dtype in HALF_DTYPES
+        with torch.autocast(device.type, dtype=dtype) if mixed else contextlib.nullcontext():
+            stats = sft_train(
+                model,
+                tokenizer,
+                demos,
+                epochs=s.epochs,
+                lr=s.lr,
+                batch_size=s.batch_size,
+                seed=self.cfg.seed,
+                chunk_size=self.cfg.model.logprob_chunk_size,
+                log=log if self.dist.main else None,
+                dist=self.dist,
+                lr_schedule=s.lr_schedule,
+                warmup_ratio=s.warmup_ratio,
+                pack_rows=self.cfg.model.packed_scoring,
+            )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
             self.dist.barrier()
             return out
         if not s.full_finetune:
             model = model.merge_and_unload()
+        model = model.to(dtype)  # saved in model.dtype, which the RL stage loads it in
         tmp = self.run_dir / ".tmp-sft-model"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -385,7 +401,8 @@ class Trainer:
         if cfg.model.torch_threads:
             torch.set_num_threads(cfg.model.torch_threads)
         seed_everything(cfg.seed)
-        self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)]
+        n_envs = cfg.env_count(len(dist.share(range(cfg.rollout.groups))))
+        self.envs = [make(cfg.env.name, **cfg.env.kwargs) for _ in range(n_envs)]
         self.train_tasks = self.task_ids(
             self.envs[0], cfg.env.train_tasks.start, cfg.env.train_tasks.count, "env.train_tasks"
         )
@@ -393,7 +410,7 @@ class Trainer:
         if (
             cfg.eval.enabled and cfg.eval.env_kwargs
         ):  # e.g. {split: valid_unseen}: held-out tasks of another split
-            self.eval_envs = [make(cfg.env.name, **cfg.eval_env_kwargs()) for _ in range(cfg.env.num_envs)]
+            self.eval_envs = [make(cfg.env.name, **cfg.eval_env_kwargs()) for _ in range(n_envs)]
         self.eval_tasks = (
             self.task_ids(self.eval_envs[0], cfg.eval.tasks.start, cfg.eval.tasks.count, "eval.tasks")
             if cfg.eval.enabled
@@ -417,6 +434,8 @@ class Trainer:
             max_batch_size=cfg.model.max_batch_size,
             logprob_chunk_size=cfg.model.logprob_chunk_size,
             merge_for_sampling=cfg.model.merge_lora_for_sampling,
+            packed_scoring=cfg.model.packed_scoring,
+            attn_implementation=cfg.model.attn_implementation,
         )
         if cfg.model.gradient_checkpointing:
             self.policy.model.gradient_checkpointing_enable(
@@ -435,6 +454,7 @@ class Trainer:
             micro_batch_size=a.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm,
             temperature=cfg.rollout.temperature,
+            old_logprobs=a.old_logprobs,
         )
         self.learner = Learner(
             self.policy,
@@ -446,7 +466,7 @@ class Trainer:
             value_heads=value_heads_for(a.estimator),
             dist=dist,
         )
-        self.sampler = self._sampler(self.policy)
+        self.sampler = self._sampler(self.policy, model_path)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
 
     def train(self, stop_after: int | None = None) -> Path:
@@ -547,9 +567,23 @@ class Trainer:
             + ("  (gain beyond both 95% intervals)" if summary["significant"] else "")
         )
 
-    def _sampler(self, policy: HFPolicy) -> Any:
-        """What rollouts sample from: the in-process policy, or an OpenAI-compatible server."""
-        server = self.cfg.rollout.server
+    def _sampler(self, policy: HFPolicy, model_path: str | Path) -> Any:
+        """What rollouts sample from: the in-process policy, an in-process vLLM engine on the same
+        model (``rollout.engine: vllm``; its LoRA rank fits the trained adapter's), or an
+        OpenAI-compatible server."""
+        r = self.cfg.rollout
+        if r.engine == "vllm":
+            from agentrl.policies.vllm import VLLMPolicy, lora_rank_for
+
+            options = {
+                "max_lora_rank": lora_rank_for(self.cfg.lora.r),
+                "dtype": self.cfg.model.dtype or "auto",
+                "seed": self.cfg.seed + self.dist.rank,
+                "chat_template": policy.chat_template,
+                **r.vllm,
+            }
+            return VLLMPolicy.from_pretrained(os.fspath(model_path), **options)
+        server = r.server
         if server.url is None:
             return policy
         from agentrl.policies.openai import OpenAIPolicy
@@ -560,8 +594,12 @@ class Trainer:
 
     def _sync_adapter(self) -> None:
         """Give a server sampler the current LoRA weights: save the adapter, load it there by name
-        (rank 0 does it; every process samples from the server once it is done)."""
+        (rank 0 does it; every process samples from the server once it is done). An in-process vLLM
+        engine gets them the same way, from a directory of its own process."""
         if self.sampler is self.policy:
+            return
+        if self.cfg.rollout.engine == "vllm":  # every process has its own engine
+            self.sampler.push_adapter(self.policy, self.run_dir / "vllm-adapter" / f"rank{self.dist.rank}")
             return
         if self.dist.main:
             server = self.cfg.rollout.server

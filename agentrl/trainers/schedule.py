@@ -3,10 +3,10 @@
 in reverse order with correction factors keyed by trajectory id. A new schedule is one function
 registered with ``register_schedule``.
 
-Both score the samples first (old log-probs under the current weights, reference log-probs with
-the adapter off when KL is on, value features when the estimator has a critic, the per-token
-statistics it declares), run the estimator, spread its credit over tokens and hand everything to
-the learner.
+Both score the samples first (old log-probs under the current weights, in the update's own
+micro-batches where ``Learner.update_layout`` says so; reference log-probs with the adapter off
+when KL is on; value features when the estimator has a critic; the per-token statistics it
+declares), run the estimator, spread its credit over tokens and hand everything to the learner.
 """
 
 from __future__ import annotations
@@ -148,7 +148,12 @@ def standard_update(
     info = estimator_info(estimator)
     critic = bool(info.value_heads)
     scores = learner.score(
-        samples, reference=True, entropy=True, features=critic, token_stats=info.token_stats
+        samples,
+        reference=True,
+        entropy=True,
+        features=critic,
+        token_stats=info.token_stats,
+        layout=learner.update_layout(len(samples), rng),
     )
     cfg = dict(options)
     if critic:
@@ -190,13 +195,15 @@ def turn_slot_update(
     totals: dict[str, float] = {}
     entropies, kls, trained, slots = [], [], 0.0, turn_slots(batch, order, seed)
     for _, rows in slots:
-        scores = learner.score(samples, rows, reference=True, entropy=True)
+        scores = learner.score(
+            samples, rows, reference=True, entropy=True, layout=learner.update_layout(len(rows), rng)
+        )
         adv = estimate(estimator, batch, correction=corrections, **options)
         final[rows] = adv.step[rows]
         token_adv = [np.full(len(samples.response_ids[r]), adv.step[r], dtype=np.float32) for r in rows]
         token_mask = [np.ones(len(samples.response_ids[r]), dtype=bool) for r in rows]
         stats = learner.update(samples, scores, token_adv, token_mask, rng=rng)
-        after = learner.score(samples, rows)
+        after = learner.score(samples, rows, layout=scores.layout)  # before and after batched alike
         mean_log_ratio = np.array(
             [float((a - b).mean()) if a.numel() else 0.0 for a, b in zip(after.logp, scores.logp)]
         )

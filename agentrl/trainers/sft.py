@@ -110,6 +110,7 @@ def sft_train(
     dist: Dist = SINGLE,
     lr_schedule: str = "constant",
     warmup_ratio: float = 0.0,
+    pack_rows: bool = False,
 ) -> dict[str, float]:
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
@@ -121,6 +122,7 @@ def sft_train(
     Trains every parameter that requires grad (the whole model, or only a LoRA adapter). With
     several processes each runs its share of every batch and the gradients are summed (the loss is
     divided by the whole batch's token count), so the steps are the single-process ones.
+    ``pack_rows``: rows packed without padding (``token_logprobs(packed=True)``).
     """
     from agentrl.agents import render_chat
 
@@ -165,6 +167,7 @@ def sft_train(
                     packed.attention_mask,
                     packed.response_mask,
                     chunk_size=chunk_size,
+                    packed=pack_rows,
                 )
                 nll = -(lp.logprobs * packed.response_mask).sum() / n_tokens
                 nll.backward()
