@@ -130,6 +130,21 @@ def create_app(
                 log.exception("env %s failed", what)
                 return error(500, f"{what} failed: {type(e).__name__}: {e}")
 
+    async def on_slot(
+        request: Request, what: str, fields: tuple[str, ...], fn: Callable[[_Slot, dict[str, Any]], Any]
+    ) -> Any:
+        """Read the body (``env_id`` and ``fields``), find the env, and run ``fn(slot, body)`` on it in
+        a worker thread, one call at a time per env; errors come back as JSON with their status."""
+        body = await body_of(request, "env_id", *fields)
+        if isinstance(body, JSONResponse):
+            return body
+        slot = slot_of(body)
+        if isinstance(slot, JSONResponse):
+            return slot
+        if what == "snapshot" and not slot.env.can_snapshot:
+            return error(501, f"{label} cannot snapshot its episodes; resume them by replay")
+        return await run_in_threadpool(run, slot, what, lambda: fn(slot, body))
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"ok": True, "env": label, "open_envs": len(envs)}
@@ -182,23 +197,11 @@ def create_app(
 
     @app.post("/reset")
     async def reset(request: Request) -> Any:
-        body = await body_of(request, "env_id")
-        if isinstance(body, JSONResponse):
-            return body
-        slot = slot_of(body)
-        if isinstance(slot, JSONResponse):
-            return slot
-        return await run_in_threadpool(run, slot, "reset", lambda: _reset(slot, body))
+        return await on_slot(request, "reset", (), _reset)
 
     @app.post("/step")
     async def step(request: Request) -> Any:
-        body = await body_of(request, "env_id", "action")
-        if isinstance(body, JSONResponse):
-            return body
-        slot = slot_of(body)
-        if isinstance(slot, JSONResponse):
-            return slot
-        return await run_in_threadpool(run, slot, "step", lambda: _step(slot, body["action"]))
+        return await on_slot(request, "step", ("action",), lambda slot, body: _step(slot, body["action"]))
 
     def _snapshot(slot: _Slot) -> Any:
         snap = slot.env.snapshot()
@@ -221,25 +224,13 @@ def create_app(
 
     @app.post("/snapshot")
     async def snapshot(request: Request) -> Any:
-        body = await body_of(request, "env_id")
-        if isinstance(body, JSONResponse):
-            return body
-        slot = slot_of(body)
-        if isinstance(slot, JSONResponse):
-            return slot
-        if not slot.env.can_snapshot:
-            return error(501, f"{label} cannot snapshot its episodes; resume them by replay")
-        return await run_in_threadpool(run, slot, "snapshot", lambda: _snapshot(slot))
+        return await on_slot(request, "snapshot", (), lambda slot, body: _snapshot(slot))
 
     @app.post("/restore")
     async def restore(request: Request) -> Any:
-        body = await body_of(request, "env_id", "snapshot_id")
-        if isinstance(body, JSONResponse):
-            return body
-        slot = slot_of(body)
-        if isinstance(slot, JSONResponse):
-            return slot
-        return await run_in_threadpool(run, slot, "restore", lambda: _restore(slot, body["snapshot_id"]))
+        return await on_slot(
+            request, "restore", ("snapshot_id",), lambda slot, body: _restore(slot, body["snapshot_id"])
+        )
 
     @app.post("/close")
     async def close(request: Request) -> Any:
