@@ -124,3 +124,35 @@ def test_tree_fidelity_scores_each_sampled_step_once():
     assert by[(tree, "grpo")].rows == by[(tree, "treepo")].rows  # one sample per sampled step
     assert by[(tree, "grpo")].env_steps * 3 * 2 == pytest.approx(by[(tree, "grpo")].rows)
     assert by[(tree, "grpo")].env_steps > by[(flat, "grpo")].env_steps  # the branches cost steps
+
+
+def test_portool_by_hand():
+    """Successes a 1, b 0, c 1, d 0. A_traj = GRPO over {1, 0, 1, 0}: +-0.5 / sqrt(1/3) = +-0.86603.
+    The one fork below the root is a#0 (x), continued by a (y), b (w) and c (y, but c's own step):
+    step rewards 1, 0, 1 (each child's leaves' success), mean 2/3, std sqrt(1/3):
+    A_fork = +0.57735 for a's and c's turn 1, -1.15470 for b's; every other turn 0."""
+    batch = StepBatch.from_trajectories(
+        [
+            Trajectory("t", "g", "a", traj("a", "xyz", 1.0).steps, outcome=1.0, success=True),
+            traj("b", "xwv", 0.0, "a", 1),
+            Trajectory(
+                "t",
+                "g",
+                "c",
+                traj("c", "xy", 1.0, "a", 1).steps,
+                outcome=1.0,
+                success=True,
+                parent_id="a",
+                branch_turn=1,
+            ),
+            traj("d", "qr", 0.0),
+        ]
+    )
+    adv = estimate("portool", batch, invalid_penalty=0.0, eps=0.0).step
+    g, f = 0.5 / np.sqrt(1 / 3), (1 / 3) / np.sqrt(1 / 3)
+    np.testing.assert_allclose(adv, [g, g + f, g, -g, -g - 2 * f, -g, g, g + f, -g, -g], atol=1e-12)
+    # without branching: no fork below the root, so PORTool is GRPO
+    flat = StepBatch.from_trajectories([traj("a", "xy", 1.0), traj("d", "qr", 0.0)])
+    np.testing.assert_allclose(estimate("portool", flat).step, estimate("grpo", flat).step)
+    with pytest.raises(ValueError, match="correct"):
+        estimate("portool", flat, correct="maybe")

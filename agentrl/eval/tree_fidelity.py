@@ -29,7 +29,7 @@ from agentrl.eval.fidelity import TablePolicy, improved_policy, row_credit
 from agentrl.trainers.schedule import merge_copies
 from agentrl.types import Step, StepBatch, Trajectory
 
-DEFAULT_ESTIMATORS = ("grpo", "gigpo", "spo_tree", "treepo")
+DEFAULT_ESTIMATORS = ("grpo", "gigpo", "spo_tree", "treepo", "portool")
 
 
 @dataclass(frozen=True)
