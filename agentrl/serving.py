@@ -11,12 +11,14 @@ every POST route. Servers sit above this module; it imports no other part of age
 
 import hmac
 import json
+import logging
 import socket
 import threading
 import time
 from typing import Any
 
 __all__ = [
+    "LOOPBACK",
     "MAX_BODY_BYTES",
     "BodyError",
     "ServerThread",
@@ -24,6 +26,7 @@ __all__ = [
     "free_port",
     "read_json_body",
     "read_json_request",
+    "warn_if_open",
 ]
 
 MAX_BODY_BYTES = 1_000_000
@@ -51,6 +54,17 @@ async def read_json_body(request: Any, limit: int = MAX_BODY_BYTES) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BodyError(400, f"request body is not valid JSON ({e})") from None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_open(what: str, host: str, token: str | None) -> None:
+    """Log a warning when ``what`` is served beyond this machine without a token."""
+    if host not in LOOPBACK and not token:
+        logging.getLogger("agentrl.serving").warning(
+            "serving %s on %s without a token: anyone who can reach the port can use it", what, host
+        )
 
 
 def check_bearer(request: Any, token: str | None) -> str | None:

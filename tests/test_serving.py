@@ -105,3 +105,16 @@ def test_webshop_serve_prints_its_url_and_serves():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serving_beyond_loopback_without_a_token_is_warned(caplog):
+    from agentrl.serving import warn_if_open
+
+    with caplog.at_level("WARNING", logger="agentrl.serving"):
+        warn_if_open("maze", "127.0.0.1", None)
+        warn_if_open("maze", "0.0.0.0", "s3cret")
+        assert not caplog.records
+        warn_if_open("maze", "0.0.0.0", None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "serving maze on 0.0.0.0 without a token: anyone who can reach the port can use it"
+    ]

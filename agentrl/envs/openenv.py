@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.remote import jsonable
-from agentrl.serving import MAX_BODY_BYTES, ServerThread, check_bearer
+from agentrl.serving import MAX_BODY_BYTES, ServerThread, check_bearer, warn_if_open
 
 __all__ = [
     "OpenEnvEnv",
@@ -558,8 +558,7 @@ def openenv_server(
     **env_kwargs: Any,
 ) -> ServerThread:
     """The server of ``serve_openenv``, its port bound but not started (``.start()``, ``.serve_forever()``)."""
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
+    warn_if_open(name, host, token)
     app = create_openenv_app(
         name, env_kwargs, token=token, max_envs=max_envs, max_message_bytes=max_message_bytes
     )

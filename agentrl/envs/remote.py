@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from agentrl.envs.base import AgentEnv, EnvSnapshot
-from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request
+from agentrl.serving import MAX_BODY_BYTES, BodyError, ServerThread, read_json_request, warn_if_open
 
 # ServerThread is the shared one (agentrl.serving), named here too: serve an env app in a thread
 __all__ = ["RemoteEnv", "RemoteEnvError", "ServerThread", "create_app", "jsonable", "serve_env"]
@@ -258,8 +258,7 @@ def serve_env(
     **env_kwargs: Any,
 ) -> None:
     """Serve the registered env ``name`` (built with ``env_kwargs``) until interrupted."""
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        log.warning("serving %s on %s without a token: anyone who can reach the port can use it", name, host)
+    warn_if_open(name, host, token)
     ServerThread(create_app(name, env_kwargs, token=token, max_envs=max_envs), host, port).serve_forever()
 
 

@@ -46,7 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentrl.policies.base import Generation, SamplingParams
-from agentrl.serving import BodyError, ServerThread, check_bearer, read_json_body
+from agentrl.serving import BodyError, ServerThread, check_bearer, read_json_body, warn_if_open
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "APIError", "Engine", "PolicyServer", "create_app", "serve"]
 
@@ -841,8 +841,7 @@ def serve(
     """Serve the model at ``model_path`` until interrupted (blocking). The model is named
     ``served_model_name`` (default: ``model_path``) in requests; ``adapter`` (``name=path`` or a
     path) is loaded at start."""
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        log.warning("serving on %s without an api key: anyone who can reach the port can use the model", host)
+    warn_if_open("the model", host, api_key)
     app = build_app(
         model_path,
         adapter=adapter,
