@@ -393,6 +393,11 @@ def eval_command(
     system_prompt: str | None = typer.Option(
         None, help="model policies: the system prompt training used (rollout.system_prompt)"
     ),
+    action_choice: str | None = typer.Option(
+        None,
+        help="hf policies: generate (write each response; default) or admissible (pick among the env's "
+        "admissible actions by their probability; rollout.action_choice)",
+    ),
 ) -> None:
     """Evaluation only: success rate with a 95% Wilson interval, per task type and per seed, and a report.
 
@@ -424,6 +429,7 @@ def eval_command(
             max_turns=max_turns,
             temperature=temperature,
             max_new_tokens=max_new_tokens,
+            action_choice=action_choice,
         )
         if cfg.run is not None:
             _main_process_echo(

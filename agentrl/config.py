@@ -165,11 +165,23 @@ class RolloutConfig(Section):
     # arguments of VLLMPolicy.from_pretrained / vllm.LLM (gpu_memory_utilization, enforce_eager, ...)
     engine: Literal["hf", "vllm"] = "hf"
     vllm: dict[str, Any] = {}
+    # generate: the policy writes each response. admissible: where the env lists admissible actions,
+    # the policy picks one by its probability under the model (policies/choice.py; in-process hf only)
+    action_choice: Literal["generate", "admissible"] = "generate"
 
     @model_validator(mode="after")
     def _one_sampler(self) -> RolloutConfig:
         if self.engine == "vllm" and self.server.url is not None:
             raise ValueError("rollout.engine: vllm samples in-process; it cannot go with rollout.server.url")
+        if self.action_choice == "admissible":
+            from agentrl.rollout import check_action_choice
+
+            if self.engine != "hf" or self.server.url is not None:
+                raise ValueError(
+                    "rollout.action_choice: admissible scores candidates with the in-process hf policy; "
+                    "it cannot go with rollout.engine: vllm or rollout.server.url"
+                )
+            check_action_choice(self.action_choice, None, self.response_format)
         return self
 
     @field_validator("response_format")
@@ -364,6 +376,7 @@ class TrainConfig(Section):
             temperature=e.temperature,
             max_new_tokens=r.max_new_tokens,
             prompt=r.prompt_settings(),
+            action_choice=r.action_choice,
         )
 
     def eval_env_kwargs(self) -> dict[str, Any]:

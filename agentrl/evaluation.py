@@ -35,7 +35,7 @@ import numpy as np
 from agentrl.agents import PromptSettings
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.base import Policy, SamplingParams
-from agentrl.rollout import rollout
+from agentrl.rollout import ACTION_CHOICES, rollout
 from agentrl.seeding import STRIDE, rank_seed
 from agentrl.stats import Interval, bootstrap_mean, wilson
 from agentrl.types import Step, Trajectory, write_trajectories
@@ -80,6 +80,7 @@ class EvalSpec:
     temperature: float = 0.0
     max_new_tokens: int = 256
     prompt: PromptSettings = field(default_factory=PromptSettings)
+    action_choice: str = "generate"  # rollout's: "admissible" picks among the env's admissible actions
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, Mapping):  # read back from JSON
@@ -87,6 +88,10 @@ class EvalSpec:
         for name in ("task_count", "episodes_per_task", "seeds", "max_turns", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.action_choice not in ACTION_CHOICES:
+            raise ValueError(
+                f"action_choice must be one of {', '.join(ACTION_CHOICES)}, got {self.action_choice!r}"
+            )
         if self.task_start < 0 or self.temperature < 0:
             raise ValueError(
                 f"task_start and temperature must be >= 0, got {self.task_start} and {self.temperature}"
@@ -179,6 +184,7 @@ def _play_policy(
             builder=spec.prompt.builder(),
             seeds=[env_seed + k for k in mine],
             id_prefix=f"{prefix}r{dist.rank}-" if dist.active else prefix,
+            action_choice=spec.action_choice,
         )
         if mine
         else []

@@ -22,14 +22,23 @@ from typing import Any, cast
 
 import numpy as np
 
-from agentrl.agents import ChatPrompt, StepPrompt, get_format, parse_response
+from agentrl.agents import ChatPrompt, ExpertAnswer, StepPrompt, get_format, parse_response
 from agentrl.envs.base import EnvSnapshot
 from agentrl.envs.branching import BranchError, BranchPoint, Prefix, resume
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
 from agentrl.seeding import call_seed
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["Branching", "Episode", "ListEnvs", "PromptBuilder", "as_env_batch", "rollout"]
+__all__ = [
+    "ACTION_CHOICES",
+    "Branching",
+    "Episode",
+    "ListEnvs",
+    "PromptBuilder",
+    "as_env_batch",
+    "check_action_choice",
+    "rollout",
+]
 
 PromptBuilder = StepPrompt | ChatPrompt
 Outcome = tuple[Any, ...]  # an env's (obs, info) or (obs, reward, terminated, truncated, info)
@@ -314,6 +323,81 @@ def _generate(
         return results
 
 
+ACTION_CHOICES = ("generate", "admissible")
+
+
+def check_action_choice(action_choice: str, policy: Any, fmt: str) -> bool:
+    """Whether ``action_choice`` picks among admissible actions; a clear error when it cannot."""
+    if action_choice not in ACTION_CHOICES:
+        raise ValueError(f"action_choice must be one of {', '.join(ACTION_CHOICES)}, got {action_choice!r}")
+    if action_choice == "generate":
+        return False
+    spec = get_format(fmt)
+    if spec.render is None or spec.subgoals:
+        raise ValueError(
+            f"action_choice 'admissible' needs a response format that writes one action as a response "
+            f"(think_action, tool_call); {fmt!r} cannot"
+        )
+    if policy is not None and not callable(getattr(policy, "choose", None)):
+        raise ValueError(
+            f"action_choice 'admissible' needs a policy that scores candidate responses (hf); "
+            f"{type(policy).__name__} has no choose()"
+        )
+    return True
+
+
+def _choose(
+    policy: Any, prompts: list[Messages], candidates: list[list[str]], params: SamplingParams
+) -> list[Generation | BaseException]:
+    """``policy.choose`` in one batched call; if it raises, each prompt alone (as ``_generate``)."""
+    try:
+        out = policy.choose(prompts, candidates, params)
+        if len(out) != len(prompts):
+            raise RuntimeError(f"policy returned {len(out)} choices for {len(prompts)} prompts")
+        return list(out)
+    except Exception:
+        results: list[Generation | BaseException] = []
+        for p, c in zip(prompts, candidates):
+            try:
+                results.append(policy.choose([p], [c], params)[0])
+            except Exception as e:
+                results.append(e)
+        return results
+
+
+def _respond(
+    policy: Policy,
+    episodes: list[Episode],
+    messages: list[Messages | BaseException],
+    ok: list[int],
+    params: SamplingParams,
+    fmt: str,
+    choose: bool,
+) -> dict[int, Generation | BaseException]:
+    """The policy's response to each prompt ``ok`` indexes. ``choose``: where the env lists
+    admissible actions, pick one of them, rendered in the response format (``Policy.choose``);
+    elsewhere (an empty list, e.g. WebShop's search page) generate."""
+    render = get_format(fmt).render
+    picking = [k for k in ok if choose and episodes[k].info.get("admissible_actions")] if render else []
+    writing = [k for k in ok if k not in set(picking)]
+    out: dict[int, Generation | BaseException] = {}
+    if writing:
+        out.update(zip(writing, _generate(policy, [cast(Messages, messages[k]) for k in writing], params)))
+    if picking:
+        assert render is not None
+        candidates = [
+            [
+                render(ExpertAnswer(action=str(a), turn=len(episodes[k].steps)))
+                for a in episodes[k].info["admissible_actions"]
+            ]
+            for k in picking
+        ]
+        out.update(
+            zip(picking, _choose(policy, [cast(Messages, messages[k]) for k in picking], candidates, params))
+        )
+    return out
+
+
 def _record_step(
     ep: Episode,
     messages: Messages,
@@ -330,6 +414,8 @@ def _record_step(
     }
     if parsed.reason:
         info["parse_error"] = parsed.reason
+    if "choice" in gen.info:  # picked among the admissible actions (rollout's action_choice)
+        info.update({k: gen.info[k] for k in ("choice", "choices", "choice_logprob")})
     if get_format(fmt).subgoals:  # a malformed turn keeps the current subgoal: every row has both columns
         info.setdefault("switch", "KEEP")
         info.setdefault("subgoal", ep.subgoal or "")
@@ -443,6 +529,7 @@ def rollout(
     seeds: Sequence[int] | None = None,
     id_prefix: str = "",
     branching: Branching | None = None,
+    action_choice: str = "generate",
 ) -> list[TrajectoryGroup]:
     """Play ``group_size`` episodes of each task in ``tasks`` (one group per entry).
 
@@ -451,7 +538,9 @@ def rollout(
     ``{id_prefix}g{g}`` for groups, ``{id_prefix}g{g}-{n}`` for trajectories. The response format
     comes from ``builder`` (default ``StepPrompt()``); generation stops at the format's stop
     strings unless ``params.stop`` names others. ``branching``: tree rollouts (``Branching``); the
-    branches join their root's group, with ids ``{parent}.b{turn}-{j}``.
+    branches join their root's group, with ids ``{parent}.b{turn}-{j}``. ``action_choice``:
+    "generate" (write each response) or "admissible" (where the env lists admissible actions,
+    pick one by its probability under the policy, ``Policy.choose``; see ``policies.choice``).
     """
     if group_size < 1 or max_turns < 1:
         raise ValueError(f"group_size and max_turns must be >= 1, got {group_size} and {max_turns}")
@@ -462,6 +551,7 @@ def rollout(
         raise ValueError(f"need one seed per task, got {len(seeds)} seeds for {len(tasks)} tasks")
     builder = builder if builder is not None else StepPrompt()
     fmt = builder.response_format
+    choose = check_action_choice(action_choice, policy, fmt)
     if not params.stop and get_format(fmt).stop:
         params = dataclasses.replace(params, stop=get_format(fmt).stop)
     batch = as_env_batch(envs)
@@ -477,7 +567,7 @@ def rollout(
         for g, task in enumerate(tasks)
         for n in range(group_size)
     ]
-    calls = _play(policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots)
+    calls = _play(policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots, choose=choose)
     if branching is not None:
         rng = np.random.default_rng([params.seed or 0, *seeds])
         branches = []
@@ -487,7 +577,19 @@ def rollout(
                 branches += [
                     parent.fork(turn, f"{parent.traj_id}.b{turn}-{j}") for j in range(branching.width)
                 ]
-        _play(policy, batch, branches, builder, fmt, params, max_turns, calls, False, branching.resume)
+        _play(
+            policy,
+            batch,
+            branches,
+            builder,
+            fmt,
+            params,
+            max_turns,
+            calls,
+            False,
+            branching.resume,
+            choose=choose,
+        )
         episodes += branches
     groups: dict[str, list[Trajectory]] = {}
     for ep in episodes:
@@ -509,6 +611,7 @@ def _play(
     calls: int,
     snapshots: bool,
     resume_mode: str = "auto",
+    choose: bool = False,
 ) -> int:
     """Play the episodes to their ends in lockstep (a free env starts the next pending one: by a
     reset, or by resuming a branch's start point); returns the policy-call counter after them.
@@ -552,9 +655,7 @@ def _play(
             params if params.seed is None else dataclasses.replace(params, seed=call_seed(params.seed, calls))
         )
         calls += 1
-        prompts = [cast(Messages, messages[k]) for k in ok]
-        gens = _generate(policy, prompts, call_params) if ok else []
-        gen_of: dict[int, Generation | BaseException] = dict(zip(ok, gens))
+        gen_of = _respond(policy, [active[i] for i in slots], messages, ok, call_params, fmt, choose)
         stepping: list[tuple[int, Generation, Messages]] = []
         for k, i in enumerate(slots):
             ep, msgs = active[i], messages[k]

@@ -23,6 +23,7 @@ import torch
 
 from agentrl.agents.prompts import render_chat
 from agentrl.policies.base import Generation, Messages, SamplingParams, check_prompts
+from agentrl.policies.choice import pick, score_candidates
 from agentrl.policies.logprobs import TokenLogprobs, token_logprobs
 from agentrl.policies.lora import LoraSettings
 from agentrl.policies.precision import autocast_for, enable_tf32, resolve_dtype
@@ -339,6 +340,58 @@ class HFPolicy:
             )
             for p, (r, reason), lp in zip(prompt_ids, responses, lps)
         ]
+
+    def choose(
+        self, prompts: Sequence[Messages], candidates: Sequence[Sequence[str]], params: SamplingParams
+    ) -> list[Generation]:
+        """For each chat prompt, sample one of its candidate responses by their probabilities under
+        the model (``agentrl.policies.choice``); ``info`` holds the index (``choice``), the number of
+        candidates (``choices``) and the set-normalised log-prob (``choice_logprob``). With
+        ``params.seed`` the call is reproducible and leaves the global RNG untouched."""
+        if len(candidates) != len(prompts):
+            raise ValueError(f"need one candidate list per prompt, got {len(candidates)} for {len(prompts)}")
+        prompt_ids = [self.prompt_ids(m) for m in prompts]
+        cand_ids = [
+            [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in cands]
+            for cands in candidates
+        ]
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        for i, (p, cands) in enumerate(zip(prompt_ids, cand_ids)):
+            if not cands or not all(cands):
+                raise ValueError(f"prompt {i}: every candidate response must be non-empty")
+            if limit is not None and len(p) + max(len(c) for c in cands) > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; with its longest candidate it exceeds the model's {limit} "
+                    "positions (shorten the history window)"
+                )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            scores = score_candidates(
+                self._sampling_model(),
+                prompt_ids,
+                cand_ids,
+                pad_token_id=self.pad_token_id,
+                temperature=params.temperature,
+                max_rows=max(self.max_batch_size, max(len(c) for c in cand_ids)),
+            )
+        finally:
+            self.model.train(was_training)
+        generator = None if params.seed is None else torch.Generator().manual_seed(params.seed)
+        out = []
+        for i, (p, cands) in enumerate(zip(prompt_ids, cand_ids)):
+            k, set_logprob = pick(scores.sequence_logprobs(i), params.temperature, generator)
+            out.append(
+                Generation(
+                    prompt_ids=list(p),
+                    response_ids=cands[k],
+                    logprobs=scores.token_logprobs[i][k],
+                    text=candidates[i][k],
+                    finish_reason="stop",
+                    info={"choice": k, "choices": len(cands), "choice_logprob": set_logprob},
+                )
+            )
+        return out
 
     def _sampling_model(self) -> Any:
         """The model generate runs: the LoRA-merged copy when there is an active adapter to merge."""

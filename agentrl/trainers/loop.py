@@ -657,6 +657,7 @@ class Trainer:
                 seeds=[seeds[g] for g in mine],
                 id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-",
                 branching=r.branching.build(),
+                action_choice=r.action_choice,
             )
             if mine
             else []
