@@ -154,6 +154,9 @@ class RolloutConfig(Section):
     history_k: int = Field(2, ge=0)
     response_format: str = "think_action"
     system_prompt: str | None = None
+    # list the env's admissible actions in the prompt (with action_choice: admissible the policy
+    # scores them anyway, and leaving them out shortens ALFWorld's prompts by ~40%)
+    show_admissible: bool = True
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
@@ -202,6 +205,7 @@ class RolloutConfig(Section):
             history_k=self.history_k,
             response_format=self.response_format,
             system_prompt=self.system_prompt,
+            show_admissible=self.show_admissible,
         )
 
 

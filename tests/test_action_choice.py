@@ -211,3 +211,19 @@ def test_action_choice_config_is_checked():
     with pytest.raises(ValueError, match="in-process hf policy"):
         load_config(None, ["rollout.action_choice=admissible", "rollout.server.url=http://127.0.0.1:9/v1"])
     assert load_config(None, ["rollout.action_choice=admissible"]).eval_spec().action_choice == "admissible"
+
+
+def test_prompts_can_leave_the_admissible_actions_out():
+    from agentrl.agents import PromptSettings
+    from agentrl.config import load_config
+
+    env = make("maze", size=2, num_tasks=2)
+    obs, info = env.reset(seed=0, options={"task_id": "maze-0"})
+    actions = info["admissible_actions"]
+    for show in (True, False):
+        step = PromptSettings(kind="step", show_admissible=show).builder()
+        chat = PromptSettings(kind="chat", show_admissible=show).builder()
+        for messages in (step.build("", obs, [], actions), chat.build("", [obs], [], actions)):
+            assert ("Admissible actions" in str(messages)) is show
+    cfg = load_config(None, ["rollout.show_admissible=false"])
+    assert cfg.eval_spec().prompt.show_admissible is False

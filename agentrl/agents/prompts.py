@@ -277,6 +277,7 @@ class PromptSettings:
     history_k: int = 2
     response_format: str = "think_action"
     system_prompt: str | None = None
+    show_admissible: bool = True  # list the env's admissible actions in the prompt
 
     def __post_init__(self) -> None:
         if self.kind not in ("step", "chat"):
@@ -285,7 +286,14 @@ class PromptSettings:
 
     def builder(self) -> StepPrompt | ChatPrompt:
         if self.kind == "chat":
-            return ChatPrompt(response_format=self.response_format, system_prompt=self.system_prompt)
+            return ChatPrompt(
+                response_format=self.response_format,
+                system_prompt=self.system_prompt,
+                show_admissible=self.show_admissible,
+            )
         return StepPrompt(
-            history_k=self.history_k, response_format=self.response_format, system_prompt=self.system_prompt
+            history_k=self.history_k,
+            response_format=self.response_format,
+            system_prompt=self.system_prompt,
+            show_admissible=self.show_admissible,
         )

@@ -122,7 +122,12 @@ def _score_group(
     cache = DynamicCache()
     with autocast_for(model):
         first = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # only the last position predicts (the first candidate token)
         )
     last_logp = torch.log_softmax(first.logits[:, -1, :].float() / temp, dim=-1)  # [P, V]
     owner = [p for p, cands in enumerate(candidates) for _ in cands]

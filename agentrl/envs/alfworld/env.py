@@ -45,11 +45,14 @@ def real_data_dir() -> str | None:
     return root if root and os.path.isdir(os.path.join(root, "json_2.1.1")) else None
 
 
-def resolve_data_dir(data_dir: str | None, split: str, progress: bool = True) -> str:
-    """``data_dir`` if given, else ``$ALFWORLD_DATA`` if it holds the data, else the default generated games."""
+def resolve_data_dir(
+    data_dir: str | None, split: str, progress: bool = True, games_per_type: int = DEFAULT_PER_TYPE
+) -> str:
+    """``data_dir`` if given, else ``$ALFWORLD_DATA`` if it holds the data, else the generated games
+    (``games_per_type`` per task type, made on first use)."""
     if data_dir:
         return data_dir
-    return real_data_dir() or ensure_default_games(split, per_type=DEFAULT_PER_TYPE, progress=progress)
+    return real_data_dir() or ensure_default_games(split, per_type=games_per_type, progress=progress)
 
 
 class ALFWorldEnv(AgentEnv):
@@ -64,6 +67,8 @@ class ALFWorldEnv(AgentEnv):
         max_steps: steps before the episode is truncated (50, as in ALFWorld evaluations).
         expert: add ``info["expert_action"]``, the handcoded expert's next command (slower steps).
         fast: use the engine caches of ``speedups`` (identical transcripts).
+        games_per_type: size of the generated set used when there is neither ``data_dir`` nor the
+            real data (10 per task type by default; a tiny model's SFT wants more train games).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class ALFWorldEnv(AgentEnv):
         expert: bool = False,
         fast: bool = True,
         render_mode: str | None = None,
+        games_per_type: int = DEFAULT_PER_TYPE,
     ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
@@ -85,7 +91,9 @@ class ALFWorldEnv(AgentEnv):
             if unknown:
                 raise ValueError(f"unknown ALFWorld task type(s) {unknown}; choose from {list(TASK_TYPES)}")
         self.split = paths.canonical_split(split)
-        self.data_dir = resolve_data_dir(data_dir, self.split)
+        if games_per_type < 1:
+            raise ValueError(f"games_per_type must be >= 1, got {games_per_type}")
+        self.data_dir = resolve_data_dir(data_dir, self.split, games_per_type=games_per_type)
         self.folder = paths.split_dir(self.data_dir, self.split)
         if not os.path.isdir(self.folder):
             raise FileNotFoundError(

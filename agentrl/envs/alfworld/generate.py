@@ -227,9 +227,10 @@ def _locked(path: str) -> Iterator[None]:
 def ensure_default_games(
     split: str, per_type: int = DEFAULT_PER_TYPE, seed: int = 0, progress: bool = True
 ) -> str:
-    """The cached default games of ``split``, generated on first use (one process at a time); returns the dir."""
+    """The cached generated games of ``split`` (``per_type`` per task type), generated on first use
+    (one process at a time); returns the dir."""
     split = paths.canonical_split(split)
-    out_dir = paths.default_generated_dir()
+    out_dir = paths.default_generated_dir(per_type)
     with _locked(out_dir + ".lock"):
         entry = (_read_manifest(out_dir) or {}).get("splits", {}).get(split)
         if (

@@ -23,8 +23,11 @@ def cache_root() -> str:
     return os.path.join(base, "alfworld")
 
 
-def default_generated_dir() -> str:
-    return os.path.join(cache_root(), "generated")
+def default_generated_dir(per_type: int = 10) -> str:
+    """The cache folder of generated games with ``per_type`` games per task type and split: the
+    default set (10) in ``generated``, others in ``generated-<per_type>``, so sets of different
+    sizes live side by side instead of replacing each other."""
+    return os.path.join(cache_root(), "generated" if per_type == 10 else f"generated-{per_type}")
 
 
 def canonical_split(split: str) -> str:
