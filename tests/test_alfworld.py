@@ -181,6 +181,18 @@ def test_default_set_is_generated_once_into_the_cache(alf_cache: Path, games_dir
     assert json.loads(manifest.read_text())["splits"][SPLIT]["counts"] == dict.fromkeys(TASK_TYPES, 1)
 
 
+def test_generated_sets_of_other_sizes_live_beside_the_default(alf_cache: Path, games_dir: Path) -> None:
+    from agentrl.envs.alfworld import paths
+
+    assert paths.default_generated_dir() == str(alf_cache / "alfworld" / "generated")
+    assert paths.default_generated_dir(10) == paths.default_generated_dir()
+    assert paths.default_generated_dir(1) == str(games_dir)  # the session's one-per-type set
+    env = ALFWorldEnv(split=SPLIT, games_per_type=1)  # no data_dir: the generated set of that size
+    assert env.data_dir == str(games_dir) and len(env.task_ids()) == len(TASK_TYPES)
+    with pytest.raises(ValueError, match="games_per_type"):
+        ALFWorldEnv(split=SPLIT, games_per_type=0)
+
+
 def test_validation_drops_games_that_kill_the_planner(games_dir: Path, tmp_path: Path) -> None:
     good = sorted((games_dir / "json_2.1.1" / SPLIT).glob("pick_and_place_simple-*/trial_T*"))[0]
     bad = tmp_path / "bad-game" / "trial_T20190101_000000_000000"
