@@ -285,3 +285,50 @@ def test_training_with_hints_resumes_the_counters_exactly(small_maze_model_dir, 
         return {k: v for k, v in r.items() if not k.startswith(("time_", "tokens_per_s"))}
 
     assert [same(r) for r in resumed] == [same(r) for r in records]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, fmt",
+    [
+        ("tools", {"suite": "units", "split": "train", "num_tasks": 4}, "tool_call"),
+        ("webshop", {"split": "eval"}, "think_action"),
+    ],
+)
+def test_expert_starts_on_other_envs_with_an_expert(name: str, kwargs: dict, fmt: str) -> None:
+    """The planned start replays to the expert's state on a fresh env of the same kind."""
+    from agentrl.envs.branching import resume
+
+    env = make(name, **kwargs)
+    planner = Starts(
+        name, env, seed=0, group_size=4, max_turns=20, response_format=fmt, resets=ResetsConfig(enabled=True)
+    )
+    tasks = list(env.task_ids())[:2]
+    starts, _ = planner.plan(0, tasks, [1, 2], [0, 1])
+    for start in starts:
+        assert start is not None and start.episodes == 2
+        obs, _, mode = resume(make(name, **kwargs), start.point, "replay")
+        assert mode == "replay" and obs == start.point.obs
+        assert len(start.turns) == len(start.point.prefix.actions) >= 1
+
+
+def test_branches_grow_from_normal_starts_only(policy) -> None:
+    from agentrl.rollout import Branching
+
+    env = make("maze", **MAZE)
+    start = play_expert("maze", env, "maze-2", 0, "think_action", 10).start(
+        2, 2, own_group=True, resume="replay", subgoal=None
+    )
+    groups = rollout(
+        policy,
+        [make("maze", **MAZE) for _ in range(4)],
+        ["maze-2"],
+        4,
+        max_turns=4,
+        params=PARAMS,
+        branching=Branching(width=1, points=1),
+        starts=[start],
+    )
+    trajs = [t for g in groups for t in g]
+    assert sum("expert_turns" in t.info for t in trajs) == 2
+    assert all(t.parent_id in ("g0-0", "g0-1") for t in trajs if t.parent_id is not None)
+    assert any(t.parent_id is not None for t in trajs)
