@@ -258,11 +258,24 @@ def _train(tmp_path, model_dir, name: str, stop_after: int | None = None, **extr
 def test_training_with_expert_starts(small_maze_model_dir, tmp_path) -> None:
     """Two iterations: half of each group starts on the expert's path, counted apart, never trained
     on expert turns (every row carries the policy's own sampled tokens)."""
-    out, records = _train(tmp_path, small_maze_model_dir, "resets", **{"rollout.resets.enabled": "true"})
+    from agentrl.types import read_trajectories
+
+    out, records = _train(
+        tmp_path,
+        small_maze_model_dir,
+        "resets",
+        **{"rollout.resets.enabled": "true", "logging.save_trajectories": "true"},
+    )
     assert len(records) == 2
     for r in records:
         assert r["episodes"] == 8 and r["reset_episodes"] == 4  # 2 groups x round(0.5 * 4)
-        assert 0 <= r["reset_success_rate"] <= 1 and r["reset_turns_mean"] >= 1
+        trajs = read_trajectories(out / "trajectories" / f"iter-{r['iteration']:06d}.jsonl")
+        reset = [t for t in trajs if "expert_turns" in t.info]
+        plain = [t for t in trajs if "expert_turns" not in t.info]
+        assert len(reset) == 4 and all(t.group_id.endswith("r") for t in reset)
+        assert r["success_rate"] == pytest.approx(sum(t.success for t in plain) / 4)
+        assert r["reset_success_rate"] == pytest.approx(sum(t.success for t in reset) / 4)
+        assert r["reset_turns_mean"] == pytest.approx(sum(t.info["expert_turns"] for t in reset) / 4)
     saved = json.loads((out / "checkpoints" / "iter-000002" / "state.json").read_text())
     assert "hint_failures" not in saved
 
