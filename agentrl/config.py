@@ -146,6 +146,40 @@ class BranchingConfig(Section):
         )
 
 
+class ResetsConfig(Section):
+    """Expert-prefix starts (DR-PO / RLGF; ``agentrl.trainers.starts``): off unless ``enabled``."""
+
+    enabled: bool = False
+    share: float = Field(0.5, gt=0, lt=1)  # of each group's episodes (rounded half up)
+    positions: Literal["uniform", "fixed"] = "uniform"  # k ~ U{1..L-1} per group, or drawn from turns
+    turns: list[int] = []  # with positions: fixed
+    group: Literal["own", "shared"] = "own"  # the reset episodes' own group, or the task's group
+    resume: Literal["replay", "auto"] = "replay"  # auto: restore the expert env's snapshot where it can
+
+    @model_validator(mode="after")
+    def _valid(self) -> ResetsConfig:
+        if self.positions == "fixed" and (not self.turns or min(self.turns) < 1):
+            raise ValueError(f"resets at fixed positions need turns >= 1, got {self.turns!r}")
+        return self
+
+
+class HintsConfig(Section):
+    """Scaf-GRPO hints for tasks stuck at zero success (``agentrl.trainers.starts``): off unless ``enabled``."""
+
+    enabled: bool = False
+    after_failures: int = Field(2, ge=1)  # the task's iterations in a row with every episode failed
+    tiers: list[Literal["goal", "plan", "actions"]] = ["goal", "plan", "actions"]  # least concrete first
+    episodes: int = Field(1, ge=1)  # hinted episodes in a stuck task's group
+    actions: int = Field(2, ge=1)  # expert actions the "actions" tier shows
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("need at least one tier, each named once")
+        return v
+
+
 class RolloutConfig(Section):
     groups: int = Field(4, ge=1)
     group_size: int = Field(4, ge=1)
@@ -163,6 +197,8 @@ class RolloutConfig(Section):
     turn_reward: Literal["env", "valid"] = "valid"
     server: RolloutServerConfig = RolloutServerConfig()
     branching: BranchingConfig = BranchingConfig()
+    resets: ResetsConfig = ResetsConfig()
+    hints: HintsConfig = HintsConfig()
     # what samples rollouts in-process: the trained hf model itself, or a vLLM engine on the same
     # GPU (continuous batching; the adapter is pushed to it before every rollout). ``vllm``: keyword
     # arguments of VLLMPolicy.from_pretrained / vllm.LLM (gpu_memory_utilization, enforce_eager, ...)
@@ -185,6 +221,36 @@ class RolloutConfig(Section):
                     "it cannot go with rollout.engine: vllm or rollout.server.url"
                 )
             check_action_choice(self.action_choice, None, self.response_format)
+        return self
+
+    @model_validator(mode="after")
+    def _starts_fit(self) -> RolloutConfig:
+        from agentrl.trainers.starts import reset_episode_count
+
+        n_reset = reset_episode_count(self.resets.share, self.group_size) if self.resets.enabled else 0
+        if self.resets.enabled and n_reset < 1:
+            raise ValueError(
+                f"resets.share {self.resets.share} of group_size {self.group_size} gives no reset episode "
+                "(one normal start is always kept); raise the share or the group size"
+            )
+        if self.resets.enabled and self.resets.group == "own" and n_reset < 2:
+            raise ValueError(
+                f"resets.share {self.resets.share} of group_size {self.group_size} gives {n_reset} reset episode "
+                "per group, and a group of one has no baseline; raise the share or the group size, or use "
+                "resets.group: shared"
+            )
+        if self.hints.enabled and self.hints.episodes > self.group_size - n_reset:
+            raise ValueError(
+                f"hints.episodes {self.hints.episodes} exceeds the group's {self.group_size - n_reset} normal starts"
+            )
+        if (
+            self.resets.enabled
+            and self.resets.positions == "fixed"
+            and min(self.resets.turns) >= self.max_turns
+        ):
+            raise ValueError(
+                f"resets.turns {self.resets.turns} leave the policy no turn within max_turns {self.max_turns}"
+            )
         return self
 
     @field_validator("response_format")
@@ -353,6 +419,14 @@ class TrainConfig(Section):
             raise ValueError(
                 f"estimator {self.algorithm.estimator!r} needs rollout.response_format: {needed}"
             )
+        if self.rollout.resets.enabled or self.rollout.hints.enabled:
+            from agentrl.trainers.experts import EXPERTS
+
+            if self.env.name not in EXPERTS:
+                raise ValueError(
+                    f"rollout.resets and rollout.hints play the env's expert, and env {self.env.name!r} has "
+                    f"none; envs with an expert: {', '.join(EXPERTS.names())}"
+                )
         return self
 
     def env_count(self, groups: int | None = None) -> int:

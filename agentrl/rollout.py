@@ -9,6 +9,11 @@ is recorded as truncated with ``info["error"]``; the batch goes on.
 
 ``envs`` is either a list of in-process envs or any object with the env pool's batched
 ``reset(indices, seeds, options)`` / ``step(actions, indices)`` methods and ``num_envs``.
+
+Starts that are not the initial state (``ExpertStart``: some of a group's episodes start where an
+expert stood after its first turns) and in-prompt hints (``Hint``) are chosen by the trainer
+(``agentrl.trainers.starts``); rollout plays them and marks their trajectories (``info["expert_turns"]``,
+``info["hint_tier"]``).
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ __all__ = [
     "ACTION_CHOICES",
     "Branching",
     "Episode",
+    "ExpertStart",
+    "Hint",
     "ListEnvs",
     "PromptBuilder",
     "as_env_batch",
     "check_action_choice",
+    "hinted_task",
     "rollout",
 ]
 
@@ -197,6 +205,44 @@ def as_env_batch(envs: Any) -> ListEnvs | _PoolEnvs:
     )
 
 
+@dataclass(frozen=True)
+class ExpertStart:
+    """Where some of a group's episodes start: the env after an expert's first ``len(turns)`` actions
+    on the group's task and seed (DR-PO's dataset reset, RLGF's roll-in with the expert as guide).
+
+    ``point`` is resumed like a branch point (``resume``: replay the expert's actions after the
+    seeded reset, or ``auto``: restore its snapshot where there is one). ``turns``: each expert turn's
+    (observation, action, response as the response format writes it), shown in the prompts' history
+    but never steps of the episode, so never trained: DR-PO keeps its roll-in tokens in the sequence
+    and masks them out of the policy loss. ``reset_info``: the reset's info (task text, tools).
+    ``episodes`` of the group's ``group_size`` start here, the last ones; ``own_group``: they form the
+    group ``<group id>r`` (one start state, so a group baseline compares like with like), else they
+    join the task's group."""
+
+    point: BranchPoint
+    turns: tuple[tuple[str, str, str], ...]
+    reset_info: dict[str, Any]
+    episodes: int
+    own_group: bool = True
+    resume: str = "replay"
+    subgoal: str | None = None  # the current subgoal there (response formats with subgoals)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """An in-prompt hint (Scaf-GRPO) for the first ``episodes`` episodes of a group; ``tier`` 1 is
+    the least concrete. The hint is added to the task text of every prompt of those episodes."""
+
+    text: str
+    tier: int
+    episodes: int
+
+
+def hinted_task(task: str, hint: str) -> str:
+    """The task text a hinted episode's prompts show."""
+    return f"{task}\nHint: {hint}" if task else f"Hint: {hint}"
+
+
 @dataclass
 class Episode:
     """One running episode: what the env said last and what has been done so far.
@@ -227,6 +273,10 @@ class Episode:
     start_point: BranchPoint | None = None
     parent_id: str | None = None
     branch_turn: int | None = None
+    # an expert-prefix start: the expert's turns before the start, (observation, action, response)
+    # each; shown in the prompts' history, never steps of this episode (never trained)
+    context: tuple[tuple[str, str, str], ...] = ()
+    hint: Hint | None = None
 
     def finish_with_error(self, error: str) -> None:
         self.error, self.truncated = error, True
@@ -234,8 +284,9 @@ class Episode:
     def start(self, obs: Any, info: dict[str, Any] | None) -> None:
         """Take the env's reset answer (task and tools from its info)."""
         self.obs, self.info = str(obs), dict(info or {})
-        self.task = str(self.info.get("task", ""))
-        self.tools = list(self.info["tools"]) if self.info.get("tools") is not None else None
+        self.task = str(self.info.get("task", self.task))  # an expert-prefix start keeps its reset's
+        if self.info.get("tools") is not None:
+            self.tools = list(self.info["tools"])
         self.observations.append(self.obs)
         if self.env_infos is not None:
             self.env_infos.append(self.info)
@@ -250,7 +301,7 @@ class Episode:
         """A new episode that continues this one after ``turn`` actions: its first steps are copies
         (``info["copy_of"]`` names the sampled step), its env is resumed from ``start_point``."""
         assert self.env_infos is not None and 0 < turn < len(self.steps) + 1
-        child = Episode(self.task_id, self.group_id, traj_id, self.seed, env_infos=[])
+        child = Episode(self.task_id, self.group_id, traj_id, self.seed, env_infos=[], hint=self.hint)
         child.start(self.observations[0], self.env_infos[0])
         for k in range(turn):
             step = copy.deepcopy(self.steps[k])
@@ -264,12 +315,13 @@ class Episode:
     def prompt(self, builder: PromptBuilder) -> Messages:
         """The messages ``builder`` gives for the next turn (SFT demonstrations are built with it too)."""
         actions = self.info.get("admissible_actions")
+        task = self.task if self.hint is None else hinted_task(self.task, self.hint.text)
         if isinstance(builder, ChatPrompt):
-            return builder.build(
-                self.task, self.observations, [s.response for s in self.steps], actions, tools=self.tools
-            )
-        history = [(s.obs, s.action or s.response) for s in self.steps]
-        return builder.build(self.task, self.obs, history, actions, subgoal=self.subgoal, tools=self.tools)
+            observations = [c[0] for c in self.context] + self.observations
+            responses = [c[2] for c in self.context] + [s.response for s in self.steps]
+            return builder.build(task, observations, responses, actions, tools=self.tools)
+        history = [(c[0], c[1]) for c in self.context] + [(s.obs, s.action or s.response) for s in self.steps]
+        return builder.build(task, self.obs, history, actions, subgoal=self.subgoal, tools=self.tools)
 
     def add_step(self, step: Step) -> None:
         """Append a turn; a HiPER turn's ``info["subgoal"]`` becomes the current subgoal (if not empty)."""
@@ -290,6 +342,10 @@ class Episode:
         info: dict[str, Any] = {"seed": self.seed}
         if self.error is not None:
             info["error"] = self.error
+        if self.context:
+            info["expert_turns"] = len(self.context)
+        if self.hint is not None:
+            info["hint_tier"], info["hint"] = self.hint.tier, self.hint.text
         return Trajectory(
             task_id=self.task_id,
             group_id=self.group_id,
@@ -453,7 +509,7 @@ def _record_step(
     ep.observe(obs, env_info)
     ep.terminated, ep.truncated = (
         bool(terminated),
-        bool(truncated) or (not terminated and len(ep.steps) >= max_turns),
+        bool(truncated) or (not terminated and len(ep.context) + len(ep.steps) >= max_turns),
     )
 
 
@@ -530,6 +586,8 @@ def rollout(
     id_prefix: str = "",
     branching: Branching | None = None,
     action_choice: str = "generate",
+    starts: Sequence[ExpertStart | None] | None = None,
+    hints: Sequence[Hint | None] | None = None,
 ) -> list[TrajectoryGroup]:
     """Play ``group_size`` episodes of each task in ``tasks`` (one group per entry).
 
@@ -541,6 +599,10 @@ def rollout(
     branches join their root's group, with ids ``{parent}.b{turn}-{j}``. ``action_choice``:
     "generate" (write each response) or "admissible" (where the env lists admissible actions,
     pick one by its probability under the policy, ``Policy.choose``; see ``policies.choice``).
+
+    ``starts[g]``: the last ``episodes`` of group g start on an expert's trajectory (``ExpertStart``;
+    ids ``{id_prefix}g{g}r-{j}``); they are never roots of branches. ``hints[g]``: the group's first
+    ``episodes`` episodes (of those that start normally) see the hint in their prompts.
     """
     if group_size < 1 or max_turns < 1:
         raise ValueError(f"group_size and max_turns must be >= 1, got {group_size} and {max_turns}")
@@ -554,25 +616,51 @@ def rollout(
     choose = check_action_choice(action_choice, policy, fmt)
     if not params.stop and get_format(fmt).stop:
         params = dataclasses.replace(params, stop=get_format(fmt).stop)
+    for name, per_group in (("starts", starts), ("hints", hints)):
+        if per_group is not None and len(per_group) != len(tasks):
+            raise ValueError(
+                f"need one entry of {name} per task, got {len(per_group)} for {len(tasks)} tasks"
+            )
     batch = as_env_batch(envs)
     snapshots = branching is not None and branching.resume != "replay" and batch.can_snapshot
-    episodes = [
-        Episode(
-            str(task),
-            f"{id_prefix}g{g}",
-            f"{id_prefix}g{g}-{n}",
-            seeds[g],
-            env_infos=None if branching is None else [],
+    episodes: list[Episode] = []
+    roots_of: list[list[Episode]] = []  # per group, the episodes that start normally (branch roots)
+    for g, task in enumerate(tasks):
+        start = starts[g] if starts is not None else None
+        hint = hints[g] if hints is not None else None
+        n_normal = group_size - (start.episodes if start is not None else 0)
+        if n_normal < 1 or (hint is not None and not 1 <= hint.episodes <= n_normal):
+            raise ValueError(
+                f"group {g}: {group_size - n_normal} expert starts and {hint.episodes if hint else 0} hinted "
+                f"episodes do not fit a group of {group_size} (at least one normal start, hints among them)"
+            )
+        roots_of.append(
+            [
+                Episode(
+                    str(task),
+                    f"{id_prefix}g{g}",
+                    f"{id_prefix}g{g}-{n}",
+                    seeds[g],
+                    env_infos=None if branching is None else [],
+                    hint=hint if hint is not None and n < hint.episodes else None,
+                )
+                for n in range(n_normal)
+            ]
         )
-        for g, task in enumerate(tasks)
-        for n in range(group_size)
-    ]
-    calls = _play(policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots, choose=choose)
+        episodes += roots_of[-1]
+        if start is not None:
+            episodes += [
+                _expert_start(start, str(task), f"{id_prefix}g{g}", seeds[g], j)
+                for j in range(start.episodes)
+            ]
+    reset_mode = next((s.resume for s in starts or () if s is not None), "replay")
+    calls = _play(
+        policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots, reset_mode, choose=choose
+    )
     if branching is not None:
         rng = np.random.default_rng([params.seed or 0, *seeds])
         branches = []
-        for g in range(len(tasks)):
-            roots = episodes[g * group_size : (g + 1) * group_size]
+        for roots in roots_of:
             for parent, turn in _branch_points(roots, branching, rng):
                 branches += [
                     parent.fork(turn, f"{parent.traj_id}.b{turn}-{j}") for j in range(branching.width)
@@ -598,6 +686,23 @@ def rollout(
         TrajectoryGroup(task_id=trajs[0].task_id, group_id=gid, trajectories=trajs)
         for gid, trajs in groups.items()
     ]
+
+
+def _expert_start(start: ExpertStart, task_id: str, group_id: str, seed: int | None, j: int) -> Episode:
+    """The j-th episode of a group that starts at ``start`` (its env is resumed there by ``_play``)."""
+    ep = Episode(
+        task_id,
+        f"{group_id}r" if start.own_group else group_id,
+        f"{group_id}r-{j}",
+        seed,
+        start_point=start.point,
+        context=start.turns,
+        subgoal=start.subgoal,
+    )
+    ep.task = str(start.reset_info.get("task", ""))
+    if start.reset_info.get("tools") is not None:
+        ep.tools = list(start.reset_info["tools"])
+    return ep
 
 
 def _play(
@@ -635,10 +740,16 @@ def _play(
             results += batch.resume_each([i for i, _ in resumed], points, resume_mode)
         for (i, ep), res in zip(fresh + resumed, results):
             if isinstance(res, BaseException):
-                what = "reset" if ep.start_point is None else "resuming the branch point"
+                what = (
+                    "reset"
+                    if ep.start_point is None
+                    else "resuming the expert's state"
+                    if ep.context
+                    else "resuming the branch point"
+                )
                 ep.finish_with_error(f"{what} failed: {_error_text(res)}")
                 continue
-            if ep.start_point is None:
+            if not ep.observations:  # a branch was started by its fork
                 ep.start(res[0], res[1])
             active[i] = ep
         if not active:

@@ -57,6 +57,7 @@ from agentrl.trainers.metrics import MetricsWriter
 from agentrl.trainers.samples import build_samples, steps_in_row_order
 from agentrl.trainers.schedule import run_update
 from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
+from agentrl.trainers.starts import Starts, plain_episodes
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
 
@@ -151,6 +152,7 @@ class Trainer:
         self.dist = SINGLE
         self.say: Callable[[str], None] = lambda line: None
         self.estimator_state: dict[str, Any] | None = None  # a stateful estimator's, kept across iterations
+        self.starts: Starts | None = None  # expert-prefix starts and hints (rollout.resets, rollout.hints)
 
     @classmethod
     def from_config(
@@ -468,6 +470,18 @@ class Trainer:
         )
         self.sampler = self._sampler(self.policy, model_path)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
+        r = cfg.rollout
+        if r.resets.enabled or r.hints.enabled:
+            self.starts = Starts(
+                cfg.env.name,
+                expert_env(cfg.env.name, cfg.env.kwargs, self.envs[0]),
+                seed=cfg.seed,
+                group_size=r.group_size,
+                max_turns=r.max_turns,
+                response_format=r.response_format,
+                resets=r.resets,
+                hints=r.hints,
+            )
 
     def train(self, stop_after: int | None = None) -> Path:
         """The loop after ``setup``: resume from the latest checkpoint, evaluate the starting policy,
@@ -480,7 +494,10 @@ class Trainer:
             stateful = estimator_info(cfg.algorithm.estimator).stateful
             self.estimator_state = {} if stateful else None
             if ckpt is not None:
-                start = int(load_checkpoint(ckpt, self.learner, dist)["iteration"])
+                saved = load_checkpoint(ckpt, self.learner, dist)
+                start = int(saved["iteration"])
+                if self.starts is not None:
+                    self.starts.load(saved)
                 if stateful:
                     self.estimator_state = load_estimator_state(ckpt, cfg.algorithm.estimator)
             if cfg.eval.enabled and not before_path.exists():
@@ -515,7 +532,11 @@ class Trainer:
                         self.run_dir,
                         it + 1,
                         self.learner,
-                        {"last_metrics": record, "processes": dist.world},
+                        {
+                            "last_metrics": record,
+                            "processes": dist.world,
+                            **(self.starts.state() if self.starts else {}),
+                        },
                         keep=cfg.logging.keep_checkpoints,
                         dist=dist,
                         estimator_state=self.estimator_state,
@@ -645,6 +666,11 @@ class Trainer:
             seed=stream_seed(cfg.seed, it, rank=dist.rank),
         )
         mine = dist.share(range(r.groups))
+        starts, hints = (
+            self.starts.plan(it, [train_tasks[picks[g]] for g in mine], [seeds[g] for g in mine], mine)
+            if self.starts is not None
+            else (None, None)
+        )
         groups = (
             rollout(
                 self.sampler,
@@ -658,6 +684,8 @@ class Trainer:
                 id_prefix=f"it{it}-r{dist.rank}-" if dist.active else f"it{it}-",
                 branching=r.branching.build(),
                 action_choice=r.action_choice,
+                starts=starts,
+                hints=hints,
             )
             if mine
             else []
@@ -671,13 +699,14 @@ class Trainer:
                 self.run_dir / "trajectories" / f"iter-{it:06d}.jsonl", [t for g in groups for t in g]
             )
         trajs = [t for g in groups for t in g]
+        plain = plain_episodes(trajs)  # expert starts and hinted episodes are counted apart
         steps = steps_in_row_order(groups)
         generated = sum(len(s.response_ids or ()) for s in steps)
         record: dict[str, Any] = {
             "iteration": it,
-            "success_rate": float(np.mean([t.success for t in trajs])),
-            "reward_mean": float(np.mean([t.outcome for t in trajs])),
-            "turns_mean": float(np.mean([len(t) for t in trajs])),
+            "success_rate": float(np.mean([t.success for t in plain])) if plain else float("nan"),
+            "reward_mean": float(np.mean([t.outcome for t in plain])) if plain else float("nan"),
+            "turns_mean": float(np.mean([len(t) for t in plain])) if plain else float("nan"),
             "invalid_rate": float(np.mean([not s.valid for s in steps])) if steps else float("nan"),
             "errors": sum("error" in t.info for t in trajs),
             "episodes": len(trajs),
@@ -686,6 +715,8 @@ class Trainer:
         if r.branching.enabled:  # tree rollouts: branches, and the steps actually sampled (copies excluded)
             record["branches"] = sum(t.parent_id is not None for t in trajs)
             record["steps_sampled"] = sum("copy_of" not in s.info for s in steps)
+        if self.starts is not None:  # their metrics; the per-task hint counters move on
+            record.update(self.starts.observe(groups))
         t_update = time.time()
         batch = StepBatch.from_trajectories(groups)
         if len(batch):
