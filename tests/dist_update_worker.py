@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node N``: the same rollout batch on
 every process, then one update per schedule (GRPO, GAE with a value head, SeeUPO) through a
-``Learner`` on ``init_distributed``; each process saves its trained parameters and statistics."""
+``Learner`` on ``init_distributed`` with the strategy named by the third argument (default ddp);
+each process saves its trained parameters and statistics."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch
 
 
-def main(model_dir: str, out: str) -> None:
+def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
     torch.manual_seed(0)
@@ -61,7 +62,7 @@ def main(model_dir: str, out: str) -> None:
         settings = UpdateSettings(
             minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2
         )
-        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist)
+        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist, strategy=strategy)
         initial = [p.detach().clone() for p in learner.params]
         samples = build_samples(steps, value_heads=estimator_info(estimator).value_heads)
         result = run_update(learner, batch, samples, estimator, {}, rng=np.random.default_rng(3))
@@ -70,8 +71,8 @@ def main(model_dir: str, out: str) -> None:
             params += [p.detach().clone() for p in learner.value_head.parameters()]
         moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
         results[estimator] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
-    torch.save(results, Path(out) / f"world{dist.world}-rank{dist.rank}.pt")
+    torch.save(results, Path(out) / f"{strategy}-world{dist.world}-rank{dist.rank}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -208,12 +208,16 @@ def _comparable(record: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path):
-    full = _launch(model_dir, tmp_path / "full")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path, strategy):
+    """Rollout, update, evaluation and checkpoints on 2 processes; a run killed with -9 and resumed
+    writes the uninterrupted run's records. Under fsdp the sampler and the evaluation generate with
+    the unsharded model while each process plays its own number of forward passes."""
+    full = _launch(model_dir, tmp_path / "full", **{"distributed.strategy": strategy})
     out, err = full.communicate(timeout=600)
     assert full.returncode == 0, err[-3000:]
     assert out.count("run directory:") == 1  # only rank 0 speaks
-    assert "data-parallel over 2 processes (cpu)" in err
+    assert "data-parallel over 2 processes (cpu)" in err and f"with {strategy};" in err
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert all(r["episodes"] == 6 for r in records)  # both ranks' groups are in every record
@@ -225,7 +229,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     assert len((tmp_path / "full" / "eval" / "after.jsonl").read_text().splitlines()) == 3
 
     killed = tmp_path / "killed"
-    proc = _launch(model_dir, killed)
+    proc = _launch(model_dir, killed, **{"distributed.strategy": strategy})
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (killed / "metrics.jsonl").exists() and len(read_metrics(killed / "metrics.jsonl")) >= 2:
@@ -235,7 +239,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     _kill_all(proc, f"--out {killed}")
     time.sleep(1.0)
     assert len(read_metrics(killed / "metrics.jsonl")) < 3
-    resumed = _launch(model_dir, killed)
+    resumed = _launch(model_dir, killed, **{"distributed.strategy": strategy})
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     again = read_metrics(killed / "metrics.jsonl")
