@@ -17,12 +17,21 @@ from agentrl.distributed import init_distributed
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.policies.logprobs import split_causal_lm
 from agentrl.rollout import rollout
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.samples import build_samples, steps_in_row_order
 from agentrl.trainers.schedule import run_update
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch
+
+
+def _weight_layout(policy: HFPolicy) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """(type, shape, this process's local shape) of the first layer's first LoRA-wrapped base weight."""
+    body = split_causal_lm(policy.model)[0]
+    w = next(p for n, p in body.layers[0].named_parameters() if n.endswith("base_layer.weight"))
+    local = w.to_local() if hasattr(w, "to_local") else w
+    return type(w).__name__, tuple(w.shape), tuple(local.shape)
 
 
 def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
@@ -63,6 +72,11 @@ def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
             minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2
         )
         learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist, strategy=strategy)
+        results["engine"] = type(learner.parallel).__name__
+        if "base_weight" not in results:  # a frozen base weight outside and inside an update
+            results["base_weight"] = [_weight_layout(policy)]
+            with learner.parallel.training():
+                results["base_weight"].append(_weight_layout(policy))
         initial = [p.detach().clone() for p in learner.params]
         samples = build_samples(steps, value_heads=estimator_info(estimator).value_heads)
         result = run_update(learner, batch, samples, estimator, {}, rng=np.random.default_rng(3))
