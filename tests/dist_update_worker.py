@@ -62,15 +62,17 @@ def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
             p.grad = torch.full_like(p, float(dist.rank + 1))
     dist.sum_grads(loose, bucket_elements=7)  # two buckets
     results["loose_grads"] = [p.grad for p in loose]
-    for estimator in ("grpo", "gae", "seeupo", "spa_rl", "ucas"):
+    five = {"minibatch_size": 5, "micro_batch_size": 2, "epochs": 2}
+    # minibatches of 13, 13 and 1 rows: on 2 processes the last leaves rank 1 no row at all
+    runs = [(e, e, five) for e in ("grpo", "gae", "seeupo", "spa_rl", "ucas")]
+    runs.append(("grpo_empty_share", "grpo", {"minibatch_size": 13, "micro_batch_size": 4, "epochs": 1}))
+    for name, estimator, shape in runs:
         torch.manual_seed(1)
         policy = HFPolicy.from_pretrained(
             model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu"
         )
         heads = value_heads_for(estimator)
-        settings = UpdateSettings(
-            minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2
-        )
+        settings = UpdateSettings(kl_coef=0.1, entropy_coef=0.01, **shape)
         learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist, strategy=strategy)
         results["engine"] = type(learner.parallel).__name__
         if "base_weight" not in results:  # a frozen base weight outside and inside an update
@@ -84,7 +86,7 @@ def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
         if learner.value_head is not None:
             params += [p.detach().clone() for p in learner.value_head.parameters()]
         moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
-        results[estimator] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
+        results[name] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
     torch.save(results, Path(out) / f"{strategy}-world{dist.world}-rank{dist.rank}.pt")
 
 

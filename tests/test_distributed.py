@@ -113,7 +113,8 @@ def test_two_processes_take_the_single_process_steps(
     """GRPO, GAE (value head), SeeUPO, SPA-RL and UCAS updates on the same batch: 2 gloo processes end
     with the parameters 1 process gets (to float rounding), identical on both ranks, and the same
     statistics, through DDP, the flat all-reduce and FSDP. Minibatches of 5 rows in micro-batches of
-    2 give the ranks 2 and 1 micro-batches (3 + 2 rows), so ddp and fsdp run a padding pass."""
+    2 give the ranks 2 and 1 micro-batches (3 + 2 rows), and a minibatch of 1 row leaves rank 1
+    none (``grpo_empty_share``), so ddp and fsdp run padding passes."""
     two = subprocess.run(
         [
             sys.executable,

@@ -16,7 +16,7 @@ number of forward and backward passes, while a process's share of a minibatch ma
 micro-batch shorter, or empty. ``lockstep`` engines therefore run ``micro_batch_count`` passes on
 every process: a process with fewer rows adds one pass over a zero-weight row (its loss times 0,
 so its gradient is exactly 0). All passes but the last run under ``no_sync``, so DDP reduces once
-per optimiser step; the extra pass costs a process that would otherwise wait for the others.
+per optimiser step. The extra pass runs on a process that would otherwise wait for the others.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from agentrl.distributed import Dist
 from agentrl.policies.logprobs import split_causal_lm
 
-__all__ = ["STRATEGIES", "AllReduce", "Parallel", "ReplicatedDDP", "ShardedBase", "make_parallel"]
+__all__ = ["STRATEGIES", "Parallel", "ReplicatedDDP", "ShardedBase", "make_parallel"]
 
 STRATEGIES = ("ddp", "allreduce", "fsdp")
 
@@ -66,9 +66,6 @@ class Parallel:
     def training(self) -> Iterator[None]:
         """Around an update's optimiser steps."""
         yield
-
-
-AllReduce = Parallel
 
 
 class _Scorer(torch.nn.Module):
