@@ -128,7 +128,10 @@ class ShardedBase(Parallel):
     allow, so outside an update every unit stays unsharded (full weights, no collectives in
     forward). At the end of an update all processes unshard together; at the start they drop the
     full weights. The LoRA-merged sampling copy (``model.merge_lora_for_sampling``) is turned off:
-    it would hold a second full copy; generation runs through the unsharded peft model.
+    it would hold a second full copy; generation runs through the unsharded peft model. So the
+    saving is the base's memory during the update's passes, where activations peak; the model
+    must still fit whole on one device between updates (sharded scoring would need the update's
+    lockstep padding, sharded sampling a rollout server).
     """
 
     lockstep = True
