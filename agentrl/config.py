@@ -397,6 +397,17 @@ class LoggingConfig(Section):
     mlflow: Mlflow = Mlflow()
 
 
+class DistributedConfig(Section):
+    """How several processes (``accelerate launch``/``torchrun``) train; one process ignores it.
+
+    ``ddp``: DistributedDataParallel over replicated models; ``allreduce``: one flat all-reduce of
+    the adapter's gradients per optimiser step; ``fsdp``: FSDP2 shards the frozen base model while
+    training (``trainers.parallel``). All take the single-process steps and write the same
+    checkpoints, so a run may resume under another strategy."""
+
+    strategy: Literal["ddp", "allreduce", "fsdp"] = "ddp"
+
+
 class TrainConfig(Section):
     seed: int = 0
     out_dir: str = "runs/run"
@@ -409,6 +420,7 @@ class TrainConfig(Section):
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -2,19 +2,22 @@
 
 Launch ``agentrl train`` with ``accelerate launch --num_processes N -m agentrl.cli train CONFIG``
 (or ``torchrun --nproc_per_node N -m agentrl.cli train CONFIG``): accelerate's ``PartialState``
-sets up the process group and gives each process its device. Every process holds the whole model
-and adapter. Each rolls out its share of the iteration's groups; the groups are gathered so every
-process holds the whole batch and computes the same credit. The update's minibatches are the
-same on every process; each process runs its share of a minibatch's rows and the gradients are
-summed across processes before clipping and the optimiser step. Losses are already divided by
-the whole minibatch's token (or sequence) count, so the summed gradient is the one a single
-process would compute on the whole minibatch: N processes take the same steps as one, with N
-times the rollout and update throughput.
+sets up the process group and gives each process its device. Each process rolls out its share of
+the iteration's groups; the groups are gathered so every process holds the whole batch and
+computes the same credit. The update's minibatches are the same on every process; each process
+runs its share of a minibatch's rows and the gradients are summed across processes before
+clipping and the optimiser step. Losses are already divided by the whole minibatch's token (or
+sequence) count, so the summed gradient is the one a single process would compute on the whole
+minibatch: N processes take the same steps as one, with N times the rollout and update throughput.
 
-Why not ``DistributedDataParallel``: its hooks all-reduce during every backward, so every process
-must run the same number of micro-batches; here a process's share of a minibatch may be smaller
-(or empty), and LoRA gradients are small enough that one flat all-reduce per optimiser step is
-cheaper than one per micro-batch.
+How the gradients are summed is the config's ``distributed.strategy`` (``trainers.parallel``):
+``ddp`` (default) wraps the learner's forward in ``DistributedDataParallel``, whose bucketed
+all-reduces overlap the backward; ``allreduce`` is one flat all-reduce per optimiser step
+(``Dist.sum_grads``, also SFT's); ``fsdp`` shards the frozen base model with FSDP2 while the
+learner trains, keeping the small LoRA adapter replicated. DDP and FSDP need every process to
+run the same number of forward and backward passes, so a process whose share of a minibatch holds
+fewer micro-batches (or none) runs a zero-weight padding pass; ``allreduce`` needs no such lockstep.
+This module holds what every strategy shares: ranks, shares, gathers, broadcasts, the flat sum.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ class Dist:
 
     def sum_grads(self, params: Sequence[torch.nn.Parameter], bucket_elements: int = 1 << 25) -> None:
         """Sum the gradients of ``params`` over processes (a process without one counts zeros), one
-        all-reduce per bucket of up to ``bucket_elements`` values (a LoRA adapter is one bucket)."""
+        all-reduce per bucket of up to ``bucket_elements`` values (a LoRA adapter is one bucket).
+        The ``allreduce`` and ``fsdp`` strategies' gradient sum, and SFT's."""
         if not self.active:
             return
         import torch

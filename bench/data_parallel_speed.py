@@ -1,12 +1,15 @@
-"""Data-parallel training speed: the same config on 1 process and on N processes (torchrun).
+"""Data-parallel training speed: the same config on 1 process and on N processes (torchrun), once
+per ``distributed.strategy``.
 
     .venv/bin/python bench/data_parallel_speed.py [--processes 2] [--iterations 4] [--threads 2]
+        [--strategies ddp allreduce fsdp]
 
 Trains ``configs/quickstart.yaml`` without SFT and evaluation (the tiny model is built in each run
-directory) once on one process with ``--threads`` torch threads and once on ``--processes``
-processes sharing those threads, and prints the median rollout, update and iteration seconds and
-new tokens/s of each. On a CPU machine the processes share the same cores, so expect parity; on
-GPUs (``--device cuda``, one process per GPU) the iteration time should fall with N.
+directory) once on one process with ``--threads`` torch threads and once per strategy on
+``--processes`` processes sharing those threads, and prints the median rollout, update and
+iteration seconds and new tokens/s of each. On a CPU machine the processes share the same cores,
+so expect parity; on GPUs (``--device cuda``, one process per GPU) the iteration time should fall
+with N.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def run(processes: int, threads: int, iterations: int, device: str, out: Path) -> dict[str, float]:
+def run(
+    processes: int, threads: int, iterations: int, device: str, out: Path, strategy: str = "ddp"
+) -> dict[str, float | str]:
     overrides = [
+        f"distributed.strategy={strategy}",
         "sft.enabled=false",
         "eval.enabled=false",
         f"optim.iterations={iterations}",
@@ -66,6 +72,7 @@ def run(processes: int, threads: int, iterations: int, device: str, out: Path) -
     ]  # the first warms up
     return {
         "processes": processes,
+        "strategy": strategy if processes > 1 else "-",
         "threads_per_process": threads,
         "time_rollout": statistics.median(r["time_rollout"] for r in records),
         "time_update": statistics.median(r["time_update"] for r in records),
@@ -85,24 +92,32 @@ def main() -> None:
         help="torch threads of the 1-process run, split among the N processes",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument("--strategies", nargs="+", default=["ddp", "allreduce", "fsdp"])
     args = p.parse_args()
     if args.iterations < 2:
         p.error("--iterations must be >= 2 (the first is a warm-up)")
     with tempfile.TemporaryDirectory() as tmp:
         one = run(1, args.threads, args.iterations, args.device, Path(tmp) / "one")
-        many = run(
-            args.processes,
-            max(1, args.threads // args.processes),
-            args.iterations,
-            args.device,
-            Path(tmp) / "many",
-        )
+        many = {
+            strategy: run(
+                args.processes,
+                max(1, args.threads // args.processes),
+                args.iterations,
+                args.device,
+                Path(tmp) / strategy,
+                strategy,
+            )
+            for strategy in args.strategies
+        }
     print(
         json.dumps(
             {
                 "one_process": one,
-                f"{args.processes}_processes": many,
-                "speedup_iteration": round(one["time_iteration"] / many["time_iteration"], 2),
+                **{f"{args.processes}_processes_{s}": r for s, r in many.items()},
+                "speedup_iteration": {
+                    s: round(float(one["time_iteration"]) / float(r["time_iteration"]), 2)
+                    for s, r in many.items()
+                },
             },
             indent=1,
         )

@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node N``: the same rollout batch on
 every process, then one update per schedule (GRPO, GAE with a value head, SeeUPO) through a
-``Learner`` on ``init_distributed``; each process saves its trained parameters and statistics."""
+``Learner`` on ``init_distributed`` with the strategy named by the third argument (default ddp);
+each process saves its trained parameters and statistics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from agentrl.distributed import init_distributed
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
+from agentrl.policies.logprobs import split_causal_lm
 from agentrl.rollout import rollout
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.samples import build_samples, steps_in_row_order
@@ -24,7 +26,15 @@ from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch
 
 
-def main(model_dir: str, out: str) -> None:
+def _weight_layout(policy: HFPolicy) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """(type, shape, this process's local shape) of the first layer's first LoRA-wrapped base weight."""
+    body = split_causal_lm(policy.model)[0]
+    w = next(p for n, p in body.layers[0].named_parameters() if n.endswith("base_layer.weight"))
+    local = w.to_local() if hasattr(w, "to_local") else w
+    return type(w).__name__, tuple(w.shape), tuple(local.shape)
+
+
+def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
     torch.manual_seed(0)
@@ -52,16 +62,23 @@ def main(model_dir: str, out: str) -> None:
             p.grad = torch.full_like(p, float(dist.rank + 1))
     dist.sum_grads(loose, bucket_elements=7)  # two buckets
     results["loose_grads"] = [p.grad for p in loose]
-    for estimator in ("grpo", "gae", "seeupo", "spa_rl", "ucas"):
+    five = {"minibatch_size": 5, "micro_batch_size": 2, "epochs": 2}
+    # minibatches of 13, 13 and 1 rows: on 2 processes the last leaves rank 1 no row at all
+    runs = [(e, e, five) for e in ("grpo", "gae", "seeupo", "spa_rl", "ucas")]
+    runs.append(("grpo_empty_share", "grpo", {"minibatch_size": 13, "micro_batch_size": 4, "epochs": 1}))
+    for name, estimator, shape in runs:
         torch.manual_seed(1)
         policy = HFPolicy.from_pretrained(
             model_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu"
         )
         heads = value_heads_for(estimator)
-        settings = UpdateSettings(
-            minibatch_size=5, micro_batch_size=2, kl_coef=0.1, entropy_coef=0.01, epochs=2
-        )
-        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist)
+        settings = UpdateSettings(kl_coef=0.1, entropy_coef=0.01, **shape)
+        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist, strategy=strategy)
+        results["engine"] = type(learner.parallel).__name__
+        if "base_weight" not in results:  # a frozen base weight outside and inside an update
+            results["base_weight"] = [_weight_layout(policy)]
+            with learner.parallel.training():
+                results["base_weight"].append(_weight_layout(policy))
         initial = [p.detach().clone() for p in learner.params]
         samples = build_samples(steps, value_heads=estimator_info(estimator).value_heads)
         result = run_update(learner, batch, samples, estimator, {}, rng=np.random.default_rng(3))
@@ -69,9 +86,9 @@ def main(model_dir: str, out: str) -> None:
         if learner.value_head is not None:
             params += [p.detach().clone() for p in learner.value_head.parameters()]
         moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
-        results[estimator] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
-    torch.save(results, Path(out) / f"world{dist.world}-rank{dist.rank}.pt")
+        results[name] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
+    torch.save(results, Path(out) / f"{strategy}-world{dist.world}-rank{dist.rank}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -61,7 +61,8 @@ def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
     ):
         load_config(bad)
     with pytest.raises(
-        ConfigError, match=r"unknown key 'nosection' in override 'nosection=1'; allowed: algorithm, env, eval"
+        ConfigError,
+        match=r"unknown key 'nosection' in override 'nosection=1'; allowed: algorithm, distributed, env, eval",
     ):
         load_config(None, ["nosection=1"])
 

@@ -67,18 +67,54 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
         init_distributed("cuda")
 
 
-@pytest.mark.slow
-def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
-    """GRPO, GAE (value head) and SeeUPO updates on the same batch: 2 gloo processes end with the
-    parameters 1 process gets (to float rounding), identical on both ranks, and the same statistics."""
+def test_one_process_runs_plainly_and_an_unknown_strategy_is_refused():
+    from agentrl.trainers.parallel import Parallel, make_parallel
+
+    for strategy in ("ddp", "allreduce", "fsdp"):  # one process: no wrapper, no collective, no padding
+        engine = make_parallel(strategy, object(), [], SINGLE)
+        assert type(engine) is Parallel and engine.micro_batch_count(5, 2, 5) == 3
+    with pytest.raises(ValueError, match="must be one of ddp, allreduce, fsdp, got 'zero3'"):
+        make_parallel("zero3", object(), [], SINGLE)
+
+
+def test_a_run_resumes_under_another_strategy(tmp_path):
+    """Every strategy writes the same checkpoint (the replicated adapter, rank 0's optimiser), so
+    ``distributed`` is the one section a resume may change."""
+    from agentrl.config import dump_config, load_config
+    from agentrl.trainers.loop import Trainer
+
+    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    (tmp_path / "config.yaml").write_text(dump_config(load_config(config)))
+    for override, changed in (("distributed.strategy=fsdp", []), ("optim.lr=0.5", ["optim"])):
+        assert Trainer(load_config(config, [override]), tmp_path)._sections_changed() == changed
+
+
+@pytest.fixture(scope="module")
+def single_process_update(model_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("world1")
     one = subprocess.run(
-        [sys.executable, str(WORKER), str(model_dir), str(tmp_path)],
+        [sys.executable, str(WORKER), str(model_dir), str(out)],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-3000:]
+    return torch.load(out / "ddp-world1-rank0.pt", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "strategy, engine", [("ddp", "ReplicatedDDP"), ("allreduce", "Parallel"), ("fsdp", "ShardedBase")]
+)
+def test_two_processes_take_the_single_process_steps(
+    model_dir, single_process_update, tmp_path, strategy, engine
+):
+    """GRPO, GAE (value head), SeeUPO, SPA-RL and UCAS updates on the same batch: 2 gloo processes end
+    with the parameters 1 process gets (to float rounding), identical on both ranks, and the same
+    statistics, through DDP, the flat all-reduce and FSDP. Minibatches of 5 rows in micro-batches of
+    2 give the ranks 2 and 1 micro-batches (3 + 2 rows), and a minibatch of 1 row leaves rank 1
+    none (``grpo_empty_share``), so ddp and fsdp run padding passes."""
     two = subprocess.run(
         [
             sys.executable,
@@ -93,6 +129,7 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
             str(WORKER),
             str(model_dir),
             str(tmp_path),
+            strategy,
         ],
         env=_env(),
         capture_output=True,
@@ -100,11 +137,20 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
         timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    single = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
-    ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=False) for r in range(2)]
+    single = dict(single_process_update)
+    ranks = [torch.load(tmp_path / f"{strategy}-world2-rank{r}.pt", weights_only=False) for r in range(2)]
     for got in ranks:  # sums over buckets; a process without a gradient adds zeros
         assert [g.unique().tolist() for g in got.pop("loose_grads")] == [[2.0], [1.0], [3.0]]
-    single.pop("loose_grads")
+        assert got.pop("engine") == engine
+        outside, inside = got.pop("base_weight")
+        full = single["base_weight"][0]
+        assert outside == full  # sampling, scoring and evaluation see the whole weight
+        if strategy == "fsdp":  # an update holds half the rows of each base weight on each process
+            assert inside[:2] == ("DTensor", full[1]) and inside[2] == (full[1][0] // 2, *full[1][1:])
+        else:
+            assert inside == full
+    for key in ("loose_grads", "engine", "base_weight"):
+        single.pop(key)
     for estimator, want in single.items():
         assert want["moved"] > 1e-3, f"{estimator}: the update did not move the adapter"
         for got in ranks:
@@ -113,10 +159,10 @@ def test_two_processes_take_the_single_process_steps(model_dir, tmp_path):
             )  # 3 groups x 3 episodes x up to 3 turns, all rows
             for a, b in zip(got[estimator]["params"], want["params"]):
                 # SeeUPO: one update per turn slot with GSPO's 3e-4/4e-4 clip band on sequence ratios, so
-                # summation-order rounding compounds over the slots (1.9e-4 with the locked packages).
-                # SPA-RL: whitened advantages of order 1 on every row (the untrained model fails every
-                # episode, so GRPO/GAE train on the small invalid-action penalty only); rounding shows more
-                # (5.2e-5 measured)
+                # summation-order rounding compounds over the slots (1.9e-4 with the locked packages;
+                # 2.7e-4 through DDP). SPA-RL: whitened advantages of order 1 on every row (the untrained
+                # model fails every episode, so GRPO/GAE train on the small invalid-action penalty only);
+                # rounding shows more (5.2e-5 measured; 8.7e-5 through DDP and FSDP)
                 atol = {"seeupo": 5e-4, "spa_rl": 2e-4}.get(estimator, 5e-6)
                 torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m, e=estimator: f"{e}: {m}")
             for k, v in want["stats"].items():
@@ -208,12 +254,16 @@ def _comparable(record: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path):
-    full = _launch(model_dir, tmp_path / "full")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path, strategy):
+    """Rollout, update, evaluation and checkpoints on 2 processes; a run killed with -9 and resumed
+    writes the uninterrupted run's records. Under fsdp the sampler and the evaluation generate with
+    the unsharded model while each process plays its own number of forward passes."""
+    full = _launch(model_dir, tmp_path / "full", **{"distributed.strategy": strategy})
     out, err = full.communicate(timeout=600)
     assert full.returncode == 0, err[-3000:]
     assert out.count("run directory:") == 1  # only rank 0 speaks
-    assert "data-parallel over 2 processes (cpu)" in err
+    assert "data-parallel over 2 processes (cpu)" in err and f"with {strategy};" in err
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert all(r["episodes"] == 6 for r in records)  # both ranks' groups are in every record
@@ -225,7 +275,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     assert len((tmp_path / "full" / "eval" / "after.jsonl").read_text().splitlines()) == 3
 
     killed = tmp_path / "killed"
-    proc = _launch(model_dir, killed)
+    proc = _launch(model_dir, killed, **{"distributed.strategy": strategy})
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (killed / "metrics.jsonl").exists() and len(read_metrics(killed / "metrics.jsonl")) >= 2:
@@ -235,7 +285,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     _kill_all(proc, f"--out {killed}")
     time.sleep(1.0)
     assert len(read_metrics(killed / "metrics.jsonl")) < 3
-    resumed = _launch(model_dir, killed)
+    resumed = _launch(model_dir, killed, **{"distributed.strategy": strategy})
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     again = read_metrics(killed / "metrics.jsonl")

@@ -2,7 +2,11 @@
 atomically, so a run killed at any moment resumes from the last complete checkpoint exactly.
 
 With several processes rank 0 writes the checkpoint and every process adds its own RNG states
-(``rng-rank<R>.pt``): each process's random stream continues where it stopped.
+(``rng-rank<R>.pt``): each process's random stream continues where it stopped. Every
+``distributed.strategy`` writes the same files: ``fsdp`` shards only the frozen base model (which
+the checkpoint does not hold), while the adapter and its optimiser state are replicated, so rank
+0's copy is the whole trained state. An adapter is small, so one full file beats a sharded
+``torch.distributed.checkpoint`` and lets a run resume on another strategy or process count.
 
 A stateful estimator's state (``credit.base``) is saved as ``estimator_state.json``. After each
 iteration the trainer keeps the state as JSON gives it back (``settle_estimator_state``), so a

@@ -6,7 +6,7 @@ same way; the reference is the same model with the LoRA adapter switched off (no
 One minibatch is one optimiser step; it is split into micro-batches whose gradients add up to the
 minibatch's (losses are divided by minibatch counts, ``losses.LossInput``). With several processes
 (``distributed.Dist``) each scores and trains its share of the rows and gradients are summed, so
-the step is the single-process one.
+the step is the single-process one; ``parallel`` says how (DDP, one all-reduce, or FSDP).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.precision import HALF_DTYPES, base_dtype
 from agentrl.trainers.losses import LOSSES, LossFn, LossInput, kl_k3, masked_sum
+from agentrl.trainers.parallel import make_parallel
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
 
@@ -133,7 +134,9 @@ class Learner:
         betas: tuple[float, float] = (0.9, 0.999),
         value_heads: Sequence[str] = (),
         dist: Dist = SINGLE,
+        strategy: str = "ddp",
     ) -> None:
+        """``strategy``: how several processes train (``trainers.parallel``: ddp, allreduce, fsdp)."""
         self.policy, self.settings, self.dist = policy, settings, dist
         self.params = policy.trainable_parameters()
         if not self.params:
@@ -161,6 +164,7 @@ class Learner:
             settings.old_logprobs == "auto" and half
         )
         dist.broadcast_params([p for g in groups for p in g["params"]])
+        self.parallel = make_parallel(strategy, policy, self.params, dist)
         self._weights_changed()
 
     @property
@@ -322,12 +326,13 @@ class Learner:
         steps = 0
         self.policy.model.train()
         try:
-            for _ in range(s.epochs):
-                for mb in _chunks(rng.permutation(len(batch)), s.minibatch_size):
-                    stats = self._minibatch(batch, mb, loss_fn)
-                    for k, v in stats.items():
-                        totals[k] = totals.get(k, 0.0) + v
-                    steps += 1
+            with self.parallel.training():
+                for _ in range(s.epochs):
+                    for mb in _chunks(rng.permutation(len(batch)), s.minibatch_size):
+                        stats = self._minibatch(batch, mb, loss_fn)
+                        for k, v in stats.items():
+                            totals[k] = totals.get(k, 0.0) + v
+                        steps += 1
         finally:
             self.policy.model.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
@@ -339,46 +344,63 @@ class Learner:
         n_seqs = float(len(mb))
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "ratio": 0.0, "kl_penalty": 0.0}
-        for micro in _chunks(np.asarray(self.dist.share(mb.tolist()), dtype=np.int64), s.micro_batch_size):
-            per_token = batch.per_token(micro, reference=bool(s.kl_coef))
-            packed, t = collate(
-                batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token
-            )
-            lp = self.policy.logprobs(
-                packed.input_ids,
-                packed.attention_mask,
-                packed.response_mask,
-                temperature=s.temperature,
-                with_entropy=bool(s.entropy_coef),
-            )
-            out = loss_fn(
-                LossInput(
-                    logp=lp.logprobs,
-                    old_logp=t["old"],
-                    adv=t["adv"],
-                    mask=t["mask"],
-                    n_tokens=n_tokens,
-                    n_seqs=n_seqs,
-                    clip_low=s.clip_low,
-                    clip_high=s.clip_high,
+        micros = _chunks(np.asarray(self.dist.share(mb.tolist()), dtype=np.int64), s.micro_batch_size)
+        par = self.parallel
+        count = par.micro_batch_count(len(mb), s.micro_batch_size, sum(len(m) for m in micros))
+        for k in range(count):
+            padding = k >= len(micros)  # lockstep: a zero-weight pass over one row (trainers.parallel)
+            micro = mb[:1] if padding else micros[k]
+            with par.no_sync(last=k == count - 1):
+                per_token = batch.per_token(micro, reference=bool(s.kl_coef))
+                packed, t = collate(
+                    batch.samples, batch.scores.rows[micro], self.policy.pad_token_id, self.device, per_token
                 )
-            )
-            loss = out.loss
-            if "ref" in t:
-                kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
-                loss = loss + s.kl_coef * kl
+                lp = par.logprobs(
+                    packed.input_ids,
+                    packed.attention_mask,
+                    packed.response_mask,
+                    temperature=s.temperature,
+                    with_entropy=bool(s.entropy_coef),
+                    **({"return_hidden": True} if par.lockstep else {}),
+                )
+                out = loss_fn(
+                    LossInput(
+                        logp=lp.logprobs,
+                        old_logp=t["old"],
+                        adv=t["adv"],
+                        mask=t["mask"],
+                        n_tokens=n_tokens,
+                        n_seqs=n_seqs,
+                        clip_low=s.clip_low,
+                        clip_high=s.clip_high,
+                    )
+                )
+                loss = out.loss
+                kl = ent = None
+                if "ref" in t:
+                    kl = masked_sum(kl_k3(lp.logprobs, t["ref"]), t["mask"]) / max(n_tokens, 1.0)
+                    loss = loss + s.kl_coef * kl
+                if s.entropy_coef:
+                    ent = masked_sum(lp.entropy, t["mask"]) / max(n_tokens, 1.0)
+                    loss = loss - s.entropy_coef * ent
+                if padding:
+                    loss = loss * 0.0
+                if par.lockstep and not loss.requires_grad and lp.hidden is not None:
+                    # no scored token: still a backward through every layer, as the others run one
+                    loss = loss + 0.0 * lp.hidden.sum()
+                if loss.requires_grad:
+                    loss.backward()
+            if padding:
+                continue
+            if kl is not None:
                 stats["kl_penalty"] += float(kl.detach())
-            if s.entropy_coef:
-                ent = masked_sum(lp.entropy, t["mask"]) / max(n_tokens, 1.0)
-                loss = loss - s.entropy_coef * ent
+            if ent is not None:
                 stats["entropy_bonus"] = stats.get("entropy_bonus", 0.0) + float(ent.detach())
-            if loss.requires_grad:
-                loss.backward()
             stats["loss"] += float(loss.detach())
             stats["pg_loss"] += float(out.loss.detach())
             stats["clip_frac"] += float(out.clip_frac)
             stats["ratio"] += float(out.ratio)
-        self.dist.sum_grads(self.params)
+        par.reduce()
         stats = self.dist.sum_stats(stats)
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm))
         if self.value_head is not None and batch.value_targets:

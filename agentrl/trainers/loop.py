@@ -168,14 +168,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _sections_changed(self, sections: Iterable[str] | None = None) -> list[str]:
-        """Config sections (all but ``out_dir`` when None) that differ from the run dir's config.yaml."""
+        """Config sections (all but ``out_dir`` and ``distributed`` when None: a checkpoint resumes under
+        any strategy) that differ from the run dir's config.yaml."""
         saved = self.run_dir / "config.yaml"
         if not saved.exists():
             return []
         old = yaml.safe_load(saved.read_text()) or {}
         new = self.cfg.model_dump(mode="json")
         keys = set(old) | set(new) if sections is None else set(sections)
-        return sorted(k for k in keys - {"out_dir"} if old.get(k) != new.get(k))
+        return sorted(k for k in keys - {"out_dir", "distributed"} if old.get(k) != new.get(k))
 
     def _check_resume(self) -> None:
         diff = self._sections_changed()
@@ -397,7 +398,8 @@ class Trainer:
         self.say = say = progress if progress is not None and dist.main else (lambda line: None)
         if dist.active:
             say(
-                f"data-parallel over {dist.world} processes ({getattr(dist.device, 'type', 'cpu')}); rank 0 writes {self.run_dir}"
+                f"data-parallel over {dist.world} processes ({getattr(dist.device, 'type', 'cpu')}) with "
+                f"{cfg.distributed.strategy}; rank 0 writes {self.run_dir}"
             )
         self._write_run_files()
         if cfg.model.torch_threads:
@@ -467,6 +469,7 @@ class Trainer:
             betas=cfg.optim.betas,
             value_heads=value_heads_for(a.estimator),
             dist=dist,
+            strategy=cfg.distributed.strategy,
         )
         self.sampler = self._sampler(self.policy, model_path)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
