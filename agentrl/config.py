@@ -366,6 +366,17 @@ class EvalConfig(Section):
     env_kwargs: dict[
         str, Any
     ] = {}  # merged over env.kwargs for the evaluation envs, e.g. {split: valid_unseen}
+    # more held-out sets, evaluated before and after like the first (same tasks, episodes and seeds):
+    # name -> env kwargs over the evaluation envs', e.g. {valid_unseen: {split: valid_unseen}}
+    also: dict[str, dict[str, Any]] = {}
+
+    @field_validator("also")
+    @classmethod
+    def _set_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        bad = [n for n in v if not n or not all(c.isalnum() or c in "-_" for c in n)]
+        if bad:
+            raise ValueError(f"eval.also names become file names: use letters, digits, - and _; got {bad}")
+        return v
 
 
 class LoggingConfig(Section):
@@ -469,9 +480,11 @@ class TrainConfig(Section):
             action_choice=r.action_choice,
         )
 
-    def eval_env_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of the evaluation envs: ``env.kwargs`` with ``eval.env_kwargs`` over them."""
-        return {**self.env.kwargs, **self.eval.env_kwargs}
+    def eval_env_kwargs(self, also: str | None = None) -> dict[str, Any]:
+        """Constructor arguments of the evaluation envs: ``env.kwargs`` with ``eval.env_kwargs`` over
+        them (and, for the extra set ``also``, ``eval.also[also]`` over those)."""
+        extra = self.eval.also[also] if also is not None else {}
+        return {**self.env.kwargs, **self.eval.env_kwargs, **extra}
 
 
 # ----------------------------------------------------------------------------- errors

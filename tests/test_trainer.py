@@ -625,3 +625,34 @@ def test_evaluation_envs_take_their_own_kwargs(model_dir, tmp_path):
     assert sorted(t.task_id for t in episodes) == ["maze-60", "maze-61", "maze-62"]
     with pytest.raises(ConfigError, match="eval.tasks asks for tasks 60..62 but env 'maze' has 50"):
         train(None, tmp_path / "bad", tiny_run(model_dir, **{**extra, "eval.env_kwargs": "{}"}))
+
+
+def test_extra_held_out_sets_are_evaluated_before_and_after(model_dir, tmp_path):
+    """eval.also: each extra set gets its own before/after reports and episodes, next to the first
+    set's (which keeps its place in summary.json); a bad set name is refused."""
+    from agentrl.config import ConfigError
+
+    overrides = tiny_run(
+        model_dir,
+        **{
+            "optim.iterations": 1,
+            "eval.enabled": "true",
+            "eval.tasks.start": 40,
+            "eval.tasks.count": 4,
+            "eval.also": "{short: {max_steps: 1}}",
+        },
+    )
+    lines: list[str] = []
+    run = train(None, tmp_path / "run", overrides, progress=lines.append)
+    summary = json.loads((run / "summary.json").read_text())
+    short = summary["also"]["short"]
+    for key in ("before", "after"):
+        episodes = read_trajectories(run / "eval" / f"{key}-short.jsonl")
+        assert len(episodes) == 4 and all(len(t) == 1 for t in episodes)  # max_steps 1 there
+        assert np.mean([t.success for t in episodes]) == short[key]["success_rate"]
+        assert summary[key]["episodes"] == 4 and len(read_trajectories(run / "eval" / f"{key}.jsonl")) == 4
+    assert short["improvement"] == short["after"]["success_rate"] - short["before"]["success_rate"]
+    assert json.loads((run / "eval_before-short.json").read_text()) == short["before"]
+    assert any(line.startswith("after RL (short):") for line in lines)
+    with pytest.raises(ConfigError, match="file names"):
+        train(None, tmp_path / "bad", [*overrides, "eval.also={'a/b': {}}"])

@@ -142,6 +142,7 @@ class Trainer:
     eval_envs: list[Any]
     train_tasks: list[str]
     eval_tasks: list[str]
+    also_envs: dict[str, list[Any]]  # eval.also: each extra held-out set's envs (same task range)
     policy: HFPolicy
     learner: Learner
     sampler: Any  # the policy itself, or an OpenAI-compatible server's client
@@ -372,18 +373,26 @@ class Trainer:
             return self.dist.device
         return pick_device(self.cfg.model.device)
 
-    def _evaluate(self, name: str) -> dict[str, Any]:
+    def _evaluate(self, name: str, also: str | None = None) -> dict[str, Any]:
         """Evaluate the current policy on the held-out tasks (``agentrl.evaluation``, as ``agentrl eval``
-        does); episodes go to ``eval/<name>.jsonl``."""
+        does), or on the extra set ``also``; episodes go to ``eval/<name>[-<also>].jsonl``."""
         return evaluate(
             self.policy,
-            self.eval_envs,
+            self.eval_envs if also is None else self.also_envs[also],
             self.eval_tasks,
             self.cfg.eval_spec(),
             dist=self.dist,
-            episodes_path=self.run_dir / "eval" / f"{name}.jsonl",
+            episodes_path=self.run_dir
+            / "eval"
+            / (f"{name}.jsonl" if also is None else f"{name}-{also}.jsonl"),
             id_prefix="eval-",
         )
+
+    def _before_paths(self) -> dict[str | None, Path]:
+        """Where each held-out set's before-RL report is kept (None: the first set)."""
+        paths: dict[str | None, Path] = {None: self.run_dir / "eval_before.json"}
+        paths.update({n: self.run_dir / f"eval_before-{n}.json" for n in self.cfg.eval.also})
+        return paths
 
     # ------------------------------------------------------------------ run
     def setup(self, progress: Callable[[str], None] | None = None) -> None:
@@ -420,6 +429,12 @@ class Trainer:
             if cfg.eval.enabled
             else []
         )
+        self.also_envs = {}
+        for name in cfg.eval.also if cfg.eval.enabled else ():
+            self.also_envs[name] = [make(cfg.env.name, **cfg.eval_env_kwargs(name)) for _ in range(n_envs)]
+            self.task_ids(
+                self.also_envs[name][0], cfg.eval.tasks.start, cfg.eval.tasks.count, f"eval.also.{name}"
+            )
         if (
             cfg.model.path is None
             and not (self.run_dir / "tiny-model" / "config.json").exists()
@@ -490,7 +505,6 @@ class Trainer:
         """The loop after ``setup``: resume from the latest checkpoint, evaluate the starting policy,
         then per iteration sync the sampler, roll out and update, log and checkpoint; evaluate after."""
         cfg, dist, say, t_run = self.cfg, self.dist, self.say, time.time()
-        before_path = self.run_dir / "eval_before.json"
         try:
             start = 0
             ckpt = latest_checkpoint(self.run_dir)
@@ -503,18 +517,21 @@ class Trainer:
                     self.starts.load(saved)
                 if stateful:
                     self.estimator_state = load_estimator_state(ckpt, cfg.algorithm.estimator)
-            if cfg.eval.enabled and not before_path.exists():
+            missing = {a: p for a, p in self._before_paths().items() if not p.exists()}
+            if cfg.eval.enabled and missing:
                 if start > 0:
                     raise RuntimeError(
-                        f"{self.run_dir} resumes at iteration {start} but has no eval_before.json"
+                        f"{self.run_dir} resumes at iteration {start} but has no {', '.join(p.name for p in missing.values())}"
                     )
-                say(
-                    f"evaluating the starting policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes"
-                )
-                before = self._evaluate("before")
-                if dist.main:
-                    before_path.write_text(json.dumps(before, indent=1))
-                say("before: " + _rate(before))
+                for also, path in missing.items():
+                    where = "" if also is None else f" ({also})"
+                    say(
+                        f"evaluating the starting policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes{where}"
+                    )
+                    before = self._evaluate("before", also)
+                    if dist.main:
+                        path.write_text(json.dumps(before, indent=1))
+                    say(f"before{where}: " + _rate(before))
             elif start > 0:
                 say(f"resuming at iteration {start} from {ckpt}")
             if self.metrics is not None:
@@ -549,7 +566,7 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         if cfg.eval.enabled:
-            self._summarise(before_path)
+            self._summarise()
         say(f"done in {time.time() - t_run:.0f} s: {self.run_dir}")
         return self.run_dir
 
@@ -558,38 +575,57 @@ class Trainer:
         self.setup(progress)
         return self.train(stop_after)
 
-    def _summarise(self, before_path: Path) -> None:
-        """Evaluate the trained policy and write ``summary.json`` (before, after, the gain)."""
+    def _summarise(self) -> None:
+        """Evaluate the trained policy and write ``summary.json`` (before, after, the gain; under
+        ``also`` the same for each extra held-out set of ``eval.also``)."""
         cfg, dist, say = self.cfg, self.dist, self.say
-        dist.barrier()  # rank 0 has written eval_before.json
-        before = json.loads(before_path.read_text())
-        if (
-            cfg.optim.iterations == 0
-        ):  # no update: the same policy, tasks and seeds would give the same episodes again
-            after = before
-            if dist.main and (self.run_dir / "eval" / "before.jsonl").exists():
-                shutil.copyfile(self.run_dir / "eval" / "before.jsonl", self.run_dir / "eval" / "after.jsonl")
-        else:
-            say(
-                f"evaluating the trained policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes"
-            )
-            after = self._evaluate("after")
+        dist.barrier()  # rank 0 has written the eval_before files
+        parts: dict[str | None, dict[str, Any]] = {}
+        for also, path in self._before_paths().items():
+            before = json.loads(path.read_text())
+            name = "before" if also is None else f"before-{also}"
+            where = "" if also is None else f" ({also})"
+            if (
+                cfg.optim.iterations == 0
+            ):  # no update: the same policy, tasks and seeds would give the same episodes
+                after = before
+                if dist.main and (self.run_dir / "eval" / f"{name}.jsonl").exists():
+                    shutil.copyfile(
+                        self.run_dir / "eval" / f"{name}.jsonl",
+                        self.run_dir / "eval" / f"{name.replace('before', 'after', 1)}.jsonl",
+                    )
+            else:
+                say(
+                    f"evaluating the trained policy on {len(self.eval_tasks) * cfg.eval.episodes_per_task} held-out episodes{where}"
+                )
+                after = self._evaluate("after", also)
+            parts[also] = {
+                "before": before,
+                "after": after,
+                "improvement": after["success_rate"] - before["success_rate"],
+                "significant": after["ci_low"] > before["ci_high"],
+            }
         dist.barrier()
+        main = parts.pop(None)
         summary = {
-            "before": before,
-            "after": after,
+            "before": main["before"],
+            "after": main["after"],
             "estimator": cfg.algorithm.estimator,
             "iterations": cfg.optim.iterations,
-            "improvement": after["success_rate"] - before["success_rate"],
-            "significant": after["ci_low"] > before["ci_high"],
+            "improvement": main["improvement"],
+            "significant": main["significant"],
         }
+        if parts:
+            summary["also"] = parts
         if dist.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        say(f"before RL: {_rate(before)}")
-        say(
-            f"after RL:  {_rate(after)}"
-            + ("  (gain beyond both 95% intervals)" if summary["significant"] else "")
-        )
+        for also, part in [(None, main), *parts.items()]:
+            where = "" if also is None else f" ({also})"
+            say(f"before RL{where}: {_rate(part['before'])}")
+            say(
+                f"after RL{where}:  {_rate(part['after'])}"
+                + ("  (gain beyond both 95% intervals)" if part["significant"] else "")
+            )
 
     def _sampler(self, policy: HFPolicy, model_path: str | Path) -> Any:
         """What rollouts sample from: the in-process policy, an in-process vLLM engine on the same
