@@ -112,7 +112,7 @@ class RolloutServerConfig(Section):
     sync_dir: str | None = None  # default: RUNDIR/served-adapter
     adapter_name: str = "agentrl-policy"
     cooldown_s: float = Field(30.0, gt=0)  # several servers: how long a failed server stays out
-    timeout_s: float = Field(600.0, gt=0)  # several servers: a request taking longer counts as a failure
+    timeout_s: float = Field(600.0, gt=0)  # a request taking longer fails (several servers: goes elsewhere)
 
     @field_validator("url")
     @classmethod

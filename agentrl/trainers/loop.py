@@ -621,7 +621,11 @@ class Trainer:
         from agentrl.policies.openai import OpenAIPolicy
 
         return OpenAIPolicy.connect(
-            urls[0], server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer
+            urls[0],
+            server.model,
+            concurrency=server.concurrency,
+            tokenizer=policy.tokenizer,
+            timeout=server.timeout_s,
         )
 
     def _sync_adapter(self, weights: list[torch.Tensor] | None = None) -> None:
