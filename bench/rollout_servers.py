@@ -124,26 +124,20 @@ def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
                 )
                 records = read_metrics(run / "metrics.jsonl")
                 later = records[1:]  # iteration 0 has nothing to overlap with
-                print(
-                    json.dumps(
-                        {
-                            "seed": seed,
-                            "overlap": mode == "true",
-                            "time_iteration_mean": round(
-                                float(np.mean([r["time_iteration"] for r in later])), 2
-                            ),
-                            "time_rollout_mean": round(float(np.mean([r["time_rollout"] for r in later])), 2),
-                            "time_update_mean": round(float(np.mean([r["time_update"] for r in later])), 2),
-                            "success_first3": round(
-                                float(np.mean([r["success_rate"] for r in records[:3]])), 3
-                            ),
-                            "success_last3": round(
-                                float(np.mean([r["success_rate"] for r in records[-3:]])), 3
-                            ),
-                        }
-                    ),
-                    flush=True,
-                )
+                row = {"seed": seed, "overlap": mode == "true"}
+                for key in ("time_iteration", "time_rollout", "time_update", "time_rollout_wait"):
+                    if key in records[0]:
+                        row[f"{key}_mean"] = mean(later, key)
+                for key in ("success_rate", "reward_mean", "invalid_rate"):
+                    row[f"{key}_first3"], row[f"{key}_last3"] = (
+                        mean(records[:3], key),
+                        mean(records[-3:], key),
+                    )
+                print(json.dumps(row), flush=True)
+
+
+def mean(records: list[dict[str, float]], key: str) -> float:
+    return round(float(np.mean([r[key] for r in records])), 3)
 
 
 def main() -> None:
