@@ -146,10 +146,10 @@ class ServerPool:
 
     # ------------------------------------------------------------------ health
     def _take_out(self, server: _Server, error: Exception) -> None:
+        """Out for a cool-down from now (counted as a failure once, when it was live)."""
         if server.down_since is None:
-            server.down_since = self.clock()
             self._failed.append(server.policy.root)
-        server.error = str(error)
+        server.down_since, server.error = self.clock(), str(error)
 
     def _due(self, server: _Server) -> bool:
         """Out, and its cool-down is over: worth a probe."""
@@ -250,7 +250,6 @@ class ServerPool:
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         """The chat template's prompt ids: from the local tokenizer when given, else a live server's."""
-        errors: list[str] = []
         for s in self.servers:
             if s.down_since is not None and s.policy._tokenizer is None:
                 continue
@@ -258,7 +257,6 @@ class ServerPool:
                 return s.policy.prompt_ids(messages)
             except ServerUnreachableError as e:
                 self._take_out(s, e)
-                errors.append(str(e))
         raise self._all_down()
 
     # ------------------------------------------------------------------ adapters
