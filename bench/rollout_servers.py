@@ -6,7 +6,8 @@ download; ``--threads`` torch threads each). Prints figures only; how they scale
 cores the machine has free.
 
     .venv/bin/python bench/rollout_servers.py                     # rollout tokens/s, 1/2/4 replicas
-    .venv/bin/python bench/rollout_servers.py --overlap --seeds 3 # iteration time and success, both modes
+    .venv/bin/python bench/rollout_servers.py --overlap --seeds 3 # iteration time, both modes (random init)
+    .venv/bin/python bench/rollout_servers.py --overlap --sft     # the same from the quickstart's SFT model
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from agentrl.policies.pool import ServerPool
 from agentrl.policies.tiny import build_tiny_model, env_corpus
 from agentrl.rollout import rollout
 from agentrl.serving import free_port
-from agentrl.trainers import train
+from agentrl.trainers import run_sft, train
 from agentrl.trainers.metrics import read_metrics
 
 MAZE = {"size": 3, "max_steps": 8}
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
 @contextlib.contextmanager
@@ -97,8 +99,12 @@ def throughput(model_dir: Path, args: argparse.Namespace) -> None:
 
 
 def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
-    with servers(model_dir, 1, args.threads) as urls:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):
+        config = None
+        if args.sft:  # the quickstart's SFT warm start, served: a policy that solves some mazes
+            config = QUICKSTART
+            model_dir = run_sft(config, out / f"sft-seed{seed}", [f"seed={seed}", "eval.enabled=false"])
+        with servers(model_dir, 1, args.threads) as urls:
             for mode in ("false", "true"):
                 overrides = {
                     "seed": seed,
@@ -119,8 +125,19 @@ def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
                     "logging.tensorboard": "false",
                     "eval.enabled": "false",
                 }
+                if args.sft:  # the quickstart's settings, from its SFT model
+                    overrides = {
+                        "seed": seed,
+                        "model.path": str(model_dir),
+                        "sft.enabled": "false",
+                        "rollout.server.url": urls[0] + "/v1",
+                        "rollout.overlap": mode,
+                        "optim.iterations": args.iterations,
+                        "eval.enabled": "false",
+                        "logging.tensorboard": "false",
+                    }
                 run = train(
-                    None, out / f"seed{seed}-overlap-{mode}", [f"{k}={v}" for k, v in overrides.items()]
+                    config, out / f"seed{seed}-overlap-{mode}", [f"{k}={v}" for k, v in overrides.items()]
                 )
                 records = read_metrics(run / "metrics.jsonl")
                 later = records[1:]  # iteration 0 has nothing to overlap with
@@ -155,6 +172,9 @@ def main() -> None:
     )
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument(
+        "--sft", action="store_true", help="--overlap from the quickstart's SFT model and settings"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
