@@ -99,20 +99,35 @@ class RolloutServerConfig(Section):
     """Sample through an OpenAI-compatible server (``vllm serve --enable-lora``, ``agentrl serve``)
     instead of in-process. The server must serve the trainer's base model (after any SFT);
     the trainer saves its LoRA adapter to ``sync_dir`` (a path the server can read) and loads it
-    there under ``adapter_name`` before every rollout."""
+    there under ``adapter_name`` before every rollout.
 
-    url: str | None = None  # None: sample in-process with the hf policy
+    Several servers (``url`` a list, or a text file with one URL per line) share the requests by
+    load, at most ``concurrency`` in flight per server; a server that stops answering is taken out
+    for ``cooldown_s`` and its requests go to the others (``agentrl.policies.pool``)."""
+
+    # None: sample in-process with the hf policy; a URL; a list of URLs; or a file of URLs
+    url: str | list[str] | None = None
     model: str | None = None  # the served base model; default: the first the server lists
-    concurrency: int = Field(16, ge=1)
+    concurrency: int = Field(16, ge=1)  # requests in flight per server
     sync_dir: str | None = None  # default: RUNDIR/served-adapter
     adapter_name: str = "agentrl-policy"
+    cooldown_s: float = Field(30.0, gt=0)  # several servers: how long a failed server stays out
+    timeout_s: float = Field(600.0, gt=0)  # a request taking longer fails (several servers: goes elsewhere)
 
     @field_validator("url")
     @classmethod
-    def _http(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+    def _http(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if v is not None:
+            from agentrl.policies.pool import read_urls
+
+            read_urls(v)
         return v
+
+    def urls(self) -> list[str]:
+        """The servers ``url`` names (a file of URLs is read now)."""
+        from agentrl.policies.pool import read_urls
+
+        return read_urls(self.url) if self.url is not None else []
 
 
 class BranchingConfig(Section):
@@ -207,6 +222,9 @@ class RolloutConfig(Section):
     # generate: the policy writes each response. admissible: where the env lists admissible actions,
     # the policy picks one by its probability under the model (policies/choice.py; in-process hf only)
     action_choice: Literal["generate", "admissible"] = "generate"
+    # one-step off-policy: iteration k+1's rollout runs on the server(s), in a thread, while
+    # iteration k updates, sampling with the adapter from before that update (needs server.url)
+    overlap: bool = False
 
     @model_validator(mode="after")
     def _one_sampler(self) -> RolloutConfig:
@@ -221,6 +239,15 @@ class RolloutConfig(Section):
                     "it cannot go with rollout.engine: vllm or rollout.server.url"
                 )
             check_action_choice(self.action_choice, None, self.response_format)
+        if self.overlap and self.server.url is None:
+            raise ValueError(
+                "rollout.overlap needs rollout.server.url: the in-process model cannot sample while it trains"
+            )
+        if self.overlap and (self.resets.enabled or self.hints.enabled):
+            raise ValueError(
+                "rollout.overlap does not go with rollout.resets or rollout.hints: the next rollout's starts "
+                "and hints depend on the episodes of the update that is still running"
+            )
         return self
 
     @model_validator(mode="after")
@@ -450,6 +477,12 @@ class TrainConfig(Section):
                     f"rollout.resets and rollout.hints play the env's expert, and env {self.env.name!r} has "
                     f"none; envs with an expert: {', '.join(EXPERTS.names())}"
                 )
+        info = estimator_info(self.algorithm.estimator)
+        if self.rollout.overlap and (info.schedule != "standard" or info.task_weights is not None):
+            raise ValueError(
+                f"rollout.overlap does not go with estimator {self.algorithm.estimator!r}: it rescores between "
+                "turn slots or draws the next tasks from the last update, which an overlapped rollout cannot wait for"
+            )
         return self
 
     def env_count(self, groups: int | None = None) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 
 from agentrl.policies.base import Generation, Messages, SamplingParams
 
-__all__ = ["MissingTokenIdsError", "OpenAIPolicy", "OpenAIServerError"]
+__all__ = ["MissingTokenIdsError", "OpenAIPolicy", "OpenAIServerError", "ServerUnreachableError"]
 
 
 class OpenAIServerError(RuntimeError):
@@ -41,6 +41,10 @@ class OpenAIServerError(RuntimeError):
 
 class MissingTokenIdsError(OpenAIServerError):
     """The server's answer lacks the token ids training needs."""
+
+
+class ServerUnreachableError(OpenAIServerError):
+    """The last attempt found no server (refused, reset, timed out): another server may answer instead."""
 
 
 def _error_message(response: Any) -> str:
@@ -123,13 +127,14 @@ class OpenAIPolicy:
         """POST with retries on connection errors, 429 and 5xx; the response on a 2xx."""
         import httpx
 
-        last = ""
+        last, unreachable = "", False
         for attempt in range(self.retries + 1):
             try:
                 response = await client.post(path, json=body)
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
+                last, unreachable = f"{type(e).__name__}: {e}", True
             else:
+                unreachable = False
                 if response.status_code < 400:
                     return response
                 message = _error_message(response)
@@ -140,9 +145,8 @@ class OpenAIPolicy:
                 last = f"HTTP {response.status_code}: {message}"
             if attempt < self.retries:
                 await self.sleep(self.backoff_s * 2**attempt)
-        raise OpenAIServerError(
-            f"{self.root}{path} failed after {self.retries + 1} attempt(s); last error: {last}"
-        )
+        error = ServerUnreachableError if unreachable else OpenAIServerError
+        raise error(f"{self.root}{path} failed after {self.retries + 1} attempt(s); last error: {last}")
 
     def _run(self, coro: Any) -> Any:
         """Run a coroutine from sync code, also when the caller is inside an event loop."""
@@ -167,17 +171,7 @@ class OpenAIPolicy:
 
             async def one(i: int, messages: Messages) -> Generation:
                 async with gate:
-                    response = await self._post(
-                        client, "/v1/chat/completions", self._payload(messages, params, i)
-                    )
-                try:
-                    body = response.json()
-                except ValueError:
-                    text = response.text[:300]
-                    raise OpenAIServerError(
-                        f"prompt {i}: {self.root} answered with a body that is not JSON: {text!r}"
-                    ) from None
-                return self._generation(body, i)
+                    return await self.complete(client, messages, params, i)
 
             results = await asyncio.gather(
                 *(one(i, m) for i, m in enumerate(prompts)), return_exceptions=True
@@ -186,6 +180,20 @@ class OpenAIPolicy:
             if isinstance(r, BaseException):
                 raise r
         return cast(list[Generation], results)
+
+    async def complete(
+        self, client: Any, messages: Messages, params: SamplingParams, index: int
+    ) -> Generation:
+        """One chat completion through ``client`` (from ``_client``); ``index`` offsets the seed."""
+        response = await self._post(client, "/v1/chat/completions", self._payload(messages, params, index))
+        try:
+            body = response.json()
+        except ValueError:
+            text = response.text[:300]
+            raise OpenAIServerError(
+                f"prompt {index}: {self.root} answered with a body that is not JSON: {text!r}"
+            ) from None
+        return self._generation(body, index)
 
     def _payload(self, messages: Messages, params: SamplingParams, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -284,6 +292,12 @@ class OpenAIPolicy:
             raise ValueError("name must be a non-empty adapter name")
         self._run(self._sync_adapter(os.fspath(directory), name))
         self.loaded_adapters.add(name)
+        self.model = name
+
+    def use_adapter(self, name: str) -> None:
+        """Sample with ``model=name``, an adapter another client (rank 0) loaded on the server."""
+        if not name:
+            raise ValueError("name must be a non-empty adapter name")
         self.model = name
 
     async def _sync_adapter(self, path: str, name: str) -> None:

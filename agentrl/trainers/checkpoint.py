@@ -29,6 +29,7 @@ from agentrl.distributed import SINGLE, Dist
 __all__ = [
     "ESTIMATOR_STATE",
     "latest_checkpoint",
+    "load_behaviour",
     "load_checkpoint",
     "load_estimator_state",
     "rng_state",
@@ -69,11 +70,13 @@ def save_checkpoint(
     keep: int = 2,
     dist: Dist = SINGLE,
     estimator_state: dict[str, Any] | None = None,
+    behaviour: list[torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoints/iter-NNNNNN`` (next iteration = ``iteration``): the adapter, the optimiser and
     value head, RNG states, ``state`` (JSON) and a stateful estimator's ``estimator_state``. Written to
     a temporary directory first and renamed, so a partial checkpoint is never read; only the ``keep``
-    newest are kept."""
+    newest are kept. ``behaviour``: the adapter weights the next rollout samples with, when they are
+    not the saved adapter's (``rollout.overlap``; see ``load_behaviour``)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{iteration:06d}"
@@ -89,14 +92,14 @@ def save_checkpoint(
         dist.barrier()
         return final
     learner.policy.save_adapter(tmp / "adapter")
-    torch.save(
-        {
-            "optimizer": learner.optimizer.state_dict(),
-            "value_head": learner.value_head.state_dict() if learner.value_head is not None else None,
-            "rng": rng_state(),
-        },
-        tmp / "trainer.pt",
-    )
+    saved: dict[str, Any] = {
+        "optimizer": learner.optimizer.state_dict(),
+        "value_head": learner.value_head.state_dict() if learner.value_head is not None else None,
+        "rng": rng_state(),
+    }
+    if behaviour is not None:
+        saved["behaviour"] = [t.detach().cpu() for t in behaviour]
+    torch.save(saved, tmp / "trainer.pt")
     if estimator_state is not None:
         (tmp / ESTIMATOR_STATE).write_text(estimator_state_json(estimator_state))
     (tmp / "state.json").write_text(json.dumps({**state, "iteration": iteration}, indent=1))
@@ -134,6 +137,14 @@ def load_checkpoint(path: Path, learner, dist: Dist = SINGLE) -> dict[str, Any]:
         else saved["rng"]
     )
     return json.loads((path / "state.json").read_text())
+
+
+def load_behaviour(path: Path, device: torch.device | str = "cpu") -> list[torch.Tensor] | None:
+    """The adapter weights the next rollout samples with, as ``save_checkpoint`` kept them (None: the
+    saved adapter's own, as in every on-policy run)."""
+    saved = torch.load(Path(path) / "trainer.pt", weights_only=False, map_location="cpu")
+    behaviour = saved.get("behaviour")
+    return None if behaviour is None else [t.to(device) for t in behaviour]
 
 
 def estimator_state_json(state: dict[str, Any]) -> str:

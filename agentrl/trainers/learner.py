@@ -1,7 +1,8 @@
 """The learner: scores samples (old and reference log-probs, value features) and runs PPO-style
 updates with gradient accumulation and clipping.
 
-Old log-probs are recomputed under the current weights, so every backend's samples train the
+Old log-probs are recomputed under the current weights (under the adapter that sampled, for an
+overlapped rollout one update old: ``Learner.behaviour``), so every backend's samples train the
 same way; the reference is the same model with the LoRA adapter switched off (no second copy).
 One minibatch is one optimiser step; it is split into micro-batches whose gradients add up to the
 minibatch's (losses are divided by minibatch counts, ``losses.LossInput``). With several processes
@@ -11,8 +12,9 @@ the step is the single-process one; ``parallel`` says how (DDP, one all-reduce, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -166,6 +168,36 @@ class Learner:
         dist.broadcast_params([p for g in groups for p in g["params"]])
         self.parallel = make_parallel(strategy, policy, self.params, dist)
         self._weights_changed()
+        # the adapter that sampled the batch in hand when it is older than the current one (an
+        # overlapped rollout): ``score`` then scores under it, so old log-probs are the behaviour
+        # policy's and the PPO ratio is current / behaviour
+        self.behaviour: list[torch.Tensor] | None = None
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the trained adapter weights (e.g. those a rollout is about to sample with)."""
+        return [p.detach().clone() for p in self.params]
+
+    @contextlib.contextmanager
+    def weights(self, snapshot: Sequence[torch.Tensor] | None) -> Iterator[None]:
+        """Inside this block the adapter holds ``snapshot`` (None: the current weights, unchanged);
+        the current weights are put back exactly after it."""
+        if snapshot is None:
+            yield
+            return
+        if len(snapshot) != len(self.params):
+            raise ValueError(f"a snapshot of {len(snapshot)} tensors for {len(self.params)} parameters")
+        current = self.snapshot()
+        try:
+            with torch.no_grad():
+                for p, w in zip(self.params, snapshot):
+                    p.copy_(w)
+            self._weights_changed()
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, current):
+                    p.copy_(w)
+            self._weights_changed()
 
     @property
     def device(self) -> torch.device:
@@ -220,7 +252,8 @@ class Learner:
             batches = _chunks(positions, self.settings.micro_batch_size)
         else:
             batches = [np.asarray(b, dtype=np.int64) for b in layout]
-        per_row = self._score(samples, rows, batches, reference, entropy, features, stats)
+        with self.weights(self.behaviour):
+            per_row = self._score(samples, rows, batches, reference, entropy, features, stats)
         if self.dist.active:
             per_row = dict(self.dist.gather_all(list(per_row.items())))
         if sorted(per_row) != list(range(len(rows))):

@@ -18,6 +18,7 @@ MLflow run ids) when enabled, ``served-adapter/`` when rollouts are sampled by a
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -46,6 +47,7 @@ from agentrl.rollout import PromptBuilder, rollout
 from agentrl.seeding import derive_rng, stream_seed
 from agentrl.trainers.checkpoint import (
     latest_checkpoint,
+    load_behaviour,
     load_checkpoint,
     load_estimator_state,
     save_checkpoint,
@@ -154,6 +156,11 @@ class Trainer:
         self.say: Callable[[str], None] = lambda line: None
         self.estimator_state: dict[str, Any] | None = None  # a stateful estimator's, kept across iterations
         self.starts: Starts | None = None  # expert-prefix starts and hints (rollout.resets, rollout.hints)
+        # rollout.overlap: the adapter the next rollout samples with (None: the current one) and
+        # that rollout, running in a thread while the current iteration updates
+        self.behaviour: list[torch.Tensor] | None = None
+        self._next_rollout: concurrent.futures.Future[Any] | None = None
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def from_config(
@@ -486,6 +493,10 @@ class Trainer:
             dist=dist,
             strategy=cfg.distributed.strategy,
         )
+        if cfg.rollout.overlap and dist.active:
+            raise ConfigError(
+                "rollout.overlap runs in one process; drop it or train without several processes"
+            )
         self.sampler = self._sampler(self.policy, model_path)
         self.metrics = MetricsWriter.from_config(self.run_dir, cfg) if dist.main else None
         r = cfg.rollout
@@ -517,6 +528,7 @@ class Trainer:
                     self.starts.load(saved)
                 if stateful:
                     self.estimator_state = load_estimator_state(ckpt, cfg.algorithm.estimator)
+                self.behaviour = load_behaviour(ckpt, self.policy.device) if cfg.rollout.overlap else None
             missing = {a: p for a, p in self._before_paths().items() if not p.exists()}
             if cfg.eval.enabled and missing:
                 if start > 0:
@@ -536,11 +548,15 @@ class Trainer:
                 say(f"resuming at iteration {start} from {ckpt}")
             if self.metrics is not None:
                 self.metrics.truncate_to(start)
+            end = cfg.optim.iterations if stop_after is None else min(stop_after, cfg.optim.iterations)
             for it in range(start, cfg.optim.iterations):
                 if stop_after is not None and it >= stop_after:
                     return self.run_dir
-                self._sync_adapter()
-                record = self.iteration(it)
+                if cfg.rollout.overlap:
+                    record = self.overlapped_iteration(it, end)
+                else:
+                    self._sync_adapter()
+                    record = self.iteration(it)
                 if self.metrics is not None:
                     self.metrics.write(record)
                 say(
@@ -560,9 +576,13 @@ class Trainer:
                         keep=cfg.logging.keep_checkpoints,
                         dist=dist,
                         estimator_state=self.estimator_state,
+                        behaviour=self.behaviour,
                     )
             self._sync_adapter()
         finally:
+            if self._threads is not None:  # after an error in the update: let the rollout thread finish
+                self._threads.shutdown(wait=True, cancel_futures=True)
+                self._threads, self._next_rollout = None, None
             if self.metrics is not None:
                 self.metrics.close()
         if cfg.eval.enabled:
@@ -646,16 +666,33 @@ class Trainer:
         server = r.server
         if server.url is None:
             return policy
+        urls = server.urls()
+        if len(urls) > 1:
+            from agentrl.policies.pool import ServerPool
+
+            return ServerPool.connect(
+                urls,
+                server.model,
+                concurrency=server.concurrency,
+                tokenizer=policy.tokenizer,
+                cooldown_s=server.cooldown_s,
+                timeout=server.timeout_s,
+            )
         from agentrl.policies.openai import OpenAIPolicy
 
         return OpenAIPolicy.connect(
-            server.url, server.model, concurrency=server.concurrency, tokenizer=policy.tokenizer
+            urls[0],
+            server.model,
+            concurrency=server.concurrency,
+            tokenizer=policy.tokenizer,
+            timeout=server.timeout_s,
         )
 
-    def _sync_adapter(self) -> None:
-        """Give a server sampler the current LoRA weights: save the adapter, load it there by name
-        (rank 0 does it; every process samples from the server once it is done). An in-process vLLM
-        engine gets them the same way, from a directory of its own process."""
+    def _sync_adapter(self, weights: list[torch.Tensor] | None = None) -> None:
+        """Give a server sampler the current LoRA weights (or ``weights``, a ``Learner.snapshot``):
+        save the adapter, load it there by name (rank 0 does it; every process samples from the
+        server once it is done; several servers load it in parallel). An in-process vLLM engine
+        gets them the same way, from a directory of its own process."""
         if self.sampler is self.policy:
             return
         if self.cfg.rollout.engine == "vllm":  # every process has its own engine
@@ -664,9 +701,12 @@ class Trainer:
         if self.dist.main:
             server = self.cfg.rollout.server
             directory = Path(server.sync_dir) if server.sync_dir else self.run_dir / "served-adapter"
-            self.policy.save_adapter(directory)
+            with self.learner.weights(weights):
+                self.policy.save_adapter(directory)
             self.sampler.sync_adapter(directory, server.adapter_name)
         self.dist.barrier()
+        if not self.dist.main:  # rank 0 loaded it; the other processes' clients sample with it too
+            self.sampler.use_adapter(self.cfg.rollout.server.adapter_name)
 
     def _task_probabilities(self) -> np.ndarray | None:
         """The estimator's draw over the train tasks (e.g. SPO's prioritised sampling); None: uniform."""
@@ -688,8 +728,52 @@ class Trainer:
         """One rollout (from the sampler) + update; returns the metrics record.
 
         With several processes each rolls out its share of the groups; all then hold the whole batch."""
-        cfg, r, dist, train_tasks = self.cfg, self.cfg.rollout, self.dist, self.train_tasks
         t_start = time.time()
+        groups, info = self._rollout(it)
+        return self._learn(it, groups, info, t_start, time.time() - t_start)
+
+    def overlapped_iteration(self, it: int, end: int) -> dict[str, Any]:
+        """``rollout.overlap``: iteration ``it``'s update while iteration ``it + 1``'s rollout runs in
+        a thread (when ``it + 1 < end``), sampling with the adapter from before this update.
+
+        Batch ``it`` was sampled by ``self.behaviour`` (None: the current adapter; the first
+        iteration of a fresh run), so its old log-probs are scored under those weights and its
+        ``staleness`` is 1 (else 0). A checkpoint keeps the next rollout's adapter; a resumed run
+        samples that rollout again with it, as the uninterrupted run did."""
+        t_start = time.time()
+        if self._next_rollout is None:  # the first iteration of this process: sample now
+            self._sync_adapter(self.behaviour)
+            groups, info = self._rollout(it)
+            t_rollout = time.time() - t_start
+        else:
+            groups, info, t_rollout = self._next_rollout.result()
+            self._next_rollout = None
+        t_wait = time.time() - t_start
+        behaviour, self.behaviour = self.behaviour, self.learner.snapshot()
+        if it + 1 < end:
+            if behaviour is not None:  # the servers hold the older adapter that sampled this batch
+                self._sync_adapter()
+            if self._threads is None:
+                self._threads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentrl-rollout")
+            self._next_rollout = self._threads.submit(self._timed_rollout, it + 1)
+        self.learner.behaviour = behaviour
+        try:
+            record = self._learn(it, groups, info, t_start, t_rollout)
+        finally:
+            self.learner.behaviour = None
+        record["staleness"] = 0 if behaviour is None else 1
+        record["time_rollout_wait"] = t_wait
+        return record
+
+    def _timed_rollout(self, it: int) -> tuple[list[TrajectoryGroup], dict[str, Any], float]:
+        t = time.time()
+        groups, info = self._rollout(it)
+        return groups, info, time.time() - t
+
+    def _rollout(self, it: int) -> tuple[list[TrajectoryGroup], dict[str, Any]]:
+        """Iteration ``it``'s episodes (every process's, gathered) and what the sampler reports about
+        them (several servers: requests per server, failures)."""
+        cfg, r, dist, train_tasks = self.cfg, self.cfg.rollout, self.dist, self.train_tasks
         rng = derive_rng(cfg.seed, it)
         picks = rng.choice(
             len(train_tasks),
@@ -730,7 +814,19 @@ class Trainer:
             else []
         )
         groups = dist.gather(groups)
-        t_rollout = time.time() - t_start
+        take_stats = getattr(self.sampler, "take_stats", None)
+        return groups, take_stats() if take_stats is not None else {}
+
+    def _learn(
+        self,
+        it: int,
+        groups: list[TrajectoryGroup],
+        sampled: dict[str, Any],
+        t_start: float,
+        t_rollout: float,
+    ) -> dict[str, Any]:
+        """The update on iteration ``it``'s episodes; returns the metrics record."""
+        cfg, r, dist = self.cfg, self.cfg.rollout, self.dist
         fill_turn_rewards(groups, r.turn_reward)
         if cfg.logging.save_trajectories and dist.main:
             (self.run_dir / "trajectories").mkdir(exist_ok=True)
@@ -750,6 +846,7 @@ class Trainer:
             "errors": sum("error" in t.info for t in trajs),
             "episodes": len(trajs),
             "rows": len(steps),
+            **sampled,
         }
         if r.branching.enabled:  # tree rollouts: branches, and the steps actually sampled (copies excluded)
             record["branches"] = sum(t.parent_id is not None for t in trajs)
