@@ -227,7 +227,13 @@ def test_a_training_checkpoint_is_evaluated_as_the_run_evaluated_it(chat_run, tm
     for key in ("success_rate", "ci_low", "ci_high", "reward_mean", "turns_mean", "invalid_rate", "per_type"):
         assert report[key] == after[key], key
     assert _played(tmp_path / "run" / "eval" / "episodes.jsonl") == _played(chat_run / "eval" / "after.jsonl")
-    prompt = {"kind": "chat", "history_k": 2, "response_format": "think_action", "system_prompt": "Go."}
+    prompt = {
+        "kind": "chat",
+        "history_k": 2,
+        "response_format": "think_action",
+        "system_prompt": "Go.",
+        "show_admissible": True,
+    }
     assert report["settings"] == after["settings"] and report["settings"]["prompt"] == prompt
     adapter = chat_run / "checkpoints" / "iter-000002" / "adapter"
     assert report["run"] == str(chat_run) and report["adapter"] == str(adapter)

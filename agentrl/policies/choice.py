@@ -43,23 +43,15 @@ class CandidateScores:
         return torch.tensor([sum(c) for c in self.token_logprobs[i]], dtype=torch.float64)
 
 
-def _pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(rows: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of ``rows`` padded to one width, on the left (prompts) or the right (candidates)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask
 
 
@@ -116,7 +108,7 @@ def _score_group(
 ) -> None:
     from transformers import DynamicCache
 
-    ids, mask = _pad_left(prompts, pad)
+    ids, mask = _pad(prompts, pad, left=True)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     cache = DynamicCache()
@@ -134,7 +126,7 @@ def _score_group(
     flat = [c for cands in candidates for c in cands]
     index = torch.tensor(owner, dtype=torch.long, device=device)
     cache.batch_select_indices(index)  # each prompt's cache row, once per candidate
-    cand_ids, cand_mask = _pad_right(flat, pad)
+    cand_ids, cand_mask = _pad(flat, pad, left=False)
     cand_ids, cand_mask = cand_ids.to(device), cand_mask.to(device)
     full_mask = torch.cat([mask[index], cand_mask], dim=1)
     lengths = mask.sum(1)[index]
