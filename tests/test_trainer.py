@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -527,6 +528,8 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
         assert len(episodes) == 6 and np.mean([t.success for t in episodes]) == summary[key]["success_rate"]
     text = "\n".join(lines)
     assert "building the tiny model" in text and "sft epoch 2/2" in text and "iteration 1/1: success" in text
+    steps = re.search(r"sft step 1/(\d+): loss", text)  # about every tenth of the run, not at its end
+    assert steps is not None and f"sft step {steps.group(1)}/{steps.group(1)}" not in text
     assert f"after RL:  success {100 * summary['after']['success_rate']:.1f}%" in text and text.endswith(
         str(run)
     )

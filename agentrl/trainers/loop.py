@@ -311,6 +311,9 @@ class Trainer:
                 f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)"
             )
 
+        def step_line(step: int, steps: int, loss: float) -> None:
+            say(f"sft step {step}/{steps}: loss {loss:.4f} ({time.time() - t0:.0f} s)")
+
         mixed = s.full_finetune and dtype in HALF_DTYPES
         with torch.autocast(device.type, dtype=dtype) if mixed else contextlib.nullcontext():
             stats = sft_train(
@@ -327,6 +330,7 @@ class Trainer:
                 lr_schedule=s.lr_schedule,
                 warmup_ratio=s.warmup_ratio,
                 pack_rows=self.cfg.model.packed_scoring,
+                progress=step_line if self.dist.main else None,
             )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:

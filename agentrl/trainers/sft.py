@@ -111,6 +111,7 @@ def sft_train(
     lr_schedule: str = "constant",
     warmup_ratio: float = 0.0,
     pack_rows: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, float]:
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
@@ -122,7 +123,8 @@ def sft_train(
     Trains every parameter that requires grad (the whole model, or only a LoRA adapter). With
     several processes each runs its share of every batch and the gradients are summed (the loss is
     divided by the whole batch's token count), so the steps are the single-process ones.
-    ``pack_rows``: rows packed without padding (``token_logprobs(packed=True)``).
+    ``pack_rows``: rows packed without padding (``token_logprobs(packed=True)``). ``progress(step,
+    steps, loss)``: called about every tenth of the whole run (long epochs say how far they are).
     """
     from agentrl.agents import render_chat
 
@@ -151,6 +153,8 @@ def sft_train(
     rng = np.random.default_rng(seed)
     model.train()
     losses = []
+    total = epochs * math.ceil(len(demos) / batch_size)
+    every = max(1, total // 10)
     for epoch in range(epochs):
         order = rng.permutation(len(demos))
         for start in range(0, len(demos), batch_size):
@@ -177,6 +181,8 @@ def sft_train(
             optimizer.step()
             scheduler.step()
             losses.append(dist.sum_stats({"loss": loss})["loss"])
+            if progress is not None and len(losses) % every == 0 and len(losses) < total:
+                progress(len(losses), total, float(np.mean(losses[-every:])))
         if log is not None:
             log(
                 {
