@@ -371,6 +371,9 @@ class SFTConfig(Section):
 
     enabled: bool = False
     tasks: TaskRange = TaskRange(start=0, count=200)
+    # expert episodes per task, each reset with its own seed: more (and different) demonstrations
+    # where the expert is random (ALFWorld's handcoded expert searches in a seeded random order)
+    episodes_per_task: int = Field(1, ge=1)
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = (

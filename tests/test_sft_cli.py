@@ -88,6 +88,13 @@ def test_sft_command_writes_the_run_dir_and_a_loadable_model(tiny_config: Path, 
     assert stats["sft_samples"] >= 8 and stats["sft_steps"] == -(-stats["sft_samples"] // 4)
     assert stats["sft_loss_last"] < stats["sft_loss_first"]
     assert not (model_dir / "adapter_config.json").exists()  # merged: a plain model directory
+    twice = runner.invoke(
+        app, ["sft", str(tiny_config), "--out", str(tmp_path / "twice"), "sft.episodes_per_task=2"]
+    )
+    assert twice.exit_code == 0, twice.output
+    assert "from 8 tasks (8 won by the expert, 2 expert episodes each)" in twice.stderr
+    again = json.loads((tmp_path / "twice" / "sft-model" / "sft_stats.json").read_text())
+    assert again["sft_samples"] == 2 * stats["sft_samples"]  # the maze's expert: one plan per task
     from safetensors.torch import load_file
 
     base, tuned = (

@@ -270,15 +270,20 @@ class Trainer:
         s = self.cfg.sft
         tasks = self.task_ids(env, s.tasks.start, s.tasks.count, "sft.tasks")
         demo_env = expert_env(self.cfg.env.name, self.cfg.env.kwargs, env)
-        try:
+        try:  # episode n resets with seed + n, so a task's repeats differ where the expert is random
             demos = expert_demonstrations(
-                self.cfg.env.name, demo_env, tasks, self.builder(), seed=self.cfg.seed
+                self.cfg.env.name,
+                demo_env,
+                [t for _ in range(s.episodes_per_task) for t in tasks],
+                self.builder(),
+                seed=self.cfg.seed,
             )
         finally:
             if demo_env is not env:
                 demo_env.close()
         won = len({d.task_id for d in demos if d.success})
-        say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert)")
+        each = f", {s.episodes_per_task} expert episodes each" if s.episodes_per_task > 1 else ""
+        say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert{each})")
         tokenizer = AutoTokenizer.from_pretrained(base)
         seed_everything(self.cfg.seed)
         device = self._device()
