@@ -289,6 +289,7 @@ def test_options_given_override_the_run_settings(chat_run, tmp_path):
         "history_k": 1,
         "response_format": "think_action",
         "system_prompt": "Go.",
+        "show_admissible": True,
     }
     assert report["episodes"] == 6 and report["settings"]["temperature"] == 0.0  # 3 tasks x 2 episodes
     episodes = read_trajectories(tmp_path / "eval" / "episodes.jsonl")
