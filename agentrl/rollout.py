@@ -435,7 +435,8 @@ def _respond(
     elsewhere (an empty list, e.g. WebShop's search page) generate."""
     render = get_format(fmt).render
     picking = [k for k in ok if choose and episodes[k].info.get("admissible_actions")] if render else []
-    writing = [k for k in ok if k not in set(picking)]
+    chosen = set(picking)
+    writing = [k for k in ok if k not in chosen]
     out: dict[int, Generation | BaseException] = {}
     if writing:
         out.update(zip(writing, _generate(policy, [cast(Messages, messages[k]) for k in writing], params)))

@@ -351,10 +351,9 @@ class HFPolicy:
         if len(candidates) != len(prompts):
             raise ValueError(f"need one candidate list per prompt, got {len(candidates)} for {len(prompts)}")
         prompt_ids = [self.prompt_ids(m) for m in prompts]
-        cand_ids = [
-            [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in cands]
-            for cands in candidates
-        ]
+        flat = [c for cands in candidates for c in cands]  # one batched tokenizer call per turn
+        ids = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+        cand_ids = [[list(next(ids)) for _ in cands] for cands in candidates]
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         for i, (p, cands) in enumerate(zip(prompt_ids, cand_ids)):
             if not cands or not all(cands):
