@@ -442,11 +442,18 @@ class DistributedConfig(Section):
     """How several processes (``accelerate launch``/``torchrun``) train; one process ignores it.
 
     ``ddp``: DistributedDataParallel over replicated models; ``allreduce``: one flat all-reduce of
-    the adapter's gradients per optimiser step; ``fsdp``: FSDP2 shards the frozen base model while
-    training (``trainers.parallel``). All take the single-process steps and write the same
-    checkpoints, so a run may resume under another strategy."""
+    the adapter's gradients per optimiser step; ``fsdp``: FSDP2 shards the frozen base model
+    (``trainers.parallel``). All take the single-process steps and write the same checkpoints, so
+    a run may resume under another strategy.
+
+    ``shard`` (fsdp only): ``update`` shards the base while the learner trains and keeps it whole
+    on every process between updates (sampling and scoring without collectives); ``always`` never
+    holds it whole on a process (each forward gathers one layer at a time), for a base that does
+    not fit one device: the model is loaded on the CPU and sharded onto the devices, and the SFT
+    stage, which loads the whole model, is refused (run it as its own run)."""
 
     strategy: Literal["ddp", "allreduce", "fsdp"] = "ddp"
+    shard: Literal["update", "always"] = "update"
 
 
 class TrainConfig(Section):
@@ -486,6 +493,15 @@ class TrainConfig(Section):
                 f"rollout.overlap does not go with estimator {self.algorithm.estimator!r}: it rescores between "
                 "turn slots or draws the next tasks from the last update, which an overlapped rollout cannot wait for"
             )
+        if self.distributed.shard == "always":
+            if self.distributed.strategy != "fsdp":
+                raise ValueError("distributed.shard: always needs distributed.strategy: fsdp")
+            if self.sft.enabled:
+                raise ValueError(
+                    "distributed.shard: always keeps the base model off any single device, and the SFT stage "
+                    "loads it whole on every process: run SFT as its own run (agentrl sft) and point "
+                    "model.path at its output, or use distributed.shard: update"
+                )
         return self
 
     def env_count(self, groups: int | None = None) -> int:

@@ -14,7 +14,8 @@ How the gradients are summed is the config's ``distributed.strategy`` (``trainer
 ``ddp`` (default) wraps the learner's forward in ``DistributedDataParallel``, whose bucketed
 all-reduces overlap the backward; ``allreduce`` is one flat all-reduce per optimiser step
 (``Dist.sum_grads``, also SFT's); ``fsdp`` shards the frozen base model with FSDP2 while the
-learner trains, keeping the small LoRA adapter replicated. DDP and FSDP need every process to
+learner trains (``distributed.shard: always``: at all times, for a base that does not fit one
+device), keeping the small LoRA adapter replicated. DDP and FSDP need every process to
 run the same number of forward and backward passes, so a process whose share of a minibatch holds
 fewer micro-batches (or none) runs a zero-weight padding pass; ``allreduce`` needs no such lockstep.
 This module holds what every strategy shares: ranks, shares, gathers, broadcasts, the flat sum.
@@ -24,16 +25,35 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # torch is imported when a collective runs, so a single-process user of Dist (the
     import torch  # evaluation of scripted policies) does not need the training extra
 
-__all__ = ["SINGLE", "Dist", "init_distributed", "launched_processes"]
+__all__ = ["SINGLE", "Dist", "before_collectives", "init_distributed", "launched_processes"]
 
 T = TypeVar("T")
+
+_SETTLE: list[Callable[[], None]] = []
+
+
+def before_collectives(settle: Callable[[], None]) -> Callable[[], None]:
+    """Run ``settle()`` before each of ``Dist``'s collectives; returns the function that stops it.
+
+    A collective pairs calls by order, so every process must reach it with the same collectives
+    behind it. An engine whose forward passes are themselves collectives (FSDP that keeps the base
+    sharded between updates) lets the processes that ran fewer passes catch up here. The reference
+    is strong on purpose: when a settle function stops is then the same on every process, never
+    up to each one's garbage collector."""
+    _SETTLE.append(settle)
+    return lambda: _SETTLE.remove(settle) if settle in _SETTLE else None
+
+
+def _settle() -> None:
+    for settle in list(_SETTLE):
+        settle()
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,8 @@ class Dist:
             return list(mine)
         import torch
 
+        _settle()
+
         parts: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(parts, list(mine))
         total = sum(len(p) for p in parts)
@@ -73,6 +95,8 @@ class Dist:
         if not self.active:
             return list(mine)
         import torch
+
+        _settle()
 
         parts: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(parts, list(mine))
@@ -85,6 +109,8 @@ class Dist:
         if not self.active:
             return
         import torch
+
+        _settle()
 
         bucket: list[torch.nn.Parameter] = []
         size = 0
@@ -105,6 +131,8 @@ class Dist:
             return dict(stats)
         import torch
 
+        _settle()
+
         parts: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(parts, dict(stats))
         keys = sorted({k for p in parts for k in p})
@@ -116,6 +144,8 @@ class Dist:
         if not self.active:
             return
         import torch
+
+        _settle()
 
         with torch.no_grad():
             for p in params:
@@ -130,6 +160,7 @@ class Dist:
         if self.active:
             import torch
 
+            _settle()
             torch.distributed.barrier()
 
 

@@ -2,12 +2,14 @@
 per ``distributed.strategy``.
 
     .venv/bin/python bench/data_parallel_speed.py [--processes 2] [--iterations 4] [--threads 2]
-        [--strategies ddp allreduce fsdp]
+        [--strategies ddp allreduce fsdp fsdp:always]
 
 Trains ``configs/quickstart.yaml`` without SFT and evaluation (the tiny model is built in each run
 directory) once on one process with ``--threads`` torch threads and once per strategy on
 ``--processes`` processes sharing those threads, and prints the median rollout, update and
-iteration seconds and new tokens/s of each. On a CPU machine the processes share the same cores,
+iteration seconds and new tokens/s of each. ``fsdp:always`` is ``fsdp`` with
+``distributed.shard=always`` (the base sharded between updates too; in-process sampling then
+all-gathers every layer for each generated token). On a CPU machine the processes share the same cores,
 so expect parity; on GPUs (``--device cuda``, one process per GPU) the iteration time should fall
 with N.
 """
@@ -35,8 +37,10 @@ def _free_port() -> str:
 def run(
     processes: int, threads: int, iterations: int, device: str, out: Path, strategy: str = "ddp"
 ) -> dict[str, float | str]:
+    name, _, shard = strategy.partition(":")
     overrides = [
-        f"distributed.strategy={strategy}",
+        f"distributed.strategy={name}",
+        f"distributed.shard={shard or 'update'}",
         "sft.enabled=false",
         "eval.enabled=false",
         f"optim.iterations={iterations}",
@@ -78,6 +82,11 @@ def run(
         "time_update": statistics.median(r["time_update"] for r in records),
         "time_iteration": statistics.median(r["time_iteration"] for r in records),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+        **(
+            {"filler_passes": statistics.median(r["filler_passes"] for r in records)}
+            if "filler_passes" in records[0]
+            else {}
+        ),
     }
 
 
@@ -92,7 +101,7 @@ def main() -> None:
         help="torch threads of the 1-process run, split among the N processes",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--strategies", nargs="+", default=["ddp", "allreduce", "fsdp"])
+    p.add_argument("--strategies", nargs="+", default=["ddp", "allreduce", "fsdp", "fsdp:always"])
     args = p.parse_args()
     if args.iterations < 2:
         p.error("--iterations must be >= 2 (the first is a warm-up)")

@@ -8,6 +8,8 @@ cores the machine has free.
     .venv/bin/python bench/rollout_servers.py                     # rollout tokens/s, 1/2/4 replicas
     .venv/bin/python bench/rollout_servers.py --overlap --seeds 3 # iteration time, both modes (random init)
     .venv/bin/python bench/rollout_servers.py --overlap --sft     # the same from the quickstart's SFT model
+    .venv/bin/python bench/rollout_servers.py --overlap --seeds 3 --eval \
+        --warm runs/bench/maze/seed{seed}/warm-think_action/sft-model   # + held-out success before/after
 """
 
 from __future__ import annotations
@@ -101,7 +103,10 @@ def throughput(model_dir: Path, args: argparse.Namespace) -> None:
 def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
     for seed in range(args.seeds):
         config = None
-        if args.sft:  # the quickstart's SFT warm start, served: a policy that solves some mazes
+        if args.warm:  # an SFT model made before (e.g. the credit benchmark's warm start)
+            config = QUICKSTART
+            model_dir = Path(args.warm.format(seed=seed))
+        elif args.sft:  # the quickstart's SFT warm start, served: a policy that solves some mazes
             config = QUICKSTART
             model_dir = run_sft(config, out / f"sft-seed{seed}", [f"seed={seed}", "eval.enabled=false"])
         with servers(model_dir, 1, args.threads) as urls:
@@ -125,7 +130,7 @@ def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
                     "logging.tensorboard": "false",
                     "eval.enabled": "false",
                 }
-                if args.sft:  # the quickstart's settings, from its SFT model
+                if config is not None:  # the quickstart's settings, from its SFT model
                     overrides = {
                         "seed": seed,
                         "model.path": str(model_dir),
@@ -133,8 +138,10 @@ def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
                         "rollout.server.url": urls[0] + "/v1",
                         "rollout.overlap": mode,
                         "optim.iterations": args.iterations,
-                        "eval.enabled": "false",
+                        "eval.enabled": str(args.eval).lower(),
                         "logging.tensorboard": "false",
+                        "logging.save_trajectories": "false",
+                        "model.torch_threads": args.trainer_threads,
                     }
                 run = train(
                     config, out / f"seed{seed}-overlap-{mode}", [f"{k}={v}" for k, v in overrides.items()]
@@ -150,6 +157,11 @@ def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
                         mean(records[:3], key),
                         mean(records[-3:], key),
                     )
+                if args.eval:  # held-out success before and after RL, with 95% intervals
+                    summary = json.loads((run / "summary.json").read_text())
+                    for when in ("before", "after"):
+                        e = summary[when]
+                        row[when] = [round(e[k], 4) for k in ("success_rate", "ci_low", "ci_high")]
                 print(json.dumps(row), flush=True)
 
 
@@ -174,6 +186,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument(
         "--sft", action="store_true", help="--overlap from the quickstart's SFT model and settings"
+    )
+    ap.add_argument(
+        "--warm",
+        help="--overlap from an SFT model made before, a path with {seed} (e.g. the credit benchmark's "
+        "<out>/maze/seed{seed}/warm-think_action/sft-model), with the quickstart's settings",
+    )
+    ap.add_argument(
+        "--trainer-threads",
+        type=int,
+        default=1,
+        help="with --sft/--warm: the trainer's torch threads (1 + a 1-thread server: both fit 2 cores)",
+    )
+    ap.add_argument(
+        "--eval",
+        action="store_true",
+        help="with --sft/--warm: the quickstart's held-out evaluation before and after (1000 episodes)",
     )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

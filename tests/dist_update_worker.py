@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node N``: the same rollout batch on
 every process, then one update per schedule (GRPO, GAE with a value head, SeeUPO) through a
-``Learner`` on ``init_distributed`` with the strategy named by the third argument (default ddp);
-each process saves its trained parameters and statistics."""
+``Learner`` on ``init_distributed`` with the strategy named by the third argument (default ddp;
+``fsdp:always`` keeps the base sharded between updates too); each process saves its trained
+parameters and statistics."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _weight_layout(policy: HFPolicy) -> tuple[str, tuple[int, ...], tuple[int, .
     return type(w).__name__, tuple(w.shape), tuple(local.shape)
 
 
-def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
+def main(model_dir: str, out: str, engine: str = "ddp") -> None:
+    strategy, _, shard = engine.partition(":")
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
     torch.manual_seed(0)
@@ -73,9 +75,18 @@ def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
         )
         heads = value_heads_for(estimator)
         settings = UpdateSettings(kl_coef=0.1, entropy_coef=0.01, **shape)
-        learner = Learner(policy, settings, lr=1e-2, value_heads=heads, dist=dist, strategy=strategy)
+        learner = Learner(
+            policy,
+            settings,
+            lr=1e-2,
+            value_heads=heads,
+            dist=dist,
+            strategy=strategy,
+            shard=shard or "update",
+        )
         results["engine"] = type(learner.parallel).__name__
         if "base_weight" not in results:  # a frozen base weight outside and inside an update
+            dist.barrier()  # under shard: always the layout is read while the ranks are in step
             results["base_weight"] = [_weight_layout(policy)]
             with learner.parallel.training():
                 results["base_weight"].append(_weight_layout(policy))
@@ -87,7 +98,22 @@ def main(model_dir: str, out: str, strategy: str = "ddp") -> None:
             params += [p.detach().clone() for p in learner.value_head.parameters()]
         moved = max(float((p - q).abs().max()) for p, q in zip(learner.params, initial))
         results[name] = {"params": params, "stats": result.stats, "rows": len(samples), "moved": moved}
-    torch.save(results, Path(out) / f"{strategy}-world{dist.world}-rank{dist.rank}.pt")
+        join = getattr(learner.parallel, "join", None)
+        if name == "grpo":  # 5 rows in micro-batches of 2: rank 0 scores 2 batches, rank 1 one
+            dist.barrier()
+            before = join.take_filler_passes() if join is not None else 0
+            odd = learner.score(samples, np.arange(5), reference=True)
+            results["odd_scores"] = [*odd.logp, *(odd.ref_logp or [])]
+            if join is not None:
+                dist.barrier()
+                results["odd_filler_passes"] = join.take_filler_passes()
+                join.filler_passes = before
+        if join is not None:
+            dist.barrier()  # the last scoring's passes settled before they are counted
+            results.setdefault("filler_passes", 0)
+            results["filler_passes"] += join.take_filler_passes()
+            join.close()  # the next run builds its own learner; this one's settling ends on every rank
+    torch.save(results, Path(out) / f"{engine.replace(':', '-')}-world{dist.world}-rank{dist.rank}.pt")
 
 
 if __name__ == "__main__":

@@ -137,3 +137,16 @@ def test_sft_schedule_settings_are_checked():
         load_config(None, ["sft.lr_schedule=linear"])
     with pytest.raises(ConfigError, match="sft.warmup_ratio: Input should be less than 1"):
         load_config(None, ["sft.warmup_ratio=1.5"])
+
+
+def test_shard_always_needs_fsdp_and_no_sft_stage():
+    """``distributed.shard: always`` keeps the base off any single device: it needs the fsdp
+    strategy, and the SFT stage (which loads the whole model on every process) is refused."""
+    with pytest.raises(ConfigError, match="distributed.shard: always needs distributed.strategy: fsdp"):
+        load_config(None, ["distributed.shard=always", "sft.enabled=false"])
+    with pytest.raises(ConfigError, match="the SFT stage loads it whole on every process"):
+        load_config(None, ["distributed.strategy=fsdp", "distributed.shard=always", "sft.enabled=true"])
+    with pytest.raises(ConfigError, match="distributed.shard"):
+        load_config(None, ["distributed.shard=sometimes"])
+    cfg = load_config(None, ["distributed.strategy=fsdp", "distributed.shard=always", "sft.enabled=false"])
+    assert (cfg.distributed.strategy, cfg.distributed.shard) == ("fsdp", "always")

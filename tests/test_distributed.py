@@ -105,7 +105,13 @@ def single_process_update(model_dir, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "strategy, engine", [("ddp", "ReplicatedDDP"), ("allreduce", "Parallel"), ("fsdp", "ShardedBase")]
+    "strategy, engine",
+    [
+        ("ddp", "ReplicatedDDP"),
+        ("allreduce", "Parallel"),
+        ("fsdp", "ShardedBase"),
+        ("fsdp:always", "ShardedBase"),
+    ],
 )
 def test_two_processes_take_the_single_process_steps(
     model_dir, single_process_update, tmp_path, strategy, engine
@@ -114,7 +120,8 @@ def test_two_processes_take_the_single_process_steps(
     with the parameters 1 process gets (to float rounding), identical on both ranks, and the same
     statistics, through DDP, the flat all-reduce and FSDP. Minibatches of 5 rows in micro-batches of
     2 give the ranks 2 and 1 micro-batches (3 + 2 rows), and a minibatch of 1 row leaves rank 1
-    none (``grpo_empty_share``), so ddp and fsdp run padding passes."""
+    none (``grpo_empty_share``), so ddp and fsdp run padding passes. ``fsdp:always`` keeps the base
+    sharded while the ranks score their shares too (different numbers of passes, kept in step)."""
     two = subprocess.run(
         [
             sys.executable,
@@ -138,18 +145,31 @@ def test_two_processes_take_the_single_process_steps(
     )
     assert two.returncode == 0, two.stderr[-3000:]
     single = dict(single_process_update)
-    ranks = [torch.load(tmp_path / f"{strategy}-world2-rank{r}.pt", weights_only=False) for r in range(2)]
+    name = strategy.replace(":", "-")
+    ranks = [torch.load(tmp_path / f"{name}-world2-rank{r}.pt", weights_only=False) for r in range(2)]
+    half = (
+        "DTensor",
+        single["base_weight"][0][1],
+        (single["base_weight"][0][1][0] // 2, *single["base_weight"][0][1][1:]),
+    )
     for got in ranks:  # sums over buckets; a process without a gradient adds zeros
         assert [g.unique().tolist() for g in got.pop("loose_grads")] == [[2.0], [1.0], [3.0]]
         assert got.pop("engine") == engine
         outside, inside = got.pop("base_weight")
         full = single["base_weight"][0]
-        assert outside == full  # sampling, scoring and evaluation see the whole weight
-        if strategy == "fsdp":  # an update holds half the rows of each base weight on each process
-            assert inside[:2] == ("DTensor", full[1]) and inside[2] == (full[1][0] // 2, *full[1][1:])
+        if strategy == "fsdp:always":  # half the rows of each base weight on each process, always
+            assert outside == inside == half
+        elif strategy == "fsdp":  # sampling, scoring and evaluation see the whole weight; an update half
+            assert outside == full and inside == half
         else:
-            assert inside == full
-    for key in ("loose_grads", "engine", "base_weight"):
+            assert outside == inside == full
+    for got in ranks:  # scores of a batch the ranks split unevenly (rank 0: 4 passes, rank 1: 2)
+        for a, b in zip(got.pop("odd_scores"), single["odd_scores"], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    if strategy == "fsdp:always":  # rank 1 ran one-token passes while rank 0 scored its second batch
+        assert [got.pop("odd_filler_passes") for got in ranks] == [0, 2]
+        assert sum(got.pop("filler_passes") for got in ranks) > 0  # the updates' scoring was uneven too
+    for key in ("loose_grads", "engine", "base_weight", "odd_scores"):
         single.pop(key)
     for estimator, want in single.items():
         assert want["moved"] > 1e-3, f"{estimator}: the update did not move the adapter"
@@ -254,12 +274,14 @@ def _comparable(record: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path, strategy):
+@pytest.mark.parametrize("strategy, shard", [("ddp", "update"), ("fsdp", "update"), ("fsdp", "always")])
+def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir, tmp_path, strategy, shard):
     """Rollout, update, evaluation and checkpoints on 2 processes; a run killed with -9 and resumed
-    writes the uninterrupted run's records. Under fsdp the sampler and the evaluation generate with
-    the unsharded model while each process plays its own number of forward passes."""
-    full = _launch(model_dir, tmp_path / "full", **{"distributed.strategy": strategy})
+    writes the uninterrupted run's records. Under fsdp the sampler and the evaluation generate while
+    each process plays its own number of forward passes: with the unsharded model (``update``), or
+    with the base sharded throughout (``always``: the processes keep their layer all-gathers in step)."""
+    settings = {"distributed.strategy": strategy, "distributed.shard": shard}
+    full = _launch(model_dir, tmp_path / "full", **settings)
     out, err = full.communicate(timeout=600)
     assert full.returncode == 0, err[-3000:]
     assert out.count("run directory:") == 1  # only rank 0 speaks
@@ -267,6 +289,10 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert all(r["episodes"] == 6 for r in records)  # both ranks' groups are in every record
+    if shard == "always":  # the ranks generated different numbers of tokens; the short ones caught up
+        assert sum(r["filler_passes"] for r in records) > 0
+    else:
+        assert "filler_passes" not in records[0]
     ckpt = tmp_path / "full" / "checkpoints" / "iter-000003"
     assert (ckpt / "rng-rank0.pt").exists() and (ckpt / "rng-rank1.pt").exists()
     assert json.loads((tmp_path / "full" / "run.json").read_text())["processes"] == 2
@@ -275,7 +301,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     assert len((tmp_path / "full" / "eval" / "after.jsonl").read_text().splitlines()) == 3
 
     killed = tmp_path / "killed"
-    proc = _launch(model_dir, killed, **{"distributed.strategy": strategy})
+    proc = _launch(model_dir, killed, **settings)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (killed / "metrics.jsonl").exists() and len(read_metrics(killed / "metrics.jsonl")) >= 2:
@@ -285,7 +311,7 @@ def test_accelerate_launch_trains_on_two_processes_and_resumes_exactly(model_dir
     _kill_all(proc, f"--out {killed}")
     time.sleep(1.0)
     assert len(read_metrics(killed / "metrics.jsonl")) < 3
-    resumed = _launch(model_dir, killed, **{"distributed.strategy": strategy})
+    resumed = _launch(model_dir, killed, **settings)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     again = read_metrics(killed / "metrics.jsonl")

@@ -323,6 +323,9 @@ class HFPolicy:
                     generation_config=self._generation_config(params),
                     stopping_criteria=stopping,
                     logits_processor=[chosen],
+                    # each process generates alone, even under FSDP: a trainer that shards the base
+                    # keeps the processes' forwards in step itself (trainers.parallel.Join)
+                    synced_gpus=False,
                     **({"streamer": streamer} if streamer is not None else {}),
                 )
             step_logprobs = chosen.finish(seqs)

@@ -137,8 +137,10 @@ class Learner:
         value_heads: Sequence[str] = (),
         dist: Dist = SINGLE,
         strategy: str = "ddp",
+        shard: str = "update",
     ) -> None:
-        """``strategy``: how several processes train (``trainers.parallel``: ddp, allreduce, fsdp)."""
+        """``strategy``: how several processes train (``trainers.parallel``: ddp, allreduce, fsdp);
+        ``shard``: when fsdp shards the base (update, always)."""
         self.policy, self.settings, self.dist = policy, settings, dist
         self.params = policy.trainable_parameters()
         if not self.params:
@@ -166,7 +168,7 @@ class Learner:
             settings.old_logprobs == "auto" and half
         )
         dist.broadcast_params([p for g in groups for p in g["params"]])
-        self.parallel = make_parallel(strategy, policy, self.params, dist)
+        self.parallel = make_parallel(strategy, policy, self.params, dist, shard)
         self._weights_changed()
         # the adapter that sampled the batch in hand when it is older than the current one (an
         # overlapped rollout): ``score`` then scores under it, so old log-probs are the behaviour

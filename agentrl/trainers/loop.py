@@ -461,10 +461,12 @@ class Trainer:
         if cfg.sft.enabled:
             model_path = self._sft(model_path, self.envs[0], say)
         seed_everything(cfg.seed)
+        sharded_load = cfg.distributed.strategy == "fsdp" and cfg.distributed.shard == "always"
         self.policy = HFPolicy.from_pretrained(
             model_path,
             lora=cfg.lora,
-            device=dist.device if dist.active else cfg.model.device,
+            # shard: always: loaded on the CPU, then FSDP puts each process's shards on its device
+            device=("cpu" if sharded_load else dist.device) if dist.active else cfg.model.device,
             dtype=cfg.model.dtype,
             max_batch_size=cfg.model.max_batch_size,
             logprob_chunk_size=cfg.model.logprob_chunk_size,
@@ -501,6 +503,7 @@ class Trainer:
             value_heads=value_heads_for(a.estimator),
             dist=dist,
             strategy=cfg.distributed.strategy,
+            shard=cfg.distributed.shard,
         )
         if cfg.rollout.overlap and dist.active:
             raise ConfigError(
@@ -891,6 +894,9 @@ class Trainer:
             if info.stateful:
                 self.estimator_state = settle_estimator_state(options["state"], dist)
             record.update(result.stats)
+        join = getattr(self.learner.parallel, "join", None)
+        if join is not None:  # fsdp with shard: always: the one-token passes that kept ranks in step
+            record["filler_passes"] = int(dist.sum_stats({"n": join.take_filler_passes()})["n"])
         t_end = time.time()
         record.update(
             {

@@ -31,9 +31,10 @@ import torch
 from agentrl.distributed import Dist
 from agentrl.policies.logprobs import split_causal_lm
 
-__all__ = ["STRATEGIES", "Parallel", "ReplicatedDDP", "ShardedBase", "make_parallel"]
+__all__ = ["SHARD_MODES", "STRATEGIES", "Join", "Parallel", "ReplicatedDDP", "ShardedBase", "make_parallel"]
 
 STRATEGIES = ("ddp", "allreduce", "fsdp")
+SHARD_MODES = ("update", "always")
 
 
 class Parallel:
@@ -122,24 +123,36 @@ class ShardedBase(Parallel):
     the root; the output layer, which may share its weight with the embeddings, and the adapter
     are ``ignored_params``. A LoRA adapter is small, so replicating it keeps the optimiser, the
     checkpoints (rank 0 writes the full adapter) and the sampler's view of it as without sharding.
+    The LoRA-merged sampling copy (``model.merge_lora_for_sampling``) is turned off: it would hold a
+    second full copy; generation runs through the peft model.
 
-    Sharded only while training (``training``): sampling, scoring and evaluation run the model
-    forward a different number of times on each process, which FSDP's per-layer all-gathers cannot
-    allow, so outside an update every unit stays unsharded (full weights, no collectives in
-    forward). At the end of an update all processes unshard together; at the start they drop the
-    full weights. The LoRA-merged sampling copy (``model.merge_lora_for_sampling``) is turned off:
-    it would hold a second full copy; generation runs through the unsharded peft model. So the
-    saving is the base's memory during the update's passes, where activations peak; the model
-    must still fit whole on one device between updates (sharded scoring would need the update's
-    lockstep padding, sharded sampling a rollout server).
+    ``shard`` says when the base is sharded:
+
+    - ``update``: only while training (``training``). Between updates every unit is unsharded (full
+      weights, no collectives in forward), so sampling, scoring and evaluation run as on one
+      process; at the start of an update all processes drop the full weights, at its end they
+      gather them together. This saves the base's memory where activations peak; the model must
+      still fit whole on one device between updates.
+    - ``always``: the base is never whole on a process: each forward all-gathers one layer at a
+      time and frees it after. Sampling, scoring and evaluation run a different number of forward
+      passes on each process, which the layer all-gathers cannot allow (they pair by order), so
+      ``Join`` keeps them in step: each forward is announced, and a process that has run out of
+      passes runs one-token passes (results dropped) until every process is done, which they
+      all find out at the next ``Dist`` collective. A base that does not fit one device trains
+      this way; each forward then costs a round of all-gathers, so sampling on rollout servers
+      (``rollout.server``) is the fast path, in-process generation the slow one.
     """
 
     lockstep = True
 
-    def __init__(self, policy: Any, params: Sequence[torch.nn.Parameter], dist: Dist) -> None:
+    def __init__(
+        self, policy: Any, params: Sequence[torch.nn.Parameter], dist: Dist, shard: str = "update"
+    ) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        if shard not in SHARD_MODES:
+            raise ValueError(f"fsdp shard mode must be one of {', '.join(SHARD_MODES)}, got {shard!r}")
         super().__init__(policy, params, dist)
         body, head, _ = split_causal_lm(policy.model)
         layers = getattr(body, "layers", None)
@@ -148,22 +161,34 @@ class ShardedBase(Parallel):
         device = dist.device if dist.device is not None else torch.device("cpu")
         mesh = init_device_mesh(device.type, (dist.world,))
         ignored = {*self.params, *head.parameters()}
+        self.always = shard == "always"
         self.units: list[Any] = []
         for layer in layers:
             fully_shard(layer, mesh=mesh, reshard_after_forward=True, ignored_params=ignored)
             self.units.append(layer)
-        fully_shard(body, mesh=mesh, reshard_after_forward=False, ignored_params=ignored)
+        # the root keeps its weights from forward to backward while training ("update"); "always"
+        # frees them after every forward: a pass without backward must not leave them gathered
+        fully_shard(body, mesh=mesh, reshard_after_forward=self.always, ignored_params=ignored)
         self.units.append(body)
-        self.train_reshard = [True] * len(layers) + [False]
+        self.train_reshard = [True] * len(layers) + [self.always]
+        with torch.no_grad():  # FSDP moved what it shards to ``device``; the replicated rest follows
+            for p in ignored:
+                if p.device != device:
+                    p.data = p.data.to(device)
         policy.merge_for_sampling = False
         self._unshard()  # FSDP's lazy initialisation runs here, registering its state-dict hooks
         self._drop_state_dict_hooks()
+        self.join: Join | None = None
+        if self.always:
+            self._reshard()
+            self.join = Join(body, dist)
 
     def _drop_state_dict_hooks(self) -> None:
         """Remove FSDP's state-dict hooks: they switch a module to its shards and free the gathered
         weights on the process that takes a state dict (peft's adapter save runs on rank 0 only),
-        whose next forward would then all-gather alone. Outside training the units are unsharded,
-        so a state dict now holds full tensors (the adapter, replicated, is unaffected either way)."""
+        whose next forward would then all-gather alone. A state dict now holds what the module
+        holds: full tensors between updates under ``update``, shards under ``always`` (the
+        adapter, replicated, is full either way)."""
         for unit in self.units:
             for group in unit._get_fsdp_state()._fsdp_param_groups:
                 names = (
@@ -192,6 +217,9 @@ class ShardedBase(Parallel):
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
+        if self.always:  # sharded already; the update's lockstep padding matches the passes
+            yield
+            return
         self._reshard()
         try:
             yield
@@ -199,12 +227,85 @@ class ShardedBase(Parallel):
             self._unshard()
 
 
-def make_parallel(strategy: str, policy: Any, params: Sequence[torch.nn.Parameter], dist: Dist) -> Parallel:
-    """The engine for ``strategy`` (one process: plain forward, no collectives)."""
+class Join:
+    """Keeps processes whose sharded forwards are collectives in step when they run different
+    numbers of passes (``ShardedBase`` with ``shard: always``).
+
+    Before each forward through ``body`` a process adds ``[1, grad]`` to a two-number all-reduce
+    (``grad``: the pass records a graph for a backward). A process that has no passes left settles
+    before its next ``Dist`` collective: it adds ``[0, 0]`` and, while the sum says others are
+    still passing, runs a pass of its own over one token (output dropped), so every process issues
+    the same layer all-gathers in the same order. When every process settles, the sum is zero and
+    all go on together. Passes in step (the update's lockstep passes, each with its backward)
+    announce together and never wait. Uneven passes with a backward cannot be matched this way
+    (the backward's all-gathers would pair with a filler's forward ones), so they raise.
+    """
+
+    def __init__(self, body: torch.nn.Module, dist: Dist) -> None:
+        from agentrl.distributed import before_collectives
+
+        self.body, self.dist = body, dist
+        self.device = dist.device if dist.device is not None else torch.device("cpu")
+        self._filling = False
+        self.filler_passes = 0  # one-token passes this process ran for others (a statistic)
+        self._hook = body.register_forward_pre_hook(self._announce, prepend=True)
+        self._stop_settling = before_collectives(self.settle)
+
+    def _reduce(self, passing: int, grad: int) -> tuple[int, int]:
+        flags = torch.tensor([passing, grad], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.SUM)
+        return int(flags[0]), int(flags[1])
+
+    def _announce(self, module: torch.nn.Module, args: Any) -> None:
+        if self._filling:
+            return
+        passing, grads = self._reduce(1, int(torch.is_grad_enabled()))
+        if 0 < grads < passing:
+            raise RuntimeError(
+                "processes ran sharded forward passes with and without backward at the same time; "
+                "the base's all-gathers cannot be matched"
+            )
+
+    def settle(self) -> None:
+        """Run one-token passes while another process is still passing; return when none is."""
+        while True:
+            passing, grads = self._reduce(0, 0)
+            if not passing:
+                return
+            if grads:
+                raise RuntimeError(
+                    "a process ran a sharded forward pass with backward that the others did not; "
+                    "training passes must run in lockstep (trainers.parallel)"
+                )
+            ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self._filling = True
+            try:
+                with torch.no_grad():
+                    self.body(input_ids=ids, use_cache=False)
+            finally:
+                self._filling = False
+            self.filler_passes += 1
+
+    def take_filler_passes(self) -> int:
+        """The one-token passes run since the last call (a metric of what keeping step costs)."""
+        n, self.filler_passes = self.filler_passes, 0
+        return n
+
+    def close(self) -> None:
+        """Stop announcing and settling (the engine is no longer used)."""
+        self._hook.remove()
+        self._stop_settling()
+
+
+def make_parallel(
+    strategy: str, policy: Any, params: Sequence[torch.nn.Parameter], dist: Dist, shard: str = "update"
+) -> Parallel:
+    """The engine for ``strategy`` (one process: plain forward, no collectives); ``shard``: when
+    ``fsdp`` shards the base (``ShardedBase``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not dist.active or strategy == "allreduce":
         return Parallel(policy, params, dist)
     if strategy == "ddp":
         return ReplicatedDDP(policy, params, dist)
-    return ShardedBase(policy, params, dist)
+    return ShardedBase(policy, params, dist, shard)
