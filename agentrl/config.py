@@ -136,10 +136,17 @@ class BranchingConfig(Section):
     enabled: bool = False
     width: int = Field(2, ge=1)  # branches per branch point
     points: int = Field(1, ge=1)  # branch points per root episode
-    at: Literal["random", "fixed"] = "random"
+    at: Literal["random", "fixed", "entropy"] = "random"
     turns: list[int] = []  # with at: fixed
     budget: int | None = Field(None, ge=1)  # env steps per task, roots included
     resume: Literal["auto", "restore", "replay"] = "auto"
+    # with at: entropy (ARPO / AEPO, ``agentrl.rollout.entropy_tree``)
+    rule: Literal["arpo", "aepo"] = "arpo"
+    trajectories: int | None = Field(None, ge=1)  # episodes per task, roots included (ARPO's n)
+    entropy_weight: float = Field(0.2, ge=0.0)  # the ARPO scripts' entropy_weight
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # their branch_probability
+    penalty: float = Field(0.05, ge=0.0)  # AEPO's damping per consecutive branching round
+    vocab_size: int | None = Field(None, ge=2)  # the entropy's normaliser; default: the policy's
 
     @model_validator(mode="after")
     def _valid(self) -> BranchingConfig:
@@ -158,6 +165,12 @@ class BranchingConfig(Section):
             turns=tuple(self.turns),
             budget=self.budget,
             resume=self.resume,
+            rule=self.rule,
+            trajectories=self.trajectories,
+            entropy_weight=self.entropy_weight,
+            threshold=self.threshold,
+            penalty=self.penalty,
+            vocab_size=self.vocab_size,
         )
 
 

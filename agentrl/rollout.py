@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ __all__ = [
     "PromptBuilder",
     "as_env_batch",
     "check_action_choice",
+    "head_entropy",
     "hinted_task",
     "rollout",
 ]
@@ -471,6 +473,8 @@ def _record_step(
     }
     if parsed.reason:
         info["parse_error"] = parsed.reason
+    if gen.top_logprobs is not None:  # asked for by entropy-triggered branching
+        info["head_entropy"] = head_entropy(gen.logprobs, gen.top_logprobs)
     if "choice" in gen.info:  # picked among the admissible actions (rollout's action_choice)
         info.update({k: gen.info[k] for k in ("choice", "choices", "choice_logprob")})
     if get_format(fmt).subgoals:  # a malformed turn keeps the current subgoal: every row has both columns
@@ -525,7 +529,15 @@ class Branching:
     (those shorter than the root). ``budget``: env steps per task, roots included; branch points are
     taken in a random order while the branches' expected steps (the parent's steps after the point,
     per branch) fit in what the roots left, so the sampled total can differ from it a little
-    (``None``: every drawn point)."""
+    (``None``: every drawn point).
+
+    at: "entropy" branches where the sampler was unsure, by ``rule`` (``entropy_tree``): ``arpo``
+    (Dong et al. 2025) or ``aepo`` (its entropy-balanced successor); ``trajectories`` episodes per
+    task in all (the roots are the group's episodes, ARPO's initial rollouts), up to ``width``
+    branches per episode and turn, ``entropy_weight`` and ``threshold`` in the rule, ``penalty``
+    AEPO's damping per consecutive branching round, ``vocab_size`` the entropy's normaliser
+    (default: the policy's ``vocab_size``).
+    """
 
     width: int = 2
     points: int = 1
@@ -533,18 +545,62 @@ class Branching:
     turns: tuple[int, ...] = ()
     budget: int | None = None
     resume: str = "auto"
+    rule: str = "arpo"
+    trajectories: int | None = None
+    entropy_weight: float = 0.2
+    threshold: float = 0.5
+    penalty: float = 0.05
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.points < 1:
             raise ValueError(f"branching width and points must be >= 1, got {self.width} and {self.points}")
-        if self.at not in ("random", "fixed"):
-            raise ValueError(f"branching 'at' must be 'random' or 'fixed', got {self.at!r}")
+        if self.at not in ("random", "fixed", "entropy"):
+            raise ValueError(f"branching 'at' must be 'random', 'fixed' or 'entropy', got {self.at!r}")
         if self.at == "fixed" and (not self.turns or min(self.turns) < 1):
             raise ValueError(f"branching at fixed turns needs turns >= 1, got {self.turns!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"branching budget must be >= 1 env step, got {self.budget}")
         if self.resume not in ("auto", "restore", "replay"):
             raise ValueError(f"branching resume must be auto, restore or replay, got {self.resume!r}")
+        if self.rule not in ENTROPY_RULES:
+            raise ValueError(f"branching rule must be one of {', '.join(ENTROPY_RULES)}, got {self.rule!r}")
+        if self.at == "entropy":
+            if self.trajectories is None or self.trajectories < 1:
+                raise ValueError(
+                    "branching at entropy needs trajectories >= 1: the episodes per task, roots included "
+                    f"(ARPO's n), got {self.trajectories!r}"
+                )
+            if self.budget is not None:
+                raise ValueError("branching at entropy budgets trajectories per task; leave budget unset")
+        if not (0.0 <= self.threshold <= 1.0 and self.entropy_weight >= 0.0 and self.penalty >= 0.0):
+            raise ValueError(
+                "branching needs threshold in [0, 1], entropy_weight >= 0 and penalty >= 0, got "
+                f"{self.threshold}, {self.entropy_weight}, {self.penalty}"
+            )
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ValueError(f"branching vocab_size must be >= 2, got {self.vocab_size}")
+
+
+ENTROPY_RULES = ("arpo", "aepo")
+HEAD_TOKENS = 20  # ARPO and AEPO measure a response's uncertainty over its first 20 tokens
+TOP_LOGPROBS = 10  # ... from the 10 largest log-probs per token (vLLM's logprobs=10)
+
+
+def head_entropy(
+    logprobs: Sequence[float], top: Sequence[Sequence[float]], tokens: int = HEAD_TOKENS
+) -> float:
+    """ARPO's uncertainty of a response's start (unnormalised): over its first ``tokens`` tokens, the
+    sum of ``-p log p`` over each token's top log-probs plus the sampled token's when it is not among
+    them (what vLLM's ``logprobs=k`` returns, and the authors' ``_calc_entropy`` sums). A sampled
+    token whose log-prob equals the k-th largest counts as among them."""
+    total = 0.0
+    for chosen, row in zip(logprobs[:tokens], top[:tokens]):
+        values = list(row)
+        if not values or chosen < values[-1]:
+            values.append(chosen)
+        total -= sum(math.exp(v) * v for v in values)
+    return total
 
 
 def _branch_points(
@@ -572,6 +628,102 @@ def _branch_points(
             kept.append(candidates[k])
             left -= cost
     return sorted(kept, key=lambda c: (c[0].traj_id, c[1]))
+
+
+def entropy_tree(
+    roots_of: list[list[Episode]],
+    branching: Branching,
+    rng: np.random.Generator,
+    log_vocab: float,
+    play: Callable[[list[Episode]], None],
+) -> list[Episode]:
+    """The episodes ARPO's or AEPO's entropy-triggered rollout adds to each task's played roots.
+
+    Follows the authors' rollout (dongguanting/ARPO, ``vllm_rollout_with_tools.py``; AEPO's copy in
+    the same repository), where every active episode of the batch takes one turn per round; an
+    episode's turn j falls in round ``start + j``. After each round, per task, while it has fewer
+    than ``trajectories`` episodes, each episode still running (in creation order) gets up to
+    ``width`` branches (the authors' ``beam_size - 1``) that copy it so far and go on from its next
+    turn. Each is drawn with u ~ U(0, 1) and dH = (H_now - H_init) / log |V|, H the ``head_entropy``
+    of the turn just taken, H_init of the episode's first own turn (a branch: its first new one):
+    ``arpo``: branch if clip(u - w dH, 0, 1) <= threshold; ``aepo``: if clip((u + w dH)(1 - penalty
+    c), 0, 1) >= threshold, c the task's count of consecutive rounds that added episodes (reset by
+    a round that added none to it, left alone by a round that added none anywhere). A task with no
+    episode running but trajectories left gets one fresh episode per round. Branches may branch.
+
+    Deviations, named: the rounds are replayed here wave by wave (the episodes a round adds play to
+    their ends before the next round's decisions, which depend only on turns already taken, so the
+    decisions have the authors' distribution); u comes from the seeded ``rng`` instead of Python's
+    global ``random``; H_init is per episode of this rollout (the authors' dictionary is keyed by
+    batch index and never cleared between batches); AEPO's dynamic count of initial rollouts is
+    not built (the roots are the group's episodes)."""
+    n = cast(int, branching.trajectories)
+    per_task = [list(roots) for roots in roots_of]
+    start = {ep.traj_id: 0 for roots in roots_of for ep in roots}  # the round of an episode's turn 0
+    consecutive = [0] * len(per_task)
+    added: list[Episode] = []
+    fresh = [0] * len(per_task)
+
+    def entropy(ep: Episode, turn: int) -> float:
+        value = ep.steps[turn].info.get("head_entropy")
+        if value is None:
+            raise ValueError(
+                f"episode {ep.traj_id} turn {turn} has no head_entropy: branching at entropy needs a "
+                "sampler that returns top log-probs (SamplingParams.top_logprobs), and generated responses"
+            )
+        return float(value) / log_vocab
+
+    r = 0
+    while any(start[ep.traj_id] + len(ep.steps) - 1 >= r for trajs in per_task for ep in trajs):
+        new: list[Episode] = []
+        origins: set[int] = set()
+        for g, trajs in enumerate(per_task):
+            active = []
+            for ep in trajs:
+                turn = r - start[ep.traj_id]
+                own = ep.branch_turn or 0
+                if ep.error is None and own <= turn < len(ep.steps) - 1:  # took its turn and goes on
+                    active.append((ep, turn))
+            left = n - len(trajs)
+            made: list[Episode] = []
+            for ep, turn in active if left > 0 else ():
+                per_source = min(branching.width, left - len(made))
+                if per_source <= 0:
+                    break
+                for j in range(per_source):
+                    d_h = entropy(ep, turn) - entropy(ep, ep.branch_turn or 0)
+                    u = float(rng.random())
+                    if branching.rule == "arpo":
+                        go = min(1.0, max(0.0, u - branching.entropy_weight * d_h)) <= branching.threshold
+                    else:
+                        damp = max(0.0, 1.0 - branching.penalty * consecutive[g])
+                        p = min(1.0, max(0.0, (u + branching.entropy_weight * d_h) * damp))
+                        go = p >= branching.threshold
+                    if go:
+                        child = ep.fork(turn + 1, f"{ep.traj_id}.b{turn + 1}-{j}")
+                        start[child.traj_id] = start[ep.traj_id]
+                        made.append(child)
+                if len(made) >= left:
+                    break
+            if not active and left > 0:  # every episode of the task ended: one more from the start
+                root = trajs[0]
+                ep = Episode(
+                    root.task_id, root.group_id, f"{root.group_id}-e{fresh[g]}", root.seed, env_infos=[]
+                )
+                fresh[g] += 1
+                start[ep.traj_id] = r + 1
+                made.append(ep)
+            if made:
+                origins.add(g)
+                trajs.extend(made)
+                new += made
+        if new:
+            for g in range(len(per_task)):
+                consecutive[g] = consecutive[g] + 1 if g in origins else 0
+            play(new)
+            added += new
+        r += 1
+    return added
 
 
 def rollout(
@@ -622,6 +774,20 @@ def rollout(
             raise ValueError(
                 f"need one entry of {name} per task, got {len(per_group)} for {len(tasks)} tasks"
             )
+    log_vocab = 1.0
+    if branching is not None and branching.at == "entropy":
+        vocab = branching.vocab_size or getattr(policy, "vocab_size", None)
+        if vocab is None:
+            raise ValueError(
+                f"branching at entropy normalises entropies by log(vocabulary size), and {type(policy).__name__} "
+                "does not say its own: set the branching's vocab_size"
+            )
+        if choose:
+            raise ValueError(
+                "branching at entropy reads the sampler's entropies: it needs action_choice 'generate'"
+            )
+        log_vocab = math.log(vocab)
+        params = dataclasses.replace(params, top_logprobs=max(params.top_logprobs, TOP_LOGPROBS))
     batch = as_env_batch(envs)
     snapshots = branching is not None and branching.resume != "replay" and batch.can_snapshot
     episodes: list[Episode] = []
@@ -658,7 +824,27 @@ def rollout(
     calls = _play(
         policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots, reset_mode, choose=choose
     )
-    if branching is not None:
+    if branching is not None and branching.at == "entropy":
+
+        def play(new: list[Episode]) -> None:
+            nonlocal calls
+            calls = _play(
+                policy,
+                batch,
+                new,
+                builder,
+                fmt,
+                params,
+                max_turns,
+                calls,
+                snapshots,
+                branching.resume,
+                choose=choose,
+            )
+
+        rng = np.random.default_rng([params.seed or 0, *seeds])
+        episodes += entropy_tree(roots_of, branching, rng, log_vocab, play)
+    elif branching is not None:
         rng = np.random.default_rng([params.seed or 0, *seeds])
         branches = []
         for roots in roots_of:

@@ -344,3 +344,18 @@ def test_a_maze_rollout_through_the_server_equals_the_in_process_rollout(server,
     steps = [s for g in groups for t in g.trajectories for s in t.steps]
     assert steps and all(len(s.response_logprobs) == len(s.response_ids) > 0 for s in steps)
     assert not any("error" in t.info for g in groups for t in g.trajectories)
+
+
+def test_top_logprobs_through_the_server_match_the_in_process_sampler(server, local, prompts):
+    """``SamplingParams.top_logprobs`` travels as the API's ``top_logprobs``; the client hands back the k
+    largest log-probs per token, which equal those the in-process sampler records (same weights)."""
+    set_lora(local, None)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, seed=5, top_logprobs=3)
+    remote = OpenAIPolicy(server.url, NAME).generate(prompts, params)
+    here = local.generate(prompts, params)
+    for r, h in zip(remote, here):
+        assert r.response_ids == h.response_ids
+        assert r.top_logprobs is not None and h.top_logprobs is not None
+        assert len(r.top_logprobs) == len(r.response_ids) and all(len(t) == 3 for t in r.top_logprobs)
+        for a, b in zip(r.top_logprobs, h.top_logprobs):
+            assert a == pytest.approx(b, abs=1e-4)

@@ -3,14 +3,15 @@ before it, join the root's group, and their env continues exactly as a fresh rep
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from agentrl.envs import make
 from agentrl.envs.pool import EnvPool
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.rollout import Branching, rollout
-from agentrl.types import StepBatch, Trajectory
+from agentrl.rollout import Branching, Episode, entropy_tree, head_entropy, rollout
+from agentrl.types import Step, StepBatch, Trajectory
 
 PARAMS = SamplingParams(temperature=1.0, max_new_tokens=6, seed=5)
 MAZE = {"size": 3, "slip": 0.3, "max_steps": 6}
@@ -127,7 +128,11 @@ def test_fixed_turns_and_the_budget(policy) -> None:
     ("kwargs", "match"),
     [
         ({"width": 0}, "width and points"),
-        ({"at": "entropy"}, "'random' or 'fixed'"),
+        ({"at": "sideways"}, "'random', 'fixed' or 'entropy'"),
+        ({"at": "entropy"}, "trajectories >= 1"),
+        ({"at": "entropy", "trajectories": 4, "budget": 10}, "leave budget unset"),
+        ({"rule": "grpo"}, "rule must be one of arpo, aepo"),
+        ({"threshold": 1.5}, "threshold in"),
         ({"at": "fixed"}, "turns >= 1"),
         ({"budget": 0}, "budget"),
         ({"resume": "rewind"}, "resume"),
@@ -176,3 +181,157 @@ def test_branching_config_is_checked() -> None:
     )
     assert cfg.rollout.branching.build() == Branching(at="fixed", turns=(2, 3))
     assert load_config(None, []).rollout.branching.build() is None
+
+
+# ------------------------------------------------------------------ entropy-triggered branching
+
+
+def test_head_entropy_sums_the_top_log_probs_and_the_sampled_one_outside_them() -> None:
+    """ARPO's measure: per token, -p log p over the top-k log-probs, plus the sampled token's when it
+    is not among them; the first 20 tokens only."""
+    import math
+
+    def h(v: float) -> float:
+        return -math.exp(v) * v
+
+    got = head_entropy([-0.1, -2.0], [[-0.1, -2.5], [-0.5, -1.0]])
+    assert got == pytest.approx(h(-0.1) + h(-2.5) + h(-0.5) + h(-1.0) + h(-2.0))
+    assert head_entropy([-0.3] * 30, [[-0.3]] * 30) == pytest.approx(20 * h(-0.3))
+
+
+def synthetic(traj_id: str, entropies: list[float], group: str = "g0") -> Episode:
+    """A played episode whose turns carry the given head entropies (no env: the decisions only read them)."""
+    ep = Episode(f"task-{group}", group, traj_id, 0, env_infos=[])
+    ep.start("o0", {})
+    for h in entropies:
+        extend(ep, h)
+    return ep
+
+
+def extend(ep: Episode, h: float) -> None:
+    k = len(ep.steps)
+    ep.add_step(Step(obs=f"o{k}", action=f"a{k}", info={"head_entropy": h}))
+    ep.observe(f"o{k + 1}", {})
+
+
+def stub_play(script: dict[str, list[float]]):
+    """``play`` for entropy_tree: each new episode takes the turns ``script`` gives its id (default one)."""
+    played: list[str] = []
+
+    def play(new: list[Episode]) -> None:
+        for ep in new:
+            played.append(ep.traj_id)
+            if not ep.observations:
+                ep.start("o0", {})
+            for h in script.get(ep.traj_id, [1.0]):
+                extend(ep, h)
+
+    return play, played
+
+
+def test_arpo_branches_where_entropy_rose_and_fills_the_budget_with_fresh_episodes() -> None:
+    """threshold 0 makes ARPO's rule deterministic: branch iff u - w dH <= 0, i.e. dH >= u / w. Root B's
+    entropy rises at its turn 2, so B branches there (once: width 1); the branch's own first turn is its
+    baseline (dH 0: no branch); when every episode has ended, one fresh episode per round fills the task
+    to ``trajectories``."""
+    a, b = synthetic("g0-0", [1, 1, 1, 1]), synthetic("g0-1", [1, 1, 3, 3])
+    play, played = stub_play({"g0-1.b3-0": [7, 7]})
+    branching = Branching(at="entropy", width=1, trajectories=4, entropy_weight=10.0, threshold=0.0)
+    added = entropy_tree([[a, b]], branching, np.random.default_rng(0), 1.0, play)
+    assert [e.traj_id for e in added] == played == ["g0-1.b3-0", "g0-e0"]
+    branch, fresh = added
+    assert (branch.parent_id, branch.branch_turn) == ("g0-1", 3)
+    assert [s.info["copy_of"] for s in branch.steps[:3]] == ["g0-1#0", "g0-1#1", "g0-1#2"]
+    assert fresh.parent_id is None and len(fresh.steps) == 1
+
+
+def test_aepo_damps_a_task_that_branched_in_the_last_round_and_resets_when_another_task_branches() -> None:
+    """AEPO: branch iff (u + w dH)(1 - penalty c) >= threshold; penalty 1 and threshold 1 make it
+    deterministic (dH > 0 branches unless c >= 1). c counts a task's consecutive rounds that added
+    episodes; a round that added some elsewhere resets it, a round that added none anywhere keeps it."""
+    b = synthetic("g0-0", [1, 3, 3, 3, 3, 3], group="g0")
+    c = synthetic("g1-0", [1, 1, 3, 3, 3, 3], group="g1")
+    play, played = stub_play({})
+    branching = Branching(
+        at="entropy", rule="aepo", width=1, trajectories=10, entropy_weight=10.0, threshold=1.0, penalty=1.0
+    )
+    entropy_tree([[b], [c]], branching, np.random.default_rng(0), 1.0, play)
+    # round 1: g0 branches (c0 -> 1); round 2: g0 damped, g1 branches (c0 -> 0, c1 -> 1);
+    # round 3: g0 branches again, g1 damped; round 4: g1 again, g0 damped ...
+    branched = [name for name in played if ".b" in name]
+    assert branched[:4] == ["g0-0.b2-0", "g1-0.b3-0", "g0-0.b4-0", "g1-0.b5-0"]
+
+
+@pytest.mark.parametrize("rule", ["arpo", "aepo"])
+def test_entropy_branching_on_the_maze_with_a_real_sampler(policy, rule: str) -> None:
+    """The HF sampler returns top log-probs, every sampled turn records its head entropy, each task ends
+    with exactly ``trajectories`` episodes (roots, branches, fresh ones), every branch's env continues
+    as a replay of its own actions, and the same seed gives the same tree."""
+
+    def play():
+        envs = [make("maze", **MAZE) for _ in range(3)]
+        branching = Branching(at="entropy", rule=rule, width=1, trajectories=5)
+        return rollout(policy, envs, ["maze-1", "maze-2"], 2, max_turns=6, params=PARAMS, branching=branching)
+
+    groups = play()
+    assert any(t.parent_id is not None for g in groups for t in g.trajectories), "nothing branched"
+    for group in groups:
+        assert len(group.trajectories) == 5
+        by_id = {t.traj_id: t for t in group.trajectories}
+        for t in group.trajectories:
+            assert [s.obs for s in t.steps] == replayed(t, t.info["seed"])[: len(t.steps)]
+            assert all(s.info["head_entropy"] >= 0 for s in t.steps)
+            if t.parent_id is not None:
+                parent = by_id[t.parent_id]
+                assert [s.response for s in t.steps[: t.branch_turn]] == [
+                    s.response for s in parent.steps[: t.branch_turn]
+                ]
+    assert [[(t.traj_id, [s.response for s in t.steps]) for t in g.trajectories] for g in groups] == [
+        [(t.traj_id, [s.response for s in t.steps]) for t in g.trajectories] for g in play()
+    ]
+
+
+def test_top_logprobs_leave_the_samples_unchanged(policy) -> None:
+    """Asking for the top log-probs changes nothing sampled; they come in decreasing order, and the
+    sampled token's log-prob is at most the largest."""
+    from agentrl.policies.base import MAX_TOP_LOGPROBS
+
+    prompts = [[{"role": "user", "content": "Exits: north"}], [{"role": "user", "content": "Exits: east"}]]
+    plain = policy.generate(prompts, PARAMS)
+    with_top = policy.generate(
+        prompts, SamplingParams(temperature=1.0, max_new_tokens=6, seed=5, top_logprobs=3)
+    )
+    assert [g.response_ids for g in plain] == [g.response_ids for g in with_top]
+    assert all(g.top_logprobs is None for g in plain)
+    for g in with_top:
+        assert g.top_logprobs is not None and len(g.top_logprobs) == len(g.response_ids)
+        for chosen, top in zip(g.logprobs, g.top_logprobs):
+            assert len(top) == 3 and top == sorted(top, reverse=True) and chosen <= top[0] + 1e-6
+    with pytest.raises(ValueError, match="top_logprobs must be an int"):
+        SamplingParams(top_logprobs=MAX_TOP_LOGPROBS + 1)
+
+
+@pytest.mark.slow
+def test_training_with_entropy_branching(small_maze_model_dir, tmp_path) -> None:
+    """Two iterations of GRPO on ARPO-style trees from the config: each task's group holds
+    ``trajectories`` episodes, and the branches' shared steps are trained once."""
+    import json
+
+    from agentrl.trainers import train
+    from tests.test_trainer import tiny_run
+
+    overrides = tiny_run(
+        small_maze_model_dir,
+        **{
+            "algorithm.estimator": "grpo",
+            "rollout.max_turns": 4,
+            "rollout.branching.enabled": "true",
+            "rollout.branching.at": "entropy",
+            "rollout.branching.width": 1,
+            "rollout.branching.trajectories": 4,
+        },
+    )
+    out = train(None, tmp_path / "run", overrides)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["episodes"] == 2 * 4 for r in records)
+    assert all(r["steps_sampled"] <= r["rows"] for r in records)

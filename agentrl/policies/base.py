@@ -19,13 +19,18 @@ __all__ = ["POLICIES", "Generation", "Messages", "Policy", "SamplingParams", "ma
 Messages = list[dict[str, Any]]
 
 
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. ``temperature == 0`` is greedy decoding.
 
     ``seed`` makes a call reproducible (same prompts, same seed -> same responses on the same
     device) without touching the global RNG. ``stop``: strings after which a response ends
-    (kept in the response).
+    (kept in the response). ``top_logprobs``: also return, per generated token, the ``k`` largest
+    log-probs of the distribution it was drawn from (``Generation.top_logprobs``; vLLM's
+    ``logprobs=k``), e.g. for entropy-triggered branching.
     """
 
     temperature: float = 1.0
@@ -33,6 +38,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if not (
@@ -45,6 +51,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not (isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
+            raise ValueError(
+                f"top_logprobs must be an int in 0..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}"
+            )
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -57,6 +67,8 @@ class Generation:
     ``logprobs[i]`` is the log-probability of ``response_ids[i]`` under the model at the sampling
     temperature, before top-p truncation (at temperature 0 or 1: the model's own distribution).
     ``finish_reason``: "stop" (end-of-turn token or a stop string) or "length".
+    ``top_logprobs[i]``: with ``SamplingParams.top_logprobs`` k, the k largest log-probs of that
+    same distribution at token i, in decreasing order (None when not asked for or not given).
     """
 
     prompt_ids: list[int]
@@ -65,6 +77,7 @@ class Generation:
     text: str
     finish_reason: Literal["stop", "length"]
     info: dict[str, Any] = field(default_factory=dict)
+    top_logprobs: list[list[float]] | None = None
 
 
 @runtime_checkable

@@ -98,21 +98,25 @@ class _StopOnText:
 
 
 class _ChosenLogprobs:
-    """A logits processor that keeps ``log_softmax(logits / T)`` of each sampled token.
+    """A logits processor that keeps ``log_softmax(logits / T)`` of each sampled token (and, with
+    ``top_k``, the k largest values of that row).
 
     It runs before the sampling warpers, so it sees the model's logits; the token chosen at step
     k is the last input id at step k + 1 (and the last generated id after the final step), so only
     one B x V row of log-probs is alive at a time.
     """
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
+    def __init__(self, temperature: float, top_k: int = 0) -> None:
+        self.temperature, self.top_k = temperature, top_k
         self.previous: torch.Tensor | None = None
         self.chosen: list[torch.Tensor] = []
+        self.tops: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._take(input_ids[:, -1])
         self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_k:
+            self.tops.append(self.previous.topk(min(self.top_k, self.previous.shape[-1]), dim=-1).values)
         return scores
 
     def _take(self, tokens: torch.Tensor) -> None:
@@ -126,6 +130,14 @@ class _ChosenLogprobs:
         if not self.chosen:
             return [[] for _ in range(sequences.shape[0])]
         return torch.stack(self.chosen, dim=1).tolist()
+
+    def top(self, rows: int) -> list[list[list[float]]] | None:
+        """Per row and generated token, the ``top_k`` largest log-probs (None without ``top_k``)."""
+        if not self.top_k:
+            return None
+        if not self.tops:
+            return [[] for _ in range(rows)]
+        return torch.stack(self.tops, dim=1).tolist()
 
 
 class HFPolicy:
@@ -238,6 +250,11 @@ class HFPolicy:
         return next(self.model.parameters()).device
 
     @property
+    def vocab_size(self) -> int:
+        """Entries in the tokenizer's vocabulary (normalises entropies as ARPO does: by its log)."""
+        return len(self.tokenizer.get_vocab())
+
+    @property
     def has_adapter(self) -> bool:
         return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
 
@@ -314,7 +331,9 @@ class HFPolicy:
                 if params.stop
                 else None
             )
-            chosen = _ChosenLogprobs(params.temperature if params.temperature > 0 else 1.0)
+            chosen = _ChosenLogprobs(
+                params.temperature if params.temperature > 0 else 1.0, params.top_logprobs
+            )
             sampler = self._sampling_model()
             with autocast_for(sampler):  # sampling through the peft model (merge off): LoRA in bf16
                 seqs = sampler.generate(
@@ -331,6 +350,12 @@ class HFPolicy:
             step_logprobs = chosen.finish(seqs)
             responses = [self._cut(row[width:].tolist(), params) for row in seqs]
             lps = [row[: len(r)] for row, (r, _) in zip(step_logprobs, responses)]
+            step_tops = chosen.top(len(responses))
+            tops = (
+                [row[: len(r)] for row, (r, _) in zip(step_tops, responses)]
+                if step_tops is not None
+                else [None] * len(responses)
+            )
         finally:
             self.model.train(was_training)
         return [
@@ -340,8 +365,9 @@ class HFPolicy:
                 logprobs=lp,
                 text=self.tokenizer.decode(r, skip_special_tokens=True),
                 finish_reason=reason,
+                top_logprobs=top,
             )
-            for p, (r, reason), lp in zip(prompt_ids, responses, lps)
+            for p, (r, reason), lp, top in zip(prompt_ids, responses, lps, tops)
         ]
 
     def choose(

@@ -207,6 +207,8 @@ class OpenAIPolicy:
         }
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.top_logprobs:
+            body["top_logprobs"] = params.top_logprobs
         if params.seed is not None:
             body["seed"] = params.seed + index
         if self.require_token_ids:  # vLLM's extensions; a plain OpenAI endpoint would refuse them
@@ -225,6 +227,14 @@ class OpenAIPolicy:
             ) from None
         content = (choice.get("logprobs") or {}).get("content") or []
         logprobs = [float(t["logprob"]) for t in content]
+        tops = (
+            [
+                sorted((float(x["logprob"]) for x in t.get("top_logprobs") or ()), reverse=True)
+                for t in content
+            ]
+            if any("top_logprobs" in t for t in content)
+            else None
+        )
         prompt_ids, response_ids = body.get("prompt_token_ids"), choice.get("token_ids")
         reason: Literal["stop", "length"] = "length" if finish == "length" else "stop"
         if prompt_ids is None or response_ids is None:
@@ -258,6 +268,7 @@ class OpenAIPolicy:
             text=text,
             finish_reason=reason,
             info={"model": self.model},
+            top_logprobs=tops,
         )
 
     # ------------------------------------------------------------------ prompts

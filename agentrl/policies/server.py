@@ -45,14 +45,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agentrl.policies.base import Generation, SamplingParams
+from agentrl.policies.base import MAX_TOP_LOGPROBS, Generation, SamplingParams
 from agentrl.serving import BodyError, ServerThread, check_bearer, read_json_body, warn_if_open
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "APIError", "Engine", "PolicyServer", "create_app", "serve"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_N = 64
-MAX_TOP_LOGPROBS = 20
 log = logging.getLogger(__name__)
 
 
