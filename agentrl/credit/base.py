@@ -442,9 +442,17 @@ def _check_token(name: str, info: EstimatorInfo, adv: Advantages, batch: StepBat
     n = len(batch)
     if len(adv.token) != n:
         raise RuntimeError(f"estimator {name!r} returned {len(adv.token)} per-token arrays for {n} rows")
-    ids = batch.column("response_ids")
+    want = np.fromiter(map(len, batch.column("response_ids")), np.int64, n)
+    try:  # the quick check: 1-D rows of the right lengths concatenate into one 1-D array
+        flat = np.concatenate(adv.token) if n else np.zeros(0)
+        ok = flat.ndim == 1 and np.array_equal(np.fromiter(map(len, adv.token), np.int64, n), want)
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        if not np.all(np.isfinite(flat)):
+            raise RuntimeError(f"estimator {name!r} produced NaN or inf in its per-token advantages")
+        return
     got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in adv.token), np.int64, n)
-    want = np.fromiter((len(t) for t in ids), np.int64, n)
     bad = np.flatnonzero(got != want)
     if bad.size:
         r = int(bad[0])
