@@ -244,7 +244,7 @@ def ktae(
     g = batch.num_groups
     n_c = np.bincount(traj_group, weights=traj_ok, minlength=g)
     n_w = np.bincount(traj_group, weights=1.0 - traj_ok, minlength=g)
-    traj_len = np.bincount(slot, minlength=lay.n_traj).astype(np.float64)
+    traj_len = np.bincount(lay.slot, weights=lengths, minlength=lay.n_traj)  # tokens per trajectory
     len_c = np.bincount(traj_group, weights=traj_len * traj_ok, minlength=g)
     len_w = np.bincount(traj_group, weights=traj_len * (1.0 - traj_ok), minlength=g)
     key = key_scores(
