@@ -361,6 +361,13 @@ class AlgorithmConfig(Section):
             raise ValueError(
                 f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}"
             )
+        from agentrl.trainers.losses import CHANNEL_LOSSES
+
+        if self.resolved_loss in CHANNEL_LOSSES and not info.channels:
+            raise ValueError(
+                f"loss {self.resolved_loss!r} clips each advantage channel on its own, and estimator "
+                f"{self.estimator!r} declares none"
+            )
         return self
 
     @property

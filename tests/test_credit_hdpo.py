@@ -192,6 +192,43 @@ def test_needs_tool_calls_and_validates_options():
     }
 
 
+def test_channels_are_declared_for_the_two_term_loss():
+    """The trait names the extras a channel loss clips on their own and their weights; ``step`` is
+    their weighted sum, so one-advantage losses see the same thing as before."""
+    info = estimator_info("hdpo")
+    assert dict(info.channels) == {"acc": 1.0, "eff": "eff_weight"}
+    assert info.channel_weights({}) == {"acc": 1.0, "eff": 1.0}
+    assert info.channel_weights({"eff_weight": 0.25, "fmt_weight": 0.0}) == {"acc": 1.0, "eff": 0.25}
+    b = hand_batch()
+    adv = estimate("hdpo", b, eff_weight=0.25)
+    np.testing.assert_array_equal(adv.step, adv.extras["acc"] + 0.25 * adv.extras["eff"])
+
+
+def test_channel_declarations_are_checked():
+    from agentrl.credit import Advantages, register_estimator
+
+    def fn(batch, *, w: float = 1.0):
+        return Advantages(step=np.zeros(len(batch)), extras={"x": np.zeros(len(batch))})
+
+    with pytest.raises(ValueError, match="not an option"):
+        register_estimator("test_channels_bad_weight", channels={"x": "omega"})(fn)
+    with pytest.raises(ValueError, match="not with spans or per_token"):
+        register_estimator("test_channels_spans", spans=("action",), channels={"x": 1.0})(fn)
+    with pytest.raises(ValueError, match="has weight"):
+        register_estimator("test_channels_nan", channels={"x": float("nan")})(fn)
+    register_estimator("test_channels_missing", channels={"x": "w", "y": 1.0})(fn)
+    with pytest.raises(RuntimeError, match=r"declares channels \['y'\]"):
+        estimate("test_channels_missing", hand_batch())
+
+
+def test_the_two_term_loss_needs_an_estimator_with_channels():
+    from agentrl.config import AlgorithmConfig
+
+    assert AlgorithmConfig(estimator="hdpo", loss="ppo_channels").resolved_loss == "ppo_channels"
+    with pytest.raises(ValueError, match="declares none"):
+        AlgorithmConfig(estimator="grpo", loss="ppo_channels")
+
+
 def test_row_order_does_not_matter():
     b = hand_batch()
     perm = np.random.default_rng(3).permutation(len(b))

@@ -1,6 +1,7 @@
-"""KTAE (agentrl/credit/ktae.py): a hand-computed 2x2 case, edge cases, options, and a per-group
-reference loop over token values (scipy's Fisher test) on random multi-turn batches: max |diff| 7e-16
-over 90 batches."""
+"""KTAE (agentrl/credit/ktae.py): a hand-computed 2x2 case, edge cases, options, a per-group
+reference loop over token values (scipy's Fisher test) on random multi-turn batches (max |diff| 7e-16
+over 90 batches), and the previous one-sort implementation (tests/ktae_reference.py) on 240 random
+batches, through each way of building the tables (max |diff| 0 when written)."""
 
 from __future__ import annotations
 
@@ -252,3 +253,84 @@ def test_speed_on_a_realistic_batch_is_reported(capsys):
     assert len(adv.token) == len(b) == 128 * 8 * 40
     with capsys.disabled():
         print(f"\nktae: {len(b)} rows, {sum(map(len, adv.token))} tokens in {seconds:.3f} s")
+
+
+def random_batch(rng, n_groups=6, max_size=7, vocab=12, offset=0):
+    """Groups of 1..max_size trajectories with 1-3 turns of 0-5 tokens (some empty), mixed outcomes;
+    some groups all correct or all incorrect; about 30% of the ids moved up by ``offset``."""
+    trajs = []
+    for g in range(n_groups):
+        size = int(rng.integers(1, max_size + 1))
+        kind = rng.integers(0, 4)
+        outcomes = (
+            np.ones(size)
+            if kind == 0
+            else np.zeros(size)
+            if kind == 1
+            else rng.choice([0.0, 1.0, 0.5, -1.0], size)
+        )
+        turns = []
+        for _ in range(size):
+            traj_turns = []
+            for _ in range(int(rng.integers(1, 4))):
+                ids = rng.integers(0, vocab, size=int(rng.integers(0, 6)))
+                ids = np.where(rng.random(ids.shape) < 0.3, offset + ids, ids)
+                traj_turns.append(ids.tolist())
+            turns.append(traj_turns)
+        trajs += group(turns, outcomes, gid=f"g{g}")
+        if rng.random() < 0.3:
+            trajs[-1].success = True
+    return StepBatch.from_trajectories(trajs)
+
+
+@pytest.mark.parametrize("path", ["dense", "ranked", "sorted", "lexsort"])
+def test_same_outputs_as_the_previous_implementation(path, monkeypatch):
+    """Each way of building the tables (dense grids, dense grids over ranked ids, the packed sort, the
+    lexsort) gives the frozen previous implementation's outputs on random batches with singleton
+    groups, all-equal outcomes, empty responses and every option."""
+    import agentrl.credit.ktae as ktae_module
+    from tests.ktae_reference import reference_ktae
+
+    if path == "ranked":  # ids up to 4040: the grids fit only over the batch's distinct ids
+        monkeypatch.setattr(ktae_module, "DENSE_CELLS", 4096)
+    if path in ("sorted", "lexsort"):
+        monkeypatch.setattr(ktae_module, "DENSE_CELLS", 0)
+    if path == "lexsort":
+        monkeypatch.setattr(ktae_module, "PACK_LIMIT", 0)
+    options = [
+        {},
+        {"tf": False},
+        {"alpha": 0.0},
+        {"beta": 0.0, "scale": 0.3},
+        {"alpha": 0.5, "beta": 2.0, "correct": "success"},
+        {"ignore_token_ids": [3, 7], "invalid_penalty": 0.0},
+    ]
+    used = []
+    for name in ("_dense_tables", "_sorted_tables"):
+        fn = getattr(ktae_module, name)
+
+        def spy(*args, _fn=fn, _name=name):
+            out = _fn(*args)
+            used.append(_name if out is not None else "none")
+            return out
+
+        monkeypatch.setattr(ktae_module, name, spy)
+    worst = 0.0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        b = random_batch(
+            rng, vocab=int(rng.choice([3, 12, 40])), offset={"ranked": 4000, "lexsort": 2**40}.get(path, 0)
+        )
+        canonical = b.take(b.canonical_order())
+        opts = options[seed % len(options)]
+        got, want = estimate("ktae", canonical, **opts), reference_ktae(canonical, **opts)
+        assert np.array_equal(got.step, want.step)
+        for g_row, w_row in zip(got.token, want.token):
+            assert g_row.shape == w_row.shape
+            if g_row.size:
+                worst = max(worst, float(np.max(np.abs(g_row - w_row))))
+    assert worst <= 1e-12
+    built = [u for u in used if u != "none"]
+    assert len(built) == 60 and set(built) == {
+        "_sorted_tables" if path in ("sorted", "lexsort") else "_dense_tables"
+    }

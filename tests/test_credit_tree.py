@@ -94,6 +94,11 @@ def test_a_shared_step_trains_once_with_the_mean_of_its_copies():
     assert trained.tolist() == [True, True, True, False, True, True, False, True, True, True]
     flat = StepBatch.from_trajectories([traj("a", "xy", 1.0)])
     assert merge_copies(flat, Advantages(step=np.zeros(2)))[1] is None
+    # advantage channels (for a channel loss) are averaged like step; other extras are left alone
+    extras = {"acc": np.arange(10.0), "other": np.arange(10.0)}
+    merged, _ = merge_copies(batch, Advantages(step=np.zeros(10), extras=extras), ("acc",))
+    assert merged.extras["acc"].tolist() == [3, 1, 2, 3, 4, 5, 3, 7, 8, 9]
+    assert merged.extras["other"] is extras["other"]
 
 
 def test_tree_fidelity_scores_each_sampled_step_once():

@@ -241,3 +241,22 @@ def test_the_alfworld_recipe_trains_one_iteration_on_cpu(
     one_iteration(
         "alfworld", "gigpo", tmp_path / "run", f"env.kwargs.data_dir={games}", "env.train_tasks.count=1"
     )
+
+
+def test_the_hdpo_recipes_train_the_papers_two_clipped_terms(tmp_path: Path, restore_threads) -> None:
+    """HDPO's recipes use ``ppo_channels`` (L_clip(A_acc) + w L_clip(A_eff)); one CPU iteration hands
+    the loss both channels with the weights of the run's options."""
+    from agentrl.trainers.losses import LOSSES
+
+    for env in ("search", "tools", "bfcl"):
+        assert recipe(env, "hdpo").algorithm.resolved_loss == "ppo_channels"
+    seen = []
+    original = LOSSES.get("ppo_channels")
+
+    def spy(x):
+        seen.append([w for w, _ in x.channels])
+        return original(x)
+
+    LOSSES.register("ppo_channels", spy, overwrite=True)  # the autouse fixture puts the original back
+    one_iteration("search", "hdpo", tmp_path / "run", "algorithm.options.eff_weight=0.5")
+    assert seen and all(w == [1.0, 0.5] for w in seen)

@@ -357,6 +357,63 @@ def test_per_token_advantages_reach_the_loss_on_their_tokens(maze_batch):
         token_advantages(samples, estimate("test_tokens", batch), spans=("action",))
 
 
+def test_advantage_channels_reach_a_channel_loss_with_their_weights(maze_batch):
+    """An estimator that declares channels (by test code): under a channel loss each channel's per-row
+    advantage reaches the loss on every response token of its row, with the weight its option gives;
+    under a one-advantage loss no channel is passed."""
+    policy, groups = maze_batch
+    batch = StepBatch.from_trajectories(groups)
+    samples = build_samples(steps_in_row_order(groups))
+    n = len(samples)
+
+    @register_estimator("test_channels", channels={"one": 1.0, "two": "two_weight"})
+    def channels(b, *, two_weight: float = 0.5):
+        one, two = 10.0 * (np.arange(len(b)) + 1), -(np.arange(len(b)) + 1.0)
+        return Advantages(step=one + two_weight * two, extras={"one": one, "two": two})
+
+    seen = []
+
+    @register_loss("test_recording_channels", channels=True)
+    def recording(x):
+        seen.append([(w, a.detach().cpu().clone()) for w, a in x.channels] + [x.mask.detach().cpu().clone()])
+        return LOSSES.get("ppo_channels")(x)
+
+    learner = Learner(
+        policy, UpdateSettings(loss="test_recording_channels", minibatch_size=n, micro_batch_size=n), lr=0.0
+    )
+    result = standard_update(
+        learner, batch, samples, "test_channels", {"two_weight": 0.25}, rng=np.random.default_rng(0)
+    )
+    assert len(seen) == 1 and math.isfinite(result.stats["loss"])
+    (w_one, one_BT), (w_two, two_BT), mask_BT = seen[0]
+    assert (w_one, w_two) == (1.0, 0.25)
+    got = sorted((one_BT[b][mask_BT[b] > 0].tolist(), two_BT[b][mask_BT[b] > 0].tolist()) for b in range(n))
+    want = sorted(
+        ([10.0 * (r + 1)] * len(ids), [-(r + 1.0)] * len(ids)) for r, ids in enumerate(samples.response_ids)
+    )
+    assert got == want
+    assert torch.equal(one_BT != 0, mask_BT > 0) and torch.equal(two_BT != 0, mask_BT > 0)
+
+    plain = []
+
+    @register_loss("test_recording_plain")
+    def recording_plain(x):
+        plain.append(len(x.channels))
+        return LOSSES.get("ppo_token_mean")(x)
+
+    learner = Learner(
+        policy, UpdateSettings(loss="test_recording_plain", minibatch_size=n, micro_batch_size=n), lr=0.0
+    )
+    standard_update(learner, batch, samples, "test_channels", {}, rng=np.random.default_rng(0))
+    assert plain == [0]
+    # a channel loss with an estimator that declares none fails by name
+    learner = Learner(
+        policy, UpdateSettings(loss="ppo_channels", minibatch_size=n, micro_batch_size=n), lr=0.0
+    )
+    with pytest.raises(ValueError, match="needs the estimator's channels"):
+        standard_update(learner, batch, samples, "grpo", {}, rng=np.random.default_rng(0))
+
+
 def test_ktae_token_credit_varies_within_a_response_and_trains(maze_batch):
     policy, groups = maze_batch
     groups = copy.deepcopy(groups)

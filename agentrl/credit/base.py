@@ -150,6 +150,10 @@ class EstimatorInfo:
     before temperature, the "entropy"; z the temperature-scaled logits). The trainer computes them in
     the scoring pass that gives the old log-probs, only when declared, and passes the input
     ``token_stats``: a dict by name of one float array per row, aligned with the field ``response_ids``.
+    channels: advantage channels that a channel loss (``trainers.losses``, e.g. ``ppo_channels``) clips
+    each on its own, then sums with their weights: ``Advantages.extras`` key -> weight, a number or the
+    name of the option that holds it (HDPO: ``{"acc": 1.0, "eff": "eff_weight"}``). ``step`` stays the
+    weighted sum, which every other loss trains on.
     """
 
     name: str
@@ -170,6 +174,15 @@ class EstimatorInfo:
     per_token: bool = False
     task_weights: TaskWeights | None = None
     token_stats: tuple[str, ...] = ()
+    channels: Mapping[str, float | str] = field(default_factory=dict)
+
+    def channel_weights(self, options: Mapping[str, Any]) -> dict[str, float]:
+        """Each channel's weight under ``options`` (an option that names a weight falls back to its
+        default)."""
+        return {
+            c: float(options.get(w, self.options[w]) if isinstance(w, str) else w)
+            for c, w in self.channels.items()
+        }
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -199,6 +212,7 @@ def register_estimator(
     per_token: bool = False,
     task_weights: TaskWeights | None = None,
     token_stats: tuple[str, ...] = (),
+    channels: Mapping[str, float | str] | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -213,6 +227,8 @@ def register_estimator(
     ``task_weights``: a stateful estimator's task sampler (see ``EstimatorInfo``).
     ``token_stats``: the learner's per-token outputs ``fn`` reads from its input ``token_stats`` (which
     it must list in ``inputs``), aligned with the field ``response_ids`` (listed in ``fields``).
+    ``channels``: ``Advantages.extras`` keys that ``fn`` always returns, with their weights (see
+    ``EstimatorInfo``); one advantage per row each, so not with ``spans`` or ``per_token``.
     """
     heads = dict(value_heads or {})
     if task_weights is not None and not stateful:
@@ -258,6 +274,13 @@ def register_estimator(
             "and are computed by the 'standard' schedule only"
         )
 
+    chans = dict(channels or {})
+    if chans and (spans or per_token or schedule != "standard"):
+        raise ValueError(
+            f"estimator {name!r}: channels are per-row advantages trained by the 'standard' schedule; "
+            "not with spans or per_token"
+        )
+
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
         sig = inspect.signature(fn)
         options = {
@@ -270,6 +293,13 @@ def register_estimator(
                 f"estimator {name!r}: stateful=True and a keyword-only parameter 'state' go together"
             )
         options.pop("state", None)
+        for channel, weight in chans.items():
+            if isinstance(weight, str) and weight not in options:
+                raise ValueError(
+                    f"estimator {name!r}: channel {channel!r} weighs by {weight!r}, not an option"
+                )
+            if not isinstance(weight, str) and not np.isfinite(weight):
+                raise ValueError(f"estimator {name!r}: channel {channel!r} has weight {weight!r}")
         ESTIMATORS.register(
             name,
             EstimatorInfo(
@@ -291,6 +321,7 @@ def register_estimator(
                 per_token=per_token,
                 task_weights=task_weights,
                 token_stats=stats,
+                channels=chans,
             ),
         )
         return fn
@@ -382,6 +413,11 @@ def estimate(name: str, batch: StepBatch, **cfg: Any) -> Advantages:
         if arr.dtype != bool and not np.all(np.isfinite(arr)):
             raise RuntimeError(f"estimator {name!r} produced NaN or inf in {key}")
     _check_token(name, info, adv, batch)
+    absent_channels = [c for c in info.channels if c not in adv.extras]
+    if absent_channels:
+        raise RuntimeError(
+            f"estimator {name!r} declares channels {absent_channels} but returned no such extras"
+        )
     if state is not None and work is not None:
         state.clear()
         state.update(work)
@@ -442,9 +478,17 @@ def _check_token(name: str, info: EstimatorInfo, adv: Advantages, batch: StepBat
     n = len(batch)
     if len(adv.token) != n:
         raise RuntimeError(f"estimator {name!r} returned {len(adv.token)} per-token arrays for {n} rows")
-    ids = batch.column("response_ids")
+    want = np.fromiter(map(len, batch.column("response_ids")), np.int64, n)
+    try:  # the quick check: 1-D rows of the right lengths concatenate into one 1-D array
+        flat = np.concatenate(adv.token) if n else np.zeros(0)
+        ok = flat.ndim == 1 and np.array_equal(np.fromiter(map(len, adv.token), np.int64, n), want)
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        if not np.all(np.isfinite(flat)):
+            raise RuntimeError(f"estimator {name!r} produced NaN or inf in its per-token advantages")
+        return
     got = np.fromiter((a.shape[0] if a.ndim == 1 else -1 for a in adv.token), np.int64, n)
-    want = np.fromiter((len(t) for t in ids), np.int64, n)
     bad = np.flatnonzero(got != want)
     if bad.size:
         r = int(bad[0])

@@ -49,19 +49,22 @@ in a large group even below its wrong siblings: 16 rollouts, 10 correct, nine of
 one with tool turns give that one A_acc 0.75 and A_eff -9/sqrt(10) = -2.85, the wrong ones -1.25.
 
 Two channels vs one advantage. The paper's loss is ``L = L_clip(A_acc) + w * L_clip(A_eff)``, two
-clipped terms on the same tokens. agentrl's losses take one advantage per token (``spans`` route
-advantages to different parts of a response, not two channels onto the same tokens), so ``step`` is
-the summed scalar ``A_acc + w * A_eff``. Per token with ratio r and
-``c(r) = clip(r, 1 - eps_low, 1 + eps_high)``, the paper's term is
-``-min(r A_acc, c(r) A_acc) - w min(r A_eff, c(r) A_eff)`` and ours ``-min(r A, c(r) A)`` with
-``A = A_acc + w A_eff``. They are identical wherever r lies inside the clip range (both are
+clipped terms on the same tokens. ``step`` is the summed scalar ``A_acc + w * A_eff``, which the
+default loss (``ppo_token_mean``) and every other one-advantage loss train on. Per token with ratio
+r and ``c(r) = clip(r, 1 - eps_low, 1 + eps_high)``, the paper's term is
+``-min(r A_acc, c(r) A_acc) - w min(r A_eff, c(r) A_eff)`` and the summed one ``-min(r A, c(r) A)``
+with ``A = A_acc + w A_eff``. They are identical wherever r lies inside the clip range (both are
 ``-r A``), and also outside it when A_acc and A_eff have the same sign or A_eff is 0 (every
 incorrect trajectory, every group with |Q| < 2). They differ only on tokens whose ratio left the
 range while the two channels disagree in sign: the paper clips each channel on its own, so the one
 pulling r back keeps its gradient; the summed term is clipped or not as a whole, by the sign of
-the sum. The same holds per sequence for ``gspo``. ``extras["acc"]`` and ``extras["eff"]`` hold
-A_acc and A_eff per row for a two-term loss, which would need the trainer to broadcast both to
-tokens and a loss that sums the two clipped objectives.
+the sum. The same holds per sequence for ``gspo``.
+
+The paper's form: the estimator declares its two channels (``channels={"acc": 1, "eff":
+"eff_weight"}``: ``extras["acc"]`` = A_acc and ``extras["eff"]`` = A_eff per row, the latter weighed
+by the option ``eff_weight``), and ``algorithm.loss: ppo_channels`` makes the trainer spread both to
+tokens and sum one clipped objective per channel, token-mean like ``ppo_token_mean`` (the paper's
+aggregation was not in reach). The recipes (configs/recipes/{search,tools,bfcl}/hdpo.yaml) use it.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def hdpo_channels(
     return a_acc, a_eff
 
 
-@register_estimator("hdpo", fields=("tool_call",), paper=PAPER)
+@register_estimator("hdpo", fields=("tool_call",), paper=PAPER, channels={"acc": 1.0, "eff": "eff_weight"})
 def hdpo(
     batch: StepBatch,
     *,

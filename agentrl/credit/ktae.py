@@ -38,12 +38,21 @@ Differences, each named:
   table of the margins counts, decided exactly instead of by a float equal to 1.0.
 - A side with no response tokens at all has frequency 0 (the source divides 0 by 0).
 
-Cost: two sorts over the batch's tokens and closed forms per distinct (group, token) table; Fisher's
-test runs once per distinct table (few: a, b <= group size). Tests compare with a per-group loop over
-token values and with ``scipy.stats.fisher_exact``.
+Cost: no sort in the usual case. The tables are counted into dense grids: a (trajectory, token)
+grid keeps one token of each pair (giving the rollouts that contain the token), a (group, token,
+side) one counts occurrences; token ids are first ranked among the batch's distinct ids when that
+makes the grids fit (``DENSE_CELLS``, ``DENSE_PAIRS``), else one sort by (group, token, trajectory)
+builds them. Fisher's test, IG and Cohen's h run once per distinct table (few: a, b <= group size).
+Measured on ``bench/credit_speed.py``'s P=128 batch (42.7k rows, 1.28M tokens, 4000 ids) on a shared
+2-core machine under load 7-8: 0.10-0.15 s of CPU (0.19-0.29 s wall) per ``estimate`` call, against
+0.35-0.56 s of CPU (0.68-1.1 s wall) for the previous one-argsort version in the same runs; the
+steps' best times add up to 0.07 s of CPU. Tests compare with a per-group loop over token values,
+with ``scipy.stats.fisher_exact`` and with that previous version (tests/ktae_reference.py).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,6 +67,8 @@ TF_EPS = 1e-5  # the source's guard in tf_c/(tf_w + 1e-5)
 COHEN_EPS = 1e-10  # the source's guard in a/(a + c + 1e-10)
 FISHER_RTOL = 1e-7  # ties in Fisher's two-sided test (as scipy.stats.fisher_exact)
 PACK_LIMIT = 2**62  # (group, token, trajectory) packed in one int64 below this, else a lexsort
+DENSE_CELLS = 2**22  # largest dense grid of counts (per token id, per (group, token)) used instead of a sort
+DENSE_PAIRS = 2**24  # largest dense (trajectory, token) grid (of int32 positions) used instead of a sort
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -110,6 +121,18 @@ def information_gain(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray)
     return np.where(n > 0, ig, 0.0)
 
 
+def _distinct(code: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(code, return_inverse=True)`` for non-negative codes below ``cells``: by flagging a
+    dense array when that is small, else by sorting."""
+    if cells <= DENSE_CELLS:
+        seen = np.zeros(cells, dtype=bool)
+        seen[code] = True
+        rank = np.cumsum(seen) - 1
+        return np.flatnonzero(seen), rank[code]
+    uniq, inv = np.unique(code, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
 def key_scores(
     a: np.ndarray,
     b: np.ndarray,
@@ -119,44 +142,50 @@ def key_scores(
     freq_wrong: np.ndarray,
     len_correct: np.ndarray,
     len_wrong: np.ndarray,
+    group: np.ndarray,
     *,
     alpha: float,
     beta: float,
     tf: bool,
     scale: float,
 ) -> np.ndarray:
-    """key(v) of each table (module doc): ``a``/``b`` correct/incorrect rollouts containing v out of
-    ``n_correct``/``n_wrong``; ``freq_*`` occurrences of v and ``len_*`` token counts of each side."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    c, d = n_correct - a, n_wrong - b
-    fisher = np.zeros_like(a)
+    """key(v) of each table (module doc): ``a``/``b`` correct/incorrect rollouts containing v, and
+    ``freq_*`` occurrences of v on each side (integer counts), per table; ``group`` the table's group,
+    which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side."""
+    n_c, n_w = n_correct.astype(np.int64), n_wrong.astype(np.int64)
+    # Fisher, IG and Cohen's h depend on the table's counts only: computed once per distinct table
+    # (few: counts <= group size), packed into one integer
+    radix = int(max(n_c.max(initial=0), n_w.max(initial=0))) + 1
+    group_code = n_c * radix + n_w
+    uniq, inv = _distinct((a * radix + b) * radix**2 + group_code[group], radix**4)
+    ua, ub = uniq // radix**3, (uniq // radix**2) % radix
+    uc, ud = (uniq // radix) % radix - ua, uniq % radix - ub
+    fa, fb, fc, fd = (v.astype(np.float64) for v in (ua, ub, uc, ud))
+    weight = np.zeros(uniq.shape[0])
     if alpha:
-        # Fisher's test once per distinct table (packed into one integer: counts <= group size)
-        radix = int(max(a.max(initial=0), b.max(initial=0), c.max(initial=0), d.max(initial=0))) + 1
-        ia, ib, ic, id_ = (np.rint(v).astype(np.int64) for v in (a, b, c, d))
-        uniq, inv = np.unique(((ia * radix + ib) * radix + ic) * radix + id_, return_inverse=True)
-        ud = uniq % radix
-        uc = (uniq // radix) % radix
-        ub = (uniq // radix**2) % radix
-        ua = uniq // radix**3
         p, whole = fisher_two_sided(ua, ub, uc, ud)
-        fisher = np.where(whole, 0.0, np.exp(-2.0 * p))[inv.reshape(-1)]
-    ig = information_gain(a, b, c, d) if beta else np.zeros_like(a)
-    pa = np.clip(a / (a + c + COHEN_EPS), 0.0, 1.0)
-    pb = np.clip(b / (b + d + COHEN_EPS), 0.0, 1.0)
-    x = np.arcsin(np.sqrt(pa)) - np.arcsin(np.sqrt(pb))
-    if tf:
-        avg = (len_correct + len_wrong) / 2.0
-        sides = []
-        for freq, length in ((freq_correct, len_correct), (freq_wrong, len_wrong)):
-            f = np.divide(freq, length, out=np.zeros_like(a), where=length > 0)
-            k = K1 * (1.0 - B + B * np.divide(length, avg, out=np.zeros_like(a), where=avg > 0))
-            sides.append(np.divide(f * (K1 + 1.0), f + k, out=np.zeros_like(a), where=(f + k) > 0))
-        tf_c, tf_w = sides
-        x = x + tf_c / (tf_w + TF_EPS) - tf_w / (tf_c + TF_EPS)
-    z = (alpha * fisher + beta * ig) * x / (alpha + beta)
+        weight = alpha * np.where(whole, 0.0, np.exp(-2.0 * p))
+    weight = weight + beta * (information_gain(fa, fb, fc, fd) if beta else np.zeros_like(fa))
+    pa = np.clip(fa / (fa + fc + COHEN_EPS), 0.0, 1.0)
+    pb = np.clip(fb / (fb + fd + COHEN_EPS), 0.0, 1.0)
+    h = np.arcsin(np.sqrt(pa)) - np.arcsin(np.sqrt(pb))
+    if not tf:
+        z = weight * h / (alpha + beta)
+        return np.where((uc + ua > 0) & (ud + ub > 0), scale * np.tanh(z / 2.0), 0.0)[inv]
+    x = h[inv]
+    avg = (len_correct + len_wrong) / 2.0
+    sides = []
+    for freq, length in ((freq_correct, len_correct), (freq_wrong, len_wrong)):
+        norm = np.divide(length, avg, out=np.zeros_like(avg), where=avg > 0)
+        k = (K1 * (1.0 - B + B * norm))[group]
+        length = length[group]
+        f = np.divide(freq, length, out=np.zeros(freq.shape[0]), where=length > 0)
+        sides.append(np.divide(f * (K1 + 1.0), f + k, out=np.zeros(freq.shape[0]), where=(f + k) > 0))
+    tf_c, tf_w = sides
+    x = x + tf_c / (tf_w + TF_EPS) - tf_w / (tf_c + TF_EPS)
+    z = weight[inv] * x / (alpha + beta)
     key = scale * np.tanh(z / 2.0)  # = scale * (2 sigmoid(z) - 1), the source's squash
-    return np.where((n_correct > 0) & (n_wrong > 0), key, 0.0)
+    return np.where(((n_c > 0) & (n_w > 0))[group], key, 0.0)
 
 
 @register_estimator(
@@ -199,27 +228,132 @@ def ktae(
     )
     ids = batch.column("response_ids")
     n = len(batch)
-    lengths = np.fromiter((len(t) for t in ids), np.int64, n)
+    lengths = np.fromiter(map(len, ids), np.int64, n)
     total = int(lengths.sum())
     if total == 0:
         return Advantages(step=base, token=[np.zeros(0) for _ in range(n)])
-    tok = np.concatenate([t for t in ids if len(t)]).astype(np.int64)
+    tok = np.concatenate([t for t in ids if len(t)]).astype(np.int64, copy=False)
     if tok.min() < 0:
         raise ValueError("response_ids must be non-negative token ids")
-    row = np.repeat(np.arange(n), lengths)
-    slot = lay.slot[row]  # trajectory slot of each token
-    n_traj = lay.n_traj
+    slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
     traj_group = batch.group_idx[lay.first]
     ok = (batch.outcome > 0) if correct == "outcome" else batch.success
     traj_ok = ok[lay.first].astype(np.float64)
-    vocab = int(tok.max()) + 1
+    tables = _dense_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
+    if tables is None:
+        tables = _sorted_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     g = batch.num_groups
+    n_c = np.bincount(traj_group, weights=traj_ok, minlength=g)
+    n_w = np.bincount(traj_group, weights=1.0 - traj_ok, minlength=g)
+    traj_len = np.bincount(lay.slot, weights=lengths, minlength=lay.n_traj)  # tokens per trajectory
+    len_c = np.bincount(traj_group, weights=traj_len * traj_ok, minlength=g)
+    len_w = np.bincount(traj_group, weights=traj_len * (1.0 - traj_ok), minlength=g)
+    key = key_scores(
+        tables.a,
+        tables.b,
+        n_c,
+        n_w,
+        tables.freq_c,
+        tables.freq_w,
+        len_c,
+        len_w,
+        tables.group,
+        alpha=alpha,
+        beta=beta,
+        tf=tf,
+        scale=scale,
+    )
+    if ignore.size:
+        key[np.isin(tables.tok, ignore)] = 0.0
+    if tables.cells is not None:  # tokens index a grid of cells, of which the tables are some
+        grid = np.zeros(int(tables.cells[-1]) + 1)
+        grid[tables.cells] = key
+        key = grid
+    flat = np.repeat(base, lengths) + key[tables.token]
+    ends = np.cumsum(lengths).tolist()
+    return Advantages(step=base, token=[flat[e - m : e] for e, m in zip(ends, lengths.tolist())])
 
-    # One sort by (group, token, trajectory): runs of equal (group, token) are the tables, runs of
-    # equal (group, token, trajectory) the distinct trajectories containing the token.
-    if g * vocab * n_traj < PACK_LIMIT:
+
+class Tables(NamedTuple):
+    """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id).
+
+    token: per response token, its table, or its cell when ``cells`` is set (the cell of each table);
+    group, tok: the table's group and token id; a, b: correct and incorrect rollouts containing it;
+    freq_c, freq_w: its occurrences in correct and incorrect rollouts (all integer counts).
+    """
+
+    token: np.ndarray
+    cells: np.ndarray | None
+    group: np.ndarray
+    tok: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    freq_c: np.ndarray
+    freq_w: np.ndarray
+
+
+def _dense_tables(
+    tok: np.ndarray, slot: np.ndarray, traj_group: np.ndarray, traj_ok: np.ndarray, n_groups: int, n_traj: int
+) -> Tables | None:
+    """The tables by counting into dense (group, token, side) and (trajectory, token) grids, without a
+    sort; token ids are first ranked among the batch's distinct ids when that makes the grids fit.
+    None when a grid would exceed DENSE_CELLS or DENSE_PAIRS."""
+    vocab = int(tok.max()) + 1
+    ids = None  # the token id of each rank, when ranked
+    if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
+        if vocab > DENSE_CELLS:
+            return None
+        present = np.zeros(vocab, dtype=bool)
+        present[tok] = True
+        ids = np.flatnonzero(present)
+        vocab = ids.shape[0]
+        if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
+            return None
+        tok = (np.cumsum(present) - 1)[tok]
+    total = tok.shape[0]
+    # per token: 2 * its (group, token) cell + its side (1: correct)
+    cell_side = (traj_group * (2 * vocab) + traj_ok.astype(np.int64))[slot] + 2 * tok
+    # one token of each (trajectory, token) pair: the one whose position the grid kept (any will do)
+    pair = slot * vocab + tok
+    position = np.arange(total, dtype=np.int32 if total < 2**31 else np.int64)
+    kept = np.empty(n_traj * vocab, dtype=position.dtype)
+    kept[pair] = position
+    once = kept[pair] == position
+    n_cells = n_groups * vocab
+    occurrences = np.bincount(cell_side, minlength=2 * n_cells)
+    freq_w, freq_c = occurrences[0::2], occurrences[1::2]
+    used = np.flatnonzero(freq_w + freq_c)
+    rollouts = np.bincount(cell_side, weights=once, minlength=2 * n_cells)
+    group = used // vocab
+    table_tok = used - group * vocab
+    return Tables(
+        token=cell_side >> 1,
+        cells=used,
+        group=group,
+        tok=table_tok if ids is None else ids[table_tok],
+        a=rollouts[1::2][used].astype(np.int64),
+        b=rollouts[0::2][used].astype(np.int64),
+        freq_c=freq_c[used],
+        freq_w=freq_w[used],
+    )
+
+
+def _count_by_side(cell: np.ndarray, side: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Occurrences of each cell with side 0 and with side 1 (one integer bincount)."""
+    counts = np.bincount(cell * 2 + side, minlength=2 * n_cells)
+    return counts[0::2], counts[1::2]
+
+
+def _sorted_tables(
+    tok: np.ndarray, slot: np.ndarray, traj_group: np.ndarray, traj_ok: np.ndarray, n_groups: int, n_traj: int
+) -> Tables:
+    """The tables from one sort by (group, token, trajectory): runs of equal (group, token) are the
+    tables, runs of equal (group, token, trajectory) the distinct trajectories containing the token."""
+    total = tok.shape[0]
+    vocab = int(tok.max()) + 1
+    if n_groups * vocab * n_traj < PACK_LIMIT:
         code = (traj_group[slot] * vocab + tok) * n_traj + slot
-        order = np.argsort(code)
+        order = np.argsort(code, kind="stable")
         sorted_code = code[order]
         new_pair = np.empty(total, dtype=bool)
         new_pair[0] = True
@@ -237,42 +371,13 @@ def ktae(
     new_table[0] = True
     np.not_equal(table_code[1:], table_code[:-1], out=new_table[1:])
     table_of_sorted = np.cumsum(new_table) - 1
+    side = traj_ok.astype(np.int64)[slot[order]]  # 1: correct, per sorted token
     pair_start = np.flatnonzero(new_pair)
-    pair_count = np.diff(np.r_[pair_start, total]).astype(np.float64)
-    p_traj = slot[order[pair_start]]
-    p_table = table_of_sorted[pair_start]
     table_start = np.flatnonzero(new_table)
-    table_group = traj_group[slot[order[table_start]]]
-    table_tok = tok[order[table_start]]
-    p_ok = traj_ok[p_traj]
     k = table_start.shape[0]
-    a = np.bincount(p_table, weights=p_ok, minlength=k)
-    b = np.bincount(p_table, weights=1.0 - p_ok, minlength=k)
-    freq_c = np.bincount(p_table, weights=pair_count * p_ok, minlength=k)
-    freq_w = np.bincount(p_table, weights=pair_count * (1.0 - p_ok), minlength=k)
-    g = batch.num_groups
-    n_c = np.bincount(traj_group, weights=traj_ok, minlength=g)
-    n_w = np.bincount(traj_group, weights=1.0 - traj_ok, minlength=g)
-    traj_len = np.bincount(slot, minlength=n_traj).astype(np.float64)
-    len_c = np.bincount(traj_group, weights=traj_len * traj_ok, minlength=g)
-    len_w = np.bincount(traj_group, weights=traj_len * (1.0 - traj_ok), minlength=g)
-    key = key_scores(
-        a,
-        b,
-        n_c[table_group],
-        n_w[table_group],
-        freq_c,
-        freq_w,
-        len_c[table_group],
-        len_w[table_group],
-        alpha=alpha,
-        beta=beta,
-        tf=tf,
-        scale=scale,
-    )
-    if ignore.size:
-        key[np.isin(table_tok, ignore)] = 0.0
-    flat = base[row]
-    flat[order] += key[table_of_sorted]
-    ends = np.cumsum(lengths).tolist()
-    return Advantages(step=base, token=[flat[e - m : e] for e, m in zip(ends, lengths.tolist())])
+    b, a = _count_by_side(table_of_sorted[pair_start], side[pair_start], k)
+    freq_w, freq_c = _count_by_side(table_of_sorted, side, k)
+    token_table = np.empty(total, dtype=np.int64)
+    token_table[order] = table_of_sorted
+    first = order[table_start]
+    return Tables(token_table, None, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -23,7 +23,7 @@ import torch
 
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.precision import HALF_DTYPES, base_dtype
-from agentrl.trainers.losses import LOSSES, LossFn, LossInput, kl_k3, masked_sum
+from agentrl.trainers.losses import CHANNEL_LOSSES, LOSSES, LossFn, LossInput, kl_k3, masked_sum
 from agentrl.trainers.parallel import make_parallel
 from agentrl.trainers.samples import TokenSamples, collate
 from agentrl.trainers.values import ValueHead, gather_features
@@ -85,19 +85,24 @@ class Scores:
 @dataclass
 class TrainBatch:
     """What one update trains on, entry i for scored row ``scores.rows[i]``: the token advantages
-    (``adv_T[i]``: float[T_i] over the response), the trained-token masks and, for a critic, the value
-    targets per head (target per scored row, rows where it applies)."""
+    (``adv_T[i]``: float[T_i] over the response), the trained-token masks, for a critic the value
+    targets per head (target per scored row, rows where it applies) and, for a channel loss, each
+    advantage channel's (weight, token advantages aligned like ``adv_T``)."""
 
     samples: TokenSamples
     scores: Scores
     adv_T: Sequence[np.ndarray]
     mask_T: Sequence[np.ndarray]
     value_targets: dict[str, tuple[np.ndarray, ...]] | None = None
+    channels: Mapping[str, tuple[float, Sequence[np.ndarray]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.scores.rows)
         if not (len(self.adv_T) == len(self.mask_T) == n):
             raise ValueError(f"need one advantage and mask array per scored row ({n})")
+        for name, (_, arrays) in self.channels.items():
+            if len(arrays) != n:
+                raise ValueError(f"advantage channel {name!r} needs one array per scored row ({n})")
 
     def __len__(self) -> int:
         return len(self.scores.rows)
@@ -115,6 +120,8 @@ class TrainBatch:
         }
         if reference and self.scores.ref_logp is not None:
             out["ref"] = [self.scores.ref_logp[i] for i in entries]
+        for name, (_, arrays) in self.channels.items():
+            out[f"channel:{name}"] = [arrays[i] for i in entries]
         return out
 
 
@@ -347,15 +354,23 @@ class Learner:
         token_mask: Sequence[np.ndarray],
         *,
         value_targets: dict[str, tuple[np.ndarray, ...]] | None = None,
+        channels: Mapping[str, tuple[float, Sequence[np.ndarray]]] | None = None,
         rng: np.random.Generator,
     ) -> dict[str, float]:
         """PPO epochs over ``scores.rows`` (token arrays aligned with them); returns mean statistics.
 
         ``value_targets[head] = (target per scored row, rows where it applies)`` fits the value head
-        on the features kept by ``score(..., features=True)``.
+        on the features kept by ``score(..., features=True)``. ``channels[name] = (weight, token
+        advantages)``: the advantage channels a channel loss (``losses.CHANNEL_LOSSES``) trains on.
         """
-        batch = TrainBatch(samples, scores, token_adv, token_mask, value_targets)
         s = self.settings
+        if s.loss in CHANNEL_LOSSES and not channels:
+            raise ValueError(
+                f"loss {s.loss!r} clips each advantage channel on its own; it needs the estimator's channels"
+            )
+        if channels and s.loss not in CHANNEL_LOSSES:
+            raise ValueError(f"advantage channels were given but loss {s.loss!r} does not read them")
+        batch = TrainBatch(samples, scores, token_adv, token_mask, value_targets, dict(channels or {}))
         loss_fn = LOSSES.get(s.loss)
         totals: dict[str, float] = {}
         steps = 0
@@ -408,6 +423,7 @@ class Learner:
                         n_seqs=n_seqs,
                         clip_low=s.clip_low,
                         clip_high=s.clip_high,
+                        channels=[(w, t[f"channel:{name}"]) for name, (w, _) in batch.channels.items()],
                     )
                 )
                 loss = out.loss

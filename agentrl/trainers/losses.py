@@ -1,21 +1,33 @@
-"""Policy losses (PPO-clip token-mean, PPO-clip seq-mean-token-mean, GSPO), the k3 KL and their registry.
+"""Policy losses (PPO-clip token-mean, PPO-clip seq-mean-token-mean, GSPO, PPO-clip per advantage
+channel), the k3 KL and their registry.
 
 A loss takes one micro-batch of ``[B, T]`` tensors and returns its contribution to the
 minibatch loss, already divided by the minibatch's token or sequence count, so micro-batches
 add up (gradient accumulation gives the same gradient as one big batch). A new loss is one
-function registered in ``LOSSES``; the training loop looks it up by name.
+function registered in ``LOSSES``; the training loop looks it up by name. A loss registered with
+``channels=True`` (in ``CHANNEL_LOSSES``) reads ``LossInput.channels``, the advantage channels an
+estimator declares (``EstimatorInfo.channels``), which the trainer then spreads over tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from agentrl.registry import Registry
 
-__all__ = ["LOSSES", "LossInput", "LossOutput", "kl_k3", "masked_sum", "register_loss", "sequence_means"]
+__all__ = [
+    "CHANNEL_LOSSES",
+    "LOSSES",
+    "LossInput",
+    "LossOutput",
+    "kl_k3",
+    "masked_sum",
+    "register_loss",
+    "sequence_means",
+]
 
 
 @dataclass
@@ -31,6 +43,8 @@ class LossInput:
     n_seqs: float
     clip_low: float = 0.2
     clip_high: float = 0.2
+    # (weight, float32[B, T] advantage per token) per advantage channel; read by channel losses only
+    channels: Sequence[tuple[float, torch.Tensor]] = ()
 
 
 @dataclass
@@ -45,10 +59,19 @@ class LossOutput:
 
 LossFn = Callable[[LossInput], LossOutput]
 LOSSES: Registry[LossFn] = Registry("loss")
+CHANNEL_LOSSES: Registry[bool] = Registry("channel loss")  # names of the losses that read channels
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    return LOSSES.decorator(name)
+def register_loss(name: str, *, channels: bool = False) -> Callable[[LossFn], LossFn]:
+    """Register a loss; ``channels``: it reads ``LossInput.channels`` (the trainer must fill them)."""
+
+    def wrap(fn: LossFn) -> LossFn:
+        LOSSES.register(name, fn)
+        if channels:
+            CHANNEL_LOSSES.register(name, True)
+        return fn
+
+    return wrap
 
 
 def masked_sum(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
@@ -108,6 +131,32 @@ def gspo(x: LossInput) -> LossOutput:
         (pg * has_tokens).sum() / n,
         (clipped * has_tokens).sum().detach() / n,
         (s * has_tokens).sum().detach() / n,
+    )
+
+
+@register_loss("ppo_channels", channels=True)
+def ppo_channels(x: LossInput) -> LossOutput:
+    """PPO-clip per advantage channel, summed with the channels' weights, averaged over every trained
+    token of the minibatch: ``sum_c w_c * -min(r A_c, clip(r) A_c)`` (HDPO's ``L_clip(A_acc) +
+    w L_clip(A_eff)``). Each channel is clipped on its own, so where the channels disagree in sign
+    and r left the clip range the one pulling r back keeps its gradient; inside the range it equals
+    ``ppo_token_mean`` on the summed advantage. ``clip_frac``: tokens where any channel was clipped.
+    ``x.adv`` is not read."""
+    if not x.channels:
+        raise ValueError("loss 'ppo_channels' needs advantage channels (an estimator that declares channels)")
+    ratio = torch.exp(x.logp - x.old_logp)
+    pg = torch.zeros_like(ratio)
+    clipped = torch.zeros_like(ratio)
+    for weight, adv in x.channels:
+        term, was_clipped = _clipped_objective(ratio, adv, x.clip_low, x.clip_high)
+        pg = pg + weight * term
+        if weight:
+            clipped = torch.maximum(clipped, was_clipped)
+    n = max(x.n_tokens, 1.0)
+    return LossOutput(
+        masked_sum(pg, x.mask) / n,
+        masked_sum(clipped, x.mask).detach() / n,
+        masked_sum(ratio, x.mask).detach() / n,
     )
 
 

@@ -6,7 +6,8 @@ one advantage to each part of the response (HiPER: switch, subgoal, action token
 ``response_token_masks``); the other tokens of a well-formed response are not trained. A malformed
 response has no parts: all its tokens take the last span's advantage (HiPER: the action's, which
 carries the invalid-action penalty [ours]). Estimators registered ``per_token`` (KTAE) give one
-advantage per response token (``Advantages.token``), used as given on every token.
+advantage per response token (``Advantages.token``), used as given on every token. Advantage
+channels (``EstimatorInfo.channels``, for a channel loss) are per-row, broadcast like ``step``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from agentrl.credit import RESPONSE_END, Advantages, ValueHeadSpec
 from agentrl.policies.logprobs import PackedBatch, pack_samples
 from agentrl.types import Step, Trajectory, TrajectoryGroup
 
-__all__ = ["TokenSamples", "build_samples", "collate", "steps_in_row_order", "token_advantages"]
+__all__ = [
+    "TokenSamples",
+    "build_samples",
+    "channel_advantages",
+    "collate",
+    "steps_in_row_order",
+    "token_advantages",
+]
 
 
 def steps_in_row_order(trajectories: Iterable[Trajectory | TrajectoryGroup]) -> list[Step]:
@@ -152,6 +160,26 @@ def token_advantages(
         out_adv.append(a)
         out_mask.append(m)
     return out_adv, out_mask
+
+
+def channel_advantages(
+    samples: TokenSamples,
+    adv: Advantages,
+    channels: Sequence[str],
+    rows: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """Per channel, its per-row advantage (``adv.extras[channel]``) on every response token of each
+    sample in ``rows`` (default all), as ``token_advantages`` broadcasts ``adv.step``."""
+    rows = np.arange(len(samples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    out: dict[str, list[np.ndarray]] = {}
+    for channel in channels:
+        if channel not in adv.extras:
+            raise ValueError(f"advantage channel {channel!r} is not among the estimator's extras")
+        values = adv.extras[channel]
+        out[channel] = [
+            np.full(len(samples.response_ids[r]), values[r], dtype=np.float32) for r in rows.tolist()
+        ]
+    return out
 
 
 def collate(

@@ -7,6 +7,8 @@ Both score the samples first (old log-probs under the current weights, in the up
 micro-batches where ``Learner.update_layout`` says so; reference log-probs with the adapter off
 when KL is on; value features when the estimator has a critic; the per-token statistics it
 declares), run the estimator, spread its credit over tokens and hand everything to the learner.
+Under a channel loss (``losses.CHANNEL_LOSSES``) ``standard`` also spreads the advantage channels
+the estimator declares (``EstimatorInfo.channels``), with their weights under the run's options.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from agentrl.credit import Advantages, estimate, estimator_info
 from agentrl.credit.seeupo import turn_slots, update_corrections
 from agentrl.registry import Registry
 from agentrl.trainers.learner import Learner, Scores
-from agentrl.trainers.losses import kl_k3
-from agentrl.trainers.samples import TokenSamples, token_advantages
+from agentrl.trainers.losses import CHANNEL_LOSSES, kl_k3
+from agentrl.trainers.samples import TokenSamples, channel_advantages, token_advantages
 from agentrl.trainers.values import value_targets
 from agentrl.types import StepBatch
 
@@ -86,10 +88,13 @@ def _kl_mean(scores: Scores) -> float:
     return float(kl_k3(logp, ref).mean()) if logp.numel() else float("nan")
 
 
-def merge_copies(batch: StepBatch, adv: Advantages) -> tuple[Advantages, np.ndarray | None]:
+def merge_copies(
+    batch: StepBatch, adv: Advantages, channels: tuple[str, ...] = ()
+) -> tuple[Advantages, np.ndarray | None]:
     """A sampled step and its copies in branched trajectories (``StepBatch.node``) are one sample:
-    each takes the mean of the advantages they got (so the copies agree), and only the first row of
-    each node is trained (the returned mask; None without copies)."""
+    each takes the mean of the advantages they got (so the copies agree; also the ``extras`` named in
+    ``channels``), and only the first row of each node is trained (the returned mask; None without
+    copies)."""
     if batch.node is None:
         return adv, None
     _, first, code = np.unique(batch.node, return_index=True, return_inverse=True)
@@ -112,7 +117,7 @@ def merge_copies(batch: StepBatch, adv: Advantages) -> tuple[Advantages, np.ndar
         step=mean(adv.step),
         spans={k: mean(v) for k, v in adv.spans.items()},
         masks=adv.masks,
-        extras=adv.extras,
+        extras={k: mean(v) if k in channels else v for k, v in adv.extras.items()},
         token=token,
     )
     trained = np.zeros(len(batch), dtype=bool)
@@ -160,12 +165,17 @@ def standard_update(
         cfg["values"] = info.critic_input(learner.values(scores))
     if info.token_stats:
         cfg["token_stats"] = {k: [t.double().numpy() for t in v] for k, v in scores.token_stats.items()}
-    adv, trained = merge_copies(batch, estimate(estimator, batch, **cfg))
+    weights = info.channel_weights(options) if learner.settings.loss in CHANNEL_LOSSES else {}
+    adv, trained = merge_copies(batch, estimate(estimator, batch, **cfg), tuple(weights))
     token_adv, token_mask = token_advantages(samples, adv, spans=info.spans)
     if trained is not None:  # a step shared by several branches trains once
         token_mask = [m if keep else np.zeros_like(m) for m, keep in zip(token_mask, trained)]
     targets = value_targets(adv, info.value_heads, traj=batch.traj_idx) if critic else None
-    stats = learner.update(samples, scores, token_adv, token_mask, value_targets=targets, rng=rng)
+    spread = channel_advantages(samples, adv, tuple(weights))
+    channels = {c: (w, spread[c]) for c, w in weights.items()}
+    stats = learner.update(
+        samples, scores, token_adv, token_mask, value_targets=targets, channels=channels or None, rng=rng
+    )
     stats.update(_adv_stats(adv))
     stats["entropy"] = _entropy_mean(scores)
     stats["kl"] = _kl_mean(scores)
