@@ -147,6 +147,7 @@ class BranchingConfig(Section):
     threshold: float = Field(0.5, ge=0.0, le=1.0)  # their branch_probability
     penalty: float = Field(0.05, ge=0.0)  # AEPO's damping per consecutive branching round
     vocab_size: int | None = Field(None, ge=2)  # the entropy's normaliser; default: the policy's
+    dynamic_roots: bool = False  # AEPO's roots per task from two probe episodes, not group_size
 
     @model_validator(mode="after")
     def _valid(self) -> BranchingConfig:
@@ -171,6 +172,7 @@ class BranchingConfig(Section):
             threshold=self.threshold,
             penalty=self.penalty,
             vocab_size=self.vocab_size,
+            dynamic_roots=self.dynamic_roots,
         )
 
 

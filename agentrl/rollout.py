@@ -536,7 +536,8 @@ class Branching:
     task in all (the roots are the group's episodes, ARPO's initial rollouts), up to ``width``
     branches per episode and turn, ``entropy_weight`` and ``threshold`` in the rule, ``penalty``
     AEPO's damping per consecutive branching round, ``vocab_size`` the entropy's normaliser
-    (default: the policy's ``vocab_size``).
+    (default: the policy's ``vocab_size``); ``dynamic_roots``: AEPO's number of roots per task from
+    two probe episodes (``dynamic_roots``), instead of the group size.
     """
 
     width: int = 2
@@ -551,6 +552,7 @@ class Branching:
     threshold: float = 0.5
     penalty: float = 0.05
     vocab_size: int | None = None
+    dynamic_roots: bool = False
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.points < 1:
@@ -578,11 +580,14 @@ class Branching:
                 "branching needs threshold in [0, 1], entropy_weight >= 0 and penalty >= 0, got "
                 f"{self.threshold}, {self.entropy_weight}, {self.penalty}"
             )
+        if self.dynamic_roots and self.at != "entropy":
+            raise ValueError("branching dynamic_roots (AEPO's initial rollouts per task) needs at: entropy")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ValueError(f"branching vocab_size must be >= 2, got {self.vocab_size}")
 
 
 ENTROPY_RULES = ("arpo", "aepo")
+AEPO_ROOT_TOKENS = 50  # AEPO's initial_entropy_tokens: the cap of the generation that measures H_root
 HEAD_TOKENS = 20  # ARPO and AEPO measure a response's uncertainty over its first 20 tokens
 TOP_LOGPROBS = 10  # ... from the 10 largest log-probs per token (vLLM's logprobs=10)
 
@@ -655,8 +660,8 @@ def entropy_tree(
     their ends before the next round's decisions, which depend only on turns already taken, so the
     decisions have the authors' distribution); u comes from the seeded ``rng`` instead of Python's
     global ``random``; H_init is per episode of this rollout (the authors' dictionary is keyed by
-    batch index and never cleared between batches); AEPO's dynamic count of initial rollouts is
-    not built (the roots are the group's episodes)."""
+    batch index and never cleared between batches). AEPO's dynamic count of initial rollouts is
+    ``dynamic_roots`` (off: the roots are the group's episodes)."""
     n = cast(int, branching.trajectories)
     per_task = [list(roots) for roots in roots_of]
     start = {ep.traj_id: 0 for roots in roots_of for ep in roots}  # the round of an episode's turn 0
@@ -726,6 +731,39 @@ def entropy_tree(
     return added
 
 
+def dynamic_roots(
+    probe: Callable[[list[Episode], int, SamplingParams], None],
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    id_prefix: str,
+    params: SamplingParams,
+    max_turns: int,
+    trajectories: int,
+    log_vocab: float,
+) -> list[int]:
+    """AEPO's number of initial rollouts per task (``_calculate_initial_rollouts_dynamical`` in the
+    authors' AEPO rollout): H_root, the head entropy of one response to the task's first prompt
+    (at most 50 tokens), and H_high, the mean head entropy over the turns of one whole probe
+    episode (H_root when it took none), both divided by log |V|; then
+    ``clamp(int(n sigmoid(0.5 (H_root - H_high))) + 1, 1, n)``. The probes are not kept, as there."""
+    heads = [
+        Episode(str(t), f"{id_prefix}g{g}", f"{id_prefix}g{g}-head", seeds[g]) for g, t in enumerate(tasks)
+    ]
+    probe(heads, 1, dataclasses.replace(params, max_new_tokens=AEPO_ROOT_TOKENS))
+    probes = [
+        Episode(str(t), f"{id_prefix}g{g}", f"{id_prefix}g{g}-probe", seeds[g]) for g, t in enumerate(tasks)
+    ]
+    probe(probes, max_turns, params)
+    out = []
+    for head, ep in zip(heads, probes):
+        h_root = float(head.steps[0].info.get("head_entropy", 0.0)) / log_vocab if head.steps else 0.0
+        turns = [float(s.info.get("head_entropy", 0.0)) / log_vocab for s in ep.steps]
+        h_high = sum(turns) / len(turns) if turns else h_root
+        share = 1.0 / (1.0 + math.exp(-0.5 * (h_root - h_high)))
+        out.append(max(1, min(int(trajectories * share) + 1, trajectories)))
+    return out
+
+
 def rollout(
     policy: Policy,
     envs: Any,
@@ -790,12 +828,25 @@ def rollout(
         params = dataclasses.replace(params, top_logprobs=max(params.top_logprobs, TOP_LOGPROBS))
     batch = as_env_batch(envs)
     snapshots = branching is not None and branching.resume != "replay" and batch.can_snapshot
+    calls = 0
+    n_roots = [group_size] * len(tasks)
+    if branching is not None and branching.dynamic_roots:
+        if starts is not None or hints is not None:
+            raise ValueError("branching dynamic_roots does not go with expert starts or hints")
+
+        def probe(eps: list[Episode], turns: int, probe_params: SamplingParams) -> None:
+            nonlocal calls
+            calls = _play(policy, batch, eps, builder, fmt, probe_params, turns, calls, False)
+
+        n_roots = dynamic_roots(
+            probe, tasks, seeds, id_prefix, params, max_turns, cast(int, branching.trajectories), log_vocab
+        )
     episodes: list[Episode] = []
     roots_of: list[list[Episode]] = []  # per group, the episodes that start normally (branch roots)
     for g, task in enumerate(tasks):
         start = starts[g] if starts is not None else None
         hint = hints[g] if hints is not None else None
-        n_normal = group_size - (start.episodes if start is not None else 0)
+        n_normal = n_roots[g] - (start.episodes if start is not None else 0)
         if n_normal < 1 or (hint is not None and not 1 <= hint.episodes <= n_normal):
             raise ValueError(
                 f"group {g}: {group_size - n_normal} expert starts and {hint.episodes if hint else 0} hinted "
@@ -822,7 +873,7 @@ def rollout(
             ]
     reset_mode = next((s.resume for s in starts or () if s is not None), "replay")
     calls = _play(
-        policy, batch, episodes, builder, fmt, params, max_turns, 0, snapshots, reset_mode, choose=choose
+        policy, batch, episodes, builder, fmt, params, max_turns, calls, snapshots, reset_mode, choose=choose
     )
     if branching is not None and branching.at == "entropy":
 

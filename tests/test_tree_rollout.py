@@ -10,7 +10,7 @@ from agentrl.envs import make
 from agentrl.envs.pool import EnvPool
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy, LoraSettings
-from agentrl.rollout import Branching, Episode, entropy_tree, head_entropy, rollout
+from agentrl.rollout import Branching, Episode, dynamic_roots, entropy_tree, head_entropy, rollout
 from agentrl.types import Step, StepBatch, Trajectory
 
 PARAMS = SamplingParams(temperature=1.0, max_new_tokens=6, seed=5)
@@ -262,6 +262,26 @@ def test_aepo_damps_a_task_that_branched_in_the_last_round_and_resets_when_anoth
     assert branched[:4] == ["g0-0.b2-0", "g1-0.b3-0", "g0-0.b4-0", "g1-0.b5-0"]
 
 
+def test_aepo_dynamic_roots_from_two_probes() -> None:
+    """AEPO's initial rollouts: clamp(int(n sigmoid(0.5 (H_root - H_high))) + 1, 1, n), H_root from a
+    capped first response, H_high the mean over a whole probe episode's turns (hand-computed here)."""
+    entropies = {"g0-head": [5.0], "g1-head": [1.0], "g0-probe": [1.0, 1.0], "g1-probe": [5.0, 5.0]}
+    seen: list[tuple[str, int, int]] = []
+
+    def probe(eps: list[Episode], turns: int, params: SamplingParams) -> None:
+        for ep in eps:
+            seen.append((ep.traj_id, turns, params.max_new_tokens))
+            ep.start("o0", {})
+            for h in entropies[ep.traj_id]:
+                extend(ep, h)
+
+    got = dynamic_roots(probe, ["t0", "t1"], [0, 1], "", PARAMS, 6, 8, 1.0)
+    assert got == [8, 1]  # int(8 * 0.881) + 1 = 8; int(8 * 0.119) + 1 = 1
+    assert seen == [("g0-head", 1, 50), ("g1-head", 1, 50), ("g0-probe", 6, 6), ("g1-probe", 6, 6)]
+    with pytest.raises(ValueError, match="dynamic_roots .* needs at: entropy"):
+        Branching(dynamic_roots=True)
+
+
 @pytest.mark.parametrize("rule", ["arpo", "aepo"])
 def test_entropy_branching_on_the_maze_with_a_real_sampler(policy, rule: str) -> None:
     """The HF sampler returns top log-probs, every sampled turn records its head entropy, each task ends
@@ -270,7 +290,7 @@ def test_entropy_branching_on_the_maze_with_a_real_sampler(policy, rule: str) ->
 
     def play():
         envs = [make("maze", **MAZE) for _ in range(3)]
-        branching = Branching(at="entropy", rule=rule, width=1, trajectories=5)
+        branching = Branching(at="entropy", rule=rule, width=1, trajectories=5, dynamic_roots=rule == "aepo")
         return rollout(policy, envs, ["maze-1", "maze-2"], 2, max_turns=6, params=PARAMS, branching=branching)
 
     groups = play()
