@@ -124,6 +124,9 @@ class ValueHeadSpec:
 
 # (state, train task ids, options) -> a weight per task, or None for a uniform draw
 TaskWeights = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Any]], np.ndarray | None]
+# options -> whether the trainer must supply the row input ``drift`` (see ``EstimatorInfo.policy_drift``)
+PolicyDrift = Callable[[Mapping[str, Any]], bool]
+DRIFT = "drift"
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,14 @@ class EstimatorInfo:
     before temperature, the "entropy"; z the temperature-scaled logits). The trainer computes them in
     the scoring pass that gives the old log-probs, only when declared, and passes the input
     ``token_stats``: a dict by name of one float array per row, aligned with the field ``response_ids``.
+    policy_drift: ``policy_drift(options)`` says whether, under these options, the stateful estimator
+    reads the row input ``drift``: per row, the policy drift D of its task, the token mean of
+    ``|log pi_then - log pi_now|`` over the task's last stored response, scored when it was stored and
+    again now (0 on a task's first visit). The trainer keeps one response per task for it. ``drift``
+    may change only the state, never the advantages: the trainer measures D after the iteration's
+    update, so it estimates before the update with ``drift`` 0 (that call's state is dropped) and
+    calls again after it with the measured D, keeping that call's state (and checking that the
+    advantages are the same).
     """
 
     name: str
@@ -170,6 +181,11 @@ class EstimatorInfo:
     per_token: bool = False
     task_weights: TaskWeights | None = None
     token_stats: tuple[str, ...] = ()
+    policy_drift: PolicyDrift | None = None
+
+    def wants_drift(self, options: Mapping[str, Any]) -> bool:
+        """Whether the trainer must measure the policy drift for a run with ``options``."""
+        return self.policy_drift is not None and bool(self.policy_drift(options))
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -199,6 +215,7 @@ def register_estimator(
     per_token: bool = False,
     task_weights: TaskWeights | None = None,
     token_stats: tuple[str, ...] = (),
+    policy_drift: PolicyDrift | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -213,6 +230,7 @@ def register_estimator(
     ``task_weights``: a stateful estimator's task sampler (see ``EstimatorInfo``).
     ``token_stats``: the learner's per-token outputs ``fn`` reads from its input ``token_stats`` (which
     it must list in ``inputs``), aligned with the field ``response_ids`` (listed in ``fields``).
+    ``policy_drift``: when the trainer supplies the row input ``drift`` (see ``EstimatorInfo``).
     """
     heads = dict(value_heads or {})
     if task_weights is not None and not stateful:
@@ -258,6 +276,17 @@ def register_estimator(
             "and are computed by the 'standard' schedule only"
         )
 
+    if policy_drift is not None and (not stateful or DRIFT not in row_inputs):
+        raise ValueError(
+            f"estimator {name!r}: policy_drift feeds the row input 'drift' to a stateful estimator; "
+            "declare stateful=True and row_inputs=('drift', ...)"
+        )
+    if policy_drift is not None and (heads or stats):
+        raise ValueError(
+            f"estimator {name!r}: policy_drift's after-update call passes no critic values or token_stats; "
+            "an estimator that reads them cannot declare it"
+        )
+
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
         sig = inspect.signature(fn)
         options = {
@@ -291,6 +320,7 @@ def register_estimator(
                 per_token=per_token,
                 task_weights=task_weights,
                 token_stats=stats,
+                policy_drift=policy_drift,
             ),
         )
         return fn
