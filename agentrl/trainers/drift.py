@@ -108,12 +108,13 @@ class PolicyDrift:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps: per task, the token ids (int64 tensors) and the log-probs (float32)."""
+        """What a checkpoint keeps: per task, the token ids (int32 tensors: a vocabulary fits, and a long
+        multi-turn episode's prompts are most of the file) and the log-probs (float32)."""
         return {
             "tasks": {
                 task: {
-                    "prompt_ids": [torch.tensor(p, dtype=torch.int64) for p in s.prompt_ids],
-                    "response_ids": [torch.tensor(r, dtype=torch.int64) for r in s.response_ids],
+                    "prompt_ids": [torch.tensor(p, dtype=torch.int32) for p in s.prompt_ids],
+                    "response_ids": [torch.tensor(r, dtype=torch.int32) for r in s.response_ids],
                     "logp": [t.detach().cpu() for t in s.logp],
                 }
                 for task, s in self.responses.items()
