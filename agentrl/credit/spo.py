@@ -38,7 +38,9 @@ paper arXiv 2509.13232. From the code:
   measures the drift up to that point, so the update of the current iteration counts at the next visit.
   The trainer supplies ``drift`` in this mode (the ``policy_drift`` trait; ``trainers.drift``) with
   the code's timing: after the update it rescores each batch task's stored response (its last
-  trajectory, every turn's tokens) and stores the new one with its scores, all in one scoring pass.
+  trajectory, every turn's tokens) and stores the new one with its scores under the updated weights,
+  all in one scoring pass. The advantages do not read D, so the trainer takes them from a call before
+  the update and the tracker from a call after it, with D.
 
 Prioritised sampling (``sampling="prioritized"``, default, as the authors' ``fit``): the trainer
 draws each iteration's tasks with probability proportional to ``sqrt(p_hat (1 - p_hat)) + 0.05``
