@@ -338,6 +338,42 @@ def test_a_stateful_estimator_keeps_one_state_on_both_ranks(model_dir, tmp_path)
 
 
 @pytest.mark.slow
+def test_spo_with_kl_adaptive_rho_measures_one_drift_on_both_ranks_and_resumes_exactly(model_dir, tmp_path):
+    """Each rank scores its share of the stored responses and gets every score, so the ranks measure the
+    same drift and keep the same tracker (checked every iteration); a run stopped at its checkpoint and
+    resumed on 2 processes writes the uninterrupted run's records."""
+    opts = {
+        "algorithm.estimator": "spo",
+        "algorithm.options": "{rho_mode: kl}",
+        "env.train_tasks.count": "4",  # 3 draws from 4 tasks per iteration: later iterations revisit
+        "eval.enabled": "false",
+    }
+    run = _launch(model_dir, tmp_path / "full", **opts)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    records = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert records[0]["drift_first_visit_frac"] == 1.0 and records[0]["drift_mean"] == 0.0
+    assert any(r["drift_first_visit_frac"] < 1.0 and r["drift_mean"] > 0.0 for r in records[1:])
+    saved = torch.load(
+        tmp_path / "full" / "checkpoints" / "iter-000003" / "policy_drift.pt", weights_only=True
+    )
+    state = json.loads(
+        (tmp_path / "full" / "checkpoints" / "iter-000003" / "estimator_state.json").read_text()
+    )
+    assert set(saved["tasks"]) == set(state["tasks"])
+
+    part = _launch(model_dir, tmp_path / "part", **opts, **{"logging.checkpoint_every": "2"})
+    part.communicate(timeout=600)
+    (tmp_path / "part" / "checkpoints" / "iter-000003").rename(tmp_path / "part" / "dropped")
+    resumed = _launch(model_dir, tmp_path / "part", **opts, **{"logging.checkpoint_every": "2"})
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert [_comparable(r) for r in read_metrics(tmp_path / "part" / "metrics.jsonl")] == [
+        _comparable(r) for r in records
+    ]
+
+
+@pytest.mark.slow
 def test_sft_on_two_processes_builds_one_tiny_model_and_takes_the_single_process_steps(tmp_path):
     """``agentrl sft`` under torchrun: rank 0 builds the tiny model, both ranks train on shares of
     every batch (5 demonstrations: 3 + 2), and the merged model equals the 1-process one."""

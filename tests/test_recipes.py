@@ -149,6 +149,8 @@ def test_recipe_options_run_on_a_batch(env: str, method: str) -> None:
         options["state"] = {}
     if info.value_heads:  # an untrained critic: zeros from every head
         options["values"] = info.critic_input({h: np.zeros(len(batch)) for h in info.value_heads})
+    if info.wants_drift(options):  # the trainer's policy drift: 0 on every task's first visit
+        options["drift"] = np.zeros(len(batch))
     adv = estimate(method, batch, **options)
     assert adv.step.shape == (len(batch),) and np.isfinite(adv.step).all()
 

@@ -124,6 +124,9 @@ class ValueHeadSpec:
 
 # (state, train task ids, options) -> a weight per task, or None for a uniform draw
 TaskWeights = Callable[[Mapping[str, Any], Sequence[str], Mapping[str, Any]], np.ndarray | None]
+# options -> whether the trainer must supply the row input ``drift`` (see ``EstimatorInfo.policy_drift``)
+PolicyDrift = Callable[[Mapping[str, Any]], bool]
+DRIFT = "drift"
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,14 @@ class EstimatorInfo:
     each on its own, then sums with their weights: ``Advantages.extras`` key -> weight, a number or the
     name of the option that holds it (HDPO: ``{"acc": 1.0, "eff": "eff_weight"}``). ``step`` stays the
     weighted sum, which every other loss trains on.
+    policy_drift: ``policy_drift(options)`` says whether, under these options, the stateful estimator
+    reads the row input ``drift``: per row, the policy drift D of its task, the token mean of
+    ``|log pi_then - log pi_now|`` over the task's last stored response, scored when it was stored and
+    again now (0 on a task's first visit). The trainer keeps one response per task for it. ``drift``
+    may change only the state, never the advantages: the trainer measures D after the iteration's
+    update, so it estimates before the update with ``drift`` 0 (that call's state is dropped) and
+    calls again after it with the measured D, keeping that call's state (and checking that the
+    advantages are the same).
     """
 
     name: str
@@ -175,6 +186,7 @@ class EstimatorInfo:
     task_weights: TaskWeights | None = None
     token_stats: tuple[str, ...] = ()
     channels: Mapping[str, float | str] = field(default_factory=dict)
+    policy_drift: PolicyDrift | None = None
 
     def channel_weights(self, options: Mapping[str, Any]) -> dict[str, float]:
         """Each channel's weight under ``options`` (an option that names a weight falls back to its
@@ -183,6 +195,10 @@ class EstimatorInfo:
             c: float(options.get(w, self.options[w]) if isinstance(w, str) else w)
             for c, w in self.channels.items()
         }
+
+    def wants_drift(self, options: Mapping[str, Any]) -> bool:
+        """Whether the trainer must measure the policy drift for a run with ``options``."""
+        return self.policy_drift is not None and bool(self.policy_drift(options))
 
     def critic_input(self, values_by_head: Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """The ``values`` input from predictions per head: one head's array, or the dict of several."""
@@ -213,6 +229,7 @@ def register_estimator(
     task_weights: TaskWeights | None = None,
     token_stats: tuple[str, ...] = (),
     channels: Mapping[str, float | str] | None = None,
+    policy_drift: PolicyDrift | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -229,6 +246,7 @@ def register_estimator(
     it must list in ``inputs``), aligned with the field ``response_ids`` (listed in ``fields``).
     ``channels``: ``Advantages.extras`` keys that ``fn`` always returns, with their weights (see
     ``EstimatorInfo``); one advantage per row each, so not with ``spans`` or ``per_token``.
+    ``policy_drift``: when the trainer supplies the row input ``drift`` (see ``EstimatorInfo``).
     """
     heads = dict(value_heads or {})
     if task_weights is not None and not stateful:
@@ -280,6 +298,16 @@ def register_estimator(
             f"estimator {name!r}: channels are per-row advantages trained by the 'standard' schedule; "
             "not with spans or per_token"
         )
+    if policy_drift is not None and (not stateful or DRIFT not in row_inputs):
+        raise ValueError(
+            f"estimator {name!r}: policy_drift feeds the row input 'drift' to a stateful estimator; "
+            "declare stateful=True and row_inputs=('drift', ...)"
+        )
+    if policy_drift is not None and (heads or stats):
+        raise ValueError(
+            f"estimator {name!r}: policy_drift's after-update call passes no critic values or token_stats; "
+            "an estimator that reads them cannot declare it"
+        )
 
     def wrap(fn: Callable[..., Advantages]) -> Callable[..., Advantages]:
         sig = inspect.signature(fn)
@@ -322,6 +350,7 @@ def register_estimator(
                 task_weights=task_weights,
                 token_stats=stats,
                 channels=chans,
+                policy_drift=policy_drift,
             ),
         )
         return fn

@@ -36,8 +36,11 @@ paper arXiv 2509.13232. From the code:
   trajectories the last one's rho is used); without it this mode raises ``MissingInputError``. The
   code measures D after the iteration's actor update; a caller that estimates before its update
   measures the drift up to that point, so the update of the current iteration counts at the next visit.
-  This library's trainer does not supply ``drift`` (it would have to keep a response and its
-  log-probs per task and rescore them every iteration), so it trains the constant mode.
+  The trainer supplies ``drift`` in this mode (the ``policy_drift`` trait; ``trainers.drift``) with
+  the code's timing: after the update it rescores each batch task's stored response (its last
+  trajectory, every turn's tokens) and stores the new one with its scores under the updated weights,
+  all in one scoring pass. The advantages do not read D, so the trainer takes them from a call before
+  the update and the tracker from a call after it, with D.
 
 Prioritised sampling (``sampling="prioritized"``, default, as the authors' ``fit``): the trainer
 draws each iteration's tasks with probability proportional to ``sqrt(p_hat (1 - p_hat)) + 0.05``
@@ -115,7 +118,19 @@ def task_weights(state: Any, task_ids: Any, options: Any) -> np.ndarray | None:
     return np.sqrt(p_hat * (1.0 - p_hat)) + EXPLORATION
 
 
-@register_estimator("spo", paper=PAPER, stateful=True, row_inputs=("drift",), task_weights=task_weights)
+def wants_drift(options: Any) -> bool:
+    """The trainer measures the policy drift only for ``rho_mode="kl"``."""
+    return options.get("rho_mode", "constant") == "kl"
+
+
+@register_estimator(
+    "spo",
+    paper=PAPER,
+    stateful=True,
+    row_inputs=("drift",),
+    task_weights=task_weights,
+    policy_drift=wants_drift,
+)
 def spo(
     batch: StepBatch,
     *,

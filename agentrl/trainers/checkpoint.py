@@ -10,7 +10,8 @@ the checkpoint does not hold), while the adapter and its optimiser state are rep
 
 A stateful estimator's state (``credit.base``) is saved as ``estimator_state.json``. After each
 iteration the trainer keeps the state as JSON gives it back (``settle_estimator_state``), so a
-resumed run reads exactly what an uninterrupted one goes on with."""
+resumed run reads exactly what an uninterrupted one goes on with. The stored responses of an
+estimator that measures the policy drift (``trainers.drift``) are saved as ``policy_drift.pt``."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from agentrl.distributed import SINGLE, Dist
+
+if TYPE_CHECKING:
+    from agentrl.trainers.drift import PolicyDrift
 
 __all__ = [
     "ESTIMATOR_STATE",
@@ -71,12 +75,14 @@ def save_checkpoint(
     dist: Dist = SINGLE,
     estimator_state: dict[str, Any] | None = None,
     behaviour: list[torch.Tensor] | None = None,
+    drift: PolicyDrift | None = None,
 ) -> Path:
     """Write ``checkpoints/iter-NNNNNN`` (next iteration = ``iteration``): the adapter, the optimiser and
     value head, RNG states, ``state`` (JSON) and a stateful estimator's ``estimator_state``. Written to
     a temporary directory first and renamed, so a partial checkpoint is never read; only the ``keep``
     newest are kept. ``behaviour``: the adapter weights the next rollout samples with, when they are
-    not the saved adapter's (``rollout.overlap``; see ``load_behaviour``)."""
+    not the saved adapter's (``rollout.overlap``; see ``load_behaviour``). ``drift``: the stored
+    responses of a run that measures the policy drift (``PolicyDrift.load`` reads them back)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{iteration:06d}"
@@ -102,6 +108,10 @@ def save_checkpoint(
     torch.save(saved, tmp / "trainer.pt")
     if estimator_state is not None:
         (tmp / ESTIMATOR_STATE).write_text(estimator_state_json(estimator_state))
+    if drift is not None:
+        from agentrl.trainers.drift import DRIFT_FILE
+
+        drift.save(tmp / DRIFT_FILE)
     (tmp / "state.json").write_text(json.dumps({**state, "iteration": iteration}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -36,7 +37,8 @@ import torch
 import yaml
 
 from agentrl.config import ConfigError, TrainConfig, dump_config, load_config
-from agentrl.credit import estimator_info
+from agentrl.credit import Advantages, estimate, estimator_info
+from agentrl.credit.base import DRIFT
 from agentrl.distributed import SINGLE, init_distributed
 from agentrl.envs import make
 from agentrl.evaluation import evaluate
@@ -53,11 +55,12 @@ from agentrl.trainers.checkpoint import (
     save_checkpoint,
     settle_estimator_state,
 )
+from agentrl.trainers.drift import PolicyDrift
 from agentrl.trainers.experts import get_expert
 from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
-from agentrl.trainers.samples import build_samples, steps_in_row_order
-from agentrl.trainers.schedule import run_update
+from agentrl.trainers.samples import TokenSamples, build_samples, steps_in_row_order
+from agentrl.trainers.schedule import merge_copies, run_update
 from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
 from agentrl.trainers.starts import Starts, plain_episodes
 from agentrl.trainers.values import value_heads_for
@@ -155,6 +158,7 @@ class Trainer:
         self.dist = SINGLE
         self.say: Callable[[str], None] = lambda line: None
         self.estimator_state: dict[str, Any] | None = None  # a stateful estimator's, kept across iterations
+        self.drift: PolicyDrift | None = None  # each task's last response, when the estimator reads ``drift``
         self.starts: Starts | None = None  # expert-prefix starts and hints (rollout.resets, rollout.hints)
         # rollout.overlap: the adapter the next rollout samples with (None: the current one) and
         # that rollout, running in a thread while the current iteration updates
@@ -531,8 +535,10 @@ class Trainer:
         try:
             start = 0
             ckpt = latest_checkpoint(self.run_dir)
-            stateful = estimator_info(cfg.algorithm.estimator).stateful
+            info = estimator_info(cfg.algorithm.estimator)
+            stateful = info.stateful
             self.estimator_state = {} if stateful else None
+            self.drift = PolicyDrift() if info.wants_drift(cfg.algorithm.options) else None
             if ckpt is not None:
                 saved = load_checkpoint(ckpt, self.learner, dist)
                 start = int(saved["iteration"])
@@ -540,6 +546,8 @@ class Trainer:
                     self.starts.load(saved)
                 if stateful:
                     self.estimator_state = load_estimator_state(ckpt, cfg.algorithm.estimator)
+                if self.drift is not None:
+                    self.drift = PolicyDrift.load(ckpt)
                 self.behaviour = load_behaviour(ckpt, self.policy.device) if cfg.rollout.overlap else None
             missing = {a: p for a, p in self._before_paths().items() if not p.exists()}
             if cfg.eval.enabled and missing:
@@ -589,6 +597,7 @@ class Trainer:
                         dist=dist,
                         estimator_state=self.estimator_state,
                         behaviour=self.behaviour,
+                        drift=self.drift,
                     )
             self._sync_adapter()
         finally:
@@ -719,6 +728,33 @@ class Trainer:
         self.dist.barrier()
         if not self.dist.main:  # rank 0 loaded it; the other processes' clients sample with it too
             self.sampler.use_adapter(self.cfg.rollout.server.adapter_name)
+
+    def _drift_state(
+        self, batch: StepBatch, samples: TokenSamples, state: dict[str, Any], advantages: Advantages
+    ) -> dict[str, float]:
+        """After the update (the SPO authors' timing): the policy drift per task, then the estimator's
+        state updated with it, in place (``EstimatorInfo.policy_drift``); returns the drift's statistics.
+
+        The advantages were estimated before the update with ``drift`` 0; the estimator must give the
+        same ones with the measured drift (``drift`` may change only its state)."""
+        assert self.drift is not None
+        a = self.cfg.algorithm
+        drift, stats = self.drift.measure(self.learner, batch, samples)
+        again, _ = merge_copies(
+            batch, estimate(a.estimator, batch, **{**a.options, "state": state, DRIFT: drift})
+        )
+        first, second = advantages.arrays(), again.arrays()
+        same = first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+        if same and (advantages.token is None) != (again.token is None):
+            same = False
+        if same and advantages.token is not None and again.token is not None:
+            same = all(np.array_equal(x, y) for x, y in zip(advantages.token, again.token))
+        if not same:
+            raise RuntimeError(
+                f"estimator {a.estimator!r} gave other advantages with the measured policy drift than with "
+                "drift 0; its policy_drift trait says drift changes only its state"
+            )
+        return stats
 
     def _task_probabilities(self) -> np.ndarray | None:
         """The estimator's draw over the train tasks (e.g. SPO's prioritised sampling); None: uniform."""
@@ -879,8 +915,12 @@ class Trainer:
             )
             update_rng = derive_rng(cfg.seed, it, 1)
             options = dict(a.options)
+            state: dict[str, Any] = {}
             if info.stateful:  # updated in place by the estimator, then kept as a checkpoint keeps it
-                options["state"] = self.estimator_state if self.estimator_state is not None else {}
+                state = self.estimator_state if self.estimator_state is not None else {}
+                options["state"] = state
+            if self.drift is not None:  # D comes after the update: this call's state is dropped (see below)
+                options["state"], options[DRIFT] = copy.deepcopy(state), np.zeros(len(batch))
             result = run_update(
                 self.learner,
                 batch,
@@ -891,9 +931,13 @@ class Trainer:
                 seed=cfg.seed + it,
                 order=a.seeupo_order,
             )
-            if info.stateful:
-                self.estimator_state = settle_estimator_state(options["state"], dist)
             record.update(result.stats)
+            if self.drift is not None:
+                t_drift = time.time()
+                record.update(self._drift_state(batch, samples, state, result.advantages))
+                record["time_drift"] = time.time() - t_drift
+            if info.stateful:
+                self.estimator_state = settle_estimator_state(state, dist)
         join = getattr(self.learner.parallel, "join", None)
         if join is not None:  # fsdp with shard: always: the one-token passes that kept ranks in step
             record["filler_passes"] = int(dist.sum_stats({"n": join.take_filler_passes()})["n"])
