@@ -7,6 +7,7 @@ exact round trip.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -14,7 +15,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,14 @@ class Trajectory:
         return len(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``dataclasses.asdict(self)``, built without deep-copying every token id and log-prob one by
+        one (which made writing 1000 evaluation episodes take seconds)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "steps"}
+        out["steps"] = [
+            {f.name: _plain(getattr(s, f.name)) for f in (_STEP_FIELDS if type(s) is Step else fields(s))}
+            for s in self.steps
+        ]
+        return {f.name: out[f.name] for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trajectory:
@@ -110,6 +118,27 @@ class Trajectory:
             if key not in data:
                 raise ValueError(f"missing {key!r}")
         return cls(**{**data, "steps": steps})
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+_STEP_FIELDS = fields(Step)
+
+
+def _plain(value: Any) -> Any:
+    """What ``dataclasses.asdict`` makes of a field value: lists, tuples and dicts copied, dataclasses
+    converted, anything else deep-copied; immutable atoms (and lists of them) are taken as they are."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is list:
+        return list(value) if _ATOMS.issuperset(map(type, value)) else [_plain(v) for v in value]
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if kind is tuple:
+        return tuple(_plain(v) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return copy.deepcopy(value)
 
 
 def _check_keys(data: dict[str, Any], cls: type, what: str) -> None:

@@ -211,6 +211,11 @@ def test_generate_is_deterministic_with_a_seed(policy, prompts):
         assert g.finish_reason == ("stop" if g.response_ids[-1] in policy.eos_token_ids else "length")
 
 
+def test_prompts_ids_batches_the_same_ids(policy, prompts):
+    assert policy.prompts_ids(prompts) == [policy.prompt_ids(p) for p in prompts]
+    assert policy.prompts_ids([]) == []
+
+
 def test_batched_left_padding_matches_one_at_a_time(policy, prompts):
     greedy = SamplingParams(temperature=0, max_new_tokens=10)
     batched = policy.generate(prompts, greedy)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import agentrl
 import agentrl.trainers
 from agentrl.agents import StepPrompt
 from agentrl.credit import (
@@ -716,3 +717,26 @@ def test_extra_held_out_sets_are_evaluated_before_and_after(model_dir, tmp_path)
     assert any(line.startswith("after RL (short):") for line in lines)
     with pytest.raises(ConfigError, match="file names"):
         train(None, tmp_path / "bad", [*overrides, "eval.also={'a/b': {}}"])
+
+
+def test_run_versions_read_without_importing_peft():
+    """run.json's versions come from package metadata for modules not imported yet: reading peft's
+    version must not import peft (and transformers' models with it), seconds of every run's start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from agentrl.trainers.loop import _versions; v = _versions(); "
+        "print(json.dumps([v, 'peft' in sys.modules]))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    ).stdout
+    versions, imported = json.loads(out.strip().splitlines()[-1])
+    import peft
+    import transformers
+
+    assert not imported
+    assert versions["peft"] == peft.__version__ and versions["transformers"] == transformers.__version__
+    assert versions["torch"] == str(torch.__version__) and versions["agentrl"] == agentrl.__version__

@@ -64,6 +64,31 @@ def test_jsonl_round_trip_is_exact(tmp_path):
     assert back[2].steps[0].reward == math.pi * 1e-300
 
 
+def test_to_dict_is_asdict_and_a_copy():
+    """to_dict builds asdict's result without its per-atom deep copies: equal, in the same key order,
+    and as independent of the trajectory (nested lists and dicts are copies)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Note:
+        text: str
+        ids: list
+
+    t = make_traj(0, n_steps=2, info={"note": Note("a", [1]), "pair": (1, [2.0]), "x": np.float64(0.5)})
+    t.steps[1].info["rows"] = [[1, 2], {"k": None}]
+    d = t.to_dict()
+    assert d == dataclasses.asdict(t)
+    assert list(d) == list(dataclasses.asdict(t)) and list(d["steps"][0]) == [
+        f.name for f in dataclasses.fields(Step)
+    ]
+    assert isinstance(d["info"]["note"], dict) and isinstance(d["info"]["pair"], tuple)
+    d["steps"][0]["prompt_ids"].append(9)
+    d["steps"][1]["info"]["rows"][0].append(3)
+    d["info"]["pair"][1].append(1.0)
+    assert t.steps[0].prompt_ids == [1, 2, 3] and t.steps[1].info["rows"][0] == [1, 2]
+    assert t.info["pair"] == (1, [2.0])
+
+
 def test_append_mode_keeps_earlier_lines(tmp_path):
     path = tmp_path / "t.jsonl"
     write_trajectories(path, [make_traj(0)])

@@ -266,6 +266,18 @@ class HFPolicy:
         )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompts_ids(self, prompts: Sequence[Messages]) -> list[list[int]]:
+        """``prompt_ids`` of each chat prompt, tokenised in one batched call (the same ids)."""
+        texts = [
+            render_chat(self.tokenizer, m, add_generation_prompt=True, chat_template=self.chat_template)
+            for m in prompts
+        ]
+        return (
+            [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            if texts
+            else []
+        )
+
     def left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) of a batch, padded on the left with the pad token."""
         width = max(len(s) for s in sequences)
@@ -280,7 +292,7 @@ class HFPolicy:
     # ------------------------------------------------------------------ sampling
     def generate(self, prompts: Sequence[Messages], params: SamplingParams) -> list[Generation]:
         """Sample one response per chat prompt (see ``generate_from_ids``)."""
-        return self.generate_from_ids([self.prompt_ids(m) for m in prompts], params)
+        return self.generate_from_ids(self.prompts_ids(prompts), params)
 
     def generate_from_ids(
         self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, streamer: Any = None
@@ -379,7 +391,7 @@ class HFPolicy:
         ``params.seed`` the call is reproducible and leaves the global RNG untouched."""
         if len(candidates) != len(prompts):
             raise ValueError(f"need one candidate list per prompt, got {len(candidates)} for {len(prompts)}")
-        prompt_ids = [self.prompt_ids(m) for m in prompts]
+        prompt_ids = self.prompts_ids(prompts)
         flat = [c for cands in candidates for c in cands]  # one batched tokenizer call per turn
         ids = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         cand_ids = [[list(next(ids)) for _ in cands] for cands in candidates]

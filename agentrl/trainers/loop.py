@@ -105,12 +105,20 @@ def run_sft(
 
 
 def _versions() -> dict[str, str]:
+    """Versions for run.json: an imported module's ``__version__``, else the installed distribution's
+    metadata. Importing peft only to read its version imports transformers' model zoo with it,
+    seconds of a run's start, more where no bytecode cache is written."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
     for name in ("agentrl", "torch", "transformers", "peft", "numpy"):
-        try:
-            out[name] = sys.modules[name].__version__ if name in sys.modules else __import__(name).__version__
-        except (ImportError, AttributeError):
-            out[name] = "unknown"
+        version = getattr(sys.modules.get(name), "__version__", None)
+        if version is None:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                version = "unknown"
+        out[name] = str(version)
     return out
 
 

@@ -131,16 +131,17 @@ def sft_train(
     if not demos:
         raise ValueError("no expert demonstrations to train on")
     eos = tokenizer.eos_token_id
-    prompts = [
-        tokenizer(
-            render_chat(tokenizer, d.messages, add_generation_prompt=True, chat_template=chat_template),
-            add_special_tokens=False,
-        )["input_ids"]
-        for d in demos
-    ]
+    # one batched tokenizer call each for prompts and responses (the same ids as one call per text)
+    prompts = tokenizer(
+        [
+            render_chat(tokenizer, d.messages, add_generation_prompt=True, chat_template=chat_template)
+            for d in demos
+        ],
+        add_special_tokens=False,
+    )["input_ids"]
     responses = [
-        tokenizer(d.response, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-        for d in demos
+        list(ids) + ([eos] if eos is not None else [])
+        for ids in tokenizer([d.response for d in demos], add_special_tokens=False)["input_ids"]
     ]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
