@@ -260,14 +260,10 @@ def test_spo_with_group_size_one_killed_mid_run_resumes_exactly(model_dir, tmp_p
     """A run killed (SIGKILL) after a checkpoint continues with the tracker it had: the resumed run's
     metrics, adapter weights and tracker equal the uninterrupted run's."""
     import json
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from agentrl.trainers import train
     from agentrl.trainers.metrics import read_metrics
-    from tests.test_trainer import _comparable, tiny_run
+    from tests.test_trainer import _comparable, kill_during, tiny_run
 
     overrides = tiny_run(
         model_dir,
@@ -283,20 +279,7 @@ def test_spo_with_group_size_one_killed_mid_run_resumes_exactly(model_dir, tmp_p
     full = read_metrics(full_dir / "metrics.jsonl")
     assert all(r["episodes"] == 4 for r in full)
     killed = tmp_path / "killed"
-    code = f"from agentrl.trainers import train; train(None, {str(killed)!r}, {overrides!r})"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(read_metrics(metrics)) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(read_metrics(metrics)) < 3
+    assert len(kill_during(killed, overrides, 2)) < 3
     resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
     assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]
     last = "checkpoints/iter-000003"

@@ -4,11 +4,6 @@ a kill; the on-policy default unchanged."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
@@ -18,7 +13,7 @@ from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import read_metrics
 from agentrl.trainers.samples import TokenSamples
 from tests.test_server_pool import serve_processes
-from tests.test_trainer import _comparable, tiny_run
+from tests.test_trainer import _comparable, kill_during, tiny_run
 
 
 def test_old_logprobs_are_scored_under_the_behaviour_adapter(small_maze_model_dir):
@@ -65,18 +60,6 @@ def test_overlapped_training_records_staleness_and_resumes_exactly_after_a_kill(
             assert on_policy[1]["kl"] > 0
 
         killed = tmp_path / "killed"
-        code = f"from agentrl.trainers import train; train(None, {str(killed)!r}, {overrides!r})"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        metrics = killed / "metrics.jsonl"
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and len(read_metrics(metrics)) >= 1:  # iteration 1's rollout is in flight
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_during(killed, overrides, 1)
         resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
         assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]

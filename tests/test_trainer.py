@@ -114,6 +114,30 @@ def _comparable(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("time_") and k != "tokens_per_s"}
 
 
+def kill_during(out: Path, overrides: list[str], records: int) -> list[dict]:
+    """Train in a subprocess and kill it with -9 once ``metrics.jsonl`` holds ``records`` records;
+    returns the records it left (a crash mid-run, for the exact-resume tests)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"from agentrl.trainers import train; train(None, {str(out)!r}, {overrides!r})"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_metrics(metrics)) >= records:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return read_metrics(metrics) if metrics.exists() else []
+
+
 class FlakyMaze(MazeEnv):
     """A real maze whose engine crashes on every 5th step call (counted per process)."""
 
@@ -598,10 +622,6 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
 
 @pytest.mark.slow
 def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from agentrl.config import ConfigError
 
@@ -610,20 +630,7 @@ def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
     )
     full = read_metrics(train(None, tmp_path / "full", overrides) / "metrics.jsonl")
     killed = tmp_path / "killed"
-    code = f"from agentrl.trainers import train; train(None, {str(killed)!r}, {overrides!r})"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(read_metrics(metrics)) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(read_metrics(metrics)) < 3
+    assert len(kill_during(killed, overrides, 2)) < 3
     resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
     assert [r["iteration"] for r in resumed] == [0, 1, 2]
     assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]
