@@ -261,10 +261,7 @@ class HFPolicy:
     # ------------------------------------------------------------------ prompts
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Chat template with the generation prompt, tokenised without extra special tokens."""
-        text = render_chat(
-            self.tokenizer, messages, add_generation_prompt=True, chat_template=self.chat_template
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.prompts_ids([messages])[0]
 
     def prompts_ids(self, prompts: Sequence[Messages]) -> list[list[int]]:
         """``prompt_ids`` of each chat prompt, tokenised in one batched call (the same ids)."""
