@@ -355,3 +355,37 @@ def test_training_with_entropy_branching(small_maze_model_dir, tmp_path) -> None
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["episodes"] == 2 * 4 for r in records)
     assert all(r["steps_sampled"] <= r["rows"] for r in records)
+
+
+def test_entropy_branching_without_entropies_is_a_clear_error(policy) -> None:
+    """A turn without ``head_entropy`` (a sampler that gave no top log-probs), a policy that does not
+    say its vocabulary size, and picked instead of generated actions are refused, with what to do."""
+    bare = synthetic("g0-0", [1.0, 1.0])
+    for step in bare.steps:
+        step.info.pop("head_entropy")
+    play, played = stub_play({})
+    branching = Branching(at="entropy", width=1, trajectories=3)
+    with pytest.raises(ValueError, match="has no head_entropy: branching at entropy needs a sampler"):
+        entropy_tree([[bare]], branching, np.random.default_rng(0), 1.0, play)
+    assert played == []  # nothing was played on a failed decision
+
+    class NoVocab:
+        def __getattr__(self, name):
+            return getattr(policy, name)
+
+        vocab_size = None
+
+    envs = [make("maze", **MAZE)]
+    with pytest.raises(ValueError, match="set the branching's vocab_size"):
+        rollout(NoVocab(), envs, ["maze-1"], 1, max_turns=2, params=PARAMS, branching=branching)
+    with pytest.raises(ValueError, match="needs action_choice 'generate'"):
+        rollout(
+            policy,
+            envs,
+            ["maze-1"],
+            1,
+            max_turns=2,
+            params=PARAMS,
+            branching=branching,
+            action_choice="admissible",
+        )
