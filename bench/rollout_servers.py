@@ -101,7 +101,7 @@ def throughput(model_dir: Path, args: argparse.Namespace) -> None:
 
 
 def overlap(model_dir: Path, args: argparse.Namespace, out: Path) -> None:
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = None
         if args.warm:  # an SFT model made before (e.g. the credit benchmark's warm start)
             config = QUICKSTART
@@ -184,6 +184,9 @@ def main() -> None:
     )
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="--overlap: seeds first-seed, first-seed + 1, ..."
+    )
     ap.add_argument(
         "--sft", action="store_true", help="--overlap from the quickstart's SFT model and settings"
     )
