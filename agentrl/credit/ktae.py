@@ -53,6 +53,7 @@ with ``scipy.stats.fisher_exact`` and with that previous version (tests/ktae_ref
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -69,7 +70,8 @@ COHEN_EPS = 1e-10  # the source's guard in a/(a + c + 1e-10)
 FISHER_RTOL = 1e-7  # ties in Fisher's two-sided test (as scipy.stats.fisher_exact)
 PACK_LIMIT = 2**62  # (group, token, trajectory) packed in one int64 below this, else a lexsort
 DENSE_CELLS = 2**22  # largest dense grid of counts (per token id, per (group, token)) used instead of a sort
-DENSE_PAIRS = 2**24  # largest dense (trajectory, token) grid (of int32 positions) used instead of a sort
+DENSE_PAIRS = 2**24  # largest (trajectory, token) count for which the dense grids are used instead of a sort
+DENSE_FLAGS = 2**26  # largest uint8 grid of (place in group side, group, token, side) flags (64 MiB)
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -128,13 +130,57 @@ def _distinct(code: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
     if cells <= DENSE_CELLS:
         seen = np.zeros(cells, dtype=bool)
         seen[code] = True
-        rank = np.cumsum(seen) - 1
-        return np.flatnonzero(seen), rank[code]
+        uniq = np.flatnonzero(seen)
+        rank = np.empty(cells, dtype=np.intp)  # only the cells in use are written (and read)
+        rank[uniq] = np.arange(uniq.shape[0])
+        return uniq, rank[code]
     uniq, inv = np.unique(code, return_inverse=True)
     return uniq, inv.reshape(-1)
 
 
 def key_scores(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_correct: np.ndarray,
+    n_wrong: np.ndarray,
+    freq_correct: np.ndarray,
+    freq_wrong: np.ndarray,
+    len_correct: np.ndarray,
+    len_wrong: np.ndarray,
+    group: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    tf: bool,
+    scale: float,
+) -> np.ndarray:
+    """``key_scores`` computed table by table."""
+    args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong)
+    options = {"alpha": alpha, "beta": beta, "tf": tf, "scale": scale}
+    if tf and a.size:
+        # the key is a function of (group, a, b, freq_c, freq_w) (without tf, of fewer): computed once
+        # per distinct tuple, far fewer than tables as the counts are small, when they pack densely
+        columns = (group, a, b, freq_correct, freq_wrong)
+        sizes = [int(v.max()) + 1 for v in columns[1:]]
+        if n_correct.shape[0] * math.prod(sizes) <= DENSE_CELLS:
+            code = group.astype(np.int64)
+            for column, size in zip(columns[1:], sizes):
+                code *= size
+                code += column
+            uniq, inv = _distinct(code, n_correct.shape[0] * math.prod(sizes))
+            parts = []
+            for size in sizes[::-1]:
+                parts.append(uniq % size)
+                uniq = uniq // size
+            ufw, ufc, ub, ua = parts
+            n_c, n_w, _, _, l_c, l_w = args
+            return _table_keys(ua, ub, n_c, n_w, ufc, ufw, l_c, l_w, uniq, **options)[inv]
+    return _table_keys(
+        a, b, n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group, **options
+    )
+
+
+def _table_keys(
     a: np.ndarray,
     b: np.ndarray,
     n_correct: np.ndarray,
@@ -236,12 +282,12 @@ def ktae(
     tok = np.concatenate([t for t in ids if len(t)]).astype(np.int64, copy=False)
     if tok.min() < 0:
         raise ValueError("response_ids must be non-negative token ids")
-    slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
     traj_group = batch.group_idx[lay.first]
     ok = (batch.outcome > 0) if correct == "outcome" else batch.success
     traj_ok = ok[lay.first].astype(np.float64)
-    tables = _dense_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
+    tables = _dense_tables(tok, lengths, lay.slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     if tables is None:
+        slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
         tables = _sorted_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     g = batch.num_groups
     n_c = np.bincount(traj_group, weights=traj_ok, minlength=g)
@@ -270,7 +316,8 @@ def ktae(
         grid = np.zeros(int(tables.cells[-1]) + 1)
         grid[tables.cells] = key
         key = grid
-    flat = np.repeat(base, lengths) + key[tables.token]
+    flat = key[tables.token]
+    flat += np.repeat(base, lengths)  # a + b == b + a exactly: the same sums as base + key
     ends = np.cumsum(lengths).tolist()
     return Advantages(step=base, token=[flat[e - m : e] for e, m in zip(ends, lengths.tolist())])
 
@@ -294,11 +341,18 @@ class Tables(NamedTuple):
 
 
 def _dense_tables(
-    tok: np.ndarray, slot: np.ndarray, traj_group: np.ndarray, traj_ok: np.ndarray, n_groups: int, n_traj: int
+    tok: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    traj_group: np.ndarray,
+    traj_ok: np.ndarray,
+    n_groups: int,
+    n_traj: int,
 ) -> Tables | None:
-    """The tables by counting into dense (group, token, side) and (trajectory, token) grids, without a
-    sort; token ids are first ranked among the batch's distinct ids when that makes the grids fit.
-    None when a grid would exceed DENSE_CELLS or DENSE_PAIRS."""
+    """The tables by counting into dense grids, without a sort; token ids are first ranked among the
+    batch's distinct ids when that makes the grids fit. ``tok`` holds the rows' tokens one row after
+    the other, ``lengths`` and ``row_slot`` each row's token count and trajectory slot. None when a
+    grid would exceed DENSE_CELLS or DENSE_PAIRS."""
     vocab = int(tok.max()) + 1
     ids = None  # the token id of each rank, when ranked
     if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
@@ -311,24 +365,24 @@ def _dense_tables(
         if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
             return None
         tok = (np.cumsum(present) - 1)[tok]
-    total = tok.shape[0]
-    # per token: 2 * its (group, token) cell + its side (1: correct)
-    cell_side = (traj_group * (2 * vocab) + traj_ok.astype(np.int64))[slot] + 2 * tok
-    # one token of each (trajectory, token) pair: the one whose position the grid kept (any will do)
-    pair = slot * vocab + tok
-    position = np.arange(total, dtype=np.int32 if total < 2**31 else np.int64)
-    kept = np.empty(n_traj * vocab, dtype=position.dtype)
-    kept[pair] = position
-    once = kept[pair] == position
     n_cells = n_groups * vocab
+    side = traj_ok.astype(np.int64)  # 1: correct
+    # per token: 2 * its (group, token) cell + its side, built per row then repeated (one pass over
+    # the tokens instead of a per-token gather)
+    cell_side = np.repeat((traj_group * (2 * vocab) + side)[row_slot], lengths)
+    cell_side += tok
+    cell_side += tok
     occurrences = np.bincount(cell_side, minlength=2 * n_cells)
+    rollouts = _rollouts_flagged(cell_side, lengths, row_slot, traj_group * 2 + side, n_cells, n_traj)
+    if rollouts is None:
+        rollouts = _rollouts_kept(cell_side, tok, lengths, row_slot, n_cells, vocab, n_traj)
     freq_w, freq_c = occurrences[0::2], occurrences[1::2]
     used = np.flatnonzero(freq_w + freq_c)
-    rollouts = np.bincount(cell_side, weights=once, minlength=2 * n_cells)
     group = used // vocab
     table_tok = used - group * vocab
+    np.right_shift(cell_side, 1, out=cell_side)  # the token's (group, token) cell
     return Tables(
-        token=cell_side >> 1,
+        token=cell_side,
         cells=used,
         group=group,
         tok=table_tok if ids is None else ids[table_tok],
@@ -337,6 +391,52 @@ def _dense_tables(
         freq_c=freq_c[used],
         freq_w=freq_w[used],
     )
+
+
+def _rollouts_flagged(
+    cell_side: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    traj_side: np.ndarray,
+    n_cells: int,
+    n_traj: int,
+) -> np.ndarray | None:
+    """Rollouts containing each (group, token) on each side, indexed like ``cell_side``: a token sets
+    a uint8 flag at (its trajectory's place among its group's trajectories on its side, its cell and
+    side), and the flags add up over places. None when that grid exceeds DENSE_FLAGS (groups of very
+    unequal sizes)."""
+    per_side = np.bincount(traj_side)
+    depth = int(per_side.max())
+    if depth * 2 * n_cells > DENSE_FLAGS:
+        return None
+    order = np.argsort(traj_side, kind="stable")
+    place = np.empty(n_traj, dtype=np.int64)
+    place[order] = np.arange(n_traj) - np.repeat(np.cumsum(per_side) - per_side, per_side)
+    flag = np.repeat((place * (2 * n_cells))[row_slot], lengths)
+    flag += cell_side
+    seen = np.zeros(depth * 2 * n_cells, dtype=np.uint8)
+    seen[flag] = 1
+    return seen.reshape(depth, 2 * n_cells).sum(axis=0, dtype=np.uint8 if depth < 256 else np.int64)
+
+
+def _rollouts_kept(
+    cell_side: np.ndarray,
+    tok: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    n_cells: int,
+    vocab: int,
+    n_traj: int,
+) -> np.ndarray:
+    """``_rollouts_flagged`` for any group sizes: a (trajectory, token) grid keeps one token of each
+    pair (the one whose position it kept; any will do), and those tokens are counted."""
+    pair = np.repeat(row_slot * vocab, lengths)
+    pair += tok
+    position = np.arange(tok.shape[0], dtype=np.int32 if tok.shape[0] < 2**31 else np.int64)
+    kept = np.empty(n_traj * vocab, dtype=position.dtype)
+    kept[pair] = position
+    once = kept[pair] == position
+    return np.bincount(cell_side, weights=once, minlength=2 * n_cells)
 
 
 def _count_by_side(cell: np.ndarray, side: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
