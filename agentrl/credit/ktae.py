@@ -175,9 +175,19 @@ def key_scores(
             ufw, ufc, ub, ua = parts
             n_c, n_w, _, _, l_c, l_w = args
             return _table_keys(ua, ub, n_c, n_w, ufc, ufw, l_c, l_w, uniq, **options)[inv]
-    return _table_keys(
-        a, b, n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group, **options
-    )
+    live = np.flatnonzero(freq_correct + freq_wrong)  # tables that occur (dense grids have others)
+    if live.shape[0] < a.shape[0]:
+        key = np.zeros(a.shape[0])
+        columns = (a[live], b[live], freq_correct[live], freq_wrong[live], group[live])
+    else:
+        columns = (a, b, freq_correct, freq_wrong, group)
+    ta, tb, tfc, tfw, tg = columns
+    n_c, n_w, _, _, l_c, l_w = args
+    keys = _table_keys(ta.astype(np.int64), tb.astype(np.int64), n_c, n_w, tfc, tfw, l_c, l_w, tg, **options)
+    if live.shape[0] < a.shape[0]:
+        key[live] = keys
+        return key
+    return keys
 
 
 def _table_keys(
@@ -285,6 +295,7 @@ def ktae(
     traj_group = batch.group_idx[lay.first]
     ok = (batch.outcome > 0) if correct == "outcome" else batch.success
     traj_ok = ok[lay.first].astype(np.float64)
+    # the dense grids turn ``tok`` into the tokens' tables in place; when they do not fit, a sort
     tables = _dense_tables(tok, lengths, lay.slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     if tables is None:
         slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
@@ -311,27 +322,27 @@ def ktae(
         scale=scale,
     )
     if ignore.size:
-        key[np.isin(tables.tok, ignore)] = 0.0
-    if tables.cells is not None:  # tokens index a grid of cells, of which the tables are some
-        grid = np.zeros(int(tables.cells[-1]) + 1)
-        grid[tables.cells] = key
-        key = grid
-    flat = key[tables.token]
+        key[np.isin(tables.tok, ignore).reshape(-1)] = 0.0
+    token = tables.token
+    del tables, tok  # the count grids (and, when sorted, the ids) go before the outputs are made
+    flat = key[token]
+    del token
     flat += np.repeat(base, lengths)  # a + b == b + a exactly: the same sums as base + key
     ends = np.cumsum(lengths).tolist()
     return Advantages(step=base, token=[flat[e - m : e] for e, m in zip(ends, lengths.tolist())])
 
 
 class Tables(NamedTuple):
-    """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id).
+    """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id); from the
+    dense grids, of every (group, token) cell, those that do not occur with all counts 0 (their key is
+    computed, and read by no token).
 
-    token: per response token, its table, or its cell when ``cells`` is set (the cell of each table);
-    group, tok: the table's group and token id; a, b: correct and incorrect rollouts containing it;
-    freq_c, freq_w: its occurrences in correct and incorrect rollouts (all integer counts).
+    token: per response token, its table; group, tok: the table's group and token id (``tok`` may be
+    a broadcast (group, token) view); a, b: correct and incorrect rollouts containing it; freq_c,
+    freq_w: its occurrences in correct and incorrect rollouts (all integer counts).
     """
 
     token: np.ndarray
-    cells: np.ndarray | None
     group: np.ndarray
     tok: np.ndarray
     a: np.ndarray
@@ -351,8 +362,12 @@ def _dense_tables(
 ) -> Tables | None:
     """The tables by counting into dense grids, without a sort; token ids are first ranked among the
     batch's distinct ids when that makes the grids fit. ``tok`` holds the rows' tokens one row after
-    the other, ``lengths`` and ``row_slot`` each row's token count and trajectory slot. None when a
-    grid would exceed DENSE_CELLS or DENSE_PAIRS."""
+    the other (int64, overwritten: it becomes ``Tables.token``), ``lengths`` and ``row_slot`` each
+    row's token count and trajectory slot. None, with ``tok`` untouched, when a grid would exceed
+    DENSE_CELLS or DENSE_PAIRS.
+
+    Arrays of one entry per token are few and made in place (1.28M tokens: 10 MB each): the memory
+    that a call first touches costs page faults, about a third of the time before."""
     vocab = int(tok.max()) + 1
     ids = None  # the token id of each rank, when ranked
     if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
@@ -364,33 +379,32 @@ def _dense_tables(
         vocab = ids.shape[0]
         if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
             return None
-        tok = (np.cumsum(present) - 1)[tok]
+        np.take(np.cumsum(present, dtype=np.int64) - 1, tok, out=tok)
     n_cells = n_groups * vocab
     side = traj_ok.astype(np.int64)  # 1: correct
-    # per token: 2 * its (group, token) cell + its side, built per row then repeated (one pass over
-    # the tokens instead of a per-token gather)
-    cell_side = np.repeat((traj_group * (2 * vocab) + side)[row_slot], lengths)
-    cell_side += tok
-    cell_side += tok
-    occurrences = np.bincount(cell_side, minlength=2 * n_cells)
+    # per token: 2 * its (group, token) cell + its side (the cell offset built per row, then repeated)
+    cell_side = tok
+    cell_side *= 2
+    cell_side += np.repeat(_narrow((traj_group * (2 * vocab) + side)[row_slot]), lengths)
     rollouts = _rollouts_flagged(cell_side, lengths, row_slot, traj_group * 2 + side, n_cells, n_traj)
     if rollouts is None:
-        rollouts = _rollouts_kept(cell_side, tok, lengths, row_slot, n_cells, vocab, n_traj)
-    freq_w, freq_c = occurrences[0::2], occurrences[1::2]
-    used = np.flatnonzero(freq_w + freq_c)
-    group = used // vocab
-    table_tok = used - group * vocab
+        rollouts = _rollouts_kept(cell_side, lengths, row_slot, traj_group, n_cells, vocab, n_traj)
+    occurrences = np.bincount(cell_side, minlength=2 * n_cells)
     np.right_shift(cell_side, 1, out=cell_side)  # the token's (group, token) cell
     return Tables(
         token=cell_side,
-        cells=used,
-        group=group,
-        tok=table_tok if ids is None else ids[table_tok],
-        a=rollouts[1::2][used].astype(np.int64),
-        b=rollouts[0::2][used].astype(np.int64),
-        freq_c=freq_c[used],
-        freq_w=freq_w[used],
+        group=np.repeat(np.arange(n_groups), vocab),
+        tok=np.broadcast_to(np.arange(vocab) if ids is None else ids, (n_groups, vocab)),
+        a=rollouts[1::2],
+        b=rollouts[0::2],
+        freq_c=occurrences[1::2],
+        freq_w=occurrences[0::2],
     )
+
+
+def _narrow(x: np.ndarray) -> np.ndarray:
+    """Non-negative integers as int32 when they fit (a repeated copy half the size), else as they are."""
+    return x.astype(np.int32) if x.shape[0] and int(x.max()) < 2**31 else x
 
 
 def _rollouts_flagged(
@@ -404,7 +418,7 @@ def _rollouts_flagged(
     """Rollouts containing each (group, token) on each side, indexed like ``cell_side``: a token sets
     a uint8 flag at (its trajectory's place among its group's trajectories on its side, its cell and
     side), and the flags add up over places. None when that grid exceeds DENSE_FLAGS (groups of very
-    unequal sizes)."""
+    unequal sizes). ``cell_side`` is shifted to the flags' index and back, in place."""
     per_side = np.bincount(traj_side)
     depth = int(per_side.max())
     if depth * 2 * n_cells > DENSE_FLAGS:
@@ -412,31 +426,32 @@ def _rollouts_flagged(
     order = np.argsort(traj_side, kind="stable")
     place = np.empty(n_traj, dtype=np.int64)
     place[order] = np.arange(n_traj) - np.repeat(np.cumsum(per_side) - per_side, per_side)
-    flag = np.repeat((place * (2 * n_cells))[row_slot], lengths)
-    flag += cell_side
+    offset = np.repeat(_narrow((place * (2 * n_cells))[row_slot]), lengths)
     seen = np.zeros(depth * 2 * n_cells, dtype=np.uint8)
-    seen[flag] = 1
+    cell_side += offset
+    seen[cell_side] = 1
+    cell_side -= offset
     return seen.reshape(depth, 2 * n_cells).sum(axis=0, dtype=np.uint8 if depth < 256 else np.int64)
 
 
 def _rollouts_kept(
     cell_side: np.ndarray,
-    tok: np.ndarray,
     lengths: np.ndarray,
     row_slot: np.ndarray,
+    traj_group: np.ndarray,
     n_cells: int,
     vocab: int,
     n_traj: int,
 ) -> np.ndarray:
     """``_rollouts_flagged`` for any group sizes: a (trajectory, token) grid keeps one token of each
     pair (the one whose position it kept; any will do), and those tokens are counted."""
-    pair = np.repeat(row_slot * vocab, lengths)
-    pair += tok
-    position = np.arange(tok.shape[0], dtype=np.int32 if tok.shape[0] < 2**31 else np.int64)
+    pair = cell_side >> 1  # group * vocab + token, made trajectory * vocab + token
+    pair += np.repeat(((np.arange(n_traj) - traj_group) * vocab)[row_slot], lengths)
+    position = np.arange(pair.shape[0], dtype=np.int32 if pair.shape[0] < 2**31 else np.int64)
     kept = np.empty(n_traj * vocab, dtype=position.dtype)
     kept[pair] = position
     once = kept[pair] == position
-    return np.bincount(cell_side, weights=once, minlength=2 * n_cells)
+    return np.bincount(cell_side[once], minlength=2 * n_cells)
 
 
 def _count_by_side(cell: np.ndarray, side: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -481,4 +496,4 @@ def _sorted_tables(
     token_table = np.empty(total, dtype=np.int64)
     token_table[order] = table_of_sorted
     first = order[table_start]
-    return Tables(token_table, None, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
+    return Tables(token_table, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
