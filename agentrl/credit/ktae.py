@@ -153,41 +153,42 @@ def key_scores(
     beta: float,
     tf: bool,
     scale: float,
+    some_empty: bool = False,
 ) -> np.ndarray:
-    """``key_scores`` computed table by table."""
-    args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong)
+    """key(v) of each table (module doc): ``a``/``b`` correct/incorrect rollouts containing v, and
+    ``freq_*`` occurrences of v on each side (integer counts), per table; ``group`` the table's group,
+    which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side.
+    ``some_empty``: some tables may not occur (all counts 0, as cells of the dense grids); their key
+    is then any finite value."""
     options = {"alpha": alpha, "beta": beta, "tf": tf, "scale": scale}
     if tf and a.size:
-        # the key is a function of (group, a, b, freq_c, freq_w) (without tf, of fewer): computed once
-        # per distinct tuple, far fewer than tables as the counts are small, when they pack densely
-        columns = (group, a, b, freq_correct, freq_wrong)
-        sizes = [int(v.max()) + 1 for v in columns[1:]]
-        if n_correct.shape[0] * math.prod(sizes) <= DENSE_CELLS:
+        # the key is a function of (group, a, b, freq_c, freq_w) (without tf, of fewer, and
+        # _table_keys packs those): computed once per distinct tuple, far fewer than tables as counts
+        # are small, when the tuples pack into a small enough code (a <= n_c, b <= n_w)
+        sizes = [int(n_correct.max()) + 1, int(n_wrong.max()) + 1]
+        sizes += [int(freq_correct.max()) + 1, int(freq_wrong.max()) + 1]
+        cells = n_correct.shape[0] * math.prod(sizes)
+        if cells <= DENSE_CELLS:
             code = group.astype(np.int64)
-            for column, size in zip(columns[1:], sizes):
+            for column, size in zip((a, b, freq_correct, freq_wrong), sizes):
                 code *= size
                 code += column
-            uniq, inv = _distinct(code, n_correct.shape[0] * math.prod(sizes))
+            uniq, inv = _distinct(code, cells)
             parts = []
             for size in sizes[::-1]:
                 parts.append(uniq % size)
-                uniq = uniq // size
+                uniq //= size
             ufw, ufc, ub, ua = parts
-            n_c, n_w, _, _, l_c, l_w = args
-            return _table_keys(ua, ub, n_c, n_w, ufc, ufw, l_c, l_w, uniq, **options)[inv]
-    live = np.flatnonzero(freq_correct + freq_wrong)  # tables that occur (dense grids have others)
-    if live.shape[0] < a.shape[0]:
-        key = np.zeros(a.shape[0])
-        columns = (a[live], b[live], freq_correct[live], freq_wrong[live], group[live])
-    else:
-        columns = (a, b, freq_correct, freq_wrong, group)
-    ta, tb, tfc, tfw, tg = columns
-    n_c, n_w, _, _, l_c, l_w = args
-    keys = _table_keys(ta.astype(np.int64), tb.astype(np.int64), n_c, n_w, tfc, tfw, l_c, l_w, tg, **options)
-    if live.shape[0] < a.shape[0]:
-        key[live] = keys
-        return key
-    return keys
+            args = (n_correct, n_wrong, ufc, ufw, len_correct, len_wrong, uniq)
+            return _table_keys(ua, ub, *args, **options)[inv]
+    if not some_empty:
+        args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group)
+        return _table_keys(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), *args, **options)
+    live = np.flatnonzero(freq_correct + freq_wrong)  # the tables that occur
+    args = (n_correct, n_wrong, freq_correct[live], freq_wrong[live], len_correct, len_wrong, group[live])
+    key = np.zeros(a.shape[0])
+    key[live] = _table_keys(a[live].astype(np.int64), b[live].astype(np.int64), *args, **options)
+    return key
 
 
 def _table_keys(
@@ -206,9 +207,7 @@ def _table_keys(
     tf: bool,
     scale: float,
 ) -> np.ndarray:
-    """key(v) of each table (module doc): ``a``/``b`` correct/incorrect rollouts containing v, and
-    ``freq_*`` occurrences of v on each side (integer counts), per table; ``group`` the table's group,
-    which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side."""
+    """``key_scores`` table by table (tables that occur)."""
     n_c, n_w = n_correct.astype(np.int64), n_wrong.astype(np.int64)
     # Fisher, IG and Cohen's h depend on the table's counts only: computed once per distinct table
     # (few: counts <= group size), packed into one integer
@@ -320,6 +319,7 @@ def ktae(
         beta=beta,
         tf=tf,
         scale=scale,
+        some_empty=tables.grid,
     )
     if ignore.size:
         key[np.isin(tables.tok, ignore).reshape(-1)] = 0.0
@@ -333,16 +333,17 @@ def ktae(
 
 
 class Tables(NamedTuple):
-    """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id); from the
-    dense grids, of every (group, token) cell, those that do not occur with all counts 0 (their key is
-    computed, and read by no token).
+    """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id).
 
-    token: per response token, its table; group, tok: the table's group and token id (``tok`` may be
-    a broadcast (group, token) view); a, b: correct and incorrect rollouts containing it; freq_c,
-    freq_w: its occurrences in correct and incorrect rollouts (all integer counts).
+    token: per response token, its table; grid: the tables are every (group, token) cell of the dense
+    grids, those of no token with all counts 0 (their key is computed and read by no token); group,
+    tok: the table's group and token id (``tok`` may be a broadcast (group, token) view); a, b:
+    correct and incorrect rollouts containing it; freq_c, freq_w: its occurrences in correct and
+    incorrect rollouts (all integer counts).
     """
 
     token: np.ndarray
+    grid: bool
     group: np.ndarray
     tok: np.ndarray
     a: np.ndarray
@@ -393,6 +394,7 @@ def _dense_tables(
     np.right_shift(cell_side, 1, out=cell_side)  # the token's (group, token) cell
     return Tables(
         token=cell_side,
+        grid=True,
         group=np.repeat(np.arange(n_groups), vocab),
         tok=np.broadcast_to(np.arange(vocab) if ids is None else ids, (n_groups, vocab)),
         a=rollouts[1::2],
@@ -496,4 +498,4 @@ def _sorted_tables(
     token_table = np.empty(total, dtype=np.int64)
     token_table[order] = table_of_sorted
     first = order[table_start]
-    return Tables(token_table, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
+    return Tables(token_table, False, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
