@@ -138,6 +138,15 @@ def _distinct(code: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inv.reshape(-1)
 
 
+class Options(NamedTuple):
+    """The estimator's options that the key depends on."""
+
+    alpha: float
+    beta: float
+    tf: bool
+    scale: float
+
+
 def key_scores(
     a: np.ndarray,
     b: np.ndarray,
@@ -160,7 +169,7 @@ def key_scores(
     which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side.
     ``some_empty``: some tables may not occur (all counts 0, as cells of the dense grids); their key
     is then any finite value."""
-    options = {"alpha": alpha, "beta": beta, "tf": tf, "scale": scale}
+    options = Options(alpha=alpha, beta=beta, tf=tf, scale=scale)
     if tf and a.size:
         # the key is a function of (group, a, b, freq_c, freq_w) (without tf, of fewer, and
         # _table_keys packs those): computed once per distinct tuple, far fewer than tables as counts
@@ -180,14 +189,14 @@ def key_scores(
                 uniq //= size
             ufw, ufc, ub, ua = parts
             args = (n_correct, n_wrong, ufc, ufw, len_correct, len_wrong, uniq)
-            return _table_keys(ua, ub, *args, **options)[inv]
+            return _table_keys(ua, ub, *args, options)[inv]
     if not some_empty:
         args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group)
-        return _table_keys(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), *args, **options)
+        return _table_keys(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), *args, options)
     live = np.flatnonzero(freq_correct + freq_wrong)  # the tables that occur
     args = (n_correct, n_wrong, freq_correct[live], freq_wrong[live], len_correct, len_wrong, group[live])
     key = np.zeros(a.shape[0])
-    key[live] = _table_keys(a[live].astype(np.int64), b[live].astype(np.int64), *args, **options)
+    key[live] = _table_keys(a[live].astype(np.int64), b[live].astype(np.int64), *args, options)
     return key
 
 
@@ -201,13 +210,10 @@ def _table_keys(
     len_correct: np.ndarray,
     len_wrong: np.ndarray,
     group: np.ndarray,
-    *,
-    alpha: float,
-    beta: float,
-    tf: bool,
-    scale: float,
+    options: Options,
 ) -> np.ndarray:
     """``key_scores`` table by table (tables that occur)."""
+    alpha, beta, tf, scale = options
     n_c, n_w = n_correct.astype(np.int64), n_wrong.astype(np.int64)
     # Fisher, IG and Cohen's h depend on the table's counts only: computed once per distinct table
     # (few: counts <= group size), packed into one integer
