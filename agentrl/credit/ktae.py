@@ -190,7 +190,7 @@ def key_scores(
             ufw, ufc, ub, ua = parts
             args = (n_correct, n_wrong, ufc, ufw, len_correct, len_wrong, uniq)
             return _table_keys(ua, ub, *args, options)[inv]
-    if not some_empty:
+    if not some_empty or not tf:  # without tf, _table_keys works per distinct (a, b, n_c, n_w) anyway
         args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group)
         return _table_keys(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), *args, options)
     live = np.flatnonzero(freq_correct + freq_wrong)  # the tables that occur
@@ -294,7 +294,10 @@ def ktae(
     total = int(lengths.sum())
     if total == 0:
         return Advantages(step=base, token=[np.zeros(0) for _ in range(n)])
-    tok = np.concatenate([t for t in ids if len(t)]).astype(np.int64, copy=False)
+    tok = np.concatenate(ids.tolist())  # from_trajectories gives int64 rows, empty ones too
+    if tok.dtype.kind not in "iu":  # e.g. an empty row as a float array: without the empty rows
+        tok = np.concatenate([t for t in ids if len(t)])
+    tok = tok.astype(np.int64, copy=False)
     if tok.min() < 0:
         raise ValueError("response_ids must be non-negative token ids")
     traj_group = batch.group_idx[lay.first]
