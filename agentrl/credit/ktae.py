@@ -131,7 +131,7 @@ def _distinct(code: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
         seen = np.zeros(cells, dtype=bool)
         seen[code] = True
         uniq = np.flatnonzero(seen)
-        rank = np.empty(cells, dtype=np.intp)  # only the cells in use are written (and read)
+        rank = np.empty(cells, dtype=np.int32 if cells < 2**31 else np.intp)  # only used cells are written
         rank[uniq] = np.arange(uniq.shape[0])
         return uniq, rank[code]
     uniq, inv = np.unique(code, return_inverse=True)
