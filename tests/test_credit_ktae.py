@@ -1,7 +1,8 @@
 """KTAE (agentrl/credit/ktae.py): a hand-computed 2x2 case, edge cases, options, a per-group
 reference loop over token values (scipy's Fisher test) on random multi-turn batches (max |diff| 7e-16
 over 90 batches), and the previous one-sort implementation (tests/ktae_reference.py) on 240 random
-batches, through each way of building the tables (max |diff| 0 when written)."""
+batches, through each way of building the tables (max |diff| 0 when written), and bitwise on random
+batches of three shapes through every way of counting the tables and of computing the keys."""
 
 from __future__ import annotations
 
@@ -348,7 +349,8 @@ COUNTING = {  # the limits patched, the way the tables are then counted, the off
     "flags": ({}, "_rollouts_flagged", 0),
     "kept": ({"DENSE_FLAGS": 0}, "_rollouts_kept", 0),
     "ranked": ({"DENSE_CELLS": 4096}, "_rollouts_flagged", 4000),
-    "sorted": ({"DENSE_CELLS": 0}, "_sorted_tables", 0),
+    "sorted": ({"DENSE_CELLS": 0}, "_sorted_tables", 0),  # keys table by table
+    "sorted, keys per tuple": ({"DENSE_PAIRS": 0}, "_sorted_tables", 0),
     "lexsort": ({"DENSE_CELLS": 0, "PACK_LIMIT": 0}, "_sorted_tables", 2**40),
 }
 
@@ -376,7 +378,8 @@ def test_every_way_of_counting_gives_bitwise_the_previous_outputs(n_groups, max_
             return out
 
         monkeypatch.setattr(ktae_module, name, spy)
-    defaults = {name: getattr(ktae_module, name) for name in ("DENSE_CELLS", "DENSE_FLAGS", "PACK_LIMIT")}
+    limit_names = ("DENSE_CELLS", "DENSE_PAIRS", "DENSE_FLAGS", "PACK_LIMIT")
+    defaults = {name: getattr(ktae_module, name) for name in limit_names}
     for seed in range(20):
         opts = OPTIONS[seed % len(OPTIONS)]
         for limits, way, offset in COUNTING.values():
