@@ -1,7 +1,8 @@
 """KTAE (agentrl/credit/ktae.py): a hand-computed 2x2 case, edge cases, options, a per-group
 reference loop over token values (scipy's Fisher test) on random multi-turn batches (max |diff| 7e-16
 over 90 batches), and the previous one-sort implementation (tests/ktae_reference.py) on 240 random
-batches, through each way of building the tables (max |diff| 0 when written)."""
+batches, through each way of building the tables (max |diff| 0 when written), and bitwise on random
+batches of three shapes through every way of counting the tables and of computing the keys."""
 
 from __future__ import annotations
 
@@ -334,3 +335,93 @@ def test_same_outputs_as_the_previous_implementation(path, monkeypatch):
     assert len(built) == 60 and set(built) == {
         "_sorted_tables" if path in ("sorted", "lexsort") else "_dense_tables"
     }
+
+
+OPTIONS = [
+    {},
+    {"tf": False},
+    {"alpha": 0.0},
+    {"beta": 0.0, "scale": 0.3},
+    {"alpha": 0.5, "beta": 2.0, "correct": "success"},
+    {"ignore_token_ids": [3, 7], "invalid_penalty": 0.0},
+]
+COUNTING = {  # the limits patched, the way the tables are then counted, the offset of some ids
+    "flags": ({}, "_rollouts_flagged", 0),
+    "kept": ({"DENSE_FLAGS": 0}, "_rollouts_kept", 0),
+    "ranked": ({"DENSE_CELLS": 4096}, "_rollouts_flagged", 4000),
+    "sorted": ({"DENSE_CELLS": 0}, "_sorted_tables", 0),  # keys table by table
+    "sorted, keys per tuple": ({"DENSE_PAIRS": 0}, "_sorted_tables", 0),
+    "lexsort": ({"DENSE_CELLS": 0, "PACK_LIMIT": 0}, "_sorted_tables", 2**40),
+}
+
+
+@pytest.mark.parametrize(
+    "n_groups,max_size,vocab", [(6, 7, 12), (3, 25, 40), (10, 4, 3)], ids=["small", "uneven", "repeats"]
+)
+def test_every_way_of_counting_gives_bitwise_the_previous_outputs(n_groups, max_size, vocab, monkeypatch):
+    """The dense grids (flags by a trajectory's place in its group side, or the kept-position pass when
+    groups are too unequal for that grid), over ranked ids, the packed sort and the lexsort, each
+    checked to be the way taken, give bitwise the previous one-sort implementation's outputs
+    (tests/ktae_reference.py) on random batches of small groups, unequal groups up to 25 trajectories
+    and 3 token ids repeated many times (keys per table where the counts do not pack, else per tuple)."""
+    import agentrl.credit.ktae as ktae_module
+    from tests.ktae_reference import reference_ktae
+
+    taken: list[str] = []
+    for name in ("_rollouts_flagged", "_rollouts_kept", "_sorted_tables"):
+        fn = getattr(ktae_module, name)
+
+        def spy(*args, _fn=fn, _name=name):
+            out = _fn(*args)
+            if out is not None:
+                taken.append(_name)
+            return out
+
+        monkeypatch.setattr(ktae_module, name, spy)
+    limit_names = ("DENSE_CELLS", "DENSE_PAIRS", "DENSE_FLAGS", "PACK_LIMIT")
+    defaults = {name: getattr(ktae_module, name) for name in limit_names}
+    for seed in range(20):
+        opts = OPTIONS[seed % len(OPTIONS)]
+        for limits, way, offset in COUNTING.values():
+            for name, value in defaults.items():
+                monkeypatch.setattr(ktae_module, name, limits.get(name, value))
+            b = random_batch(np.random.default_rng(seed), n_groups, max_size, vocab, offset)
+            canonical = b.take(b.canonical_order())
+            taken.clear()
+            got, want = estimate("ktae", canonical, **opts), reference_ktae(canonical, **opts)
+            assert taken == ([way] if sum(map(len, canonical.response_ids)) else [])
+            assert got.step.tobytes() == want.step.tobytes()
+            assert len(got.token) == len(want.token)
+            for g_row, w_row in zip(got.token, want.token):
+                assert g_row.dtype == w_row.dtype and g_row.shape == w_row.shape
+                assert g_row.tobytes() == w_row.tobytes()
+
+
+@pytest.mark.parametrize("some_empty", [False, True])
+def test_keys_per_distinct_tuple_equal_keys_per_table_bitwise(some_empty, monkeypatch):
+    """key_scores computes a key once per distinct (group, a, b, freq_c, freq_w) when those pack into
+    DENSE_CELLS codes, else table by table (skipping tables of no token when ``some_empty``): the two
+    give the same bits on the tables that occur."""
+    import agentrl.credit.ktae as ktae_module
+
+    rng = np.random.default_rng(0)
+    n_groups, n = 5, 3000
+    n_c, n_w = rng.integers(0, 6, n_groups).astype(float), rng.integers(0, 6, n_groups).astype(float)
+    len_c, len_w = rng.integers(0, 200, n_groups).astype(float), rng.integers(0, 200, n_groups).astype(float)
+    group = rng.integers(0, n_groups, n)
+    a, b = rng.integers(0, n_c[group] + 1), rng.integers(0, n_w[group] + 1)
+    freq_c = np.where(a > 0, a + rng.integers(0, 9, n), 0)
+    freq_w = np.where(b > 0, b + rng.integers(0, 9, n), 0)
+    live = (freq_c + freq_w) > 0
+    assert not live.all()
+    if not some_empty:  # only tables that occur
+        a, b, freq_c, freq_w, group, live = (v[live] for v in (a, b, freq_c, freq_w, group, live))
+    args = (a, b, n_c, n_w, freq_c, freq_w, len_c, len_w, group)
+    for options in ({}, {"alpha": 0.5, "beta": 2.0, "scale": 0.3}, {"alpha": 0.0}):
+        kw = {"alpha": 1.0, "beta": 1.0, "tf": True, "scale": 1.0, **options}
+        per_tuple = ktae_module.key_scores(*args, **kw, some_empty=some_empty)
+        with monkeypatch.context() as patch:
+            patch.setattr(ktae_module, "DENSE_CELLS", 0)  # no packing: table by table
+            per_table = ktae_module.key_scores(*args, **kw, some_empty=some_empty)
+        assert np.isfinite(per_tuple).all() and np.abs(per_tuple[live]).max() > 0.1
+        assert per_tuple[live].tobytes() == per_table[live].tobytes()

@@ -38,21 +38,31 @@ Differences, each named:
   table of the margins counts, decided exactly instead of by a float equal to 1.0.
 - A side with no response tokens at all has frequency 0 (the source divides 0 by 0).
 
-Cost: no sort in the usual case. The tables are counted into dense grids: a (trajectory, token)
-grid keeps one token of each pair (giving the rollouts that contain the token), a (group, token,
-side) one counts occurrences; token ids are first ranked among the batch's distinct ids when that
-makes the grids fit (``DENSE_CELLS``, ``DENSE_PAIRS``), else one sort by (group, token, trajectory)
-builds them. Fisher's test, IG and Cohen's h run once per distinct table (few: a, b <= group size).
-Measured on ``bench/credit_speed.py``'s P=128 batch (42.7k rows, 1.28M tokens, 4000 ids) on a shared
-2-core machine under load 7-8: 0.10-0.15 s of CPU (0.19-0.29 s wall) per ``estimate`` call, against
-0.35-0.56 s of CPU (0.68-1.1 s wall) for the previous one-argsort version in the same runs; the
-steps' best times add up to 0.07 s of CPU. On a quiet machine afterwards: median 0.128 s wall
-(above the 0.1 s target). Tests compare with a per-group loop over token values,
-with ``scipy.stats.fisher_exact`` and with that previous version (tests/ktae_reference.py).
+Cost: no sort in the usual case. The tables are counted into dense grids: each token sets a uint8
+flag at (its trajectory's place among its group's rollouts on its side, its group, token and side),
+and the flags summed over places give the rollouts containing each token (``DENSE_FLAGS``; for very
+unequal groups a (trajectory, token) grid keeps one token of each pair instead); a bincount over
+(group, token, side) gives the occurrences. Token ids are first ranked among the batch's distinct ids
+when that makes the grids fit (``DENSE_CELLS``, ``DENSE_PAIRS``), else one sort by (group, token,
+trajectory) builds the tables. The key runs once per distinct (group, a, b, freq_c, freq_w) when
+those pack into ``DENSE_CELLS`` codes (small counts), else table by table; Fisher's test, IG and
+Cohen's h once per distinct (a, b, n_c, n_w). Arrays of one entry per token are few and reused in
+place, as the memory a call first touches costs page faults (a quarter of the CPU time before).
+Every way computes each value with the same operations: the outputs are bitwise the same.
+Measured with ``bench/credit_speed.py --sizes 128 --repeats 5`` (42.7k rows, 1.28M tokens, 4000
+ids; the time of ``estimate``, with its ~10 ms check of the per-token outputs) on a shared 2-core
+machine, alternating with the version before: at load 5.7-6.7, median 0.061-0.063 s of CPU
+(0.089-0.090 s wall) per call against 0.099-0.103 s (0.146-0.153 s wall); at load 7-7.5, wall
+medians 0.091-0.109 s against 0.150-0.160 s. Best step times: 6 ms joining the rows' ids, 10 ms the
+tables, 7 ms the keys, 7 ms the per-row outputs. With large counts (Zipf-like ids) keys go table by
+table, as fast as before. Tests compare with a per-group loop over token values, with
+``scipy.stats.fisher_exact`` and, bitwise on every way of counting, with the earlier one-argsort
+version (tests/ktae_reference.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -69,7 +79,8 @@ COHEN_EPS = 1e-10  # the source's guard in a/(a + c + 1e-10)
 FISHER_RTOL = 1e-7  # ties in Fisher's two-sided test (as scipy.stats.fisher_exact)
 PACK_LIMIT = 2**62  # (group, token, trajectory) packed in one int64 below this, else a lexsort
 DENSE_CELLS = 2**22  # largest dense grid of counts (per token id, per (group, token)) used instead of a sort
-DENSE_PAIRS = 2**24  # largest dense (trajectory, token) grid (of int32 positions) used instead of a sort
+DENSE_PAIRS = 2**24  # largest (trajectory, token) count for which the dense grids are used instead of a sort
+DENSE_FLAGS = 2**26  # largest uint8 grid of (place in group side, group, token, side) flags (64 MiB)
 
 
 def _log_factorials(n: int) -> np.ndarray:
@@ -128,10 +139,21 @@ def _distinct(code: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
     if cells <= DENSE_CELLS:
         seen = np.zeros(cells, dtype=bool)
         seen[code] = True
-        rank = np.cumsum(seen) - 1
-        return np.flatnonzero(seen), rank[code]
+        uniq = np.flatnonzero(seen)
+        rank = np.empty(cells, dtype=np.int32 if cells < 2**31 else np.intp)  # only used cells are written
+        rank[uniq] = np.arange(uniq.shape[0])
+        return uniq, rank[code]
     uniq, inv = np.unique(code, return_inverse=True)
     return uniq, inv.reshape(-1)
+
+
+class Options(NamedTuple):
+    """The estimator's options that the key depends on."""
+
+    alpha: float
+    beta: float
+    tf: bool
+    scale: float
 
 
 def key_scores(
@@ -149,10 +171,58 @@ def key_scores(
     beta: float,
     tf: bool,
     scale: float,
+    some_empty: bool = False,
 ) -> np.ndarray:
     """key(v) of each table (module doc): ``a``/``b`` correct/incorrect rollouts containing v, and
     ``freq_*`` occurrences of v on each side (integer counts), per table; ``group`` the table's group,
-    which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side."""
+    which indexes ``n_correct``/``n_wrong`` (rollouts) and ``len_*`` (token counts) of each side.
+    ``some_empty``: some tables may not occur (all counts 0, as cells of the dense grids); their key
+    is then any finite value."""
+    options = Options(alpha=alpha, beta=beta, tf=tf, scale=scale)
+    if tf and a.size:
+        # the key is a function of (group, a, b, freq_c, freq_w) (without tf, of fewer, and
+        # _table_keys packs those): computed once per distinct tuple, far fewer than tables as counts
+        # are small, when the tuples pack into a small enough code (a <= n_c, b <= n_w)
+        sizes = [int(n_correct.max()) + 1, int(n_wrong.max()) + 1]
+        sizes += [int(freq_correct.max()) + 1, int(freq_wrong.max()) + 1]
+        cells = n_correct.shape[0] * math.prod(sizes)
+        if cells <= DENSE_CELLS:
+            code = group.astype(np.int64)
+            for column, size in zip((a, b, freq_correct, freq_wrong), sizes):
+                code *= size
+                code += column
+            uniq, inv = _distinct(code, cells)
+            parts = []
+            for size in sizes[::-1]:
+                parts.append(uniq % size)
+                uniq //= size
+            ufw, ufc, ub, ua = parts
+            args = (n_correct, n_wrong, ufc, ufw, len_correct, len_wrong, uniq)
+            return _table_keys(ua, ub, *args, options)[inv]
+    if not some_empty or not tf:  # without tf, _table_keys works per distinct (a, b, n_c, n_w) anyway
+        args = (n_correct, n_wrong, freq_correct, freq_wrong, len_correct, len_wrong, group)
+        return _table_keys(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False), *args, options)
+    live = np.flatnonzero(freq_correct + freq_wrong)  # the tables that occur
+    args = (n_correct, n_wrong, freq_correct[live], freq_wrong[live], len_correct, len_wrong, group[live])
+    key = np.zeros(a.shape[0])
+    key[live] = _table_keys(a[live].astype(np.int64), b[live].astype(np.int64), *args, options)
+    return key
+
+
+def _table_keys(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_correct: np.ndarray,
+    n_wrong: np.ndarray,
+    freq_correct: np.ndarray,
+    freq_wrong: np.ndarray,
+    len_correct: np.ndarray,
+    len_wrong: np.ndarray,
+    group: np.ndarray,
+    options: Options,
+) -> np.ndarray:
+    """``key_scores`` table by table (tables that occur)."""
+    alpha, beta, tf, scale = options
     n_c, n_w = n_correct.astype(np.int64), n_wrong.astype(np.int64)
     # Fisher, IG and Cohen's h depend on the table's counts only: computed once per distinct table
     # (few: counts <= group size), packed into one integer
@@ -233,15 +303,19 @@ def ktae(
     total = int(lengths.sum())
     if total == 0:
         return Advantages(step=base, token=[np.zeros(0) for _ in range(n)])
-    tok = np.concatenate([t for t in ids if len(t)]).astype(np.int64, copy=False)
+    tok = np.concatenate(ids.tolist())  # from_trajectories gives int64 rows, empty ones too
+    if tok.dtype.kind not in "iu":  # e.g. an empty row as a float array: without the empty rows
+        tok = np.concatenate([t for t in ids if len(t)])
+    tok = tok.astype(np.int64, copy=False)
     if tok.min() < 0:
         raise ValueError("response_ids must be non-negative token ids")
-    slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
     traj_group = batch.group_idx[lay.first]
     ok = (batch.outcome > 0) if correct == "outcome" else batch.success
     traj_ok = ok[lay.first].astype(np.float64)
-    tables = _dense_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
+    # the dense grids turn ``tok`` into the tokens' tables in place; when they do not fit, a sort
+    tables = _dense_tables(tok, lengths, lay.slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     if tables is None:
+        slot = np.repeat(lay.slot, lengths)  # trajectory slot of each token
         tables = _sorted_tables(tok, slot, traj_group, traj_ok, batch.num_groups, lay.n_traj)
     g = batch.num_groups
     n_c = np.bincount(traj_group, weights=traj_ok, minlength=g)
@@ -263,14 +337,15 @@ def ktae(
         beta=beta,
         tf=tf,
         scale=scale,
+        some_empty=tables.grid,
     )
     if ignore.size:
-        key[np.isin(tables.tok, ignore)] = 0.0
-    if tables.cells is not None:  # tokens index a grid of cells, of which the tables are some
-        grid = np.zeros(int(tables.cells[-1]) + 1)
-        grid[tables.cells] = key
-        key = grid
-    flat = np.repeat(base, lengths) + key[tables.token]
+        key[np.isin(tables.tok, ignore).reshape(-1)] = 0.0
+    token = tables.token
+    del tables, tok  # the count grids (and, when sorted, the ids) go before the outputs are made
+    flat = key[token]
+    del token
+    flat += np.repeat(base, lengths)  # a + b == b + a exactly: the same sums as base + key
     ends = np.cumsum(lengths).tolist()
     return Advantages(step=base, token=[flat[e - m : e] for e, m in zip(ends, lengths.tolist())])
 
@@ -278,13 +353,15 @@ def ktae(
 class Tables(NamedTuple):
     """The 2x2 tables of every (group, token value) that occurs, ordered by (group, token id).
 
-    token: per response token, its table, or its cell when ``cells`` is set (the cell of each table);
-    group, tok: the table's group and token id; a, b: correct and incorrect rollouts containing it;
-    freq_c, freq_w: its occurrences in correct and incorrect rollouts (all integer counts).
+    token: per response token, its table; grid: the tables are every (group, token) cell of the dense
+    grids, those of no token with all counts 0 (their key is computed and read by no token); group,
+    tok: the table's group and token id (``tok`` may be a broadcast (group, token) view); a, b:
+    correct and incorrect rollouts containing it; freq_c, freq_w: its occurrences in correct and
+    incorrect rollouts (all integer counts).
     """
 
     token: np.ndarray
-    cells: np.ndarray | None
+    grid: bool
     group: np.ndarray
     tok: np.ndarray
     a: np.ndarray
@@ -294,11 +371,22 @@ class Tables(NamedTuple):
 
 
 def _dense_tables(
-    tok: np.ndarray, slot: np.ndarray, traj_group: np.ndarray, traj_ok: np.ndarray, n_groups: int, n_traj: int
+    tok: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    traj_group: np.ndarray,
+    traj_ok: np.ndarray,
+    n_groups: int,
+    n_traj: int,
 ) -> Tables | None:
-    """The tables by counting into dense (group, token, side) and (trajectory, token) grids, without a
-    sort; token ids are first ranked among the batch's distinct ids when that makes the grids fit.
-    None when a grid would exceed DENSE_CELLS or DENSE_PAIRS."""
+    """The tables by counting into dense grids, without a sort; token ids are first ranked among the
+    batch's distinct ids when that makes the grids fit. ``tok`` holds the rows' tokens one row after
+    the other (int64, overwritten: it becomes ``Tables.token``), ``lengths`` and ``row_slot`` each
+    row's token count and trajectory slot. None, with ``tok`` untouched, when a grid would exceed
+    DENSE_CELLS or DENSE_PAIRS.
+
+    Arrays of one entry per token are few and made in place (1.28M tokens: 10 MB each): the memory
+    that a call first touches costs page faults, a quarter of the CPU time before."""
     vocab = int(tok.max()) + 1
     ids = None  # the token id of each rank, when ranked
     if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
@@ -310,33 +398,80 @@ def _dense_tables(
         vocab = ids.shape[0]
         if n_groups * vocab > DENSE_CELLS or n_traj * vocab > DENSE_PAIRS:
             return None
-        tok = (np.cumsum(present) - 1)[tok]
-    total = tok.shape[0]
-    # per token: 2 * its (group, token) cell + its side (1: correct)
-    cell_side = (traj_group * (2 * vocab) + traj_ok.astype(np.int64))[slot] + 2 * tok
-    # one token of each (trajectory, token) pair: the one whose position the grid kept (any will do)
-    pair = slot * vocab + tok
-    position = np.arange(total, dtype=np.int32 if total < 2**31 else np.int64)
+        np.take(np.cumsum(present, dtype=np.int64) - 1, tok, out=tok)
+    n_cells = n_groups * vocab
+    side = traj_ok.astype(np.int64)  # 1: correct
+    # per token: 2 * its (group, token) cell + its side (the cell offset built per row, then repeated)
+    cell_side = tok
+    cell_side *= 2
+    cell_side += np.repeat(_narrow((traj_group * (2 * vocab) + side)[row_slot]), lengths)
+    rollouts = _rollouts_flagged(cell_side, lengths, row_slot, traj_group * 2 + side, n_cells, n_traj)
+    if rollouts is None:
+        rollouts = _rollouts_kept(cell_side, lengths, row_slot, traj_group, n_cells, vocab, n_traj)
+    occurrences = np.bincount(cell_side, minlength=2 * n_cells)
+    np.right_shift(cell_side, 1, out=cell_side)  # the token's (group, token) cell
+    return Tables(
+        token=cell_side,
+        grid=True,
+        group=np.repeat(np.arange(n_groups), vocab),
+        tok=np.broadcast_to(np.arange(vocab) if ids is None else ids, (n_groups, vocab)),
+        a=rollouts[1::2],
+        b=rollouts[0::2],
+        freq_c=occurrences[1::2],
+        freq_w=occurrences[0::2],
+    )
+
+
+def _narrow(x: np.ndarray) -> np.ndarray:
+    """Non-negative integers as int32 when they fit (a repeated copy half the size), else as they are."""
+    return x.astype(np.int32) if x.shape[0] and int(x.max()) < 2**31 else x
+
+
+def _rollouts_flagged(
+    cell_side: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    traj_side: np.ndarray,
+    n_cells: int,
+    n_traj: int,
+) -> np.ndarray | None:
+    """Rollouts containing each (group, token) on each side, indexed like ``cell_side``: a token sets
+    a uint8 flag at (its trajectory's place among its group's trajectories on its side, its cell and
+    side), and the flags add up over places. None when that grid exceeds DENSE_FLAGS (groups of very
+    unequal sizes). ``cell_side`` is shifted to the flags' index and back, in place."""
+    per_side = np.bincount(traj_side)
+    depth = int(per_side.max())
+    if depth * 2 * n_cells > DENSE_FLAGS:
+        return None
+    order = np.argsort(traj_side, kind="stable")
+    place = np.empty(n_traj, dtype=np.int64)
+    place[order] = np.arange(n_traj) - np.repeat(np.cumsum(per_side) - per_side, per_side)
+    offset = np.repeat(_narrow((place * (2 * n_cells))[row_slot]), lengths)
+    seen = np.zeros(depth * 2 * n_cells, dtype=np.uint8)
+    cell_side += offset
+    seen[cell_side] = 1
+    cell_side -= offset
+    return seen.reshape(depth, 2 * n_cells).sum(axis=0, dtype=np.uint8 if depth < 256 else np.int64)
+
+
+def _rollouts_kept(
+    cell_side: np.ndarray,
+    lengths: np.ndarray,
+    row_slot: np.ndarray,
+    traj_group: np.ndarray,
+    n_cells: int,
+    vocab: int,
+    n_traj: int,
+) -> np.ndarray:
+    """``_rollouts_flagged`` for any group sizes: a (trajectory, token) grid keeps one token of each
+    pair (the one whose position it kept; any will do), and those tokens are counted."""
+    pair = cell_side >> 1  # group * vocab + token, made trajectory * vocab + token
+    pair += np.repeat(((np.arange(n_traj) - traj_group) * vocab)[row_slot], lengths)
+    position = np.arange(pair.shape[0], dtype=np.int32 if pair.shape[0] < 2**31 else np.int64)
     kept = np.empty(n_traj * vocab, dtype=position.dtype)
     kept[pair] = position
     once = kept[pair] == position
-    n_cells = n_groups * vocab
-    occurrences = np.bincount(cell_side, minlength=2 * n_cells)
-    freq_w, freq_c = occurrences[0::2], occurrences[1::2]
-    used = np.flatnonzero(freq_w + freq_c)
-    rollouts = np.bincount(cell_side, weights=once, minlength=2 * n_cells)
-    group = used // vocab
-    table_tok = used - group * vocab
-    return Tables(
-        token=cell_side >> 1,
-        cells=used,
-        group=group,
-        tok=table_tok if ids is None else ids[table_tok],
-        a=rollouts[1::2][used].astype(np.int64),
-        b=rollouts[0::2][used].astype(np.int64),
-        freq_c=freq_c[used],
-        freq_w=freq_w[used],
-    )
+    return np.bincount(cell_side[once], minlength=2 * n_cells)
 
 
 def _count_by_side(cell: np.ndarray, side: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -381,4 +516,4 @@ def _sorted_tables(
     token_table = np.empty(total, dtype=np.int64)
     token_table[order] = table_of_sorted
     first = order[table_start]
-    return Tables(token_table, None, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
+    return Tables(token_table, False, traj_group[slot[first]], tok[first], a, b, freq_c, freq_w)
