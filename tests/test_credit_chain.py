@@ -173,3 +173,41 @@ def test_a_batch_without_chain_rollouts_is_refused_with_the_config_that_gives_th
 
     with pytest.raises(MissingInputError, match="at: chain"):
         estimate("spo_chain", synthetic_batch(2, n=4, max_steps=4, seed=0))
+
+
+def test_chain_fidelity_counts_the_value_steps_and_scores_only_the_roots():
+    from agentrl.envs.maze import MazeEnv
+    from agentrl.eval.fidelity import improved_policy
+    from agentrl.eval.tree_fidelity import parse_chains, sample_tree_group, tree_fidelity
+
+    env = MazeEnv(size=3, n_doors=1, slip=0.1, max_steps=20)
+    policy = improved_policy(env, "maze-0", 0.95)
+    values = env.exact_values("maze-0", policy, 0.95)
+    trajs = sample_tree_group(env, "maze-0", "g", 2, 1, 1, policy, values, 0, np.random.default_rng(0), 2)
+    roots = [t for t in trajs if t.parent_id is None]
+    for root in roots:
+        turns = sorted(t.branch_turn for t in trajs if t.parent_id == root.traj_id)
+        assert turns == list(range(2, len(root), 2)) and root.info == {"value_only": False}
+    assert all(t.info == {"value_only": True} for t in trajs if t.parent_id is not None)
+    rows = tree_fidelity(
+        tasks=3, resamples=2, flat_sizes=(4,), chains=((2, 2, 1),), estimators=("grpo", "spo_chain")
+    )
+    by = {(r.sampling, r.estimator): r for r in rows}
+    chain = "chain 2 roots, every 2 turns x 1"
+    assert ("flat N=4", "spo_chain") not in by and ("flat N=4", "grpo") in by  # no chains there
+    assert by[(chain, "spo_chain")].rows == by[(chain, "grpo")].rows
+    assert by[(chain, "spo_chain")].rows < by[(chain, "spo_chain")].env_steps * 3 * 2  # value steps cost
+    assert np.isfinite(by[(chain, "spo_chain")].corr)
+    assert parse_chains("4x4x1, 2x2x1,") == [(4, 4, 1), (2, 2, 1)]
+    for bad in ("4x4", "4x0x1", "axbxc"):
+        with pytest.raises(ValueError, match="chains"):
+            parse_chains(bad)
+
+
+def test_the_cli_refuses_a_malformed_chain_sampling():
+    from typer.testing import CliRunner
+
+    from agentrl.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "credit", "--part", "tree", "--chains", "4x4"])
+    assert result.exit_code != 0 and "ROOTSxINTERVALxWIDTH" in result.output
