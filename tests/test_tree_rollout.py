@@ -497,3 +497,34 @@ def test_entropy_branching_without_entropies_is_a_clear_error(policy) -> None:
             branching=branching,
             action_choice="admissible",
         )
+
+
+@pytest.mark.slow
+def test_chain_training_killed_mid_run_resumes_exactly(small_maze_model_dir, tmp_path) -> None:
+    """The chain's continuations are drawn from the run's seeds alone: a run killed (SIGKILL) after a
+    checkpoint resumes to the uninterrupted run's metrics and adapter weights."""
+    from agentrl.trainers import train
+    from agentrl.trainers.metrics import read_metrics
+    from tests.test_trainer import _comparable, kill_during, tiny_run
+
+    overrides = tiny_run(
+        small_maze_model_dir,
+        **{
+            "optim.iterations": 3,
+            "algorithm.estimator": "spo_chain",
+            "rollout.max_turns": 4,
+            "rollout.branching.enabled": "true",
+            "rollout.branching.at": "chain",
+            "rollout.branching.interval": 1,
+            "rollout.branching.width": 1,
+        },
+    )
+    full_dir = train(None, tmp_path / "full", overrides)
+    full = read_metrics(full_dir / "metrics.jsonl")
+    assert any(r["value_episodes"] > 0 for r in full)
+    killed = tmp_path / "killed"
+    assert len(kill_during(killed, overrides, 2)) < 3
+    resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
+    assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]
+    name = "checkpoints/iter-000003/adapter/adapter_model.safetensors"
+    assert (killed / name).read_bytes() == (full_dir / name).read_bytes()
