@@ -534,19 +534,27 @@ def bench_credit(
     roots: int = typer.Option(4, min=1, help="tree: root episodes per task"),
     width: int = typer.Option(2, min=1, help="tree: branches per branch point"),
     points: int = typer.Option(1, min=1, help="tree: branch points per root"),
+    chains: str = typer.Option(
+        "4x4x1,2x2x1,4x4x2", help="tree: chain samplings for spo_chain, ROOTSxINTERVALxWIDTH, comma-separated"
+    ),
 ) -> None:
     """Credit benchmark: estimator speed on synthetic batches, fidelity to the maze's exact Q - V, and
     learning (every method trains the same policy on the same tasks and seeds)."""
     if part not in ("speed", "fidelity", "tree", "learning", "all"):
         raise typer.BadParameter(f"--part must be speed, fidelity, tree, learning or all, got {part!r}")
     if part == "tree":
-        from agentrl.eval.tree_fidelity import tree_fidelity, tree_fidelity_markdown
+        from agentrl.eval.tree_fidelity import parse_chains, tree_fidelity, tree_fidelity_markdown
 
+        try:
+            chain_samplings = parse_chains(chains)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
         tree_rows = tree_fidelity(
             tasks=tasks,
             roots=roots,
             width=width,
             points=points,
+            chains=chain_samplings,
             flat_sizes=[int(n) for n in group_sizes.split(",")],
             resamples=resamples,
             seed=seed,

@@ -136,7 +136,7 @@ class BranchingConfig(Section):
     enabled: bool = False
     width: int = Field(2, ge=1)  # branches per branch point
     points: int = Field(1, ge=1)  # branch points per root episode
-    at: Literal["random", "fixed", "entropy"] = "random"
+    at: Literal["random", "fixed", "entropy", "chain"] = "random"
     turns: list[int] = []  # with at: fixed
     budget: int | None = Field(None, ge=1)  # env steps per task, roots included
     resume: Literal["auto", "restore", "replay"] = "auto"
@@ -148,6 +148,9 @@ class BranchingConfig(Section):
     penalty: float = Field(0.05, ge=0.0)  # AEPO's damping per consecutive branching round
     vocab_size: int | None = Field(None, ge=2)  # the entropy's normaliser; default: the policy's
     dynamic_roots: bool = False  # AEPO's roots per task from two probe episodes, not group_size
+    # with at: chain (SPO-chain values): a boundary every interval turns, width continuations each
+    interval: int | None = Field(None, ge=1)
+    train_branches: bool = False  # train the value continuations too (default: value-only)
 
     @model_validator(mode="after")
     def _valid(self) -> BranchingConfig:
@@ -173,6 +176,8 @@ class BranchingConfig(Section):
             penalty=self.penalty,
             vocab_size=self.vocab_size,
             dynamic_roots=self.dynamic_roots,
+            interval=self.interval,
+            train_branches=self.train_branches,
         )
 
 
@@ -514,6 +519,18 @@ class TrainConfig(Section):
             raise ValueError(
                 f"rollout.overlap does not go with estimator {self.algorithm.estimator!r}: it rescores between "
                 "turn slots or draws the next tasks from the last update, which an overlapped rollout cannot wait for"
+            )
+        b = self.rollout.branching
+        if "value_only" in info.fields and not (b.enabled and b.at == "chain"):
+            raise ValueError(
+                f"estimator {self.algorithm.estimator!r} reads Monte-Carlo values from chain rollouts: set "
+                "rollout.branching.enabled: true, rollout.branching.at: chain and rollout.branching.interval"
+            )
+        if b.enabled and b.at == "chain" and not b.train_branches and info.schedule != "standard":
+            raise ValueError(
+                f"rollout.branching at: chain leaves its value continuations out of the loss through the "
+                f"'standard' update schedule, and estimator {self.algorithm.estimator!r} uses "
+                f"{info.schedule!r}; set rollout.branching.train_branches: true or choose another estimator"
             )
         if self.distributed.shard == "always":
             if self.distributed.strategy != "fsdp":

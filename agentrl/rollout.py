@@ -279,6 +279,7 @@ class Episode:
     # each; shown in the prompts' history, never steps of this episode (never trained)
     context: tuple[tuple[str, str, str], ...] = ()
     hint: Hint | None = None
+    value_only: bool | None = None  # chain rollouts: True for a continuation that only estimates a value
 
     def finish_with_error(self, error: str) -> None:
         self.error, self.truncated = error, True
@@ -348,6 +349,8 @@ class Episode:
             info["expert_turns"] = len(self.context)
         if self.hint is not None:
             info["hint_tier"], info["hint"] = self.hint.tier, self.hint.text
+        if self.value_only is not None:
+            info["value_only"] = self.value_only
         return Trajectory(
             task_id=self.task_id,
             group_id=self.group_id,
@@ -538,6 +541,14 @@ class Branching:
     AEPO's damping per consecutive branching round, ``vocab_size`` the entropy's normaliser
     (default: the policy's ``vocab_size``); ``dynamic_roots``: AEPO's number of roots per task from
     two probe episodes (``dynamic_roots``), instead of the group size.
+
+    at: "chain" estimates values for SPO-chain (``credit.spo_chain``): every root is continued from
+    each boundary turn ``interval``, 2 ``interval``, ... before its end by ``width`` episodes, whose
+    mean outcome is the value of the state there. These continuations only estimate values
+    (``Trajectory.info["value_only"]``; the trainer leaves their own turns out of the loss, as
+    VinePPO trains only its main trajectories) unless ``train_branches``, which trains them as
+    ordinary leaves. ``budget`` drops boundaries as for "random" (a root's values are then missing
+    there); ``points`` is not used.
     """
 
     width: int = 2
@@ -553,12 +564,25 @@ class Branching:
     penalty: float = 0.05
     vocab_size: int | None = None
     dynamic_roots: bool = False
+    interval: int | None = None
+    train_branches: bool = False
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.points < 1:
             raise ValueError(f"branching width and points must be >= 1, got {self.width} and {self.points}")
-        if self.at not in ("random", "fixed", "entropy"):
-            raise ValueError(f"branching 'at' must be 'random', 'fixed' or 'entropy', got {self.at!r}")
+        if self.at not in BRANCH_MODES:
+            raise ValueError(
+                f"branching 'at' must be 'random', 'fixed', 'entropy' or 'chain', got {self.at!r}"
+            )
+        if self.at == "chain" and (self.interval is None or self.interval < 1):
+            raise ValueError(
+                f"branching at chain needs interval >= 1: a value boundary every interval turns, got {self.interval!r}"
+            )
+        if self.at != "chain" and (self.interval is not None or self.train_branches):
+            raise ValueError(
+                "branching interval and train_branches are for at: chain (the other modes' branches are "
+                f"always trained), got at: {self.at}"
+            )
         if self.at == "fixed" and (not self.turns or min(self.turns) < 1):
             raise ValueError(f"branching at fixed turns needs turns >= 1, got {self.turns!r}")
         if self.budget is not None and self.budget < 1:
@@ -586,6 +610,7 @@ class Branching:
             raise ValueError(f"branching vocab_size must be >= 2, got {self.vocab_size}")
 
 
+BRANCH_MODES = ("random", "fixed", "entropy", "chain")
 ENTROPY_RULES = ("arpo", "aepo")
 AEPO_ROOT_TOKENS = 50  # AEPO's initial_entropy_tokens: the cap of the generation that measures H_root
 HEAD_TOKENS = 20  # ARPO and AEPO measure a response's uncertainty over its first 20 tokens
@@ -617,7 +642,9 @@ def _branch_points(
         if ep.error is not None or ep.env_infos is None or len(ep.steps) < 2:
             continue
         turns = np.arange(1, len(ep.steps))
-        if branching.at == "fixed":
+        if branching.at == "chain":
+            chosen = list(range(cast(int, branching.interval), len(ep.steps), cast(int, branching.interval)))
+        elif branching.at == "fixed":
             chosen = [t for t in branching.turns if t < len(ep.steps)][: branching.points]
         else:
             chosen = sorted(rng.choice(turns, size=min(branching.points, turns.size), replace=False).tolist())
@@ -903,6 +930,11 @@ def rollout(
                 branches += [
                     parent.fork(turn, f"{parent.traj_id}.b{turn}-{j}") for j in range(branching.width)
                 ]
+        if branching.at == "chain":  # every trajectory says whether it is trained
+            for ep in episodes:
+                ep.value_only = False
+            for ep in branches:
+                ep.value_only = not branching.train_branches
         _play(
             policy,
             batch,

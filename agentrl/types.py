@@ -66,7 +66,9 @@ class Trajectory:
     """One episode of one task. ``outcome`` defaults to the sum of step rewards.
 
     A branched trajectory (tree rollouts) continued ``parent_id``'s episode from its turn
-    ``branch_turn``: its first ``branch_turn`` steps are copies of the parent's."""
+    ``branch_turn``: its first ``branch_turn`` steps are copies of the parent's. Chain rollouts mark
+    every trajectory with ``info["value_only"]``: True for the continuations that only estimate a
+    value (never trained), False for the others (the ``StepBatch`` column ``value_only``)."""
 
     task_id: str
     group_id: str
@@ -336,6 +338,8 @@ class StepBatch:
     response_ids: np.ndarray | None = None  # object[R], int64 array per row: Step.response_ids (rollout)
     # int64[R]: one id per sampled step, shared by its copies in branched trajectories (info["copy_of"])
     node: np.ndarray | None = None
+    # bool[R]: the row's trajectory only estimates a value (chain rollouts, Trajectory.info["value_only"])
+    value_only: np.ndarray | None = None
 
     def column(self, name: str) -> np.ndarray:
         """An optional column that must be present (``state_key``, ``turn_reward``, ...): estimators
@@ -436,6 +440,10 @@ class StepBatch:
         node = None
         if any("copy_of" in s.info for s in steps):
             node = _nodes(trajs, starts)
+        value_only = None
+        if any("value_only" in t.info for t in trajs):
+            per_traj_value = np.array([bool(t.info.get("value_only", False)) for t in trajs], dtype=bool)
+            value_only = per_traj_value[traj_idx]
 
         per_traj_group = np.array([group_index[t.group_id] for t in trajs], dtype=np.int64)
         per_traj_outcome = np.array([t.outcome for t in trajs], dtype=np.float64)
@@ -474,6 +482,7 @@ class StepBatch:
             subgoal=subgoal,
             response_ids=response_ids,
             node=node,
+            value_only=value_only,
         )
 
     # ------------------------------------------------------------------ views

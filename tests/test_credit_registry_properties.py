@@ -46,7 +46,15 @@ def batches(draw) -> tuple[list[Trajectory], np.random.Generator]:
                 )
             trunc = draw(st.booleans())
             trajs.append(
-                Trajectory(f"task{g}", f"g{g}", f"g{g}/{i}", steps, terminated=not trunc, truncated=trunc)
+                Trajectory(
+                    f"task{g}",
+                    f"g{g}",
+                    f"g{g}/{i}",
+                    steps,
+                    terminated=not trunc,
+                    truncated=trunc,
+                    info={"value_only": draw(st.booleans())},  # chain rollouts' mark (spo_chain)
+                )
             )
     seed = draw(st.integers(0, 2**16))
     return trajs, np.random.default_rng(seed)

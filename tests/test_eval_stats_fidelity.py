@@ -101,11 +101,15 @@ def test_fidelity_measures_all_estimators_including_turn_level_and_hiper():
     assert sorted(by) == sorted(available_estimators()) and len(by) >= 23
     needs_tools = {n for n in by if "tool_call" in estimator_info(n).fields}
     needs_logits = {n for n in by if estimator_info(n).token_stats}
-    assert "hdpo" in needs_tools and "ucas" in needs_logits
-    assert len(by) - len(needs_tools) - len(needs_logits) >= 21
+    needs_chains = {n for n in by if "value_only" in estimator_info(n).fields}  # MC values: chain rollouts
+    assert "hdpo" in needs_tools and "ucas" in needs_logits and "spo_chain" in needs_chains
+    assert len(by) - len(needs_tools) - len(needs_logits) - len(needs_chains) >= 21
     for r in rows:
         if r.estimator in needs_tools:
             assert r.rows == 0 and r.note.startswith("skipped:") and "tool_call" in r.note, r
+            continue
+        if r.estimator in needs_chains:
+            assert r.rows == 0 and r.note.startswith("skipped:") and "at: chain" in r.note, r
             continue
         if r.estimator in needs_logits:
             assert r.rows == 0 and r.note.startswith("skipped:") and "token_stats" in r.note, r

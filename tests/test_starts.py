@@ -324,9 +324,12 @@ def test_expert_starts_on_other_envs_with_an_expert(name: str, kwargs: dict, fmt
         assert len(start.turns) == len(start.point.prefix.actions) >= 1
 
 
-def test_branches_grow_from_normal_starts_only(policy) -> None:
+@pytest.mark.parametrize("chain", [False, True])
+def test_branches_grow_from_normal_starts_only(policy, chain: bool) -> None:
+    """Also chain rollouts (SPO-chain): the expert starts get no value continuations and are trained."""
     from agentrl.rollout import Branching
 
+    branching = Branching(at="chain", interval=1, width=1) if chain else Branching(width=1, points=1)
     env = make("maze", **MAZE)
     start = play_expert("maze", env, "maze-2", 0, "think_action", 10).start(
         2, 2, own_group=True, resume="replay", subgoal=None
@@ -338,10 +341,20 @@ def test_branches_grow_from_normal_starts_only(policy) -> None:
         4,
         max_turns=4,
         params=PARAMS,
-        branching=Branching(width=1, points=1),
+        branching=branching,
         starts=[start],
     )
     trajs = [t for g in groups for t in g]
     assert sum("expert_turns" in t.info for t in trajs) == 2
     assert all(t.parent_id in ("g0-0", "g0-1") for t in trajs if t.parent_id is not None)
     assert any(t.parent_id is not None for t in trajs)
+    if chain:
+        import numpy as np
+
+        from agentrl.credit import estimate
+        from agentrl.types import StepBatch
+
+        assert all(t.info["value_only"] is (t.parent_id is not None) for t in trajs)
+        batch = StepBatch.from_trajectories(groups)
+        adv = estimate("spo_chain", batch).step
+        assert np.all(adv[batch.value_only] == 0.0) and np.all(np.isfinite(adv))

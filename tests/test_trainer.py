@@ -73,6 +73,13 @@ def tiny_run(model_dir, **extra) -> list[str]:
 
 ESTIMATOR_EXTRAS = {
     "hiper": {"rollout.response_format": "hiper"},
+    # SPO-chain reads chain rollouts; a boundary every 2 turns of 2-turn episodes adds no continuation,
+    # so the group keeps its 4 episodes (tests/test_tree_rollout.py trains with continuations)
+    "spo_chain": {
+        "rollout.branching.enabled": "true",
+        "rollout.branching.at": "chain",
+        "rollout.branching.interval": 2,
+    },
     "mt_grpo": {"algorithm.options": "{variant: k_turn}"},
     # HDPO counts tool turns, which the maze has none of: the calculator tool env instead
     "hdpo": {

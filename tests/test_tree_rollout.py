@@ -128,7 +128,7 @@ def test_fixed_turns_and_the_budget(policy) -> None:
     ("kwargs", "match"),
     [
         ({"width": 0}, "width and points"),
-        ({"at": "sideways"}, "'random', 'fixed' or 'entropy'"),
+        ({"at": "sideways"}, "'random', 'fixed', 'entropy' or 'chain'"),
         ({"at": "entropy"}, "trajectories >= 1"),
         ({"at": "entropy", "trajectories": 4, "budget": 10}, "leave budget unset"),
         ({"rule": "grpo"}, "rule must be one of arpo, aepo"),
@@ -136,6 +136,10 @@ def test_fixed_turns_and_the_budget(policy) -> None:
         ({"at": "fixed"}, "turns >= 1"),
         ({"budget": 0}, "budget"),
         ({"resume": "rewind"}, "resume"),
+        ({"at": "chain"}, "interval >= 1"),
+        ({"at": "chain", "interval": 0}, "interval >= 1"),
+        ({"interval": 2}, "for at: chain"),
+        ({"train_branches": True}, "for at: chain"),
     ],
 )
 def test_bad_branching_settings_are_refused(kwargs, match) -> None:
@@ -181,6 +185,110 @@ def test_branching_config_is_checked() -> None:
     )
     assert cfg.rollout.branching.build() == Branching(at="fixed", turns=(2, 3))
     assert load_config(None, []).rollout.branching.build() is None
+
+
+# ------------------------------------------------------------------ chain rollouts (SPO-chain values)
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_chain_rollouts_continue_every_root_at_each_boundary_for_values_only(policy, interval: int) -> None:
+    """Each root is continued from turns interval, 2 interval, ... before its end by width episodes,
+    which resume its env there and are marked value-only; the roots are marked trained."""
+    envs = [make("maze", **MAZE) for _ in range(3)]
+    branching = Branching(at="chain", interval=interval, width=2)
+    groups = rollout(policy, envs, ["maze-1", "maze-2"], 2, max_turns=6, params=PARAMS, branching=branching)
+    branches = check_tree(groups, group_size=2, width=2)
+    assert branches, "no root was long enough for a boundary"
+    for group in groups:
+        for t in group.trajectories:
+            assert t.info["value_only"] is (t.parent_id is not None)
+            if t.parent_id is None:
+                turns = {b.branch_turn for b in branches if b.parent_id == t.traj_id}
+                assert turns == set(range(interval, len(t), interval))
+    batch = StepBatch.from_trajectories(groups)
+    assert batch.value_only.tolist() == [t.parent_id is not None for g in groups for t in g for _ in t.steps]
+    trained = rollout(
+        policy,
+        envs,
+        ["maze-1"],
+        2,
+        max_turns=6,
+        params=PARAMS,
+        branching=Branching(at="chain", interval=1, width=1, train_branches=True),
+    )
+    assert all(t.info["value_only"] is False for t in trained[0].trajectories)
+    roots = sum(len(t) for t in trained[0].trajectories if t.parent_id is None)
+    tight = rollout(
+        policy,
+        envs,
+        ["maze-1"],
+        2,
+        max_turns=6,
+        params=PARAMS,
+        branching=Branching(at="chain", interval=1, width=1, budget=roots),
+    )
+    assert all(t.parent_id is None for t in tight[0].trajectories)  # the roots used the whole budget
+
+
+def test_chain_config_is_checked() -> None:
+    """at: chain needs an interval; spo_chain needs chain rollouts; an estimator with its own update
+    schedule (SeeUPO's turn slots, which do not leave rows out) cannot skip the value-only rows."""
+    from agentrl.config import load_config
+
+    chain = ["rollout.branching.enabled=true", "rollout.branching.at=chain"]
+    with pytest.raises(ValueError, match="interval >= 1"):
+        load_config(None, chain)
+    cfg = load_config(None, [*chain, "rollout.branching.interval=3", "algorithm.estimator=spo_chain"])
+    assert cfg.rollout.branching.build() == Branching(at="chain", interval=3)
+    with pytest.raises(ValueError, match="at: chain"):
+        load_config(None, ["algorithm.estimator=spo_chain"])
+    seeupo = [*chain, "rollout.branching.interval=3", "algorithm.estimator=seeupo"]
+    with pytest.raises(ValueError, match="train_branches"):
+        load_config(None, seeupo)
+    assert load_config(
+        None, [*seeupo, "rollout.branching.train_branches=true"]
+    ).rollout.branching.train_branches
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_branches", [False, True])
+def test_training_on_chain_rollouts(small_maze_model_dir, tmp_path, train_branches: bool) -> None:
+    """Two iterations of SPO-chain: the value continuations are counted (episodes, env steps), and
+    only the roots' tokens are trained, unless train_branches trains every sampled step once."""
+    import json
+
+    from agentrl.trainers import train
+    from agentrl.types import read_trajectories
+    from tests.test_trainer import tiny_run
+
+    overrides = tiny_run(
+        small_maze_model_dir,
+        **{
+            "algorithm.estimator": "spo_chain",
+            "rollout.max_turns": 4,
+            "rollout.branching.enabled": "true",
+            "rollout.branching.at": "chain",
+            "rollout.branching.interval": 1,
+            "rollout.branching.width": 1,
+            "rollout.branching.train_branches": str(train_branches).lower(),
+            "logging.save_trajectories": "true",
+        },
+    )
+    out = train(None, tmp_path / "run", overrides)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for it, r in enumerate(records):
+        trajs = read_trajectories(out / "trajectories" / f"iter-{it:06d}.jsonl")
+        value = [t for t in trajs if t.parent_id is not None]
+        assert r["episodes"] == 4 + r["branches"] and r["branches"] == len(value)
+        assert r["value_episodes"] == (0 if train_branches else len(value))
+        own = [s for t in value for s in t.steps if "copy_of" not in s.info]
+        assert r["value_steps"] == (0 if train_branches else len(own))
+        trained = [s for t in trajs for s in t.steps if "copy_of" not in s.info]
+        if not train_branches:
+            trained = [s for t in trajs if t.parent_id is None for s in t.steps]
+        assert r["trained_tokens"] == sum(len(s.response_ids) for s in trained)
+    assert any(r["branches"] > 0 for r in records)
 
 
 # ------------------------------------------------------------------ entropy-triggered branching
@@ -389,3 +497,34 @@ def test_entropy_branching_without_entropies_is_a_clear_error(policy) -> None:
             branching=branching,
             action_choice="admissible",
         )
+
+
+@pytest.mark.slow
+def test_chain_training_killed_mid_run_resumes_exactly(small_maze_model_dir, tmp_path) -> None:
+    """The chain's continuations are drawn from the run's seeds alone: a run killed (SIGKILL) after a
+    checkpoint resumes to the uninterrupted run's metrics and adapter weights."""
+    from agentrl.trainers import train
+    from agentrl.trainers.metrics import read_metrics
+    from tests.test_trainer import _comparable, kill_during, tiny_run
+
+    overrides = tiny_run(
+        small_maze_model_dir,
+        **{
+            "optim.iterations": 3,
+            "algorithm.estimator": "spo_chain",
+            "rollout.max_turns": 4,
+            "rollout.branching.enabled": "true",
+            "rollout.branching.at": "chain",
+            "rollout.branching.interval": 1,
+            "rollout.branching.width": 1,
+        },
+    )
+    full_dir = train(None, tmp_path / "full", overrides)
+    full = read_metrics(full_dir / "metrics.jsonl")
+    assert any(r["value_episodes"] > 0 for r in full)
+    killed = tmp_path / "killed"
+    assert len(kill_during(killed, overrides, 2)) < 3
+    resumed = read_metrics(train(None, killed, overrides) / "metrics.jsonl")
+    assert [_comparable(r) for r in resumed] == [_comparable(r) for r in full]
+    name = "checkpoints/iter-000003/adapter/adapter_model.safetensors"
+    assert (killed / name).read_bytes() == (full_dir / name).read_bytes()

@@ -88,6 +88,8 @@ FIELD_HINTS = {
     "switch": "set Step.info['switch'] to 'KEEP' or 'SWITCH' (HiPER response format)",
     "subgoal": "set Step.info['subgoal'] to the parsed subgoal text (HiPER response format)",
     "response_ids": "set Step.response_ids (the response's token ids; rollout records them)",
+    "value_only": "roll out with Monte-Carlo value continuations: rollout.branching.enabled: true, "
+    "at: chain, interval: k (Branching(at='chain', ...); they mark Trajectory.info['value_only'])",
 }
 
 

@@ -122,8 +122,13 @@ def bench_size(P: int, repeats: int, seed: int, echo: Callable[[str], Any] = pri
     trajectories = synthetic_trajectories(P, seed=seed)
     build_s, build_runs = timed(lambda: StepBatch.from_trajectories(trajectories), max(1, repeats // 2))
     batch = StepBatch.from_trajectories(trajectories)
-    # token ids for the estimators that read them (KTAE), added after the build is timed
-    batch = dataclasses.replace(batch, response_ids=synthetic_response_ids(batch, seed=seed))
+    # token ids for the estimators that read them (KTAE), and chain marks without continuations
+    # (spo_chain: every row a trained root's), added after the build is timed
+    batch = dataclasses.replace(
+        batch,
+        response_ids=synthetic_response_ids(batch, seed=seed),
+        value_only=np.zeros(len(batch), dtype=bool),
+    )
     rows = len(batch)
     target = TARGET_S.get(P)
     echo(

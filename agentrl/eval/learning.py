@@ -152,8 +152,9 @@ Progress = Callable[[str], None]
 
 def trainable_estimators(response_format: str = "think_action") -> list[str]:
     """Registered estimators whose fields and inputs the trainer can supply in ``response_format``
-    (HDPO needs a tool env's ``tool_call``); an estimator that declares its own response format runs
-    in it."""
+    (HDPO needs a tool env's ``tool_call``; SPO-chain chain rollouts, ``value_only``, whose value
+    continuations cost env steps the other methods do not get); an estimator that declares its own
+    response format runs in it."""
     out = []
     for name in available_estimators():
         info = estimator_info(name)

@@ -5,13 +5,17 @@ The maze's exact Q - V (``agentrl.eval.fidelity``) scores estimators on groups s
 - flat: N independent episodes per task (what every group method samples);
 - tree: R roots per task, then each root continued from ``points`` of its turns (uniform over
   1..len-1) by ``width`` branches that restore the env's snapshot there and copy the turns before
-  (as ``rollout(..., branching=...)`` does).
+  (as ``rollout(..., branching=...)`` does);
+- chain: R roots per task, each continued from every ``interval``-th turn by ``width`` value-only
+  episodes (``Branching(at="chain")``, for ``spo_chain``): they cost env steps and are never scored,
+  as the trainer never trains them.
 
 A step shared by several trajectories of a tree (a root's step and its copies) is one sample: it is
 scored once, with the mean of its copies' advantages (the trainer's rule, ``merge_copies``). Each
 row of the table says how many env steps per task its sampling took (copies excluded), so a tree
 can be read against the flat group of the same cost. Estimators: any outcome-based one (the
-default list compares the tree methods with GRPO and GiGPO, which run on either sampling).
+default list compares the tree methods with GRPO and GiGPO, which run on either sampling); one that
+needs another sampling (``spo_chain`` needs chains) has no row for the others.
 """
 
 from __future__ import annotations
@@ -22,20 +26,21 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agentrl.credit import estimate, estimator_info
+from agentrl.credit import MissingInputError, estimate, estimator_info
 from agentrl.envs.base import EnvSnapshot
 from agentrl.envs.maze import ExactValues, MazeEnv
 from agentrl.eval.fidelity import TablePolicy, improved_policy, row_credit
 from agentrl.trainers.schedule import merge_copies
 from agentrl.types import Step, StepBatch, Trajectory
 
-DEFAULT_ESTIMATORS = ("grpo", "gigpo", "spo_tree", "treepo", "portool")
+DEFAULT_ESTIMATORS = ("grpo", "gigpo", "spo_tree", "treepo", "portool", "spo_chain")
+DEFAULT_CHAINS = ((4, 4, 1), (2, 2, 1), (4, 4, 2))  # (roots, interval, width) of the chain samplings
 
 
 @dataclass(frozen=True)
 class TreeFidelityRow:
     estimator: str
-    sampling: str  # "flat N=8" or "tree 4 roots, 1 x 2 branches"
+    sampling: str  # "flat N=8", "tree 4 roots, 1 x 2 branches" or "chain 4 roots, every 4 turns x 1"
     env_steps: float  # sampled env steps per task (copies excluded), mean over tasks and resamples
     corr: float
     sign: float
@@ -89,21 +94,35 @@ def sample_tree_group(
     values: ExactValues,
     env_seed: int,
     rng: np.random.Generator,
+    interval: int | None = None,
 ) -> list[Trajectory]:
     """``roots`` episodes from one initial state, then ``width`` branches from ``points`` turns of each
-    (``width`` 0: a flat group). Steps hold their true advantage; copies name their sampled step."""
+    (``width`` 0: a flat group), or with ``interval`` from every ``interval``-th turn, value-only (a
+    chain; every trajectory carries ``info["value_only"]``). Steps hold their true advantage; copies
+    name their sampled step."""
     trajs: list[Trajectory] = []
+    mark = {} if interval is None else {"value_only": False}
     for i in range(roots):
         obs, info = env.reset(seed=env_seed, options={"task_id": task_id})
         snaps: dict[int, tuple[EnvSnapshot, str, dict]] = {}
         steps, term, trunc, won = _play(env, policy, values, rng, [], obs, info, snaps if width else None)
         root = Trajectory(
-            task_id, group_id, f"{group_id}/{i}", steps, terminated=term, truncated=trunc, success=won
+            task_id,
+            group_id,
+            f"{group_id}/{i}",
+            steps,
+            terminated=term,
+            truncated=trunc,
+            success=won,
+            info=dict(mark),
         )
         trajs.append(root)
         if not width or len(steps) < 2:
             continue
-        turns = rng.choice(np.arange(1, len(steps)), size=min(points, len(steps) - 1), replace=False)
+        if interval is not None:
+            turns = np.arange(interval, len(steps), interval)
+        else:
+            turns = rng.choice(np.arange(1, len(steps)), size=min(points, len(steps) - 1), replace=False)
         for k in sorted(int(t) for t in turns):
             snap, obs_k, info_k = snaps[k]
             for j in range(width):
@@ -129,6 +148,7 @@ def sample_tree_group(
                         terminated=term,
                         truncated=trunc,
                         success=won,
+                        info={} if interval is None else {"value_only": True},
                         parent_id=root.traj_id,
                         branch_turn=k,
                     )
@@ -143,6 +163,7 @@ def tree_fidelity(
     width: int = 2,
     points: int = 1,
     flat_sizes: Sequence[int] = (4, 8, 16),
+    chains: Sequence[tuple[int, int, int]] = DEFAULT_CHAINS,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     resamples: int = 10,
     gamma: float = 0.95,
@@ -158,11 +179,12 @@ def tree_fidelity(
     task_ids = list(env.task_ids())[:tasks]
     policies = {tid: improved_policy(env, tid, gamma) for tid in task_ids}
     truths = {tid: env.exact_values(tid, policies[tid], gamma) for tid in task_ids}
-    samplings = [(f"flat N={n}", n, 0) for n in flat_sizes]
-    samplings.append((f"tree {roots} roots, {points} x {width} branches", roots, width))
+    samplings: list[tuple[str, int, int, int | None]] = [(f"flat N={n}", n, 0, None) for n in flat_sizes]
+    samplings.append((f"tree {roots} roots, {points} x {width} branches", roots, width, None))
+    samplings += [(f"chain {r} roots, every {k} turns x {m}", r, m, k) for r, k, m in chains]
     rng = np.random.default_rng(seed)
     rows = []
-    for label, n_roots, w in samplings:
+    for label, n_roots, w, interval in samplings:
         est: dict[str, list[np.ndarray]] = {name: [] for name in estimators}
         true_parts, sampled = [], []
         for r in range(resamples):
@@ -179,20 +201,27 @@ def tree_fidelity(
                     truths[tid],
                     seed * 7919 + r,
                     rng,
+                    interval,
                 )
             batch = StepBatch.from_trajectories(trajs)
             steps = [s for t in trajs for s in t.steps]
             own = np.array(["copy_of" not in s.info for s in steps])
-            sampled.append(own.sum() / len(task_ids))
-            true_parts.append(np.array([s.info["true_advantage"] for s in steps])[own])
+            sampled.append(own.sum() / len(task_ids))  # value-only continuations cost steps too
+            scored = own & np.array([not t.info.get("value_only") for t in trajs for _ in t.steps])
+            true_parts.append(np.array([s.info["true_advantage"] for s in steps])[scored])
             for name in estimators:
                 cfg = {"gamma": gamma} if "gamma" in estimator_info(name).options else {}
-                adv, _ = merge_copies(batch, estimate(name, batch, **cfg))
-                est[name].append(row_credit(name, adv)[own])
+                try:
+                    adv, _ = merge_copies(batch, estimate(name, batch, **cfg))
+                except MissingInputError:  # e.g. spo_chain on a sampling without chains
+                    continue
+                est[name].append(row_credit(name, adv)[scored])
         if progress:
             progress(f"{label}: {resamples} resamples x {len(task_ids)} tasks sampled")
         true = np.concatenate(true_parts)
         for name in estimators:
+            if not est[name]:
+                continue
             e = np.concatenate(est[name])
             rows.append(
                 TreeFidelityRow(
@@ -200,6 +229,22 @@ def tree_fidelity(
                 )
             )
     return rows
+
+
+def parse_chains(text: str) -> list[tuple[int, int, int]]:
+    """Chain samplings from "4x4x1,2x2x1" (roots x interval x width each); a ValueError names the text."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            r, k, m = (int(x) for x in part.split("x"))
+        except ValueError:
+            raise ValueError(f"chains must be ROOTSxINTERVALxWIDTH, comma-separated, got {text!r}") from None
+        if min(r, k, m) < 1:
+            raise ValueError(f"chains need roots, interval and width >= 1, got {part!r}")
+        out.append((r, k, m))
+    return out
 
 
 def _corr(est: np.ndarray, true: np.ndarray) -> float:

@@ -907,6 +907,10 @@ class Trainer:
         if r.branching.enabled:  # tree rollouts: branches, and the steps actually sampled (copies excluded)
             record["branches"] = sum(t.parent_id is not None for t in trajs)
             record["steps_sampled"] = sum("copy_of" not in s.info for s in steps)
+            if r.branching.at == "chain":  # what the value-only continuations cost, in episodes and env steps
+                value = [t for t in trajs if t.info.get("value_only")]
+                record["value_episodes"] = len(value)
+                record["value_steps"] = sum("copy_of" not in s.info for t in value for s in t.steps)
         if self.starts is not None:  # their metrics; the per-task hint counters move on
             record.update(self.starts.observe(groups))
         t_update = time.time()

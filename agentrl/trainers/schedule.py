@@ -94,23 +94,30 @@ def merge_copies(
     """A sampled step and its copies in branched trajectories (``StepBatch.node``) are one sample:
     each takes the mean of the advantages they got (so the copies agree; also the ``extras`` named in
     ``channels``), and only the first row of each node is trained (the returned mask; None without
-    copies)."""
-    if batch.node is None:
+    copies). Rows of value-only trajectories (``StepBatch.value_only``: chain rollouts' Monte-Carlo
+    continuations) are never trained and leave the mean of a node that has a trained row alone."""
+    value_only = batch.value_only if batch.value_only is not None and batch.value_only.any() else None
+    if batch.node is None and value_only is None:
         return adv, None
-    _, first, code = np.unique(batch.node, return_index=True, return_inverse=True)
-    if first.size == len(batch):
+    node = batch.node if batch.node is not None else np.arange(len(batch), dtype=np.int64)
+    _, first, code = np.unique(node, return_index=True, return_inverse=True)
+    if value_only is None and first.size == len(batch):
         return adv, None
-    count = np.bincount(code).astype(np.float64)
+    keep = np.ones(len(batch), dtype=bool) if value_only is None else ~value_only
+    # the rows that count in their node's mean: the trained ones (all, in a node that has none)
+    weight = np.where(np.bincount(code, weights=keep)[code] > 0, keep, True).astype(np.float64)
+    count = np.bincount(code, weights=weight)
 
     def mean(x: np.ndarray) -> np.ndarray:
-        return (np.bincount(code, weights=x) / count)[code]
+        return (np.bincount(code, weights=x * weight) / count)[code]
 
     token = None
     if adv.token is not None:
         token = list(adv.token)
-        for node in np.flatnonzero(count > 1):
-            rows = np.flatnonzero(code == node)
-            avg = np.mean([np.asarray(adv.token[r], dtype=np.float64) for r in rows], axis=0)
+        for n in np.flatnonzero(np.bincount(code) > 1):
+            rows = np.flatnonzero(code == n)
+            counted = rows[weight[rows] > 0]
+            avg = np.mean([np.asarray(adv.token[r], dtype=np.float64) for r in counted], axis=0)
             for r in rows:
                 token[r] = avg
     merged = Advantages(
@@ -121,7 +128,8 @@ def merge_copies(
         token=token,
     )
     trained = np.zeros(len(batch), dtype=bool)
-    trained[first] = True
+    kept = np.flatnonzero(keep)
+    trained[kept[np.unique(code[kept], return_index=True)[1]]] = True
     return merged, trained
 
 
