@@ -391,6 +391,10 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
+    # per RL iteration: constant, or cosine from lr down to 0 over the iterations (after a linear
+    # warm-up over the first warmup_ratio of them); critic_lr follows the same factor
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
 
 
 class SFTConfig(Section):

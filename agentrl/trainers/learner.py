@@ -170,6 +170,7 @@ class Learner:
                 }
             )
         self.optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, betas=betas)
+        self._base_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
         half = base_dtype(policy.model) in HALF_DTYPES
         self.old_in_update_batches = settings.old_logprobs == "update_batches" or (
             settings.old_logprobs == "auto" and half
@@ -181,6 +182,12 @@ class Learner:
         # overlapped rollout): ``score`` then scores under it, so old log-probs are the behaviour
         # policy's and the PPO ratio is current / behaviour
         self.behaviour: list[torch.Tensor] | None = None
+
+    def scale_lr(self, factor: float) -> None:
+        """Every parameter group's learning rate = its base rate x ``factor`` (a schedule's value for
+        this iteration; a function of the iteration alone, so a resumed run sets the same rates)."""
+        for group, base in zip(self.optimizer.param_groups, self._base_lr):
+            group["lr"] = base * factor
 
     def snapshot(self) -> list[torch.Tensor]:
         """A copy of the trained adapter weights (e.g. those a rollout is about to sample with)."""

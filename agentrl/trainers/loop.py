@@ -61,7 +61,7 @@ from agentrl.trainers.learner import Learner, UpdateSettings
 from agentrl.trainers.metrics import MetricsWriter
 from agentrl.trainers.samples import TokenSamples, build_samples, steps_in_row_order
 from agentrl.trainers.schedule import merge_copies, run_update
-from agentrl.trainers.sft import expert_demonstrations, expert_env, sft_train
+from agentrl.trainers.sft import expert_demonstrations, expert_env, lr_factor, sft_train
 from agentrl.trainers.starts import Starts, plain_episodes
 from agentrl.trainers.values import value_heads_for
 from agentrl.types import StepBatch, TrajectoryGroup, write_trajectories
@@ -926,6 +926,10 @@ class Trainer:
                 value_heads=info.value_heads,
             )
             update_rng = derive_rng(cfg.seed, it, 1)
+            if cfg.optim.lr_schedule != "constant" or cfg.optim.warmup_ratio > 0:
+                factor = lr_factor(cfg.optim.lr_schedule, cfg.optim.iterations, cfg.optim.warmup_ratio)(it)
+                self.learner.scale_lr(factor)
+                record["lr"] = cfg.optim.lr * factor
             options = dict(a.options)
             state: dict[str, Any] = {}
             if info.stateful:  # updated in place by the estimator, then kept as a checkpoint keeps it
