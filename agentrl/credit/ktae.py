@@ -53,7 +53,8 @@ Measured with ``bench/credit_speed.py --sizes 128 --repeats 5`` (42.7k rows, 1.2
 ids; the time of ``estimate``, with its ~10 ms check of the per-token outputs) on a shared 2-core
 machine, alternating with the version before: at load 5.7-6.7, median 0.061-0.063 s of CPU
 (0.089-0.090 s wall) per call against 0.099-0.103 s (0.146-0.153 s wall); at load 7-7.5, wall
-medians 0.091-0.109 s against 0.150-0.160 s. Best step times: 6 ms joining the rows' ids, 10 ms the
+medians 0.091-0.109 s against 0.150-0.160 s; on a quiet machine (load 0.1) 0.061 s wall (the
+version before: 0.128 s). Best step times: 6 ms joining the rows' ids, 10 ms the
 tables, 7 ms the keys, 7 ms the per-row outputs. With large counts (Zipf-like ids) keys go table by
 table, as fast as before. Tests compare with a per-group loop over token values, with
 ``scipy.stats.fisher_exact`` and, bitwise on every way of counting, with the earlier one-argsort
