@@ -1,6 +1,8 @@
 """Frozen copy of agentrl/credit/ktae.py as it was before its dense-counting rewrite (one argsort over
 the batch's (group, token, trajectory) codes): the vectorised estimator must give the same outputs.
-``reference_ktae`` takes a canonical batch (``batch.take(batch.canonical_order())``); not registered."""
+``reference_ktae`` takes a canonical batch (``batch.take(batch.canonical_order())``); not registered.
+Fisher's test, the information gain and the source's constants are the module's own (the rewrite
+changed how tables are counted, not these; they are checked against scipy and a per-group loop)."""
 
 from __future__ import annotations
 
@@ -8,64 +10,18 @@ import numpy as np
 
 from agentrl.credit.base import Advantages
 from agentrl.credit.grpo import episode_advantage
+from agentrl.credit.ktae import (  # the per-table statistics, unchanged by the rewrite (tested against scipy)
+    COHEN_EPS,
+    K1,
+    TF_EPS,
+    B,
+    fisher_two_sided,
+    information_gain,
+)
 from agentrl.credit.ops import check_choice, check_finite, layout
 from agentrl.types import StepBatch
 
-K1, B = 2.0, 0.5  # BM25 constants of the source's compute_tf
-TF_EPS = 1e-5  # the source's guard in tf_c/(tf_w + 1e-5)
-COHEN_EPS = 1e-10  # the source's guard in a/(a + c + 1e-10)
-FISHER_RTOL = 1e-7  # ties in Fisher's two-sided test (as scipy.stats.fisher_exact)
 PACK_LIMIT = 2**62  # (group, token, trajectory) packed in one int64 below this, else a lexsort
-
-
-def _log_factorials(n: int) -> np.ndarray:
-    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
-
-
-def fisher_two_sided(
-    a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fisher's exact two-sided p-value of each 2x2 table [[a, b], [c, d]] (integer counts), and whether
-    every table with the same margins counts as at least as extreme (p = 1 exactly)."""
-    a, b, c, d = (np.asarray(x, dtype=np.int64) for x in (a, b, c, d))
-    r1, c1, n = a + b, a + c, a + b + c + d
-    if a.size == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    lf = _log_factorials(int(n.max()))
-    lo, hi = np.maximum(0, r1 + c1 - n), np.minimum(r1, c1)
-    k = lo[:, None] + np.arange(int((hi - lo).max()) + 1)[None, :]
-    inside = k <= hi[:, None]
-    kk = np.where(inside, k, lo[:, None])
-
-    def log_p(x: np.ndarray) -> np.ndarray:
-        # hypergeometric: C(c1, x) C(n - c1, r1 - x) / C(n, r1)
-        c1_, r1_, n_ = (np.expand_dims(v, -1) if x.ndim == 2 else v for v in (c1, r1, n))
-        return (lf[c1_] - lf[x] - lf[c1_ - x] + lf[n_ - c1_] - lf[r1_ - x] - lf[n_ - c1_ - r1_ + x]) - (
-            lf[n_] - lf[r1_] - lf[n_ - r1_]
-        )
-
-    lp, lp_obs = log_p(kk), log_p(a)
-    extreme = inside & (lp <= lp_obs[:, None] + FISHER_RTOL)
-    p = np.minimum(np.where(extreme, np.exp(lp), 0.0).sum(axis=1), 1.0)
-    return p, extreme.sum(axis=1) == inside.sum(axis=1)
-
-
-def information_gain(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """H(Y) - H(Y | X) in bits for the table [[a, b], [c, d]] (rows: X = contains / not; columns: Y)."""
-    a, b, c, d = (np.asarray(x, dtype=np.float64) for x in (a, b, c, d))
-    n = a + b + c + d
-
-    def h2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        tot = x + y
-        out = np.zeros_like(tot)
-        for part in (x, y):
-            q = np.divide(part, tot, out=np.zeros_like(tot), where=tot > 0)
-            out -= np.where(q > 0, q * np.log2(np.where(q > 0, q, 1.0)), 0.0)
-        return out
-
-    safe_n = np.where(n > 0, n, 1.0)
-    ig = h2(a + c, b + d) - ((a + b) / safe_n) * h2(a, b) - ((c + d) / safe_n) * h2(c, d)
-    return np.where(n > 0, ig, 0.0)
 
 
 def key_scores(
