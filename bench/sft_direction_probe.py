@@ -67,7 +67,6 @@ def _rewrite(response: str, variant: str) -> str:
 
 
 def _demos(env: Any, task_ids: list[str], variant: str, seed: int) -> list[Any]:
-    import agentrl.agents.prompts as prompts
     from agentrl.agents import get_format
     from agentrl.agents.prompts import StepPrompt
     from agentrl.trainers.sft import expert_demonstrations
@@ -77,17 +76,13 @@ def _demos(env: Any, task_ids: list[str], variant: str, seed: int) -> list[Any]:
     if variant == "ta_longsys":
         system = f"{SYSTEM}\n{get_format('hiper').instructions}"
     builder = StepPrompt(history_k=0, response_format=fmt, system_prompt=system)
-    if variant == "hiper_noinstr":
-        original = prompts._system
-        prompts._system = lambda system_prompt, response_format, tools=None: system_prompt or ""
-        try:
-            demos = expert_demonstrations("maze", env, task_ids, builder, seed=seed)
-        finally:
-            prompts._system = original
-    else:
-        demos = expert_demonstrations("maze", env, task_ids, builder, seed=seed)
+    demos = expert_demonstrations("maze", env, task_ids, builder, seed=seed)
     for d in demos:
         d.response = _rewrite(d.response, variant)
+        if variant == "hiper_noinstr":  # the system message without the format's instruction
+            for m in d.messages:
+                if m["role"] == "system":
+                    m["content"] = system
         if variant == "hiper_nosubline":
             for m in d.messages:
                 m["content"] = "\n".join(
