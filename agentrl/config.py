@@ -50,6 +50,17 @@ class TinyModelConfig(Section):
     max_positions: int = Field(2048, ge=64)  # the context: BFCL's prompts (every API's schema) need ~8k
     corpus_tasks: int = Field(50, ge=1)
     seed: int = 0
+    # strings the tokenizer keeps as one token each, like the format tags (e.g. [KEEP, SWITCH] for
+    # hiper: spelt in bytes, they stop the maze model learning which way to go)
+    whole_words: list[str] = []
+
+    @field_validator("whole_words")
+    @classmethod
+    def _words(cls, v: list[str]) -> list[str]:
+        bad = [w for w in v if not w or w != w.strip()]
+        if bad:
+            raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {bad}")
+        return v
 
 
 class ModelConfig(Section):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from agentrl.config import TinyModelConfig
 from agentrl.agents import StepPrompt
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
@@ -142,6 +143,26 @@ def test_tiny_tokenizer_rejects_bad_input():
         train_tokenizer([])
     with pytest.raises(ValueError, match="vocab_size must be >="):
         train_tokenizer(["abc"], vocab_size=100)
+    with pytest.raises(ValueError, match="whole_words must be non-empty"):
+        train_tokenizer(["abc"], whole_words=["KEEP", " SWITCH"])
+    with pytest.raises(ValueError, match="whole_words must be non-empty"):
+        TinyModelConfig(whole_words=[""])
+
+
+def test_tiny_tokenizer_whole_words_are_one_token_and_cost_merges_not_size():
+    corpus = maze_corpus() + format_corpus()
+    plain = train_tokenizer(corpus, vocab_size=384)
+    words = train_tokenizer(corpus, vocab_size=384, whole_words=["KEEP", "SWITCH", "<action>"])
+    text = "<switch>KEEP</switch><subgoal>x</subgoal><action>go east</action><switch>SWITCH</switch>"
+    assert plain.tokenize("KEEP") == ["K", "E", "E", "P"]  # once in the corpus: spelt in bytes
+    assert words.tokenize(text)[:3] == ["<switch>", "KEEP", "</switch>"]
+    assert words.tokenize(text)[-2] == "SWITCH"
+    assert words.decode(words(text, add_special_tokens=False)["input_ids"]) == text
+    # the same size: each added word (a format tag already is one) takes the place of the last merge
+    assert len(words) == len(plain) == 384
+    assert train_tokenizer(corpus, vocab_size=384, whole_words=[]).backend_tokenizer.to_str() == (
+        plain.backend_tokenizer.to_str()
+    )
 
 
 def test_tiny_model_builds_saves_loads_deterministically(model_dir, tmp_path):

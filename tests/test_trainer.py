@@ -581,12 +581,15 @@ def test_value_features_are_read_at_their_positions():
 
 
 def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
+    from transformers import AutoTokenizer
+
     overrides = [
         "model.device=cpu",
         "model.tiny.vocab_size=384",
         "model.tiny.layers=1",
         "model.tiny.hidden=32",
         "model.tiny.corpus_tasks=10",
+        "model.tiny.whole_words=[KEEP]",
         "env.kwargs={size: 2, n_doors: 1, max_steps: 4, num_tasks: 60}",
         "env.train_tasks.count=40",
         "env.num_envs=4",
@@ -624,7 +627,8 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
     )
     sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
     assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
-    assert (run / "tiny-model" / "tokenizer.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(run / "tiny-model")
+    assert tokenizer.tokenize("<switch>KEEP</switch>") == ["<switch>", "KEEP", "</switch>"]
 
 
 @pytest.mark.slow

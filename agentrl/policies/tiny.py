@@ -90,10 +90,19 @@ def env_corpus(env: Any, task_ids: Sequence[str], *, steps_per_task: int = 10, s
     return texts
 
 
-def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> Any:
+def train_tokenizer(
+    corpus_texts: Iterable[str],
+    vocab_size: int = 512,
+    min_frequency: int = 2,
+    whole_words: Sequence[str] = (),
+) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus_texts`` with ChatML specials.
 
     Byte-level means any text round-trips, including characters never seen in the corpus.
+    ``whole_words``: strings kept as one token each, added like the format tags (``FORMAT_TOKENS``)
+    within ``vocab_size``. A word the corpus holds too rarely to merge is otherwise spelt in bytes:
+    HiPER's ``KEEP``, spelt ``K E E P`` in every response, stops the maze model learning which way
+    to go (docs/benchmarks.md, "HiPER's warm start").
     """
     from tokenizers import (
         AddedToken,
@@ -110,10 +119,14 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
     texts = [t for t in corpus_texts if isinstance(t, str) and t]
     if not texts:
         raise ValueError("corpus_texts is empty: the tokenizer needs some text to learn merges from")
-    n_base = 256 + len(SPECIAL_TOKENS) + len(FORMAT_TOKENS)
+    for word in whole_words:
+        if not isinstance(word, str) or not word or word != word.strip():
+            raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {word!r}")
+    added = list(dict.fromkeys([*FORMAT_TOKENS, *whole_words]))
+    n_base = 256 + len(SPECIAL_TOKENS) + len(added)
     if vocab_size < n_base:
         raise ValueError(
-            f"vocab_size must be >= {n_base} (256 bytes + special and format tokens), got {vocab_size}"
+            f"vocab_size must be >= {n_base} (256 bytes + special, format and whole-word tokens), got {vocab_size}"
         )
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -125,14 +138,14 @@ def train_tokenizer(corpus_texts: Iterable[str], vocab_size: int = 512, min_freq
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(FORMAT_TOKENS),
+        vocab_size=vocab_size - len(added),
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=IM_END,
@@ -250,6 +263,7 @@ def build_tiny_model(
     seed: int = 0,
     full_vocab: int | None = None,
     dtype: str | None = None,
+    whole_words: Sequence[str] = (),
 ) -> Path:
     """Train a tokenizer on ``corpus_texts`` (+ ``format_corpus()``), random-init a Qwen2, save both.
 
@@ -257,12 +271,15 @@ def build_tiny_model(
     ``from_pretrained`` loads like any real model. ``full_vocab``: grow the trained tokenizer to
     exactly this many entries (``widen_tokenizer``; 151,936 for a Qwen2.5-shaped benchmark model).
     ``dtype`` (e.g. ``"bfloat16"``): the weights are saved in it (half the disk of a 1.5B model).
+    ``whole_words``: kept as one token each (``train_tokenizer``).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     out = Path(out_dir)
-    tokenizer = train_tokenizer([*corpus_texts, *format_corpus()], vocab_size=vocab_size)
+    tokenizer = train_tokenizer(
+        [*corpus_texts, *format_corpus()], vocab_size=vocab_size, whole_words=whole_words
+    )
     if full_vocab is not None:
         tokenizer = widen_tokenizer(tokenizer, full_vocab)
     tokenizer.model_max_length = max_positions

@@ -261,6 +261,7 @@ class Trainer:
                 kv_heads=tiny.kv_heads,
                 max_positions=tiny.max_positions,
                 seed=tiny.seed,
+                whole_words=tiny.whole_words,
             )
             os.replace(tmp, out)
         self.dist.barrier()
