@@ -22,11 +22,16 @@ Variants (``think_action`` and ``hiper`` are the formats as the benchmark writes
 | ``ta_longsys`` | think_action's plus hiper's instruction | think_action's |
 | ``ta_tail`` | think_action's | think_action's followed by ``<switch>KEEP</switch><subgoal>reach the goal</subgoal>`` |
 
+``--tail TEXT`` replaces ta_tail's suffix; ``--whole-words KEEP,SWITCH`` trains the tokenizer with
+those words as single tokens (``model.tiny.whole_words``).
+
 One process per variant, one torch thread, about 3 minutes each on a quiet core. Figures only:
 nothing is asserted.
 
     .venv/bin/python bench/sft_direction_probe.py                       # every variant, seed 0
     .venv/bin/python bench/sft_direction_probe.py --variants hiper,ta_tail --seed 1
+    .venv/bin/python bench/sft_direction_probe.py --variants ta_tail --tail '<switch>KEEP</switch>'
+    .venv/bin/python bench/sft_direction_probe.py --variants hiper --whole-words KEEP,SWITCH --epochs 2
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ SYSTEM = "Reach the goal room."
 HIPER_TAIL = "<switch>KEEP</switch><subgoal>reach the goal</subgoal>"
 
 
-def _rewrite(response: str, variant: str) -> str:
+def _rewrite(response: str, variant: str, tail: str = HIPER_TAIL) -> str:
     """The expert's response as ``variant`` writes it."""
     if variant == "hiper_nosub" and "KEEP" in response:
         return re.sub(r"<subgoal>.*?</subgoal>", "", response)
@@ -62,11 +67,11 @@ def _rewrite(response: str, variant: str) -> str:
             raise ValueError(f"not a hiper response: {response!r}")
         return m.group(2) + m.group(1)
     if variant == "ta_tail":
-        return response + HIPER_TAIL
+        return response + tail
     return response
 
 
-def _demos(env: Any, task_ids: list[str], variant: str, seed: int) -> list[Any]:
+def _demos(env: Any, task_ids: list[str], variant: str, seed: int, tail: str = HIPER_TAIL) -> list[Any]:
     from agentrl.agents import get_format
     from agentrl.agents.prompts import StepPrompt
     from agentrl.trainers.sft import expert_demonstrations
@@ -78,7 +83,7 @@ def _demos(env: Any, task_ids: list[str], variant: str, seed: int) -> list[Any]:
     builder = StepPrompt(history_k=0, response_format=fmt, system_prompt=system)
     demos = expert_demonstrations("maze", env, task_ids, builder, seed=seed)
     for d in demos:
-        d.response = _rewrite(d.response, variant)
+        d.response = _rewrite(d.response, variant, tail)
         if variant == "hiper_noinstr":  # the system message without the format's instruction
             for m in d.messages:
                 if m["role"] == "system":
@@ -91,7 +96,14 @@ def _demos(env: Any, task_ids: list[str], variant: str, seed: int) -> list[Any]:
     return demos
 
 
-def probe(variant: str, seed: int, epochs: int, work: Path) -> dict[str, float]:
+def probe(
+    variant: str,
+    seed: int,
+    epochs: int,
+    work: Path,
+    tail: str = HIPER_TAIL,
+    whole_words: tuple[str, ...] = (),
+) -> dict[str, float]:
     """Train one variant and return its SFT loss and held-out token / direction NLLs."""
     import numpy as np
     import torch
@@ -105,12 +117,22 @@ def probe(variant: str, seed: int, epochs: int, work: Path) -> dict[str, float]:
     torch.set_num_threads(1)
     env = make("maze", **MAZE)
     ids = [str(t) for t in env.task_ids()]
-    base = work / "tiny-model"
+    base = work / f"tiny-model-{'-'.join(whole_words)}"
     if not (base / "config.json").exists():
         corpus = env_corpus(env, ids[:50], steps_per_task=10, seed=0)
-        build_tiny_model(base, corpus, vocab_size=512, layers=2, hidden=128, heads=4, kv_heads=2, seed=0)
-    train = _demos(env, ids[:1600], variant, seed)
-    held = _demos(env, ids[1800:2000], variant, seed + 10_000)[:600]
+        build_tiny_model(
+            base,
+            corpus,
+            vocab_size=512,
+            layers=2,
+            hidden=128,
+            heads=4,
+            kv_heads=2,
+            seed=0,
+            whole_words=whole_words,
+        )
+    train = _demos(env, ids[:1600], variant, seed, tail)
+    held = _demos(env, ids[1800:2000], variant, seed + 10_000, tail)[:600]
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     torch.manual_seed(seed)
@@ -142,16 +164,22 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; default: all")
     parser.add_argument("--seed", type=int, default=0, help="SFT data order and expert resets")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--tail", default=HIPER_TAIL, help="ta_tail's suffix")
+    parser.add_argument("--whole-words", default="", help="comma-separated words kept as one token each")
     args = parser.parse_args()
+    words = tuple(w for w in args.whole_words.split(",") if w)
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         for v in variants:
-            r = probe(v, args.seed, args.epochs, Path(tmp))
+            r = probe(v, args.seed, args.epochs, Path(tmp), args.tail, words)
+            extra = (f" tail {args.tail!r}" if v == "ta_tail" else "") + (
+                f" whole words {words}" if words else ""
+            )
             print(
-                f"{v:16s} seed {args.seed} epochs {args.epochs}: SFT loss {r['sft_loss_last']:.3f}, held-out "
+                f"{v:16s} seed {args.seed} epochs {args.epochs}{extra}: SFT loss {r['sft_loss_last']:.3f}, held-out "
                 f"NLL/token {r['token_nll']:.3f}, direction NLL {r['direction_nll']:.3f} "
                 f"({int(r['direction_steps'])} moves)",
                 flush=True,

@@ -18,6 +18,7 @@ from agentrl.eval.learning import (
     BUILTIN_CONFIG,
     FAMILIES,
     credit_learning,
+    format_warm_start,
     method_overrides,
     paired_differences,
     ranking,
@@ -389,3 +390,28 @@ def test_bad_family_and_mixed_sources_are_refused(tmp_path, tiny_config):
         credit_learning(tmp_path, config=tiny_config, jobs=0)
     with pytest.raises(ConfigError, match="distinct"):
         credit_learning(tmp_path, config=tiny_config, seeds=[0, 0])
+
+
+@pytest.mark.slow
+def test_hiper_warm_start_has_its_own_tokenizer_and_the_others_keep_theirs(tiny_config, tmp_path):
+    from transformers import AutoTokenizer
+
+    # hiper first: its own tiny model must not become the one the think_action methods share
+    result = credit_learning(
+        tmp_path, config=tiny_config, estimators=["hiper", "grpo"], seeds=[0], iterations=1
+    )
+    seed = tmp_path / "tiny" / "seed0"
+    own = AutoTokenizer.from_pretrained(seed / "warm-hiper" / "tiny-model")
+    shared = AutoTokenizer.from_pretrained(seed / "warm-think_action" / "tiny-model")
+    assert own.tokenize("<switch>KEEP</switch>") == ["<switch>", "KEEP", "</switch>"]
+    assert "KEEP" not in shared.tokenize("<switch>KEEP</switch>")  # the family's tokenizer, as before
+    warm = yaml.safe_load((seed / "warm-hiper" / "config.yaml").read_text())
+    assert warm["model"]["tiny"]["whole_words"] == ["KEEP", "SWITCH"] and warm["model"]["path"] is None
+    assert warm["sft"]["epochs"] == 6  # the family's 6 epochs are more than hiper's floor of 2
+    for name, fmt in (("hiper", "hiper"), ("grpo", "think_action")):
+        cfg = yaml.safe_load((seed / name / "config.yaml").read_text())
+        assert cfg["model"]["path"] == str(seed / f"warm-{fmt}" / "sft-model")
+    assert set(result["families"]["tiny"]["methods"]) == {"hiper", "grpo"}
+    base = load_config(tiny_config, ["sft.epochs=1"])
+    assert format_warm_start("hiper", base) == ["model.tiny.whole_words=[KEEP, SWITCH]", "sft.epochs=2"]
+    assert format_warm_start("think_action", base) == []

@@ -37,7 +37,9 @@ from agentrl.stats import t95, t_mean, wilson
 __all__ = [
     "BUILTIN_CONFIG",
     "FAMILIES",
+    "FORMAT_WARM_START",
     "credit_learning",
+    "format_warm_start",
     "learning_markdown",
     "learning_plot",
     "method_overrides",
@@ -140,6 +142,12 @@ _MAZE_LONG: dict[str, Any] = {
 FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
 BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
+# A response format's warm start beyond the family's config: words its tiny tokenizer keeps whole,
+# and the fewest SFT epochs. hiper: its tags' words spelt in bytes (``K E E P``) stop the tiny
+# model learning which way to go; with them as tokens it learns in the second SFT epoch
+# (docs/benchmarks.md, "HiPER's warm start"). A format listed here builds its own tiny model, so
+# the other methods' warm start (and their figures) stay as they were.
+FORMAT_WARM_START: dict[str, tuple[list[str], int]] = {"hiper": (["KEEP", "SWITCH"], 2)}
 
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
 # rollout.turn_reward=valid, response token ids from rollout; the response format adds its own
@@ -178,6 +186,19 @@ def method_overrides(estimator: str, base: TrainConfig) -> list[str]:
         options = info.options_if_missing["tool_call"]
         out.append("algorithm.options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}")
     return out
+
+
+def format_warm_start(fmt: str, base: TrainConfig) -> list[str]:
+    """The overrides ``fmt``'s warm start adds to the family's config (``FORMAT_WARM_START``)."""
+    if fmt not in FORMAT_WARM_START:
+        return []
+    words, min_epochs = FORMAT_WARM_START[fmt]
+    return [f"model.tiny.whole_words=[{', '.join(words)}]", f"sft.epochs={max(min_epochs, base.sft.epochs)}"]
+
+
+def _own_tiny(plan: _Plan, fmt: str) -> bool:
+    """Whether ``fmt``'s warm start builds its own tiny model rather than sharing the seed's."""
+    return plan.base.model.path is None and fmt in FORMAT_WARM_START
 
 
 def _response_format(estimator: str, base: TrainConfig) -> str:
@@ -303,8 +324,10 @@ def credit_learning(
             common
             + method_overrides(estimator, plan.base)
             + [f"seed={seed}", f"model.tiny.seed={seed}", "optim.iterations=0"]
+            + format_warm_start(fmt, plan.base)
         )
-        ov += [f"model.path={tiny[(plan.family, seed)]}"] if tiny[(plan.family, seed)] is not None else []
+        shared = tiny[(plan.family, seed)]
+        ov += [f"model.path={shared}"] if shared is not None and not _own_tiny(plan, fmt) else []
         return _Job(
             f"{plan.family} seed {seed} warm start ({fmt})",
             plan.config_path,
@@ -353,11 +376,11 @@ def credit_learning(
         kind, plan, seed, what = job.tag
         elapsed = f"elapsed {_clock(time.time() - t_start)}"
         if kind == "warm":
-            if tiny[(plan.family, seed)] is None:
-                tiny[(plan.family, seed)] = str(job.run_dir / "tiny-model")
-            start = (
-                str(job.run_dir / "sft-model") if plan.base.sft.enabled else str(tiny[(plan.family, seed)])
-            )
+            built = str(job.run_dir / "tiny-model")
+            if tiny[(plan.family, seed)] is None and not _own_tiny(plan, what):
+                tiny[(plan.family, seed)] = built
+            model = built if _own_tiny(plan, what) else tiny[(plan.family, seed)]
+            start = str(job.run_dir / "sft-model") if plan.base.sft.enabled else str(model)
             starts[(plan.family, seed, what)] = start
             warm[f"{plan.family}/seed{seed}/{what}"] = {
                 "family": plan.family,
