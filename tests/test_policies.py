@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from agentrl.config import TinyModelConfig
 from agentrl.agents import StepPrompt
+from agentrl.config import TinyModelConfig
 from agentrl.envs.maze import MazeEnv
 from agentrl.policies import POLICIES, Generation, Policy, SamplingParams, make_policy
 from agentrl.policies.hf import HFPolicy, LoraSettings
