@@ -57,9 +57,9 @@ class TinyModelConfig(Section):
     @field_validator("whole_words")
     @classmethod
     def _words(cls, v: list[str]) -> list[str]:
-        bad = [w for w in v if not w or w != w.strip()]
-        if bad:
-            raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {bad}")
+        from agentrl.policies.tiny import check_whole_words
+
+        check_whole_words(v)
         return v
 
 

@@ -627,6 +627,7 @@ def test_tiny_path_sft_then_rl_writes_before_and_after(tmp_path):
     )
     sft = json.loads((run / "sft-model" / "sft_stats.json").read_text())
     assert sft["sft_loss_last"] < sft["sft_loss_first"] and sft["sft_samples"] >= 30
+    assert (run / "tiny-model" / "tokenizer.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(run / "tiny-model")
     assert tokenizer.tokenize("<switch>KEEP</switch>") == ["<switch>", "KEEP", "</switch>"]
 

@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_TOKENS",
     "SPECIAL_TOKENS",
     "build_tiny_model",
+    "check_whole_words",
     "env_corpus",
     "format_corpus",
     "tiny_qwen2_config",
@@ -90,6 +91,13 @@ def env_corpus(env: Any, task_ids: Sequence[str], *, steps_per_task: int = 10, s
     return texts
 
 
+def check_whole_words(words: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every word is a non-empty string without outer whitespace."""
+    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip()]
+    if bad:
+        raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {bad}")
+
+
 def train_tokenizer(
     corpus_texts: Iterable[str],
     vocab_size: int = 512,
@@ -119,9 +127,7 @@ def train_tokenizer(
     texts = [t for t in corpus_texts if isinstance(t, str) and t]
     if not texts:
         raise ValueError("corpus_texts is empty: the tokenizer needs some text to learn merges from")
-    for word in whole_words:
-        if not isinstance(word, str) or not word or word != word.strip():
-            raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {word!r}")
+    check_whole_words(whole_words)
     added = list(dict.fromkeys([*FORMAT_TOKENS, *whole_words]))
     n_base = 256 + len(SPECIAL_TOKENS) + len(added)
     if vocab_size < n_base:
