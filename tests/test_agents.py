@@ -10,6 +10,7 @@ import pytest
 from agentrl.agents import (
     RESPONSE_FORMATS,
     ChatPrompt,
+    ResponseFormat,
     StepPrompt,
     get_format,
     parse_hiper,
@@ -208,6 +209,13 @@ def test_format_registry():
     assert "<action>" in get_format("think_action").instructions
     with pytest.raises(KeyError, match="unknown response format 'xml'.*hiper"):
         parse_response("x", "xml")
+    # what a tiny model needs to learn the format, read by the credit benchmark's warm start
+    assert get_format("hiper").whole_words == ("KEEP", "SWITCH") and get_format("hiper").min_sft_epochs == 2
+    assert get_format("think_action").whole_words == () and get_format("think_action").min_sft_epochs == 1
+    with pytest.raises(ValueError, match="min_sft_epochs"):
+        ResponseFormat("x", "", parse_think_action, min_sft_epochs=0)
+    with pytest.raises(ValueError, match="whole_words.*' KEEP'"):
+        ResponseFormat("x", "", parse_think_action, whole_words=(" KEEP",))
 
 
 # ----------------------------------------------------------------------------- spans

@@ -185,6 +185,13 @@ def test_method_overrides_make_every_estimator_trainable_on_the_builtin_config(t
     assert load_config(path, method_overrides("hiper", base)).rollout.max_new_tokens == 24
     assert load_config(path, method_overrides("mt_grpo", base)).algorithm.options == {"variant": "k_turn"}
     assert load_config(path, method_overrides("gigpo", base)).algorithm.options == {}
+    # the rate a method declares at registration, as a multiple of the family's
+    assert estimator_info("hiper").benchmark_lr_scale == 0.5
+    assert load_config(path, method_overrides("hiper", base)).optim.lr == pytest.approx(0.5 * base.optim.lr)
+    rated = [n for n in trainable_estimators() if estimator_info(n).benchmark_lr_scale != 1.0]
+    for name in trainable_estimators():
+        lr = load_config(path, method_overrides(name, base)).optim.lr
+        assert (lr != base.optim.lr) == (name in rated)
 
 
 def test_bad_estimator_fails_before_training(tmp_path, tiny_config):
@@ -408,9 +415,11 @@ def test_hiper_warm_start_has_its_own_tokenizer_and_the_others_keep_theirs(tiny_
     warm = yaml.safe_load((seed / "warm-hiper" / "config.yaml").read_text())
     assert warm["model"]["tiny"]["whole_words"] == ["KEEP", "SWITCH"] and warm["model"]["path"] is None
     assert warm["sft"]["epochs"] == 6  # the family's 6 epochs are more than hiper's floor of 2
-    for name, fmt in (("hiper", "hiper"), ("grpo", "think_action")):
+    family_lr = load_config(tiny_config).optim.lr
+    for name, fmt, lr in (("hiper", "hiper", 0.5 * family_lr), ("grpo", "think_action", family_lr)):
         cfg = yaml.safe_load((seed / name / "config.yaml").read_text())
         assert cfg["model"]["path"] == str(seed / f"warm-{fmt}" / "sft-model")
+        assert cfg["optim"]["lr"] == pytest.approx(lr)  # hiper's benchmark_lr_scale
     assert set(result["families"]["tiny"]["methods"]) == {"hiper", "grpo"}
     base = load_config(tiny_config, ["sft.epochs=1"])
     assert format_warm_start("hiper", base) == ["model.tiny.whole_words=[KEEP, SWITCH]", "sft.epochs=2"]

@@ -124,6 +124,9 @@ def test_registry_lists_the_baselines_and_custom_estimators_plug_in():
     b = group_batch()
     np.testing.assert_array_equal(estimate("test_constant", b, value=2.5).step, 2.5)
     assert estimator_info("test_constant").options == {"value": 1.0}
+    assert estimator_info("test_constant").benchmark_lr_scale == 1.0
+    with pytest.raises(ValueError, match="benchmark_lr_scale must be a positive number"):
+        register_estimator("test_bad_rate", benchmark_lr_scale=0.0)(constant)
 
 
 def test_empty_batch():

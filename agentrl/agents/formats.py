@@ -420,6 +420,12 @@ class ResponseFormat:
     ``StepBatch`` columns steps in this format provide. ``min_new_tokens``: the smallest generation
     budget a well-formed response fits in (0: no floor). ``render``: writes an expert's answer in the
     format (SFT demonstrations); None when experts cannot answer in it.
+
+    What a tiny random-init model (``model.tiny``) needs to learn the format, applied by the credit
+    benchmark's warm start for this format: ``whole_words``, words of the format that its tokenizer
+    keeps as one token each (``model.tiny.whole_words``); ``min_sft_epochs``, the fewest SFT epochs.
+    A format that declares ``whole_words`` gets its own tiny model there, so the other formats'
+    warm starts stay as they were.
     """
 
     name: str
@@ -430,6 +436,15 @@ class ResponseFormat:
     fields: tuple[str, ...] = ()
     min_new_tokens: int = 0
     render: Callable[[ExpertAnswer], str] | None = None  # an expert's answer as a response (SFT targets)
+    whole_words: tuple[str, ...] = ()
+    min_sft_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_sft_epochs < 1:
+            raise ValueError(f"response format {self.name!r}: min_sft_epochs must be >= 1")
+        bad = [w for w in self.whole_words if not w or w != w.strip()]
+        if bad:
+            raise ValueError(f"response format {self.name!r}: whole_words must be non-empty, unpadded: {bad}")
 
 
 RESPONSE_FORMATS: Registry[ResponseFormat] = Registry("response format")
@@ -467,6 +482,11 @@ RESPONSE_FORMATS.register(
         fields=("switch", "subgoal"),
         min_new_tokens=24,  # <switch>..</switch><subgoal>..</subgoal><action>..</action> (configs/maze_hiper.yaml)
         render=_render_hiper,
+        # The maze family's tokenizer spells KEEP in bytes (K E E P), and with that constant suffix the
+        # tiny model never learnt which way to go; with the tags' words as tokens it learns in the
+        # second SFT epoch (docs/benchmarks.md, "HiPER's warm start").
+        whole_words=("KEEP", "SWITCH"),
+        min_sft_epochs=2,
     ),
 )
 

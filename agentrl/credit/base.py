@@ -167,6 +167,9 @@ class EstimatorInfo:
     update, so it estimates before the update with ``drift`` 0 (that call's state is dropped) and
     calls again after it with the measured D, keeping that call's state (and checking that the
     advantages are the same).
+    benchmark_lr_scale: the credit benchmark (``agentrl bench credit --part learning``) trains the
+    method at this multiple of the family's policy learning rate; a measured setting, stated in its
+    ``learning.md``. The trainer never rescales a config's ``optim.lr``.
     """
 
     name: str
@@ -189,6 +192,7 @@ class EstimatorInfo:
     token_stats: tuple[str, ...] = ()
     channels: Mapping[str, float | str] = field(default_factory=dict)
     policy_drift: PolicyDrift | None = None
+    benchmark_lr_scale: float = 1.0
 
     def channel_weights(self, options: Mapping[str, Any]) -> dict[str, float]:
         """Each channel's weight under ``options`` (an option that names a weight falls back to its
@@ -232,6 +236,7 @@ def register_estimator(
     token_stats: tuple[str, ...] = (),
     channels: Mapping[str, float | str] | None = None,
     policy_drift: PolicyDrift | None = None,
+    benchmark_lr_scale: float = 1.0,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -249,8 +254,13 @@ def register_estimator(
     ``channels``: ``Advantages.extras`` keys that ``fn`` always returns, with their weights (see
     ``EstimatorInfo``); one advantage per row each, so not with ``spans`` or ``per_token``.
     ``policy_drift``: when the trainer supplies the row input ``drift`` (see ``EstimatorInfo``).
+    ``benchmark_lr_scale``: the credit benchmark's rate for the method, as a multiple of the family's.
     """
     heads = dict(value_heads or {})
+    if not (np.isfinite(benchmark_lr_scale) and benchmark_lr_scale > 0):
+        raise ValueError(
+            f"estimator {name!r}: benchmark_lr_scale must be a positive number, got {benchmark_lr_scale!r}"
+        )
     if task_weights is not None and not stateful:
         raise ValueError(
             f"estimator {name!r}: task_weights reads the estimator's state; declare stateful=True"
@@ -353,6 +363,7 @@ def register_estimator(
                 token_stats=stats,
                 channels=chans,
                 policy_drift=policy_drift,
+                benchmark_lr_scale=float(benchmark_lr_scale),
             ),
         )
         return fn

@@ -3,7 +3,8 @@
 For each seed the tiny model and its SFT warm start are built once (a training run with
 ``optim.iterations=0``) and every method of that seed starts from them: only
 ``algorithm.estimator`` changes, plus what a method needs to run at all (``method_overrides``:
-HiPER's response format, MT-GRPO's K-turn variant on envs without tool calls). HiPER writes
+HiPER's response format, MT-GRPO's K-turn variant on envs without tool calls) and a rate the method
+declares at registration (``benchmark_lr_scale``: HiPER trains at half the family's). HiPER writes
 another response format, so it gets its own warm start, SFT on the same tasks in its format.
 
 Per method and iteration the training rollouts' success (``metrics.jsonl``), pooled over seeds,
@@ -37,7 +38,6 @@ from agentrl.stats import t95, t_mean, wilson
 __all__ = [
     "BUILTIN_CONFIG",
     "FAMILIES",
-    "FORMAT_WARM_START",
     "credit_learning",
     "format_warm_start",
     "learning_markdown",
@@ -142,12 +142,6 @@ _MAZE_LONG: dict[str, Any] = {
 FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
 BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
-# A response format's warm start beyond the family's config: words its tiny tokenizer keeps whole,
-# and the fewest SFT epochs. hiper: its tags' words spelt in bytes (``K E E P``) stop the tiny
-# model learning which way to go; with them as tokens it learns in the second SFT epoch
-# (docs/benchmarks.md, "HiPER's warm start"). A format listed here builds its own tiny model, so
-# the other methods' warm start (and their figures) stay as they were.
-FORMAT_WARM_START: dict[str, tuple[list[str], int]] = {"hiper": (["KEEP", "SWITCH"], 2)}
 
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
 # rollout.turn_reward=valid, response token ids from rollout; the response format adds its own
@@ -174,7 +168,7 @@ def trainable_estimators(response_format: str = "think_action") -> list[str]:
 
 def method_overrides(estimator: str, base: TrainConfig) -> list[str]:
     """The overrides that turn the base config into ``estimator``'s run: the estimator with its default
-    options, and what the method cannot train without."""
+    options, what the method cannot train without, and its rate (``EstimatorInfo.benchmark_lr_scale``)."""
     info = estimator_info(estimator)
     out = [f"algorithm.estimator={estimator}", "algorithm.options={}"]
     if info.response_format is not None:
@@ -185,20 +179,25 @@ def method_overrides(estimator: str, base: TrainConfig) -> list[str]:
     elif base.rollout.response_format != "tool_call" and "tool_call" in info.options_if_missing:
         options = info.options_if_missing["tool_call"]
         out.append("algorithm.options={" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}")
+    if info.benchmark_lr_scale != 1.0:
+        out.append(f"optim.lr={base.optim.lr * info.benchmark_lr_scale!r}")
     return out
 
 
 def format_warm_start(fmt: str, base: TrainConfig) -> list[str]:
-    """The overrides ``fmt``'s warm start adds to the family's config (``FORMAT_WARM_START``)."""
-    if fmt not in FORMAT_WARM_START:
-        return []
-    words, min_epochs = FORMAT_WARM_START[fmt]
-    return [f"model.tiny.whole_words=[{', '.join(words)}]", f"sft.epochs={max(min_epochs, base.sft.epochs)}"]
+    """The overrides ``fmt``'s warm start adds to the family's config: what the format declares a tiny
+    model needs (``ResponseFormat.whole_words``, ``min_sft_epochs``)."""
+    spec = get_format(fmt)
+    out = [f"model.tiny.whole_words=[{', '.join(spec.whole_words)}]"] if spec.whole_words else []
+    if spec.min_sft_epochs > base.sft.epochs:
+        out.append(f"sft.epochs={spec.min_sft_epochs}")
+    return out
 
 
 def _own_tiny(plan: _Plan, fmt: str) -> bool:
-    """Whether ``fmt``'s warm start builds its own tiny model rather than sharing the seed's."""
-    return plan.base.model.path is None and fmt in FORMAT_WARM_START
+    """Whether ``fmt``'s warm start builds its own tiny model (its tokenizer keeps words whole)
+    rather than sharing the seed's."""
+    return plan.base.model.path is None and bool(get_format(fmt).whole_words)
 
 
 def _response_format(estimator: str, base: TrainConfig) -> str:
