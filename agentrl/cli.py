@@ -531,6 +531,11 @@ def bench_credit(
     ),
     baseline: str = typer.Option("grpo", help="learning: the method every other one is paired against"),
     jobs: int = typer.Option(2, min=1, help="learning: runs trained at once, one process each"),
+    draws: int = typer.Option(
+        1,
+        min=1,
+        help="learning: RL runs per method and seed from the seed's warm start (other training seeds, same evaluation draws); a seed's result is their mean",
+    ),
     roots: int = typer.Option(4, min=1, help="tree: root episodes per task"),
     width: int = typer.Option(2, min=1, help="tree: branches per branch point"),
     points: int = typer.Option(1, min=1, help="tree: branch points per root"),
@@ -605,6 +610,7 @@ def bench_credit(
                 iterations=iterations,
                 baseline=baseline,
                 jobs=jobs,
+                draws=draws,
                 progress=lambda msg: typer.echo(msg, err=True),
             )
         except ConfigError as e:

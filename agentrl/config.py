@@ -435,6 +435,9 @@ class EvalConfig(Section):
     episodes_per_task: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)
     max_turns: int | None = Field(None, ge=1)
+    # the evaluation's draws as a run seeded this would make them (None: this run's seed): runs that
+    # differ only in their training seed are then read on the same draws
+    seed: int | None = None
     env_kwargs: dict[
         str, Any
     ] = {}  # merged over env.kwargs for the evaluation envs, e.g. {split: valid_unseen}
@@ -567,7 +570,8 @@ class TrainConfig(Section):
 
     def eval_spec(self) -> EvalSpec:
         """What this run's before/after evaluation plays (``agentrl eval`` on the run's checkpoints
-        starts from it too): the eval tasks, one round seeded ``eval_seed(seed)``, the eval
+        starts from it too): the eval tasks, one round seeded ``eval_seed(eval.seed)`` (default the
+        run's seed), the eval
         temperature and turns (default: the rollout's), the rollout's prompts and ``max_new_tokens``."""
         from agentrl.evaluation import EvalSpec
         from agentrl.seeding import eval_seed
@@ -577,7 +581,7 @@ class TrainConfig(Section):
             task_start=e.tasks.start,
             task_count=e.tasks.count,
             episodes_per_task=e.episodes_per_task,
-            seed=eval_seed(self.seed),
+            seed=eval_seed(self.seed if e.seed is None else e.seed),
             seeds=1,
             max_turns=e.max_turns or r.max_turns,
             temperature=e.temperature,

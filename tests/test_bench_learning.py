@@ -19,6 +19,8 @@ from agentrl.eval.learning import (
     FAMILIES,
     credit_learning,
     format_warm_start,
+    learning_markdown,
+    merge_draws,
     method_overrides,
     paired_differences,
     ranking,
@@ -351,6 +353,72 @@ def test_the_shared_evaluation_before_rl_is_what_a_run_would_measure_itself(benc
         json.loads((out / "tiny" / "seed0" / "warm-think_action" / "summary.json").read_text())["after"]
         == warm
     )
+
+
+@pytest.mark.slow
+def test_draws_train_other_seeds_from_the_same_warm_start_and_a_seed_is_their_mean(bench, tiny_config):
+    out, _result, _ = bench
+    lines: list[str] = []
+    two = credit_learning(
+        out,
+        config=tiny_config,
+        estimators=["grpo", "gigpo"],
+        seeds=[0],
+        iterations=2,
+        draws=2,
+        progress=lines.append,
+    )
+    fresh = [x for x in lines if x.startswith("[") and "(reused)" not in x]
+    assert len(fresh) == 2 and all("draw 1" in x for x in fresh)  # draw 0 is the one-draw run, reused
+    seed = out / "tiny" / "seed0"
+    after = {}
+    for name in ("grpo", "gigpo"):
+        d0, d1 = load_config(seed / name / "config.yaml"), load_config(seed / f"{name}-draw1" / "config.yaml")
+        assert (d0.seed, d1.seed) == (0, 1000) and d1.model.path == d0.model.path
+        assert d1.eval_spec() == d0.eval_spec()  # one model, one set of evaluation draws: one "before"
+        s0, s1 = (json.loads((seed / d / "summary.json").read_text()) for d in (name, f"{name}-draw1"))
+        assert s1["before"] == s0["before"]
+        after[name] = (s0["after"]["success_rate"] + s1["after"]["success_rate"]) / 2
+        m0, m1 = (read_metrics(seed / d / "metrics.jsonl") for d in (name, f"{name}-draw1"))
+        assert [r["loss"] for r in m0] != [r["loss"] for r in m1]  # another training draw
+    fam = two["families"]["tiny"]
+    assert fam["paired"]["gigpo"]["diff_per_seed"][0] == pytest.approx(after["gigpo"] - after["grpo"])
+    assert fam["methods"]["grpo"]["eval_before"]["episodes"] == 12  # the before counted once
+    assert fam["methods"]["grpo"]["eval_after"]["episodes"] == 24
+    assert two["draws"] == 2 and "2 RL draws per seed" in learning_markdown(two)
+    with pytest.raises(ConfigError, match="draws must be at least 1"):
+        credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], draws=0)
+
+
+def test_merge_draws_sums_the_afters_and_keeps_draw_0s_before():
+    runs = [
+        {"seed": 1, "draw": 1, "before": (5, 10), "after": (8, 10)},
+        {"seed": 0, "draw": 0, "before": (4, 10), "after": (6, 10)},
+        {"seed": 1, "draw": 0, "before": (5, 10), "after": (6, 10)},
+    ]
+    merged = {r["seed"]: r for r in merge_draws(runs)}
+    assert merged[1] == {"seed": 1, "draws": 2, "before": (5, 10), "after": (14, 20)}
+    assert merged[0] == {"seed": 0, "draws": 1, "before": (4, 10), "after": (6, 10)}
+
+
+def test_a_saved_config_without_a_newer_default_setting_still_counts(bench, tiny_config):
+    out, _result, _ = bench
+    saved = out / "tiny" / "seed0" / "grpo" / "config.yaml"
+    text = saved.read_text()
+    data = yaml.safe_load(text)
+    del data["eval"]["seed"]  # as a run saved before eval.seed existed
+    try:
+        saved.write_text(yaml.safe_dump(data, sort_keys=False))
+        lines: list[str] = []
+        credit_learning(
+            out, config=tiny_config, estimators=["grpo"], seeds=[0], iterations=2, progress=lines.append
+        )
+        assert all("(reused)" in x for x in lines if x.startswith("["))
+        saved.write_text("optim: {lr: -1}\n")
+        with pytest.raises(ConfigError, match="no longer loads"):
+            credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], iterations=2)
+    finally:
+        saved.write_text(text)
 
 
 @pytest.mark.slow

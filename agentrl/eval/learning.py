@@ -42,6 +42,7 @@ __all__ = [
     "format_warm_start",
     "learning_markdown",
     "learning_plot",
+    "merge_draws",
     "method_overrides",
     "paired_differences",
     "ranking",
@@ -142,6 +143,7 @@ _MAZE_LONG: dict[str, Any] = {
 FAMILIES: dict[str, dict[str, Any]] = {"maze": _MAZE, "maze_long": _MAZE_LONG}
 BUILTIN_CONFIG = _MAZE  # the first family: the default base of a one-family run
 DEFAULT_BASELINE = "grpo"
+DRAW_STRIDE = 1000  # draw d of seed S trains with seed S + DRAW_STRIDE * d
 
 # StepBatch fields the trainer fills on any env: state keys from the env, turn rewards from
 # rollout.turn_reward=valid, response token ids from rollout; the response format adds its own
@@ -209,13 +211,19 @@ def _prepare_run(config_path: Path, overrides: list[str], run_dir: Path) -> bool
 
     A directory holding another config is refused, so a rerun never mixes in stale results. The saved
     ``out_dir`` is not compared: a benchmark directory reached by another path (moved, symlinked) holds
-    the same runs."""
+    the same runs. The saved config is read back with today's defaults, so a run saved before a new
+    setting existed (at its default) still counts."""
     cfg = load_config(config_path, overrides)
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return False
-    old_out = (yaml.safe_load(saved.read_text()) or {}).get("out_dir", str(run_dir))
-    if saved.read_text() != dump_config(cfg.model_copy(update={"out_dir": old_out})):
+    try:
+        old = load_config(saved)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{run_dir} holds a run whose config no longer loads ({e}); delete it or choose another output directory"
+        ) from None
+    if dump_config(old) != dump_config(cfg.model_copy(update={"out_dir": old.out_dir})):
         raise ConfigError(
             f"{run_dir} holds a run with a different config; choose another output directory or delete it"
         )
@@ -256,6 +264,7 @@ def credit_learning(
     overrides: Sequence[str] = (),
     baseline: str = DEFAULT_BASELINE,
     jobs: int = 1,
+    draws: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train every estimator from the same warm start per family and seed; write learning.md/json/png
@@ -266,6 +275,11 @@ def credit_learning(
     ``iterations``: RL iterations per run (None: the config's); ``baseline``: the method every other
     one is paired against (skipped when not among ``estimators``); ``jobs``: runs trained at once,
     each in its own process (1: in this process). A rerun with the same settings reuses finished runs.
+    ``draws``: RL runs per method, seed and warm start (training seeds ``seed + DRAW_STRIDE * d``,
+    every one evaluated on the seed's draws, ``eval.seed``); a method's result for a seed is the mean
+    over its draws, so the paired differences carry less training randomness without another warm
+    start. Draw 0 is the run a one-draw benchmark makes (``<method>/``), the others go to
+    ``<method>-draw<d>/``.
     """
     say = progress or (lambda msg: None)
     t_start = time.time()
@@ -276,6 +290,8 @@ def credit_learning(
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    if draws < 1:
+        raise ConfigError(f"draws must be at least 1, got {draws}")
     if config is not None and families:
         raise ConfigError("give either a config file or built-in families, not both")
     if config is not None and not Path(config).is_file():
@@ -297,7 +313,9 @@ def credit_learning(
     ]  # validates before training
     for plan in plans:
         say(
-            f"{plan.family}: {len(plan.names)} methods x {len(seeds)} seed(s) x {plan.base.optim.iterations} iterations "
+            f"{plan.family}: {len(plan.names)} methods x {len(seeds)} seed(s)"
+            + (f" x {draws} draws" if draws > 1 else "")
+            + f" x {plan.base.optim.iterations} iterations "
             f"({plan.base.rollout.groups}x{plan.base.rollout.group_size} episodes each), "
             f"eval on {plan.base.eval.tasks.count * plan.base.eval.episodes_per_task} held-out episodes"
         )
@@ -333,31 +351,33 @@ def credit_learning(
             ov,
             run_dir,
             (run_dir / "eval_before.json",),
-            ("warm", plan, seed, fmt),
+            ("warm", plan, seed, fmt, 0),
         )
 
     def queue_methods(plan: _Plan, seed: int, fmt: str, warm_dir: Path | None) -> None:
-        for name in plan.names:
-            if _response_format(name, plan.base) != fmt:
-                continue
-            run_dir = plan.dir / f"seed{seed}" / name
-            if warm_dir is not None:
-                _share_before(warm_dir, run_dir)
-            ov = (
-                common
-                + plan.per_method[name]
-                + [f"seed={seed}", f"model.path={starts[(plan.family, seed, fmt)]}", "sft.enabled=false"]
-            )
-            sched.submit(
-                _Job(
-                    f"{plan.family} seed {seed} {name}",
-                    plan.config_path,
-                    ov,
-                    run_dir,
-                    (run_dir / "summary.json",),
-                    ("method", plan, seed, name),
+        for draw in range(draws):  # every method's draw 0 first
+            for name in plan.names:
+                if _response_format(name, plan.base) != fmt:
+                    continue
+                run_dir = plan.dir / f"seed{seed}" / (name if draw == 0 else f"{name}-draw{draw}")
+                if warm_dir is not None:
+                    _share_before(warm_dir, run_dir)
+                ov = (
+                    common
+                    + plan.per_method[name]
+                    + [f"seed={seed}", f"model.path={starts[(plan.family, seed, fmt)]}", "sft.enabled=false"]
+                    + ([f"seed={seed + DRAW_STRIDE * draw}", f"eval.seed={seed}"] if draw else [])
                 )
-            )
+                sched.submit(
+                    _Job(
+                        f"{plan.family} seed {seed} {name}" + (f" draw {draw}" if draw else ""),
+                        plan.config_path,
+                        ov,
+                        run_dir,
+                        (run_dir / "summary.json",),
+                        ("method", plan, seed, name, draw),
+                    )
+                )
 
     for plan in plans:
         for seed in seeds:
@@ -370,9 +390,9 @@ def credit_learning(
                     queue_methods(plan, seed, fmt, None)
             else:
                 sched.submit(warm_job(plan, seed, plan.formats[0]))
-    total, done, fresh, fresh_seconds = sum(len(p.names) for p in plans) * len(seeds), 0, 0, 0.0
+    total, done, fresh, fresh_seconds = sum(len(p.names) for p in plans) * len(seeds) * draws, 0, 0, 0.0
     for job, seconds, reused in sched.results():
-        kind, plan, seed, what = job.tag
+        kind, plan, seed, what, draw = job.tag
         elapsed = f"elapsed {_clock(time.time() - t_start)}"
         if kind == "warm":
             built = str(job.run_dir / "tiny-model")
@@ -395,7 +415,7 @@ def credit_learning(
                     sched.submit(warm_job(plan, seed, other))
             queue_methods(plan, seed, what, job.run_dir)
             continue
-        run = _read_run(job.run_dir, seed, seconds, reused)
+        run = _read_run(job.run_dir, seed, seconds, reused, draw)
         runs[plan.family][what].append(run)
         done += 1
         if not reused:
@@ -420,12 +440,15 @@ def credit_learning(
                 )
                 for n in plan.names
             },
-            "paired": paired_differences(per, baseline) if baseline in per else {},
+            "paired": paired_differences({n: merge_draws(r) for n, r in per.items()}, baseline)
+            if baseline in per
+            else {},
         }
     result: dict[str, Any] = {
         "families": fam_results,
         "overrides": list(overrides),
         "seeds": list(seeds),
+        "draws": draws,
         "baseline": baseline,
         "ranking": ranking(fam_results),
         "warm_starts": warm,
@@ -571,7 +594,7 @@ def _train_once(
     return seconds, False
 
 
-def _read_run(run_dir: Path, seed: int, seconds: float, reused: bool) -> dict[str, Any]:
+def _read_run(run_dir: Path, seed: int, seconds: float, reused: bool, draw: int = 0) -> dict[str, Any]:
     from agentrl.trainers.metrics import read_metrics
 
     records = sorted(read_metrics(run_dir / "metrics.jsonl"), key=lambda r: r["iteration"])
@@ -582,6 +605,7 @@ def _read_run(run_dir: Path, seed: int, seconds: float, reused: bool) -> dict[st
     }
     return {
         "seed": seed,
+        "draw": draw,
         "run_dir": str(run_dir),
         "seconds": seconds,
         "reused": reused,
@@ -621,11 +645,33 @@ def _summarise(
         "overrides": overrides,
         "start": start,
         "iterations": curve,
-        "eval_before": _pooled([r["before"] for r in runs]),
+        # a seed's draws read one warm start on the same draws: its before is counted once
+        "eval_before": _pooled([r["before"] for r in runs if r.get("draw", 0) == 0]),
         "eval_after": _pooled([r["after"] for r in runs]),
         "seconds": sum(r["seconds"] for r in runs),
-        "runs": [{k: r[k] for k in ("seed", "run_dir", "seconds", "reused")} for r in runs],
+        "runs": [{k: r.get(k, 0) for k in ("seed", "draw", "run_dir", "seconds", "reused")} for r in runs],
     }
+
+
+def merge_draws(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per seed from runs that may hold several draws of it: ``after`` sums the draws'
+    successes and episodes (the mean over draws, each with the same number of episodes), ``before``
+    is draw 0's (every draw reads the same warm start on the same evaluation draws)."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r)
+    out = []
+    for seed, rs in by_seed.items():
+        rs = sorted(rs, key=lambda r: r.get("draw", 0))
+        out.append(
+            {
+                "seed": seed,
+                "draws": len(rs),
+                "before": rs[0]["before"],
+                "after": (sum(r["after"][0] for r in rs), sum(r["after"][1] for r in rs)),
+            }
+        )
+    return out
 
 
 def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> dict[str, dict[str, Any]]:
@@ -749,7 +795,14 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
     lines = [
         "# Credit benchmark: learning",
         "",
-        f"Every method trains the same policy on the same tasks and seeds ({len(seeds)} seed(s): {', '.join(map(str, seeds))}); "
+        f"Every method trains the same policy on the same tasks and seeds ({len(seeds)} seed(s): {', '.join(map(str, seeds))}"
+        + (
+            f"; {result['draws']} RL draws per seed from its warm start, read on the seed's evaluation draws: a seed's "
+            "after-RL success is the mean over its draws"
+            if result.get("draws", 1) > 1
+            else ""
+        )
+        + "); "
         "only the estimator and what it needs change. Per family and seed, methods with the same response format start "
         "from one shared warm start and are evaluated on the same held-out tasks with the same seeded draws, so methods "
         f"are compared **paired**: per seed, a method's held-out success after RL minus {baseline}'s, then the mean over "
