@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import agentrl
 import agentrl.trainers
@@ -652,6 +653,12 @@ def test_run_killed_mid_iteration_resumes_exactly(model_dir, tmp_path):
     assert (stopped / "checkpoints" / "iter-000001" / "trainer.pt").exists()
     with pytest.raises(ConfigError, match="different config"):
         train(None, stopped, [*overrides, "optim.lr=0.5"])
+    # a run saved before a setting existed (here eval.seed), at its default, still resumes
+    saved = yaml.safe_load((stopped / "config.yaml").read_text())
+    del saved["eval"]["seed"]
+    (stopped / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    finished = read_metrics(train(None, stopped, overrides) / "metrics.jsonl")
+    assert [r["iteration"] for r in finished] == [0, 1, 2]
 
 
 def test_training_through_a_served_policy_syncs_the_adapter(model_dir, tmp_path):

@@ -189,11 +189,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _sections_changed(self, sections: Iterable[str] | None = None) -> list[str]:
         """Config sections (all but ``out_dir`` and ``distributed`` when None: a checkpoint resumes under
-        any strategy) that differ from the run dir's config.yaml."""
+        any strategy) that differ from the run dir's config.yaml, read back with today's defaults (a run
+        saved before a newer setting existed, at its default, resumes)."""
         saved = self.run_dir / "config.yaml"
         if not saved.exists():
             return []
-        old = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old = load_config(saved).model_dump(mode="json")
+        except ConfigError:  # no longer valid: compare as written, so the sections that differ are named
+            old = yaml.safe_load(saved.read_text()) or {}
         new = self.cfg.model_dump(mode="json")
         keys = set(old) | set(new) if sections is None else set(sections)
         return sorted(k for k in keys - {"out_dir", "distributed"} if old.get(k) != new.get(k))
