@@ -808,6 +808,7 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         f"are compared **paired**: per seed, a method's held-out success after RL minus {baseline}'s, then the mean over "
         "seeds with a 95% Student-t interval (it covers training randomness, not only evaluation noise). Resolved: the "
         "interval excludes 0. Brackets in the method tables: 95% Wilson intervals over episodes, pooled over seeds"
+        + (" (after RL: and draws; before RL: once per seed)" if result.get("draws", 1) > 1 else "")
         + (f"; overrides: {' '.join(result['overrides'])}" if result["overrides"] else "")
         + ".",
     ]
