@@ -385,7 +385,17 @@ def test_draws_train_other_seeds_from_the_same_warm_start_and_a_seed_is_their_me
     assert fam["paired"]["gigpo"]["diff_per_seed"][0] == pytest.approx(after["gigpo"] - after["grpo"])
     assert fam["methods"]["grpo"]["eval_before"]["episodes"] == 12  # the before counted once
     assert fam["methods"]["grpo"]["eval_after"]["episodes"] == 24
-    assert two["draws"] == 2 and "2 RL draws per seed" in learning_markdown(two)
+    draws = {}
+    for name in ("grpo", "gigpo"):
+        s0, s1 = (json.loads((seed / d / "summary.json").read_text()) for d in (name, f"{name}-draw1"))
+        draws[name] = [s0["after"]["success_rate"], s1["after"]["success_rate"]]
+        # the between-draw standard deviation of one seed's two draws (pooled over seeds: one here)
+        assert fam["methods"][name]["draw_sd"] == pytest.approx(np.std(draws[name], ddof=1))
+    text = learning_markdown(two)
+    assert two["draws"] == 2 and "2 RL draws per seed" in text
+    assert f"{100 * fam['methods']['grpo']['draw_sd']:.1f} points for grpo" in text
+    # a one-draw benchmark has no between-draw spread
+    assert all(m["draw_sd"] is None for m in _result["families"]["tiny"]["methods"].values())
     with pytest.raises(ConfigError, match="draws must be at least 1"):
         credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], draws=0)
 

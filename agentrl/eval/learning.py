@@ -39,6 +39,7 @@ __all__ = [
     "BUILTIN_CONFIG",
     "FAMILIES",
     "credit_learning",
+    "draw_spread",
     "format_warm_start",
     "learning_markdown",
     "learning_plot",
@@ -649,8 +650,24 @@ def _summarise(
         "eval_before": _pooled([r["before"] for r in runs if r.get("draw", 0) == 0]),
         "eval_after": _pooled([r["after"] for r in runs]),
         "seconds": sum(r["seconds"] for r in runs),
+        "draw_sd": draw_spread(runs),
+        "eval_sd": math.sqrt(statistics.fmean(_var(r["after"]) for r in runs)) if runs else math.nan,
         "runs": [{k: r.get(k, 0) for k in ("seed", "draw", "run_dir", "seconds", "reused")} for r in runs],
     }
+
+
+def draw_spread(runs: list[dict[str, Any]]) -> float | None:
+    """The standard deviation of after-RL success between draws of one seed, pooled over seeds
+    (the training randomness of one run from a fixed warm start, read on fixed evaluation draws;
+    its evaluation noise included); None without a seed of two or more draws."""
+    by_seed: dict[int, list[float]] = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(_frac(r["after"]))
+    groups = [v for v in by_seed.values() if len(v) > 1]
+    if not groups:
+        return None
+    ss = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups)
+    return math.sqrt(ss / sum(len(v) - 1 for v in groups))
 
 
 def merge_draws(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -866,6 +883,19 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
                     "",
                     f"Evaluation noise alone: a paired difference has a standard error of ~{100 * sum(se) / len(se):.1f} points per seed; "
                     "the rest of the spread over seeds is training randomness.",
+                ]
+            spread = {n: m for n, m in f["methods"].items() if m.get("draw_sd") is not None}
+            if spread:
+                lines += [
+                    "",
+                    "Between draws of one seed (same warm start, same evaluation draws), after-RL success has a "
+                    "pooled standard deviation of "
+                    + ", ".join(
+                        f"{100 * m['draw_sd']:.1f} points for {n} (one evaluation's binomial noise: "
+                        f"{100 * m['eval_sd']:.1f})"
+                        for n, m in spread.items()
+                    )
+                    + ".",
                 ]
             lines.append("")
         lines += [
