@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from agentrl.agents import (
     RESPONSE_FORMATS,
     ChatPrompt,
+    ExpertAnswer,
     ResponseFormat,
     StepPrompt,
     get_format,
@@ -24,7 +26,7 @@ from agentrl.agents import (
     token_spans,
     tokenize_chat,
 )
-from agentrl.policies.tiny import CHATML_TEMPLATE, train_tokenizer
+from agentrl.policies.tiny import CHATML_TEMPLATE, FORMAT_TOKENS, train_tokenizer
 
 CORPUS = [
     "You are in the hall.\nExits: north, east (red door).\nYou see: red key.\nYou carry: nothing.",
@@ -216,6 +218,20 @@ def test_format_registry():
         ResponseFormat("x", "", parse_think_action, min_sft_epochs=0)
     with pytest.raises(ValueError, match="whole_words.*' KEEP'"):
         ResponseFormat("x", "", parse_think_action, whole_words=(" KEEP",))
+
+
+def test_every_format_tag_is_one_tiny_token_and_its_whole_words_occur():
+    """A tag the tiny tokenizer spells in bytes is learnt slowly or not at all (HiPER's ``K E E P``:
+    docs/benchmarks.md); a new format's tags must join ``FORMAT_TOKENS``."""
+    for name in RESPONSE_FORMATS.names():
+        fmt = get_format(name)
+        if fmt.render is None:
+            continue
+        texts = [fmt.render(ExpertAnswer("go north", turn=t, think="north")) for t in (0, 1)]
+        tags = {tag for text in texts for tag in re.findall(r"</?[a-z_]+>", text)}
+        assert tags <= set(FORMAT_TOKENS), (name, sorted(tags - set(FORMAT_TOKENS)))
+        for word in fmt.whole_words:
+            assert any(word in text for text in texts), (name, word)
 
 
 # ----------------------------------------------------------------------------- spans
