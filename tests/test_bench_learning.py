@@ -400,6 +400,35 @@ def test_draws_train_other_seeds_from_the_same_warm_start_and_a_seed_is_their_me
         credit_learning(out, config=tiny_config, estimators=["grpo"], seeds=[0], draws=0)
 
 
+def test_with_draws_the_spread_splits_into_seeds_and_draws():
+    def draws(seed, afters):
+        return [
+            {"seed": seed, "draw": d, "before": (50, 100), "after": (a, 100)} for d, a in enumerate(afters)
+        ]
+
+    # grpo's two draws per seed differ by 4 points, gigpo's by 2: between-draw variances 8e-4 and 2e-4
+    runs = {
+        "grpo": [*draws(0, [60, 64]), *draws(1, [50, 54]), *draws(2, [70, 74])],
+        "gigpo": [*draws(0, [66, 68]), *draws(1, [52, 54]), *draws(2, [80, 82])],
+    }
+    paired = paired_differences({n: merge_draws(r) for n, r in runs.items()}, "grpo")
+    d = paired["gigpo"]
+    assert d["diff_per_seed"] == pytest.approx([0.05, 0.01, 0.09])  # differences of the means over draws
+    assert d["between_draw_sd"] == pytest.approx(math.sqrt(8e-4 + 2e-4))
+    # sd over seeds 0.04: variance 16e-4 = between-seed part + 10e-4 / 2 draws
+    assert d["between_seed_sd"] == pytest.approx(math.sqrt(16e-4 - 5e-4))
+    by_draws = d["seeds_for_3pt_by_draws"]
+    assert list(by_draws) == ["1", "2", "4", "8"]
+    assert by_draws["2"] == seeds_needed(0.04) == d["seeds_for_3pt"]  # as run
+    assert by_draws["1"] == seeds_needed(math.sqrt(11e-4 + 10e-4))
+    assert by_draws["8"] == seeds_needed(math.sqrt(11e-4 + 10e-4 / 8)) <= by_draws["4"] <= by_draws["2"]
+    # one draw per seed: nothing to split
+    single = paired_differences(
+        {n: merge_draws([r for r in rs if r["draw"] == 0]) for n, rs in runs.items()}, "grpo"
+    )
+    assert "seeds_for_3pt_by_draws" not in single["gigpo"]
+
+
 def test_merge_draws_sums_the_afters_and_keeps_draw_0s_before():
     runs = [
         {"seed": 1, "draw": 1, "before": (5, 10), "after": (8, 10)},
@@ -407,8 +436,14 @@ def test_merge_draws_sums_the_afters_and_keeps_draw_0s_before():
         {"seed": 1, "draw": 0, "before": (5, 10), "after": (6, 10)},
     ]
     merged = {r["seed"]: r for r in merge_draws(runs)}
-    assert merged[1] == {"seed": 1, "draws": 2, "before": (5, 10), "after": (14, 20)}
-    assert merged[0] == {"seed": 0, "draws": 1, "before": (4, 10), "after": (6, 10)}
+    assert merged[1] == {
+        "seed": 1,
+        "draws": 2,
+        "before": (5, 10),
+        "after": (14, 20),
+        "after_draws": [0.6, 0.8],
+    }
+    assert merged[0] == {"seed": 0, "draws": 1, "before": (4, 10), "after": (6, 10), "after_draws": [0.6]}
 
 
 def test_a_saved_config_without_a_newer_default_setting_still_counts(bench, tiny_config):

@@ -650,20 +650,17 @@ def _summarise(
         "eval_before": _pooled([r["before"] for r in runs if r.get("draw", 0) == 0]),
         "eval_after": _pooled([r["after"] for r in runs]),
         "seconds": sum(r["seconds"] for r in runs),
-        "draw_sd": draw_spread(runs),
+        "draw_sd": draw_spread(merge_draws(runs)),
         "eval_sd": math.sqrt(statistics.fmean(_var(r["after"]) for r in runs)) if runs else math.nan,
         "runs": [{k: r.get(k, 0) for k in ("seed", "draw", "run_dir", "seconds", "reused")} for r in runs],
     }
 
 
-def draw_spread(runs: list[dict[str, Any]]) -> float | None:
-    """The standard deviation of after-RL success between draws of one seed, pooled over seeds
-    (the training randomness of one run from a fixed warm start, read on fixed evaluation draws;
-    its evaluation noise included); None without a seed of two or more draws."""
-    by_seed: dict[int, list[float]] = {}
-    for r in runs:
-        by_seed.setdefault(r["seed"], []).append(_frac(r["after"]))
-    groups = [v for v in by_seed.values() if len(v) > 1]
+def draw_spread(seeds: list[dict[str, Any]]) -> float | None:
+    """The standard deviation of after-RL success between draws of one seed, pooled over the seeds
+    (``merge_draws`` records): the training randomness of one run from a fixed warm start, read on
+    fixed evaluation draws, its evaluation noise included; None without a seed of two or more draws."""
+    groups = [r["after_draws"] for r in seeds if len(r.get("after_draws", ())) > 1]
     if not groups:
         return None
     ss = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in groups)
@@ -686,6 +683,7 @@ def merge_draws(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "draws": len(rs),
                 "before": rs[0]["before"],
                 "after": (sum(r["after"][0] for r in rs), sum(r["after"][1] for r in rs)),
+                "after_draws": [_frac(r["after"]) for r in rs],
             }
         )
     return out
@@ -696,7 +694,12 @@ def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> 
     warm start, same evaluation draws), with a 95% Student-t interval over seeds; and the method's own
     gain (after minus before) the same way. The interval spans training randomness as well as
     evaluation noise; ``eval_se`` is the evaluation part alone (binomial, per seed, averaged) and
-    ``seeds_for_3pt`` how many seeds would bring the half-width to 3 points at this spread."""
+    ``seeds_for_3pt`` how many seeds would bring the half-width to 3 points at this spread.
+
+    With draws (``merge_draws`` records of two or more draws for the method and the baseline), the
+    spread of the per-seed differences splits into a between-draw part (both methods' pooled
+    between-draw variance over the draws per seed) and a between-seed part (the rest, at least 0),
+    and ``seeds_for_3pt_by_draws`` gives the seeds needed for 1, 2, 4 and 8 draws per seed."""
     base = {r["seed"]: r for r in runs[baseline]}
     out = {}
     for name, rs in runs.items():
@@ -720,6 +723,18 @@ def paired_differences(runs: dict[str, list[dict[str, Any]]], baseline: str) -> 
                 resolved=bool(iv.low > 0 or iv.high < 0),
                 seeds_for_3pt=seeds_needed(sd),
             )
+            spreads = (draw_spread(rs), draw_spread(runs[baseline]))
+            if len(diffs) > 1 and spreads[0] is not None and spreads[1] is not None:
+                draw_var = spreads[0] ** 2 + spreads[1] ** 2
+                k = min(len(r.get("after_draws", (0,))) for r in [*rs, *base.values()])
+                between = max(0.0, sd**2 - draw_var / k)
+                entry.update(
+                    between_seed_sd=math.sqrt(between),
+                    between_draw_sd=math.sqrt(draw_var),
+                    seeds_for_3pt_by_draws={
+                        str(d): seeds_needed(math.sqrt(between + draw_var / d)) for d in (1, 2, 4, 8)
+                    },
+                )
         out[name] = entry
     return out
 
@@ -883,6 +898,21 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
                     "",
                     f"Evaluation noise alone: a paired difference has a standard error of ~{100 * sum(se) / len(se):.1f} points per seed; "
                     "the rest of the spread over seeds is training randomness.",
+                ]
+            split = {n: p for n, p in paired.items() if "seeds_for_3pt_by_draws" in p}
+            if split:
+                lines += [
+                    "",
+                    "Seeds for ±3 points with 1, 2, 4, 8 RL draws per seed (the per-seed differences' spread split into "
+                    "a between-seed and a between-draw part): "
+                    + "; ".join(
+                        f"{n} "
+                        + "/".join("—" if v is None else str(v) for v in p["seeds_for_3pt_by_draws"].values())
+                        + f" (between seeds {100 * p['between_seed_sd']:.1f} points, between draws "
+                        f"{100 * p['between_draw_sd']:.1f})"
+                        for n, p in split.items()
+                    )
+                    + ". A draw costs one method run, a seed a warm start and every method's runs.",
                 ]
             spread = {n: m for n, m in f["methods"].items() if m.get("draw_sd") is not None}
             if spread:
