@@ -121,8 +121,9 @@ def _segment_layout(seg_slot: np.ndarray) -> Layout:
     },
     spans=("switch", "subgoal", "action"),
     response_format="hiper",
-    # measured on the maze family, seeds 0-1, 50 iterations: at the family's 1e-3 HiPER fell below
-    # its warm start (43.1, 53.2% held-out), at 5e-4 it gained 12.0 and 10.2 points
+    # measured on the maze family, 50 iterations: at the family's 1e-3 HiPER fell below its warm
+    # start on seed 0 (43.1%) and stayed inside seed 1's interval (53.2%); at 5e-4 it gained beyond
+    # both intervals on seeds 0, 1, 3 and 4 (+7.3 to +14.8 points), not on seed 2 (-1.5)
     # (docs/benchmarks.md, "HiPER's warm start")
     benchmark_lr_scale=0.5,
 )
