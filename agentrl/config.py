@@ -57,7 +57,7 @@ class TinyModelConfig(Section):
     @field_validator("whole_words")
     @classmethod
     def _words(cls, v: list[str]) -> list[str]:
-        from agentrl.policies.tiny import check_whole_words
+        from agentrl.agents.formats import check_whole_words
 
         check_whole_words(v)
         return v

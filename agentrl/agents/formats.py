@@ -32,6 +32,7 @@ __all__ = [
     "ResponseFormat",
     "Span",
     "ToolCall",
+    "check_whole_words",
     "get_format",
     "parse_hiper",
     "parse_openai_message",
@@ -409,6 +410,14 @@ def _render_tool_call(a: ExpertAnswer) -> str:
     return a.action
 
 
+def check_whole_words(words: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every word is a non-empty string without outer whitespace (words a
+    tiny tokenizer keeps whole: ``ResponseFormat.whole_words``, ``model.tiny.whole_words``)."""
+    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip()]
+    if bad:
+        raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {bad}")
+
+
 @dataclass(frozen=True)
 class ResponseFormat:
     """A named format: the instructions that ask for it, the parser that reads it, and what the rest
@@ -442,9 +451,10 @@ class ResponseFormat:
     def __post_init__(self) -> None:
         if self.min_sft_epochs < 1:
             raise ValueError(f"response format {self.name!r}: min_sft_epochs must be >= 1")
-        bad = [w for w in self.whole_words if not w or w != w.strip()]
-        if bad:
-            raise ValueError(f"response format {self.name!r}: whole_words must be non-empty, unpadded: {bad}")
+        try:
+            check_whole_words(self.whole_words)
+        except ValueError as e:
+            raise ValueError(f"response format {self.name!r}: {e}") from None
 
 
 RESPONSE_FORMATS: Registry[ResponseFormat] = Registry("response format")

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agentrl.agents.formats import check_whole_words
+
 __all__ = [
     "CHATML_TEMPLATE",
     "FORMAT_TOKENS",
     "SPECIAL_TOKENS",
     "build_tiny_model",
-    "check_whole_words",
     "env_corpus",
     "format_corpus",
     "tiny_qwen2_config",
@@ -89,13 +90,6 @@ def env_corpus(env: Any, task_ids: Sequence[str], *, steps_per_task: int = 10, s
             if terminated or truncated:
                 break
     return texts
-
-
-def check_whole_words(words: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless every word is a non-empty string without outer whitespace."""
-    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip()]
-    if bad:
-        raise ValueError(f"whole_words must be non-empty strings without outer whitespace, got {bad}")
 
 
 def train_tokenizer(
