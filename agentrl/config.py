@@ -337,8 +337,11 @@ class AlgorithmConfig(Section):
     estimator: str = "grpo"
     options: dict[str, Any] = {}
     loss: str | None = None  # default: the estimator's (gspo for seeupo, else ppo_token_mean)
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)
+    # default: the estimator's authors' band where it declares one (EstimatorInfo.clip), else the loss's
+    # own (losses.LOSS_CLIP: 0.2 / 0.2 for the PPO losses, 3e-4 / 4e-4 for gspo), filled in when the
+    # config is read, so a saved config.yaml holds the values the run used
+    clip_low: float | None = Field(None, ge=0)
+    clip_high: float | None = Field(None, ge=0)
     kl_coef: float = Field(0.0, ge=0)
     entropy_coef: float = 0.0
     value_coef: float = Field(0.5, ge=0)
@@ -386,6 +389,7 @@ class AlgorithmConfig(Section):
                 f"loss {self.resolved_loss!r} clips each advantage channel on its own, and estimator "
                 f"{self.estimator!r} declares none"
             )
+        self.clip_low, self.clip_high = self.clip_band
         return self
 
     @property
@@ -393,6 +397,22 @@ class AlgorithmConfig(Section):
         from agentrl.credit import estimator_info
 
         return self.loss or estimator_info(self.estimator).loss
+
+    @property
+    def clip_band(self) -> tuple[float, float]:
+        """(clip_low, clip_high) as the update uses them: the config's, else the band the estimator's
+        authors trained with when it declares one (``EstimatorInfo.clip``) and the config keeps its
+        loss, else the loss's own band."""
+        from agentrl.credit import estimator_info
+        from agentrl.trainers.losses import LOSS_CLIP
+
+        info = estimator_info(self.estimator)
+        own = info.clip if info.clip is not None and self.resolved_loss == info.loss else None
+        low, high = own or LOSS_CLIP.get(self.resolved_loss)
+        return (
+            low if self.clip_low is None else self.clip_low,
+            high if self.clip_high is None else self.clip_high,
+        )
 
 
 class OptimConfig(Section):

@@ -49,6 +49,30 @@ def test_overrides_set_nested_keys_with_yaml_values():
     assert load_config(None).algorithm.resolved_loss == "ppo_token_mean"
 
 
+def test_clip_band_defaults_to_the_losss_own_and_is_saved():
+    """Left out, clip_low/clip_high take the loss's band (GSPO's length-normalised ratio needs a band
+    ~600x narrower than PPO's), filled in so config.yaml says what ran; a value given wins."""
+    from agentrl.trainers.losses import LOSS_CLIP, LOSSES
+
+    assert set(LOSS_CLIP.names()) == set(LOSSES.names())
+    seeupo = load_config(None, ["algorithm.estimator=seeupo"])
+    assert (seeupo.algorithm.clip_low, seeupo.algorithm.clip_high) == (3e-4, 4e-4)
+    saved = yaml.safe_load(dump_config(seeupo))["algorithm"]
+    assert (saved["clip_low"], saved["clip_high"]) == (3e-4, 4e-4)
+    assert load_config(None).algorithm.clip_band == (0.2, 0.2)
+    on_ppo = load_config(None, ["algorithm.estimator=seeupo", "algorithm.loss=ppo_token_mean"])
+    assert on_ppo.algorithm.clip_band == (0.2, 0.2)
+    given = load_config(None, ["algorithm.estimator=seeupo", "algorithm.clip_high=0.01"])
+    assert given.algorithm.clip_band == (3e-4, 0.01)
+    # an estimator that declares its authors' band (a3: 0.1 with GSPO) gets it on its own loss only
+    assert load_config(None, ["algorithm.estimator=a3"]).algorithm.clip_band == (0.1, 0.1)
+    a3_on_ppo = load_config(None, ["algorithm.estimator=a3", "algorithm.loss=ppo_token_mean"])
+    assert a3_on_ppo.algorithm.clip_band == (0.2, 0.2)
+    # a run saved with the values written out reads back equal to one that leaves them to the loss
+    again = config_from_dict(yaml.safe_load(dump_config(seeupo)))
+    assert again == seeupo
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
     with pytest.raises(
         ConfigError, match=r"unknown key 'optim.learning_rate'.*allowed: betas, critic_lr, iterations, lr"

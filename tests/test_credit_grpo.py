@@ -127,6 +127,9 @@ def test_registry_lists_the_baselines_and_custom_estimators_plug_in():
     assert estimator_info("test_constant").benchmark_lr_scale == 1.0
     with pytest.raises(ValueError, match="benchmark_lr_scale must be a positive number"):
         register_estimator("test_bad_rate", benchmark_lr_scale=0.0)(constant)
+    assert estimator_info("test_constant").clip is None
+    with pytest.raises(ValueError, match="clip must be two numbers"):
+        register_estimator("test_bad_clip", clip=(0.2, -0.1))(constant)
 
 
 def test_empty_batch():

@@ -91,6 +91,7 @@ def test_recipe_has_the_papers_defaults(env: str, method: str) -> None:
     assert cfg.rollout.response_format == expected_format
     if method == "seeupo":
         assert cfg.algorithm.resolved_loss == "gspo" and cfg.algorithm.kl_coef == 0.002
+        assert cfg.algorithm.clip_band == (3e-4, 4e-4)
     else:
         assert cfg.algorithm.kl_coef == 0.01
 

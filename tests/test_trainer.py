@@ -297,6 +297,10 @@ def test_seeupo_updates_turn_slots_in_reverse_with_corrections_by_hand(maze_batc
             M[tid] = min(max(M.get(tid, 1.0) * rho, 0.8), 1.2)
     assert any(m != 1.0 for m in M.values())  # the corrections really moved
     assert result.advantages.step.shape == (len(batch),)
+    slot_means = [float(np.mean(s["adv"])) for s in seen]
+    assert result.stats["seeupo_slot_adv_mean_min"] == pytest.approx(min(slot_means), abs=1e-6)
+    assert result.stats["seeupo_slot_adv_mean_max"] == pytest.approx(max(slot_means), abs=1e-6)
+    assert result.stats["seeupo_slot_rows_min"] == min(len(s["rows"]) for s in seen)
 
 
 def test_hiper_parts_get_their_own_advantages(maze_batch):

@@ -49,7 +49,8 @@ Defaults ("v7" config): scopes (1, 2, 3, -1) with weights 0.25 each, min_count 2
 w_tree 1.0 (v0: 0.5 / 1.5), adv_bound 1.1, support_prior 0.1, decision_gamma 0.9, tree_tau 0.05,
 time_decay 0.84, eps 1e-6. Training: GSPO sequence-ratio loss (``compute_policy_loss_A3_algo``),
 registered here as the default loss ``gspo`` (theirs also caps the mean log-ratio at 10 before
-the exp, ours does not); the run used clip 0.1 (a trainer setting, not an estimator option),
+the exp, ours does not); the run used clip 0.1 (``actor_clip_ratio`` in ``train/A3_algo/config.yaml``,
+commit 8f2b7f2), declared here as the default band (``clip``; a config's ``algorithm.clip_*`` wins),
 group size 4, KL 0.01 (low_var_kl), grad-clip 0.5, lr 5e-7. Invalid actions are not penalised
 (the A3 launch script sets ``use_invalid_action_penalty=False``): an invalid action's text
 clusters like any other; truncated episodes are scored by their outcome alone.
@@ -477,6 +478,7 @@ def _check_scopes(scopes: Sequence[int], scope_weights: Sequence[float]) -> np.n
     "a3",
     paper="Su & Wen 2026 (A3, Learning CLI Agents with Structured Action Credit), arXiv 2605.08013",
     loss="gspo",
+    clip=(0.1, 0.1),
 )
 def a3(
     batch: StepBatch,

@@ -170,6 +170,8 @@ class EstimatorInfo:
     benchmark_lr_scale: the credit benchmark (``agentrl bench credit --part learning``) trains the
     method at this multiple of the family's policy learning rate; a measured setting, stated in its
     ``learning.md``. The trainer never rescales a config's ``optim.lr``.
+    clip: the (clip_low, clip_high) band the method's authors trained with, where it is not their
+    loss's own (``trainers.losses.LOSS_CLIP``): a config that leaves the band out gets this one.
     """
 
     name: str
@@ -193,6 +195,7 @@ class EstimatorInfo:
     channels: Mapping[str, float | str] = field(default_factory=dict)
     policy_drift: PolicyDrift | None = None
     benchmark_lr_scale: float = 1.0
+    clip: tuple[float, float] | None = None
 
     def channel_weights(self, options: Mapping[str, Any]) -> dict[str, float]:
         """Each channel's weight under ``options`` (an option that names a weight falls back to its
@@ -237,6 +240,7 @@ def register_estimator(
     channels: Mapping[str, float | str] | None = None,
     policy_drift: PolicyDrift | None = None,
     benchmark_lr_scale: float = 1.0,
+    clip: tuple[float, float] | None = None,
 ) -> Callable[[Callable[..., Advantages]], Callable[..., Advantages]]:
     """Register ``fn(batch, *, option=default, ...) -> Advantages`` under ``name``.
 
@@ -255,8 +259,13 @@ def register_estimator(
     ``EstimatorInfo``); one advantage per row each, so not with ``spans`` or ``per_token``.
     ``policy_drift``: when the trainer supplies the row input ``drift`` (see ``EstimatorInfo``).
     ``benchmark_lr_scale``: the credit benchmark's rate for the method, as a multiple of the family's.
+    ``clip``: the authors' (clip_low, clip_high) where it is not their loss's default band.
     """
     heads = dict(value_heads or {})
+    if clip is not None and not (len(clip) == 2 and all(np.isfinite(c) and c >= 0 for c in clip)):
+        raise ValueError(
+            f"estimator {name!r}: clip must be two numbers >= 0 (clip_low, clip_high), got {clip!r}"
+        )
     if not (np.isfinite(benchmark_lr_scale) and benchmark_lr_scale > 0):
         raise ValueError(
             f"estimator {name!r}: benchmark_lr_scale must be a positive number, got {benchmark_lr_scale!r}"
@@ -364,6 +373,7 @@ def register_estimator(
                 channels=chans,
                 policy_drift=policy_drift,
                 benchmark_lr_scale=float(benchmark_lr_scale),
+                clip=None if clip is None else (float(clip[0]), float(clip[1])),
             ),
         )
         return fn

@@ -498,8 +498,8 @@ class Trainer:
         a = cfg.algorithm
         settings = UpdateSettings(
             loss=a.resolved_loss,
-            clip_low=a.clip_low,
-            clip_high=a.clip_high,
+            clip_low=a.clip_band[0],
+            clip_high=a.clip_band[1],
             kl_coef=a.kl_coef,
             entropy_coef=a.entropy_coef,
             value_coef=a.value_coef,

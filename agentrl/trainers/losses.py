@@ -6,7 +6,8 @@ minibatch loss, already divided by the minibatch's token or sequence count, so m
 add up (gradient accumulation gives the same gradient as one big batch). A new loss is one
 function registered in ``LOSSES``; the training loop looks it up by name. A loss registered with
 ``channels=True`` (in ``CHANNEL_LOSSES``) reads ``LossInput.channels``, the advantage channels an
-estimator declares (``EstimatorInfo.channels``), which the trainer then spreads over tokens.
+estimator declares (``EstimatorInfo.channels``), which the trainer then spreads over tokens. A loss also declares its clip band (``LOSS_CLIP``): the
+``algorithm.clip_low`` / ``clip_high`` a config gets when it leaves them out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agentrl.registry import Registry
 __all__ = [
     "CHANNEL_LOSSES",
     "LOSSES",
+    "LOSS_CLIP",
     "LossInput",
     "LossOutput",
     "kl_k3",
@@ -60,13 +62,20 @@ class LossOutput:
 LossFn = Callable[[LossInput], LossOutput]
 LOSSES: Registry[LossFn] = Registry("loss")
 CHANNEL_LOSSES: Registry[bool] = Registry("channel loss")  # names of the losses that read channels
+LOSS_CLIP: Registry[tuple[float, float]] = Registry("loss clip band")  # (clip_low, clip_high) per loss
+PPO_CLIP = (0.2, 0.2)
 
 
-def register_loss(name: str, *, channels: bool = False) -> Callable[[LossFn], LossFn]:
-    """Register a loss; ``channels``: it reads ``LossInput.channels`` (the trainer must fill them)."""
+def register_loss(
+    name: str, *, channels: bool = False, clip: tuple[float, float] = PPO_CLIP
+) -> Callable[[LossFn], LossFn]:
+    """Register a loss; ``channels``: it reads ``LossInput.channels`` (the trainer must fill them);
+    ``clip``: its default (clip_low, clip_high), where the ratio it clips lives on another scale than
+    a token's (GSPO's length-normalised sequence ratio)."""
 
     def wrap(fn: LossFn) -> LossFn:
         LOSSES.register(name, fn)
+        LOSS_CLIP.register(name, clip)
         if channels:
             CHANNEL_LOSSES.register(name, True)
         return fn
@@ -118,10 +127,14 @@ def ppo_seq_mean_token_mean(x: LossInput) -> LossOutput:
     )
 
 
-@register_loss("gspo")
+@register_loss("gspo", clip=(3e-4, 4e-4))
 def gspo(x: LossInput) -> LossOutput:
     """GSPO: one ratio per response, ``s = exp(mean_tokens(logp - old_logp))``, clipped like PPO,
-    with the response's advantage = the mean of its token advantages; averaged over responses."""
+    with the response's advantage = the mean of its token advantages; averaged over responses.
+
+    Default clip band 3e-4 / 4e-4 (Zheng et al. 2025, arXiv 2507.18071, section 5.1; also verl's and
+    SeeUPO's GSPO settings): a length-normalised ratio moves far less than a token's, so PPO's 0.2
+    almost never binds (SeeUPO on the maze: clip fraction ~0 at 0.2, 5-15% at 3e-4)."""
     s = torch.exp(sequence_means(x.logp - x.old_logp, x.mask))
     adv = sequence_means(x.adv, x.mask)
     has_tokens = (x.mask.sum(-1) > 0).float()

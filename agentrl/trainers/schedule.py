@@ -212,12 +212,14 @@ def turn_slot_update(
     final = np.zeros(len(batch))
     totals: dict[str, float] = {}
     entropies, kls, trained, slots = [], [], 0.0, turn_slots(batch, order, seed)
+    slot_adv_means = []
     for _, rows in slots:
         scores = learner.score(
             samples, rows, reference=True, entropy=True, layout=learner.update_layout(len(rows), rng)
         )
         adv = estimate(estimator, batch, correction=corrections, **options)
         final[rows] = adv.step[rows]
+        slot_adv_means.append(float(adv.step[rows].mean()))
         token_adv = [np.full(len(samples.response_ids[r]), adv.step[r], dtype=np.float32) for r in rows]
         token_mask = [np.ones(len(samples.response_ids[r]), dtype=bool) for r in rows]
         stats = learner.update(samples, scores, token_adv, token_mask, rng=rng)
@@ -238,5 +240,10 @@ def turn_slot_update(
     stats["kl"] = float(np.nanmean(kls)) if kls else float("nan")
     stats["trained_tokens"] = trained
     stats["seeupo_slots"] = float(len(slots))
+    # a slot whose trained rows are mostly one sign (late slots: the trajectories still running are
+    # mostly failures) pushes the policy one way for a whole optimiser step
+    stats["seeupo_slot_adv_mean_min"] = min(slot_adv_means) if slot_adv_means else 0.0
+    stats["seeupo_slot_adv_mean_max"] = max(slot_adv_means) if slot_adv_means else 0.0
+    stats["seeupo_slot_rows_min"] = float(min((len(r) for _, r in slots), default=0))
     stats["seeupo_correction_mean"] = float(np.mean(list(corrections.values()))) if corrections else 1.0
     return UpdateResult(result, stats)
