@@ -210,3 +210,21 @@ def test_singleton_groups_and_equal_outcomes_give_zero(data):
     # live trajectory keeps its outcome, so neither holds there)
     batch, _ = data
     np.testing.assert_array_equal(estimate("seeupo", batch).step, 0.0)
+
+
+def test_keep_makes_late_slots_one_signed_drop_centres_every_slot():
+    """What collapses SeeUPO on the maze under ``keep``: successes end early, so the rows still live in
+    a late slot are mostly failures, all with negative advantages, and that slot's update pushes only
+    down. ``drop`` z-scores over each slot's live rows, so every slot's trained advantages sum to 0."""
+    trajs = []
+    for g in "ABCD":
+        trajs += [traj(f"{g}w", g, 2, 1.0), traj(f"{g}l1", g, 4, 0.0), traj(f"{g}l2", g, 4, 0.0)]
+    trajs.append(traj("Dl3", "D", 3, 1.0))  # a late success: slot 2 is not all failures
+    b = StepBatch.from_trajectories(trajs)
+    keep, drop = estimate("seeupo", b).step, estimate("seeupo", b, ended="drop").step
+    for t in range(4):
+        rows = b.turn == t
+        assert abs(drop[rows].mean()) < 1e-9
+        if t >= 2:  # only the failures (and Dl3) are still running
+            assert keep[rows].mean() < -0.4
+    assert abs(keep[b.turn == 0].mean()) < 1e-9  # every trajectory is live in slot 0

@@ -74,6 +74,12 @@ def seeupo(
       with a single live trajectory at t gets baseline 0 (A = R_i before the z-score).
     Either way only the rows of slot t are trained in slot t (``turn_slots``). The z-score uses the
     unbiased std (n-1) [ours; the paper does not say].
+
+    Under ``keep`` a late slot's trained rows are the trajectories still running, where successes end
+    early mostly failures, so that slot's advantages are mostly negative (on the maze, slot means down
+    to -1.6) and its update only pushes down; ``drop`` makes each slot's advantages zero-mean. Trained
+    at PPO's clip 0.2 on the GSPO ratio (which then never clips) this collapsed SeeUPO's policy on the
+    maze; at GSPO's band it recovers (docs/benchmarks.md, "SeeUPO and MT-PPO at 150 iterations").
     """
     check_choice("ended", ended, ENDED)
     if clip <= 0:
