@@ -94,6 +94,8 @@ def test_outputs_exist_and_agree_with_the_runs(bench):
         assert m["eval_after"]["success_rate"] == pytest.approx(summary["after"]["success_rate"])
         assert m["eval_after"]["episodes"] == 12
         assert f"algorithm.estimator={name}" in m["overrides"]
+        assert m["update"] == {"loss": "ppo_token_mean", "clip": [0.2, 0.2]}
+    assert "grpo, gigpo: ppo_token_mean clip 0.2 / 0.2." in md
     # one progress line per warm start and per method run, each with the elapsed time
     assert sum("warm start" in x for x in lines) == 1
     assert next(x for x in lines if x.startswith("[")).startswith("[1/2] tiny seed 0 grpo:")
@@ -194,6 +196,11 @@ def test_method_overrides_make_every_estimator_trainable_on_the_builtin_config(t
     for name in trainable_estimators():
         lr = load_config(path, method_overrides(name, base)).optim.lr
         assert (lr != base.optim.lr) == (name in rated)
+    # the family leaves the clip band out, so each method trains with its loss's or its authors' band
+    clip = {
+        n: load_config(path, method_overrides(n, base)).algorithm.clip_band for n in ("grpo", "seeupo", "a3")
+    }
+    assert clip == {"grpo": (0.2, 0.2), "seeupo": (3e-4, 4e-4), "a3": (0.1, 0.1)}
 
 
 def test_bad_estimator_fails_before_training(tmp_path, tiny_config):

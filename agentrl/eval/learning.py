@@ -436,9 +436,12 @@ def credit_learning(
             "eval_temperature": plan.base.eval.temperature,
             "sft": plan.base.sft.enabled,
             "methods": {
-                n: _summarise(
-                    plan.per_method[n], _start_label(n, plan.base), per[n], plan.base.optim.iterations
-                )
+                n: {
+                    **_summarise(
+                        plan.per_method[n], _start_label(n, plan.base), per[n], plan.base.optim.iterations
+                    ),
+                    "update": {"loss": plan.updates[n][0], "clip": list(plan.updates[n][1:])},
+                }
                 for n in plan.names
             },
             "paired": paired_differences({n: merge_draws(r) for n, r in per.items()}, baseline)
@@ -484,6 +487,8 @@ class _Plan:
     names: list[str]
     per_method: dict[str, list[str]]
     formats: list[str]
+    # what each method's update runs with: (loss, clip_low, clip_high)
+    updates: dict[str, tuple[str, float, float]]
 
 
 def _plan(
@@ -515,10 +520,12 @@ def _plan(
             f"the trainer cannot supply what {untrainable} need here; trainable: {', '.join(trainable)}"
         )
     per_method = {n: method_overrides(n, base) for n in names}
+    updates = {}
     for n in names:
-        load_config(path, common + per_method[n])
+        algo = load_config(path, common + per_method[n]).algorithm
+        updates[n] = (algo.resolved_loss, *algo.clip_band)
     formats = list(dict.fromkeys(_response_format(n, base) for n in names))
-    return _Plan(family, fam_dir, path, base, names, per_method, formats)
+    return _Plan(family, fam_dir, path, base, names, per_method, formats, updates)
 
 
 @dataclass(frozen=True)
@@ -951,6 +958,18 @@ def learning_markdown(result: dict[str, Any], plot: str | None = None) -> str:
             "",
             "Method overrides beyond the estimator: " + ("; ".join(notes) if notes else "none") + ".",
         ]
+        bands: dict[str, list[str]] = {}
+        for n, m in f["methods"].items():
+            if "update" in m:  # results written before the update settings were recorded have none
+                u = m["update"]
+                bands.setdefault(f"{u['loss']} clip {u['clip'][0]:g} / {u['clip'][1]:g}", []).append(n)
+        if bands:
+            lines += [
+                "",
+                "Loss and clip band (the loss's own, or the one a method's authors trained with): "
+                + "; ".join(f"{', '.join(ns)}: {b}" for b, ns in bands.items())
+                + ".",
+            ]
     if result["warm_starts"]:
         warm = "; ".join(f"{k} {w['seconds']:.0f} s" for k, w in result["warm_starts"].items())
         lines += ["", f"Warm starts (tiny model + SFT + the shared evaluation before RL): {warm}."]
