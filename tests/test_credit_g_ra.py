@@ -163,17 +163,19 @@ def test_gate_helpers_by_hand():
 def test_gated_batch_runs_mt_ppo_gae_and_mt_grpo_on_gated_returns():
     b = hand_batch()
     v = np.array([0.5, 0.2, -0.1, 0.3, 0.0, 0.1, 0.4, 0.2])
-    got = by_row(b, estimate("mt_ppo", gated_batch(b), values=v, gamma=0.9, lam=1.0).step)
+    got = by_row(b, estimate("mt_ppo", gated_batch(b), values=v, gamma=0.9, lam=1.0, whiten=False).step)
     # b, gate shut: r = (0, 0 + outcome 0) ; A_1 = 0 - 0 = 0 ; A_0 = 0 + 0.9*0 - 0.3 + 0.9*0 = -0.3
     assert got[("b", 1)] == pytest.approx(0.0)
     assert got[("b", 0)] == pytest.approx(-0.3)
     # a, gate open: r = (1, 0, 1 + 1) ; lam 1: A_t = sum_k 0.9^(k-t) r_k - V_t
     assert got[("a", 0)] == pytest.approx(1 + 0.81 * 2 - 0.5)
     # gae reads the env reward: into="reward" gives it the same return (outcome on the last step)
-    gae = estimate("gae", gated_batch(b, into="reward"), values=v, gamma=0.9, lam=1.0).step
-    np.testing.assert_allclose(gae, estimate("mt_ppo", gated_batch(b), values=v, gamma=0.9, lam=1.0).step)
+    gae = estimate("gae", gated_batch(b, into="reward"), values=v, gamma=0.9, lam=1.0, whiten=False).step
+    np.testing.assert_allclose(
+        gae, estimate("mt_ppo", gated_batch(b), values=v, gamma=0.9, lam=1.0, whiten=False).step
+    )
     # ungated, b's turn rewards count again
-    ungated = by_row(b, estimate("mt_ppo", b, values=v, gamma=0.9, lam=1.0).step)
+    ungated = by_row(b, estimate("mt_ppo", b, values=v, gamma=0.9, lam=1.0, whiten=False).step)
     assert ungated[("b", 0)] == pytest.approx(1 + 0.9 * 1 - 0.3)
     k_turn = estimate("mt_grpo", gated_batch(b), variant="k_turn").step
     assert np.all(np.isfinite(k_turn)) and not np.allclose(

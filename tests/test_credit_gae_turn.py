@@ -49,7 +49,7 @@ def gae_batch() -> tuple[StepBatch, np.ndarray]:
 
 def test_gae_three_steps_by_hand():
     b, v = gae_batch()
-    adv = estimate("gae", b, values=v, gamma=0.9, lam=0.8)
+    adv = estimate("gae", b, values=v, gamma=0.9, lam=0.8, whiten=False)
     got = by_row(b, adv.step)
     # x: delta_2 = 2 + 0 - (-0.2) = 2.2 (done)
     #    delta_1 = -1 + 0.9*(-0.2) - 0.5 = -1.68
@@ -70,7 +70,9 @@ def test_gae_three_steps_by_hand():
 
 def test_gae_bootstrap_truncated_uses_own_value():
     b, v = gae_batch()
-    got = by_row(b, estimate("gae", b, values=v, gamma=0.9, lam=0.8, bootstrap_truncated=True).step)
+    got = by_row(
+        b, estimate("gae", b, values=v, gamma=0.9, lam=0.8, bootstrap_truncated=True, whiten=False).step
+    )
     # y: delta_1 = 1 + 0.9*0.6 - 0.6 = 0.94 ; A_0 = 0.24 + 0.72*0.94 = 0.9168
     assert got[("y", 1)] == pytest.approx(0.94)
     assert got[("y", 0)] == pytest.approx(0.9168)
@@ -78,20 +80,25 @@ def test_gae_bootstrap_truncated_uses_own_value():
     assert got[("x", 1)] == pytest.approx(-0.096)
 
 
-def test_gae_defaults_are_monte_carlo_return_minus_value():
+def test_gae_defaults_are_monte_carlo_return_minus_value_whitened():
     b, v = gae_batch()
-    got = by_row(b, estimate("gae", b, values=v).step)
+    raw = estimate("gae", b, values=v, whiten=False).step
+    got = by_row(b, raw)
     # gamma = lam = 1: A_t = sum_{k>=t} r_k - V_t
     assert got[("x", 0)] == pytest.approx((0.5 - 1.0 + 2.0) - 1.0)
     assert got[("x", 1)] == pytest.approx((-1.0 + 2.0) - 0.5)
     assert got[("x", 2)] == pytest.approx(2.0 + 0.2)
     assert got[("y", 0)] == pytest.approx(1.0 - 0.3)
+    # by default the batch's advantages are whitened (verl, baselines' ppo2): centred, unit population std
+    default = estimate("gae", b, values=v).step
+    np.testing.assert_allclose(default, (raw - raw.mean()) / raw.std(), atol=1e-6)
+    assert abs(default.mean()) < 1e-12
 
 
 def test_gae_whiten_and_invalid_penalty():
     b = StepBatch.from_trajectories([traj("x", [0.0, 0.0, 1.0], invalid_at=1)])
     v = np.zeros(3)
-    adv = estimate("gae", b, values=v, invalid_penalty=0.1)
+    adv = estimate("gae", b, values=v, invalid_penalty=0.1, whiten=False)
     # MC returns (1, 1, 1); the penalty hits only row 1 (after discounting, no leak to row 0)
     np.testing.assert_allclose(adv.step, [1.0, 0.9, 1.0])
     np.testing.assert_allclose(adv.extras["returns"], [1.0, 0.9, 1.0])
@@ -241,12 +248,16 @@ def test_mt_grpo_missing_fields_and_bad_options():
 def test_mt_ppo_by_hand():
     b = StepBatch.from_trajectories([traj("a", [0.0, 0.0, 3.0], turn_rewards=[0.2, 0.0, 0.5], outcome=1.0)])
     v = np.array([0.4, 0.1, 0.7])
-    adv = estimate("mt_ppo", b, values=v, gamma=0.9, lam=0.8)
+    adv = estimate("mt_ppo", b, values=v, gamma=0.9, lam=0.8, whiten=False)
     # r = turn rewards + outcome on the last row = (0.2, 0, 0.5 + 1); env rewards are not used
     # delta_2 = 1.5 - 0.7 = 0.8 ; delta_1 = 0 + 0.9*0.7 - 0.1 = 0.53 ; delta_0 = 0.2 + 0.9*0.1 - 0.4 = -0.11
     # A_2 = 0.8 ; A_1 = 0.53 + 0.72*0.8 = 1.106 ; A_0 = -0.11 + 0.72*1.106 = 0.68632
     np.testing.assert_allclose(adv.step, [0.68632, 1.106, 0.8])
     np.testing.assert_allclose(adv.extras["returns"], [0.68632 + 0.4, 1.106 + 0.1, 0.8 + 0.7])
+    raw = np.array([0.68632, 1.106, 0.8])
+    default = estimate("mt_ppo", b, values=v, gamma=0.9, lam=0.8)  # whitened over the batch
+    np.testing.assert_allclose(default.step, (raw - raw.mean()) / raw.std(), atol=1e-6)
+    np.testing.assert_allclose(default.extras["returns"], adv.extras["returns"])
 
 
 def test_mt_ppo_missing_inputs():

@@ -86,7 +86,7 @@ def test_fidelity_ranks_step_level_methods_above_outcome_only():
         assert by[name].target == "outcome"
     # anchor-state step credit tracks Q - V better than broadcasting the outcome
     assert by["gigpo"].corr > by["grpo"].corr
-    assert by["gae"].note == "exact V as critic (oracle)"
+    assert by["gae"].note == "exact V as critic (oracle); whiten=False"
     assert by["mt_grpo"].target == "outcome+turn" and by["mt_grpo"].note == "variant=k_turn"
     table = fidelity_markdown(rows)
     assert "| gigpo | outcome |" in table and "corr N=8" in table

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -109,8 +110,10 @@ def test_critic_methods_run_when_steps_carry_values():
             traj("m", "g", "g", [0.0], False, values=[0.25]),
         ]
     )
-    # GAE with gamma = lam = 1: A_t = (sum of rewards from t) - V_t, no penalty on valid rows.
-    assert cols.step["gae"] == pytest.approx([1.0 - 0.5, 1.0 - 0.8, 0.0 - 0.25])
+    # GAE with gamma = lam = 1: A_t = (sum of rewards from t) - V_t, no penalty on valid rows, then
+    # whitened over the episodes shown (the default, as training does)
+    raw = np.array([1.0 - 0.5, 1.0 - 0.8, 0.0 - 0.25])
+    assert cols.step["gae"] == pytest.approx((raw - raw.mean()) / raw.std())
     assert "gae" not in cols.skipped
 
 
@@ -168,8 +171,9 @@ def test_episode_page_shows_steps_and_skipped_methods(client):
     assert [float(v) for v in values] == pytest.approx([-0.5, -0.6])
     assert "critic method" in page and "hiper" in page
     critic = client.get("/episode/5").text  # eval/critic.jsonl, trajectory f
+    raw = np.array([0.5, 0.2, -0.25])  # G - V of f's two steps and g's one, whitened over the file
     assert [float(v) for v in re.findall(r"data-method='gae' data-value='([^']+)'", critic)] == pytest.approx(
-        [0.5, 0.2]
+        list(((raw - raw.mean()) / raw.std())[:2]), abs=1e-3
     )
 
 

@@ -123,14 +123,15 @@ def mt_ppo(
     gamma: float = 1.0,
     lam: float = 1.0,
     bootstrap_truncated: bool = False,
-    whiten: bool = False,
+    whiten: bool = True,
     invalid_penalty: float = 0.1,
     gate: str = "none",
     gate_threshold: float = 1.0,
 ) -> Advantages:
     """GAE over turns with ``r_t = turn_reward_t``, plus the outcome added on the last row.
 
-    Same options and defaults as ``gae`` (gamma 1.0, lam 1.0); ``extras["returns"]`` = A + V.
+    Same options and defaults as ``gae`` (gamma 1.0, lam 1.0, whitened over the batch as in verl, on
+    which the paper's MT-PPO runs); ``extras["returns"]`` = A + V.
     ``gate``/``gate_threshold``: G-RA's gate on the turn rewards, as in ``mt_grpo``.
     """
     batch = gated_batch(batch, gate=gate, threshold=gate_threshold) if gate != "none" else batch

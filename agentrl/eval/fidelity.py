@@ -61,6 +61,10 @@ FAIR_OPTIONS: dict[str, dict[str, object]] = {
     "hiper": {"shaping": False, "bootstrap_truncated": False},  # the return is the outcome; finite horizon
     "matchtir": {"outcome_weight": 1.0},  # its answer turn scores the outcome; the maze's is the episode's
     "spa_rl": {"grounding": 0.0, "whiten": False},  # the return is the outcome; advantages unscaled
+    # the critic's own A = G - V: training whitens it over each batch (an affine map per batch), which
+    # would make the sign read "better than this batch's mean" rather than the estimate's own
+    "gae": {"whiten": False},
+    "mt_ppo": {"whiten": False},
 }
 
 
