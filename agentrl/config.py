@@ -7,6 +7,7 @@ a validated ``TrainConfig``. An unknown key or a value of the wrong type fails w
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -333,6 +334,14 @@ class RolloutConfig(Section):
         )
 
 
+def _plain(value: Any) -> Any:
+    """A default as YAML gives it back (tuples as lists), so a saved config reads back equal."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
 class AlgorithmConfig(Section):
     estimator: str = "grpo"
     options: dict[str, Any] = {}
@@ -382,6 +391,10 @@ class AlgorithmConfig(Section):
             raise ValueError(
                 f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}"
             )
+        # every option at its value, defaults written out: config.yaml says what ran, and a run saved
+        # before an estimator's default changed no longer reads as the same config (resume, reuse)
+        defaults = {k: _plain(info.options[k]) for k in allowed if k not in info.inputs}
+        self.options = {**defaults, **self.options}
         from agentrl.trainers.losses import CHANNEL_LOSSES
 
         if self.resolved_loss in CHANNEL_LOSSES and not info.channels:

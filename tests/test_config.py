@@ -110,9 +110,25 @@ def test_wrong_types_and_values_name_the_key():
         load_config(None, ["rollout.groups=0"])
     with pytest.raises(ConfigError, match=r"estimator 'hiper' needs rollout.response_format: hiper"):
         load_config(None, ["algorithm.estimator=hiper"])
-    assert load_config(
-        None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]
-    ).algorithm.options == {"omega": 2}
+    options = load_config(None, ["algorithm.estimator=gigpo", "algorithm.options.omega=2"]).algorithm.options
+    assert options["omega"] == 2 and options["gamma"] == 0.95  # given, and the defaults written out
+
+
+def test_estimator_options_are_written_out_so_a_changed_default_is_a_changed_config(tmp_path):
+    """config.yaml holds every option at its value: a run saved before an estimator's default changed
+    reads back with the old value, so resume and benchmark reuse see a different config."""
+    cfg = load_config(None, ["algorithm.estimator=mt_ppo"])
+    assert cfg.algorithm.options["whiten"] is True and cfg.algorithm.options["gamma"] == 1.0
+    saved = yaml.safe_load(dump_config(cfg))
+    assert saved["algorithm"]["options"]["whiten"] is True
+    assert config_from_dict(saved) == cfg
+    saved["algorithm"]["options"]["whiten"] = False  # as if written when the default was False
+    assert config_from_dict(saved) != cfg
+    a3 = load_config(None, ["algorithm.estimator=a3"])
+    assert a3.algorithm.options["scopes"] == [1, 2, 3, -1]  # tuples as YAML gives them back
+    assert config_from_dict(yaml.safe_load(dump_config(a3))) == a3
+    # the trainer's inputs are not options
+    assert "token_stats" not in load_config(None, ["algorithm.estimator=ucas"]).algorithm.options
 
 
 def test_lora_section_is_the_policys_settings_type(tmp_path):
