@@ -389,7 +389,9 @@ class AlgorithmConfig(Section):
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
             raise ValueError(
-                f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)}"
+                f"unknown option(s) {unknown} for estimator {self.estimator!r}; allowed: {', '.join(allowed)} "
+                "(a saved config.yaml writes out every option of its estimator: to switch estimator on "
+                "one, also pass algorithm.options={})"
             )
         # every option at its value, defaults written out: config.yaml says what ran, and a run saved
         # before an estimator's default changed no longer reads as the same config (resume, reuse)

@@ -127,6 +127,11 @@ def test_estimator_options_are_written_out_so_a_changed_default_is_a_changed_con
     a3 = load_config(None, ["algorithm.estimator=a3"])
     assert a3.algorithm.options["scopes"] == [1, 2, 3, -1]  # tuples as YAML gives them back
     assert config_from_dict(yaml.safe_load(dump_config(a3))) == a3
+    # switching estimator on a saved config: its written-out options are refused, with the way out
+    with pytest.raises(ConfigError, match=r"also pass algorithm.options=\{\}"):
+        config_from_dict({**saved, "algorithm": {**saved["algorithm"], "estimator": "grpo"}})
+    switched = {**saved["algorithm"], "estimator": "grpo", "options": {}}
+    assert config_from_dict({**saved, "algorithm": switched}).algorithm.options["mode"] == "mean_std"
     # the trainer's inputs are not options
     assert "token_stats" not in load_config(None, ["algorithm.estimator=ucas"]).algorithm.options
 
