@@ -7,7 +7,7 @@ did not really end there. The helpers here are shared with MT-PPO (turn_level.py
 
 Advantages are whitened over the batch by default (``whiten``), as PPO's implementations do: verl's
 ``compute_gae_advantage_return`` (``masked_whiten`` over the response tokens, always; verl-agent's PPO
-baseline and MT-PPO run on it) and OpenAI baselines' ppo2 (per minibatch). Here over rows, each
+baseline runs on it) and OpenAI baselines' ppo2 (per minibatch). Here over rows, each
 response once. Unwhitened, a critic that lags the policy makes a whole batch's advantages one-signed:
 on the maze MT-PPO's mean advantage fell to -1.8 (max +0.09) one iteration before its policy collapsed
 (training success 0.81 -> 0.06, 61% invalid actions; docs/benchmarks.md). ``whiten=False`` keeps the

@@ -77,9 +77,10 @@ def seeupo(
 
     Under ``keep`` a late slot's trained rows are the trajectories still running, where successes end
     early mostly failures, so that slot's advantages are mostly negative (on the maze, slot means down
-    to -1.6) and its update only pushes down; ``drop`` makes each slot's advantages zero-mean. Trained
-    at PPO's clip 0.2 on the GSPO ratio (which then never clips) this collapsed SeeUPO's policy on the
-    maze; at GSPO's band it recovers (docs/benchmarks.md, "SeeUPO and MT-PPO at 150 iterations").
+    to -1.6) and its update only pushes down; ``drop`` makes each slot's advantages zero-mean. At PPO's
+    clip 0.2 on the GSPO ratio (which then seldom clips) SeeUPO's policy collapsed on the maze; at
+    GSPO's band (the loss's default) the collapses are shorter but remain under ``keep``, not seen under
+    ``drop`` (docs/benchmarks.md, "SeeUPO and MT-PPO at 150 iterations").
     """
     check_choice("ended", ended, ENDED)
     if clip <= 0:

@@ -130,8 +130,8 @@ def mt_ppo(
 ) -> Advantages:
     """GAE over turns with ``r_t = turn_reward_t``, plus the outcome added on the last row.
 
-    Same options and defaults as ``gae`` (gamma 1.0, lam 1.0, whitened over the batch as in verl, on
-    which the paper's MT-PPO runs); ``extras["returns"]`` = A + V.
+    Same options and defaults as ``gae`` (gamma 1.0, lam 1.0, whitened over the batch as verl's GAE
+    does; the paper's own PPO trainer is not in reach); ``extras["returns"]`` = A + V.
     ``gate``/``gate_threshold``: G-RA's gate on the turn rewards, as in ``mt_grpo``.
     """
     batch = gated_batch(batch, gate=gate, threshold=gate_threshold) if gate != "none" else batch
