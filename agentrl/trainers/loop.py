@@ -496,10 +496,11 @@ class Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         a = cfg.algorithm
+        clip_low, clip_high = a.clip_band
         settings = UpdateSettings(
             loss=a.resolved_loss,
-            clip_low=a.clip_band[0],
-            clip_high=a.clip_band[1],
+            clip_low=clip_low,
+            clip_high=clip_high,
             kl_coef=a.kl_coef,
             entropy_coef=a.entropy_coef,
             value_coef=a.value_coef,
