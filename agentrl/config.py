@@ -54,6 +54,10 @@ class TinyModelConfig(Section):
     # strings the tokenizer keeps as one token each, like the format tags (e.g. [KEEP, SWITCH] for
     # hiper: spelt in bytes, they stop the maze model learning which way to go)
     whole_words: list[str] = []
+    # qwen2: Qwen2's pre-split (a word takes the space or bracket before it); words: every word is
+    # one token wherever it stands, so a word read in the observation can be copied into an action
+    # like click[black] (agentrl.policies.tiny.train_tokenizer)
+    pretokenize: Literal["qwen2", "words"] = "qwen2"
 
     @field_validator("whole_words")
     @classmethod

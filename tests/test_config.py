@@ -26,7 +26,7 @@ def test_quickstart_loads_and_round_trips():
     assert again == cfg
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_is_valid(path):
     load_config(path)
 

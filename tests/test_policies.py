@@ -165,6 +165,26 @@ def test_tiny_tokenizer_whole_words_are_one_token_and_cost_merges_not_size():
     )
 
 
+def test_words_pretokenizer_makes_a_copied_word_the_token_it_was_read_as():
+    """Qwen2's pre-split glues a word to the space or bracket before it, so ``black`` read in a
+    WebShop page and written in ``click[black]`` are different tokens; ``words`` keeps them one."""
+    corpus = ["[SEP] black [SEP] navy [SEP] 28 inch [SEP] Buy Now"] * 20 + [
+        "<action>click[black]</action> <action>click[navy]</action> click[buy now]"
+    ] * 20
+    text = "[SEP] black [SEP] <action>click[black]</action>"
+    qwen2 = train_tokenizer(corpus, vocab_size=384).tokenize(text)
+    assert "Ġblack" in qwen2 and "black" not in qwen2  # read and written as different tokens
+    words = train_tokenizer(corpus, vocab_size=384, pretokenize="words")
+    toks = words.tokenize(text)
+    assert toks.count("black") == 2 and "Ġblack" not in toks and "[b" not in toks
+    for t in [text, "naïve  ünïcode\n\t 中文 🙂 B095JJXRTV", "<|im_start|>user\nhi<|im_end|>"]:
+        assert words.decode(words(t, add_special_tokens=False)["input_ids"]) == t
+    with pytest.raises(ValueError, match="pretokenize must be one of"):
+        train_tokenizer(corpus, pretokenize="bytes")
+    with pytest.raises(ValueError, match="pretokenize"):
+        TinyModelConfig(pretokenize="bytes")
+
+
 def test_tiny_model_builds_saves_loads_deterministically(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -211,10 +211,35 @@ def test_group_resets_identical():
     assert a.reset(seed=3)[1]["task_id"] == a.reset(seed=3)[1]["task_id"]
 
 
-def test_oracle_solves_every_test_goal(env):
-    results = [run_episode(env, scripted_policy(oracle_actions(env.shop, int(t))), t) for t in env.task_ids()]
+@pytest.mark.parametrize("search", ["title", "instruction"])
+def test_oracle_solves_every_test_goal(env, search):
+    results = [
+        run_episode(env, scripted_policy(oracle_actions(env.shop, int(t), search=search)), t)
+        for t in env.task_ids()
+    ]
     assert all(r["success"] and r["reward"] == 1.0 for r in results)
     assert max(r["steps"] for r in results) <= env.max_steps
+
+
+def test_instruction_oracle_plays_the_listed_search_and_falls_back_to_the_title(env):
+    """The instruction search is the one the env lists, so a policy choosing among the admissible
+    actions can copy the demonstration; where it misses the product, the oracle searches the name."""
+    _, info = env.reset(options={"task_id": "7"})
+    first = oracle_actions(env.shop, 7, search="instruction")[0]
+    assert info["admissible_actions"] == [first] != [oracle_actions(env.shop, 7)[0]]
+    goal = env.shop.goals[7]
+    product = env.shop.by_asin[goal["asin"]]
+    missing = dict(goal, instruction_text="i want a " + "zzz qqq " * 3)
+    env.shop.goals[7] = missing
+    try:
+        assert (
+            oracle_actions(env.shop, 7, search="instruction")[0]
+            == f"search[{product['Title'].lower().strip()}]"
+        )
+    finally:
+        env.shop.goals[7] = goal
+    with pytest.raises(ValueError, match="search must be 'title' or 'instruction'"):
+        oracle_actions(env.shop, 7, search="asin")
 
 
 def test_random_agent_is_far_below_the_oracle(env):

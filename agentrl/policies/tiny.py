@@ -46,6 +46,9 @@ FORMAT_TOKENS = (
 # Qwen2's normalisation (NFC) and pre-tokenisation: transformers rebuilds a Qwen2 model's tokenizer
 # with these on load, so the tokenizer is trained with them and loads back unchanged.
 QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Words apart from the space or punctuation before them: a word is one token wherever it stands.
+WORDS_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+|\s+"""
+PRETOKENIZERS = {"qwen2": QWEN2_PRETOKENIZE_REGEX, "words": WORDS_PRETOKENIZE_REGEX}
 
 # ChatML, as Qwen2.5 writes it, without tool-schema rendering: a small template for the tiny tokenizer.
 CHATML_TEMPLATE = (
@@ -97,6 +100,7 @@ def train_tokenizer(
     vocab_size: int = 512,
     min_frequency: int = 2,
     whole_words: Sequence[str] = (),
+    pretokenize: str = "qwen2",
 ) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus_texts`` with ChatML specials.
 
@@ -105,7 +109,15 @@ def train_tokenizer(
     within ``vocab_size``. A word the corpus holds too rarely to merge is otherwise spelt in bytes:
     HiPER's ``KEEP``, spelt ``K E E P`` in every response, stops the maze model learning which way
     to go (docs/benchmarks.md, "HiPER's warm start").
+
+    ``pretokenize``: ``"qwen2"`` splits text as Qwen2's tokenizer does, a word taking the space or
+    the one punctuation mark before it (`` black``, ``[b``...), so a word read after a space and
+    written after a bracket are different tokens; ``"words"`` splits every word from what precedes
+    it (spaces become tokens of their own, ~40% more tokens on WebShop's pages), so a word copied
+    from the observation into ``click[...]`` is the token it was read as.
     """
+    if pretokenize not in PRETOKENIZERS:
+        raise ValueError(f"pretokenize must be one of {sorted(PRETOKENIZERS)}, got {pretokenize!r}")
     from tokenizers import (
         AddedToken,
         Regex,
@@ -132,7 +144,7 @@ def train_tokenizer(
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(PRETOKENIZERS[pretokenize]), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -264,6 +276,7 @@ def build_tiny_model(
     full_vocab: int | None = None,
     dtype: str | None = None,
     whole_words: Sequence[str] = (),
+    pretokenize: str = "qwen2",
 ) -> Path:
     """Train a tokenizer on ``corpus_texts`` (+ ``format_corpus()``), random-init a Qwen2, save both.
 
@@ -271,14 +284,18 @@ def build_tiny_model(
     ``from_pretrained`` loads like any real model. ``full_vocab``: grow the trained tokenizer to
     exactly this many entries (``widen_tokenizer``; 151,936 for a Qwen2.5-shaped benchmark model).
     ``dtype`` (e.g. ``"bfloat16"``): the weights are saved in it (half the disk of a 1.5B model).
-    ``whole_words``: kept as one token each (``train_tokenizer``).
+    ``whole_words``: kept as one token each; ``pretokenize``: how text is split before BPE
+    (``train_tokenizer``).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     out = Path(out_dir)
     tokenizer = train_tokenizer(
-        [*corpus_texts, *format_corpus()], vocab_size=vocab_size, whole_words=whole_words
+        [*corpus_texts, *format_corpus()],
+        vocab_size=vocab_size,
+        whole_words=whole_words,
+        pretokenize=pretokenize,
     )
     if full_vocab is not None:
         tokenizer = widen_tokenizer(tokenizer, full_vocab)

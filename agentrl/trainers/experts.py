@@ -10,7 +10,7 @@ are constructor arguments the env needs for its expert (``expert_env`` adds them
 | --- | --- |
 | maze | ``maze.solve``: a shortest plan from the start |
 | alfworld | alfworld's handcoded expert (``info["expert_action"]``, env made with ``expert=True``) |
-| webshop, webshop-browser | ``webshop.agents.oracle_actions``: search the product, pick its options, buy |
+| webshop, webshop-browser | ``webshop.agents.oracle_actions``: search the instruction (the listed search; the product's name where that misses it), pick its options, buy |
 | search | ``search.oracle_actions``: one search per hop of the gold decomposition, then the answer |
 | tools | each built-in task's ``solution`` turns as ``<tool_call>`` text, then its ``final`` answer |
 | bfcl | BFCL's ground-truth calls, turn by turn (``ground_truth_actions``) |
@@ -106,7 +106,7 @@ def _alfworld(env: Any, task_id: str) -> EpisodeExpert:
 def _webshop(env: Any, task_id: str) -> EpisodeExpert:
     from agentrl.envs.webshop.agents import oracle_actions
 
-    return replay(oracle_actions(env.shop, int(task_id)))
+    return replay(oracle_actions(env.shop, int(task_id), search="instruction"))
 
 
 _THOUGHT = re.compile(r"\s*<think>(.*?)</think>(.*)", re.DOTALL)

@@ -266,6 +266,7 @@ class Trainer:
                 max_positions=tiny.max_positions,
                 seed=tiny.seed,
                 whole_words=tiny.whole_words,
+                pretokenize=tiny.pretokenize,
             )
             os.replace(tmp, out)
         self.dist.barrier()

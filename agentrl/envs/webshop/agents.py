@@ -10,15 +10,29 @@ import numpy as np
 from agentrl.envs.base import AgentEnv
 from agentrl.envs.webshop.loader import Shop
 from agentrl.envs.webshop.pages import PRODUCT_WINDOW
+from agentrl.envs.webshop.text_env import instruction_keywords
 
 
-def oracle_actions(shop: Shop, goal_idx: int) -> list[str]:
-    """Buy the goal product with the goal options: search its name, page to it, pick options, buy."""
+def oracle_actions(shop: Shop, goal_idx: int, search: str = "title") -> list[str]:
+    """Buy the goal product with the goal options: search, page to it, pick options, buy.
+
+    ``search="title"`` searches the product's own name, which always finds it. ``"instruction"``
+    searches the instruction's keywords (the search the env lists among the admissible actions, so
+    a policy that chooses among them can copy these demonstrations) and falls back to the title
+    when the product is not among those hits.
+    """
+    if search not in ("title", "instruction"):
+        raise ValueError(f"search must be 'title' or 'instruction', got {search!r}")
     goal = shop.goals[goal_idx]
     asin = goal["asin"]
     product = shop.by_asin[asin]
     keywords = product["Title"].lower().strip()
     hits = shop.search.search(keywords)
+    if search == "instruction":
+        listed = instruction_keywords(goal["instruction_text"])
+        listed_hits = shop.search.search(listed)
+        if asin in listed_hits:
+            keywords, hits = listed, listed_hits
     if asin not in hits:
         raise LookupError(
             f"goal {goal_idx}: product {asin} is not among the top {len(hits)} hits for its own name"
