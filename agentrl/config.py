@@ -463,6 +463,9 @@ class SFTConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of the steps with a linear warm-up
     batch_size: int = Field(16, ge=1)
     full_finetune: bool = True  # False: train a LoRA adapter and merge it
+    # weight of each prompt token in the loss against a response token's 1 (0: responses only);
+    # next-token prediction on the observations for a random-init model (trainers.sft.sft_train)
+    prompt_loss_weight: float = Field(0.0, ge=0)
 
 
 class EvalConfig(Section):

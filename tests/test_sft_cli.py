@@ -430,3 +430,67 @@ def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(
     )
     assert len(rates) == 2 * -(-len(demos) // 4)
     assert rates[0] < 0.01 and max(rates) == pytest.approx(0.01) and rates[-1] < 0.001
+
+
+def test_prompt_loss_weight_adds_the_prompt_tokens_to_the_loss(tiny_model: Callable[..., Path]) -> None:
+    """The first step's gradient is that of the weighted mean NLL computed by hand from the logits:
+    response tokens weigh 1, prompt tokens w (not a row's first, which nothing predicts); the
+    logged loss stays the response tokens' mean."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrl.agents import render_chat
+    from agentrl.trainers.sft import Demonstration, sft_train
+
+    kwargs = {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}
+    model_dir = tiny_model(
+        maze=kwargs, tasks=2, steps_per_task=10, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    demos = [
+        Demonstration(
+            [{"role": "user", "content": "You are in the hall. Exits: north."}], "<action>go north</action>"
+        ),
+        Demonstration([{"role": "user", "content": "You see: red key."}], "<action>take red key</action>"),
+    ]
+    w = 0.3
+    hand_model = copy.deepcopy(model)
+    weighted, total_weight, resp_nll, n_resp = torch.zeros(()), 0.0, 0.0, 0
+    for d in demos:
+        p = tokenizer(
+            render_chat(tokenizer, d.messages, add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
+        r = tokenizer(d.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([p + r])
+        nll_T = -hand_model(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+        weight_T = torch.tensor([w] * (len(p) - 1) + [1.0] * len(r))
+        weighted = weighted + (nll_T * weight_T).sum()
+        total_weight += float(weight_T.sum())
+        resp_nll += float(nll_T[len(p) - 1 :].detach().sum())
+        n_resp += len(r)
+    (weighted / total_weight).backward()
+    params = [p for p in hand_model.parameters() if p.requires_grad]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+    grads: list[list[torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
+        grads.append([q.grad.clone() for q in self.param_groups[0]["params"]])
+        return step(self, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", recording_step)
+        stats = sft_train(
+            model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=2, seed=0, prompt_loss_weight=w
+        )
+    assert norm > 0 and len(grads) == 1
+    for mine, hand in zip(grads[0], params):
+        torch.testing.assert_close(mine, hand.grad, rtol=1e-4, atol=1e-6)
+    assert stats["sft_loss_first"] == pytest.approx(resp_nll / n_resp, rel=1e-5)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="prompt_loss_weight must be a finite number >= 0"):
+            sft_train(
+                model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=2, seed=0, prompt_loss_weight=bad
+            )

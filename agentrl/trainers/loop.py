@@ -354,6 +354,7 @@ class Trainer:
                 warmup_ratio=s.warmup_ratio,
                 pack_rows=self.cfg.model.packed_scoring,
                 progress=step_line if self.dist.main else None,
+                prompt_loss_weight=s.prompt_loss_weight,
             )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:

@@ -112,6 +112,7 @@ def sft_train(
     warmup_ratio: float = 0.0,
     pack_rows: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
+    prompt_loss_weight: float = 0.0,
 ) -> dict[str, float]:
     """Minimise the mean negative log-likelihood of the response tokens (+ end-of-turn) over ``epochs``.
 
@@ -125,7 +126,16 @@ def sft_train(
     divided by the whole batch's token count), so the steps are the single-process ones.
     ``pack_rows``: rows packed without padding (``token_logprobs(packed=True)``). ``progress(step,
     steps, loss)``: called about every tenth of the whole run (long epochs say how far they are).
+
+    ``prompt_loss_weight`` w: the prompt's tokens count in the loss too, each with weight w against a
+    response token's 1 (the mean is over the weights: OpenAI's fine-tuning ``prompt_loss_weight``,
+    Axolotl's ``train_on_inputs`` at w = 1). Next-token prediction on the observations teaches a
+    random-init model the env's text, including words that recur between an instruction and a
+    page, which is what copying one into an action needs. The logged ``loss`` stays the response
+    tokens' mean, comparable across w.
     """
+    if not (math.isfinite(prompt_loss_weight) and prompt_loss_weight >= 0):
+        raise ValueError(f"prompt_loss_weight must be a finite number >= 0, got {prompt_loss_weight}")
     from agentrl.agents import render_chat
 
     if not demos:
@@ -161,22 +171,30 @@ def sft_train(
         for start in range(0, len(demos), batch_size):
             rows = order[start : start + batch_size]
             n_tokens = max(sum(len(responses[r]) for r in rows), 1)
+            # the weight of every scored token in the batch (a prompt's first token has no context)
+            n_weight = n_tokens + prompt_loss_weight * sum(len(prompts[r]) - 1 for r in rows)
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
             mine: list[int] = dist.share(rows.tolist())
             if mine:
                 packed = pack_samples([prompts[r] for r in mine], [responses[r] for r in mine], pad, device)
+                weight_BT = packed.response_mask.float()
+                scored_BT = packed.response_mask
+                if prompt_loss_weight > 0:
+                    scored_BT = packed.attention_mask.bool()
+                    first_B = scored_BT.int().argmax(dim=1)  # left padding: each row's first real token
+                    scored_BT[torch.arange(len(mine), device=device), first_B] = False
+                    weight_BT = weight_BT + prompt_loss_weight * (scored_BT & ~packed.response_mask).float()
                 lp = token_logprobs(
                     model,
                     packed.input_ids,
                     packed.attention_mask,
-                    packed.response_mask,
+                    scored_BT,
                     chunk_size=chunk_size,
                     packed=pack_rows,
                 )
-                nll = -(lp.logprobs * packed.response_mask).sum() / n_tokens
-                nll.backward()
-                loss = float(nll.detach())
+                (-(lp.logprobs * weight_BT).sum() / n_weight).backward()
+                loss = float(-(lp.logprobs.detach() * packed.response_mask).sum() / n_tokens)
             dist.sum_grads(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
