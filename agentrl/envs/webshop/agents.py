@@ -26,13 +26,14 @@ def oracle_actions(shop: Shop, goal_idx: int, search: str = "title") -> list[str
     goal = shop.goals[goal_idx]
     asin = goal["asin"]
     product = shop.by_asin[asin]
-    keywords = product["Title"].lower().strip()
-    hits = shop.search.search(keywords)
+    keywords = ""
+    hits: tuple[str, ...] = ()
     if search == "instruction":
-        listed = instruction_keywords(goal["instruction_text"])
-        listed_hits = shop.search.search(listed)
-        if asin in listed_hits:
-            keywords, hits = listed, listed_hits
+        keywords = instruction_keywords(goal["instruction_text"])
+        hits = shop.search.search(keywords)
+    if asin not in hits:  # the title search, or the fallback when the listed search misses it
+        keywords = product["Title"].lower().strip()
+        hits = shop.search.search(keywords)
     if asin not in hits:
         raise LookupError(
             f"goal {goal_idx}: product {asin} is not among the top {len(hits)} hits for its own name"
