@@ -195,3 +195,12 @@ def test_shard_always_needs_fsdp_and_no_sft_stage():
         load_config(None, ["distributed.shard=sometimes"])
     cfg = load_config(None, ["distributed.strategy=fsdp", "distributed.shard=always", "sft.enabled=false"])
     assert (cfg.distributed.strategy, cfg.distributed.shard) == ("fsdp", "always")
+
+
+def test_tiny_model_options_refuse_bad_values_with_the_key_named():
+    with pytest.raises(ConfigError, match="prompt_loss_weight"):
+        load_config(None, ["sft.prompt_loss_weight=-1"])
+    with pytest.raises(ConfigError, match="pretokenize"):
+        load_config(None, ["model.tiny.pretokenize=bytes"])
+    cfg = load_config(None, ["sft.prompt_loss_weight=0.5", "model.tiny.pretokenize=words"])
+    assert cfg.sft.prompt_loss_weight == 0.5 and cfg.model.tiny.pretokenize == "words"
