@@ -58,6 +58,9 @@ class TinyModelConfig(Section):
     # one token wherever it stands, so a word read in the observation can be copied into an action
     # like click[black] (agentrl.policies.tiny.train_tokenizer)
     pretokenize: Literal["qwen2", "words"] = "qwen2"
+    # lower-case text before tokenising: a product id read as B01MW7S2YN is written click[b01mw7s2yn];
+    # decoded text comes out lower-case, so only for envs whose actions ignore case (WebShop)
+    lowercase: bool = False
 
     @field_validator("whole_words")
     @classmethod

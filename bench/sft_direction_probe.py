@@ -107,7 +107,9 @@ def probe(
     """Train one variant and return its SFT loss and held-out token / direction NLLs."""
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from agentrl.policies.tokenizer import load_tokenizer
 
     from agentrl.agents import render_chat
     from agentrl.envs import make
@@ -133,7 +135,7 @@ def probe(
         )
     train = _demos(env, ids[:1600], variant, seed, tail)
     held = _demos(env, ids[1800:2000], variant, seed + 10_000, tail)[:600]
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     torch.manual_seed(seed)
     stats = sft_train(model, tokenizer, train, epochs=epochs, lr=0.002, batch_size=32, seed=seed)

@@ -185,6 +185,31 @@ def test_words_pretokenizer_makes_a_copied_word_the_token_it_was_read_as():
         TinyModelConfig(pretokenize="bytes")
 
 
+def test_lowercase_tokenizer_spells_a_product_id_alike_and_survives_loading(tmp_path):
+    """WebShop shows B01MW7S2YN and takes click[b01mw7s2yn]; lower-cased, both are one spelling.
+    transformers' Qwen2Tokenizer resets the normaliser on load; load_tokenizer keeps the file's."""
+    from transformers import AutoTokenizer
+
+    from agentrl.policies.tokenizer import load_tokenizer
+
+    corpus = ["[SEP] B01MW7S2YN [SEP] Black [SEP] Buy Now"] * 20 + ["<action>click[b01mw7s2yn]</action>"] * 20
+    built = build_tiny_model(tmp_path / "low", corpus, vocab_size=384, pretokenize="words", lowercase=True)
+    loaded = load_tokenizer(built)
+    asin = loaded.tokenize("b01mw7s2yn")
+    assert loaded.tokenize(" B01MW7S2YN") == ["Ġ", *asin]  # read on the page
+    assert loaded.tokenize("click[b01mw7s2yn]")[-len(asin) - 1 :] == [*asin, "]"]  # written in the action
+    assert loaded.tokenize("<action>X</action><|im_end|>") == ["<action>", "x", "</action>", "<|im_end|>"]
+    assert AutoTokenizer.from_pretrained(built).tokenize("B01") != loaded.tokenize(
+        "B01"
+    )  # why load_tokenizer
+    # without lowercase nothing changes, and a tokenizer of another class loads as transformers loads it
+    plain = build_tiny_model(tmp_path / "plain", corpus, vocab_size=384)
+    assert load_tokenizer(plain).tokenize("Black B01") == AutoTokenizer.from_pretrained(plain).tokenize(
+        "Black B01"
+    )
+    assert TinyModelConfig(lowercase=True).lowercase
+
+
 def test_tiny_model_builds_saves_loads_deterministically(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

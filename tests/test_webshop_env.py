@@ -109,6 +109,45 @@ def test_item_page_options_and_sub_pages(env):
     assert "Total results" in obs5
 
 
+def test_text_rich_marks_buttons_and_what_was_clicked():
+    """The original's text_rich format (convert_html_to_text(simple=False)): the selected option is
+    shown, so the product page before and after an option click no longer reads alike."""
+    env = WebShopEnv(split="test", observation="text_rich")
+    obs, _ = env.reset(options={"task_id": "3"})
+    instruction = env.shop.goals[3]["instruction_text"]
+    assert obs == f"WebShop\nInstruction:\n{instruction}\n[button] Search [button_]\n"
+    actions = oracle_actions(env.shop, 3)
+    results, *_ = env.step(actions[0])
+    asin = env.shop.goals[3]["asin"]
+    assert f"\n[button] {asin} [button_]\n" in results and "[button] Back to Search [button_]\n" in results
+    page, *_ = env.step(f"click[{asin.lower()}]")
+    product = env.shop.by_asin[asin]
+    group, values = next(iter(product["options"].items()))
+    assert f"{group}\n" + "".join(f"  [button] {v} [button_]\n" for v in values) in page
+    assert page.endswith("[button] Reviews [button_]\n[button] Buy Now [button_]\n")
+    value = values[-1]
+    clicked, _, _, _, info = env.step(f"click[{value}]")
+    assert clicked != page and info["valid"]
+    assert clicked.startswith(f"You have clicked {value}.\n")
+    assert f"  [clicked button] {value} [clicked button_]\n" in clicked
+    assert clicked.count("[clicked button]") == 1
+    # another value of the same group replaces it; the visited product is marked back on the results
+    other, *_ = env.step(f"click[{values[0]}]")
+    assert other.startswith(f"You have clicked {values[0]}.\n") and other.count("[clicked button]") == 1
+    back, *_ = env.step("click[< prev]")
+    assert f"\n[clicked button] {asin} [clicked button_]\n" in back
+    assert back.count("[clicked button]") == 1
+    # the env state is the same in both formats (GiGPO's anchor states do not depend on it)
+    plain = WebShopEnv(split="test")
+    plain.reset(options={"task_id": "3"})
+    for a in [actions[0], f"click[{asin.lower()}]", f"click[{value}]"]:
+        _, _, _, _, plain_info = plain.step(a)
+    assert plain_info["state_key"] == info["state_key"]
+    check_env(env, other=WebShopEnv(split="test", observation="text_rich"))
+    with pytest.raises(ValueError, match="observation must be one of"):
+        WebShopEnv(split="test", observation="html")
+
+
 def test_oracle_buys_with_reward_one_and_done_page(env):
     obs, info = env.reset(options={"task_id": "3"})
     for a in oracle_actions(env.shop, 3):

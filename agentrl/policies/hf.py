@@ -209,7 +209,9 @@ class HFPolicy:
         transformers (e.g. ``flash_attention_2``, with which ``packed_scoring`` scores rows without
         padding at varlen cost).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from agentrl.policies.tokenizer import load_tokenizer
 
         if lora is not None and adapter is not None:
             raise ValueError("pass either lora= (a new adapter) or adapter= (a saved one), not both")
@@ -222,7 +224,7 @@ class HFPolicy:
         dev = pick_device(device)
         dtype = resolve_dtype(dtype, dev)
         enable_tf32(dev)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         model = model.to(dev)

@@ -108,9 +108,9 @@ class OpenAIPolicy:
         )  # the backoff wait; tests swap it to see the delays
         self._tokenizer: Any = tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
+            from agentrl.policies.tokenizer import load_tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            self._tokenizer = load_tokenizer(tokenizer)
 
     # ------------------------------------------------------------------ http
     def _headers(self) -> dict[str, str]:

@@ -93,9 +93,9 @@ class ServerPool:
         if cooldown_s <= 0:
             raise ValueError(f"cooldown_s must be > 0, got {cooldown_s}")
         if isinstance(tokenizer, (str, os.PathLike)):  # loaded once, shared by the members
-            from transformers import AutoTokenizer
+            from agentrl.policies.tokenizer import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         self.servers = [
             _Server(
                 OpenAIPolicy(

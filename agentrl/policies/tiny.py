@@ -101,6 +101,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     whole_words: Sequence[str] = (),
     pretokenize: str = "qwen2",
+    lowercase: bool = False,
 ) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``corpus_texts`` with ChatML specials.
 
@@ -141,7 +142,9 @@ def train_tokenizer(
             f"vocab_size must be >= {n_base} (256 bytes + special, format and whole-word tokens), got {vocab_size}"
         )
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
+    tok.normalizer = (
+        normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()]) if lowercase else normalizers.NFC()
+    )
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZERS[pretokenize]), behavior="isolated", invert=False),
@@ -277,6 +280,7 @@ def build_tiny_model(
     dtype: str | None = None,
     whole_words: Sequence[str] = (),
     pretokenize: str = "qwen2",
+    lowercase: bool = False,
 ) -> Path:
     """Train a tokenizer on ``corpus_texts`` (+ ``format_corpus()``), random-init a Qwen2, save both.
 
@@ -284,8 +288,8 @@ def build_tiny_model(
     ``from_pretrained`` loads like any real model. ``full_vocab``: grow the trained tokenizer to
     exactly this many entries (``widen_tokenizer``; 151,936 for a Qwen2.5-shaped benchmark model).
     ``dtype`` (e.g. ``"bfloat16"``): the weights are saved in it (half the disk of a 1.5B model).
-    ``whole_words``: kept as one token each; ``pretokenize``: how text is split before BPE
-    (``train_tokenizer``).
+    ``whole_words``: kept as one token each; ``pretokenize``: how text is split before BPE;
+    ``lowercase``: lower-case text first (``train_tokenizer``).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -296,6 +300,7 @@ def build_tiny_model(
         vocab_size=vocab_size,
         whole_words=whole_words,
         pretokenize=pretokenize,
+        lowercase=lowercase,
     )
     if full_vocab is not None:
         tokenizer = widen_tokenizer(tokenizer, full_vocab)

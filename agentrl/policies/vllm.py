@@ -224,7 +224,9 @@ class VLLMPolicy:
         ``vllm.LLM`` (e.g. ``enforce_eager=True``, ``tensor_parallel_size=2``).
         """
         _vllm_api()
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import GenerationConfig
+
+        from agentrl.policies.tokenizer import load_tokenizer
         from vllm import LLM
 
         if max_lora_rank is None:
@@ -243,7 +245,7 @@ class VLLMPolicy:
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         llm = LLM(**{**kwargs, **engine_kwargs})
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         try:
             eos = GenerationConfig.from_pretrained(path).eos_token_id
         except OSError:  # no generation_config.json: the tokenizer's eos only

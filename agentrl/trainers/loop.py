@@ -267,6 +267,7 @@ class Trainer:
                 seed=tiny.seed,
                 whole_words=tiny.whole_words,
                 pretokenize=tiny.pretokenize,
+                lowercase=tiny.lowercase,
             )
             os.replace(tmp, out)
         self.dist.barrier()
@@ -277,7 +278,9 @@ class Trainer:
 
         ``progress`` gets a line per stage and per epoch (the ``agentrl sft`` command prints them).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from agentrl.policies.tokenizer import load_tokenizer
 
         say = progress or (lambda line: None)
         out = self.run_dir / "sft-model"
@@ -302,7 +305,7 @@ class Trainer:
         won = len({d.task_id for d in demos if d.success})
         each = f", {s.episodes_per_task} expert episodes each" if s.episodes_per_task > 1 else ""
         say(f"sft: {len(demos)} expert steps from {len(tasks)} tasks ({won} won by the expert{each})")
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = load_tokenizer(base)
         seed_everything(self.cfg.seed)
         device = self._device()
         dtype = resolve_dtype(self.cfg.model.dtype, device)  # model.dtype, as the RL policy loads it

@@ -61,6 +61,8 @@ class Session:
     reward: float = 0.0
     reward_info: dict[str, Any] = field(default_factory=dict)
     bought: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    # product ids clicked in this session (the original's ``session["asins"]``), marked in text_rich
+    visited: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,35 @@ class Page:
 
     def text(self) -> str:
         return SEP.join(e.text for e in self.elements)
+
+    def rich_text(self, visited: set[str] | frozenset[str] = frozenset()) -> str:
+        """The original's "text_rich" observation, which marks what can be clicked and what was.
+
+        Follows ``WebAgentTextEnv.convert_html_to_text(simple=False)`` (princeton-nlp/WebShop,
+        ``web_agent_site/envs/web_agent_text_env.py`` @3b1894d): a button's text as ``[button] t
+        [button_]``; an option as ``  [button] t [button_]``, or ``  [clicked button] t [clicked
+        button_]`` when selected, with ``You have clicked t.`` put before the whole observation; a
+        product id as ``\n[clicked button] t [clicked button_]`` when it was clicked in this session
+        (``visited``), else ``\n[button] t [button_]``; other text as it is; each followed by a new
+        line. The original tells a selected option by its quoted value in the page's URL; here it is
+        the option selected in its group, what that test is for.
+        """
+        out = ""
+        for e in self.elements:
+            if e.kind in ("button", "search"):
+                t = f"[button] {e.text} [button_]"
+            elif e.kind == "option" and e.checked:
+                t = f"  [clicked button] {e.text} [clicked button_]"
+                out = f"You have clicked {e.text}.\n" + out
+            elif e.kind == "option":
+                t = f"  [button] {e.text} [button_]"
+            elif e.kind == "product":
+                mark = "clicked button" if e.text in visited else "button"
+                t = f"\n[{mark}] {e.text} [{mark}_]"
+            else:
+                t = e.text
+            out += t + "\n"
+        return out
 
     def admissible(self, search_keywords: str) -> list[str]:
         """Valid actions: the clickable labels, plus one search (the given keywords) when a box is shown."""
@@ -268,6 +299,7 @@ class PageMachine:
             session.state = replace(s, options=tuple(options.items()))
         elif el.kind == "product":
             session.state = PageState("item", keywords=s.keywords, page=s.page, asin=el.text)
+            session.visited.add(el.text)
         elif el.label == "back to search":
             session.state = PageState()
         elif el.label == "next >":

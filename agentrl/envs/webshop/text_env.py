@@ -1,6 +1,10 @@
 """WebShopEnv: the WebShop task in the original "text" observation format.
 
-Observation: the page's visible strings joined by " [SEP] ". Actions: ``search[keywords]`` (only
+Observation: the page's visible strings joined by " [SEP] " (``observation="text"``, the default), or
+the original's "text_rich" format (``observation="text_rich"``: buttons, options and product ids
+marked, the selected options and visited products marked as clicked; ``Page.rich_text``). The
+"text" format does not show which options are selected, so two steps on one product page read
+alike; "text_rich" tells them apart. Actions: ``search[keywords]`` (only
 where the search box is shown) and ``click[label]``. ``info["admissible_actions"]`` lists every
 click and one search action whose keywords are the instruction (any other keywords are valid
 too). Reward comes once, at ``click[buy now]`` (the original ``get_reward``); success = reward 1.
@@ -22,6 +26,7 @@ from agentrl.envs.webshop.reward import RewardConfig
 
 PRICE_PHRASE = ", and price lower than"
 DEFAULT_MAX_STEPS = 15
+OBSERVATION_MODES = ("text", "text_rich")
 
 
 def instruction_keywords(instruction: str) -> str:
@@ -50,11 +55,15 @@ class WebShopEnv(AgentEnv):
         goals: str = "human",
         max_steps: int = DEFAULT_MAX_STEPS,
         reward_config: RewardConfig | Mapping[str, Any] | None = None,
+        observation: str = "text",
         render_mode: str | None = None,
     ) -> None:
         super().__init__(render_mode=render_mode)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if observation not in OBSERVATION_MODES:
+            raise ValueError(f"observation must be one of {list(OBSERVATION_MODES)}, got {observation!r}")
+        self.observation = observation
         self.shop = shop_from_args(data_dir, num_products, seed, goals)
         self.machine = PageMachine(self.shop, reward_config)
         self.split = split
@@ -81,7 +90,7 @@ class WebShopEnv(AgentEnv):
     def _observe(self) -> tuple[str, dict[str, Any]]:
         assert self.session is not None
         self._page = self.machine.render(self.session)
-        obs = self._page.text()
+        obs = self._page.text() if self.observation == "text" else self._page.rich_text(self.session.visited)
         self._last_obs = obs
         info = {
             "state_key": self.machine.state_key(self.session, self._page),
