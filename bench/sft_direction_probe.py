@@ -109,11 +109,10 @@ def probe(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from agentrl.policies.tokenizer import load_tokenizer
-
     from agentrl.agents import render_chat
     from agentrl.envs import make
     from agentrl.policies.tiny import build_tiny_model, env_corpus
+    from agentrl.policies.tokenizer import load_tokenizer
     from agentrl.trainers.sft import sft_train
 
     torch.set_num_threads(1)

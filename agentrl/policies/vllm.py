@@ -225,9 +225,9 @@ class VLLMPolicy:
         """
         _vllm_api()
         from transformers import GenerationConfig
+        from vllm import LLM
 
         from agentrl.policies.tokenizer import load_tokenizer
-        from vllm import LLM
 
         if max_lora_rank is None:
             max_lora_rank = lora_rank_for(adapter_rank(adapter) if adapter is not None else 64)
