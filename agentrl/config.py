@@ -469,6 +469,9 @@ class SFTConfig(Section):
     # weight of each prompt token in the loss against a response token's 1 (0: responses only);
     # next-token prediction on the observations for a random-init model (trainers.sft.sft_train)
     prompt_loss_weight: float = Field(0.0, ge=0)
+    # weight of the expert's cross-entropy among the admissible actions (scored as
+    # rollout.action_choice: admissible scores them) added to the token loss; needs that setting
+    choice_weight: float = Field(0.0, ge=0)
 
 
 class EvalConfig(Section):
@@ -595,6 +598,14 @@ class TrainConfig(Section):
                 f"'standard' update schedule, and estimator {self.algorithm.estimator!r} uses "
                 f"{info.schedule!r}; set rollout.branching.train_branches: true or choose another estimator"
             )
+        if self.sft.choice_weight > 0:
+            if self.rollout.action_choice != "admissible":
+                raise ValueError(
+                    "sft.choice_weight trains the choice among the admissible actions, which the policy makes "
+                    "only with rollout.action_choice: admissible"
+                )
+            if self.sft.prompt_loss_weight > 0:
+                raise ValueError("sft.choice_weight and sft.prompt_loss_weight cannot both be > 0")
         if self.distributed.shard == "always":
             if self.distributed.strategy != "fsdp":
                 raise ValueError("distributed.shard: always needs distributed.strategy: fsdp")

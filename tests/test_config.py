@@ -204,3 +204,18 @@ def test_tiny_model_options_refuse_bad_values_with_the_key_named():
         load_config(None, ["model.tiny.pretokenize=bytes"])
     cfg = load_config(None, ["sft.prompt_loss_weight=0.5", "model.tiny.pretokenize=words"])
     assert cfg.sft.prompt_loss_weight == 0.5 and cfg.model.tiny.pretokenize == "words"
+
+
+def test_sft_choice_weight_needs_the_choosing_policy():
+    with pytest.raises(ConfigError, match="choice_weight"):
+        load_config(None, ["sft.choice_weight=-1"])
+    with pytest.raises(ConfigError, match=r"rollout.action_choice: admissible"):
+        load_config(None, ["sft.choice_weight=1"])
+    with pytest.raises(ConfigError, match="cannot both be > 0"):
+        load_config(
+            None, ["sft.choice_weight=1", "rollout.action_choice=admissible", "sft.prompt_loss_weight=1"]
+        )
+    cfg = load_config(
+        None, ["sft.choice_weight=0.5", "rollout.action_choice=admissible", "model.tiny.lowercase=true"]
+    )
+    assert cfg.sft.choice_weight == 0.5 and cfg.model.tiny.lowercase

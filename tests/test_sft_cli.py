@@ -494,3 +494,114 @@ def test_prompt_loss_weight_adds_the_prompt_tokens_to_the_loss(tiny_model: Calla
             sft_train(
                 model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=2, seed=0, prompt_loss_weight=bad
             )
+
+
+def test_choice_weight_adds_the_experts_cross_entropy_among_the_admissible_actions(
+    tiny_model: Callable[..., Path],
+) -> None:
+    """The first step's gradient is that of token NLL / n_tokens + c * choice CE / n_choice computed
+    by hand, each prompt + candidate scored as a sequence of its own: the expert's answer against
+    the other admissible ones (summed log-probs, no end-of-turn token), as the choosing policy scores
+    them. A demonstration whose response is not a candidate keeps the token loss alone."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrl.agents import render_chat
+    from agentrl.trainers.sft import Demonstration, sft_train
+
+    kwargs = {"size": 2, "n_doors": 1, "max_steps": 6, "num_tasks": 40}
+    model_dir = tiny_model(
+        maze=kwargs, tasks=2, steps_per_task=10, vocab_size=320, layers=1, hidden=32, heads=2, kv_heads=1
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    go = ["<action>go north</action>", "<action>go south</action>", "<action>take red key</action>"]
+    demos = [
+        Demonstration([{"role": "user", "content": "Exits: north, south."}], go[0], candidates=go),
+        Demonstration([{"role": "user", "content": "You see: red key."}], go[2], candidates=go[1:]),
+        Demonstration(
+            [{"role": "user", "content": "A wall."}],
+            "<think>hm</think><action>go north</action>",
+            candidates=go,
+        ),
+    ]
+    c = 0.7
+    hand_model = copy.deepcopy(model)
+
+    def seq_logprobs(p: list[int], r: list[int]) -> torch.Tensor:
+        ids = torch.tensor([p + r])
+        return (
+            hand_model(ids).logits[0, len(p) - 1 : -1].log_softmax(-1).gather(1, ids[0, len(p) :, None])[:, 0]
+        )
+
+    nll, ce, n_tokens, n_choice, token_nll = torch.zeros(()), torch.zeros(()), 0, 0, 0.0
+    eos = tokenizer.eos_token_id
+    for d in demos:
+        p = tokenizer(
+            render_chat(tokenizer, d.messages, add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
+        r = tokenizer(d.response, add_special_tokens=False)["input_ids"]
+        lp = seq_logprobs(p, r + [eos])
+        nll = nll - lp.sum()
+        token_nll += float(-lp.detach().sum())
+        n_tokens += len(r) + 1
+        if d.response in d.candidates:
+            seq = torch.stack(
+                [
+                    seq_logprobs(p, tokenizer(x, add_special_tokens=False)["input_ids"]).sum()
+                    for x in d.candidates
+                ]
+            )
+            ce = ce - seq.log_softmax(0)[d.candidates.index(d.response)]
+            n_choice += 1
+    assert n_choice == 2
+    (nll / n_tokens + c * ce / n_choice).backward()
+    params = [p for p in hand_model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    grads: list[list[torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
+        grads.append([q.grad.clone() for q in self.param_groups[0]["params"]])
+        return step(self, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", recording_step)
+        stats = sft_train(model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=3, seed=0, choice_weight=c)
+    assert len(grads) == 1
+    for mine, hand in zip(grads[0], params):
+        torch.testing.assert_close(mine, hand.grad, rtol=1e-4, atol=1e-6)
+    assert stats["sft_loss_first"] == pytest.approx(token_nll / n_tokens, rel=1e-5)
+    assert stats["sft_choice_loss_first"] == pytest.approx(float(ce.detach()) / n_choice, rel=1e-5)
+    with pytest.raises(ValueError, match="choice_weight must be a finite number >= 0"):
+        sft_train(model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=3, seed=0, choice_weight=-1.0)
+    with pytest.raises(ValueError, match="cannot both be > 0"):
+        sft_train(
+            model,
+            tokenizer,
+            demos,
+            epochs=1,
+            lr=1e-3,
+            batch_size=3,
+            seed=0,
+            choice_weight=c,
+            prompt_loss_weight=1,
+        )
+
+
+def test_webshop_demonstrations_carry_the_admissible_actions_rendered_as_rollout_renders_them() -> None:
+    """The candidates of each expert step are what rollout.action_choice: admissible scores there,
+    with the expert's own response among them (the instruction search included)."""
+    from agentrl.agents import get_format
+    from agentrl.agents.formats import ExpertAnswer
+
+    env = make("webshop", split="train", max_steps=10)
+    builder = StepPrompt(history_k=0, response_format="think_action")
+    demos = expert_demonstrations("webshop", env, env.task_ids()[:3], builder, seed=0)
+    render = get_format("think_action").render
+    obs, info = env.reset(seed=0, options={"task_id": env.task_ids()[0]})
+    first = demos[0]
+    assert first.candidates == [render(ExpertAnswer(action=a, turn=0)) for a in info["admissible_actions"]]
+    assert all(d.response in d.candidates for d in demos)
+    assert max(len(d.candidates) for d in demos) > 5  # a product page lists every option

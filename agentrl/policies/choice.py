@@ -29,7 +29,7 @@ import torch
 
 from agentrl.policies.precision import autocast_for
 
-__all__ = ["CandidateScores", "pick", "score_candidates"]
+__all__ = ["CandidateScores", "candidate_logprobs", "pick", "score_candidates"]
 
 
 @dataclass
@@ -79,7 +79,6 @@ def score_candidates(
     for i, cands in enumerate(candidate_ids):
         if not cands or any(not c for c in cands):
             raise ValueError(f"prompt {i}: every candidate must be a non-empty list of token ids")
-    device = next(model.parameters()).device
     temp = temperature if temperature > 0 else 1.0
     out: list[list[list[float]]] = [[] for _ in prompt_ids]
     # prompts in groups whose candidates fit in max_rows (one prompt alone may exceed it)
@@ -89,9 +88,7 @@ def score_candidates(
         while stop < len(prompt_ids) and rows + len(candidate_ids[stop]) <= max_rows:
             rows += len(candidate_ids[stop])
             stop += 1
-        _score_group(
-            model, prompt_ids[start:stop], candidate_ids[start:stop], pad_token_id, temp, device, out, start
-        )
+        _score_group(model, prompt_ids[start:stop], candidate_ids[start:stop], pad_token_id, temp, out, start)
         start = stop
     return CandidateScores(out)
 
@@ -102,13 +99,33 @@ def _score_group(
     candidates: Sequence[Sequence[Sequence[int]]],
     pad: int,
     temp: float,
-    device: torch.device,
     out: list[list[list[float]]],
     offset: int,
 ) -> None:
+    owner = [p for p, cands in enumerate(candidates) for _ in cands]
+    flat = [c for cands in candidates for c in cands]
+    values = candidate_logprobs(model, prompts, candidates, pad_token_id=pad, temperature=temp).tolist()
+    for r, (p, c) in enumerate(zip(owner, flat)):
+        out[offset + p].append(values[r][: len(c)])
+
+
+def candidate_logprobs(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[Sequence[int]]],
+    *,
+    pad_token_id: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """float32[R, L]: the token log-probs of every candidate (rows in prompt order, then candidate
+    order; right-padded with zeros), differentiable: the scorer of ``score_candidates`` and of SFT's
+    choice loss (``trainers.sft``). The prompts run once with a KV cache whose rows are repeated for
+    each prompt's candidates; the first candidate token is predicted by the prompt's last position.
+    """
     from transformers import DynamicCache
 
-    ids, mask = _pad(prompts, pad, left=True)
+    device = next(model.parameters()).device
+    ids, mask = _pad(prompts, pad_token_id, left=True)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     cache = DynamicCache()
@@ -121,12 +138,12 @@ def _score_group(
             use_cache=True,
             logits_to_keep=1,  # only the last position predicts (the first candidate token)
         )
-    last_logp = torch.log_softmax(first.logits[:, -1, :].float() / temp, dim=-1)  # [P, V]
+    last_logp = torch.log_softmax(first.logits[:, -1, :].float() / temperature, dim=-1)  # [P, V]
     owner = [p for p, cands in enumerate(candidates) for _ in cands]
     flat = [c for cands in candidates for c in cands]
     index = torch.tensor(owner, dtype=torch.long, device=device)
     cache.batch_select_indices(index)  # each prompt's cache row, once per candidate
-    cand_ids, cand_mask = _pad(flat, pad, left=False)
+    cand_ids, cand_mask = _pad(flat, pad_token_id, left=False)
     cand_ids, cand_mask = cand_ids.to(device), cand_mask.to(device)
     full_mask = torch.cat([mask[index], cand_mask], dim=1)
     lengths = mask.sum(1)[index]
@@ -139,12 +156,10 @@ def _score_group(
             past_key_values=cache,
             use_cache=False,
         )
-    logp = torch.log_softmax(second.logits[:, :-1, :].float() / temp, dim=-1)  # predicts tokens 1..L-1
+    logp = torch.log_softmax(second.logits[:, :-1, :].float() / temperature, dim=-1)  # predicts tokens 1..L-1
     rest = logp.gather(2, cand_ids[:, 1:, None]).squeeze(2) if cand_ids.shape[1] > 1 else logp[:, :0, 0]
     head = last_logp[index].gather(1, cand_ids[:, :1]).squeeze(1)
-    values = torch.cat([head[:, None], rest], dim=1).tolist()
-    for r, (p, c) in enumerate(zip(owner, flat)):
-        out[offset + p].append(values[r][: len(c)])
+    return torch.cat([head[:, None], rest], dim=1) * cand_mask
 
 
 def pick(

@@ -333,8 +333,9 @@ class Trainer:
             record = {**record, "sft_seconds": time.time() - t0}
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            choice = f", choice loss {record['sft_choice_loss']:.4f}" if "sft_choice_loss" in record else ""
             say(
-                f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f} ({record['sft_seconds']:.1f} s)"
+                f"sft epoch {int(record['sft_epoch']) + 1}/{s.epochs}: loss {record['sft_loss']:.4f}{choice} ({record['sft_seconds']:.1f} s)"
             )
 
         def step_line(step: int, steps: int, loss: float) -> None:
@@ -358,6 +359,7 @@ class Trainer:
                 pack_rows=self.cfg.model.packed_scoring,
                 progress=step_line if self.dist.main else None,
                 prompt_loss_weight=s.prompt_loss_weight,
+                choice_weight=s.choice_weight,
             )
         stats["sft_seconds"] = time.time() - t0
         if not self.dist.main:
