@@ -600,7 +600,7 @@ def test_webshop_demonstrations_carry_the_admissible_actions_rendered_as_rollout
     builder = StepPrompt(history_k=0, response_format="think_action")
     demos = expert_demonstrations("webshop", env, env.task_ids()[:3], builder, seed=0)
     render = get_format("think_action").render
-    obs, info = env.reset(seed=0, options={"task_id": env.task_ids()[0]})
+    _obs, info = env.reset(seed=0, options={"task_id": env.task_ids()[0]})
     first = demos[0]
     assert first.candidates == [render(ExpertAnswer(action=a, turn=0)) for a in info["admissible_actions"]]
     assert all(d.response in d.candidates for d in demos)
