@@ -88,8 +88,14 @@ def expert_demonstrations(
                     f"{env_name} expert's turn {len(episode)} on task {task_id!r} does not parse in format "
                     f"{fmt!r} ({parsed.reason}): {response!r}"
                 )
-            admissible = (ep.info.get("admissible_actions") or []) if render is not None else []
-            candidates = [render(ExpertAnswer(action=str(a), turn=len(episode))) for a in admissible]
+            candidates = (
+                [
+                    render(ExpertAnswer(action=str(a), turn=len(episode)))
+                    for a in ep.info.get("admissible_actions") or []
+                ]
+                if render is not None
+                else []
+            )
             episode.append(
                 Demonstration(
                     messages, response, task_id=str(task_id), turn=len(episode), candidates=candidates
