@@ -432,6 +432,22 @@ def test_sft_with_a_cosine_schedule_ends_at_a_zero_rate(
     assert rates[0] < 0.01 and max(rates) == pytest.approx(0.01) and rates[-1] < 0.001
 
 
+def _optimizer_grads(
+    train: Callable[[], dict[str, float]],
+) -> tuple[list[list[torch.Tensor]], dict[str, float]]:
+    """The gradients each AdamW step sees (after clipping) while ``train`` runs, and its stats."""
+    grads: list[list[torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
+        grads.append([q.grad.clone() for q in self.param_groups[0]["params"]])
+        return step(self, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", recording_step)
+        return grads, train()
+
+
 def test_prompt_loss_weight_adds_the_prompt_tokens_to_the_loss(tiny_model: Callable[..., Path]) -> None:
     """The first step's gradient is that of the weighted mean NLL computed by hand from the logits:
     response tokens weigh 1, prompt tokens w (not a row's first, which nothing predicts); the
@@ -473,18 +489,11 @@ def test_prompt_loss_weight_adds_the_prompt_tokens_to_the_loss(tiny_model: Calla
     (weighted / total_weight).backward()
     params = [p for p in hand_model.parameters() if p.requires_grad]
     norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-    grads: list[list[torch.Tensor]] = []
-    step = torch.optim.AdamW.step
-
-    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
-        grads.append([q.grad.clone() for q in self.param_groups[0]["params"]])
-        return step(self, *args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.optim.AdamW, "step", recording_step)
-        stats = sft_train(
+    grads, stats = _optimizer_grads(
+        lambda: sft_train(
             model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=2, seed=0, prompt_loss_weight=w
         )
+    )
     assert norm > 0 and len(grads) == 1
     for mine, hand in zip(grads[0], params):
         torch.testing.assert_close(mine, hand.grad, rtol=1e-4, atol=1e-6)
@@ -559,16 +568,9 @@ def test_choice_weight_adds_the_experts_cross_entropy_among_the_admissible_actio
     (nll / n_tokens + c * ce / n_choice).backward()
     params = [p for p in hand_model.parameters() if p.requires_grad]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
-    grads: list[list[torch.Tensor]] = []
-    step = torch.optim.AdamW.step
-
-    def recording_step(self: torch.optim.AdamW, *args: object, **kw: object) -> object:
-        grads.append([q.grad.clone() for q in self.param_groups[0]["params"]])
-        return step(self, *args, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.optim.AdamW, "step", recording_step)
-        stats = sft_train(model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=3, seed=0, choice_weight=c)
+    grads, stats = _optimizer_grads(
+        lambda: sft_train(model, tokenizer, demos, epochs=1, lr=1e-3, batch_size=3, seed=0, choice_weight=c)
+    )
     assert len(grads) == 1
     for mine, hand in zip(grads[0], params):
         torch.testing.assert_close(mine, hand.grad, rtol=1e-4, atol=1e-6)
