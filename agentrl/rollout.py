@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from agentrl.agents import ChatPrompt, ExpertAnswer, StepPrompt, get_format, parse_response
+from agentrl.agents import ChatPrompt, StepPrompt, candidate_responses, get_format, parse_response
 from agentrl.envs.base import EnvSnapshot
 from agentrl.envs.branching import BranchError, BranchPoint, Prefix, resume
 from agentrl.policies.base import Generation, Messages, Policy, SamplingParams
@@ -438,20 +438,16 @@ def _respond(
     """The policy's response to each prompt ``ok`` indexes. ``choose``: where the env lists
     admissible actions, pick one of them, rendered in the response format (``Policy.choose``);
     elsewhere (an empty list, e.g. WebShop's search page) generate."""
-    render = get_format(fmt).render
-    picking = [k for k in ok if choose and episodes[k].info.get("admissible_actions")] if render else []
+    can_render = get_format(fmt).render is not None
+    picking = [k for k in ok if choose and episodes[k].info.get("admissible_actions")] if can_render else []
     chosen = set(picking)
     writing = [k for k in ok if k not in chosen]
     out: dict[int, Generation | BaseException] = {}
     if writing:
         out.update(zip(writing, _generate(policy, [cast(Messages, messages[k]) for k in writing], params)))
     if picking:
-        assert render is not None
         candidates = [
-            [
-                render(ExpertAnswer(action=str(a), turn=len(episodes[k].steps)))
-                for a in episodes[k].info["admissible_actions"]
-            ]
+            candidate_responses(fmt, episodes[k].info["admissible_actions"], len(episodes[k].steps))
             for k in picking
         ]
         out.update(

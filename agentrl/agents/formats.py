@@ -32,6 +32,7 @@ __all__ = [
     "ResponseFormat",
     "Span",
     "ToolCall",
+    "candidate_responses",
     "check_whole_words",
     "get_format",
     "parse_hiper",
@@ -504,6 +505,14 @@ RESPONSE_FORMATS.register(
 def get_format(name: str) -> ResponseFormat:
     """The registered response format ``name`` (KeyError lists the known ones)."""
     return RESPONSE_FORMATS.get(name)
+
+
+def candidate_responses(fmt: str, actions: Sequence[str], turn: int) -> list[str]:
+    """The admissible ``actions`` written as responses in format ``fmt`` at ``turn``, as the choosing
+    policy (``rollout.action_choice: admissible``) scores them and SFT's choice loss normalises over;
+    empty for a format that cannot write an answer (``render`` is None)."""
+    render = get_format(fmt).render
+    return [render(ExpertAnswer(action=str(a), turn=turn)) for a in actions] if render is not None else []
 
 
 def parse_response(text: str, fmt: str = "think_action") -> ParsedResponse:

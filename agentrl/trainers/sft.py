@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentrl.agents import RESPONSE_FORMATS, ChatPrompt, ExpertAnswer, StepPrompt, get_format, parse_response
+from agentrl.agents import (
+    RESPONSE_FORMATS,
+    ChatPrompt,
+    ExpertAnswer,
+    StepPrompt,
+    candidate_responses,
+    parse_response,
+)
 from agentrl.distributed import SINGLE, Dist
 from agentrl.policies.choice import candidate_logprobs
 from agentrl.policies.logprobs import pack_samples, token_logprobs
@@ -67,7 +74,6 @@ def expert_demonstrations(
     expert = get_expert(env_name)
     demos: list[Demonstration] = []
     fmt = builder.response_format
-    render = get_format(fmt).render
     for n, task_id in enumerate(task_ids):
         # the rollout's own episode state and prompt builder, so each prompt is the one rollout shows
         ep = Episode(str(task_id), "", "", seed + n)
@@ -88,14 +94,7 @@ def expert_demonstrations(
                     f"{env_name} expert's turn {len(episode)} on task {task_id!r} does not parse in format "
                     f"{fmt!r} ({parsed.reason}): {response!r}"
                 )
-            candidates = (
-                [
-                    render(ExpertAnswer(action=str(a), turn=len(episode)))
-                    for a in ep.info.get("admissible_actions") or []
-                ]
-                if render is not None
-                else []
-            )
+            candidates = candidate_responses(fmt, ep.info.get("admissible_actions") or [], len(episode))
             episode.append(
                 Demonstration(
                     messages, response, task_id=str(task_id), turn=len(episode), candidates=candidates
@@ -157,7 +156,9 @@ def sft_train(
     ``choice_weight`` c: add c times the mean cross-entropy of the expert's action among the
     admissible ones (``Demonstration.candidates``), each scored by its summed token log-probs as
     ``rollout.action_choice: admissible`` scores them: ``-log softmax_j(log q(cand_j | s))[expert]``.
-    That is the likelihood of the expert under the policy RL then trains, and its gradient says which
+    That is the likelihood of the expert under the policy RL then trains (behaviour cloning of the
+    action-scoring policy of ``policies.choice``: SayCan's and GLAM's set-normalised sequence
+    probability, Carta et al. 2023, section 3; an agentrl option, not a paper's SFT recipe), and its gradient says which
     of the actions on the page to prefer, where the token loss only says what kind of text comes
     next: on WebShop's product page a random-init model learns from the token loss that an option
     follows, spreads that mass over every option value it has seen, and leaves ``buy now``, one
